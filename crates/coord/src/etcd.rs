@@ -1,0 +1,296 @@
+//! [`Kv`] on etcd, plus leases and elections.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{CoordError, Kv, KvEvent, Result};
+
+/// A connection to etcd; clones share it.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+}
+
+impl Etcd {
+    /// Connects to `endpoints`, retrying for up to `patience`.
+    pub async fn connect(endpoints: &[String], patience: Duration) -> Result<Etcd> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let options = etcd_client::ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
+            match Client::connect(endpoints, Some(options)).await {
+                Ok(mut client) => match client.status().await {
+                    Ok(_) => return Ok(Etcd { client }),
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        warn!(error = %e, "etcd not ready; retrying");
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "etcd unreachable; retrying");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Writes `key` under a lease of `ttl` and keeps it alive until `cancel`,
+    /// then revokes it so the key disappears at once. If the process dies the
+    /// key disappears when the lease expires. Returns after the first write.
+    pub async fn register(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        ttl: Duration,
+        cancel: CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>> {
+        let mut client = self.client.clone();
+        let ttl_s = ttl.as_secs().max(1) as i64;
+        let lease = client.lease_grant(ttl_s, None).await?.id();
+        client
+            .put(
+                key.as_str(),
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await?;
+        Ok(tokio::spawn(async move {
+            let mut lease = lease;
+            loop {
+                match keep_alive(&mut client, lease, ttl, &cancel).await {
+                    Ok(()) => {
+                        let _ = client.lease_revoke(lease).await;
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(%key, error = %e, "lease lost; registering again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let again = async {
+                            let id = client.lease_grant(ttl_s, None).await?.id();
+                            client
+                                .put(
+                                    key.as_str(),
+                                    value.clone(),
+                                    Some(PutOptions::new().with_lease(id)),
+                                )
+                                .await?;
+                            Ok::<i64, etcd_client::Error>(id)
+                        };
+                        match again.await {
+                            Ok(id) => lease = id,
+                            Err(e) => warn!(%key, error = %e, "registration failed"),
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Campaigns in election `name` with `value` (such as the leader's
+    /// address) and returns once this process leads.
+    pub async fn campaign(&self, name: &str, value: &str, ttl: Duration) -> Result<Leadership> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await?
+            .id();
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let keeper = {
+            let (mut client, lost, stop) = (client.clone(), lost.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = keep_alive(&mut client, lease, ttl, &stop).await {
+                    warn!(error = %e, "leadership lease lost");
+                }
+                lost.cancel();
+            })
+        };
+        let campaign = client.campaign(name, value, lease);
+        tokio::select! {
+            won = campaign => { won?; }
+            () = lost.cancelled() => return Err(CoordError::LeaseLost { key: name.to_owned() }),
+        }
+        info!(election = name, "won election");
+        Ok(Leadership {
+            lost,
+            stop,
+            keeper,
+            client,
+            lease,
+        })
+    }
+
+    /// The value the current leader of election `name` campaigned with.
+    pub async fn leader(&self, name: &str) -> Result<String> {
+        let resp = self
+            .client
+            .clone()
+            .leader(name)
+            .await
+            .map_err(|e| match e {
+                etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader") => {
+                    CoordError::NoLeader {
+                        name: name.to_owned(),
+                    }
+                }
+                other => other.into(),
+            })?;
+        let kv = resp.kv().ok_or_else(|| CoordError::NoLeader {
+            name: name.to_owned(),
+        })?;
+        Ok(String::from_utf8_lossy(kv.value()).into_owned())
+    }
+}
+
+/// Renews `lease` every third of `ttl` until `cancel` (Ok) or failure (Err).
+async fn keep_alive(
+    client: &mut Client,
+    lease: i64,
+    ttl: Duration,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                keeper.keep_alive().await?;
+                match responses.message().await? {
+                    Some(r) if r.ttl() > 0 => {}
+                    _ => return Err(CoordError::LeaseLost { key: format!("lease {lease:x}") }),
+                }
+            }
+        }
+    }
+}
+
+/// This process's leadership of an election.
+pub struct Leadership {
+    lost: CancellationToken,
+    stop: CancellationToken,
+    keeper: tokio::task::JoinHandle<()>,
+    client: Client,
+    lease: i64,
+}
+
+impl Leadership {
+    /// Cancelled if leadership is lost (the lease could not be renewed).
+    pub fn lost(&self) -> CancellationToken {
+        self.lost.clone()
+    }
+
+    /// Gives leadership up so a standby takes over at once.
+    pub async fn resign(mut self) {
+        self.stop.cancel();
+        let _ = (&mut self.keeper).await;
+        let _ = self.client.lease_revoke(self.lease).await;
+    }
+}
+
+#[async_trait]
+impl Kv for Etcd {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let resp = self.client.clone().get(key, None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
+        self.client.clone().put(key, value, None).await?;
+        Ok(())
+    }
+
+    async fn put_all(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
+        let ops: Vec<TxnOp> = pairs
+            .into_iter()
+            .map(|(k, v)| TxnOp::put(k, v, None))
+            .collect();
+        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client.clone().delete(key, None).await?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, Result<KvEvent>>> {
+        let mut client = self.client.clone();
+        let snapshot = client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = snapshot.header().map_or(0, |h| h.revision());
+        let initial: Vec<Result<KvEvent>> = snapshot
+            .kvs()
+            .iter()
+            .map(|kv| {
+                Ok(KvEvent::Put {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    value: kv.value().to_vec(),
+                })
+            })
+            .collect();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let stream = client.watch(prefix, Some(options)).await?;
+        let prefix = prefix.to_owned();
+        let changes = futures::stream::unfold(Some((stream, prefix)), |state| async move {
+            let (mut stream, prefix) = state?;
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    let events: Vec<Result<KvEvent>> = resp
+                        .events()
+                        .iter()
+                        .filter_map(|e| {
+                            let kv = e.kv()?;
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            Some(Ok(match e.event_type() {
+                                EventType::Put => KvEvent::Put {
+                                    key,
+                                    value: kv.value().to_vec(),
+                                },
+                                EventType::Delete => KvEvent::Delete { key },
+                            }))
+                        })
+                        .collect();
+                    Some((futures::stream::iter(events), Some((stream, prefix))))
+                }
+                // The stream ends after reporting why.
+                Ok(None) => Some((
+                    futures::stream::iter(vec![Err(CoordError::WatchEnded { prefix })]),
+                    None,
+                )),
+                Err(e) => Some((futures::stream::iter(vec![Err(e.into())]), None)),
+            }
+        })
+        .flatten();
+        Ok(futures::stream::iter(initial).chain(changes).boxed())
+    }
+}

@@ -1,0 +1,256 @@
+//! The job model: lifecycle states, the validated job spec, and the
+//! conversion of a `SubmitJobRequest` into it, which names the wrong field.
+
+use batchmill_proto::jobs::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{FieldViolation, S3Uri};
+
+/// Most bytes of one batch, as Cortex: a larger batch is refused at submit.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Most workers one job may ask for.
+pub const MAX_WORKERS: i32 = 1000;
+
+/// Where a job is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Pending,
+    Admitted,
+    Running,
+    Completing,
+    Succeeded,
+    CompletedWithFailures,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded
+                | JobState::CompletedWithFailures
+                | JobState::Failed
+                | JobState::TimedOut
+                | JobState::Cancelled
+        )
+    }
+}
+
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::Pending => pb::JobState::Pending,
+            JobState::Admitted => pb::JobState::Admitted,
+            JobState::Running => pb::JobState::Running,
+            JobState::Completing => pb::JobState::Completing,
+            JobState::Succeeded => pb::JobState::Succeeded,
+            JobState::CompletedWithFailures => pb::JobState::CompletedWithFailures,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::TimedOut => pb::JobState::TimedOut,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        }
+    }
+}
+
+/// Where a job's items come from, as submitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    /// Items given inline, each any JSON value.
+    Items(Vec<Value>),
+}
+
+/// A validated job submission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    pub pipeline: String,
+    pub max_workers: u32,
+    pub batch_size: u32,
+    pub source: SourceSpec,
+    pub config: Map<String, Value>,
+    pub output_uri: Option<S3Uri>,
+}
+
+impl TryFrom<pb::SubmitJobRequest> for JobSpec {
+    type Error = FieldViolation;
+
+    fn try_from(req: pb::SubmitJobRequest) -> Result<Self, FieldViolation> {
+        let pipeline = validate_pipeline_name(&req.pipeline)?;
+        if req.workers < 1 || req.workers > MAX_WORKERS {
+            return Err(FieldViolation::new(
+                "workers",
+                format!("must be between 1 and {MAX_WORKERS}, got {}", req.workers),
+            ));
+        }
+        let (source, batch_size) = match req.source {
+            None => {
+                return Err(FieldViolation::new(
+                    "source",
+                    "one source must be set: item_list",
+                ));
+            }
+            Some(pb::submit_job_request::Source::ItemList(list)) => {
+                let batch_size = validate_batch_size("item_list.batch_size", list.batch_size)?;
+                if list.items.is_empty() {
+                    return Err(FieldViolation::new("item_list.items", "must not be empty"));
+                }
+                let items: Vec<Value> = list.items.iter().map(crate::json::value_to_json).collect();
+                check_batch_bytes(&items, batch_size)?;
+                (SourceSpec::Items(items), batch_size)
+            }
+        };
+        let output_uri = if req.output_uri.is_empty() {
+            None
+        } else {
+            Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e))?)
+        };
+        let config = req
+            .config
+            .as_ref()
+            .map(crate::json::struct_to_json)
+            .unwrap_or_default();
+        Ok(JobSpec {
+            pipeline,
+            max_workers: req.workers as u32,
+            batch_size,
+            source,
+            config,
+            output_uri,
+        })
+    }
+}
+
+fn validate_pipeline_name(name: &str) -> Result<String, FieldViolation> {
+    if name.is_empty() {
+        return Err(FieldViolation::new("pipeline", "must not be empty"));
+    }
+    let ok = name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(FieldViolation::new(
+            "pipeline",
+            format!(
+                "{name:?} is not a pipeline name (lowercase letters, digits, '-', '_', at most 63)"
+            ),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_batch_size(field: &str, n: i32) -> Result<u32, FieldViolation> {
+    if n < 1 {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at least 1, got {n}"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+/// Refuses a batch whose items, as JSON lines, exceed [`MAX_BATCH_BYTES`].
+fn check_batch_bytes(items: &[Value], batch_size: u32) -> Result<(), FieldViolation> {
+    for (seq, batch) in items.chunks(batch_size as usize).enumerate() {
+        let bytes: usize = batch.iter().map(|v| v.to_string().len() + 1).sum();
+        if bytes > MAX_BATCH_BYTES {
+            let first = seq * batch_size as usize;
+            return Err(FieldViolation::new(
+                "item_list.items",
+                format!(
+                    "batch {seq} (items {first} to {}) is {bytes} bytes, over the {MAX_BATCH_BYTES}-byte (256 KiB) batch limit; use a smaller batch_size",
+                    first + batch.len() - 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::json_to_value;
+    use serde_json::json;
+
+    fn request(items: Vec<Value>, batch_size: i32, workers: i32) -> pb::SubmitJobRequest {
+        pb::SubmitJobRequest {
+            pipeline: "echo".into(),
+            workers,
+            source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
+                items: items.iter().map(json_to_value).collect(),
+                batch_size,
+            })),
+            config: None,
+            output_uri: String::new(),
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_request() {
+        let spec = JobSpec::try_from(request(vec![json!(1), json!({"a": "b"})], 10, 2)).unwrap();
+        assert_eq!(spec.batch_size, 10);
+        assert_eq!(spec.max_workers, 2);
+        assert_eq!(
+            spec.source,
+            SourceSpec::Items(vec![json!(1), json!({"a": "b"})])
+        );
+    }
+
+    #[test]
+    fn names_each_bad_field() {
+        let cases = [
+            (request(vec![], 10, 1), "item_list.items"),
+            (request(vec![json!(1)], 0, 1), "item_list.batch_size"),
+            (request(vec![json!(1)], 1, 0), "workers"),
+            (
+                pb::SubmitJobRequest {
+                    pipeline: "echo".into(),
+                    workers: 1,
+                    ..Default::default()
+                },
+                "source",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    pipeline: "Bad Name".into(),
+                    ..request(vec![json!(1)], 1, 1)
+                },
+                "pipeline",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    output_uri: "http://x".into(),
+                    ..request(vec![json!(1)], 1, 1)
+                },
+                "output_uri",
+            ),
+        ];
+        for (req, field) in cases {
+            assert_eq!(JobSpec::try_from(req).unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn refuses_a_batch_over_256_kib_naming_it() {
+        let big = json!("x".repeat(100 * 1024));
+        let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1))
+            .unwrap_err();
+        assert_eq!(err.field, "item_list.items");
+        assert!(
+            err.description.contains("batch 1 (items 2 to 3)"),
+            "{}",
+            err.description
+        );
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(JobState::Cancelled.is_terminal());
+        assert!(!JobState::Running.is_terminal());
+    }
+}

@@ -1,0 +1,15 @@
+//! batchmill's domain vocabulary, shared by every service: newtype ids, the
+//! job model and its validation, S3 URIs, and the one error-code enum that
+//! maps to gRPC and HTTP status.
+
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod json;
+pub mod time;
+pub mod uri;
+
+pub use error::{ErrorCode, FieldViolation, ServiceError};
+pub use ids::{BatchId, JobId, WorkerId};
+pub use job::{JobSpec, JobState, SourceSpec};
+pub use uri::S3Uri;

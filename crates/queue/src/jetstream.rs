@@ -1,0 +1,205 @@
+//! The JetStream implementation.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self as js, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use tracing::debug;
+
+use crate::{BATCH_STREAM, DeliveryPolicy, QueueError, Result, batch_subject, consumer_name};
+
+/// A connection to JetStream with the batch stream in place.
+#[derive(Clone)]
+pub struct JetStreamQueue {
+    context: js::Context,
+}
+
+impl JetStreamQueue {
+    /// Connects to `url` (retrying for up to `patience`) and creates or
+    /// updates the batch stream.
+    pub async fn connect(url: &str, patience: Duration) -> Result<JetStreamQueue> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let client = loop {
+            match async_nats::connect(url).await {
+                Ok(client) => break client,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    debug!(error = %e, "nats unreachable; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(source) => {
+                    return Err(QueueError::Connect {
+                        url: url.to_owned(),
+                        source,
+                    });
+                }
+            }
+        };
+        let context = js::new(client);
+        let config = stream::Config {
+            name: BATCH_STREAM.to_owned(),
+            subjects: vec!["batchmill.batches.*".to_owned()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        context
+            .create_or_update_stream(config)
+            .await
+            .map_err(|e| QueueError::js("create stream", e))?;
+        Ok(JetStreamQueue { context })
+    }
+
+    /// Publishes batch `seq` of `job_id` and waits for JetStream to store it.
+    /// A batch already published (within the 2-minute window) is dropped.
+    pub async fn publish_batch(&self, job_id: &str, seq: u64, body: Bytes) -> Result<()> {
+        let msg_id = format!("{job_id}-{seq}");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id.as_str());
+        let err = |e: &dyn std::fmt::Display| QueueError::Publish {
+            msg_id: msg_id.clone(),
+            message: e.to_string(),
+        };
+        let ack = self
+            .context
+            .publish_with_headers(batch_subject(job_id), headers, body)
+            .await
+            .map_err(|e| err(&e))?;
+        ack.await.map_err(|e| err(&e))?;
+        Ok(())
+    }
+
+    /// Creates the job's durable consumer (idempotent).
+    pub async fn open_job(&self, job_id: &str, policy: DeliveryPolicy) -> Result<()> {
+        let stream = self.stream().await?;
+        let config = pull::Config {
+            durable_name: Some(consumer_name(job_id)),
+            filter_subject: batch_subject(job_id),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: policy.ack_wait,
+            max_deliver: i64::from(policy.max_deliver),
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(&consumer_name(job_id), config)
+            .await
+            .map_err(|e| QueueError::js("create consumer", e))?;
+        Ok(())
+    }
+
+    /// Withdraws a job's remaining batches and deletes its consumer; returns
+    /// how many batches were withdrawn.
+    pub async fn close_job(&self, job_id: &str) -> Result<u64> {
+        let stream = self.stream().await?;
+        let purged = stream
+            .purge()
+            .filter(batch_subject(job_id))
+            .await
+            .map_err(|e| QueueError::js("purge", e))?
+            .purged;
+        match stream.delete_consumer(&consumer_name(job_id)).await {
+            Ok(_) => {}
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => return Err(QueueError::js("delete consumer", e)),
+        }
+        Ok(purged)
+    }
+
+    /// The job's consumer, for a worker to pull from.
+    pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
+        let stream = self.stream().await?;
+        let consumer: PullConsumer =
+            stream
+                .get_consumer(&consumer_name(job_id))
+                .await
+                .map_err(|_| QueueError::NoConsumer {
+                    job_id: job_id.to_owned(),
+                })?;
+        Ok(JobConsumer { consumer })
+    }
+
+    async fn stream(&self) -> Result<stream::Stream> {
+        self.context
+            .get_stream(BATCH_STREAM)
+            .await
+            .map_err(|e| QueueError::js("get stream", e))
+    }
+}
+
+/// A job's consumer, as one worker sees it.
+pub struct JobConsumer {
+    consumer: PullConsumer,
+}
+
+impl JobConsumer {
+    /// The next delivery, or `None` if none arrived within `wait`. Takes one
+    /// message at a time so a busy worker never hoards batches.
+    pub async fn next(&self, wait: Duration) -> Result<Option<Delivery>> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(1)
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| QueueError::js("fetch", e))?;
+        match batch.next().await {
+            Some(Ok(message)) => Ok(Some(Delivery { message })),
+            Some(Err(e)) => Err(QueueError::js("fetch", e)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// One delivery of a batch.
+pub struct Delivery {
+    message: Message,
+}
+
+impl Delivery {
+    pub fn payload(&self) -> &Bytes {
+        &self.message.payload
+    }
+
+    /// Which delivery of the batch this is, from 1.
+    pub fn attempt(&self) -> u64 {
+        self.message.info().map_or(1, |i| i.delivered.max(1) as u64)
+    }
+
+    /// Asks for more time before redelivery.
+    pub async fn in_progress(&self) -> Result<()> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| QueueError::js("progress", e))
+    }
+
+    /// Acknowledges the batch; JetStream removes it from the stream.
+    pub async fn ack(&self) -> Result<()> {
+        self.message
+            .double_ack()
+            .await
+            .map_err(|e| QueueError::js("ack", e))
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn nak(&self, delay: Duration) -> Result<()> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| QueueError::js("nak", e))
+    }
+
+    /// Stops delivering the batch.
+    pub async fn term(&self) -> Result<()> {
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| QueueError::js("term", e))
+    }
+}

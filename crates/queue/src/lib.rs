@@ -1,0 +1,64 @@
+//! Batches in NATS JetStream.
+//!
+//! One work-queue stream (`BATCHMILL_BATCHES`) holds every job's batches on
+//! subject `batchmill.batches.<job_id>`, each published with
+//! `Nats-Msg-Id = <job_id>-<seq>` so a republished batch is dropped as a
+//! duplicate. Each job has one durable pull consumer, `job-<job_id>`, shared
+//! by the workers assigned to it; a message is removed from the stream when
+//! a worker acks it.
+
+mod jetstream;
+
+pub use jetstream::{Delivery, JetStreamQueue, JobConsumer};
+
+use std::time::Duration;
+
+/// Name of the stream of batches.
+pub const BATCH_STREAM: &str = "BATCHMILL_BATCHES";
+
+/// The subject of a job's batches.
+pub fn batch_subject(job_id: &str) -> String {
+    format!("batchmill.batches.{job_id}")
+}
+
+/// The durable consumer of a job's batches.
+pub fn consumer_name(job_id: &str) -> String {
+    format!("job-{job_id}")
+}
+
+/// How a job's batches are delivered.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryPolicy {
+    /// Time a worker has to ack (or report progress on) a delivery before it
+    /// is redelivered to another worker.
+    pub ack_wait: Duration,
+    /// Deliveries of a batch before it fails for good.
+    pub max_deliver: u32,
+}
+
+/// Errors from the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("nats connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("jetstream {op}: {message}")]
+    JetStream { op: &'static str, message: String },
+    #[error("publish of batch {msg_id}: {message}")]
+    Publish { msg_id: String, message: String },
+    #[error("no consumer for job {job_id}")]
+    NoConsumer { job_id: String },
+}
+
+impl QueueError {
+    fn js(op: &'static str, e: impl std::fmt::Display) -> QueueError {
+        QueueError::JetStream {
+            op,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;

@@ -1,0 +1,49 @@
+//! Command-line arguments shared by services, each with a `BATCHMILL_*` (or
+//! standard `AWS_*`) environment variable. Only `main.rs` files parse them;
+//! libraries take plain values.
+
+use std::net::SocketAddr;
+
+/// Where a service listens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenArgs {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "BATCHMILL_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+}
+
+/// How to reach etcd.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "BATCHMILL_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URL.
+    #[arg(
+        long,
+        env = "BATCHMILL_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+}
+
+/// How to reach S3. Credentials come from the standard `AWS_*` variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    /// S3 endpoint URL; unset for AWS itself.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+}

@@ -1,0 +1,111 @@
+//! One way to serve gRPC: every service gets server reflection (v1 and
+//! v1alpha, so grpcurl 1.8 works), health checking, a tracing layer, a
+//! concurrency limit, and graceful shutdown on a token.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic_health::server::HealthReporter;
+
+/// Most requests one service handles at once.
+const CONCURRENCY_LIMIT: usize = 1024;
+
+/// Builds a service's gRPC routes with reflection and health.
+pub struct ServerBuilder {
+    routes: RoutesBuilder,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl ServerBuilder {
+    pub fn new() -> anyhow::Result<ServerBuilder> {
+        let mut routes = RoutesBuilder::default();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(batchmill_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(batchmill_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        routes.add_service(health_service);
+        routes.add_service(reflection_v1);
+        routes.add_service(reflection_v1alpha);
+        Ok(ServerBuilder {
+            routes,
+            health,
+            names: Vec::new(),
+        })
+    }
+
+    /// Adds a service; it reports SERVING once the server starts.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// The health reporter, to report NOT_SERVING while a service cannot work.
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Marks every added service SERVING and returns the routes.
+    pub async fn into_routes(self) -> Routes {
+        for name in &self.names {
+            self.health
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        self.routes.routes()
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let health = self.health.clone();
+        let routes = self.into_routes().await;
+        serve_routes(routes, listener, shutdown.clone()).await?;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        Ok(())
+    }
+}
+
+/// Serves prepared routes with the standard layers until `shutdown`.
+pub async fn serve_routes(
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(CONCURRENCY_LIMIT)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The enqueuer turns a job's item stream into batches on JetStream.
+//!
+//! RPCs: `batchmill.enqueuer.v1.EnqueuerService/{EnqueueJob,StopEnqueue}`.
+//! Depends on: the lister (items), JetStream (publishes batches with
+//! `Nats-Msg-Id = <job_id>-<seq>`), etcd (the request and the resume cursor
+//! under `/batchmill/enqueue/<job_id>/`). A restarted enqueuer resumes every
+//! unfinished job from its last checkpoint; batches republished after the
+//! checkpoint are dropped by JetStream's duplicate window.
+
+mod batcher;
+mod grpc;
+mod progress;
+
+pub use batcher::Batcher;
+pub use grpc::EnqueuerGrpc;
+pub use progress::{EnqueueProgress, progress_key, request_key};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use batchmill_coord::Kv;
+use batchmill_core::{ErrorCode, ServiceError};
+use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
+use batchmill_proto::lister::v1::ListItemsRequest;
+use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
+use batchmill_queue::JetStreamQueue;
+use bytes::Bytes;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
+use tracing::{info, instrument, warn};
+
+/// Checkpoint at least this often while publishing.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Errors of the enqueuer.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("{field}: {message}")]
+    InvalidRequest {
+        field: &'static str,
+        message: String,
+    },
+    #[error("etcd: {0}")]
+    Coord(#[from] batchmill_coord::CoordError),
+    #[error("{0}")]
+    Queue(#[from] batchmill_queue::QueueError),
+    #[error("lister: {0}")]
+    Lister(String),
+    #[error("item {index} is {bytes} bytes, over the {limit}-byte batch limit")]
+    ItemTooLarge {
+        index: u64,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error("corrupt checkpoint for job {job_id}: {message}")]
+    Corrupt { job_id: String, message: String },
+}
+
+impl ServiceError for EnqueueError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            EnqueueError::Coord(_) | EnqueueError::Queue(_) | EnqueueError::Lister(_) => {
+                ErrorCode::Unavailable
+            }
+            EnqueueError::Corrupt { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The enqueuer's domain: runs one enqueuing task per job.
+#[derive(Clone)]
+pub struct Enqueuer {
+    kv: Arc<dyn Kv>,
+    queue: JetStreamQueue,
+    lister: ListerServiceClient<Channel>,
+    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Enqueuer {
+    pub fn new(
+        kv: Arc<dyn Kv>,
+        queue: JetStreamQueue,
+        lister: ListerServiceClient<Channel>,
+        shutdown: CancellationToken,
+    ) -> Enqueuer {
+        Enqueuer {
+            kv,
+            queue,
+            lister,
+            running: Arc::default(),
+            tasks: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts (or resumes) enqueuing; returns false if it is running or done.
+    pub async fn enqueue(&self, request: EnqueueJobRequest) -> Result<bool, EnqueueError> {
+        if request.job_id.is_empty() {
+            return Err(EnqueueError::InvalidRequest {
+                field: "job_id",
+                message: "must not be empty".into(),
+            });
+        }
+        if request.batch_size < 1 {
+            return Err(EnqueueError::InvalidRequest {
+                field: "batch_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        if request.source.is_none() {
+            return Err(EnqueueError::InvalidRequest {
+                field: "source",
+                message: "must be set".into(),
+            });
+        }
+        let job_id = request.job_id.clone();
+        if self.running().contains_key(&job_id) {
+            return Ok(false);
+        }
+        let progress = match self.kv.get(&progress_key(&job_id)).await? {
+            Some(bytes) => EnqueueProgress::decode(&job_id, &bytes)?,
+            None => {
+                let fresh = EnqueueProgress::default();
+                self.kv
+                    .put_all(vec![
+                        (request_key(&job_id), request.encode_to_vec()),
+                        (progress_key(&job_id), fresh.encode()),
+                    ])
+                    .await?;
+                fresh
+            }
+        };
+        if progress.is_final() {
+            return Ok(false);
+        }
+        self.spawn(request, progress);
+        Ok(true)
+    }
+
+    /// Stops enqueuing a job; returns whether it was running.
+    pub async fn stop(&self, job_id: &str) -> Result<bool, EnqueueError> {
+        let token = self.running().remove(job_id);
+        let was_running = token.is_some();
+        if let Some(token) = token {
+            token.cancel();
+        }
+        if let Some(bytes) = self.kv.get(&progress_key(job_id)).await? {
+            let mut progress = EnqueueProgress::decode(job_id, &bytes)?;
+            if !progress.is_final() {
+                progress.stopped = true;
+                self.kv
+                    .put(&progress_key(job_id), progress.encode())
+                    .await?;
+            }
+        }
+        Ok(was_running)
+    }
+
+    /// Resumes every job whose enqueuing did not finish, after a restart.
+    pub async fn resume_all(&self) -> Result<usize, EnqueueError> {
+        let mut resumed = 0;
+        for (key, bytes) in self.kv.list(progress::PREFIX).await? {
+            let Some(job_id) = progress::job_of_progress_key(&key) else {
+                continue;
+            };
+            let progress = EnqueueProgress::decode(job_id, &bytes)?;
+            if progress.is_final() {
+                continue;
+            }
+            let Some(raw) = self.kv.get(&request_key(job_id)).await? else {
+                continue;
+            };
+            let request =
+                EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| EnqueueError::Corrupt {
+                    job_id: job_id.to_owned(),
+                    message: e.to_string(),
+                })?;
+            info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
+            self.spawn(request, progress);
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+
+    /// Waits for running tasks to reach a checkpoint and stop.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    fn spawn(&self, request: EnqueueJobRequest, progress: EnqueueProgress) {
+        let token = self.shutdown.child_token();
+        self.running().insert(request.job_id.clone(), token.clone());
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let job_id = request.job_id.clone();
+            let result = this.run(request, progress, token).await;
+            this.running().remove(&job_id);
+            if let Err(e) = result {
+                warn!(%job_id, error = %e, "enqueue failed");
+            }
+        });
+    }
+
+    #[instrument(skip_all, fields(job_id = %request.job_id))]
+    async fn run(
+        &self,
+        request: EnqueueJobRequest,
+        mut progress: EnqueueProgress,
+        cancel: CancellationToken,
+    ) -> Result<(), EnqueueError> {
+        let job_id = request.job_id.clone();
+        match self.publish_all(&request, &mut progress, &cancel).await {
+            Ok(()) if cancel.is_cancelled() => {
+                // On shutdown the checkpoint says where to resume; on a stop,
+                // `stop` itself marks the record.
+                if self.shutdown.is_cancelled() {
+                    self.kv
+                        .put(&progress_key(&job_id), progress.encode())
+                        .await?;
+                }
+                Ok(())
+            }
+            Ok(()) => {
+                progress.done = true;
+                self.kv
+                    .put(&progress_key(&job_id), progress.encode())
+                    .await?;
+                info!(
+                    batches = progress.next_seq,
+                    items = progress.next_item,
+                    "enqueue complete"
+                );
+                Ok(())
+            }
+            Err(
+                e @ (EnqueueError::ItemTooLarge { .. }
+                | EnqueueError::Lister(_)
+                | EnqueueError::InvalidRequest { .. }),
+            ) => {
+                progress.error = Some(e.to_string());
+                self.kv
+                    .put(&progress_key(&job_id), progress.encode())
+                    .await?;
+                Err(e)
+            }
+            Err(e) => {
+                // Transient: keep the checkpoint and retry later.
+                self.kv
+                    .put(&progress_key(&job_id), progress.encode())
+                    .await?;
+                let this = self.clone();
+                let token = self.shutdown.child_token();
+                let retry = request.clone();
+                self.running().insert(job_id.clone(), token.clone());
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {
+                            this.running().remove(&retry.job_id);
+                            let _ = this.enqueue(retry).await;
+                        }
+                        () = token.cancelled() => {}
+                    }
+                });
+                Err(e)
+            }
+        }
+    }
+
+    async fn publish_all(
+        &self,
+        request: &EnqueueJobRequest,
+        progress: &mut EnqueueProgress,
+        cancel: &CancellationToken,
+    ) -> Result<(), EnqueueError> {
+        let job_id = &request.job_id;
+        let list = ListItemsRequest {
+            job_id: job_id.clone(),
+            source: request.source.clone(),
+            skip: progress.next_item,
+        };
+        let mut stream = self
+            .lister
+            .clone()
+            .list_items(list)
+            .await
+            .map_err(|s| EnqueueError::Lister(s.message().to_owned()))?
+            .into_inner();
+        let mut batcher = Batcher::new(
+            request.batch_size as usize,
+            batchmill_core::job::MAX_BATCH_BYTES,
+        );
+        let mut last_checkpoint = tokio::time::Instant::now();
+        let mut item_index = progress.next_item;
+        loop {
+            let chunk = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                chunk = stream.message() => chunk.map_err(|s| EnqueueError::Lister(s.message().to_owned()))?,
+            };
+            let Some(chunk) = chunk else { break };
+            for item in chunk.items {
+                let full = batcher
+                    .push(item)
+                    .map_err(|bytes| EnqueueError::ItemTooLarge {
+                        index: item_index,
+                        bytes,
+                        limit: batchmill_core::job::MAX_BATCH_BYTES,
+                    })?;
+                item_index += 1;
+                if let Some(items) = full {
+                    self.publish(job_id, progress, items).await?;
+                }
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                self.kv
+                    .put(&progress_key(job_id), progress.encode())
+                    .await?;
+                last_checkpoint = tokio::time::Instant::now();
+            }
+        }
+        if let Some(items) = batcher.finish() {
+            self.publish(job_id, progress, items).await?;
+        }
+        Ok(())
+    }
+
+    async fn publish(
+        &self,
+        job_id: &str,
+        progress: &mut EnqueueProgress,
+        items: Vec<String>,
+    ) -> Result<(), EnqueueError> {
+        let count = items.len() as u64;
+        let batch = batchmill_proto::queue::v1::Batch {
+            job_id: job_id.to_owned(),
+            seq: progress.next_seq,
+            first_item: progress.next_item,
+            items,
+        };
+        self.queue
+            .publish_batch(
+                job_id,
+                progress.next_seq,
+                Bytes::from(batch.encode_to_vec()),
+            )
+            .await?;
+        progress.next_seq += 1;
+        progress.next_item += count;
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! The gRPC adapter of [`Lister`].
+
+use batchmill_core::{S3Uri, ServiceError};
+use batchmill_proto::lister::v1::{self as pb, source};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::{Lister, ListerError, Source};
+
+/// Serves [`Lister`] as `ListerService`.
+#[derive(Clone)]
+pub struct ListerGrpc {
+    lister: Lister,
+}
+
+impl ListerGrpc {
+    pub fn new(lister: Lister) -> ListerGrpc {
+        ListerGrpc { lister }
+    }
+
+    pub fn into_service(self) -> pb::lister_service_server::ListerServiceServer<ListerGrpc> {
+        pb::lister_service_server::ListerServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+}
+
+impl TryFrom<pb::Source> for Source {
+    type Error = ListerError;
+
+    fn try_from(s: pb::Source) -> Result<Self, ListerError> {
+        match s.kind {
+            Some(source::Kind::NdjsonObjects(objects)) => {
+                if objects.uris.is_empty() {
+                    return Err(ListerError::BadSource(
+                        "ndjson_objects.uris must not be empty".into(),
+                    ));
+                }
+                let uris = objects
+                    .uris
+                    .iter()
+                    .map(|u| {
+                        S3Uri::parse(u).map_err(|e| {
+                            ListerError::BadSource(format!("ndjson_objects.uris: {e}"))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Source::NdjsonObjects(uris))
+            }
+            None => Err(ListerError::BadSource("source.kind must be set".into())),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lister_service_server::ListerService for ListerGrpc {
+    type ListItemsStream = BoxStream<'static, Result<pb::ListItemsResponse, Status>>;
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<Self::ListItemsStream>, Status> {
+        let req = request.into_inner();
+        let source = req
+            .source
+            .ok_or_else(|| Status::invalid_argument("source: must be set"))
+            .and_then(|s| Source::try_from(s).map_err(|e| e.to_status()))?;
+        let stream = self
+            .lister
+            .list(source, req.skip)
+            .map(|chunk| {
+                chunk
+                    .map(|items| pb::ListItemsResponse { items })
+                    .map_err(|e| e.to_status())
+            })
+            .boxed();
+        Ok(Response::new(stream))
+    }
+}

@@ -1,0 +1,78 @@
+//! The lister expands a job's input into a stream of items.
+//!
+//! RPCs: `batchmill.lister.v1.ListerService/ListItems` (server streaming).
+//! Depends on: S3 (reads input objects). Items are streamed in chunks;
+//! objects are read line by line and never held whole.
+
+mod grpc;
+mod ndjson;
+
+pub use grpc::ListerGrpc;
+
+use batchmill_blob::Blob;
+use batchmill_core::{ErrorCode, ServiceError};
+use futures::stream::BoxStream;
+
+/// Most items in one streamed chunk.
+pub const CHUNK_ITEMS: usize = 512;
+/// Most bytes of items in one streamed chunk.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Errors from listing.
+#[derive(Debug, thiserror::Error)]
+pub enum ListerError {
+    #[error("source: {0}")]
+    BadSource(String),
+    #[error("{uri} line {line}: not JSON: {message}")]
+    BadLine {
+        uri: String,
+        line: u64,
+        message: String,
+    },
+    #[error("{0}")]
+    Blob(#[from] batchmill_blob::BlobError),
+    #[error("reading {uri}: {message}")]
+    Read { uri: String, message: String },
+}
+
+impl ServiceError for ListerError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ListerError::BadSource(_) | ListerError::BadLine { .. } => ErrorCode::InvalidArgument,
+            ListerError::Blob(batchmill_blob::BlobError::NotFound { .. }) => ErrorCode::NotFound,
+            ListerError::Blob(batchmill_blob::BlobError::S3 { .. }) | ListerError::Read { .. } => {
+                ErrorCode::Unavailable
+            }
+        }
+    }
+}
+
+/// A source of items, as the lister reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// NDJSON objects, read in order; each non-blank line is one item.
+    NdjsonObjects(Vec<batchmill_core::S3Uri>),
+}
+
+/// The lister's domain: sources in, chunks of items (JSON texts) out.
+#[derive(Clone)]
+pub struct Lister {
+    blob: Blob,
+}
+
+impl Lister {
+    pub fn new(blob: Blob) -> Lister {
+        Lister { blob }
+    }
+
+    /// The items of `source` after the first `skip`, in chunks.
+    pub fn list(
+        &self,
+        source: Source,
+        skip: u64,
+    ) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+        match source {
+            Source::NdjsonObjects(uris) => ndjson::lines(self.blob.clone(), uris, skip),
+        }
+    }
+}
