@@ -5,9 +5,11 @@
 //! Every key batchmill writes lives under `/batchmill/`.
 
 mod etcd;
+mod leader;
 mod mem;
 
 pub use etcd::{Etcd, Leadership};
+pub use leader::LeaderChannel;
 pub use mem::MemKv;
 
 use async_trait::async_trait;

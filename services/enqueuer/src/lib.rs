@@ -9,11 +9,10 @@
 
 mod batcher;
 mod grpc;
-mod progress;
 
 pub use batcher::Batcher;
 pub use grpc::EnqueuerGrpc;
-pub use progress::{EnqueueProgress, progress_key, request_key};
+use batchmill_core::enqueue::{self as progress, EnqueueProgress, progress_key, request_key};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,6 +72,10 @@ impl ServiceError for EnqueueError {
     }
 }
 
+fn corrupt(job_id: &str, e: impl std::fmt::Display) -> EnqueueError {
+    EnqueueError::Corrupt { job_id: job_id.to_owned(), message: e.to_string() }
+}
+
 /// The enqueuer's domain: runs one enqueuing task per job.
 #[derive(Clone)]
 pub struct Enqueuer {
@@ -130,7 +133,7 @@ impl Enqueuer {
             return Ok(false);
         }
         let progress = match self.kv.get(&progress_key(&job_id)).await? {
-            Some(bytes) => EnqueueProgress::decode(&job_id, &bytes)?,
+            Some(bytes) => EnqueueProgress::decode(&bytes).map_err(|e| corrupt(&job_id, e))?,
             None => {
                 let fresh = EnqueueProgress::default();
                 self.kv
@@ -157,7 +160,7 @@ impl Enqueuer {
             token.cancel();
         }
         if let Some(bytes) = self.kv.get(&progress_key(job_id)).await? {
-            let mut progress = EnqueueProgress::decode(job_id, &bytes)?;
+            let mut progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;
             if !progress.is_final() {
                 progress.stopped = true;
                 self.kv
@@ -175,7 +178,7 @@ impl Enqueuer {
             let Some(job_id) = progress::job_of_progress_key(&key) else {
                 continue;
             };
-            let progress = EnqueueProgress::decode(job_id, &bytes)?;
+            let progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;
             if progress.is_final() {
                 continue;
             }
@@ -183,10 +186,7 @@ impl Enqueuer {
                 continue;
             };
             let request =
-                EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| EnqueueError::Corrupt {
-                    job_id: job_id.to_owned(),
-                    message: e.to_string(),
-                })?;
+                EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
             info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
             self.spawn(request, progress);
             resumed += 1;

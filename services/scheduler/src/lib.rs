@@ -1,1 +1,119 @@
+//! The scheduler owns the job lifecycle.
+//!
+//! RPCs: `batchmill.jobs.v1.JobService` (the gateway forwards the public API
+//! here) and `batchmill.scheduler.v1.WorkerService/Session` (one stream per
+//! worker). Depends on: etcd (leader election, jobs and ledgers, worker
+//! registrations, enqueue progress), the enqueuer, JetStream (per-job
+//! consumers; purge on cancel) and S3 (staged inputs, manifests).
+//!
+//! One leader serves at a time: a scheduler campaigns in etcd election
+//! [`ELECTION`] with its gRPC URL and serves only once it leads, so standbys
+//! wait. A new leader rebuilds every job and ledger from etcd.
 
+mod actor;
+mod grpc;
+mod ledger;
+mod ports;
+mod record;
+mod state;
+
+pub use actor::Scheduler;
+pub use grpc::{JobsGrpc, SessionGrpc};
+pub use ledger::{Ledger, Recorded};
+pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, WorkerLink};
+pub use record::JobRecord;
+pub use state::{Settings, State};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchmill_coord::{Etcd, Kv, KvEvent};
+use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
+use batchmill_core::{ErrorCode, ServiceError, WorkerId};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The etcd election of scheduler leaders; the value is the leader's URL.
+pub const ELECTION: &str = "/batchmill/scheduler/leader";
+/// Prefix of worker registrations (each under a lease).
+pub const WORKERS_PREFIX: &str = "/batchmill/workers/";
+
+/// Errors of the scheduler's API.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("job {job_id} not found")]
+    JobNotFound { job_id: String },
+    #[error("pipeline: unknown pipeline {name:?}; this cluster has: {known}")]
+    UnknownPipeline { name: String, known: String },
+    #[error("staging the job's items: {message}")]
+    Staging { message: String },
+    #[error("the scheduler is shutting down")]
+    Stopped,
+}
+
+impl ServiceError for SchedulerError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            SchedulerError::JobNotFound { .. } => ErrorCode::NotFound,
+            SchedulerError::UnknownPipeline { .. } => ErrorCode::InvalidArgument,
+            SchedulerError::Staging { .. } | SchedulerError::Stopped => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Follows enqueue progress and worker registrations in etcd, forwarding
+/// them to the scheduler until `shutdown`; re-watches after a watch breaks.
+pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: CancellationToken) {
+    let watch = |prefix: &'static str, on_event: Box<dyn Fn(KvEvent) + Send>| {
+        let (kv, shutdown) = (kv.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while !shutdown.is_cancelled() {
+                match kv.watch(prefix).await {
+                    Ok(mut events) => loop {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            event = events.next() => match event {
+                                Some(Ok(e)) => on_event(e),
+                                Some(Err(e)) => { warn!(prefix, error = %e, "watch broke"); break; }
+                                None => break,
+                            },
+                        }
+                    },
+                    Err(e) => warn!(prefix, error = %e, "watch failed"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    };
+    let s = scheduler.clone();
+    watch(
+        batchmill_core::enqueue::PREFIX,
+        Box::new(move |event| {
+            if let KvEvent::Put { key, value } = event
+                && let Some(job_id) = job_of_progress_key(&key)
+            {
+                match EnqueueProgress::decode(&value) {
+                    Ok(p) => s.enqueue_progress(job_id.to_owned(), p),
+                    Err(e) => warn!(%key, error = %e, "unreadable enqueue progress"),
+                }
+            }
+        }),
+    );
+    watch(
+        WORKERS_PREFIX,
+        Box::new(move |event| {
+            if let KvEvent::Delete { key } = event
+                && let Some(id) = key.strip_prefix(WORKERS_PREFIX)
+            {
+                info!(worker_id = id, "worker registration expired");
+                scheduler.worker_gone(WorkerId::new(id), None);
+            }
+        }),
+    );
+}
+
+/// Campaigns for leadership; returns once this process leads.
+pub async fn lead(etcd: &Etcd, url: &str) -> Result<batchmill_coord::Leadership, batchmill_coord::CoordError> {
+    etcd.campaign(ELECTION, url, Duration::from_secs(10)).await
+}

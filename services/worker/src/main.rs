@@ -1,1 +1,60 @@
-fn main() {}
+//! batchmill-worker: runs batches of assigned jobs.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use batchmill_blob::{Blob, S3Config};
+use batchmill_coord::Etcd;
+use batchmill_core::WorkerId;
+use batchmill_queue::JetStreamQueue;
+use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
+use batchmill_worker::Worker;
+use batchmill_worker::device::Device;
+use clap::Parser;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(name = "batchmill-worker", version, about = "Runs batches of assigned jobs")]
+struct Config {
+    #[command(flatten)]
+    listen: ListenArgs,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Unique id of this worker; default: <host>-<random>.
+    #[arg(long, env = "BATCHMILL_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Device to run on: cpu, cuda or auto.
+    #[arg(long, env = "BATCHMILL_DEVICE", default_value = "auto")]
+    device: String,
+    /// Seconds the registration outlives a worker that stops renewing it.
+    #[arg(long, env = "BATCHMILL_LEASE_TTL_SECS", default_value_t = 10)]
+    lease_ttl_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = batchmill_runtime::telemetry::init("batchmill-worker")?;
+    let shutdown = batchmill_runtime::shutdown_token();
+    let device = Device::select(&config.device).map_err(anyhow::Error::msg)?;
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    let id = config.worker_id.clone().map_or_else(|| WorkerId::generate(&host), WorkerId::new);
+    let patience = Duration::from_secs(30);
+    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
+    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
+    let blob = Blob::new(&S3Config { endpoint: config.s3.s3_endpoint.clone(), region: config.s3.s3_region.clone() }).await;
+    let listener = tokio::net::TcpListener::bind(config.listen.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen.listen))?;
+    info!(addr = %listener.local_addr()?, worker_id = %id, "worker serving health");
+    let health = batchmill_runtime::ServerBuilder::new()?.serve(listener, shutdown.clone());
+    let worker = Worker { id, device, etcd, queue, blob, lease_ttl: Duration::from_secs(config.lease_ttl_secs) };
+    let (served, worked) = tokio::join!(health, worker.run(shutdown));
+    served?;
+    worked.context("worker")?;
+    Ok(())
+}

@@ -1,10 +1,10 @@
-//! The enqueue checkpoint in etcd: `/batchmill/enqueue/<job_id>/progress`
+//! The enqueue checkpoint in etcd, written by the enqueuer and watched by
+//! the scheduler: `/batchmill/enqueue/<job_id>/progress`
 //! (JSON, read by the scheduler) beside `/batchmill/enqueue/<job_id>/request`
 //! (the protobuf request, to resume after a restart).
 
 use serde::{Deserialize, Serialize};
 
-use crate::EnqueueError;
 
 /// Prefix of every enqueue key.
 pub const PREFIX: &str = "/batchmill/enqueue/";
@@ -49,11 +49,8 @@ impl EnqueueProgress {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn decode(job_id: &str, bytes: &[u8]) -> Result<EnqueueProgress, EnqueueError> {
-        serde_json::from_slice(bytes).map_err(|e| EnqueueError::Corrupt {
-            job_id: job_id.to_owned(),
-            message: e.to_string(),
-        })
+    pub fn decode(bytes: &[u8]) -> Result<EnqueueProgress, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 }
 
@@ -76,7 +73,7 @@ mod tests {
             stopped: false,
             error: None,
         };
-        assert_eq!(EnqueueProgress::decode("j", &p.encode()).unwrap(), p);
+        assert_eq!(EnqueueProgress::decode(&p.encode()).unwrap(), p);
         assert!(p.is_final());
     }
 }

@@ -1,0 +1,195 @@
+//! The task that owns [`State`], and the handle the gRPC adapters use. Every
+//! command is handled in order; after each burst of commands dirty jobs are
+//! flushed together, so under load many outcomes share one etcd write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchmill_core::enqueue::EnqueueProgress;
+use batchmill_core::time::now_ms;
+use batchmill_core::{JobId, JobSpec, JobState, SourceSpec, WorkerId};
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_proto::scheduler::v1::BatchOutcome;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::SchedulerError;
+use crate::ports::{ObjectStore, WorkerLink};
+use crate::record::JobRecord;
+use crate::state::{Settings, State};
+
+/// How often pending admissions are retried and idle workers assigned.
+const TICK: Duration = Duration::from_millis(250);
+/// Most commands handled before a flush.
+const BURST: usize = 512;
+
+enum Command {
+    Submit { record: JobRecord, reply: oneshot::Sender<pb::Job> },
+    Get { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
+    List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
+    Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
+    Watch { id: JobId, reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>> },
+    WorkerJoined { id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink> },
+    WorkerGone { id: WorkerId, session: Option<u64> },
+    Outcome { worker: WorkerId, outcome: BatchOutcome },
+    Released { worker: WorkerId, job_id: String },
+    Enqueue { job_id: String, progress: EnqueueProgress },
+}
+
+/// A handle on the scheduler task; clones share it.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: mpsc::UnboundedSender<Command>,
+    settings: Arc<Settings>,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Scheduler {
+    /// Starts the task over a loaded `state`; it stops at `shutdown`.
+    pub fn start(mut state: State, settings: Arc<Settings>, store: Arc<dyn ObjectStore>, shutdown: CancellationToken) -> Scheduler {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => state.tick().await,
+                    command = rx.recv() => {
+                        let Some(command) = command else { break };
+                        handle(&mut state, command).await;
+                        for _ in 0..BURST {
+                            match rx.try_recv() {
+                                Ok(command) => handle(&mut state, command).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                state.settle().await;
+                state.flush().await;
+            }
+            state.flush().await;
+        });
+        Scheduler { tx, settings, store }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SchedulerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| SchedulerError::Stopped)?;
+        rx.await.map_err(|_| SchedulerError::Stopped)
+    }
+
+    fn tell(&self, command: Command) {
+        let _ = self.tx.send(command);
+    }
+
+    /// Accepts a job: stages its inline items in S3, then records it.
+    pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
+        if !self.settings.pipelines.iter().any(|p| *p == spec.pipeline) {
+            return Err(SchedulerError::UnknownPipeline { name: spec.pipeline, known: self.settings.pipelines.join(", ") });
+        }
+        let create_ms = now_ms();
+        let job_id = JobId::generate(create_ms);
+        let (input_uris, item_count) = match &spec.source {
+            SourceSpec::Items(items) => {
+                let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
+                let mut body = Vec::with_capacity(items.len() * 16);
+                for item in items {
+                    body.extend_from_slice(item.to_string().as_bytes());
+                    body.push(b'\n');
+                }
+                self.store
+                    .put(&uri, Bytes::from(body), "application/x-ndjson")
+                    .await
+                    .map_err(|message| SchedulerError::Staging { message })?;
+                (vec![uri.to_string()], Some(items.len() as u64))
+            }
+        };
+        let record = JobRecord {
+            job_id,
+            pipeline: spec.pipeline,
+            max_workers: spec.max_workers,
+            batch_size: spec.batch_size,
+            config: spec.config,
+            output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
+            input_uris,
+            item_count,
+            state: JobState::Pending,
+            create_ms,
+            start_ms: None,
+            end_ms: None,
+            failure_reason: None,
+            message: None,
+            workers_succeeded: 0,
+            workers_failed: 0,
+        };
+        self.ask(|reply| Command::Submit { record, reply }).await
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
+        let job_id = id.to_string();
+        self.ask(|reply| Command::Get { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
+    }
+
+    pub async fn list(&self, after: Option<JobId>, limit: usize) -> Result<(Vec<pb::Job>, Option<JobId>), SchedulerError> {
+        self.ask(|reply| Command::List { after, limit, reply }).await
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
+        let job_id = id.to_string();
+        self.ask(|reply| Command::Cancel { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
+    }
+
+    pub async fn watch(&self, id: JobId) -> Result<watch::Receiver<pb::Job>, SchedulerError> {
+        let job_id = id.to_string();
+        self.ask(|reply| Command::Watch { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
+    }
+
+    pub fn worker_joined(&self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
+        self.tell(Command::WorkerJoined { id, session, pipelines, link });
+    }
+
+    /// A worker's session ended (`session`) or its registration expired (`None`).
+    pub fn worker_gone(&self, id: WorkerId, session: Option<u64>) {
+        self.tell(Command::WorkerGone { id, session });
+    }
+
+    pub fn outcome(&self, worker: WorkerId, outcome: BatchOutcome) {
+        self.tell(Command::Outcome { worker, outcome });
+    }
+
+    pub fn released(&self, worker: WorkerId, job_id: String) {
+        self.tell(Command::Released { worker, job_id });
+    }
+
+    pub fn enqueue_progress(&self, job_id: String, progress: EnqueueProgress) {
+        self.tell(Command::Enqueue { job_id, progress });
+    }
+}
+
+async fn handle(state: &mut State, command: Command) {
+    match command {
+        Command::Submit { record, reply } => {
+            let _ = reply.send(state.submit(record).await);
+        }
+        Command::Get { id, reply } => {
+            let _ = reply.send(state.get(&id));
+        }
+        Command::List { after, limit, reply } => {
+            let _ = reply.send(state.list(after.as_ref(), limit));
+        }
+        Command::Cancel { id, reply } => {
+            let _ = reply.send(state.cancel(&id).await);
+        }
+        Command::Watch { id, reply } => {
+            let _ = reply.send(state.watch(&id));
+        }
+        Command::WorkerJoined { id, session, pipelines, link } => state.worker_joined(id, session, pipelines, link),
+        Command::WorkerGone { id, session } => state.worker_gone(&id, session),
+        Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
+        Command::Released { worker, job_id } => state.released(&worker, &job_id),
+        Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress).await,
+    }
+}

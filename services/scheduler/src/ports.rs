@@ -1,0 +1,90 @@
+//! What the scheduler needs from the rest of the cluster, as traits so its
+//! logic runs against fakes in unit tests.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use batchmill_blob::Blob;
+use batchmill_core::S3Uri;
+use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClient;
+use batchmill_proto::enqueuer::v1::{EnqueueJobRequest, StopEnqueueRequest};
+use batchmill_proto::scheduler::v1::SessionResponse;
+use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
+use bytes::Bytes;
+use tonic::transport::Channel;
+
+/// A job's batches in the queue.
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Prepares delivery of the job's batches (idempotent).
+    async fn open(&self, job_id: &str, policy: DeliveryPolicy) -> Result<(), String>;
+    /// Withdraws the job's remaining batches; returns how many.
+    async fn close(&self, job_id: &str) -> Result<u64, String>;
+}
+
+/// The enqueuer.
+#[async_trait]
+pub trait EnqueueClient: Send + Sync + 'static {
+    async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String>;
+    async fn stop(&self, job_id: &str) -> Result<(), String>;
+}
+
+/// Object storage.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn put(&self, uri: &S3Uri, body: Bytes, content_type: &str) -> Result<(), String>;
+}
+
+/// The scheduler's end of one worker's session.
+pub trait WorkerLink: Send + Sync + 'static {
+    /// Sends a message; false if the session is gone.
+    fn send(&self, message: SessionResponse) -> bool;
+}
+
+/// Everything the scheduler talks to.
+#[derive(Clone)]
+pub struct Ports {
+    pub kv: Arc<dyn batchmill_coord::Kv>,
+    pub queue: Arc<dyn JobQueue>,
+    pub enqueuer: Arc<dyn EnqueueClient>,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+#[async_trait]
+impl JobQueue for JetStreamQueue {
+    async fn open(&self, job_id: &str, policy: DeliveryPolicy) -> Result<(), String> {
+        self.open_job(job_id, policy).await.map_err(|e| e.to_string())
+    }
+
+    async fn close(&self, job_id: &str) -> Result<u64, String> {
+        self.close_job(job_id).await.map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait]
+impl EnqueueClient for EnqueuerServiceClient<Channel> {
+    async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String> {
+        self.clone().enqueue_job(request).await.map(drop).map_err(|s| s.message().to_owned())
+    }
+
+    async fn stop(&self, job_id: &str) -> Result<(), String> {
+        self.clone()
+            .stop_enqueue(StopEnqueueRequest { job_id: job_id.to_owned() })
+            .await
+            .map(drop)
+            .map_err(|s| s.message().to_owned())
+    }
+}
+
+#[async_trait]
+impl ObjectStore for Blob {
+    async fn put(&self, uri: &S3Uri, body: Bytes, content_type: &str) -> Result<(), String> {
+        Blob::put(self, &uri.bucket, &uri.key, body, content_type).await.map_err(|e| e.to_string())
+    }
+}
+
+impl WorkerLink for tokio::sync::mpsc::UnboundedSender<SessionResponse> {
+    fn send(&self, message: SessionResponse) -> bool {
+        tokio::sync::mpsc::UnboundedSender::send(self, message).is_ok()
+    }
+}

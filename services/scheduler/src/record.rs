@@ -1,0 +1,175 @@
+//! A job as the scheduler persists it (`/batchmill/jobs/<job_id>`, JSON) and
+//! its snapshot in the public contract.
+
+use batchmill_core::enqueue::EnqueueProgress;
+use batchmill_core::time::{duration_ms, timestamp};
+use batchmill_core::{JobId, JobState};
+use batchmill_proto::jobs::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ledger::Ledger;
+
+pub const JOBS_PREFIX: &str = "/batchmill/jobs/";
+pub const LEDGERS_PREFIX: &str = "/batchmill/ledgers/";
+
+pub fn job_key(id: &JobId) -> String {
+    format!("{JOBS_PREFIX}{id}")
+}
+
+pub fn ledger_key(id: &JobId) -> String {
+    format!("{LEDGERS_PREFIX}{id}")
+}
+
+/// Pending for longer than this counts a job's missing workers as stalled.
+const STALLED_AFTER_MS: u64 = 10 * 60 * 1000;
+
+/// Why a job failed, as in the contract.
+pub mod reason {
+    pub const ENQUEUE_FAILED: &str = "enqueue_failed";
+}
+
+/// A job's persisted record; small, written on state changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: JobId,
+    pub pipeline: String,
+    pub max_workers: u32,
+    pub batch_size: u32,
+    pub config: Map<String, Value>,
+    /// Where results go (`<output_uri>/<job_id>/<batch_id>.jsonl`).
+    pub output_uri: String,
+    /// NDJSON objects the items are read from (inline items are staged).
+    pub input_uris: Vec<String>,
+    /// Number of items when known at submission.
+    pub item_count: Option<u64>,
+    pub state: JobState,
+    pub create_ms: u64,
+    pub start_ms: Option<u64>,
+    pub end_ms: Option<u64>,
+    pub failure_reason: Option<String>,
+    pub message: Option<String>,
+    /// Workers that were assigned when the job completed.
+    pub workers_succeeded: u32,
+    /// Workers lost while assigned.
+    pub workers_failed: u32,
+}
+
+impl JobRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JobRecord, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The job as the public API shows it at `now_ms`.
+    pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, running: u32, now_ms: u64) -> pb::Job {
+        let total_batches = enqueue.next_seq.max(ledger.finished());
+        let total_items = self.item_count.unwrap_or(0).max(enqueue.next_item);
+        let terminal = self.state.is_terminal();
+        let in_queue = if terminal { 0 } else { total_batches - ledger.finished() };
+        let pending_workers = if terminal { 0 } else { self.max_workers.saturating_sub(running) };
+        let queue_end = self.start_ms.or(self.end_ms).unwrap_or(now_ms);
+        let elapsed = self.start_ms.map_or(0, |start| self.end_ms.unwrap_or(now_ms).saturating_sub(start));
+        let stalled = if self.start_ms.is_none() && now_ms.saturating_sub(self.create_ms) > STALLED_AFTER_MS {
+            pending_workers
+        } else {
+            0
+        };
+        pb::Job {
+            job_id: self.job_id.to_string(),
+            pipeline: self.pipeline.clone(),
+            state: pb::JobState::from(self.state) as i32,
+            output_uri: self.output_uri.clone(),
+            batches: Some(pb::BatchCounts {
+                total: total_batches as i64,
+                succeeded: ledger.succeeded() as i64,
+                failed: ledger.failed() as i64,
+                dead_lettered: 0,
+                in_queue: in_queue as i64,
+                failed_attempts: ledger.failed_attempts() as i64,
+                average_batch_time: Some(duration_ms(ledger.average_batch_ms())),
+            }),
+            items: Some(pb::ItemCounts {
+                total: total_items as i64,
+                completed: ledger.items_completed() as i64,
+                failed: ledger.items_failed() as i64,
+                pending: if terminal {
+                    0
+                } else {
+                    total_items.saturating_sub(ledger.items_completed() + ledger.items_failed()) as i64
+                },
+            }),
+            workers: Some(pb::WorkerCounts {
+                pending: (pending_workers - stalled) as i32,
+                initializing: 0,
+                running: running as i32,
+                succeeded: self.workers_succeeded as i32,
+                failed: self.workers_failed as i32,
+                stalled: stalled as i32,
+            }),
+            max_workers: self.max_workers as i32,
+            batch_size: self.batch_size as i32,
+            config: Some(batchmill_core::json::json_to_struct(&self.config)),
+            create_time: Some(timestamp(self.create_ms)),
+            start_time: self.start_ms.map(timestamp),
+            end_time: self.end_ms.map(timestamp),
+            queue_time: Some(duration_ms(queue_end.saturating_sub(self.create_ms))),
+            elapsed_time: Some(duration_ms(elapsed)),
+            failure_reason: self.failure_reason.clone().unwrap_or_default(),
+            message: self.message.clone().unwrap_or_default(),
+            enqueue_complete: enqueue.done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batchmill_proto::scheduler::v1::BatchStatus;
+
+    fn record() -> JobRecord {
+        JobRecord {
+            job_id: JobId::parse("job_id", "abc").unwrap(),
+            pipeline: "echo".into(),
+            max_workers: 2,
+            batch_size: 10,
+            config: Map::new(),
+            output_uri: "s3://b/results".into(),
+            input_uris: vec![],
+            item_count: Some(25),
+            state: JobState::Running,
+            create_ms: 1_000,
+            start_ms: Some(1_500),
+            end_ms: None,
+            failure_reason: None,
+            message: None,
+            workers_succeeded: 0,
+            workers_failed: 0,
+        }
+    }
+
+    #[test]
+    fn snapshot_counts_come_from_the_ledger() {
+        let mut ledger = Ledger::default();
+        ledger.record(0, BatchStatus::Succeeded, 10, 100);
+        ledger.record(2, BatchStatus::FailedFinal, 5, 100);
+        let enqueue = EnqueueProgress { next_seq: 3, next_item: 25, done: true, ..Default::default() };
+        let job = record().snapshot(&ledger, &enqueue, 2, 4_000);
+        let b = job.batches.unwrap();
+        assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 1, 1, 1));
+        let i = job.items.unwrap();
+        assert_eq!((i.total, i.completed, i.failed, i.pending), (25, 10, 5, 10));
+        assert_eq!(job.queue_time.unwrap().nanos, 500_000_000);
+        assert_eq!(job.elapsed_time.unwrap().seconds, 2);
+        assert_eq!(job.workers.unwrap().running, 2);
+    }
+
+    #[test]
+    fn record_round_trips() {
+        let r = record();
+        assert_eq!(JobRecord::decode(&r.encode()).unwrap(), r);
+    }
+}

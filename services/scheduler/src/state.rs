@@ -1,0 +1,448 @@
+//! The scheduler's state, owned by one task ([`crate::actor`]): jobs with
+//! their ledgers, workers with their assignments. Handlers change memory and
+//! mark jobs dirty; [`State::flush`] persists dirty jobs in one etcd
+//! transaction each and only then acknowledges batch outcomes, so a worker
+//! acks a JetStream message only after its outcome is durable.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use batchmill_core::enqueue::EnqueueProgress;
+use batchmill_core::time::{duration_ms, now_ms};
+use batchmill_core::{JobId, JobState, S3Uri, WorkerId};
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
+use batchmill_queue::DeliveryPolicy;
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::ledger::{Ledger, Recorded};
+use crate::ports::{Ports, WorkerLink};
+use crate::record::{JobRecord, job_key, ledger_key, reason};
+
+/// Settings of the scheduler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub policy: DeliveryPolicy,
+    /// Pipelines jobs may name.
+    pub pipelines: Vec<String>,
+    /// Results location of jobs that name none.
+    pub default_output: S3Uri,
+    /// Where inline inputs are staged.
+    pub staging: S3Uri,
+}
+
+struct JobEntry {
+    record: JobRecord,
+    ledger: Ledger,
+    enqueue: EnqueueProgress,
+    assigned: BTreeSet<WorkerId>,
+    watchers: watch::Sender<pb::Job>,
+    /// Whether this leader has prepared the job's queue and enqueuing.
+    admitted: bool,
+}
+
+struct WorkerEntry {
+    session: u64,
+    link: Arc<dyn WorkerLink>,
+    pipelines: Vec<String>,
+    job: Option<JobId>,
+}
+
+pub struct State {
+    ports: Ports,
+    settings: Arc<Settings>,
+    jobs: BTreeMap<JobId, JobEntry>,
+    workers: BTreeMap<WorkerId, WorkerEntry>,
+    dirty: BTreeSet<JobId>,
+    acks: Vec<(WorkerId, u64, spb::OutcomeAck)>,
+}
+
+impl State {
+    pub fn new(ports: Ports, settings: Arc<Settings>) -> State {
+        State {
+            ports,
+            settings,
+            jobs: BTreeMap::new(),
+            workers: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// Loads every job and ledger from etcd, as a new leader.
+    pub async fn load(&mut self) -> Result<usize, batchmill_coord::CoordError> {
+        let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+        for (key, bytes) in self.ports.kv.list(crate::record::LEDGERS_PREFIX).await? {
+            match Ledger::decode(&bytes) {
+                Ok(l) => {
+                    ledgers.insert(key.trim_start_matches(crate::record::LEDGERS_PREFIX).to_owned(), l);
+                }
+                Err(e) => warn!(%key, error = %e, "unreadable ledger"),
+            }
+        }
+        for (key, bytes) in self.ports.kv.list(crate::record::JOBS_PREFIX).await? {
+            let record = match JobRecord::decode(&bytes) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%key, error = %e, "unreadable job record");
+                    continue;
+                }
+            };
+            let ledger = ledgers.remove(record.job_id.as_str()).unwrap_or_default();
+            let mut record = record;
+            if record.state == JobState::Completing {
+                // Completion is redone (the manifest is rewritten in place).
+                record.state = JobState::Running;
+            }
+            self.insert(record, ledger);
+        }
+        Ok(self.jobs.len())
+    }
+
+    fn insert(&mut self, record: JobRecord, ledger: Ledger) {
+        let enqueue = EnqueueProgress::default();
+        let snapshot = record.snapshot(&ledger, &enqueue, 0, now_ms());
+        let (watchers, _) = watch::channel(snapshot);
+        self.jobs
+            .insert(record.job_id.clone(), JobEntry { record, ledger, enqueue, assigned: BTreeSet::new(), watchers, admitted: false });
+    }
+
+    fn snapshot(&self, id: &JobId) -> Option<pb::Job> {
+        let e = self.jobs.get(id)?;
+        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()))
+    }
+
+    // ---- jobs ----
+
+    pub async fn submit(&mut self, record: JobRecord) -> pb::Job {
+        let id = record.job_id.clone();
+        info!(job_id = %id, pipeline = %record.pipeline, "job accepted");
+        self.insert(record, Ledger::default());
+        self.dirty.insert(id.clone());
+        self.flush().await;
+        self.admit(&id).await;
+        self.snapshot(&id).unwrap_or_default()
+    }
+
+    pub fn get(&self, id: &JobId) -> Option<pb::Job> {
+        self.snapshot(id)
+    }
+
+    /// Jobs newest first, after `after`, at most `limit`; and the last id if
+    /// more remain.
+    pub fn list(&self, after: Option<&JobId>, limit: usize) -> (Vec<pb::Job>, Option<JobId>) {
+        let ids: Vec<&JobId> = match after {
+            Some(after) => self.jobs.range(..after.clone()).rev().map(|(k, _)| k).take(limit + 1).collect(),
+            None => self.jobs.keys().rev().take(limit + 1).collect(),
+        };
+        let more = ids.len() > limit;
+        let page: Vec<&JobId> = ids.into_iter().take(limit).collect();
+        let next = if more { page.last().map(|id| (*id).clone()) } else { None };
+        (page.iter().filter_map(|id| self.snapshot(id)).collect(), next)
+    }
+
+    pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {
+        let e = self.jobs.get(id)?;
+        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()));
+        Some(e.watchers.subscribe())
+    }
+
+    pub async fn cancel(&mut self, id: &JobId) -> Option<pb::Job> {
+        let state = self.jobs.get(id)?.record.state;
+        if !state.is_terminal() {
+            if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
+                warn!(job_id = %id, error = %e, "stopping enqueue failed");
+            }
+            self.end(id, JobState::Cancelled, None, Some("cancelled by request".into()), "cancelled").await;
+            self.flush().await;
+        }
+        self.snapshot(id)
+    }
+
+    /// Admits a pending job: prepares its consumer and starts enqueuing.
+    /// On failure the job stays as it is and the next tick tries again.
+    async fn admit(&mut self, id: &JobId) {
+        let Some(entry) = self.jobs.get(id) else { return };
+        let request = batchmill_proto::enqueuer::v1::EnqueueJobRequest {
+            job_id: id.to_string(),
+            source: Some(batchmill_proto::lister::v1::Source {
+                kind: Some(batchmill_proto::lister::v1::source::Kind::NdjsonObjects(
+                    batchmill_proto::lister::v1::NdjsonObjects { uris: entry.record.input_uris.clone() },
+                )),
+            }),
+            batch_size: entry.record.batch_size as i32,
+        };
+        if let Err(e) = self.ports.queue.open(id.as_str(), self.settings.policy).await {
+            warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
+            return;
+        }
+        if let Err(e) = self.ports.enqueuer.enqueue(request).await {
+            warn!(job_id = %id, error = %e, "starting enqueue failed; will retry");
+            return;
+        }
+        if let Some(entry) = self.jobs.get_mut(id) {
+            entry.admitted = true;
+            if entry.record.state == JobState::Pending {
+                entry.record.state = JobState::Admitted;
+                self.dirty.insert(id.clone());
+            }
+        }
+    }
+
+    /// Ends a job in a terminal state: revokes its workers and withdraws its
+    /// remaining batches. The caller flushes.
+    async fn end(&mut self, id: &JobId, state: JobState, failure: Option<&str>, message: Option<String>, why: &str) {
+        let Some(entry) = self.jobs.get_mut(id) else { return };
+        entry.record.state = state;
+        entry.record.end_ms = Some(now_ms());
+        entry.record.failure_reason = failure.map(str::to_owned);
+        entry.record.message = message;
+        if matches!(state, JobState::Succeeded | JobState::CompletedWithFailures) {
+            entry.record.workers_succeeded += entry.assigned.len() as u32;
+        }
+        for worker in std::mem::take(&mut entry.assigned) {
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.job = None;
+                w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: why.to_owned() })));
+            }
+        }
+        self.dirty.insert(id.clone());
+        match self.ports.queue.close(id.as_str()).await {
+            Ok(withdrawn) => info!(job_id = %id, ?state, withdrawn, "job ended"),
+            Err(e) => warn!(job_id = %id, error = %e, "closing the job's queue failed"),
+        }
+        self.assign();
+    }
+
+    /// Completes a job whose every batch is final.
+    async fn complete_if_done(&mut self, id: &JobId) {
+        let Some(entry) = self.jobs.get_mut(id) else { return };
+        if !matches!(entry.record.state, JobState::Admitted | JobState::Running) {
+            return;
+        }
+        if let Some(error) = entry.enqueue.error.clone() {
+            self.end(id, JobState::Failed, Some(reason::ENQUEUE_FAILED), Some(error), "failed").await;
+            return;
+        }
+        if !(entry.enqueue.done && entry.ledger.finished() >= entry.enqueue.next_seq) {
+            return;
+        }
+        entry.record.state = JobState::Completing;
+        if let Err(e) = self.write_manifest(id).await {
+            warn!(job_id = %id, error = %e, "writing the manifest failed");
+        }
+        let Some(entry) = self.jobs.get(id) else { return };
+        let state = if entry.ledger.failed() == 0 { JobState::Succeeded } else { JobState::CompletedWithFailures };
+        self.end(id, state, None, None, "completed").await;
+    }
+
+    async fn write_manifest(&self, id: &JobId) -> Result<(), String> {
+        let entry = self.jobs.get(id).ok_or("job gone")?;
+        let output = S3Uri::parse(&entry.record.output_uri)?.join(id.as_str());
+        let batch_uri = |seq: u64| output.join(&format!("{id}-{seq}.jsonl")).to_string();
+        let mut snapshot = entry.record.snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
+        snapshot.state = pb::JobState::from(if entry.ledger.failed() == 0 {
+            JobState::Succeeded
+        } else {
+            JobState::CompletedWithFailures
+        }) as i32;
+        let manifest = serde_json::json!({
+            "job_id": id.to_string(),
+            "pipeline": entry.record.pipeline,
+            "state": snapshot.state().as_str_name(),
+            "batches": {
+                "total": snapshot.batches.as_ref().map_or(0, |b| b.total),
+                "succeeded": entry.ledger.succeeded(),
+                "failed": entry.ledger.failed(),
+            },
+            "items": {
+                "total": snapshot.items.as_ref().map_or(0, |i| i.total),
+                "completed": entry.ledger.items_completed(),
+                "failed": entry.ledger.items_failed(),
+            },
+            "results": entry.ledger.succeeded_seqs().map(batch_uri).collect::<Vec<_>>(),
+            "failed_batches": entry.ledger.failed_seqs().map(|s| format!("{id}-{s}")).collect::<Vec<_>>(),
+        });
+        let body = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?);
+        self.ports.store.put(&output.join("manifest.json"), body, "application/json").await
+    }
+
+    pub async fn enqueue_progress(&mut self, job_id: &str, progress: EnqueueProgress) {
+        let Ok(id) = JobId::parse("job_id", job_id) else { return };
+        let Some(entry) = self.jobs.get_mut(&id) else { return };
+        entry.enqueue = progress;
+        self.dirty.insert(id);
+    }
+
+    // ---- workers ----
+
+    pub fn worker_joined(&mut self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
+        self.worker_gone(&id, None);
+        link.send(out(Out::Registered(spb::Registered { protocol_version: spb::ProtocolVersion::ProtocolVersion1 as i32 })));
+        info!(worker_id = %id, ?pipelines, "worker joined");
+        self.workers.insert(id, WorkerEntry { session, link, pipelines, job: None });
+        self.assign();
+    }
+
+    /// A worker's session ended (`session` set) or its registration expired.
+    pub fn worker_gone(&mut self, id: &WorkerId, session: Option<u64>) {
+        let Some(w) = self.workers.get(id) else { return };
+        if session.is_some_and(|s| s != w.session) {
+            return; // an older session of a worker that has reconnected
+        }
+        let Some(w) = self.workers.remove(id) else { return };
+        info!(worker_id = %id, job_id = ?w.job.as_ref().map(ToString::to_string), "worker left");
+        self.acks.retain(|(worker, _, _)| worker != id);
+        if let Some(job) = w.job
+            && let Some(entry) = self.jobs.get_mut(&job)
+        {
+            entry.assigned.remove(id);
+            entry.record.workers_failed += 1;
+            self.dirty.insert(job);
+        }
+        self.assign();
+    }
+
+    pub fn released(&mut self, worker: &WorkerId, job_id: &str) {
+        let Some(w) = self.workers.get_mut(worker) else { return };
+        if w.job.as_ref().is_some_and(|j| j.as_str() == job_id) {
+            let job = w.job.take();
+            if let Some(job) = job
+                && let Some(entry) = self.jobs.get_mut(&job)
+            {
+                entry.assigned.remove(worker);
+                self.dirty.insert(job);
+            }
+            self.assign();
+        }
+    }
+
+    pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
+        let session = self.workers.get(worker).map_or(0, |w| w.session);
+        let ack = spb::OutcomeAck { job_id: outcome.job_id.clone(), seq: outcome.seq };
+        let Ok(id) = JobId::parse("job_id", &outcome.job_id) else { return };
+        let Some(entry) = self.jobs.get_mut(&id) else {
+            // Unknown job: nothing to count; let the worker drop the message.
+            self.acks.push((worker.clone(), session, ack));
+            return;
+        };
+        if !entry.record.state.is_terminal() {
+            let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
+            let status = outcome.status();
+            if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
+                info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
+            }
+            if status == spb::BatchStatus::FailedFinal {
+                warn!(job_id = %id, seq = outcome.seq, error = %outcome.error, "batch failed for good");
+            }
+            self.dirty.insert(id);
+        }
+        self.acks.push((worker.clone(), session, ack));
+    }
+
+    /// Gives idle workers to jobs that can take more, oldest job first.
+    fn assign(&mut self) {
+        let idle: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.job.is_none()).map(|(k, _)| k.clone()).collect();
+        for worker_id in idle {
+            let Some(worker) = self.workers.get_mut(&worker_id) else { continue };
+            let job = self.jobs.iter_mut().find(|(_, e)| {
+                matches!(e.record.state, JobState::Admitted | JobState::Running)
+                    && (e.assigned.len() as u32) < e.record.max_workers
+                    && worker.pipelines.iter().any(|p| *p == e.record.pipeline)
+            });
+            let Some((job_id, entry)) = job else { continue };
+            let assign = spb::Assign {
+                job_id: job_id.to_string(),
+                pipeline: entry.record.pipeline.clone(),
+                config: Some(batchmill_core::json::json_to_struct(&entry.record.config)),
+                output_uri: entry.record.output_uri.clone(),
+                stream: batchmill_queue::BATCH_STREAM.to_owned(),
+                consumer: batchmill_queue::consumer_name(job_id.as_str()),
+                max_deliver: self.settings.policy.max_deliver,
+                ack_wait: Some(duration_ms(self.settings.policy.ack_wait.as_millis() as u64)),
+            };
+            if !worker.link.send(out(Out::Assign(assign))) {
+                continue;
+            }
+            info!(job_id = %job_id, worker_id = %worker_id, "worker assigned");
+            worker.job = Some(job_id.clone());
+            entry.assigned.insert(worker_id.clone());
+            if entry.record.state == JobState::Admitted {
+                entry.record.state = JobState::Running;
+                entry.record.start_ms = Some(now_ms());
+            }
+            self.dirty.insert(job_id.clone());
+        }
+    }
+
+    /// Periodic work: admit jobs this leader has not admitted yet (new
+    /// ones, ones whose admission failed, and ones a previous leader left
+    /// running; admission is idempotent), then assign idle workers.
+    pub async fn tick(&mut self) {
+        let unadmitted: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.admitted && !e.record.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in unadmitted {
+            self.admit(&id).await;
+        }
+        self.assign();
+    }
+
+    /// Persists dirty jobs, then acknowledges outcomes and notifies watchers.
+    /// A job whose write failed stays dirty and its outcomes unacknowledged.
+    pub async fn flush(&mut self) {
+        if self.dirty.is_empty() && self.acks.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut failed = BTreeSet::new();
+        for id in &dirty {
+            let Some(entry) = self.jobs.get(id) else { continue };
+            let pairs = vec![(job_key(id), entry.record.encode()), (ledger_key(id), entry.ledger.encode())];
+            if let Err(e) = self.ports.kv.put_all(pairs).await {
+                warn!(job_id = %id, error = %e, "persisting job failed; will retry");
+                failed.insert(id.clone());
+            }
+        }
+        let now = now_ms();
+        for id in &dirty {
+            if let Some(e) = self.jobs.get(id) {
+                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now));
+            }
+        }
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks).into_iter().partition(|(_, _, ack)| {
+            JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id))
+        });
+        for (worker, session, ack) in ready {
+            if let Some(w) = self.workers.get(&worker)
+                && w.session == session
+            {
+                w.link.send(out(Out::OutcomeAck(ack)));
+            }
+        }
+        self.acks = held;
+        self.dirty = failed;
+    }
+
+    /// Completes or fails the changed jobs that are done.
+    pub async fn settle(&mut self) {
+        let changed: Vec<JobId> = self.dirty.iter().cloned().collect();
+        for id in changed {
+            self.complete_if_done(&id).await;
+        }
+    }
+
+    /// Whether outcomes wait for a flush.
+    pub fn has_pending_work(&self) -> bool {
+        !self.dirty.is_empty() || !self.acks.is_empty()
+    }
+}
+
+fn out(message: Out) -> spb::SessionResponse {
+    spb::SessionResponse { message: Some(message) }
+}

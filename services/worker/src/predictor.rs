@@ -1,0 +1,113 @@
+//! Predictors: what a worker runs over a batch. Built in: `echo`. The GPU
+//! `embed` predictor (cudarc) and Python predictors plug in here.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// A batch as a predictor sees it.
+pub struct BatchInput<'a> {
+    /// `<job_id>-<seq>`.
+    pub batch_id: &'a str,
+    pub seq: u64,
+    /// Index of the first item within the job.
+    pub first_item: u64,
+    pub items: &'a [Value],
+}
+
+/// Why a batch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// Worth another delivery.
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail again; no more deliveries.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Runs a pipeline over batches. Called on a blocking thread.
+pub trait Predictor: Send + Sync {
+    /// One output per item, in order; each becomes one result line.
+    fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError>;
+}
+
+/// Names of the built-in pipelines this worker can run.
+pub const BUILT_IN: &[&str] = &["echo"];
+
+/// The predictor of `pipeline` with the job's `config`.
+pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predictor>, String> {
+    match pipeline {
+        "echo" => Ok(Box::new(Echo::from_config(config)?)),
+        other => Err(format!("this worker cannot run pipeline {other:?}")),
+    }
+}
+
+/// `echo`: each result is `{"index": <item index in the job>, "result": <item>}`.
+///
+/// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch)
+/// and `fail_batches` (sequence numbers of batches that always fail).
+pub struct Echo {
+    delay: Duration,
+    fail_batches: Vec<u64>,
+}
+
+impl Echo {
+    pub fn from_config(config: &Map<String, Value>) -> Result<Echo, String> {
+        let delay_ms = match config.get("delay_ms") {
+            None => 0,
+            Some(v) => v.as_u64().ok_or("config.delay_ms must be a non-negative integer")?,
+        };
+        let fail_batches = match config.get("fail_batches") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().ok_or("config.fail_batches must hold batch sequence numbers"))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err("config.fail_batches must be an array".into()),
+        };
+        Ok(Echo { delay: Duration::from_millis(delay_ms), fail_batches })
+    }
+}
+
+impl Predictor for Echo {
+    fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        if self.fail_batches.contains(&batch.seq) {
+            return Err(PredictError::Retryable(format!("echo: batch {} fails as configured", batch.batch_id)));
+        }
+        Ok(batch
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| serde_json::json!({"index": batch.first_item + i as u64, "result": item}))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn echo_returns_each_item_with_its_index() {
+        let echo = load("echo", &Map::new()).unwrap();
+        let items = [json!("a"), json!({"b": 1})];
+        let out = echo.predict(&BatchInput { batch_id: "j-2", seq: 2, first_item: 20, items: &items }).unwrap();
+        assert_eq!(out, vec![json!({"index": 20, "result": "a"}), json!({"index": 21, "result": {"b": 1}})]);
+    }
+
+    #[test]
+    fn echo_fails_configured_batches_and_checks_config() {
+        let config = json!({"fail_batches": [1]}).as_object().cloned().unwrap();
+        let echo = load("echo", &config).unwrap();
+        let items = [json!(1)];
+        assert!(echo.predict(&BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &items }).is_err());
+        let bad = json!({"delay_ms": "soon"}).as_object().cloned().unwrap();
+        assert!(load("echo", &bad).unwrap_err().contains("delay_ms"));
+        assert!(load("nope", &Map::new()).is_err());
+    }
+}

@@ -1,0 +1,202 @@
+//! Runs one assigned job: pulls its batches one at a time, runs the
+//! predictor, writes `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the
+//! outcome and, once the scheduler confirms it is in the ledger, acks the
+//! message. A failed delivery is nak'ed with backoff, or term'ed after its
+//! last delivery.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use batchmill_blob::Blob;
+use batchmill_core::S3Uri;
+use batchmill_core::time::duration_ms;
+use batchmill_proto::queue::v1::Batch;
+use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
+use batchmill_queue::{Delivery, JetStreamQueue};
+use bytes::Bytes;
+use prost::Message;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+use crate::predictor::{self, BatchInput, PredictError, Predictor};
+use crate::session::Outbox;
+
+/// How long to wait for the scheduler to confirm an outcome.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a job run needs.
+pub struct JobRun {
+    pub assign: pb::Assign,
+    pub queue: JetStreamQueue,
+    pub blob: Blob,
+    pub outbox: Outbox,
+}
+
+impl JobRun {
+    /// Takes batches until `stop` (revoked, drained, session lost); the batch
+    /// in hand is finished first.
+    #[instrument(skip_all, fields(job_id = %self.assign.job_id))]
+    pub async fn run(self, stop: CancellationToken) {
+        let config = self.assign.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default();
+        let predictor: Arc<dyn Predictor> = match predictor::load(&self.assign.pipeline, &config) {
+            Ok(p) => Arc::from(p),
+            Err(e) => {
+                warn!(error = %e, "cannot run the job's pipeline");
+                self.outbox.release(&self.assign.job_id, &e);
+                return;
+            }
+        };
+        let output = match S3Uri::parse(&self.assign.output_uri) {
+            Ok(uri) => uri.join(&self.assign.job_id),
+            Err(e) => {
+                self.outbox.release(&self.assign.job_id, &e);
+                return;
+            }
+        };
+        let consumer = loop {
+            match self.queue.job_consumer(&self.assign.job_id).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    warn!(error = %e, "job consumer unavailable; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        info!("taking batches");
+        while !stop.is_cancelled() {
+            let delivery = tokio::select! {
+                () = stop.cancelled() => break,
+                d = consumer.next(Duration::from_secs(2)) => d,
+            };
+            match delivery {
+                // A batch once taken runs to the end, even when stopping.
+                Ok(Some(delivery)) => self.process(&predictor, &output, delivery).await,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "pull failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn process(&self, predictor: &Arc<dyn Predictor>, output: &S3Uri, delivery: Delivery) {
+        let started = Instant::now();
+        let attempt = delivery.attempt();
+        let batch = match Batch::decode(delivery.payload().as_ref()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "undecodable batch; terminating it");
+                let _ = delivery.term().await;
+                return;
+            }
+        };
+        let batch_id = format!("{}-{}", batch.job_id, batch.seq);
+        // Keep the delivery ours while the batch runs: report progress well
+        // within ack_wait so it is not redelivered to another worker.
+        let ack_wait = self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms);
+        let result = {
+            let run = self.run_batch(predictor, output, &batch, &batch_id);
+            tokio::pin!(run);
+            let mut tick = tokio::time::interval(Duration::from_millis((ack_wait / 3).max(100)));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = tick.tick() => { let _ = delivery.in_progress().await; }
+                }
+            }
+        };
+        let items = batch.items.len() as i64;
+        let last = attempt >= u64::from(self.assign.max_deliver.max(1));
+        let (status, error) = match &result {
+            Ok(()) => (BatchStatus::Succeeded, String::new()),
+            Err(PredictError::Permanent(e)) => (BatchStatus::FailedFinal, e.clone()),
+            Err(PredictError::Retryable(e)) if last => (BatchStatus::FailedFinal, e.clone()),
+            Err(PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e.clone()),
+        };
+        if status != BatchStatus::Succeeded {
+            warn!(%batch_id, attempt, error = %error, ?status, "batch failed");
+        }
+        let outcome = pb::BatchOutcome {
+            job_id: batch.job_id.clone(),
+            seq: batch.seq,
+            status: status as i32,
+            items,
+            error,
+            duration: Some(duration_ms(started.elapsed().as_millis() as u64)),
+            attempt,
+        };
+        // The scheduler confirms once the outcome is durable; only then is the
+        // message acked. Without confirmation the batch is redelivered and the
+        // ledger counts it once.
+        let confirmed = self.outbox.report(outcome, ACK_TIMEOUT).await;
+        if !confirmed {
+            warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
+            return;
+        }
+        let settle = match status {
+            BatchStatus::Succeeded => delivery.ack().await,
+            BatchStatus::FailedFinal => delivery.term().await,
+            _ => delivery.nak(backoff(attempt)).await,
+        };
+        if let Err(e) = settle {
+            warn!(%batch_id, error = %e, "settling the message failed");
+        }
+    }
+
+    /// Runs the predictor and writes the result object.
+    async fn run_batch(&self, predictor: &Arc<dyn Predictor>, output: &S3Uri, batch: &Batch, batch_id: &str) -> Result<(), PredictError> {
+        let items: Vec<Value> = batch
+            .items
+            .iter()
+            .map(|s| serde_json::from_str(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| PredictError::Permanent(format!("batch {batch_id} holds an item that is not JSON: {e}")))?;
+        let (predictor, id, seq, first_item) = (predictor.clone(), batch_id.to_owned(), batch.seq, batch.first_item);
+        let outputs = tokio::task::spawn_blocking(move || {
+            predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })
+        })
+        .await
+        .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))??;
+        if outputs.len() != batch.items.len() {
+            return Err(PredictError::Permanent(format!(
+                "predictor returned {} results for {} items",
+                outputs.len(),
+                batch.items.len()
+            )));
+        }
+        let mut body = Vec::with_capacity(outputs.len() * 32);
+        for out in &outputs {
+            body.extend_from_slice(out.to_string().as_bytes());
+            body.push(b'\n');
+        }
+        let key = output.join(&format!("{batch_id}.jsonl"));
+        self.blob
+            .put(&key.bucket, &key.key, Bytes::from(body), "application/x-ndjson")
+            .await
+            .map_err(|e| PredictError::Retryable(format!("writing {key}: {e}")))
+    }
+}
+
+/// Delay before redelivering a failed batch: 1s, 2s, 4s, ... up to 30s.
+pub fn backoff(attempt: u64) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+}

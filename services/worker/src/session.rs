@@ -1,0 +1,88 @@
+//! The worker's end of its session with the scheduler.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use batchmill_proto::scheduler::v1::{self as pb, session_request::Message as Out};
+use tokio::sync::{mpsc, oneshot};
+
+type Pending = HashMap<(String, u64), oneshot::Sender<()>>;
+
+/// Sends messages to the scheduler and waits for outcome confirmations.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<pb::SessionRequest>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::UnboundedSender<pb::SessionRequest>) -> Outbox {
+        Outbox { tx, pending: Arc::default() }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn send(&self, message: Out) -> bool {
+        self.tx.send(pb::SessionRequest { message: Some(message) }).is_ok()
+    }
+
+    /// Reports an outcome; true once the scheduler confirms it within `timeout`.
+    pub async fn report(&self, outcome: pb::BatchOutcome, timeout: Duration) -> bool {
+        let key = (outcome.job_id.clone(), outcome.seq);
+        let (tx, rx) = oneshot::channel();
+        self.pending().insert(key.clone(), tx);
+        if !self.send(Out::Outcome(outcome)) {
+            self.pending().remove(&key);
+            return false;
+        }
+        let confirmed = matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())));
+        self.pending().remove(&key);
+        confirmed
+    }
+
+    /// Handles the scheduler's confirmation of an outcome.
+    pub fn confirm(&self, ack: &pb::OutcomeAck) {
+        if let Some(tx) = self.pending().remove(&(ack.job_id.clone(), ack.seq)) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Gives an assignment back to the scheduler.
+    pub fn release(&self, job_id: &str, reason: &str) {
+        self.send(Out::Released(pb::AssignmentReleased { job_id: job_id.to_owned(), reason: reason.to_owned() }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(seq: u64) -> pb::BatchOutcome {
+        pb::BatchOutcome { job_id: "j".into(), seq, status: pb::BatchStatus::Succeeded as i32, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn report_waits_for_its_own_confirmation() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(tx);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.report(outcome(3), Duration::from_secs(5)).await }
+        });
+        let sent = rx.recv().await.unwrap();
+        assert!(matches!(sent.message, Some(Out::Outcome(ref o)) if o.seq == 3));
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 2 });
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 3 });
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn report_without_confirmation_times_out() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(tx);
+        assert!(!outbox.report(outcome(1), Duration::from_secs(30)).await);
+    }
+}
