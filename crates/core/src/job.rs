@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn refuses_a_batch_over_256_kib_naming_it() {
-        let big = json!("x".repeat(100 * 1024));
+        let big = json!("x".repeat(150 * 1024));
         let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1))
             .unwrap_err();
         assert_eq!(err.field, "item_list.items");

@@ -1,1 +1,41 @@
+//! The gateway is batchmill's only public face.
+//!
+//! RPCs: `batchmill.jobs.v1.JobService` over gRPC, and the same RPCs as
+//! REST/JSON on the same port, routed from their `google.api.http`
+//! annotations (see [`rest`]). Depends on: etcd (to find the scheduler
+//! leader) and the scheduler (which owns jobs). Stateless.
 
+mod forward;
+pub mod rest;
+
+pub use forward::JobsForwarder;
+
+use std::sync::Arc;
+
+use batchmill_coord::{Etcd, LeaderChannel};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The scheduler's leader election.
+pub const SCHEDULER_ELECTION: &str = "/batchmill/scheduler/leader";
+/// The public services, served over gRPC and REST.
+pub const PUBLIC_SERVICES: &[&str] = &["batchmill.jobs.v1.JobService"];
+
+/// The gateway's router: gRPC (with health and reflection) and REST.
+pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
+    let forwarder = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
+    let routes = batchmill_runtime::ServerBuilder::new()?.add_service(forwarder.into_service()).into_routes().await;
+    let rest = Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES).map_err(anyhow::Error::msg)?);
+    let rest_router = axum::Router::new().fallback(rest::handle).with_state(rest);
+    Ok(routes
+        .into_axum_router()
+        .merge(rest_router)
+        .layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+/// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.
+pub async fn run(etcd: Etcd, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = router(etcd).await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}

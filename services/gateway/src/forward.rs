@@ -1,0 +1,102 @@
+//! The public `JobService`: validates each request where it arrives, then
+//! forwards it to the scheduler leader (found through etcd).
+
+use batchmill_coord::LeaderChannel;
+use batchmill_core::JobSpec;
+use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+/// Most bytes of one gRPC request to the public API.
+pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024 + 64 * 1024;
+
+#[derive(Clone)]
+pub struct JobsForwarder {
+    leader: LeaderChannel,
+}
+
+impl JobsForwarder {
+    pub fn new(leader: LeaderChannel) -> JobsForwarder {
+        JobsForwarder { leader }
+    }
+
+    pub fn into_service(self) -> pb::job_service_server::JobServiceServer<JobsForwarder> {
+        pb::job_service_server::JobServiceServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(64 * 1024 * 1024)
+    }
+
+    async fn client(&self) -> Result<JobServiceClient<tonic::transport::Channel>, Status> {
+        let channel = self
+            .leader
+            .channel()
+            .await
+            .map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
+        Ok(JobServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// Forgets the leader when it could not be reached, so the next call
+    /// resolves it again.
+    async fn check<T>(&self, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        if let Err(status) = &result
+            && status.code() == tonic::Code::Unavailable
+        {
+            self.leader.invalidate().await;
+        }
+        result.map(|r| Response::new(r.into_inner()))
+    }
+}
+
+/// The request message alone, with the metadata worth passing on.
+fn onward<T>(request: Request<T>) -> Request<T> {
+    let (metadata, _, message) = request.into_parts();
+    let mut onward = Request::new(message);
+    for key in ["authorization", "traceparent", "tracestate", "x-request-id"] {
+        if let Some(v) = metadata.get(key) {
+            onward.metadata_mut().insert(key, v.clone());
+        }
+    }
+    onward
+}
+
+#[tonic::async_trait]
+impl JobService for JobsForwarder {
+    #[instrument(skip_all)]
+    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        // Refuse bad input here, before it crosses the cluster.
+        JobSpec::try_from(request.get_ref().clone())?;
+        let result = self.client().await?.submit_job(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        let result = self.client().await?.get_job(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let result = self.client().await?.list_jobs(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let result = self.client().await?.cancel_job(onward(request)).await;
+        self.check(result).await
+    }
+
+    type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
+
+    #[instrument(skip_all)]
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let result = self.client().await?.watch_job(onward(request)).await;
+        let stream = self.check(result).await?.into_inner();
+        Ok(Response::new(stream.boxed()))
+    }
+}

@@ -1,0 +1,239 @@
+//! REST/JSON transcoding, generic over the descriptors: each request is
+//! matched against the `google.api.http` routes, turned into the RPC's
+//! request message and sent through the same in-process gRPC services the
+//! gRPC port serves, so REST and gRPC share validation and every layer.
+
+mod codec;
+mod error;
+mod request;
+mod rules;
+mod template;
+
+pub use error::status_response;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::StatusCode;
+use http::uri::PathAndQuery;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
+use tonic::service::Routes;
+
+use codec::DynamicCodec;
+use rules::Route;
+
+/// Largest REST request body.
+pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+
+/// Request headers passed on to the RPC as metadata.
+const FORWARDED_HEADERS: &[&str] = &["authorization", "traceparent", "tracestate", "x-request-id"];
+
+/// The REST face of a set of gRPC services.
+pub struct Rest {
+    routes: Vec<Route>,
+    grpc: Routes,
+}
+
+impl Rest {
+    /// REST routes for the annotated methods of `services`, served by `grpc`.
+    pub fn new(grpc: Routes, services: &[&str]) -> Result<Rest, String> {
+        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+        Ok(Rest { routes: rules::load(&pool, services)?, grpc })
+    }
+}
+
+/// The axum handler for every REST request.
+pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let mut path_matched = false;
+    let found = rest.routes.iter().find_map(|route| {
+        let vars = route.template.matches(&path)?;
+        path_matched = true;
+        (route.verb == parts.method).then_some((route, vars))
+    });
+    let Some((route, vars)) = found else {
+        let (status, code) = if path_matched {
+            (StatusCode::METHOD_NOT_ALLOWED, tonic::Code::Unimplemented)
+        } else {
+            (StatusCode::NOT_FOUND, tonic::Code::NotFound)
+        };
+        return error::json_error(status, code, &format!("no route for {} {path}", parts.method), vec![]);
+    };
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error::json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                tonic::Code::ResourceExhausted,
+                &format!("request body exceeds the {MAX_BODY_BYTES}-byte (10 MiB) limit"),
+                vec![],
+            );
+        }
+    };
+    let message = match build_request(route, &vars, parts.uri.query(), &body) {
+        Ok(m) => m,
+        Err(e) => return error::json_error(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, &e, vec![]),
+    };
+    let mut grpc_request = tonic::Request::new(message);
+    for name in FORWARDED_HEADERS {
+        if let Some(value) = parts.headers.get(*name)
+            && let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes())
+        {
+            grpc_request.metadata_mut().insert(*name, value);
+        }
+    }
+    call(rest.grpc.clone(), route, grpc_request).await
+}
+
+fn build_request(
+    route: &Route,
+    vars: &[(String, String)],
+    query: Option<&str>,
+    body: &Bytes,
+) -> Result<DynamicMessage, String> {
+    let input = route.method.input();
+    let mut message = match route.body.as_str() {
+        "*" => from_body(input, body)?,
+        "" => DynamicMessage::new(input),
+        field => {
+            let mut message = DynamicMessage::new(input.clone());
+            let desc = input.get_field_by_name(field).ok_or_else(|| format!("body field {field:?} does not exist"))?;
+            let prost_reflect::Kind::Message(inner) = desc.kind() else {
+                return Err(format!("body field {field:?} is not a message"));
+            };
+            message.set_field(&desc, Value::Message(from_body(inner, body)?));
+            message
+        }
+    };
+    for (name, value) in vars {
+        request::set_path(&mut message, name, value)?;
+    }
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        if route.body == "*" {
+            return Err("query parameters are not accepted here: put every field in the JSON body".into());
+        }
+        for (key, value) in form_urlencoded(query) {
+            request::set_path(&mut message, &key, &value).map_err(|e| format!("query parameter {key:?}: {e}"))?;
+        }
+    }
+    Ok(message)
+}
+
+/// The JSON body as `desc`; an empty body is an empty message.
+fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DynamicMessage::new(desc));
+    }
+    request::from_json(desc, body)
+}
+
+/// Decodes `a=1&b=x%20y` pairs.
+fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let s = s.replace('+', " ");
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, String> {
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let mut out = serde_json::Serializer::new(Vec::new());
+    if response_body.is_empty() {
+        message.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?;
+    } else {
+        match message.get_field_by_name(response_body).as_deref() {
+            Some(Value::Message(inner)) => inner.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?,
+            _ => return Err(format!("response field {response_body:?} is not a message")),
+        }
+    }
+    Ok(out.into_inner())
+}
+
+async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessage>) -> Response {
+    let method = &route.method;
+    let path = match PathAndQuery::from_str(&format!("/{}/{}", method.parent_service().full_name(), method.name())) {
+        Ok(p) => p,
+        Err(e) => return error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e.to_string(), vec![]),
+    };
+    let mut client = tonic::client::Grpc::new(grpc)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    if let Err(e) = client.ready().await {
+        return error::json_error(StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, &e.to_string(), vec![]);
+    }
+    let codec = DynamicCodec::new(method.output());
+    if method.is_server_streaming() {
+        let stream = match client.server_streaming(request, path, codec).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return status_response(&status),
+        };
+        // One JSON object a line: {"result": ...}, or {"error": ...} last.
+        let response_body = route.response_body.clone();
+        let lines = stream.map(move |item| {
+            let mut line = match item {
+                Ok(message) => match to_json(&message, &response_body) {
+                    Ok(json) => [b"{\"result\":".as_slice(), &json, b"}"].concat(),
+                    Err(e) => serde_json::json!({"error": {"code": 13, "message": e}}).to_string().into_bytes(),
+                },
+                Err(status) => {
+                    serde_json::json!({"error": error::status_json(&status)}).to_string().into_bytes()
+                }
+            };
+            line.push(b'\n');
+            Ok::<_, std::convert::Infallible>(Bytes::from(line))
+        });
+        return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines))
+            .into_response();
+    }
+    match client.unary(request, path, codec).await {
+        Ok(response) => match to_json(response.get_ref(), &route.response_body) {
+            Ok(json) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
+            Err(e) => error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e, vec![]),
+        },
+        Err(status) => status_response(&status),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_query_strings() {
+        assert_eq!(
+            form_urlencoded("pageSize=2&page_token=a%20b&x=1+2"),
+            vec![("pageSize".into(), "2".into()), ("page_token".into(), "a b".into()), ("x".into(), "1 2".into())]
+        );
+    }
+}
