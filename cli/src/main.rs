@@ -1,1 +1,248 @@
-fn main() {}
+//! `batchmill`: the command-line client of the public gRPC API.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
+use clap::{Parser, Subcommand};
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batchmill",
+    version,
+    about = "Submit and follow batchmill jobs"
+)]
+struct Cli {
+    /// Gateway gRPC address (host:port).
+    #[arg(
+        long,
+        env = "BATCHMILL_GRPC_ADDR",
+        default_value = "127.0.0.1:7410",
+        global = true
+    )]
+    addr: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submits a job over inline items.
+    Submit(Submit),
+    /// Shows a job.
+    Get { job_id: String },
+    /// Lists jobs, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Cancels a job.
+    Cancel { job_id: String },
+    /// Follows a job until it ends, one JSON line per change.
+    Watch { job_id: String },
+}
+
+#[derive(Debug, clap::Args)]
+struct Submit {
+    /// Pipeline to run.
+    #[arg(long, default_value = "echo")]
+    pipeline: String,
+    /// Most workers for the job.
+    #[arg(long, default_value_t = 2)]
+    workers: i32,
+    /// Items per batch.
+    #[arg(long, default_value_t = 10)]
+    batch_size: i32,
+    /// A JSON file holding an array of items.
+    #[arg(long, conflicts_with = "count")]
+    items_file: Option<std::path::PathBuf>,
+    /// Generate N items {"n": i} instead of reading a file.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Predictor configuration, as a JSON object.
+    #[arg(long)]
+    config: Option<String>,
+    /// Results location (s3://bucket/prefix); default: the cluster's.
+    #[arg(long, default_value = "")]
+    output_uri: String,
+    /// Wait for the job to end and print how long it took.
+    #[arg(long)]
+    wait: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cli.addr))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", cli.addr))?;
+    let mut client =
+        JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
+    match cli.command {
+        Command::Submit(submit) => run_submit(&mut client, submit).await?,
+        Command::Get { job_id } => {
+            print_job(
+                &client
+                    .get_job(pb::GetJobRequest { job_id })
+                    .await?
+                    .into_inner()
+                    .job
+                    .unwrap_or_default(),
+            )?;
+        }
+        Command::List {
+            page_size,
+            page_token,
+        } => {
+            let page = client
+                .list_jobs(pb::ListJobsRequest {
+                    page_size,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            println!("{}", to_json(&page, "batchmill.jobs.v1.ListJobsResponse")?);
+        }
+        Command::Cancel { job_id } => {
+            print_job(
+                &client
+                    .cancel_job(pb::CancelJobRequest { job_id })
+                    .await?
+                    .into_inner()
+                    .job
+                    .unwrap_or_default(),
+            )?;
+        }
+        Command::Watch { job_id } => {
+            let job = watch(&mut client, &job_id, true).await?;
+            print_job(&job)?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow::Result<()> {
+    let items: Vec<serde_json::Value> = match (&s.items_file, s.count) {
+        (Some(path), _) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{}: expected a JSON array", path.display()))?
+        }
+        (None, Some(n)) => (0..n).map(|i| serde_json::json!({"n": i})).collect(),
+        (None, None) => bail!("give --items-file or --count"),
+    };
+    let config = match &s.config {
+        Some(text) => {
+            let value: serde_json::Value = serde_json::from_str(text).context("--config")?;
+            let object = value
+                .as_object()
+                .context("--config must be a JSON object")?;
+            Some(batchmill_core::json::json_to_struct(object))
+        }
+        None => None,
+    };
+    let request = pb::SubmitJobRequest {
+        pipeline: s.pipeline,
+        workers: s.workers,
+        source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
+            items: items
+                .iter()
+                .map(batchmill_core::json::json_to_value)
+                .collect(),
+            batch_size: s.batch_size,
+        })),
+        config,
+        output_uri: s.output_uri,
+    };
+    let started = Instant::now();
+    let job = client
+        .submit_job(request)
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    if !s.wait {
+        return print_job(&job);
+    }
+    eprintln!("submitted job {}", job.job_id);
+    let done = watch(client, &job.job_id, false).await?;
+    let elapsed = started.elapsed();
+    print_job(&done)?;
+    eprintln!(
+        "job {} ended {} in {:.3} s (submit to terminal state)",
+        done.job_id,
+        done.state().as_str_name(),
+        elapsed.as_secs_f64()
+    );
+    if done.state() != pb::JobState::Succeeded {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Follows a job to its end; returns its last state.
+async fn watch(
+    client: &mut JobServiceClient<Channel>,
+    job_id: &str,
+    print: bool,
+) -> anyhow::Result<pb::Job> {
+    let mut stream = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = stream.message().await? {
+        let job = update.job.unwrap_or_default();
+        if print {
+            println!("{}", compact_json(&job)?);
+        } else if let Some(b) = &job.batches {
+            eprintln!(
+                "  {} batches {}/{} succeeded, {} failed",
+                job.state().as_str_name(),
+                b.succeeded,
+                b.total,
+                b.failed
+            );
+        }
+        last = Some(job);
+    }
+    last.context("the watch ended without a state")
+}
+
+fn pool() -> anyhow::Result<DescriptorPool> {
+    Ok(DescriptorPool::decode(
+        batchmill_proto::FILE_DESCRIPTOR_SET,
+    )?)
+}
+
+fn to_json<M: Message>(message: &M, name: &str) -> anyhow::Result<String> {
+    let desc = pool()?
+        .get_message_by_name(name)
+        .with_context(|| format!("no message {name}"))?;
+    let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())?;
+    let mut out = serde_json::Serializer::pretty(Vec::new());
+    dynamic.serialize_with_options(
+        &mut out,
+        &SerializeOptions::new().skip_default_fields(false),
+    )?;
+    Ok(String::from_utf8(out.into_inner())?)
+}
+
+fn compact_json(job: &pb::Job) -> anyhow::Result<String> {
+    let pretty = to_json(job, "batchmill.jobs.v1.Job")?;
+    Ok(serde_json::from_str::<serde_json::Value>(&pretty)?.to_string())
+}
+
+fn print_job(job: &pb::Job) -> anyhow::Result<()> {
+    println!("{}", to_json(job, "batchmill.jobs.v1.Job")?);
+    Ok(())
+}

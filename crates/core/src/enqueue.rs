@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-
 /// Prefix of every enqueue key.
 pub const PREFIX: &str = "/batchmill/enqueue/";
 

@@ -93,6 +93,15 @@ impl ServerBuilder {
     }
 }
 
+/// Request tracing. Failed requests are logged at DEBUG: services log the
+/// errors they handle, and a client's bad request is no server error.
+pub fn trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+> {
+    tower_http::trace::TraceLayer::new_for_grpc()
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+}
+
 /// Serves prepared routes with the standard layers until `shutdown`.
 pub async fn serve_routes(
     routes: Routes,
@@ -103,7 +112,7 @@ pub async fn serve_routes(
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .layer(tower_http::trace::TraceLayer::new_for_grpc())
+        .layer(trace_layer())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;

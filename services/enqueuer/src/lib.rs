@@ -11,8 +11,8 @@ mod batcher;
 mod grpc;
 
 pub use batcher::Batcher;
-pub use grpc::EnqueuerGrpc;
 use batchmill_core::enqueue::{self as progress, EnqueueProgress, progress_key, request_key};
+pub use grpc::EnqueuerGrpc;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,10 @@ impl ServiceError for EnqueueError {
 }
 
 fn corrupt(job_id: &str, e: impl std::fmt::Display) -> EnqueueError {
-    EnqueueError::Corrupt { job_id: job_id.to_owned(), message: e.to_string() }
+    EnqueueError::Corrupt {
+        job_id: job_id.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 /// The enqueuer's domain: runs one enqueuing task per job.

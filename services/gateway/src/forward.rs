@@ -3,7 +3,9 @@
 
 use batchmill_coord::LeaderChannel;
 use batchmill_core::JobSpec;
-use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
+use batchmill_proto::jobs::v1::{
+    self as pb, job_service_client::JobServiceClient, job_service_server::JobService,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
@@ -66,7 +68,10 @@ fn onward<T>(request: Request<T>) -> Request<T> {
 #[tonic::async_trait]
 impl JobService for JobsForwarder {
     #[instrument(skip_all)]
-    async fn submit_job(&self, request: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         // Refuse bad input here, before it crosses the cluster.
         JobSpec::try_from(request.get_ref().clone())?;
         let result = self.client().await?.submit_job(onward(request)).await;
@@ -74,19 +79,28 @@ impl JobService for JobsForwarder {
     }
 
     #[instrument(skip_all)]
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
         let result = self.client().await?.get_job(onward(request)).await;
         self.check(result).await
     }
 
     #[instrument(skip_all)]
-    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let result = self.client().await?.list_jobs(onward(request)).await;
         self.check(result).await
     }
 
     #[instrument(skip_all)]
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let result = self.client().await?.cancel_job(onward(request)).await;
         self.check(result).await
     }
@@ -94,7 +108,10 @@ impl JobService for JobsForwarder {
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all)]
-    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         let result = self.client().await?.watch_job(onward(request)).await;
         let stream = self.check(result).await?.into_inner();
         Ok(Response::new(stream.boxed()))

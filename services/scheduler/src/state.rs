@@ -77,7 +77,11 @@ impl State {
         for (key, bytes) in self.ports.kv.list(crate::record::LEDGERS_PREFIX).await? {
             match Ledger::decode(&bytes) {
                 Ok(l) => {
-                    ledgers.insert(key.trim_start_matches(crate::record::LEDGERS_PREFIX).to_owned(), l);
+                    ledgers.insert(
+                        key.trim_start_matches(crate::record::LEDGERS_PREFIX)
+                            .to_owned(),
+                        l,
+                    );
                 }
                 Err(e) => warn!(%key, error = %e, "unreadable ledger"),
             }
@@ -105,13 +109,25 @@ impl State {
         let enqueue = EnqueueProgress::default();
         let snapshot = record.snapshot(&ledger, &enqueue, 0, now_ms());
         let (watchers, _) = watch::channel(snapshot);
-        self.jobs
-            .insert(record.job_id.clone(), JobEntry { record, ledger, enqueue, assigned: BTreeSet::new(), watchers, admitted: false });
+        self.jobs.insert(
+            record.job_id.clone(),
+            JobEntry {
+                record,
+                ledger,
+                enqueue,
+                assigned: BTreeSet::new(),
+                watchers,
+                admitted: false,
+            },
+        );
     }
 
     fn snapshot(&self, id: &JobId) -> Option<pb::Job> {
         let e = self.jobs.get(id)?;
-        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()))
+        Some(
+            e.record
+                .snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()),
+        )
     }
 
     // ---- jobs ----
@@ -134,18 +150,36 @@ impl State {
     /// more remain.
     pub fn list(&self, after: Option<&JobId>, limit: usize) -> (Vec<pb::Job>, Option<JobId>) {
         let ids: Vec<&JobId> = match after {
-            Some(after) => self.jobs.range(..after.clone()).rev().map(|(k, _)| k).take(limit + 1).collect(),
+            Some(after) => self
+                .jobs
+                .range(..after.clone())
+                .rev()
+                .map(|(k, _)| k)
+                .take(limit + 1)
+                .collect(),
             None => self.jobs.keys().rev().take(limit + 1).collect(),
         };
         let more = ids.len() > limit;
         let page: Vec<&JobId> = ids.into_iter().take(limit).collect();
-        let next = if more { page.last().map(|id| (*id).clone()) } else { None };
-        (page.iter().filter_map(|id| self.snapshot(id)).collect(), next)
+        let next = if more {
+            page.last().map(|id| (*id).clone())
+        } else {
+            None
+        };
+        (
+            page.iter().filter_map(|id| self.snapshot(id)).collect(),
+            next,
+        )
     }
 
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {
         let e = self.jobs.get(id)?;
-        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()));
+        e.watchers.send_replace(e.record.snapshot(
+            &e.ledger,
+            &e.enqueue,
+            e.assigned.len() as u32,
+            now_ms(),
+        ));
         Some(e.watchers.subscribe())
     }
 
@@ -155,7 +189,14 @@ impl State {
             if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
                 warn!(job_id = %id, error = %e, "stopping enqueue failed");
             }
-            self.end(id, JobState::Cancelled, None, Some("cancelled by request".into()), "cancelled").await;
+            self.end(
+                id,
+                JobState::Cancelled,
+                None,
+                Some("cancelled by request".into()),
+                "cancelled",
+            )
+            .await;
             self.flush().await;
         }
         self.snapshot(id)
@@ -164,17 +205,26 @@ impl State {
     /// Admits a pending job: prepares its consumer and starts enqueuing.
     /// On failure the job stays as it is and the next tick tries again.
     async fn admit(&mut self, id: &JobId) {
-        let Some(entry) = self.jobs.get(id) else { return };
+        let Some(entry) = self.jobs.get(id) else {
+            return;
+        };
         let request = batchmill_proto::enqueuer::v1::EnqueueJobRequest {
             job_id: id.to_string(),
             source: Some(batchmill_proto::lister::v1::Source {
                 kind: Some(batchmill_proto::lister::v1::source::Kind::NdjsonObjects(
-                    batchmill_proto::lister::v1::NdjsonObjects { uris: entry.record.input_uris.clone() },
+                    batchmill_proto::lister::v1::NdjsonObjects {
+                        uris: entry.record.input_uris.clone(),
+                    },
                 )),
             }),
             batch_size: entry.record.batch_size as i32,
         };
-        if let Err(e) = self.ports.queue.open(id.as_str(), self.settings.policy).await {
+        if let Err(e) = self
+            .ports
+            .queue
+            .open(id.as_str(), self.settings.policy)
+            .await
+        {
             warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
             return;
         }
@@ -189,12 +239,22 @@ impl State {
                 self.dirty.insert(id.clone());
             }
         }
+        self.assign();
     }
 
     /// Ends a job in a terminal state: revokes its workers and withdraws its
     /// remaining batches. The caller flushes.
-    async fn end(&mut self, id: &JobId, state: JobState, failure: Option<&str>, message: Option<String>, why: &str) {
-        let Some(entry) = self.jobs.get_mut(id) else { return };
+    async fn end(
+        &mut self,
+        id: &JobId,
+        state: JobState,
+        failure: Option<&str>,
+        message: Option<String>,
+        why: &str,
+    ) {
+        let Some(entry) = self.jobs.get_mut(id) else {
+            return;
+        };
         entry.record.state = state;
         entry.record.end_ms = Some(now_ms());
         entry.record.failure_reason = failure.map(str::to_owned);
@@ -205,7 +265,10 @@ impl State {
         for worker in std::mem::take(&mut entry.assigned) {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.job = None;
-                w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: why.to_owned() })));
+                w.link.send(out(Out::Revoke(spb::Revoke {
+                    job_id: id.to_string(),
+                    reason: why.to_owned(),
+                })));
             }
         }
         self.dirty.insert(id.clone());
@@ -218,12 +281,21 @@ impl State {
 
     /// Completes a job whose every batch is final.
     async fn complete_if_done(&mut self, id: &JobId) {
-        let Some(entry) = self.jobs.get_mut(id) else { return };
+        let Some(entry) = self.jobs.get_mut(id) else {
+            return;
+        };
         if !matches!(entry.record.state, JobState::Admitted | JobState::Running) {
             return;
         }
         if let Some(error) = entry.enqueue.error.clone() {
-            self.end(id, JobState::Failed, Some(reason::ENQUEUE_FAILED), Some(error), "failed").await;
+            self.end(
+                id,
+                JobState::Failed,
+                Some(reason::ENQUEUE_FAILED),
+                Some(error),
+                "failed",
+            )
+            .await;
             return;
         }
         if !(entry.enqueue.done && entry.ledger.finished() >= entry.enqueue.next_seq) {
@@ -233,8 +305,14 @@ impl State {
         if let Err(e) = self.write_manifest(id).await {
             warn!(job_id = %id, error = %e, "writing the manifest failed");
         }
-        let Some(entry) = self.jobs.get(id) else { return };
-        let state = if entry.ledger.failed() == 0 { JobState::Succeeded } else { JobState::CompletedWithFailures };
+        let Some(entry) = self.jobs.get(id) else {
+            return;
+        };
+        let state = if entry.ledger.failed() == 0 {
+            JobState::Succeeded
+        } else {
+            JobState::CompletedWithFailures
+        };
         self.end(id, state, None, None, "completed").await;
     }
 
@@ -242,7 +320,9 @@ impl State {
         let entry = self.jobs.get(id).ok_or("job gone")?;
         let output = S3Uri::parse(&entry.record.output_uri)?.join(id.as_str());
         let batch_uri = |seq: u64| output.join(&format!("{id}-{seq}.jsonl")).to_string();
-        let mut snapshot = entry.record.snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
+        let mut snapshot = entry
+            .record
+            .snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
         snapshot.state = pb::JobState::from(if entry.ledger.failed() == 0 {
             JobState::Succeeded
         } else {
@@ -266,33 +346,60 @@ impl State {
             "failed_batches": entry.ledger.failed_seqs().map(|s| format!("{id}-{s}")).collect::<Vec<_>>(),
         });
         let body = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?);
-        self.ports.store.put(&output.join("manifest.json"), body, "application/json").await
+        self.ports
+            .store
+            .put(&output.join("manifest.json"), body, "application/json")
+            .await
     }
 
     pub async fn enqueue_progress(&mut self, job_id: &str, progress: EnqueueProgress) {
-        let Ok(id) = JobId::parse("job_id", job_id) else { return };
-        let Some(entry) = self.jobs.get_mut(&id) else { return };
+        let Ok(id) = JobId::parse("job_id", job_id) else {
+            return;
+        };
+        let Some(entry) = self.jobs.get_mut(&id) else {
+            return;
+        };
         entry.enqueue = progress;
         self.dirty.insert(id);
     }
 
     // ---- workers ----
 
-    pub fn worker_joined(&mut self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
+    pub fn worker_joined(
+        &mut self,
+        id: WorkerId,
+        session: u64,
+        pipelines: Vec<String>,
+        link: Arc<dyn WorkerLink>,
+    ) {
         self.worker_gone(&id, None);
-        link.send(out(Out::Registered(spb::Registered { protocol_version: spb::ProtocolVersion::ProtocolVersion1 as i32 })));
+        link.send(out(Out::Registered(spb::Registered {
+            protocol_version: spb::ProtocolVersion::ProtocolVersion1 as i32,
+        })));
         info!(worker_id = %id, ?pipelines, "worker joined");
-        self.workers.insert(id, WorkerEntry { session, link, pipelines, job: None });
+        self.workers.insert(
+            id,
+            WorkerEntry {
+                session,
+                link,
+                pipelines,
+                job: None,
+            },
+        );
         self.assign();
     }
 
     /// A worker's session ended (`session` set) or its registration expired.
     pub fn worker_gone(&mut self, id: &WorkerId, session: Option<u64>) {
-        let Some(w) = self.workers.get(id) else { return };
+        let Some(w) = self.workers.get(id) else {
+            return;
+        };
         if session.is_some_and(|s| s != w.session) {
             return; // an older session of a worker that has reconnected
         }
-        let Some(w) = self.workers.remove(id) else { return };
+        let Some(w) = self.workers.remove(id) else {
+            return;
+        };
         info!(worker_id = %id, job_id = ?w.job.as_ref().map(ToString::to_string), "worker left");
         self.acks.retain(|(worker, _, _)| worker != id);
         if let Some(job) = w.job
@@ -306,7 +413,9 @@ impl State {
     }
 
     pub fn released(&mut self, worker: &WorkerId, job_id: &str) {
-        let Some(w) = self.workers.get_mut(worker) else { return };
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
         if w.job.as_ref().is_some_and(|j| j.as_str() == job_id) {
             let job = w.job.take();
             if let Some(job) = job
@@ -321,17 +430,29 @@ impl State {
 
     pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
         let session = self.workers.get(worker).map_or(0, |w| w.session);
-        let ack = spb::OutcomeAck { job_id: outcome.job_id.clone(), seq: outcome.seq };
-        let Ok(id) = JobId::parse("job_id", &outcome.job_id) else { return };
+        let ack = spb::OutcomeAck {
+            job_id: outcome.job_id.clone(),
+            seq: outcome.seq,
+        };
+        let Ok(id) = JobId::parse("job_id", &outcome.job_id) else {
+            return;
+        };
         let Some(entry) = self.jobs.get_mut(&id) else {
             // Unknown job: nothing to count; let the worker drop the message.
             self.acks.push((worker.clone(), session, ack));
             return;
         };
         if !entry.record.state.is_terminal() {
-            let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
+            let duration = outcome
+                .duration
+                .as_ref()
+                .map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
-            if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
+            if entry
+                .ledger
+                .record(outcome.seq, status, outcome.items.max(0) as u64, duration)
+                == Recorded::Duplicate
+            {
                 info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
             }
             if status == spb::BatchStatus::FailedFinal {
@@ -344,9 +465,16 @@ impl State {
 
     /// Gives idle workers to jobs that can take more, oldest job first.
     fn assign(&mut self) {
-        let idle: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.job.is_none()).map(|(k, _)| k.clone()).collect();
+        let idle: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.job.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
         for worker_id in idle {
-            let Some(worker) = self.workers.get_mut(&worker_id) else { continue };
+            let Some(worker) = self.workers.get_mut(&worker_id) else {
+                continue;
+            };
             let job = self.jobs.iter_mut().find(|(_, e)| {
                 matches!(e.record.state, JobState::Admitted | JobState::Running)
                     && (e.assigned.len() as u32) < e.record.max_workers
@@ -402,8 +530,13 @@ impl State {
         let dirty = std::mem::take(&mut self.dirty);
         let mut failed = BTreeSet::new();
         for id in &dirty {
-            let Some(entry) = self.jobs.get(id) else { continue };
-            let pairs = vec![(job_key(id), entry.record.encode()), (ledger_key(id), entry.ledger.encode())];
+            let Some(entry) = self.jobs.get(id) else {
+                continue;
+            };
+            let pairs = vec![
+                (job_key(id), entry.record.encode()),
+                (ledger_key(id), entry.ledger.encode()),
+            ];
             if let Err(e) = self.ports.kv.put_all(pairs).await {
                 warn!(job_id = %id, error = %e, "persisting job failed; will retry");
                 failed.insert(id.clone());
@@ -412,12 +545,20 @@ impl State {
         let now = now_ms();
         for id in &dirty {
             if let Some(e) = self.jobs.get(id) {
-                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now));
+                e.watchers.send_replace(e.record.snapshot(
+                    &e.ledger,
+                    &e.enqueue,
+                    e.assigned.len() as u32,
+                    now,
+                ));
             }
         }
-        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks).into_iter().partition(|(_, _, ack)| {
-            JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id))
-        });
+        let (ready, held): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.acks)
+                .into_iter()
+                .partition(|(_, _, ack)| {
+                    JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id))
+                });
         for (worker, session, ack) in ready {
             if let Some(w) = self.workers.get(&worker)
                 && w.session == session
@@ -444,5 +585,7 @@ impl State {
 }
 
 fn out(message: Out) -> spb::SessionResponse {
-    spb::SessionResponse { message: Some(message) }
+    spb::SessionResponse {
+        message: Some(message),
+    }
 }

@@ -22,8 +22,8 @@ use batchmill_queue::JetStreamQueue;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use runner::backoff;
 use runner::JobRun;
+pub use runner::backoff;
 use session::Outbox;
 
 /// Prefix of worker registrations; must match the scheduler's.
@@ -89,7 +89,11 @@ impl Worker {
     }
 
     /// One session; Ok after a clean drain, Err when the session broke.
-    async fn session(&self, leader: &LeaderChannel, shutdown: &CancellationToken) -> Result<(), String> {
+    async fn session(
+        &self,
+        leader: &LeaderChannel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
         let channel = leader.channel().await.map_err(|e| e.to_string())?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let outbox = Outbox::new(tx);
@@ -97,7 +101,10 @@ impl Worker {
             worker_id: self.id.to_string(),
             protocol_version: pb::ProtocolVersion::ProtocolVersion1 as i32,
             device: self.device.to_string(),
-            pipelines: predictor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect(),
+            pipelines: predictor::BUILT_IN
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
         }));
         let mut inbound = pb::worker_service_client::WorkerServiceClient::new(channel)
             .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))

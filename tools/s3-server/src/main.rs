@@ -1,1 +1,92 @@
-fn main() {}
+//! batchmill-s3-server: a real S3-compatible server for the local cluster
+//! and the test sandbox, over a directory. It is the s3s-fs library (SigV4
+//! authentication, pagination, multipart) behind a small hyper front end,
+//! built in this workspace so it shares its dependencies.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batchmill-s3-server",
+    version,
+    about = "S3-compatible server over a directory"
+)]
+struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "BATCHMILL_S3_LISTEN", default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    /// Directory holding the buckets (one subdirectory each).
+    #[arg(long, env = "BATCHMILL_S3_ROOT")]
+    root: PathBuf,
+    /// Access key clients must sign with.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key: String,
+    /// Secret key clients must sign with.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// Buckets to create at start.
+    #[arg(long, value_delimiter = ',')]
+    buckets: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    let _telemetry = batchmill_runtime::telemetry::init("batchmill-s3-server")?;
+    let shutdown = batchmill_runtime::shutdown_token();
+    std::fs::create_dir_all(&config.root)
+        .with_context(|| format!("creating {}", config.root.display()))?;
+    for bucket in &config.buckets {
+        std::fs::create_dir_all(config.root.join(bucket))
+            .with_context(|| format!("creating bucket {bucket}"))?;
+    }
+    let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let service = {
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(
+            config.access_key.clone(),
+            config.secret_key.clone(),
+        ));
+        builder.build()
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    info!(addr = %listener.local_addr()?, root = %config.root.display(), "s3 serving");
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let socket = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let connection = http
+            .serve_connection(TokioIo::new(socket), service.clone())
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+    }
+    info!("s3 stopped");
+    Ok(())
+}

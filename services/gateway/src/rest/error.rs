@@ -25,11 +25,26 @@ pub fn status_json(status: &tonic::Status) -> Value {
 /// The HTTP response of a gRPC status.
 pub fn status_response(status: &tonic::Status) -> Response {
     let http = ErrorCode::from_grpc(status.code()).http();
-    (http, [(http::header::CONTENT_TYPE, "application/json")], status_json(status).to_string()).into_response()
+    (
+        http,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        status_json(status).to_string(),
+    )
+        .into_response()
 }
 
 /// An error found before any RPC was made.
-pub fn json_error(http: StatusCode, code: tonic::Code, message: &str, details: Vec<Value>) -> Response {
+pub fn json_error(
+    http: StatusCode,
+    code: tonic::Code,
+    message: &str,
+    details: Vec<Value>,
+) -> Response {
     let body = json!({"code": code as i32, "message": message, "details": details});
-    (http, [(http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        http,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }

@@ -2,7 +2,10 @@
 //! proto3 JSON; unknown fields are refused), path variables and query
 //! parameters, as grpc-gateway does.
 
-use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    Value,
+};
 
 /// Why a request could not be built; becomes a 400 naming the culprit.
 pub type BadRequest = String;
@@ -10,8 +13,9 @@ pub type BadRequest = String;
 /// Parses `body` as JSON of `desc`, naming what is wrong.
 pub fn from_json(desc: MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, BadRequest> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let message = DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
-        .map_err(|e| format!("invalid JSON body: {e}"))?;
+    let message =
+        DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
+            .map_err(|e| format!("invalid JSON body: {e}"))?;
     de.end().map_err(|e| format!("invalid JSON body: {e}"))?;
     Ok(message)
 }
@@ -30,7 +34,9 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
     match rest {
         Some(rest) => {
             let Kind::Message(_) = field.kind() else {
-                return Err(format!("field {head:?} is not a message, so {path:?} names nothing"));
+                return Err(format!(
+                    "field {head:?} is not a message, so {path:?} names nothing"
+                ));
             };
             let Value::Message(child) = message.get_field_mut(&field) else {
                 return Err(format!("field {head:?} is not a message"));
@@ -41,16 +47,30 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
     }
 }
 
-fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str) -> Result<(), BadRequest> {
+fn set_scalar(
+    message: &mut DynamicMessage,
+    field: &FieldDescriptor,
+    text: &str,
+) -> Result<(), BadRequest> {
     let name = field.name();
     let bad = |what: &str| format!("{name}: {text:?} is not {what}");
     let value = match field.kind() {
         Kind::String => Value::String(text.to_owned()),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(text.parse().map_err(|_| bad("a 32-bit integer"))?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(text.parse().map_err(|_| bad("a 64-bit integer"))?),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| bad("an unsigned 32-bit integer"))?),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| bad("an unsigned 64-bit integer"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(text.parse().map_err(|_| bad("a 32-bit integer"))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(text.parse().map_err(|_| bad("a 64-bit integer"))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(
+            text.parse()
+                .map_err(|_| bad("an unsigned 32-bit integer"))?,
+        ),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(
+            text.parse()
+                .map_err(|_| bad("an unsigned 64-bit integer"))?,
+        ),
         Kind::Float => Value::F32(text.parse().map_err(|_| bad("a number"))?),
         Kind::Double => Value::F64(text.parse().map_err(|_| bad("a number"))?),
         Kind::Enum(e) => {
@@ -61,14 +81,20 @@ fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str)
                 .ok_or_else(|| bad(&format!("a value of {}", e.full_name())))?;
             Value::EnumNumber(number)
         }
-        Kind::Bytes | Kind::Message(_) => return Err(format!("{name} cannot be set from a path or query parameter")),
+        Kind::Bytes | Kind::Message(_) => {
+            return Err(format!(
+                "{name} cannot be set from a path or query parameter"
+            ));
+        }
     };
     if field.is_list() {
         if let Value::List(list) = message.get_field_mut(field) {
             list.push(value);
         }
     } else {
-        message.try_set_field(field, value).map_err(|e| format!("{name}: {e}"))?;
+        message
+            .try_set_field(field, value)
+            .map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
 }
@@ -79,7 +105,10 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     fn desc(name: &str) -> MessageDescriptor {
-        DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET).unwrap().get_message_by_name(name).unwrap()
+        DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)
+            .unwrap()
+            .get_message_by_name(name)
+            .unwrap()
     }
 
     #[test]
@@ -89,7 +118,11 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         let err = from_json(d.clone(), br#"{"pipeline":"#).unwrap_err();
         assert!(err.starts_with("invalid JSON body"), "{err}");
-        let ok = from_json(d, br#"{"pipeline":"echo","itemList":{"items":[1,"a"],"batchSize":2}}"#).unwrap();
+        let ok = from_json(
+            d,
+            br#"{"pipeline":"echo","itemList":{"items":[1,"a"],"batchSize":2}}"#,
+        )
+        .unwrap();
         assert!(ok.has_field_by_name("item_list"));
     }
 
@@ -100,8 +133,15 @@ mod tests {
         set_path(&mut m, "pageSize", "7").unwrap();
         set_path(&mut m, "page_token", "abc").unwrap();
         assert_eq!(m.get_field_by_name("page_size").unwrap().as_i32(), Some(7));
-        assert_eq!(m.get_field_by_name("page_token").unwrap().as_str(), Some("abc"));
-        assert!(set_path(&mut m, "pageSize", "seven").unwrap_err().contains("page_size"));
+        assert_eq!(
+            m.get_field_by_name("page_token").unwrap().as_str(),
+            Some("abc")
+        );
+        assert!(
+            set_path(&mut m, "pageSize", "seven")
+                .unwrap_err()
+                .contains("page_size")
+        );
         assert!(set_path(&mut m, "nope", "1").unwrap_err().contains("nope"));
     }
 }

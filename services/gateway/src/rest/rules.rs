@@ -26,20 +26,28 @@ pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, Stri
         .ok_or("descriptor set lacks google.api.http")?;
     let mut routes = Vec::new();
     for name in services {
-        let service = pool.get_service_by_name(name).ok_or_else(|| format!("no service {name} in descriptors"))?;
+        let service = pool
+            .get_service_by_name(name)
+            .ok_or_else(|| format!("no service {name} in descriptors"))?;
         for method in service.methods() {
             let options = method.options();
             if !options.has_extension(&ext) {
                 continue;
             }
-            let Value::Message(rule) = options.get_extension(&ext).into_owned() else { continue };
-            let rule = HttpRule::decode(rule.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
+            let Value::Message(rule) = options.get_extension(&ext).into_owned() else {
+                continue;
+            };
+            let rule =
+                HttpRule::decode(rule.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
             add(&mut routes, &method, &rule)?;
             for extra in &rule.additional_bindings {
                 add(&mut routes, &method, extra)?;
             }
         }
     }
+    // Most specific first: a `:verb` route before the plain one it would
+    // otherwise shadow (`/v1/jobs/{job_id}` matches `/v1/jobs/x:cancel`).
+    routes.sort_by_key(|r| std::cmp::Reverse(r.template.specificity()));
     Ok(routes)
 }
 
@@ -50,10 +58,16 @@ fn add(routes: &mut Vec<Route>, method: &MethodDescriptor, rule: &HttpRule) -> R
         Some(Pattern::Post(p)) => (http::Method::POST, p),
         Some(Pattern::Delete(p)) => (http::Method::DELETE, p),
         Some(Pattern::Patch(p)) => (http::Method::PATCH, p),
-        Some(Pattern::Custom(c)) => {
-            (http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| e.to_string())?, &c.path)
+        Some(Pattern::Custom(c)) => (
+            http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| e.to_string())?,
+            &c.path,
+        ),
+        None => {
+            return Err(format!(
+                "{}: http rule without a pattern",
+                method.full_name()
+            ));
         }
-        None => return Err(format!("{}: http rule without a pattern", method.full_name())),
     };
     let template = PathTemplate::parse(path).map_err(|e| format!("{}: {e}", method.full_name()))?;
     routes.push(Route {
@@ -76,9 +90,26 @@ mod tests {
         let routes = load(&pool, &["batchmill.jobs.v1.JobService"]).unwrap();
         let find = |name: &str| routes.iter().find(|r| r.method.name() == name).unwrap();
         let submit = find("SubmitJob");
-        assert_eq!((submit.verb.clone(), submit.body.as_str(), submit.response_body.as_str()), (http::Method::POST, "*", "job"));
-        assert!(find("CancelJob").template.matches("/v1/jobs/abc:cancel").is_some());
+        assert_eq!(
+            (
+                submit.verb.clone(),
+                submit.body.as_str(),
+                submit.response_body.as_str()
+            ),
+            (http::Method::POST, "*", "job")
+        );
+        assert!(
+            find("CancelJob")
+                .template
+                .matches("/v1/jobs/abc:cancel")
+                .is_some()
+        );
         assert!(find("GetJob").template.matches("/v1/jobs/abc").is_some());
         assert_eq!(routes.len(), 5);
+        let first = routes
+            .iter()
+            .find(|r| r.template.matches("/v1/jobs/abc:watch").is_some())
+            .unwrap();
+        assert_eq!(first.method.name(), "WatchJob");
     }
 }

@@ -27,19 +27,29 @@ pub struct PathTemplate {
 
 impl PathTemplate {
     pub fn parse(template: &str) -> Result<PathTemplate, String> {
-        let path = template.strip_prefix('/').ok_or_else(|| format!("template {template:?} must start with /"))?;
+        let path = template
+            .strip_prefix('/')
+            .ok_or_else(|| format!("template {template:?} must start with /"))?;
         // A verb is a ':' after the last '/' and outside braces.
         let (path, verb) = match path.rfind(':') {
-            Some(i) if !path[i..].contains('/') && !path[i..].contains('}') => (&path[..i], Some(path[i + 1..].to_owned())),
+            Some(i) if !path[i..].contains('/') && !path[i..].contains('}') => {
+                (&path[..i], Some(path[i + 1..].to_owned()))
+            }
             _ => (path, None),
         };
         let mut segments = Vec::new();
         for raw in path.split('/') {
             let seg = if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
                 match inner.split_once('=') {
-                    None | Some((_, "*")) => Segment::Var(inner.split('=').next().unwrap_or(inner).to_owned()),
+                    None | Some((_, "*")) => {
+                        Segment::Var(inner.split('=').next().unwrap_or(inner).to_owned())
+                    }
                     Some((name, "**")) => Segment::Rest(name.to_owned()),
-                    Some((_, pattern)) => return Err(format!("template {template:?}: pattern {pattern:?} is not supported")),
+                    Some((_, pattern)) => {
+                        return Err(format!(
+                            "template {template:?}: pattern {pattern:?} is not supported"
+                        ));
+                    }
                 }
             } else if raw == "*" {
                 Segment::Any
@@ -52,12 +62,25 @@ impl PathTemplate {
             };
             segments.push(seg);
         }
-        if let Some(i) = segments.iter().position(|s| matches!(s, Segment::Rest(_) | Segment::AnyRest))
+        if let Some(i) = segments
+            .iter()
+            .position(|s| matches!(s, Segment::Rest(_) | Segment::AnyRest))
             && i + 1 != segments.len()
         {
             return Err(format!("template {template:?}: ** must be last"));
         }
         Ok(PathTemplate { segments, verb })
+    }
+
+    /// How specific the template is: a verb counts most, then literals.
+    pub fn specificity(&self) -> (bool, usize) {
+        (
+            self.verb.is_some(),
+            self.segments
+                .iter()
+                .filter(|s| matches!(s, Segment::Literal(_)))
+                .count(),
+        )
     }
 
     /// The variables bound by `path` (percent-decoded), if it matches.
@@ -138,13 +161,25 @@ mod tests {
     #[test]
     fn matches_literals_variables_and_verbs() {
         assert_eq!(vars("/v1/jobs", "/v1/jobs"), Some(vec![]));
-        assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/abc"), Some(vec![("job_id".into(), "abc".into())]));
-        assert_eq!(vars("/v1/jobs/{job_id}:cancel", "/v1/jobs/abc:cancel"), Some(vec![("job_id".into(), "abc".into())]));
+        assert_eq!(
+            vars("/v1/jobs/{job_id}", "/v1/jobs/abc"),
+            Some(vec![("job_id".into(), "abc".into())])
+        );
+        assert_eq!(
+            vars("/v1/jobs/{job_id}:cancel", "/v1/jobs/abc:cancel"),
+            Some(vec![("job_id".into(), "abc".into())])
+        );
         assert_eq!(vars("/v1/jobs/{job_id}:cancel", "/v1/jobs/abc"), None);
-        assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/abc:cancel"), Some(vec![("job_id".into(), "abc:cancel".into())]));
+        assert_eq!(
+            vars("/v1/jobs/{job_id}", "/v1/jobs/abc:cancel"),
+            Some(vec![("job_id".into(), "abc:cancel".into())])
+        );
         assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/"), None);
         assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/a/b"), None);
-        assert_eq!(vars("/v1/files/{path=**}", "/v1/files/a/b%20c"), Some(vec![("path".into(), "a/b c".into())]));
+        assert_eq!(
+            vars("/v1/files/{path=**}", "/v1/files/a/b%20c"),
+            Some(vec![("path".into(), "a/b c".into())])
+        );
         assert_eq!(vars("/v1/*/x", "/v1/any/x"), Some(vec![]));
     }
 

@@ -1,0 +1,65 @@
+# Shared by deploy/local scripts. Sourced, not run.
+# shellcheck shell=bash
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+STATE=${BATCHMILL_STATE_DIR:-$REPO/.batchmill}
+TOOLS=${BATCHMILL_TOOLS_DIR:-$REPO/.batchmill/tools}
+PORT_BASE=${BATCHMILL_PORT_BASE:-7400}
+PROFILE=${BATCHMILL_PROFILE:-debug}
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET/$PROFILE
+
+ETCD_PORT=$((PORT_BASE + 0))
+ETCD_PEER_PORT=$((PORT_BASE + 1))
+NATS_PORT=$((PORT_BASE + 2))
+S3_PORT=$((PORT_BASE + 3))
+GATEWAY_PORT=$((PORT_BASE + 10))
+LISTER_PORT=$((PORT_BASE + 11))
+ENQUEUER_PORT=$((PORT_BASE + 12))
+SCHEDULER_PORT=$((PORT_BASE + 13))
+WORKER_PORT_BASE=$((PORT_BASE + 20))
+
+S3_ACCESS_KEY=${BATCHMILL_S3_ACCESS_KEY:-batchmill}
+S3_SECRET_KEY=${BATCHMILL_S3_SECRET_KEY:-batchmill-local-secret}
+BUCKET=${BATCHMILL_BUCKET:-batchmill}
+
+log() { printf '[batchmill] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# True if the pid in $STATE/pids/$1.pid is alive and still runs what we started.
+running() {
+  local file=$STATE/pids/$1.pid pid exe
+  [ -f "$file" ] || return 1
+  read -r pid exe <"$file" || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  [ -z "$exe" ] || tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$exe"
+}
+
+# start NAME CMD...: runs CMD in the background unless NAME already runs.
+start() {
+  local name=$1; shift
+  if running "$name"; then
+    log "$name already running"
+    return 0
+  fi
+  mkdir -p "$STATE/pids" "$STATE/logs"
+  nohup "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
+  echo "$! $1" >"$STATE/pids/$name.pid"
+  log "started $name (pid $!)"
+}
+
+# port_open PORT: true if something listens on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_for NAME SECONDS CHECK...: waits until CHECK succeeds; fails if NAME died.
+wait_for() {
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    running "$name" || die "$name exited; see $STATE/logs/$name.log"
+    [ $SECONDS -lt $deadline ] || die "$name not healthy after ${secs}s; see $STATE/logs/$name.log"
+    sleep 0.2
+  done
+}
+
+grpc_healthy() { "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q SERVING; }
