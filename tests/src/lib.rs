@@ -1,1 +1,491 @@
+//! The cluster sandbox: real etcd, NATS with JetStream and an S3 server on
+//! free loopback ports, and the real service binaries, as a user would run
+//! them. Tests drive it through the public gRPC and REST API and check what
+//! a user would see.
+//!
+//! Tools are found on `PATH` or in `$BATCHMILL_TOOLS_DIR/venv/bin` (default
+//! `.batchmill/tools`, filled by `deploy/local/install-deps`); service
+//! binaries in `$BATCHMILL_BIN_DIR` (default `target/debug`).
 
+mod process;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use batchmill_blob::{Blob, S3Config};
+use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
+use tonic::transport::Channel;
+
+pub use process::Process;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workers: usize,
+    /// Seconds before an unacked batch is redelivered.
+    pub ack_wait_secs: u64,
+    /// Deliveries of a batch before it fails for good.
+    pub max_deliver: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            workers: 2,
+            ack_wait_secs: 30,
+            max_deliver: 3,
+        }
+    }
+}
+
+pub const ACCESS_KEY: &str = "sandbox";
+pub const SECRET_KEY: &str = "sandbox-secret";
+pub const BUCKET: &str = "batchmill";
+
+/// A running cluster; everything it started is stopped when dropped.
+pub struct Sandbox {
+    // Processes drop (and die) before their directory is removed.
+    processes: Vec<Process>,
+    _dir: tempfile::TempDir,
+    pub gateway: String,
+    pub grpc_ports: Vec<(String, u16)>,
+    pub nats_url: String,
+    pub blob: Blob,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// A tool on PATH or in the project's tools venv.
+pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
+    let tools = std::env::var_os("BATCHMILL_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".batchmill/tools"));
+    let venv = tools.join("venv/bin").join(name);
+    if venv.exists() {
+        return Ok(venv);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("{name} not found: run deploy/local/install-deps"))
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("BATCHMILL_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root().join("target"))
+                .join("debug")
+        });
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} not built: run `cargo build --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Sandbox {
+    pub async fn start(options: Options) -> anyhow::Result<Sandbox> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().to_path_buf();
+        let mut sandbox = Sandbox {
+            processes: Vec::new(),
+            _dir: dir,
+            gateway: String::new(),
+            grpc_ports: Vec::new(),
+            nats_url: String::new(),
+            blob: Blob::new(&S3Config::default()).await,
+        };
+        let (etcd, etcd_peer, nats, s3) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd}");
+        let peer_url = format!("http://127.0.0.1:{etcd_peer}");
+        sandbox.spawn(
+            "etcd",
+            &tool("etcd")?,
+            &[
+                "--name",
+                "sandbox",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+                "--data-dir",
+                &root.join("etcd").to_string_lossy(),
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("sandbox={peer_url}"),
+            ],
+            &[],
+        )?;
+        sandbox.spawn(
+            "nats",
+            &tool("nats-server")?,
+            &[
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats.to_string(),
+                "-js",
+                "-sd",
+                &root.join("nats").to_string_lossy(),
+            ],
+            &[],
+        )?;
+        sandbox.spawn(
+            "s3",
+            &binary("batchmill-s3-server")?,
+            &[
+                "--listen",
+                &format!("127.0.0.1:{s3}"),
+                "--root",
+                &root.join("s3").to_string_lossy(),
+                "--buckets",
+                BUCKET,
+                "--access-key",
+                ACCESS_KEY,
+                "--secret-key",
+                SECRET_KEY,
+            ],
+            &[],
+        )?;
+        for (name, port) in [("etcd", etcd), ("nats", nats), ("s3", s3)] {
+            sandbox.wait_port(name, port).await?;
+        }
+        sandbox.nats_url = format!("nats://127.0.0.1:{nats}");
+        let s3_url = format!("http://127.0.0.1:{s3}");
+        let env: Vec<(String, String)> = vec![
+            ("BATCHMILL_ETCD_ENDPOINTS".into(), etcd_url),
+            ("BATCHMILL_NATS_URL".into(), sandbox.nats_url.clone()),
+            ("AWS_ENDPOINT_URL".into(), s3_url.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            (
+                "BATCHMILL_OUTPUT_URI".into(),
+                format!("s3://{BUCKET}/results"),
+            ),
+            (
+                "BATCHMILL_STAGING_URI".into(),
+                format!("s3://{BUCKET}/staging"),
+            ),
+            (
+                "BATCHMILL_ACK_WAIT_SECS".into(),
+                options.ack_wait_secs.to_string(),
+            ),
+            (
+                "BATCHMILL_MAX_DELIVER".into(),
+                options.max_deliver.to_string(),
+            ),
+            ("BATCHMILL_LEASE_TTL_SECS".into(), "3".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        sandbox.blob = Blob::new(&S3Config {
+            endpoint: Some(s3_url),
+            region: "us-east-1".into(),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        })
+        .await;
+        let (lister, enqueuer, scheduler, gateway) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let mut services = vec![
+            ("lister".to_owned(), "batchmill-lister", lister, vec![]),
+            (
+                "enqueuer".to_owned(),
+                "batchmill-enqueuer",
+                enqueuer,
+                vec![format!("--lister-url=http://127.0.0.1:{lister}")],
+            ),
+            (
+                "scheduler".to_owned(),
+                "batchmill-scheduler",
+                scheduler,
+                vec![format!("--enqueuer-url=http://127.0.0.1:{enqueuer}")],
+            ),
+            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![]),
+        ];
+        for i in 0..options.workers {
+            services.push((
+                format!("worker-{i}"),
+                "batchmill-worker",
+                free_port()?,
+                vec![format!("--worker-id=sandbox-{i}")],
+            ));
+        }
+        for (name, bin, port, extra) in &services {
+            let mut args = vec![format!("--listen=127.0.0.1:{port}")];
+            args.extend(extra.iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sandbox.spawn(name, &binary(bin)?, &args, &env)?;
+            sandbox.grpc_ports.push((name.clone(), *port));
+        }
+        for (name, _, port, _) in &services {
+            sandbox.wait_healthy(name, *port).await?;
+        }
+        sandbox.gateway = format!("127.0.0.1:{gateway}");
+        Ok(sandbox)
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let log = self._dir.path().join(format!("{name}.log"));
+        self.processes
+            .push(Process::spawn(name, program, args, env, &log)?);
+        Ok(())
+    }
+
+    fn process(&self, name: &str) -> anyhow::Result<&Process> {
+        self.processes
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no process {name}"))
+    }
+
+    async fn wait_port(&self, name: &str, port: u16) -> anyhow::Result<()> {
+        for _ in 0..300 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            self.process(name)?.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{name} did not listen on {port}: {}",
+            self.process(name)?.log_tail()
+        )
+    }
+
+    async fn wait_healthy(&self, name: &str, port: u16) -> anyhow::Result<()> {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+        for _ in 0..600 {
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                    .connect()
+                    .await
+                && let Ok(r) = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                && r.get_ref().status == ServingStatus::Serving as i32
+            {
+                return Ok(());
+            }
+            self.process(name)?.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "{name} not healthy on {port}: {}",
+            self.process(name)?.log_tail()
+        )
+    }
+
+    /// The gateway's REST base URL.
+    pub fn rest_url(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// A gRPC client of the public job API, through the gateway.
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?
+            .connect()
+            .await?;
+        Ok(JobServiceClient::new(channel).max_encoding_message_size(16 * 1024 * 1024))
+    }
+
+    /// Sends `signal` (such as "KILL" or "TERM") to process `name`.
+    pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
+        self.process(name)?.signal(signal)
+    }
+
+    /// The last lines of a process's log, for failure messages.
+    pub fn log_tail(&self, name: &str) -> String {
+        self.process(name)
+            .map(Process::log_tail)
+            .unwrap_or_default()
+    }
+
+    /// Polls `GetJob` until the job is terminal or `timeout` passes.
+    pub async fn wait_terminal(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
+        let mut client = self.jobs().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.into(),
+                })
+                .await?
+                .into_inner()
+                .job
+                .context("no job")?;
+            if is_terminal(job.state()) {
+                return Ok(job);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "job {job_id} still {:?} after {timeout:?}: {job:?}\nscheduler: {}",
+                    job.state(),
+                    self.log_tail("scheduler")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Result objects of a job: (key, body), sorted by key.
+    pub async fn results(&self, job: &pb::Job) -> anyhow::Result<Vec<(String, String)>> {
+        let output = batchmill_core::S3Uri::parse(&job.output_uri)
+            .map_err(anyhow::Error::msg)?
+            .join(&job.job_id);
+        let mut out = Vec::new();
+        for key in self
+            .blob
+            .list(&output.bucket, &format!("{}/", output.key))
+            .await?
+        {
+            let body = self.blob.get(&output.bucket, &key).await?;
+            out.push((key, String::from_utf8(body.to_vec())?));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Stops every process with SIGTERM, services before what they use, and
+    /// returns each one's exit: (name, exited cleanly).
+    pub async fn stop_all(&mut self) -> Vec<(String, bool)> {
+        let mut exits = Vec::new();
+        for process in self.processes.iter_mut().rev() {
+            let clean = process.terminate(Duration::from_secs(20)).await;
+            exits.push((process.name.clone(), clean));
+        }
+        exits
+    }
+}
+
+/// Whether a state is terminal.
+pub fn is_terminal(state: pb::JobState) -> bool {
+    matches!(
+        state,
+        pb::JobState::Succeeded
+            | pb::JobState::CompletedWithFailures
+            | pb::JobState::Failed
+            | pb::JobState::TimedOut
+            | pb::JobState::Cancelled
+    )
+}
+
+/// An inline-items job request for the echo pipeline.
+pub fn echo_job(
+    items: &[serde_json::Value],
+    batch_size: i32,
+    workers: i32,
+    config: serde_json::Value,
+) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        pipeline: "echo".into(),
+        workers,
+        source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
+            items: items
+                .iter()
+                .map(batchmill_core::json::json_to_value)
+                .collect(),
+            batch_size,
+        })),
+        config: config.as_object().map(batchmill_core::json::json_to_struct),
+        output_uri: String::new(),
+    }
+}
+
+/// Checks that a job's result objects hold exactly `items` through the echo
+/// pipeline: one object per batch, `<job>-<seq>.jsonl`, with one line
+/// `{"index", "result"}` per item, and a manifest. Failed batches (by seq)
+/// must have no object.
+pub async fn assert_echo_results(
+    sandbox: &Sandbox,
+    job: &pb::Job,
+    items: &[serde_json::Value],
+    batch_size: usize,
+    failed: &[u64],
+) -> anyhow::Result<()> {
+    let results = sandbox.results(job).await?;
+    let prefix = format!("results/{}/", job.job_id);
+    let batches = items.len().div_ceil(batch_size);
+    let mut expected_keys: Vec<String> = (0..batches as u64)
+        .filter(|s| !failed.contains(s))
+        .map(|s| format!("{prefix}{}-{s}.jsonl", job.job_id))
+        .collect();
+    expected_keys.push(format!("{prefix}manifest.json"));
+    expected_keys.sort();
+    let keys: Vec<&String> = results.iter().map(|(k, _)| k).collect();
+    anyhow::ensure!(
+        keys == expected_keys.iter().collect::<Vec<_>>(),
+        "result objects {keys:?}, expected {expected_keys:?}"
+    );
+    for (key, body) in &results {
+        if key.ends_with("manifest.json") {
+            let manifest: serde_json::Value = serde_json::from_str(body)?;
+            anyhow::ensure!(
+                manifest["job_id"] == job.job_id.as_str(),
+                "manifest {manifest}"
+            );
+            anyhow::ensure!(
+                manifest["results"].as_array().map(Vec::len) == Some(batches - failed.len()),
+                "manifest {manifest}"
+            );
+            continue;
+        }
+        let seq: usize = key
+            .trim_end_matches(".jsonl")
+            .rsplit('-')
+            .next()
+            .context("seq")?
+            .parse()?;
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?;
+        let first = seq * batch_size;
+        let expected: Vec<serde_json::Value> = items[first..(first + batch_size).min(items.len())]
+            .iter()
+            .enumerate()
+            .map(|(i, item)| serde_json::json!({"index": first + i, "result": item}))
+            .collect();
+        anyhow::ensure!(
+            lines == expected,
+            "{key} holds {lines:?}, expected {expected:?}"
+        );
+    }
+    Ok(())
+}

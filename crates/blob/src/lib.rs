@@ -32,6 +32,20 @@ pub struct S3Config {
     /// Endpoint URL; `None` for AWS.
     pub endpoint: Option<String>,
     pub region: String,
+    /// Access key and secret; `None` for the standard chain (`AWS_*`
+    /// variables, profiles, instance roles).
+    pub credentials: Option<(String, String)>,
+}
+
+impl S3Config {
+    /// Credentials from the standard chain.
+    pub fn new(endpoint: Option<String>, region: String) -> S3Config {
+        S3Config {
+            endpoint,
+            region,
+            credentials: None,
+        }
+    }
 }
 
 /// An S3 client; clones share connections.
@@ -68,6 +82,15 @@ impl Blob {
             aws_config::from_env().region(aws_config::Region::new(config.region.clone()));
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((key, secret)) = &config.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key,
+                secret,
+                None,
+                None,
+                "batchmill",
+            ));
         }
         let shared = loader.load().await;
         let s3 = aws_sdk_s3::config::Builder::from(&shared)

@@ -25,10 +25,10 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-lister")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    let blob = Blob::new(&S3Config {
-        endpoint: config.s3.s3_endpoint.clone(),
-        region: config.s3.s3_region.clone(),
-    })
+    let blob = Blob::new(&S3Config::new(
+        config.s3.s3_endpoint.clone(),
+        config.s3.s3_region.clone(),
+    ))
     .await;
     let listener = tokio::net::TcpListener::bind(config.listen.listen)
         .await

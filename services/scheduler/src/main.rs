@@ -79,10 +79,10 @@ async fn main() -> anyhow::Result<()> {
     let queue = JetStreamQueue::connect(&config.nats.nats_url, patience)
         .await
         .context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config {
-        endpoint: config.s3.s3_endpoint.clone(),
-        region: config.s3.s3_region.clone(),
-    })
+    let blob = Blob::new(&S3Config::new(
+        config.s3.s3_endpoint.clone(),
+        config.s3.s3_region.clone(),
+    ))
     .await;
     for bucket in [&default_output.bucket, &staging.bucket] {
         if let Err(e) = blob.ensure_bucket(bucket).await {

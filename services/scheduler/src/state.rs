@@ -138,8 +138,10 @@ impl State {
         self.insert(record, Ledger::default());
         self.dirty.insert(id.clone());
         self.flush().await;
+        // The reply is the job as accepted (durable, PENDING); admission follows.
+        let accepted = self.snapshot(&id).unwrap_or_default();
         self.admit(&id).await;
-        self.snapshot(&id).unwrap_or_default()
+        accepted
     }
 
     pub fn get(&self, id: &JobId) -> Option<pb::Job> {

@@ -57,10 +57,10 @@ async fn main() -> anyhow::Result<()> {
     let queue = JetStreamQueue::connect(&config.nats.nats_url, patience)
         .await
         .context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config {
-        endpoint: config.s3.s3_endpoint.clone(),
-        region: config.s3.s3_region.clone(),
-    })
+    let blob = Blob::new(&S3Config::new(
+        config.s3.s3_endpoint.clone(),
+        config.s3.s3_region.clone(),
+    ))
     .await;
     let listener = tokio::net::TcpListener::bind(config.listen.listen)
         .await
