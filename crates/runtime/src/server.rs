@@ -18,6 +18,7 @@ pub struct ServerBuilder {
     routes: RoutesBuilder,
     health: HealthReporter,
     names: Vec<&'static str>,
+    ready_at_start: bool,
 }
 
 impl ServerBuilder {
@@ -39,7 +40,16 @@ impl ServerBuilder {
             routes,
             health,
             names: Vec::new(),
+            ready_at_start: true,
         })
+    }
+
+    /// Reports the server (service "") NOT_SERVING until the owner calls
+    /// `health().set_service_status("", Serving)`, for a process that is
+    /// ready only once it has done more than bind.
+    pub fn not_ready(mut self) -> Self {
+        self.ready_at_start = false;
+        self
     }
 
     /// Adds a service; it reports SERVING once the server starts.

@@ -41,6 +41,8 @@ pub struct Worker {
     pub queue: JetStreamQueue,
     pub blob: Blob,
     pub lease_ttl: Duration,
+    /// Reports SERVING only while a scheduler session is open.
+    pub health: tonic_health::server::HealthReporter,
 }
 
 struct Current {
@@ -121,7 +123,10 @@ impl Worker {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(pb::SessionResponse { message: Some(m) })) => match m {
-                        In::Registered(r) => info!(protocol_version = r.protocol_version, "session open"),
+                        In::Registered(r) => {
+                            info!(protocol_version = r.protocol_version, "session open");
+                            self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                        }
                         In::Assign(assign) => {
                             if let Some(old) = current.take() {
                                 old.stop.cancel();
@@ -149,6 +154,9 @@ impl Worker {
                 }
             }
         };
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         if let Some(c) = current.take() {
             c.stop.cancel();
             if result.is_ok() {

@@ -66,16 +66,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen.listen))?;
     info!(addr = %listener.local_addr()?, worker_id = %id, "worker serving health");
-    let health = batchmill_runtime::ServerBuilder::new()?.serve(listener, shutdown.clone());
+    // Ready once registered with the scheduler.
+    let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
+    let health = server.health();
+    let serving = server.serve(listener, shutdown.clone());
+    let lease_ttl = Duration::from_secs(config.lease_ttl_secs);
     let worker = Worker {
         id,
         device,
         etcd,
         queue,
         blob,
-        lease_ttl: Duration::from_secs(config.lease_ttl_secs),
+        lease_ttl,
+        health,
     };
-    let (served, worked) = tokio::join!(health, worker.run(shutdown));
+    let (served, worked) = tokio::join!(serving, worker.run(shutdown));
     served?;
     worked.context("worker")?;
     Ok(())

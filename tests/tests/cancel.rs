@@ -1,0 +1,123 @@
+//! CancelJob stops a running job at once: workers stop taking its batches,
+//! its remaining batches are withdrawn from JetStream, results already
+//! written stay.
+
+use std::time::Duration;
+
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_tests::{Options, Sandbox};
+use serde_json::{Value, json};
+
+/// Messages left in the batch stream.
+async fn queued_batches(sandbox: &Sandbox) -> anyhow::Result<u64> {
+    let client = async_nats::connect(&sandbox.nats_url).await?;
+    let mut stream = async_nats::jetstream::new(client)
+        .get_stream("BATCHMILL_BATCHES")
+        .await?;
+    Ok(stream.info().await?.state.messages)
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options::default()).await?;
+    let http = reqwest::Client::new();
+    let base = sandbox.rest_url();
+    let items: Vec<Value> = (0..200).map(|i| json!(i)).collect();
+    let body = json!({"pipeline": "echo", "workers": 2, "itemList": {"items": items, "batchSize": 5}, "config": {"delay_ms": 300}});
+    let job: Value = http
+        .post(format!("{base}/v1/jobs"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = job["jobId"].as_str().unwrap().to_owned();
+
+    // Catch it in flight: some batches done, most still queued.
+    let mut jobs = sandbox.jobs().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = jobs
+            .get_job(pb::GetJobRequest { job_id: id.clone() })
+            .await?
+            .into_inner()
+            .job
+            .unwrap();
+        if job.batches.as_ref().is_some_and(|b| b.succeeded >= 3) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "job never progressed: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = http
+        .post(format!("{base}/v1/jobs/{id}:cancel"))
+        .json(&json!({}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let cancelled: Value = response.json().await?;
+    assert_eq!(cancelled["state"], "JOB_STATE_CANCELLED", "{cancelled}");
+    assert_eq!(cancelled["batches"]["inQueue"], "0");
+    assert!(cancelled["endTime"].is_string());
+
+    // The batches in hand finish; nothing more is taken.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = jobs
+        .get_job(pb::GetJobRequest { job_id: id.clone() })
+        .await?
+        .into_inner()
+        .job
+        .unwrap();
+    let after = sandbox.results(&job).await?.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sandbox.results(&job).await?.len(),
+        after,
+        "workers kept writing after cancel"
+    );
+    assert!(
+        after > 0 && after < 40,
+        "{after} result objects of 40 batches"
+    );
+    assert_eq!(job.state(), pb::JobState::Cancelled);
+    assert_eq!(
+        queued_batches(&sandbox).await?,
+        0,
+        "remaining batches were not withdrawn"
+    );
+
+    // Cancelling again answers the job unchanged.
+    let again: Value = http
+        .post(format!("{base}/v1/jobs/{id}:cancel"))
+        .json(&json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(again["state"], "JOB_STATE_CANCELLED");
+    assert_eq!(again["endTime"], cancelled["endTime"]);
+
+    // The workers are free for the next job.
+    let next = jobs
+        .submit_job(batchmill_tests::echo_job(
+            &[json!("after")],
+            1,
+            2,
+            json!({}),
+        ))
+        .await?
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        sandbox
+            .wait_terminal(&next.job_id, Duration::from_secs(60))
+            .await?
+            .state(),
+        pb::JobState::Succeeded
+    );
+    Ok(())
+}
