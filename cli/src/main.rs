@@ -10,19 +10,10 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill",
-    version,
-    about = "Submit and follow batchmill jobs"
-)]
+#[command(name = "batchmill", version, about = "Submit and follow batchmill jobs")]
 struct Cli {
     /// Gateway gRPC address (host:port).
-    #[arg(
-        long,
-        env = "BATCHMILL_GRPC_ADDR",
-        default_value = "127.0.0.1:7410",
-        global = true
-    )]
+    #[arg(long, env = "BATCHMILL_GRPC_ADDR", default_value = "127.0.0.1:7410", global = true)]
     addr: String,
     #[command(subcommand)]
     command: Command,
@@ -82,42 +73,18 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("connecting to {}", cli.addr))?;
-    let mut client =
-        JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
+    let mut client = JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
     match cli.command {
         Command::Submit(submit) => run_submit(&mut client, submit).await?,
         Command::Get { job_id } => {
-            print_job(
-                &client
-                    .get_job(pb::GetJobRequest { job_id })
-                    .await?
-                    .into_inner()
-                    .job
-                    .unwrap_or_default(),
-            )?;
+            print_job(&client.get_job(pb::GetJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
         }
-        Command::List {
-            page_size,
-            page_token,
-        } => {
-            let page = client
-                .list_jobs(pb::ListJobsRequest {
-                    page_size,
-                    page_token,
-                })
-                .await?
-                .into_inner();
+        Command::List { page_size, page_token } => {
+            let page = client.list_jobs(pb::ListJobsRequest { page_size, page_token }).await?.into_inner();
             println!("{}", to_json(&page, "batchmill.jobs.v1.ListJobsResponse")?);
         }
         Command::Cancel { job_id } => {
-            print_job(
-                &client
-                    .cancel_job(pb::CancelJobRequest { job_id })
-                    .await?
-                    .into_inner()
-                    .job
-                    .unwrap_or_default(),
-            )?;
+            print_job(&client.cancel_job(pb::CancelJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
         }
         Command::Watch { job_id } => {
             let job = watch(&mut client, &job_id, true).await?;
@@ -130,10 +97,8 @@ async fn main() -> anyhow::Result<()> {
 async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow::Result<()> {
     let items: Vec<serde_json::Value> = match (&s.items_file, s.count) {
         (Some(path), _) => {
-            let text =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_slice(&text)
-                .with_context(|| format!("{}: expected a JSON array", path.display()))?
+            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text).with_context(|| format!("{}: expected a JSON array", path.display()))?
         }
         (None, Some(n)) => (0..n).map(|i| serde_json::json!({"n": i})).collect(),
         (None, None) => bail!("give --items-file or --count"),
@@ -141,9 +106,7 @@ async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow
     let config = match &s.config {
         Some(text) => {
             let value: serde_json::Value = serde_json::from_str(text).context("--config")?;
-            let object = value
-                .as_object()
-                .context("--config must be a JSON object")?;
+            let object = value.as_object().context("--config must be a JSON object")?;
             Some(batchmill_core::json::json_to_struct(object))
         }
         None => None,
@@ -152,22 +115,14 @@ async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow
         pipeline: s.pipeline,
         workers: s.workers,
         source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
-            items: items
-                .iter()
-                .map(batchmill_core::json::json_to_value)
-                .collect(),
+            items: items.iter().map(batchmill_core::json::json_to_value).collect(),
             batch_size: s.batch_size,
         })),
         config,
         output_uri: s.output_uri,
     };
     let started = Instant::now();
-    let job = client
-        .submit_job(request)
-        .await?
-        .into_inner()
-        .job
-        .unwrap_or_default();
+    let job = client.submit_job(request).await?.into_inner().job.unwrap_or_default();
     if !s.wait {
         return print_job(&job);
     }
@@ -188,17 +143,8 @@ async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow
 }
 
 /// Follows a job to its end; returns its last state.
-async fn watch(
-    client: &mut JobServiceClient<Channel>,
-    job_id: &str,
-    print: bool,
-) -> anyhow::Result<pb::Job> {
-    let mut stream = client
-        .watch_job(pb::WatchJobRequest {
-            job_id: job_id.to_owned(),
-        })
-        .await?
-        .into_inner();
+async fn watch(client: &mut JobServiceClient<Channel>, job_id: &str, print: bool) -> anyhow::Result<pb::Job> {
+    let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job_id.to_owned() }).await?.into_inner();
     let mut last = None;
     while let Some(update) = stream.message().await? {
         let job = update.job.unwrap_or_default();
@@ -219,21 +165,14 @@ async fn watch(
 }
 
 fn pool() -> anyhow::Result<DescriptorPool> {
-    Ok(DescriptorPool::decode(
-        batchmill_proto::FILE_DESCRIPTOR_SET,
-    )?)
+    Ok(DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)?)
 }
 
 fn to_json<M: Message>(message: &M, name: &str) -> anyhow::Result<String> {
-    let desc = pool()?
-        .get_message_by_name(name)
-        .with_context(|| format!("no message {name}"))?;
+    let desc = pool()?.get_message_by_name(name).with_context(|| format!("no message {name}"))?;
     let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())?;
     let mut out = serde_json::Serializer::pretty(Vec::new());
-    dynamic.serialize_with_options(
-        &mut out,
-        &SerializeOptions::new().skip_default_fields(false),
-    )?;
+    dynamic.serialize_with_options(&mut out, &SerializeOptions::new().skip_default_fields(false))?;
     Ok(String::from_utf8(out.into_inner())?)
 }
 

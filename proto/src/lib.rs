@@ -6,8 +6,7 @@
 #![allow(clippy::doc_markdown, clippy::large_enum_variant)]
 
 /// The encoded `FileDescriptorSet` of every batchmill contract and its imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/batchmill_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/batchmill_descriptor.bin"));
 
 /// google.api: the HTTP annotation types.
 pub mod google {

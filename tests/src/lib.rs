@@ -28,15 +28,13 @@ pub struct Options {
     pub ack_wait_secs: u64,
     /// Deliveries of a batch before it fails for good.
     pub max_deliver: u32,
+    /// Start batchmill's services; false starts only etcd, NATS and S3.
+    pub services: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            workers: 2,
-            ack_wait_secs: 30,
-            max_deliver: 3,
-        }
+        Options { workers: 2, ack_wait_secs: 30, max_deliver: 3, services: true }
     }
 }
 
@@ -51,15 +49,14 @@ pub struct Sandbox {
     _dir: tempfile::TempDir,
     pub gateway: String,
     pub grpc_ports: Vec<(String, u16)>,
+    pub etcd_url: String,
     pub nats_url: String,
+    pub s3_url: String,
     pub blob: Blob,
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// A tool on PATH or in the project's tools venv.
@@ -79,20 +76,15 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("BATCHMILL_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| repo_root().join("target"))
-                .join("debug")
-        });
+    let dir = std::env::var_os("BATCHMILL_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"))
+            .join("debug")
+    });
     let path = dir.join(name);
     if !path.exists() {
-        bail!(
-            "{} not built: run `cargo build --bins` first",
-            path.display()
-        );
+        bail!("{} not built: run `cargo build --bins` first", path.display());
     }
     Ok(path)
 }
@@ -110,7 +102,9 @@ impl Sandbox {
             _dir: dir,
             gateway: String::new(),
             grpc_ports: Vec::new(),
+            etcd_url: String::new(),
             nats_url: String::new(),
+            s3_url: String::new(),
             blob: Blob::new(&S3Config::default()).await,
         };
         let (etcd, etcd_peer, nats, s3) = (free_port()?, free_port()?, free_port()?, free_port()?);
@@ -144,15 +138,7 @@ impl Sandbox {
         sandbox.spawn(
             "nats",
             &tool("nats-server")?,
-            &[
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &nats.to_string(),
-                "-js",
-                "-sd",
-                &root.join("nats").to_string_lossy(),
-            ],
+            &["-a", "127.0.0.1", "-p", &nats.to_string(), "-js", "-sd", &root.join("nats").to_string_lossy()],
             &[],
         )?;
         sandbox.spawn(
@@ -175,8 +161,10 @@ impl Sandbox {
         for (name, port) in [("etcd", etcd), ("nats", nats), ("s3", s3)] {
             sandbox.wait_port(name, port).await?;
         }
+        sandbox.etcd_url = etcd_url.clone();
         sandbox.nats_url = format!("nats://127.0.0.1:{nats}");
         let s3_url = format!("http://127.0.0.1:{s3}");
+        sandbox.s3_url = s3_url.clone();
         let env: Vec<(String, String)> = vec![
             ("BATCHMILL_ETCD_ENDPOINTS".into(), etcd_url),
             ("BATCHMILL_NATS_URL".into(), sandbox.nats_url.clone()),
@@ -184,22 +172,10 @@ impl Sandbox {
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-            (
-                "BATCHMILL_OUTPUT_URI".into(),
-                format!("s3://{BUCKET}/results"),
-            ),
-            (
-                "BATCHMILL_STAGING_URI".into(),
-                format!("s3://{BUCKET}/staging"),
-            ),
-            (
-                "BATCHMILL_ACK_WAIT_SECS".into(),
-                options.ack_wait_secs.to_string(),
-            ),
-            (
-                "BATCHMILL_MAX_DELIVER".into(),
-                options.max_deliver.to_string(),
-            ),
+            ("BATCHMILL_OUTPUT_URI".into(), format!("s3://{BUCKET}/results")),
+            ("BATCHMILL_STAGING_URI".into(), format!("s3://{BUCKET}/staging")),
+            ("BATCHMILL_ACK_WAIT_SECS".into(), options.ack_wait_secs.to_string()),
+            ("BATCHMILL_MAX_DELIVER".into(), options.max_deliver.to_string()),
             ("BATCHMILL_LEASE_TTL_SECS".into(), "3".into()),
             ("RUST_LOG".into(), "info".into()),
         ];
@@ -209,8 +185,10 @@ impl Sandbox {
             credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
         })
         .await;
-        let (lister, enqueuer, scheduler, gateway) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        if !options.services {
+            return Ok(sandbox);
+        }
+        let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let mut services = vec![
             ("lister".to_owned(), "batchmill-lister", lister, vec![]),
             (
@@ -249,41 +227,25 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    fn spawn(
-        &mut self,
-        name: &str,
-        program: &Path,
-        args: &[&str],
-        env: &[(String, String)],
-    ) -> anyhow::Result<()> {
+    fn spawn(&mut self, name: &str, program: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<()> {
         let log = self._dir.path().join(format!("{name}.log"));
-        self.processes
-            .push(Process::spawn(name, program, args, env, &log)?);
+        self.processes.push(Process::spawn(name, program, args, env, &log)?);
         Ok(())
     }
 
     fn process(&self, name: &str) -> anyhow::Result<&Process> {
-        self.processes
-            .iter()
-            .find(|p| p.name == name)
-            .with_context(|| format!("no process {name}"))
+        self.processes.iter().find(|p| p.name == name).with_context(|| format!("no process {name}"))
     }
 
     async fn wait_port(&self, name: &str, port: u16) -> anyhow::Result<()> {
         for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
                 return Ok(());
             }
             self.process(name)?.check_alive()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!(
-            "{name} did not listen on {port}: {}",
-            self.process(name)?.log_tail()
-        )
+        bail!("{name} did not listen on {port}: {}", self.process(name)?.log_tail())
     }
 
     async fn wait_healthy(&self, name: &str, port: u16) -> anyhow::Result<()> {
@@ -291,14 +253,8 @@ impl Sandbox {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
         for _ in 0..600 {
             if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
-                    .connect()
-                    .await
-                && let Ok(r) = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
+                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await
+                && let Ok(r) = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await
                 && r.get_ref().status == ServingStatus::Serving as i32
             {
                 return Ok(());
@@ -306,10 +262,7 @@ impl Sandbox {
             self.process(name)?.check_alive()?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!(
-            "{name} not healthy on {port}: {}",
-            self.process(name)?.log_tail()
-        )
+        bail!("{name} not healthy on {port}: {}", self.process(name)?.log_tail())
     }
 
     /// The gateway's REST base URL.
@@ -319,9 +272,7 @@ impl Sandbox {
 
     /// A gRPC client of the public job API, through the gateway.
     pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
-        let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?
-            .connect()
-            .await?;
+        let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?.connect().await?;
         Ok(JobServiceClient::new(channel).max_encoding_message_size(16 * 1024 * 1024))
     }
 
@@ -332,9 +283,7 @@ impl Sandbox {
 
     /// The last lines of a process's log, for failure messages.
     pub fn log_tail(&self, name: &str) -> String {
-        self.process(name)
-            .map(Process::log_tail)
-            .unwrap_or_default()
+        self.process(name).map(Process::log_tail).unwrap_or_default()
     }
 
     /// Polls `GetJob` until the job is terminal or `timeout` passes.
@@ -343,9 +292,7 @@ impl Sandbox {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let job = client
-                .get_job(pb::GetJobRequest {
-                    job_id: job_id.into(),
-                })
+                .get_job(pb::GetJobRequest { job_id: job_id.into() })
                 .await?
                 .into_inner()
                 .job
@@ -364,17 +311,31 @@ impl Sandbox {
         }
     }
 
+    /// Polls `GetJob` until at least `batches` batches of the job succeeded,
+    /// to catch a job in flight.
+    pub async fn wait_succeeded(&self, job_id: &str, batches: i64, timeout: Duration) -> anyhow::Result<pb::Job> {
+        let mut client = self.jobs().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let job = client
+                .get_job(pb::GetJobRequest { job_id: job_id.into() })
+                .await?
+                .into_inner()
+                .job
+                .context("no job")?;
+            if job.batches.as_ref().is_some_and(|b| b.succeeded >= batches) {
+                return Ok(job);
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job never reached {batches} batches: {job:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Result objects of a job: (key, body), sorted by key.
     pub async fn results(&self, job: &pb::Job) -> anyhow::Result<Vec<(String, String)>> {
-        let output = batchmill_core::S3Uri::parse(&job.output_uri)
-            .map_err(anyhow::Error::msg)?
-            .join(&job.job_id);
+        let output = batchmill_core::S3Uri::parse(&job.output_uri).map_err(anyhow::Error::msg)?.join(&job.job_id);
         let mut out = Vec::new();
-        for key in self
-            .blob
-            .list(&output.bucket, &format!("{}/", output.key))
-            .await?
-        {
+        for key in self.blob.list(&output.bucket, &format!("{}/", output.key)).await? {
             let body = self.blob.get(&output.bucket, &key).await?;
             out.push((key, String::from_utf8(body.to_vec())?));
         }
@@ -417,10 +378,7 @@ pub fn echo_job(
         pipeline: "echo".into(),
         workers,
         source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
-            items: items
-                .iter()
-                .map(batchmill_core::json::json_to_value)
-                .collect(),
+            items: items.iter().map(batchmill_core::json::json_to_value).collect(),
             batch_size,
         })),
         config: config.as_object().map(batchmill_core::json::json_to_struct),
@@ -456,36 +414,22 @@ pub async fn assert_echo_results(
     for (key, body) in &results {
         if key.ends_with("manifest.json") {
             let manifest: serde_json::Value = serde_json::from_str(body)?;
-            anyhow::ensure!(
-                manifest["job_id"] == job.job_id.as_str(),
-                "manifest {manifest}"
-            );
+            anyhow::ensure!(manifest["job_id"] == job.job_id.as_str(), "manifest {manifest}");
             anyhow::ensure!(
                 manifest["results"].as_array().map(Vec::len) == Some(batches - failed.len()),
                 "manifest {manifest}"
             );
             continue;
         }
-        let seq: usize = key
-            .trim_end_matches(".jsonl")
-            .rsplit('-')
-            .next()
-            .context("seq")?
-            .parse()?;
-        let lines: Vec<serde_json::Value> = body
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?;
+        let seq: usize = key.trim_end_matches(".jsonl").rsplit('-').next().context("seq")?.parse()?;
+        let lines: Vec<serde_json::Value> = body.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
         let first = seq * batch_size;
         let expected: Vec<serde_json::Value> = items[first..(first + batch_size).min(items.len())]
             .iter()
             .enumerate()
             .map(|(i, item)| serde_json::json!({"index": first + i, "result": item}))
             .collect();
-        anyhow::ensure!(
-            lines == expected,
-            "{key} holds {lines:?}, expected {expected:?}"
-        );
+        anyhow::ensure!(lines == expected, "{key} holds {lines:?}, expected {expected:?}");
     }
     Ok(())
 }

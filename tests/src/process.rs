@@ -30,12 +30,7 @@ impl Process {
             .stderr(out)
             .spawn()
             .with_context(|| format!("starting {name} ({})", program.display()))?;
-        Ok(Process {
-            name: name.to_owned(),
-            child,
-            log: log.to_path_buf(),
-            exited: None,
-        })
+        Ok(Process { name: name.to_owned(), child, log: log.to_path_buf(), exited: None })
     }
 
     pub fn check_alive(&self) -> anyhow::Result<()> {
@@ -47,10 +42,7 @@ impl Process {
     }
 
     pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()?;
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status()?;
         anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.name);
         Ok(())
     }
@@ -87,8 +79,7 @@ impl Process {
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
 impl Drop for Process {

@@ -7,40 +7,42 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options {
-        workers: 1,
-        ..Options::default()
-    })
-    .await?;
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
     let http = reqwest::Client::new();
     let url = format!("{}/v1/jobs", sandbox.rest_url());
     let item_list = |items: Value, batch: i64| json!({"items": items, "batchSize": batch});
     let cases: Vec<(String, &str)> = vec![
-        (json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([]), 10)}).to_string(), "item_list.items"),
-        (json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 0)}).to_string(), "item_list.batch_size"),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([]), 10)}).to_string(),
+            "item_list.items",
+        ),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 0)}).to_string(),
+            "item_list.batch_size",
+        ),
         (json!({"pipeline": "echo", "workers": 0, "itemList": item_list(json!([1]), 1)}).to_string(), "workers"),
         (json!({"pipeline": "echo", "workers": 1}).to_string(), "source"),
         (json!({"pipeline": "nope", "workers": 1, "itemList": item_list(json!([1]), 1)}).to_string(), "pipeline"),
-        (json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1), "outputUri": "ftp://x"}).to_string(), "output_uri"),
-        (json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1), "bogusField": 1}).to_string(), "bogusField"),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1), "outputUri": "ftp://x"})
+                .to_string(),
+            "output_uri",
+        ),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1), "bogusField": 1})
+                .to_string(),
+            "bogusField",
+        ),
         (r#"{"pipeline": "echo", "workers": 1, "itemList": {"items": [1], "batchSize": }"#.to_owned(), "invalid JSON"),
         (json!({"pipeline": "echo", "workers": "two"}).to_string(), "invalid JSON"),
     ];
     for (body, named) in &cases {
-        let response = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await?;
+        let response = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
         assert_eq!(response.status(), 400, "{body}");
         let error: Value = response.json().await?;
         assert_eq!(error["code"], 3, "{error}");
         let message = error["message"].as_str().unwrap_or_default();
-        assert!(
-            message.contains(named),
-            "error for {body} does not name {named}: {message}"
-        );
+        assert!(message.contains(named), "error for {body} does not name {named}: {message}");
     }
     // Field violations are structured too.
     let response = http
@@ -49,72 +51,36 @@ async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Re
         .send()
         .await?;
     let error: Value = response.json().await?;
-    assert_eq!(
-        error["details"][0]["fieldViolations"][0]["field"], "workers",
-        "{error}"
-    );
+    assert_eq!(error["details"][0]["fieldViolations"][0]["field"], "workers", "{error}");
 
     // The same over gRPC.
     let mut jobs = sandbox.jobs().await?;
     let grpc_cases = vec![
         (echo_job(&[], 10, 1, json!({})), "item_list.items"),
-        (
-            echo_job(&[json!(1)], 0, 1, json!({})),
-            "item_list.batch_size",
-        ),
+        (echo_job(&[json!(1)], 0, 1, json!({})), "item_list.batch_size"),
         (echo_job(&[json!(1)], 1, 0, json!({})), "workers"),
-        (
-            pb::SubmitJobRequest {
-                pipeline: "echo".into(),
-                workers: 1,
-                ..Default::default()
-            },
-            "source",
-        ),
+        (pb::SubmitJobRequest { pipeline: "echo".into(), workers: 1, ..Default::default() }, "source"),
     ];
     for (request, named) in grpc_cases {
         let status = jobs.submit_job(request).await.expect_err("must be refused");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains(named), "{}", status.message());
     }
-    let missing = jobs
-        .get_job(pb::GetJobRequest {
-            job_id: "0123456789abcdef0123".into(),
-        })
-        .await
-        .expect_err("no such job");
+    let missing =
+        jobs.get_job(pb::GetJobRequest { job_id: "0123456789abcdef0123".into() }).await.expect_err("no such job");
     assert_eq!(missing.code(), tonic::Code::NotFound);
-    let response = http
-        .get(format!(
-            "{}/v1/jobs/0123456789abcdef0123",
-            sandbox.rest_url()
-        ))
-        .send()
-        .await?;
+    let response = http.get(format!("{}/v1/jobs/0123456789abcdef0123", sandbox.rest_url())).send().await?;
     assert_eq!(response.status(), 404);
-    let response = http
-        .get(format!("{}/v1/nothing-here", sandbox.rest_url()))
-        .send()
-        .await?;
+    let response = http.get(format!("{}/v1/nothing-here", sandbox.rest_url())).send().await?;
     assert_eq!(response.status(), 404);
-    let response = http
-        .delete(format!("{}/v1/jobs", sandbox.rest_url()))
-        .send()
-        .await?;
+    let response = http.delete(format!("{}/v1/jobs", sandbox.rest_url())).send().await?;
     assert_eq!(response.status(), 405);
 
     // Nothing was accepted, and the gateway still serves a good job.
     let listed: Value = http.get(&url).send().await?.json().await?;
     assert_eq!(listed["jobs"], json!([]), "{listed}");
-    let job = jobs
-        .submit_job(echo_job(&[json!("ok")], 1, 1, json!({})))
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
-    let done = sandbox
-        .wait_terminal(&job.job_id, std::time::Duration::from_secs(60))
-        .await?;
+    let job = jobs.submit_job(echo_job(&[json!("ok")], 1, 1, json!({}))).await?.into_inner().job.unwrap();
+    let done = sandbox.wait_terminal(&job.job_id, std::time::Duration::from_secs(60)).await?;
     assert_eq!(done.state(), pb::JobState::Succeeded);
     Ok(())
 }

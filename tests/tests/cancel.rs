@@ -11,9 +11,7 @@ use serde_json::{Value, json};
 /// Messages left in the batch stream.
 async fn queued_batches(sandbox: &Sandbox) -> anyhow::Result<u64> {
     let client = async_nats::connect(&sandbox.nats_url).await?;
-    let mut stream = async_nats::jetstream::new(client)
-        .get_stream("BATCHMILL_BATCHES")
-        .await?;
+    let mut stream = async_nats::jetstream::new(client).get_stream("BATCHMILL_BATCHES").await?;
     Ok(stream.info().await?.state.messages)
 }
 
@@ -24,39 +22,13 @@ async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Resul
     let base = sandbox.rest_url();
     let items: Vec<Value> = (0..200).map(|i| json!(i)).collect();
     let body = json!({"pipeline": "echo", "workers": 2, "itemList": {"items": items, "batchSize": 5}, "config": {"delay_ms": 300}});
-    let job: Value = http
-        .post(format!("{base}/v1/jobs"))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let job: Value = http.post(format!("{base}/v1/jobs")).json(&body).send().await?.json().await?;
     let id = job["jobId"].as_str().unwrap().to_owned();
 
     // Catch it in flight: some batches done, most still queued.
     let mut jobs = sandbox.jobs().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let job = jobs
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await?
-            .into_inner()
-            .job
-            .unwrap();
-        if job.batches.as_ref().is_some_and(|b| b.succeeded >= 3) {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "job never progressed: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let response = http
-        .post(format!("{base}/v1/jobs/{id}:cancel"))
-        .json(&json!({}))
-        .send()
-        .await?;
+    sandbox.wait_succeeded(&id, 3, Duration::from_secs(30)).await?;
+    let response = http.post(format!("{base}/v1/jobs/{id}:cancel")).json(&json!({})).send().await?;
     assert_eq!(response.status(), 200);
     let cancelled: Value = response.json().await?;
     assert_eq!(cancelled["state"], "JOB_STATE_CANCELLED", "{cancelled}");
@@ -65,59 +37,29 @@ async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Resul
 
     // The batches in hand finish; nothing more is taken.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let job = jobs
-        .get_job(pb::GetJobRequest { job_id: id.clone() })
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
-    let after = sandbox.results(&job).await?.len();
+    let job = jobs.get_job(pb::GetJobRequest { job_id: id.clone() }).await?.into_inner().job.unwrap();
+    let batch_objects = |results: &[(String, String)]| results.iter().filter(|(k, _)| k.ends_with(".jsonl")).count();
+    let results = sandbox.results(&job).await?;
+    let after = batch_objects(&results);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        sandbox.results(&job).await?.len(),
-        after,
-        "workers kept writing after cancel"
-    );
-    assert!(
-        after > 0 && after < 40,
-        "{after} result objects of 40 batches"
-    );
+    assert_eq!(batch_objects(&sandbox.results(&job).await?), after, "workers kept writing after cancel");
+    assert!(after > 0 && after < 40, "{after} result objects of 40 batches");
+    // The manifest lists what was written before the cancel.
+    let manifest = results.iter().find(|(k, _)| k.ends_with("manifest.json")).map(|(_, b)| b).expect("manifest");
+    let manifest: Value = serde_json::from_str(manifest)?;
+    assert_eq!(manifest["state"], "JOB_STATE_CANCELLED", "{manifest}");
+    assert!(manifest["results"].as_array().is_some_and(|r| !r.is_empty()), "{manifest}");
     assert_eq!(job.state(), pb::JobState::Cancelled);
-    assert_eq!(
-        queued_batches(&sandbox).await?,
-        0,
-        "remaining batches were not withdrawn"
-    );
+    assert_eq!(queued_batches(&sandbox).await?, 0, "remaining batches were not withdrawn");
 
     // Cancelling again answers the job unchanged.
-    let again: Value = http
-        .post(format!("{base}/v1/jobs/{id}:cancel"))
-        .json(&json!({}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let again: Value = http.post(format!("{base}/v1/jobs/{id}:cancel")).json(&json!({})).send().await?.json().await?;
     assert_eq!(again["state"], "JOB_STATE_CANCELLED");
     assert_eq!(again["endTime"], cancelled["endTime"]);
 
     // The workers are free for the next job.
-    let next = jobs
-        .submit_job(batchmill_tests::echo_job(
-            &[json!("after")],
-            1,
-            2,
-            json!({}),
-        ))
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
-    assert_eq!(
-        sandbox
-            .wait_terminal(&next.job_id, Duration::from_secs(60))
-            .await?
-            .state(),
-        pb::JobState::Succeeded
-    );
+    let next =
+        jobs.submit_job(batchmill_tests::echo_job(&[json!("after")], 1, 2, json!({}))).await?.into_inner().job.unwrap();
+    assert_eq!(sandbox.wait_terminal(&next.job_id, Duration::from_secs(60)).await?.state(), pb::JobState::Succeeded);
     Ok(())
 }

@@ -11,46 +11,17 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options {
-        workers: 2,
-        ack_wait_secs: 2,
-        max_deliver: 5,
-    })
-    .await?;
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 2, max_deliver: 5, ..Options::default() }).await?;
     let items: Vec<Value> = (0..150).map(|i| json!({"i": i})).collect();
     let mut jobs = sandbox.jobs().await?;
-    let job = jobs
-        .submit_job(echo_job(&items, 5, 2, json!({"delay_ms": 250})))
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
+    let job = jobs.submit_job(echo_job(&items, 5, 2, json!({"delay_ms": 250}))).await?.into_inner().job.unwrap();
 
     // Let both workers get going, then kill one while it holds a batch.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = jobs
-            .get_job(pb::GetJobRequest {
-                job_id: job.job_id.clone(),
-            })
-            .await?
-            .into_inner()
-            .job
-            .unwrap();
-        if now.batches.as_ref().is_some_and(|b| b.succeeded >= 6) {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "job never progressed: {now:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sandbox.wait_succeeded(&job.job_id, 6, Duration::from_secs(30)).await?;
     sandbox.signal("worker-0", "KILL")?;
 
-    let done = sandbox
-        .wait_terminal(&job.job_id, Duration::from_secs(120))
-        .await?;
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(120)).await?;
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
     let b = done.batches.clone().unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (30, 30, 0, 0));
@@ -64,48 +35,21 @@ async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Res
 
 #[tokio::test]
 async fn a_batch_that_always_fails_is_retried_then_fails_the_job_partially() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options {
-        workers: 2,
-        ack_wait_secs: 30,
-        max_deliver: 2,
-    })
-    .await?;
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 30, max_deliver: 2, ..Options::default() }).await?;
     let items: Vec<Value> = (0..40).map(|i| json!(i)).collect();
     let mut jobs = sandbox.jobs().await?;
-    let job = jobs
-        .submit_job(echo_job(&items, 4, 2, json!({"fail_batches": [3]})))
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
-    let done = sandbox
-        .wait_terminal(&job.job_id, Duration::from_secs(60))
-        .await?;
-    assert_eq!(
-        done.state(),
-        pb::JobState::CompletedWithFailures,
-        "{done:?}"
-    );
+    let job = jobs.submit_job(echo_job(&items, 4, 2, json!({"fail_batches": [3]}))).await?.into_inner().job.unwrap();
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
     let b = done.batches.clone().unwrap();
-    assert_eq!(
-        (b.total, b.succeeded, b.failed, b.failed_attempts),
-        (10, 9, 1, 2)
-    );
+    assert_eq!((b.total, b.succeeded, b.failed, b.failed_attempts), (10, 9, 1, 2));
     let i = done.items.clone().unwrap();
     assert_eq!((i.total, i.completed, i.failed, i.pending), (40, 36, 4, 0));
     assert_echo_results(&sandbox, &done, &items, 4, &[3]).await?;
-    let manifest = sandbox
-        .results(&done)
-        .await?
-        .into_iter()
-        .find(|(k, _)| k.ends_with("manifest.json"))
-        .unwrap()
-        .1;
+    let manifest = sandbox.results(&done).await?.into_iter().find(|(k, _)| k.ends_with("manifest.json")).unwrap().1;
     let manifest: Value = serde_json::from_str(&manifest)?;
     assert_eq!(manifest["state"], "JOB_STATE_COMPLETED_WITH_FAILURES");
-    assert_eq!(
-        manifest["failed_batches"],
-        json!([format!("{}-3", done.job_id)])
-    );
+    assert_eq!(manifest["failed_batches"], json!([format!("{}-3", done.job_id)]));
     Ok(())
 }

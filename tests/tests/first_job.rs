@@ -8,9 +8,7 @@ use batchmill_tests::{Options, Sandbox, assert_echo_results, echo_job};
 use serde_json::{Value, json};
 
 fn items(n: usize) -> Vec<Value> {
-    (0..n)
-        .map(|i| json!({"n": i, "text": format!("item {i} ✓")}))
-        .collect()
+    (0..n).map(|i| json!({"n": i, "text": format!("item {i} ✓")})).collect()
 }
 
 #[tokio::test]
@@ -18,51 +16,23 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
     let items = items(95);
     let mut jobs = sandbox.jobs().await?;
-    let submitted = jobs
-        .submit_job(echo_job(&items, 10, 2, json!({})))
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
+    let submitted = jobs.submit_job(echo_job(&items, 10, 2, json!({}))).await?.into_inner().job.unwrap();
     assert_eq!(submitted.state(), pb::JobState::Pending);
     assert_eq!(submitted.max_workers, 2);
 
     // The progress stream ends with the terminal state.
-    let mut watch = jobs
-        .watch_job(pb::WatchJobRequest {
-            job_id: submitted.job_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let mut watch = jobs.watch_job(pb::WatchJobRequest { job_id: submitted.job_id.clone() }).await?.into_inner();
     let mut last = None;
-    while let Some(update) =
-        tokio::time::timeout(Duration::from_secs(60), watch.message()).await??
-    {
+    while let Some(update) = tokio::time::timeout(Duration::from_secs(60), watch.message()).await?? {
         last = update.job;
     }
     let watched = last.expect("the watch sent the job");
     assert_eq!(watched.state(), pb::JobState::Succeeded, "{watched:?}");
 
-    let job = jobs
-        .get_job(pb::GetJobRequest {
-            job_id: submitted.job_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .job
-        .unwrap();
+    let job = jobs.get_job(pb::GetJobRequest { job_id: submitted.job_id.clone() }).await?.into_inner().job.unwrap();
     assert_eq!(job.state(), pb::JobState::Succeeded);
     let b = job.batches.clone().unwrap();
-    assert_eq!(
-        (
-            b.total,
-            b.succeeded,
-            b.failed,
-            b.in_queue,
-            b.failed_attempts
-        ),
-        (10, 10, 0, 0, 0)
-    );
+    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue, b.failed_attempts), (10, 10, 0, 0, 0));
     let i = job.items.clone().unwrap();
     assert_eq!((i.total, i.completed, i.failed, i.pending), (95, 95, 0, 0));
     assert!(job.enqueue_complete);
@@ -71,18 +41,8 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
     assert_eq!(job.workers.unwrap().succeeded, 2, "both workers took part");
     assert_echo_results(&sandbox, &job, &items, 10, &[]).await?;
 
-    let listed = jobs
-        .list_jobs(pb::ListJobsRequest::default())
-        .await?
-        .into_inner();
-    assert_eq!(
-        listed
-            .jobs
-            .iter()
-            .map(|j| j.job_id.as_str())
-            .collect::<Vec<_>>(),
-        vec![job.job_id.as_str()]
-    );
+    let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner();
+    assert_eq!(listed.jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), vec![job.job_id.as_str()]);
     Ok(())
 }
 
@@ -94,13 +54,8 @@ async fn rest_job_succeeds_and_lists_newest_first() -> anyhow::Result<()> {
     let items = items(40);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let body =
-            json!({"pipeline": "echo", "workers": 2, "itemList": {"items": items, "batchSize": 7}});
-        let response = http
-            .post(format!("{base}/v1/jobs"))
-            .json(&body)
-            .send()
-            .await?;
+        let body = json!({"pipeline": "echo", "workers": 2, "itemList": {"items": items, "batchSize": 7}});
+        let response = http.post(format!("{base}/v1/jobs")).json(&body).send().await?;
         assert_eq!(response.status(), 200);
         let job: Value = response.json().await?;
         assert_eq!(job["state"], "JOB_STATE_PENDING", "{job}");
@@ -109,12 +64,7 @@ async fn rest_job_succeeds_and_lists_newest_first() -> anyhow::Result<()> {
     }
     for id in &ids {
         sandbox.wait_terminal(id, Duration::from_secs(60)).await?;
-        let job: Value = http
-            .get(format!("{base}/v1/jobs/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let job: Value = http.get(format!("{base}/v1/jobs/{id}")).send().await?.json().await?;
         assert_eq!(job["state"], "JOB_STATE_SUCCEEDED", "{job}");
         // Canonical proto3 JSON: int64 counts are strings.
         assert_eq!(job["batches"]["total"], "6");
@@ -122,45 +72,21 @@ async fn rest_job_succeeds_and_lists_newest_first() -> anyhow::Result<()> {
         assert_eq!(job["batches"]["failed"], "0");
         assert_eq!(job["items"]["completed"], "40");
         assert_eq!(job["outputUri"], "s3://batchmill/results");
-        let grpc_view = sandbox
-            .jobs()
-            .await?
-            .get_job(pb::GetJobRequest { job_id: id.clone() })
-            .await?
-            .into_inner()
-            .job
-            .unwrap();
+        let grpc_view =
+            sandbox.jobs().await?.get_job(pb::GetJobRequest { job_id: id.clone() }).await?.into_inner().job.unwrap();
         assert_echo_results(&sandbox, &grpc_view, &items, 7, &[]).await?;
     }
     // Newest first, with paging.
-    let page: Value = http
-        .get(format!("{base}/v1/jobs?pageSize=1"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let page: Value = http.get(format!("{base}/v1/jobs?pageSize=1")).send().await?.json().await?;
     assert_eq!(page["jobs"][0]["jobId"], ids[1].as_str(), "{page}");
     let token = page["nextPageToken"].as_str().unwrap();
-    let page2: Value = http
-        .get(format!("{base}/v1/jobs?pageSize=1&pageToken={token}"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let page2: Value = http.get(format!("{base}/v1/jobs?pageSize=1&pageToken={token}")).send().await?.json().await?;
     assert_eq!(page2["jobs"][0]["jobId"], ids[0].as_str(), "{page2}");
     assert_eq!(page2["nextPageToken"], "");
 
     // The progress stream over REST: NDJSON, ending with the terminal state.
-    let text = http
-        .get(format!("{base}/v1/jobs/{}:watch", ids[0]))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = http.get(format!("{base}/v1/jobs/{}:watch", ids[0])).send().await?.text().await?;
     let last: Value = serde_json::from_str(text.lines().last().unwrap())?;
-    assert_eq!(
-        last["result"]["job"]["state"], "JOB_STATE_SUCCEEDED",
-        "{text}"
-    );
+    assert_eq!(last["result"]["job"]["state"], "JOB_STATE_SUCCEEDED", "{text}");
     Ok(())
 }

@@ -14,12 +14,7 @@ use bytes::Bytes;
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
     #[error("s3 {op} s3://{bucket}/{key}: {message}")]
-    S3 {
-        op: &'static str,
-        bucket: String,
-        key: String,
-        message: String,
-    },
+    S3 { op: &'static str, bucket: String, key: String, message: String },
     #[error("s3://{bucket}/{key} not found")]
     NotFound { bucket: String, key: String },
 }
@@ -40,11 +35,7 @@ pub struct S3Config {
 impl S3Config {
     /// Credentials from the standard chain.
     pub fn new(endpoint: Option<String>, region: String) -> S3Config {
-        S3Config {
-            endpoint,
-            region,
-            credentials: None,
-        }
+        S3Config { endpoint, region, credentials: None }
     }
 }
 
@@ -55,12 +46,7 @@ pub struct Blob {
 }
 
 fn err(op: &'static str, bucket: &str, key: &str, e: impl std::fmt::Display) -> BlobError {
-    BlobError::S3 {
-        op,
-        bucket: bucket.to_owned(),
-        key: key.to_owned(),
-        message: e.to_string(),
-    }
+    BlobError::S3 { op, bucket: bucket.to_owned(), key: key.to_owned(), message: e.to_string() }
 }
 
 /// The full text of an SDK error, with its cause chain.
@@ -78,19 +64,13 @@ fn describe<E: std::error::Error>(e: &E) -> String {
 impl Blob {
     /// A client from the environment and `config`.
     pub async fn new(config: &S3Config) -> Blob {
-        let mut loader =
-            aws_config::from_env().region(aws_config::Region::new(config.region.clone()));
+        let mut loader = aws_config::from_env().region(aws_config::Region::new(config.region.clone()));
         if let Some(endpoint) = &config.endpoint {
             loader = loader.endpoint_url(endpoint);
         }
         if let Some((key, secret)) = &config.credentials {
-            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
-                key,
-                secret,
-                None,
-                None,
-                "batchmill",
-            ));
+            loader =
+                loader.credentials_provider(aws_sdk_s3::config::Credentials::new(key, secret, None, None, "batchmill"));
         }
         let shared = loader.load().await;
         let s3 = aws_sdk_s3::config::Builder::from(&shared)
@@ -102,9 +82,7 @@ impl Blob {
                     .build(),
             )
             .build();
-        Blob {
-            client: Client::from_conf(s3),
-        }
+        Blob { client: Client::from_conf(s3) }
     }
 
     /// The underlying SDK client.
@@ -112,13 +90,7 @@ impl Blob {
         &self.client
     }
 
-    pub async fn put(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Bytes,
-        content_type: &str,
-    ) -> Result<()> {
+    pub async fn put(&self, bucket: &str, key: &str, body: Bytes, content_type: &str) -> Result<()> {
         self.client
             .put_object()
             .bucket(bucket)
@@ -131,100 +103,49 @@ impl Blob {
         Ok(())
     }
 
+    async fn get_object(&self, bucket: &str, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
+        self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                BlobError::NotFound { bucket: bucket.to_owned(), key: key.to_owned() }
+            } else {
+                err("get", bucket, key, describe(&e))
+            }
+        })
+    }
+
     pub async fn get(&self, bucket: &str, key: &str) -> Result<Bytes> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                    BlobError::NotFound {
-                        bucket: bucket.to_owned(),
-                        key: key.to_owned(),
-                    }
-                } else {
-                    err("get", bucket, key, describe(&e))
-                }
-            })?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| err("get", bucket, key, describe(&e)))?;
+        let out = self.get_object(bucket, key).await?;
+        let body = out.body.collect().await.map_err(|e| err("get", bucket, key, describe(&e)))?;
         Ok(body.into_bytes())
     }
 
     /// A streaming reader of an object, for reading it line by line.
-    pub async fn reader(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<impl tokio::io::AsyncBufRead + Unpin + use<>> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                    BlobError::NotFound {
-                        bucket: bucket.to_owned(),
-                        key: key.to_owned(),
-                    }
-                } else {
-                    err("get", bucket, key, describe(&e))
-                }
-            })?;
-        Ok(tokio::io::BufReader::with_capacity(
-            64 * 1024,
-            out.body.into_async_read(),
-        ))
+    pub async fn reader(&self, bucket: &str, key: &str) -> Result<impl tokio::io::AsyncBufRead + Unpin + use<>> {
+        let out = self.get_object(bucket, key).await?;
+        Ok(tokio::io::BufReader::with_capacity(64 * 1024, out.body.into_async_read()))
     }
 
     /// Keys under `prefix`, following pagination.
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .into_paginator()
-            .send();
+        let mut pages = self.client.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| err("list", bucket, prefix, describe(&e)))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
         }
         Ok(keys)
     }
 
     /// Creates `bucket` unless it exists.
     pub async fn ensure_bucket(&self, bucket: &str) -> Result<()> {
-        if self
-            .client
-            .head_bucket()
-            .bucket(bucket)
-            .send()
-            .await
-            .is_ok()
-        {
+        if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
             return Ok(());
         }
         match self.client.create_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = describe(&e);
-                if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists")
-                {
+                if text.contains("BucketAlreadyOwnedByYou") || text.contains("BucketAlreadyExists") {
                     Ok(())
                 } else {
                     Err(err("create bucket", bucket, "", text))

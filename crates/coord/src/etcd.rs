@@ -55,13 +55,7 @@ impl Etcd {
         let mut client = self.client.clone();
         let ttl_s = ttl.as_secs().max(1) as i64;
         let lease = client.lease_grant(ttl_s, None).await?.id();
-        client
-            .put(
-                key.as_str(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await?;
+        client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))).await?;
         Ok(tokio::spawn(async move {
             let mut lease = lease;
             loop {
@@ -75,13 +69,7 @@ impl Etcd {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         let again = async {
                             let id = client.lease_grant(ttl_s, None).await?.id();
-                            client
-                                .put(
-                                    key.as_str(),
-                                    value.clone(),
-                                    Some(PutOptions::new().with_lease(id)),
-                                )
-                                .await?;
+                            client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(id))).await?;
                             Ok::<i64, etcd_client::Error>(id)
                         };
                         match again.await {
@@ -98,10 +86,7 @@ impl Etcd {
     /// address) and returns once this process leads.
     pub async fn campaign(&self, name: &str, value: &str, ttl: Duration) -> Result<Leadership> {
         let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(ttl.as_secs().max(1) as i64, None)
-            .await?
-            .id();
+        let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).await?.id();
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let keeper = {
@@ -119,44 +104,24 @@ impl Etcd {
             () = lost.cancelled() => return Err(CoordError::LeaseLost { key: name.to_owned() }),
         }
         info!(election = name, "won election");
-        Ok(Leadership {
-            lost,
-            stop,
-            keeper,
-            client,
-            lease,
-        })
+        Ok(Leadership { lost, stop, keeper, client, lease })
     }
 
     /// The value the current leader of election `name` campaigned with.
     pub async fn leader(&self, name: &str) -> Result<String> {
-        let resp = self
-            .client
-            .clone()
-            .leader(name)
-            .await
-            .map_err(|e| match e {
-                etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader") => {
-                    CoordError::NoLeader {
-                        name: name.to_owned(),
-                    }
-                }
-                other => other.into(),
-            })?;
-        let kv = resp.kv().ok_or_else(|| CoordError::NoLeader {
-            name: name.to_owned(),
+        let resp = self.client.clone().leader(name).await.map_err(|e| match e {
+            etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader") => {
+                CoordError::NoLeader { name: name.to_owned() }
+            }
+            other => other.into(),
         })?;
+        let kv = resp.kv().ok_or_else(|| CoordError::NoLeader { name: name.to_owned() })?;
         Ok(String::from_utf8_lossy(kv.value()).into_owned())
     }
 }
 
 /// Renews `lease` every third of `ttl` until `cancel` (Ok) or failure (Err).
-async fn keep_alive(
-    client: &mut Client,
-    lease: i64,
-    ttl: Duration,
-    cancel: &CancellationToken,
-) -> Result<()> {
+async fn keep_alive(client: &mut Client, lease: i64, ttl: Duration, cancel: &CancellationToken) -> Result<()> {
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
@@ -209,10 +174,7 @@ impl Kv for Etcd {
     }
 
     async fn put_all(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
-        let ops: Vec<TxnOp> = pairs
-            .into_iter()
-            .map(|(k, v)| TxnOp::put(k, v, None))
-            .collect();
+        let ops: Vec<TxnOp> = pairs.into_iter().map(|(k, v)| TxnOp::put(k, v, None)).collect();
         self.client.clone().txn(Txn::new().and_then(ops)).await?;
         Ok(())
     }
@@ -223,42 +185,22 @@ impl Kv for Etcd {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let resp = self
-            .client
-            .clone()
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    String::from_utf8_lossy(kv.key()).into_owned(),
-                    kv.value().to_vec(),
-                )
-            })
-            .collect())
+        let resp = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).await?;
+        Ok(resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect())
     }
 
     async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, Result<KvEvent>>> {
         let mut client = self.client.clone();
-        let snapshot = client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
+        let snapshot = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
         let revision = snapshot.header().map_or(0, |h| h.revision());
         let initial: Vec<Result<KvEvent>> = snapshot
             .kvs()
             .iter()
             .map(|kv| {
-                Ok(KvEvent::Put {
-                    key: String::from_utf8_lossy(kv.key()).into_owned(),
-                    value: kv.value().to_vec(),
-                })
+                Ok(KvEvent::Put { key: String::from_utf8_lossy(kv.key()).into_owned(), value: kv.value().to_vec() })
             })
             .collect();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
+        let options = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let stream = client.watch(prefix, Some(options)).await?;
         let prefix = prefix.to_owned();
         let changes = futures::stream::unfold(Some((stream, prefix)), |state| async move {
@@ -272,10 +214,7 @@ impl Kv for Etcd {
                             let kv = e.kv()?;
                             let key = String::from_utf8_lossy(kv.key()).into_owned();
                             Some(Ok(match e.event_type() {
-                                EventType::Put => KvEvent::Put {
-                                    key,
-                                    value: kv.value().to_vec(),
-                                },
+                                EventType::Put => KvEvent::Put { key, value: kv.value().to_vec() },
                                 EventType::Delete => KvEvent::Delete { key },
                             }))
                         })
@@ -283,10 +222,7 @@ impl Kv for Etcd {
                     Some((futures::stream::iter(events), Some((stream, prefix))))
                 }
                 // The stream ends after reporting why.
-                Ok(None) => Some((
-                    futures::stream::iter(vec![Err(CoordError::WatchEnded { prefix })]),
-                    None,
-                )),
+                Ok(None) => Some((futures::stream::iter(vec![Err(CoordError::WatchEnded { prefix })]), None)),
                 Err(e) => Some((futures::stream::iter(vec![Err(e.into())]), None)),
             }
         })

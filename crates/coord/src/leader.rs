@@ -20,11 +20,7 @@ pub struct LeaderChannel {
 
 impl LeaderChannel {
     pub fn new(etcd: Etcd, name: impl Into<String>) -> LeaderChannel {
-        LeaderChannel {
-            etcd,
-            name: name.into(),
-            current: Arc::default(),
-        }
+        LeaderChannel { etcd, name: name.into(), current: Arc::default() }
     }
 
     /// A channel to the current leader.
@@ -35,9 +31,7 @@ impl LeaderChannel {
         }
         let url = self.etcd.leader(&self.name).await?;
         let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| CoordError::NoLeader {
-                name: format!("{} (bad address {url:?})", self.name),
-            })?
+            .map_err(|_| CoordError::NoLeader { name: format!("{} (bad address {url:?})", self.name) })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();

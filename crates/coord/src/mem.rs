@@ -19,10 +19,7 @@ pub struct MemKv {
 
 impl Default for MemKv {
     fn default() -> Self {
-        MemKv {
-            inner: Arc::default(),
-            events: broadcast::channel(4096).0,
-        }
+        MemKv { inner: Arc::default(), events: broadcast::channel(4096).0 }
     }
 }
 
@@ -53,9 +50,7 @@ impl Kv for MemKv {
 
     async fn delete(&self, key: &str) -> Result<()> {
         if self.map().remove(key).is_some() {
-            let _ = self.events.send(KvEvent::Delete {
-                key: key.to_owned(),
-            });
+            let _ = self.events.send(KvEvent::Delete { key: key.to_owned() });
         }
         Ok(())
     }
@@ -77,12 +72,7 @@ impl Kv for MemKv {
             let snapshot: Vec<_> = map
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(k, v)| {
-                    Ok(KvEvent::Put {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
-                })
+                .map(|(k, v)| Ok(KvEvent::Put { key: k.clone(), value: v.clone() }))
                 .collect();
             (snapshot, rx)
         };
@@ -93,9 +83,7 @@ impl Kv for MemKv {
             };
             std::future::ready(key.starts_with(&prefix))
         });
-        Ok(futures::stream::iter(snapshot)
-            .chain(changes.map(Ok))
-            .boxed())
+        Ok(futures::stream::iter(snapshot).chain(changes.map(Ok)).boxed())
     }
 }
 

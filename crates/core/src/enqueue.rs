@@ -65,13 +65,7 @@ mod tests {
 
     #[test]
     fn progress_round_trips() {
-        let p = EnqueueProgress {
-            next_seq: 3,
-            next_item: 30,
-            done: true,
-            stopped: false,
-            error: None,
-        };
+        let p = EnqueueProgress { next_seq: 3, next_item: 30, done: true, stopped: false, error: None };
         assert_eq!(EnqueueProgress::decode(&p.encode()).unwrap(), p);
         assert!(p.is_final());
     }

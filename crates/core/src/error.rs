@@ -46,9 +46,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => http::StatusCode::UNAUTHORIZED,
             ErrorCode::PermissionDenied => http::StatusCode::FORBIDDEN,
             ErrorCode::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Cancelled => {
-                http::StatusCode::from_u16(499).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
-            }
+            ErrorCode::Cancelled => http::StatusCode::from_u16(499).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR),
             ErrorCode::Internal => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,10 +84,7 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        FieldViolation {
-            field: field.into(),
-            description: description.into(),
-        }
+        FieldViolation { field: field.into(), description: description.into() }
     }
 }
 
@@ -117,8 +112,7 @@ mod tests {
 
     #[test]
     fn field_violation_status_names_field() {
-        let status: tonic::Status =
-            FieldViolation::new("item_list.batch_size", "must be at least 1").into();
+        let status: tonic::Status = FieldViolation::new("item_list.batch_size", "must be at least 1").into();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "item_list.batch_size: must be at least 1");
         let details = status.get_error_details();
@@ -142,10 +136,7 @@ mod tests {
         ] {
             assert_eq!(ErrorCode::from_grpc(code.grpc()), code);
         }
-        assert_eq!(
-            ErrorCode::InvalidArgument.http(),
-            http::StatusCode::BAD_REQUEST
-        );
+        assert_eq!(ErrorCode::InvalidArgument.http(), http::StatusCode::BAD_REQUEST);
         assert_eq!(ErrorCode::NotFound.http(), http::StatusCode::NOT_FOUND);
     }
 }

@@ -13,11 +13,7 @@ pub struct JobId(String);
 impl JobId {
     /// A new id for a job created at `unix_ms`.
     pub fn generate(unix_ms: u64) -> JobId {
-        JobId(format!(
-            "{:012x}{:08x}",
-            unix_ms & 0xffff_ffff_ffff,
-            fastrand::u32(..)
-        ))
+        JobId(format!("{:012x}{:08x}", unix_ms & 0xffff_ffff_ffff, fastrand::u32(..)))
     }
 
     /// Parses an id given by a user; names `field` when it is malformed.
@@ -25,11 +21,7 @@ impl JobId {
         if s.is_empty() {
             return Err(crate::FieldViolation::new(field, "must not be empty"));
         }
-        if s.len() > 64
-            || !s
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
+        if s.len() > 64 || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
             return Err(crate::FieldViolation::new(
                 field,
                 format!("{s:?} is not a job id (lowercase letters and digits, at most 64)"),

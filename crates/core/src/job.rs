@@ -88,10 +88,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
         }
         let (source, batch_size) = match req.source {
             None => {
-                return Err(FieldViolation::new(
-                    "source",
-                    "one source must be set: item_list",
-                ));
+                return Err(FieldViolation::new("source", "one source must be set: item_list"));
             }
             Some(pb::submit_job_request::Source::ItemList(list)) => {
                 let batch_size = validate_batch_size("item_list.batch_size", list.batch_size)?;
@@ -108,19 +105,8 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
         } else {
             Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e))?)
         };
-        let config = req
-            .config
-            .as_ref()
-            .map(crate::json::struct_to_json)
-            .unwrap_or_default();
-        Ok(JobSpec {
-            pipeline,
-            max_workers: req.workers as u32,
-            batch_size,
-            source,
-            config,
-            output_uri,
-        })
+        let config = req.config.as_ref().map(crate::json::struct_to_json).unwrap_or_default();
+        Ok(JobSpec { pipeline, max_workers: req.workers as u32, batch_size, source, config, output_uri })
     }
 }
 
@@ -129,15 +115,11 @@ fn validate_pipeline_name(name: &str) -> Result<String, FieldViolation> {
         return Err(FieldViolation::new("pipeline", "must not be empty"));
     }
     let ok = name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !ok {
         return Err(FieldViolation::new(
             "pipeline",
-            format!(
-                "{name:?} is not a pipeline name (lowercase letters, digits, '-', '_', at most 63)"
-            ),
+            format!("{name:?} is not a pipeline name (lowercase letters, digits, '-', '_', at most 63)"),
         ));
     }
     Ok(name.to_owned())
@@ -145,10 +127,7 @@ fn validate_pipeline_name(name: &str) -> Result<String, FieldViolation> {
 
 fn validate_batch_size(field: &str, n: i32) -> Result<u32, FieldViolation> {
     if n < 1 {
-        return Err(FieldViolation::new(
-            field,
-            format!("must be at least 1, got {n}"),
-        ));
+        return Err(FieldViolation::new(field, format!("must be at least 1, got {n}")));
     }
     Ok(n as u32)
 }
@@ -195,10 +174,7 @@ mod tests {
         let spec = JobSpec::try_from(request(vec![json!(1), json!({"a": "b"})], 10, 2)).unwrap();
         assert_eq!(spec.batch_size, 10);
         assert_eq!(spec.max_workers, 2);
-        assert_eq!(
-            spec.source,
-            SourceSpec::Items(vec![json!(1), json!({"a": "b"})])
-        );
+        assert_eq!(spec.source, SourceSpec::Items(vec![json!(1), json!({"a": "b"})]));
     }
 
     #[test]
@@ -207,28 +183,9 @@ mod tests {
             (request(vec![], 10, 1), "item_list.items"),
             (request(vec![json!(1)], 0, 1), "item_list.batch_size"),
             (request(vec![json!(1)], 1, 0), "workers"),
-            (
-                pb::SubmitJobRequest {
-                    pipeline: "echo".into(),
-                    workers: 1,
-                    ..Default::default()
-                },
-                "source",
-            ),
-            (
-                pb::SubmitJobRequest {
-                    pipeline: "Bad Name".into(),
-                    ..request(vec![json!(1)], 1, 1)
-                },
-                "pipeline",
-            ),
-            (
-                pb::SubmitJobRequest {
-                    output_uri: "http://x".into(),
-                    ..request(vec![json!(1)], 1, 1)
-                },
-                "output_uri",
-            ),
+            (pb::SubmitJobRequest { pipeline: "echo".into(), workers: 1, ..Default::default() }, "source"),
+            (pb::SubmitJobRequest { pipeline: "Bad Name".into(), ..request(vec![json!(1)], 1, 1) }, "pipeline"),
+            (pb::SubmitJobRequest { output_uri: "http://x".into(), ..request(vec![json!(1)], 1, 1) }, "output_uri"),
         ];
         for (req, field) in cases {
             assert_eq!(JobSpec::try_from(req).unwrap_err().field, field);
@@ -238,14 +195,9 @@ mod tests {
     #[test]
     fn refuses_a_batch_over_256_kib_naming_it() {
         let big = json!("x".repeat(150 * 1024));
-        let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1))
-            .unwrap_err();
+        let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1)).unwrap_err();
         assert_eq!(err.field, "item_list.items");
-        assert!(
-            err.description.contains("batch 1 (items 2 to 3)"),
-            "{}",
-            err.description
-        );
+        assert!(err.description.contains("batch 1 (items 2 to 3)"), "{}", err.description);
     }
 
     #[test]

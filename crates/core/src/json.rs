@@ -27,10 +27,7 @@ fn number_to_json(n: f64) -> Value {
 
 /// A `google.protobuf.Struct` as a JSON object.
 pub fn struct_to_json(s: &prost_types::Struct) -> Map<String, Value> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect()
+    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
 }
 
 /// JSON as a `google.protobuf.Value`.
@@ -40,9 +37,7 @@ pub fn json_to_value(v: &Value) -> prost_types::Value {
         Value::Bool(b) => Kind::BoolValue(*b),
         Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
         Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.iter().map(json_to_value).collect(),
-        }),
+        Value::Array(a) => Kind::ListValue(prost_types::ListValue { values: a.iter().map(json_to_value).collect() }),
         Value::Object(o) => Kind::StructValue(json_to_struct(o)),
     };
     prost_types::Value { kind: Some(kind) }
@@ -50,12 +45,7 @@ pub fn json_to_value(v: &Value) -> prost_types::Value {
 
 /// A JSON object as a `google.protobuf.Struct`.
 pub fn json_to_struct(o: &Map<String, Value>) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: o
-            .iter()
-            .map(|(k, v)| (k.clone(), json_to_value(v)))
-            .collect(),
-    }
+    prost_types::Struct { fields: o.iter().map(|(k, v)| (k.clone(), json_to_value(v))).collect() }
 }
 
 #[cfg(test)]
@@ -71,9 +61,7 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_become_null() {
-        let v = prost_types::Value {
-            kind: Some(Kind::NumberValue(f64::NAN)),
-        };
+        let v = prost_types::Value { kind: Some(Kind::NumberValue(f64::NAN)) };
         assert_eq!(value_to_json(&v), Value::Null);
     }
 }

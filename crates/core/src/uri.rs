@@ -14,34 +14,21 @@ pub struct S3Uri {
 impl S3Uri {
     /// Parses `s3://bucket[/key]`.
     pub fn parse(s: &str) -> Result<S3Uri, String> {
-        let rest = s
-            .strip_prefix("s3://")
-            .ok_or_else(|| format!("{s:?} is not an s3:// URI"))?;
+        let rest = s.strip_prefix("s3://").ok_or_else(|| format!("{s:?} is not an s3:// URI"))?;
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid_bucket {
             return Err(format!("{bucket:?} is not a valid bucket name"));
         }
-        Ok(S3Uri {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-        })
+        Ok(S3Uri { bucket: bucket.to_owned(), key: key.to_owned() })
     }
 
     /// This location with `/name` appended to its key.
     pub fn join(&self, name: &str) -> S3Uri {
-        let key = if self.key.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}/{name}", self.key.trim_end_matches('/'))
-        };
-        S3Uri {
-            bucket: self.bucket.clone(),
-            key,
-        }
+        let key =
+            if self.key.is_empty() { name.to_owned() } else { format!("{}/{name}", self.key.trim_end_matches('/')) };
+        S3Uri { bucket: self.bucket.clone(), key }
     }
 }
 
@@ -63,14 +50,8 @@ mod tests {
     fn parses_and_joins() {
         let uri = S3Uri::parse("s3://results/runs/").unwrap();
         assert_eq!(uri.bucket, "results");
-        assert_eq!(
-            uri.join("job1").join("job1-0.jsonl").to_string(),
-            "s3://results/runs/job1/job1-0.jsonl"
-        );
-        assert_eq!(
-            S3Uri::parse("s3://bucket").unwrap().join("k").to_string(),
-            "s3://bucket/k"
-        );
+        assert_eq!(uri.join("job1").join("job1-0.jsonl").to_string(), "s3://results/runs/job1/job1-0.jsonl");
+        assert_eq!(S3Uri::parse("s3://bucket").unwrap().join("k").to_string(), "s3://bucket/k");
     }
 
     #[test]

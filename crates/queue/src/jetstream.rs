@@ -31,10 +31,7 @@ impl JetStreamQueue {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Err(source) => {
-                    return Err(QueueError::Connect {
-                        url: url.to_owned(),
-                        source,
-                    });
+                    return Err(QueueError::Connect { url: url.to_owned(), source });
                 }
             }
         };
@@ -47,10 +44,7 @@ impl JetStreamQueue {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        context
-            .create_or_update_stream(config)
-            .await
-            .map_err(|e| QueueError::js("create stream", e))?;
+        context.create_or_update_stream(config).await.map_err(|e| QueueError::js("create stream", e))?;
         Ok(JetStreamQueue { context })
     }
 
@@ -60,15 +54,8 @@ impl JetStreamQueue {
         let msg_id = format!("{job_id}-{seq}");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
-        let err = |e: &dyn std::fmt::Display| QueueError::Publish {
-            msg_id: msg_id.clone(),
-            message: e.to_string(),
-        };
-        let ack = self
-            .context
-            .publish_with_headers(batch_subject(job_id), headers, body)
-            .await
-            .map_err(|e| err(&e))?;
+        let err = |e: &dyn std::fmt::Display| QueueError::Publish { msg_id: msg_id.clone(), message: e.to_string() };
+        let ack = self.context.publish_with_headers(batch_subject(job_id), headers, body).await.map_err(|e| err(&e))?;
         ack.await.map_err(|e| err(&e))?;
         Ok(())
     }
@@ -96,12 +83,7 @@ impl JetStreamQueue {
     /// how many batches were withdrawn.
     pub async fn close_job(&self, job_id: &str) -> Result<u64> {
         let stream = self.stream().await?;
-        let purged = stream
-            .purge()
-            .filter(batch_subject(job_id))
-            .await
-            .map_err(|e| QueueError::js("purge", e))?
-            .purged;
+        let purged = stream.purge().filter(batch_subject(job_id)).await.map_err(|e| QueueError::js("purge", e))?.purged;
         match stream.delete_consumer(&consumer_name(job_id)).await {
             Ok(_) => {}
             Err(e) if e.to_string().contains("not found") => {}
@@ -113,21 +95,15 @@ impl JetStreamQueue {
     /// The job's consumer, for a worker to pull from.
     pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
         let stream = self.stream().await?;
-        let consumer: PullConsumer =
-            stream
-                .get_consumer(&consumer_name(job_id))
-                .await
-                .map_err(|_| QueueError::NoConsumer {
-                    job_id: job_id.to_owned(),
-                })?;
+        let consumer: PullConsumer = stream
+            .get_consumer(&consumer_name(job_id))
+            .await
+            .map_err(|_| QueueError::NoConsumer { job_id: job_id.to_owned() })?;
         Ok(JobConsumer { consumer })
     }
 
     async fn stream(&self) -> Result<stream::Stream> {
-        self.context
-            .get_stream(BATCH_STREAM)
-            .await
-            .map_err(|e| QueueError::js("get stream", e))
+        self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
     }
 }
 
@@ -173,33 +149,21 @@ impl Delivery {
 
     /// Asks for more time before redelivery.
     pub async fn in_progress(&self) -> Result<()> {
-        self.message
-            .ack_with(AckKind::Progress)
-            .await
-            .map_err(|e| QueueError::js("progress", e))
+        self.message.ack_with(AckKind::Progress).await.map_err(|e| QueueError::js("progress", e))
     }
 
     /// Acknowledges the batch; JetStream removes it from the stream.
     pub async fn ack(&self) -> Result<()> {
-        self.message
-            .double_ack()
-            .await
-            .map_err(|e| QueueError::js("ack", e))
+        self.message.double_ack().await.map_err(|e| QueueError::js("ack", e))
     }
 
     /// Asks for redelivery after `delay`.
     pub async fn nak(&self, delay: Duration) -> Result<()> {
-        self.message
-            .ack_with(AckKind::Nak(Some(delay)))
-            .await
-            .map_err(|e| QueueError::js("nak", e))
+        self.message.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| QueueError::js("nak", e))
     }
 
     /// Stops delivering the batch.
     pub async fn term(&self) -> Result<()> {
-        self.message
-            .ack_with(AckKind::Term)
-            .await
-            .map_err(|e| QueueError::js("term", e))
+        self.message.ack_with(AckKind::Term).await.map_err(|e| QueueError::js("term", e))
     }
 }

@@ -40,10 +40,7 @@ pub struct DeliveryPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("nats connect to {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
+    Connect { url: String, source: async_nats::ConnectError },
     #[error("jetstream {op}: {message}")]
     JetStream { op: &'static str, message: String },
     #[error("publish of batch {msg_id}: {message}")]
@@ -54,10 +51,7 @@ pub enum QueueError {
 
 impl QueueError {
     fn js(op: &'static str, e: impl std::fmt::Display) -> QueueError {
-        QueueError::JetStream {
-            op,
-            message: e.to_string(),
-        }
+        QueueError::JetStream { op, message: e.to_string() }
     }
 }
 

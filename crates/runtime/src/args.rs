@@ -16,12 +16,7 @@ pub struct ListenArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct EtcdArgs {
     /// etcd endpoints, comma-separated.
-    #[arg(
-        long,
-        env = "BATCHMILL_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:2379"
-    )]
+    #[arg(long, env = "BATCHMILL_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: Vec<String>,
 }
 
@@ -29,11 +24,7 @@ pub struct EtcdArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NatsArgs {
     /// NATS server URL.
-    #[arg(
-        long,
-        env = "BATCHMILL_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    #[arg(long, env = "BATCHMILL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 }
 

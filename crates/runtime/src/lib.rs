@@ -9,3 +9,10 @@ pub mod telemetry;
 
 pub use server::ServerBuilder;
 pub use shutdown::shutdown_token;
+
+/// Binds a service's listener (port 0 picks a free port), naming the address
+/// on failure.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}

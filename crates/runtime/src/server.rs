@@ -36,12 +36,7 @@ impl ServerBuilder {
         routes.add_service(health_service);
         routes.add_service(reflection_v1);
         routes.add_service(reflection_v1alpha);
-        Ok(ServerBuilder {
-            routes,
-            health,
-            names: Vec::new(),
-            ready_at_start: true,
-        })
+        Ok(ServerBuilder { routes, health, names: Vec::new(), ready_at_start: true })
     }
 
     /// Reports the server (service "") NOT_SERVING until the owner calls
@@ -77,47 +72,32 @@ impl ServerBuilder {
     /// Marks every added service SERVING and returns the routes.
     pub async fn into_routes(self) -> Routes {
         for name in &self.names {
-            self.health
-                .set_service_status(*name, tonic_health::ServingStatus::Serving)
-                .await;
+            self.health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
         }
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         self.routes.routes()
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
         let health = self.health.clone();
         let routes = self.into_routes().await;
         serve_routes(routes, listener, shutdown.clone()).await?;
-        health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         Ok(())
     }
 }
 
 /// Request tracing. Failed requests are logged at DEBUG: services log the
 /// errors they handle, and a client's bad request is no server error.
-pub fn trace_layer() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-> {
+pub fn trace_layer()
+-> tower_http::trace::TraceLayer<tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>> {
     tower_http::trace::TraceLayer::new_for_grpc()
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
 }
 
 /// Serves prepared routes with the standard layers until `shutdown`.
-pub async fn serve_routes(
-    routes: Routes,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn serve_routes(routes: Routes, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT)

@@ -12,12 +12,7 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(batch_size: usize, max_bytes: usize) -> Batcher {
-        Batcher {
-            batch_size: batch_size.max(1),
-            max_bytes,
-            items: Vec::new(),
-            bytes: 0,
-        }
+        Batcher { batch_size: batch_size.max(1), max_bytes, items: Vec::new(), bytes: 0 }
     }
 
     /// Adds an item; returns a batch when one is complete. An item larger
@@ -77,10 +72,7 @@ mod tests {
     fn cuts_by_bytes_before_the_item_that_overflows() {
         // Each item is 4 bytes with its newline; 10 bytes hold two.
         let batches = run(&["aaa", "bbb", "ccc", "ddd", "eee"], 10, 10);
-        assert_eq!(
-            batches,
-            vec![vec!["aaa", "bbb"], vec!["ccc", "ddd"], vec!["eee"]]
-        );
+        assert_eq!(batches, vec![vec!["aaa", "bbb"], vec!["ccc", "ddd"], vec!["eee"]]);
     }
 
     #[test]

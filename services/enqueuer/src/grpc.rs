@@ -30,11 +30,7 @@ impl pb::enqueuer_service_server::EnqueuerService for EnqueuerGrpc {
         &self,
         request: Request<pb::EnqueueJobRequest>,
     ) -> Result<Response<pb::EnqueueJobResponse>, Status> {
-        let started = self
-            .enqueuer
-            .enqueue(request.into_inner())
-            .await
-            .map_err(|e| e.to_status())?;
+        let started = self.enqueuer.enqueue(request.into_inner()).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::EnqueueJobResponse { started }))
     }
 
@@ -43,11 +39,7 @@ impl pb::enqueuer_service_server::EnqueuerService for EnqueuerGrpc {
         &self,
         request: Request<pb::StopEnqueueRequest>,
     ) -> Result<Response<pb::StopEnqueueResponse>, Status> {
-        let was_running = self
-            .enqueuer
-            .stop(&request.get_ref().job_id)
-            .await
-            .map_err(|e| e.to_status())?;
+        let was_running = self.enqueuer.stop(&request.get_ref().job_id).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::StopEnqueueResponse { was_running }))
     }
 }

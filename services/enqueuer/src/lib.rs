@@ -38,45 +38,52 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum EnqueueError {
     #[error("{field}: {message}")]
-    InvalidRequest {
-        field: &'static str,
-        message: String,
-    },
+    InvalidRequest { field: &'static str, message: String },
     #[error("etcd: {0}")]
     Coord(#[from] batchmill_coord::CoordError),
     #[error("{0}")]
     Queue(#[from] batchmill_queue::QueueError),
-    #[error("lister: {0}")]
-    Lister(String),
+    #[error("lister: {message}")]
+    Lister { code: tonic::Code, message: String },
     #[error("item {index} is {bytes} bytes, over the {limit}-byte batch limit")]
-    ItemTooLarge {
-        index: u64,
-        bytes: usize,
-        limit: usize,
-    },
+    ItemTooLarge { index: u64, bytes: usize, limit: usize },
     #[error("corrupt checkpoint for job {job_id}: {message}")]
     Corrupt { job_id: String, message: String },
+}
+
+impl EnqueueError {
+    /// Whether trying again later may succeed.
+    fn is_transient(&self) -> bool {
+        match self {
+            EnqueueError::Coord(_) | EnqueueError::Queue(_) => true,
+            EnqueueError::Lister { code, .. } => matches!(
+                code,
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown
+            ),
+            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } | EnqueueError::Corrupt { .. } => {
+                false
+            }
+        }
+    }
 }
 
 impl ServiceError for EnqueueError {
     fn code(&self) -> ErrorCode {
         match self {
-            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } => {
-                ErrorCode::InvalidArgument
-            }
-            EnqueueError::Coord(_) | EnqueueError::Queue(_) | EnqueueError::Lister(_) => {
-                ErrorCode::Unavailable
-            }
+            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } => ErrorCode::InvalidArgument,
+            EnqueueError::Coord(_) | EnqueueError::Queue(_) => ErrorCode::Unavailable,
+            EnqueueError::Lister { code, .. } => ErrorCode::from_grpc(*code),
             EnqueueError::Corrupt { .. } => ErrorCode::Internal,
         }
     }
 }
 
+fn lister_error(status: tonic::Status) -> EnqueueError {
+    EnqueueError::Lister { code: status.code(), message: status.message().to_owned() }
+}
+
 fn corrupt(job_id: &str, e: impl std::fmt::Display) -> EnqueueError {
-    EnqueueError::Corrupt {
-        job_id: job_id.to_owned(),
-        message: e.to_string(),
-    }
+    EnqueueError::Corrupt { job_id: job_id.to_owned(), message: e.to_string() }
 }
 
 /// The enqueuer's domain: runs one enqueuing task per job.
@@ -97,14 +104,7 @@ impl Enqueuer {
         lister: ListerServiceClient<Channel>,
         shutdown: CancellationToken,
     ) -> Enqueuer {
-        Enqueuer {
-            kv,
-            queue,
-            lister,
-            running: Arc::default(),
-            tasks: TaskTracker::new(),
-            shutdown,
-        }
+        Enqueuer { kv, queue, lister, running: Arc::default(), tasks: TaskTracker::new(), shutdown }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -114,22 +114,13 @@ impl Enqueuer {
     /// Starts (or resumes) enqueuing; returns false if it is running or done.
     pub async fn enqueue(&self, request: EnqueueJobRequest) -> Result<bool, EnqueueError> {
         if request.job_id.is_empty() {
-            return Err(EnqueueError::InvalidRequest {
-                field: "job_id",
-                message: "must not be empty".into(),
-            });
+            return Err(EnqueueError::InvalidRequest { field: "job_id", message: "must not be empty".into() });
         }
         if request.batch_size < 1 {
-            return Err(EnqueueError::InvalidRequest {
-                field: "batch_size",
-                message: "must be at least 1".into(),
-            });
+            return Err(EnqueueError::InvalidRequest { field: "batch_size", message: "must be at least 1".into() });
         }
         if request.source.is_none() {
-            return Err(EnqueueError::InvalidRequest {
-                field: "source",
-                message: "must be set".into(),
-            });
+            return Err(EnqueueError::InvalidRequest { field: "source", message: "must be set".into() });
         }
         let job_id = request.job_id.clone();
         if self.running().contains_key(&job_id) {
@@ -166,9 +157,7 @@ impl Enqueuer {
             let mut progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;
             if !progress.is_final() {
                 progress.stopped = true;
-                self.kv
-                    .put(&progress_key(job_id), progress.encode())
-                    .await?;
+                self.kv.put(&progress_key(job_id), progress.encode()).await?;
             }
         }
         Ok(was_running)
@@ -188,8 +177,7 @@ impl Enqueuer {
             let Some(raw) = self.kv.get(&request_key(job_id)).await? else {
                 continue;
             };
-            let request =
-                EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
+            let request = EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
             info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
             self.spawn(request, progress);
             resumed += 1;
@@ -203,83 +191,67 @@ impl Enqueuer {
         self.tasks.wait().await;
     }
 
+    /// One task per job: publishes until done, retrying transient failures
+    /// from the checkpoint in hand, until stopped or shut down.
     fn spawn(&self, request: EnqueueJobRequest, progress: EnqueueProgress) {
         let token = self.shutdown.child_token();
         self.running().insert(request.job_id.clone(), token.clone());
         let this = self.clone();
         self.tasks.spawn(async move {
-            let job_id = request.job_id.clone();
-            let result = this.run(request, progress, token).await;
-            this.running().remove(&job_id);
-            if let Err(e) = result {
-                warn!(%job_id, error = %e, "enqueue failed");
+            let mut progress = progress;
+            loop {
+                match this.run(&request, &mut progress, &token).await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() => {
+                        warn!(job_id = %request.job_id, error = %e, "enqueue interrupted; retrying");
+                        tokio::select! {
+                            () = token.cancelled() => break,
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                    Err(e) => {
+                        warn!(job_id = %request.job_id, error = %e, "enqueue failed");
+                        break;
+                    }
+                }
             }
+            this.running().remove(&request.job_id);
         });
     }
 
+    /// Publishes from `progress` on; records the outcome in etcd.
     #[instrument(skip_all, fields(job_id = %request.job_id))]
     async fn run(
         &self,
-        request: EnqueueJobRequest,
-        mut progress: EnqueueProgress,
-        cancel: CancellationToken,
+        request: &EnqueueJobRequest,
+        progress: &mut EnqueueProgress,
+        cancel: &CancellationToken,
     ) -> Result<(), EnqueueError> {
-        let job_id = request.job_id.clone();
-        match self.publish_all(&request, &mut progress, &cancel).await {
+        let key = progress_key(&request.job_id);
+        let result = self.publish_all(request, progress, cancel).await;
+        match &result {
+            // On shutdown the checkpoint says where to resume; on a stop,
+            // `stop` itself marks the record.
             Ok(()) if cancel.is_cancelled() => {
-                // On shutdown the checkpoint says where to resume; on a stop,
-                // `stop` itself marks the record.
                 if self.shutdown.is_cancelled() {
-                    self.kv
-                        .put(&progress_key(&job_id), progress.encode())
-                        .await?;
+                    self.kv.put(&key, progress.encode()).await?;
                 }
-                Ok(())
             }
             Ok(()) => {
                 progress.done = true;
-                self.kv
-                    .put(&progress_key(&job_id), progress.encode())
-                    .await?;
-                info!(
-                    batches = progress.next_seq,
-                    items = progress.next_item,
-                    "enqueue complete"
-                );
-                Ok(())
+                self.kv.put(&key, progress.encode()).await?;
+                info!(batches = progress.next_seq, items = progress.next_item, "enqueue complete");
             }
-            Err(
-                e @ (EnqueueError::ItemTooLarge { .. }
-                | EnqueueError::Lister(_)
-                | EnqueueError::InvalidRequest { .. }),
-            ) => {
+            Err(e) if !e.is_transient() => {
                 progress.error = Some(e.to_string());
-                self.kv
-                    .put(&progress_key(&job_id), progress.encode())
-                    .await?;
-                Err(e)
+                self.kv.put(&key, progress.encode()).await?;
             }
-            Err(e) => {
-                // Transient: keep the checkpoint and retry later.
-                self.kv
-                    .put(&progress_key(&job_id), progress.encode())
-                    .await?;
-                let this = self.clone();
-                let token = self.shutdown.child_token();
-                let retry = request.clone();
-                self.running().insert(job_id.clone(), token.clone());
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {
-                            this.running().remove(&retry.job_id);
-                            let _ = this.enqueue(retry).await;
-                        }
-                        () = token.cancelled() => {}
-                    }
-                });
-                Err(e)
+            Err(_) => {
+                // Best effort: the in-memory checkpoint is what the retry uses.
+                let _ = self.kv.put(&key, progress.encode()).await;
             }
         }
+        result
     }
 
     async fn publish_all(
@@ -289,47 +261,31 @@ impl Enqueuer {
         cancel: &CancellationToken,
     ) -> Result<(), EnqueueError> {
         let job_id = &request.job_id;
-        let list = ListItemsRequest {
-            job_id: job_id.clone(),
-            source: request.source.clone(),
-            skip: progress.next_item,
-        };
-        let mut stream = self
-            .lister
-            .clone()
-            .list_items(list)
-            .await
-            .map_err(|s| EnqueueError::Lister(s.message().to_owned()))?
-            .into_inner();
-        let mut batcher = Batcher::new(
-            request.batch_size as usize,
-            batchmill_core::job::MAX_BATCH_BYTES,
-        );
+        let list =
+            ListItemsRequest { job_id: job_id.clone(), source: request.source.clone(), skip: progress.next_item };
+        let mut stream = self.lister.clone().list_items(list).await.map_err(lister_error)?.into_inner();
+        let mut batcher = Batcher::new(request.batch_size as usize, batchmill_core::job::MAX_BATCH_BYTES);
         let mut last_checkpoint = tokio::time::Instant::now();
         let mut item_index = progress.next_item;
         loop {
             let chunk = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                chunk = stream.message() => chunk.map_err(|s| EnqueueError::Lister(s.message().to_owned()))?,
+                chunk = stream.message() => chunk.map_err(lister_error)?,
             };
             let Some(chunk) = chunk else { break };
             for item in chunk.items {
-                let full = batcher
-                    .push(item)
-                    .map_err(|bytes| EnqueueError::ItemTooLarge {
-                        index: item_index,
-                        bytes,
-                        limit: batchmill_core::job::MAX_BATCH_BYTES,
-                    })?;
+                let full = batcher.push(item).map_err(|bytes| EnqueueError::ItemTooLarge {
+                    index: item_index,
+                    bytes,
+                    limit: batchmill_core::job::MAX_BATCH_BYTES,
+                })?;
                 item_index += 1;
                 if let Some(items) = full {
                     self.publish(job_id, progress, items).await?;
                 }
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                self.kv
-                    .put(&progress_key(job_id), progress.encode())
-                    .await?;
+                self.kv.put(&progress_key(job_id), progress.encode()).await?;
                 last_checkpoint = tokio::time::Instant::now();
             }
         }
@@ -352,13 +308,7 @@ impl Enqueuer {
             first_item: progress.next_item,
             items,
         };
-        self.queue
-            .publish_batch(
-                job_id,
-                progress.next_seq,
-                Bytes::from(batch.encode_to_vec()),
-            )
-            .await?;
+        self.queue.publish_batch(job_id, progress.next_seq, Bytes::from(batch.encode_to_vec())).await?;
         progress.next_seq += 1;
         progress.next_item += count;
         Ok(())

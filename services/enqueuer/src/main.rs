@@ -13,11 +13,7 @@ use clap::Parser;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill-enqueuer",
-    version,
-    about = "Publishes job batches to JetStream"
-)]
+#[command(name = "batchmill-enqueuer", version, about = "Publishes job batches to JetStream")]
 struct Config {
     #[command(flatten)]
     listen: ListenArgs,
@@ -26,11 +22,7 @@ struct Config {
     #[command(flatten)]
     nats: NatsArgs,
     /// gRPC URL of the lister.
-    #[arg(
-        long,
-        env = "BATCHMILL_LISTER_URL",
-        default_value = "http://127.0.0.1:50052"
-    )]
+    #[arg(long, env = "BATCHMILL_LISTER_URL", default_value = "http://127.0.0.1:50052")]
     lister_url: String,
 }
 
@@ -40,24 +32,14 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-enqueuer")?;
     let shutdown = batchmill_runtime::shutdown_token();
     let patience = Duration::from_secs(30);
-    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience)
-        .await
-        .context("connecting to etcd")?;
-    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience)
-        .await
-        .context("connecting to NATS")?;
-    let lister = tonic::transport::Endpoint::from_shared(config.lister_url.clone())
-        .context("lister URL")?
-        .connect_lazy();
+    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
+    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
+    let lister =
+        tonic::transport::Endpoint::from_shared(config.lister_url.clone()).context("lister URL")?.connect_lazy();
     let lister = ListerServiceClient::new(lister).max_decoding_message_size(16 * 1024 * 1024);
     let enqueuer = Enqueuer::new(Arc::new(etcd), queue, lister, shutdown.clone());
-    let resumed = enqueuer
-        .resume_all()
-        .await
-        .context("resuming unfinished jobs")?;
-    let listener = tokio::net::TcpListener::bind(config.listen.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen.listen))?;
+    let resumed = enqueuer.resume_all().await.context("resuming unfinished jobs")?;
+    let listener = batchmill_runtime::bind(config.listen.listen).await?;
     info!(addr = %listener.local_addr()?, resumed, "enqueuer serving");
     batchmill_runtime::ServerBuilder::new()?
         .add_service(EnqueuerGrpc::new(enqueuer.clone()).into_service())

@@ -3,9 +3,7 @@
 
 use batchmill_coord::LeaderChannel;
 use batchmill_core::JobSpec;
-use batchmill_proto::jobs::v1::{
-    self as pb, job_service_client::JobServiceClient, job_service_server::JobService,
-};
+use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
@@ -31,11 +29,8 @@ impl JobsForwarder {
     }
 
     async fn client(&self) -> Result<JobServiceClient<tonic::transport::Channel>, Status> {
-        let channel = self
-            .leader
-            .channel()
-            .await
-            .map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
+        let channel =
+            self.leader.channel().await.map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
         Ok(JobServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
@@ -79,19 +74,13 @@ impl JobService for JobsForwarder {
     }
 
     #[instrument(skip_all)]
-    async fn get_job(
-        &self,
-        request: Request<pb::GetJobRequest>,
-    ) -> Result<Response<pb::GetJobResponse>, Status> {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let result = self.client().await?.get_job(onward(request)).await;
         self.check(result).await
     }
 
     #[instrument(skip_all)]
-    async fn list_jobs(
-        &self,
-        request: Request<pb::ListJobsRequest>,
-    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let result = self.client().await?.list_jobs(onward(request)).await;
         self.check(result).await
     }
@@ -108,10 +97,7 @@ impl JobService for JobsForwarder {
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all)]
-    async fn watch_job(
-        &self,
-        request: Request<pb::WatchJobRequest>,
-    ) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
         let result = self.client().await?.watch_job(onward(request)).await;
         let stream = self.check(result).await?.into_inner();
         Ok(Response::new(stream.boxed()))

@@ -24,35 +24,22 @@ pub const PUBLIC_SERVICES: &[&str] = &["batchmill.jobs.v1.JobService"];
 /// The gateway's router: gRPC (with health and reflection) and REST.
 pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
     let forwarder = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
-    let routes = batchmill_runtime::ServerBuilder::new()?
-        .add_service(forwarder.into_service())
-        .into_routes()
-        .await;
-    let rest =
-        Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES).map_err(anyhow::Error::msg)?);
+    let routes = batchmill_runtime::ServerBuilder::new()?.add_service(forwarder.into_service()).into_routes().await;
+    let rest = Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES).map_err(anyhow::Error::msg)?);
     // Paths that are no gRPC method fall through to REST (gRPC clients
     // calling an unknown method get HTTP 404, which they read as UNIMPLEMENTED).
     Ok(routes
         .into_axum_router()
-        .fallback(move |request: axum::extract::Request| {
-            rest::handle(axum::extract::State(rest.clone()), request)
-        })
+        .fallback(move |request: axum::extract::Request| rest::handle(axum::extract::State(rest.clone()), request))
         .layer(
-            tower_http::trace::TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
+            tower_http::trace::TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         ))
 }
 
 /// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.
-pub async fn run(
-    etcd: Etcd,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(etcd: Etcd, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let app = router(etcd).await?;
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

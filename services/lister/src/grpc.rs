@@ -34,18 +34,12 @@ impl TryFrom<pb::Source> for Source {
         match s.kind {
             Some(source::Kind::NdjsonObjects(objects)) => {
                 if objects.uris.is_empty() {
-                    return Err(ListerError::BadSource(
-                        "ndjson_objects.uris must not be empty".into(),
-                    ));
+                    return Err(ListerError::BadSource("ndjson_objects.uris must not be empty".into()));
                 }
                 let uris = objects
                     .uris
                     .iter()
-                    .map(|u| {
-                        S3Uri::parse(u).map_err(|e| {
-                            ListerError::BadSource(format!("ndjson_objects.uris: {e}"))
-                        })
-                    })
+                    .map(|u| S3Uri::parse(u).map_err(|e| ListerError::BadSource(format!("ndjson_objects.uris: {e}"))))
                     .collect::<Result<_, _>>()?;
                 Ok(Source::NdjsonObjects(uris))
             }
@@ -71,11 +65,7 @@ impl pb::lister_service_server::ListerService for ListerGrpc {
         let stream = self
             .lister
             .list(source, req.skip)
-            .map(|chunk| {
-                chunk
-                    .map(|items| pb::ListItemsResponse { items })
-                    .map_err(|e| e.to_status())
-            })
+            .map(|chunk| chunk.map(|items| pb::ListItemsResponse { items }).map_err(|e| e.to_status()))
             .boxed();
         Ok(Response::new(stream))
     }

@@ -24,11 +24,7 @@ pub enum ListerError {
     #[error("source: {0}")]
     BadSource(String),
     #[error("{uri} line {line}: not JSON: {message}")]
-    BadLine {
-        uri: String,
-        line: u64,
-        message: String,
-    },
+    BadLine { uri: String, line: u64, message: String },
     #[error("{0}")]
     Blob(#[from] batchmill_blob::BlobError),
     #[error("reading {uri}: {message}")]
@@ -66,11 +62,7 @@ impl Lister {
     }
 
     /// The items of `source` after the first `skip`, in chunks.
-    pub fn list(
-        &self,
-        source: Source,
-        skip: u64,
-    ) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+    pub fn list(&self, source: Source, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
         match source {
             Source::NdjsonObjects(uris) => ndjson::lines(self.blob.clone(), uris, skip),
         }

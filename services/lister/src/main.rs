@@ -1,6 +1,5 @@
 //! batchmill-lister: expands job inputs into item streams.
 
-use anyhow::Context;
 use batchmill_blob::{Blob, S3Config};
 use batchmill_lister::{Lister, ListerGrpc};
 use batchmill_runtime::args::{ListenArgs, S3Args};
@@ -8,11 +7,7 @@ use clap::Parser;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill-lister",
-    version,
-    about = "Expands job inputs into item streams"
-)]
+#[command(name = "batchmill-lister", version, about = "Expands job inputs into item streams")]
 struct Config {
     #[command(flatten)]
     listen: ListenArgs,
@@ -25,14 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-lister")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    let blob = Blob::new(&S3Config::new(
-        config.s3.s3_endpoint.clone(),
-        config.s3.s3_region.clone(),
-    ))
-    .await;
-    let listener = tokio::net::TcpListener::bind(config.listen.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen.listen))?;
+    let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
+    let listener = batchmill_runtime::bind(config.listen.listen).await?;
     info!(addr = %listener.local_addr()?, "lister serving");
     batchmill_runtime::ServerBuilder::new()?
         .add_service(ListerGrpc::new(Lister::new(blob)).into_service())

@@ -9,11 +9,7 @@ use tokio::io::AsyncBufReadExt;
 use crate::{CHUNK_BYTES, CHUNK_ITEMS, ListerError};
 
 /// Streams the non-blank lines of `uris` in order, after the first `skip`.
-pub fn lines(
-    blob: Blob,
-    uris: Vec<S3Uri>,
-    skip: u64,
-) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+pub fn lines(blob: Blob, uris: Vec<S3Uri>, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
         if let Err(e) = read_all(&blob, &uris, skip, &tx).await {
@@ -40,10 +36,7 @@ async fn read_all(
             let read = reader
                 .read_line(&mut line)
                 .await
-                .map_err(|e| ListerError::Read {
-                    uri: uri.to_string(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| ListerError::Read { uri: uri.to_string(), message: e.to_string() })?;
             if read == 0 {
                 break;
             }
@@ -57,11 +50,7 @@ async fn read_all(
                 continue;
             }
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(item) {
-                return Err(ListerError::BadLine {
-                    uri: uri.to_string(),
-                    line: number,
-                    message: e.to_string(),
-                });
+                return Err(ListerError::BadLine { uri: uri.to_string(), line: number, message: e.to_string() });
             }
             chunk_bytes += item.len();
             chunk.push(item.to_owned());

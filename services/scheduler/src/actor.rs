@@ -25,49 +25,16 @@ const TICK: Duration = Duration::from_millis(250);
 const BURST: usize = 512;
 
 enum Command {
-    Submit {
-        record: JobRecord,
-        reply: oneshot::Sender<pb::Job>,
-    },
-    Get {
-        id: JobId,
-        reply: oneshot::Sender<Option<pb::Job>>,
-    },
-    List {
-        after: Option<JobId>,
-        limit: usize,
-        reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)>,
-    },
-    Cancel {
-        id: JobId,
-        reply: oneshot::Sender<Option<pb::Job>>,
-    },
-    Watch {
-        id: JobId,
-        reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>>,
-    },
-    WorkerJoined {
-        id: WorkerId,
-        session: u64,
-        pipelines: Vec<String>,
-        link: Arc<dyn WorkerLink>,
-    },
-    WorkerGone {
-        id: WorkerId,
-        session: Option<u64>,
-    },
-    Outcome {
-        worker: WorkerId,
-        outcome: BatchOutcome,
-    },
-    Released {
-        worker: WorkerId,
-        job_id: String,
-    },
-    Enqueue {
-        job_id: String,
-        progress: EnqueueProgress,
-    },
+    Submit { record: JobRecord, reply: oneshot::Sender<pb::Job> },
+    Get { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
+    List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
+    Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
+    Watch { id: JobId, reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>> },
+    WorkerJoined { id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink> },
+    WorkerGone { id: WorkerId, session: Option<u64> },
+    Outcome { worker: WorkerId, outcome: BatchOutcome },
+    Released { worker: WorkerId, job_id: String },
+    Enqueue { job_id: String, progress: EnqueueProgress },
 }
 
 /// A handle on the scheduler task; clones share it.
@@ -110,21 +77,12 @@ impl Scheduler {
             }
             state.flush().await;
         });
-        Scheduler {
-            tx,
-            settings,
-            store,
-        }
+        Scheduler { tx, settings, store }
     }
 
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, SchedulerError> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SchedulerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(make(reply))
-            .map_err(|_| SchedulerError::Stopped)?;
+        self.tx.send(make(reply)).map_err(|_| SchedulerError::Stopped)?;
         rx.await.map_err(|_| SchedulerError::Stopped)
     }
 
@@ -144,11 +102,7 @@ impl Scheduler {
         let job_id = JobId::generate(create_ms);
         let (input_uris, item_count) = match &spec.source {
             SourceSpec::Items(items) => {
-                let uri = self
-                    .settings
-                    .staging
-                    .join(job_id.as_str())
-                    .join("items.ndjson");
+                let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
                 let mut body = Vec::with_capacity(items.len() * 16);
                 for item in items {
                     body.extend_from_slice(item.to_string().as_bytes());
@@ -167,10 +121,7 @@ impl Scheduler {
             max_workers: spec.max_workers,
             batch_size: spec.batch_size,
             config: spec.config,
-            output_uri: spec
-                .output_uri
-                .unwrap_or_else(|| self.settings.default_output.clone())
-                .to_string(),
+            output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
             input_uris,
             item_count,
             state: JobState::Pending,
@@ -187,9 +138,7 @@ impl Scheduler {
 
     pub async fn get(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
         let job_id = id.to_string();
-        self.ask(|reply| Command::Get { id, reply })
-            .await?
-            .ok_or(SchedulerError::JobNotFound { job_id })
+        self.ask(|reply| Command::Get { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
     pub async fn list(
@@ -197,41 +146,21 @@ impl Scheduler {
         after: Option<JobId>,
         limit: usize,
     ) -> Result<(Vec<pb::Job>, Option<JobId>), SchedulerError> {
-        self.ask(|reply| Command::List {
-            after,
-            limit,
-            reply,
-        })
-        .await
+        self.ask(|reply| Command::List { after, limit, reply }).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
         let job_id = id.to_string();
-        self.ask(|reply| Command::Cancel { id, reply })
-            .await?
-            .ok_or(SchedulerError::JobNotFound { job_id })
+        self.ask(|reply| Command::Cancel { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
     pub async fn watch(&self, id: JobId) -> Result<watch::Receiver<pb::Job>, SchedulerError> {
         let job_id = id.to_string();
-        self.ask(|reply| Command::Watch { id, reply })
-            .await?
-            .ok_or(SchedulerError::JobNotFound { job_id })
+        self.ask(|reply| Command::Watch { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
-    pub fn worker_joined(
-        &self,
-        id: WorkerId,
-        session: u64,
-        pipelines: Vec<String>,
-        link: Arc<dyn WorkerLink>,
-    ) {
-        self.tell(Command::WorkerJoined {
-            id,
-            session,
-            pipelines,
-            link,
-        });
+    pub fn worker_joined(&self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
+        self.tell(Command::WorkerJoined { id, session, pipelines, link });
     }
 
     /// A worker's session ended (`session`) or its registration expired (`None`).
@@ -260,11 +189,7 @@ async fn handle(state: &mut State, command: Command) {
         Command::Get { id, reply } => {
             let _ = reply.send(state.get(&id));
         }
-        Command::List {
-            after,
-            limit,
-            reply,
-        } => {
+        Command::List { after, limit, reply } => {
             let _ = reply.send(state.list(after.as_ref(), limit));
         }
         Command::Cancel { id, reply } => {
@@ -273,12 +198,7 @@ async fn handle(state: &mut State, command: Command) {
         Command::Watch { id, reply } => {
             let _ = reply.send(state.watch(&id));
         }
-        Command::WorkerJoined {
-            id,
-            session,
-            pipelines,
-            link,
-        } => state.worker_joined(id, session, pipelines, link),
+        Command::WorkerJoined { id, session, pipelines, link } => state.worker_joined(id, session, pipelines, link),
         Command::WorkerGone { id, session } => state.worker_gone(&id, session),
         Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
         Command::Released { worker, job_id } => state.released(&worker, &job_id),

@@ -32,13 +32,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Records one delivery's outcome of batch `seq` holding `items` items.
-    pub fn record(
-        &mut self,
-        seq: u64,
-        status: BatchStatus,
-        items: u64,
-        duration_ms: u64,
-    ) -> Recorded {
+    pub fn record(&mut self, seq: u64, status: BatchStatus, items: u64, duration_ms: u64) -> Recorded {
         let already_final = self.succeeded.contains(seq) || self.failed.contains(seq);
         match status {
             BatchStatus::Succeeded if !already_final => {
@@ -91,9 +85,7 @@ impl Ledger {
 
     /// Mean processing time of a successful batch, in milliseconds.
     pub fn average_batch_ms(&self) -> u64 {
-        self.succeeded_ms
-            .checked_div(self.succeeded.len())
-            .unwrap_or(0)
+        self.succeeded_ms.checked_div(self.succeeded.len()).unwrap_or(0)
     }
 
     /// Sequence numbers of the successful batches, in order.
@@ -109,12 +101,7 @@ impl Ledger {
     /// The ledger as bytes, for etcd.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![VERSION];
-        for n in [
-            self.items_completed,
-            self.items_failed,
-            self.failed_attempts,
-            self.succeeded_ms,
-        ] {
+        for n in [self.items_completed, self.items_failed, self.failed_attempts, self.succeeded_ms] {
             out.extend_from_slice(&n.to_le_bytes());
         }
         for bitmap in [&self.succeeded, &self.failed] {
@@ -133,23 +120,14 @@ impl Ledger {
         if version != VERSION {
             return Err(format!("ledger version {version} is not {VERSION}"));
         }
-        let (items_completed, items_failed, failed_attempts, succeeded_ms) =
-            (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        let (items_completed, items_failed, failed_attempts, succeeded_ms) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
         let mut bitmap = || -> Result<RoaringTreemap, String> {
             let len = r.u64()? as usize;
-            RoaringTreemap::deserialize_from(r.take(len)?)
-                .map_err(|e| format!("ledger bitmap: {e}"))
+            RoaringTreemap::deserialize_from(r.take(len)?).map_err(|e| format!("ledger bitmap: {e}"))
         };
         let succeeded = bitmap()?;
         let failed = bitmap()?;
-        Ok(Ledger {
-            succeeded,
-            failed,
-            items_completed,
-            items_failed,
-            failed_attempts,
-            succeeded_ms,
-        })
+        Ok(Ledger { succeeded, failed, items_completed, items_failed, failed_attempts, succeeded_ms })
     }
 }
 
@@ -160,11 +138,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or("ledger truncated")?;
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("ledger truncated")?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
@@ -184,22 +158,10 @@ mod tests {
     #[test]
     fn a_redelivered_batch_counts_once() {
         let mut l = Ledger::default();
-        assert_eq!(
-            l.record(0, BatchStatus::Succeeded, 10, 5),
-            Recorded::Counted
-        );
-        assert_eq!(
-            l.record(0, BatchStatus::Succeeded, 10, 7),
-            Recorded::Duplicate
-        );
-        assert_eq!(
-            l.record(0, BatchStatus::FailedFinal, 10, 7),
-            Recorded::Duplicate
-        );
-        assert_eq!(
-            (l.succeeded(), l.items_completed(), l.finished()),
-            (1, 10, 1)
-        );
+        assert_eq!(l.record(0, BatchStatus::Succeeded, 10, 5), Recorded::Counted);
+        assert_eq!(l.record(0, BatchStatus::Succeeded, 10, 7), Recorded::Duplicate);
+        assert_eq!(l.record(0, BatchStatus::FailedFinal, 10, 7), Recorded::Duplicate);
+        assert_eq!((l.succeeded(), l.items_completed(), l.finished()), (1, 10, 1));
     }
 
     #[test]
@@ -210,14 +172,8 @@ mod tests {
         l.record(1, BatchStatus::FailedFinal, 4, 1);
         l.record(2, BatchStatus::Succeeded, 4, 30);
         l.record(3, BatchStatus::Succeeded, 2, 10);
-        assert_eq!(
-            (l.failed(), l.items_failed(), l.failed_attempts()),
-            (1, 4, 3)
-        );
-        assert_eq!(
-            (l.succeeded(), l.items_completed(), l.average_batch_ms()),
-            (2, 6, 20)
-        );
+        assert_eq!((l.failed(), l.items_failed(), l.failed_attempts()), (1, 4, 3));
+        assert_eq!((l.succeeded(), l.items_completed(), l.average_batch_ms()), (2, 6, 20));
         assert_eq!(l.failed_seqs().collect::<Vec<_>>(), vec![1]);
     }
 

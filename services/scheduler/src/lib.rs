@@ -114,9 +114,6 @@ pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: Cancellation
 }
 
 /// Campaigns for leadership; returns once this process leads.
-pub async fn lead(
-    etcd: &Etcd,
-    url: &str,
-) -> Result<batchmill_coord::Leadership, batchmill_coord::CoordError> {
+pub async fn lead(etcd: &Etcd, url: &str) -> Result<batchmill_coord::Leadership, batchmill_coord::CoordError> {
     etcd.campaign(ELECTION, url, Duration::from_secs(10)).await
 }

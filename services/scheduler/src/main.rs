@@ -15,11 +15,7 @@ use clap::Parser;
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill-scheduler",
-    version,
-    about = "Owns the job lifecycle"
-)]
+#[command(name = "batchmill-scheduler", version, about = "Owns the job lifecycle")]
 struct Config {
     #[command(flatten)]
     listen: ListenArgs,
@@ -30,28 +26,16 @@ struct Config {
     #[command(flatten)]
     s3: S3Args,
     /// gRPC URL of the enqueuer.
-    #[arg(
-        long,
-        env = "BATCHMILL_ENQUEUER_URL",
-        default_value = "http://127.0.0.1:50053"
-    )]
+    #[arg(long, env = "BATCHMILL_ENQUEUER_URL", default_value = "http://127.0.0.1:50053")]
     enqueuer_url: String,
     /// URL other services reach this scheduler at; default: http://<listen address>.
     #[arg(long, env = "BATCHMILL_ADVERTISE_URL")]
     advertise_url: Option<String>,
     /// Results location of jobs that name none.
-    #[arg(
-        long,
-        env = "BATCHMILL_OUTPUT_URI",
-        default_value = "s3://batchmill/results"
-    )]
+    #[arg(long, env = "BATCHMILL_OUTPUT_URI", default_value = "s3://batchmill/results")]
     output_uri: String,
     /// Where inline inputs are staged.
-    #[arg(
-        long,
-        env = "BATCHMILL_STAGING_URI",
-        default_value = "s3://batchmill/staging"
-    )]
+    #[arg(long, env = "BATCHMILL_STAGING_URI", default_value = "s3://batchmill/staging")]
     staging_uri: String,
     /// Seconds a worker has to ack a batch before it is redelivered.
     #[arg(long, env = "BATCHMILL_ACK_WAIT_SECS", default_value_t = 30)]
@@ -67,23 +51,11 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-scheduler")?;
     let shutdown = batchmill_runtime::shutdown_token();
     let patience = Duration::from_secs(30);
-    let default_output = S3Uri::parse(&config.output_uri)
-        .map_err(anyhow::Error::msg)
-        .context("--output-uri")?;
-    let staging = S3Uri::parse(&config.staging_uri)
-        .map_err(anyhow::Error::msg)
-        .context("--staging-uri")?;
-    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience)
-        .await
-        .context("connecting to etcd")?;
-    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience)
-        .await
-        .context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config::new(
-        config.s3.s3_endpoint.clone(),
-        config.s3.s3_region.clone(),
-    ))
-    .await;
+    let default_output = S3Uri::parse(&config.output_uri).map_err(anyhow::Error::msg).context("--output-uri")?;
+    let staging = S3Uri::parse(&config.staging_uri).map_err(anyhow::Error::msg).context("--staging-uri")?;
+    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
+    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
+    let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
     for bucket in [&default_output.bucket, &staging.bucket] {
         if let Err(e) = blob.ensure_bucket(bucket).await {
             warn!(bucket, error = %e, "could not ensure bucket");
@@ -95,13 +67,8 @@ async fn main() -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy(),
     );
-    let listener = tokio::net::TcpListener::bind(config.listen.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen.listen))?;
-    let url = config
-        .advertise_url
-        .clone()
-        .unwrap_or(format!("http://{}", listener.local_addr()?));
+    let listener = batchmill_runtime::bind(config.listen.listen).await?;
+    let url = config.advertise_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
 
     info!(%url, "campaigning for leadership");
     let leadership = tokio::select! {
@@ -111,22 +78,14 @@ async fn main() -> anyhow::Result<()> {
     let lost = leadership.lost();
 
     let settings = Arc::new(Settings {
-        policy: DeliveryPolicy {
-            ack_wait: Duration::from_secs(config.ack_wait_secs),
-            max_deliver: config.max_deliver,
-        },
+        policy: DeliveryPolicy { ack_wait: Duration::from_secs(config.ack_wait_secs), max_deliver: config.max_deliver },
         pipelines: vec!["echo".to_owned()],
         default_output,
         staging,
     });
     let kv: Arc<dyn batchmill_coord::Kv> = Arc::new(etcd);
     let store = Arc::new(blob);
-    let ports = Ports {
-        kv: kv.clone(),
-        queue: Arc::new(queue),
-        enqueuer: Arc::new(enqueuer),
-        store: store.clone(),
-    };
+    let ports = Ports { kv: kv.clone(), queue: Arc::new(queue), enqueuer: Arc::new(enqueuer), store: store.clone() };
     let mut state = State::new(ports, settings.clone());
     let jobs = state.load().await.context("loading jobs")?;
     let scheduler = Scheduler::start(state, settings, store, shutdown.clone());

@@ -53,9 +53,7 @@ pub struct Ports {
 #[async_trait]
 impl JobQueue for JetStreamQueue {
     async fn open(&self, job_id: &str, policy: DeliveryPolicy) -> Result<(), String> {
-        self.open_job(job_id, policy)
-            .await
-            .map_err(|e| e.to_string())
+        self.open_job(job_id, policy).await.map_err(|e| e.to_string())
     }
 
     async fn close(&self, job_id: &str) -> Result<u64, String> {
@@ -66,18 +64,12 @@ impl JobQueue for JetStreamQueue {
 #[async_trait]
 impl EnqueueClient for EnqueuerServiceClient<Channel> {
     async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String> {
-        self.clone()
-            .enqueue_job(request)
-            .await
-            .map(drop)
-            .map_err(|s| s.message().to_owned())
+        self.clone().enqueue_job(request).await.map(drop).map_err(|s| s.message().to_owned())
     }
 
     async fn stop(&self, job_id: &str) -> Result<(), String> {
         self.clone()
-            .stop_enqueue(StopEnqueueRequest {
-                job_id: job_id.to_owned(),
-            })
+            .stop_enqueue(StopEnqueueRequest { job_id: job_id.to_owned() })
             .await
             .map(drop)
             .map_err(|s| s.message().to_owned())
@@ -87,9 +79,7 @@ impl EnqueueClient for EnqueuerServiceClient<Channel> {
 #[async_trait]
 impl ObjectStore for Blob {
     async fn put(&self, uri: &S3Uri, body: Bytes, content_type: &str) -> Result<(), String> {
-        Blob::put(self, &uri.bucket, &uri.key, body, content_type)
-            .await
-            .map_err(|e| e.to_string())
+        Blob::put(self, &uri.bucket, &uri.key, body, content_type).await.map_err(|e| e.to_string())
     }
 }
 

@@ -65,33 +65,15 @@ impl JobRecord {
     }
 
     /// The job as the public API shows it at `now_ms`.
-    pub fn snapshot(
-        &self,
-        ledger: &Ledger,
-        enqueue: &EnqueueProgress,
-        running: u32,
-        now_ms: u64,
-    ) -> pb::Job {
+    pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, running: u32, now_ms: u64) -> pb::Job {
         let total_batches = enqueue.next_seq.max(ledger.finished());
         let total_items = self.item_count.unwrap_or(0).max(enqueue.next_item);
         let terminal = self.state.is_terminal();
-        let in_queue = if terminal {
-            0
-        } else {
-            total_batches - ledger.finished()
-        };
-        let pending_workers = if terminal {
-            0
-        } else {
-            self.max_workers.saturating_sub(running)
-        };
+        let in_queue = if terminal { 0 } else { total_batches - ledger.finished() };
+        let pending_workers = if terminal { 0 } else { self.max_workers.saturating_sub(running) };
         let queue_end = self.start_ms.or(self.end_ms).unwrap_or(now_ms);
-        let elapsed = self.start_ms.map_or(0, |start| {
-            self.end_ms.unwrap_or(now_ms).saturating_sub(start)
-        });
-        let stalled = if self.start_ms.is_none()
-            && now_ms.saturating_sub(self.create_ms) > STALLED_AFTER_MS
-        {
+        let elapsed = self.start_ms.map_or(0, |start| self.end_ms.unwrap_or(now_ms).saturating_sub(start));
+        let stalled = if self.start_ms.is_none() && now_ms.saturating_sub(self.create_ms) > STALLED_AFTER_MS {
             pending_workers
         } else {
             0
@@ -117,8 +99,7 @@ impl JobRecord {
                 pending: if terminal {
                     0
                 } else {
-                    total_items.saturating_sub(ledger.items_completed() + ledger.items_failed())
-                        as i64
+                    total_items.saturating_sub(ledger.items_completed() + ledger.items_failed()) as i64
                 },
             }),
             workers: Some(pb::WorkerCounts {
@@ -175,12 +156,7 @@ mod tests {
         let mut ledger = Ledger::default();
         ledger.record(0, BatchStatus::Succeeded, 10, 100);
         ledger.record(2, BatchStatus::FailedFinal, 5, 100);
-        let enqueue = EnqueueProgress {
-            next_seq: 3,
-            next_item: 25,
-            done: true,
-            ..Default::default()
-        };
+        let enqueue = EnqueueProgress { next_seq: 3, next_item: 25, done: true, ..Default::default() };
         let job = record().snapshot(&ledger, &enqueue, 2, 4_000);
         let b = job.batches.unwrap();
         assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 1, 1, 1));

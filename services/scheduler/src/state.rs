@@ -77,11 +77,7 @@ impl State {
         for (key, bytes) in self.ports.kv.list(crate::record::LEDGERS_PREFIX).await? {
             match Ledger::decode(&bytes) {
                 Ok(l) => {
-                    ledgers.insert(
-                        key.trim_start_matches(crate::record::LEDGERS_PREFIX)
-                            .to_owned(),
-                        l,
-                    );
+                    ledgers.insert(key.trim_start_matches(crate::record::LEDGERS_PREFIX).to_owned(), l);
                 }
                 Err(e) => warn!(%key, error = %e, "unreadable ledger"),
             }
@@ -111,23 +107,13 @@ impl State {
         let (watchers, _) = watch::channel(snapshot);
         self.jobs.insert(
             record.job_id.clone(),
-            JobEntry {
-                record,
-                ledger,
-                enqueue,
-                assigned: BTreeSet::new(),
-                watchers,
-                admitted: false,
-            },
+            JobEntry { record, ledger, enqueue, assigned: BTreeSet::new(), watchers, admitted: false },
         );
     }
 
     fn snapshot(&self, id: &JobId) -> Option<pb::Job> {
         let e = self.jobs.get(id)?;
-        Some(
-            e.record
-                .snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()),
-        )
+        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()))
     }
 
     // ---- jobs ----
@@ -152,36 +138,18 @@ impl State {
     /// more remain.
     pub fn list(&self, after: Option<&JobId>, limit: usize) -> (Vec<pb::Job>, Option<JobId>) {
         let ids: Vec<&JobId> = match after {
-            Some(after) => self
-                .jobs
-                .range(..after.clone())
-                .rev()
-                .map(|(k, _)| k)
-                .take(limit + 1)
-                .collect(),
+            Some(after) => self.jobs.range(..after.clone()).rev().map(|(k, _)| k).take(limit + 1).collect(),
             None => self.jobs.keys().rev().take(limit + 1).collect(),
         };
         let more = ids.len() > limit;
         let page: Vec<&JobId> = ids.into_iter().take(limit).collect();
-        let next = if more {
-            page.last().map(|id| (*id).clone())
-        } else {
-            None
-        };
-        (
-            page.iter().filter_map(|id| self.snapshot(id)).collect(),
-            next,
-        )
+        let next = if more { page.last().map(|id| (*id).clone()) } else { None };
+        (page.iter().filter_map(|id| self.snapshot(id)).collect(), next)
     }
 
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {
         let e = self.jobs.get(id)?;
-        e.watchers.send_replace(e.record.snapshot(
-            &e.ledger,
-            &e.enqueue,
-            e.assigned.len() as u32,
-            now_ms(),
-        ));
+        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()));
         Some(e.watchers.subscribe())
     }
 
@@ -191,14 +159,7 @@ impl State {
             if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
                 warn!(job_id = %id, error = %e, "stopping enqueue failed");
             }
-            self.end(
-                id,
-                JobState::Cancelled,
-                None,
-                Some("cancelled by request".into()),
-                "cancelled",
-            )
-            .await;
+            self.end(id, JobState::Cancelled, None, Some("cancelled by request".into()), "cancelled").await;
             self.flush().await;
         }
         self.snapshot(id)
@@ -214,19 +175,12 @@ impl State {
             job_id: id.to_string(),
             source: Some(batchmill_proto::lister::v1::Source {
                 kind: Some(batchmill_proto::lister::v1::source::Kind::NdjsonObjects(
-                    batchmill_proto::lister::v1::NdjsonObjects {
-                        uris: entry.record.input_uris.clone(),
-                    },
+                    batchmill_proto::lister::v1::NdjsonObjects { uris: entry.record.input_uris.clone() },
                 )),
             }),
             batch_size: entry.record.batch_size as i32,
         };
-        if let Err(e) = self
-            .ports
-            .queue
-            .open(id.as_str(), self.settings.policy)
-            .await
-        {
+        if let Err(e) = self.ports.queue.open(id.as_str(), self.settings.policy).await {
             warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
             return;
         }
@@ -246,14 +200,7 @@ impl State {
 
     /// Ends a job in a terminal state: revokes its workers and withdraws its
     /// remaining batches. The caller flushes.
-    async fn end(
-        &mut self,
-        id: &JobId,
-        state: JobState,
-        failure: Option<&str>,
-        message: Option<String>,
-        why: &str,
-    ) {
+    async fn end(&mut self, id: &JobId, state: JobState, failure: Option<&str>, message: Option<String>, why: &str) {
         let Some(entry) = self.jobs.get_mut(id) else {
             return;
         };
@@ -264,13 +211,14 @@ impl State {
         if matches!(state, JobState::Succeeded | JobState::CompletedWithFailures) {
             entry.record.workers_succeeded += entry.assigned.len() as u32;
         }
-        for worker in std::mem::take(&mut entry.assigned) {
+        let assigned = std::mem::take(&mut entry.assigned);
+        if let Err(e) = self.write_manifest(id).await {
+            warn!(job_id = %id, error = %e, "writing the manifest failed");
+        }
+        for worker in assigned {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.job = None;
-                w.link.send(out(Out::Revoke(spb::Revoke {
-                    job_id: id.to_string(),
-                    reason: why.to_owned(),
-                })));
+                w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: why.to_owned() })));
             }
         }
         self.dirty.insert(id.clone());
@@ -290,50 +238,29 @@ impl State {
             return;
         }
         if let Some(error) = entry.enqueue.error.clone() {
-            self.end(
-                id,
-                JobState::Failed,
-                Some(reason::ENQUEUE_FAILED),
-                Some(error),
-                "failed",
-            )
-            .await;
+            self.end(id, JobState::Failed, Some(reason::ENQUEUE_FAILED), Some(error), "failed").await;
             return;
         }
         if !(entry.enqueue.done && entry.ledger.finished() >= entry.enqueue.next_seq) {
             return;
         }
         entry.record.state = JobState::Completing;
-        if let Err(e) = self.write_manifest(id).await {
-            warn!(job_id = %id, error = %e, "writing the manifest failed");
-        }
-        let Some(entry) = self.jobs.get(id) else {
-            return;
-        };
-        let state = if entry.ledger.failed() == 0 {
-            JobState::Succeeded
-        } else {
-            JobState::CompletedWithFailures
-        };
+        let state = if entry.ledger.failed() == 0 { JobState::Succeeded } else { JobState::CompletedWithFailures };
         self.end(id, state, None, None, "completed").await;
     }
 
+    /// Writes `<output_uri>/<job_id>/manifest.json`: the job's terminal state,
+    /// counts, result objects and failed batches.
     async fn write_manifest(&self, id: &JobId) -> Result<(), String> {
         let entry = self.jobs.get(id).ok_or("job gone")?;
         let output = S3Uri::parse(&entry.record.output_uri)?.join(id.as_str());
         let batch_uri = |seq: u64| output.join(&format!("{id}-{seq}.jsonl")).to_string();
-        let mut snapshot = entry
-            .record
-            .snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
-        snapshot.state = pb::JobState::from(if entry.ledger.failed() == 0 {
-            JobState::Succeeded
-        } else {
-            JobState::CompletedWithFailures
-        }) as i32;
+        let snapshot = entry.record.snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
         let manifest = serde_json::json!({
             "job_id": id.to_string(),
             "pipeline": entry.record.pipeline,
             "state": snapshot.state().as_str_name(),
+            "message": snapshot.message,
             "batches": {
                 "total": snapshot.batches.as_ref().map_or(0, |b| b.total),
                 "succeeded": entry.ledger.succeeded(),
@@ -348,10 +275,7 @@ impl State {
             "failed_batches": entry.ledger.failed_seqs().map(|s| format!("{id}-{s}")).collect::<Vec<_>>(),
         });
         let body = Bytes::from(serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?);
-        self.ports
-            .store
-            .put(&output.join("manifest.json"), body, "application/json")
-            .await
+        self.ports.store.put(&output.join("manifest.json"), body, "application/json").await
     }
 
     pub async fn enqueue_progress(&mut self, job_id: &str, progress: EnqueueProgress) {
@@ -367,27 +291,13 @@ impl State {
 
     // ---- workers ----
 
-    pub fn worker_joined(
-        &mut self,
-        id: WorkerId,
-        session: u64,
-        pipelines: Vec<String>,
-        link: Arc<dyn WorkerLink>,
-    ) {
+    pub fn worker_joined(&mut self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
         self.worker_gone(&id, None);
         link.send(out(Out::Registered(spb::Registered {
             protocol_version: spb::ProtocolVersion::ProtocolVersion1 as i32,
         })));
         info!(worker_id = %id, ?pipelines, "worker joined");
-        self.workers.insert(
-            id,
-            WorkerEntry {
-                session,
-                link,
-                pipelines,
-                job: None,
-            },
-        );
+        self.workers.insert(id, WorkerEntry { session, link, pipelines, job: None });
         self.assign();
     }
 
@@ -432,10 +342,7 @@ impl State {
 
     pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
         let session = self.workers.get(worker).map_or(0, |w| w.session);
-        let ack = spb::OutcomeAck {
-            job_id: outcome.job_id.clone(),
-            seq: outcome.seq,
-        };
+        let ack = spb::OutcomeAck { job_id: outcome.job_id.clone(), seq: outcome.seq };
         let Ok(id) = JobId::parse("job_id", &outcome.job_id) else {
             return;
         };
@@ -445,16 +352,9 @@ impl State {
             return;
         };
         if !entry.record.state.is_terminal() {
-            let duration = outcome
-                .duration
-                .as_ref()
-                .map_or(0, batchmill_core::time::duration_to_ms);
+            let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
-            if entry
-                .ledger
-                .record(outcome.seq, status, outcome.items.max(0) as u64, duration)
-                == Recorded::Duplicate
-            {
+            if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
                 info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
             }
             if status == spb::BatchStatus::FailedFinal {
@@ -467,12 +367,8 @@ impl State {
 
     /// Gives idle workers to jobs that can take more, oldest job first.
     fn assign(&mut self) {
-        let idle: Vec<WorkerId> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.job.is_none())
-            .map(|(k, _)| k.clone())
-            .collect();
+        let idle: Vec<WorkerId> =
+            self.workers.iter().filter(|(_, w)| w.job.is_none()).map(|(k, _)| k.clone()).collect();
         for worker_id in idle {
             let Some(worker) = self.workers.get_mut(&worker_id) else {
                 continue;
@@ -535,10 +431,7 @@ impl State {
             let Some(entry) = self.jobs.get(id) else {
                 continue;
             };
-            let pairs = vec![
-                (job_key(id), entry.record.encode()),
-                (ledger_key(id), entry.ledger.encode()),
-            ];
+            let pairs = vec![(job_key(id), entry.record.encode()), (ledger_key(id), entry.ledger.encode())];
             if let Err(e) = self.ports.kv.put_all(pairs).await {
                 warn!(job_id = %id, error = %e, "persisting job failed; will retry");
                 failed.insert(id.clone());
@@ -547,20 +440,12 @@ impl State {
         let now = now_ms();
         for id in &dirty {
             if let Some(e) = self.jobs.get(id) {
-                e.watchers.send_replace(e.record.snapshot(
-                    &e.ledger,
-                    &e.enqueue,
-                    e.assigned.len() as u32,
-                    now,
-                ));
+                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now));
             }
         }
-        let (ready, held): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.acks)
-                .into_iter()
-                .partition(|(_, _, ack)| {
-                    JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id))
-                });
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
+            .into_iter()
+            .partition(|(_, _, ack)| JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id)));
         for (worker, session, ack) in ready {
             if let Some(w) = self.workers.get(&worker)
                 && w.session == session
@@ -587,7 +472,5 @@ impl State {
 }
 
 fn out(message: Out) -> spb::SessionResponse {
-    spb::SessionResponse {
-        message: Some(message),
-    }
+    spb::SessionResponse { message: Some(message) }
 }

@@ -16,12 +16,8 @@ impl Device {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         match choice {
             "cpu" | "auto" => Ok(Device::Cpu { threads }),
-            "cuda" => Err(
-                "BATCHMILL_DEVICE=cuda: this build has no CUDA backend yet; use cpu or auto".into(),
-            ),
-            other => Err(format!(
-                "BATCHMILL_DEVICE={other:?}: expected cpu, cuda or auto"
-            )),
+            "cuda" => Err("BATCHMILL_DEVICE=cuda: this build has no CUDA backend yet; use cpu or auto".into()),
+            other => Err(format!("BATCHMILL_DEVICE={other:?}: expected cpu, cuda or auto")),
         }
     }
 }

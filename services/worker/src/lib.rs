@@ -91,11 +91,7 @@ impl Worker {
     }
 
     /// One session; Ok after a clean drain, Err when the session broke.
-    async fn session(
-        &self,
-        leader: &LeaderChannel,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    async fn session(&self, leader: &LeaderChannel, shutdown: &CancellationToken) -> Result<(), String> {
         let channel = leader.channel().await.map_err(|e| e.to_string())?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let outbox = Outbox::new(tx);
@@ -103,10 +99,7 @@ impl Worker {
             worker_id: self.id.to_string(),
             protocol_version: pb::ProtocolVersion::ProtocolVersion1 as i32,
             device: self.device.to_string(),
-            pipelines: predictor::BUILT_IN
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect(),
+            pipelines: predictor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect(),
         }));
         let mut inbound = pb::worker_service_client::WorkerServiceClient::new(channel)
             .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -154,9 +147,7 @@ impl Worker {
                 }
             }
         };
-        self.health
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         if let Some(c) = current.take() {
             c.stop.cancel();
             if result.is_ok() {

@@ -14,11 +14,7 @@ use clap::Parser;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill-worker",
-    version,
-    about = "Runs batches of assigned jobs"
-)]
+#[command(name = "batchmill-worker", version, about = "Runs batches of assigned jobs")]
 struct Config {
     #[command(flatten)]
     listen: ListenArgs,
@@ -46,40 +42,19 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = batchmill_runtime::shutdown_token();
     let device = Device::select(&config.device).map_err(anyhow::Error::msg)?;
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-    let id = config
-        .worker_id
-        .clone()
-        .map_or_else(|| WorkerId::generate(&host), WorkerId::new);
+    let id = config.worker_id.clone().map_or_else(|| WorkerId::generate(&host), WorkerId::new);
     let patience = Duration::from_secs(30);
-    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience)
-        .await
-        .context("connecting to etcd")?;
-    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience)
-        .await
-        .context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config::new(
-        config.s3.s3_endpoint.clone(),
-        config.s3.s3_region.clone(),
-    ))
-    .await;
-    let listener = tokio::net::TcpListener::bind(config.listen.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen.listen))?;
+    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
+    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
+    let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
+    let listener = batchmill_runtime::bind(config.listen.listen).await?;
     info!(addr = %listener.local_addr()?, worker_id = %id, "worker serving health");
     // Ready once registered with the scheduler.
     let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
     let health = server.health();
     let serving = server.serve(listener, shutdown.clone());
     let lease_ttl = Duration::from_secs(config.lease_ttl_secs);
-    let worker = Worker {
-        id,
-        device,
-        etcd,
-        queue,
-        blob,
-        lease_ttl,
-        health,
-    };
+    let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health };
     let (served, worked) = tokio::join!(serving, worker.run(shutdown));
     served?;
     worked.context("worker")?;

@@ -56,25 +56,17 @@ impl Echo {
     pub fn from_config(config: &Map<String, Value>) -> Result<Echo, String> {
         let delay_ms = match config.get("delay_ms") {
             None => 0,
-            Some(v) => v
-                .as_u64()
-                .ok_or("config.delay_ms must be a non-negative integer")?,
+            Some(v) => v.as_u64().ok_or("config.delay_ms must be a non-negative integer")?,
         };
         let fail_batches = match config.get("fail_batches") {
             None => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| {
-                    v.as_u64()
-                        .ok_or("config.fail_batches must hold batch sequence numbers")
-                })
+                .map(|v| v.as_u64().ok_or("config.fail_batches must hold batch sequence numbers"))
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err("config.fail_batches must be an array".into()),
         };
-        Ok(Echo {
-            delay: Duration::from_millis(delay_ms),
-            fail_batches,
-        })
+        Ok(Echo { delay: Duration::from_millis(delay_ms), fail_batches })
     }
 }
 
@@ -84,10 +76,7 @@ impl Predictor for Echo {
             std::thread::sleep(self.delay);
         }
         if self.fail_batches.contains(&batch.seq) {
-            return Err(PredictError::Retryable(format!(
-                "echo: batch {} fails as configured",
-                batch.batch_id
-            )));
+            return Err(PredictError::Retryable(format!("echo: batch {} fails as configured", batch.batch_id)));
         }
         Ok(batch
             .items
@@ -107,21 +96,8 @@ mod tests {
     fn echo_returns_each_item_with_its_index() {
         let echo = load("echo", &Map::new()).expect("echo");
         let items = [json!("a"), json!({"b": 1})];
-        let out = echo
-            .predict(&BatchInput {
-                batch_id: "j-2",
-                seq: 2,
-                first_item: 20,
-                items: &items,
-            })
-            .unwrap();
-        assert_eq!(
-            out,
-            vec![
-                json!({"index": 20, "result": "a"}),
-                json!({"index": 21, "result": {"b": 1}})
-            ]
-        );
+        let out = echo.predict(&BatchInput { batch_id: "j-2", seq: 2, first_item: 20, items: &items }).unwrap();
+        assert_eq!(out, vec![json!({"index": 20, "result": "a"}), json!({"index": 21, "result": {"b": 1}})]);
     }
 
     #[test]
@@ -129,25 +105,9 @@ mod tests {
         let config = json!({"fail_batches": [1]}).as_object().cloned().unwrap();
         let echo = load("echo", &config).expect("echo");
         let items = [json!(1)];
-        assert!(
-            echo.predict(&BatchInput {
-                batch_id: "j-1",
-                seq: 1,
-                first_item: 0,
-                items: &items
-            })
-            .is_err()
-        );
+        assert!(echo.predict(&BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &items }).is_err());
         let bad = json!({"delay_ms": "soon"}).as_object().cloned().unwrap();
-        assert!(
-            load("echo", &bad)
-                .err()
-                .is_some_and(|e| e.contains("delay_ms"))
-        );
-        assert!(
-            load("nope", &Map::new())
-                .err()
-                .is_some_and(|e| e.contains("nope"))
-        );
+        assert!(load("echo", &bad).err().is_some_and(|e| e.contains("delay_ms")));
+        assert!(load("nope", &Map::new()).err().is_some_and(|e| e.contains("nope")));
     }
 }

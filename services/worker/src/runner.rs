@@ -38,12 +38,7 @@ impl JobRun {
     /// in hand is finished first.
     #[instrument(skip_all, fields(job_id = %self.assign.job_id))]
     pub async fn run(self, stop: CancellationToken) {
-        let config = self
-            .assign
-            .config
-            .as_ref()
-            .map(batchmill_core::json::struct_to_json)
-            .unwrap_or_default();
+        let config = self.assign.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default();
         let predictor: Arc<dyn Predictor> = match predictor::load(&self.assign.pipeline, &config) {
             Ok(p) => Arc::from(p),
             Err(e) => {
@@ -108,11 +103,7 @@ impl JobRun {
         let batch_id = format!("{}-{}", batch.job_id, batch.seq);
         // Keep the delivery ours while the batch runs: report progress well
         // within ack_wait so it is not redelivered to another worker.
-        let ack_wait = self
-            .assign
-            .ack_wait
-            .as_ref()
-            .map_or(30_000, batchmill_core::time::duration_to_ms);
+        let ack_wait = self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms);
         let result = {
             let run = self.run_batch(predictor, output, &batch, &batch_id);
             tokio::pin!(run);
@@ -171,29 +162,13 @@ impl JobRun {
         batch: &Batch,
         batch_id: &str,
     ) -> Result<(), PredictError> {
-        let items: Vec<Value> = batch
-            .items
-            .iter()
-            .map(|s| serde_json::from_str(s))
-            .collect::<Result<_, _>>()
-            .map_err(|e| {
-                PredictError::Permanent(format!(
-                    "batch {batch_id} holds an item that is not JSON: {e}"
-                ))
+        let items: Vec<Value> =
+            batch.items.iter().map(|s| serde_json::from_str(s)).collect::<Result<_, _>>().map_err(|e| {
+                PredictError::Permanent(format!("batch {batch_id} holds an item that is not JSON: {e}"))
             })?;
-        let (predictor, id, seq, first_item) = (
-            predictor.clone(),
-            batch_id.to_owned(),
-            batch.seq,
-            batch.first_item,
-        );
+        let (predictor, id, seq, first_item) = (predictor.clone(), batch_id.to_owned(), batch.seq, batch.first_item);
         let outputs = tokio::task::spawn_blocking(move || {
-            predictor.predict(&BatchInput {
-                batch_id: &id,
-                seq,
-                first_item,
-                items: &items,
-            })
+            predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })
         })
         .await
         .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))??;
@@ -211,12 +186,7 @@ impl JobRun {
         }
         let key = output.join(&format!("{batch_id}.jsonl"));
         self.blob
-            .put(
-                &key.bucket,
-                &key.key,
-                Bytes::from(body),
-                "application/x-ndjson",
-            )
+            .put(&key.bucket, &key.key, Bytes::from(body), "application/x-ndjson")
             .await
             .map_err(|e| PredictError::Retryable(format!("writing {key}: {e}")))
     }

@@ -18,10 +18,7 @@ pub struct Outbox {
 
 impl Outbox {
     pub fn new(tx: mpsc::UnboundedSender<pb::SessionRequest>) -> Outbox {
-        Outbox {
-            tx,
-            pending: Arc::default(),
-        }
+        Outbox { tx, pending: Arc::default() }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -29,11 +26,7 @@ impl Outbox {
     }
 
     pub fn send(&self, message: Out) -> bool {
-        self.tx
-            .send(pb::SessionRequest {
-                message: Some(message),
-            })
-            .is_ok()
+        self.tx.send(pb::SessionRequest { message: Some(message) }).is_ok()
     }
 
     /// Reports an outcome; true once the scheduler confirms it within `timeout`.
@@ -59,10 +52,7 @@ impl Outbox {
 
     /// Gives an assignment back to the scheduler.
     pub fn release(&self, job_id: &str, reason: &str) {
-        self.send(Out::Released(pb::AssignmentReleased {
-            job_id: job_id.to_owned(),
-            reason: reason.to_owned(),
-        }));
+        self.send(Out::Released(pb::AssignmentReleased { job_id: job_id.to_owned(), reason: reason.to_owned() }));
     }
 }
 
@@ -71,12 +61,7 @@ mod tests {
     use super::*;
 
     fn outcome(seq: u64) -> pb::BatchOutcome {
-        pb::BatchOutcome {
-            job_id: "j".into(),
-            seq,
-            status: pb::BatchStatus::Succeeded as i32,
-            ..Default::default()
-        }
+        pb::BatchOutcome { job_id: "j".into(), seq, status: pb::BatchStatus::Succeeded as i32, ..Default::default() }
     }
 
     #[tokio::test]
@@ -89,14 +74,8 @@ mod tests {
         });
         let sent = rx.recv().await.unwrap();
         assert!(matches!(sent.message, Some(Out::Outcome(ref o)) if o.seq == 3));
-        outbox.confirm(&pb::OutcomeAck {
-            job_id: "j".into(),
-            seq: 2,
-        });
-        outbox.confirm(&pb::OutcomeAck {
-            job_id: "j".into(),
-            seq: 3,
-        });
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 2 });
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 3 });
         assert!(waiting.await.unwrap());
     }
 

@@ -15,11 +15,7 @@ use s3s::service::S3ServiceBuilder;
 use tracing::info;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "batchmill-s3-server",
-    version,
-    about = "S3-compatible server over a directory"
-)]
+#[command(name = "batchmill-s3-server", version, about = "S3-compatible server over a directory")]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "BATCHMILL_S3_LISTEN", default_value = "127.0.0.1:9000")]
@@ -43,24 +39,18 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-s3-server")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    std::fs::create_dir_all(&config.root)
-        .with_context(|| format!("creating {}", config.root.display()))?;
+    std::fs::create_dir_all(&config.root).with_context(|| format!("creating {}", config.root.display()))?;
     for bucket in &config.buckets {
-        std::fs::create_dir_all(config.root.join(bucket))
-            .with_context(|| format!("creating bucket {bucket}"))?;
+        std::fs::create_dir_all(config.root.join(bucket)).with_context(|| format!("creating bucket {bucket}"))?;
     }
     let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let service = {
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(
-            config.access_key.clone(),
-            config.secret_key.clone(),
-        ));
+        builder.set_auth(SimpleAuth::from_single(config.access_key.clone(), config.secret_key.clone()));
         builder.build()
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     info!(addr = %listener.local_addr()?, root = %config.root.display(), "s3 serving");
     let http = ConnBuilder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -75,9 +65,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
         };
-        let connection = http
-            .serve_connection(TokioIo::new(socket), service.clone())
-            .into_owned();
+        let connection = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;

@@ -39,8 +39,7 @@ impl Encoder for DynamicEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding request: {e}")))
+        item.encode(dst).map_err(|e| Status::internal(format!("encoding request: {e}")))
     }
 }
 

@@ -12,11 +12,8 @@ use tonic_types::StatusExt;
 pub fn status_json(status: &tonic::Status) -> Value {
     let mut details = Vec::new();
     if let Some(bad) = status.get_details_bad_request() {
-        let violations: Vec<Value> = bad
-            .field_violations
-            .iter()
-            .map(|v| json!({"field": v.field, "description": v.description}))
-            .collect();
+        let violations: Vec<Value> =
+            bad.field_violations.iter().map(|v| json!({"field": v.field, "description": v.description})).collect();
         details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": violations}));
     }
     json!({"code": status.code() as i32, "message": status.message(), "details": details})
@@ -25,26 +22,11 @@ pub fn status_json(status: &tonic::Status) -> Value {
 /// The HTTP response of a gRPC status.
 pub fn status_response(status: &tonic::Status) -> Response {
     let http = ErrorCode::from_grpc(status.code()).http();
-    (
-        http,
-        [(http::header::CONTENT_TYPE, "application/json")],
-        status_json(status).to_string(),
-    )
-        .into_response()
+    (http, [(http::header::CONTENT_TYPE, "application/json")], status_json(status).to_string()).into_response()
 }
 
 /// An error found before any RPC was made.
-pub fn json_error(
-    http: StatusCode,
-    code: tonic::Code,
-    message: &str,
-    details: Vec<Value>,
-) -> Response {
+pub fn json_error(http: StatusCode, code: tonic::Code, message: &str, details: Vec<Value>) -> Response {
     let body = json!({"code": code as i32, "message": message, "details": details});
-    (
-        http,
-        [(http::header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (http, [(http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -42,12 +42,8 @@ pub struct Rest {
 impl Rest {
     /// REST routes for the annotated methods of `services`, served by `grpc`.
     pub fn new(grpc: Routes, services: &[&str]) -> Result<Rest, String> {
-        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)
-            .map_err(|e| e.to_string())?;
-        Ok(Rest {
-            routes: rules::load(&pool, services)?,
-            grpc,
-        })
+        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+        Ok(Rest { routes: rules::load(&pool, services)?, grpc })
     }
 }
 
@@ -67,12 +63,7 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
         } else {
             (StatusCode::NOT_FOUND, tonic::Code::NotFound)
         };
-        return error::json_error(
-            status,
-            code,
-            &format!("no route for {} {path}", parts.method),
-            vec![],
-        );
+        return error::json_error(status, code, &format!("no route for {} {path}", parts.method), vec![]);
     };
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
@@ -88,12 +79,7 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
     let message = match build_request(route, &vars, parts.uri.query(), &body) {
         Ok(m) => m,
         Err(e) => {
-            return error::json_error(
-                StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
-                &e,
-                vec![],
-            );
+            return error::json_error(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, &e, vec![]);
         }
     };
     let mut grpc_request = tonic::Request::new(message);
@@ -119,9 +105,7 @@ fn build_request(
         "" => DynamicMessage::new(input),
         field => {
             let mut message = DynamicMessage::new(input.clone());
-            let desc = input
-                .get_field_by_name(field)
-                .ok_or_else(|| format!("body field {field:?} does not exist"))?;
+            let desc = input.get_field_by_name(field).ok_or_else(|| format!("body field {field:?} does not exist"))?;
             let prost_reflect::Kind::Message(inner) = desc.kind() else {
                 return Err(format!("body field {field:?} is not a message"));
             };
@@ -134,23 +118,17 @@ fn build_request(
     }
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         if route.body == "*" {
-            return Err(
-                "query parameters are not accepted here: put every field in the JSON body".into(),
-            );
+            return Err("query parameters are not accepted here: put every field in the JSON body".into());
         }
         for (key, value) in form_urlencoded(query) {
-            request::set_path(&mut message, &key, &value)
-                .map_err(|e| format!("query parameter {key:?}: {e}"))?;
+            request::set_path(&mut message, &key, &value).map_err(|e| format!("query parameter {key:?}: {e}"))?;
         }
     }
     Ok(message)
 }
 
 /// The JSON body as `desc`; an empty body is an empty message.
-fn from_body(
-    desc: prost_reflect::MessageDescriptor,
-    body: &Bytes,
-) -> Result<DynamicMessage, String> {
+fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc));
     }
@@ -175,9 +153,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(b)) => {
                 out.push(b);
@@ -196,14 +172,12 @@ fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, Str
     let options = SerializeOptions::new().skip_default_fields(false);
     let mut out = serde_json::Serializer::new(Vec::new());
     if response_body.is_empty() {
-        message
-            .serialize_with_options(&mut out, &options)
-            .map_err(|e| e.to_string())?;
+        message.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?;
     } else {
         match message.get_field_by_name(response_body).as_deref() {
-            Some(Value::Message(inner)) => inner
-                .serialize_with_options(&mut out, &options)
-                .map_err(|e| e.to_string())?,
+            Some(Value::Message(inner)) => {
+                inner.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?
+            }
             _ => return Err(format!("response field {response_body:?} is not a message")),
         }
     }
@@ -212,31 +186,17 @@ fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, Str
 
 async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessage>) -> Response {
     let method = &route.method;
-    let path = match PathAndQuery::from_str(&format!(
-        "/{}/{}",
-        method.parent_service().full_name(),
-        method.name()
-    )) {
+    let path = match PathAndQuery::from_str(&format!("/{}/{}", method.parent_service().full_name(), method.name())) {
         Ok(p) => p,
         Err(e) => {
-            return error::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                &e.to_string(),
-                vec![],
-            );
+            return error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e.to_string(), vec![]);
         }
     };
     let mut client = tonic::client::Grpc::new(grpc)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
     if let Err(e) = client.ready().await {
-        return error::json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            tonic::Code::Unavailable,
-            &e.to_string(),
-            vec![],
-        );
+        return error::json_error(StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, &e.to_string(), vec![]);
     }
     let codec = DynamicCodec::new(method.output());
     if method.is_server_streaming() {
@@ -250,38 +210,20 @@ async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessag
             let mut line = match item {
                 Ok(message) => match to_json(&message, &response_body) {
                     Ok(json) => [b"{\"result\":".as_slice(), &json, b"}"].concat(),
-                    Err(e) => serde_json::json!({"error": {"code": 13, "message": e}})
-                        .to_string()
-                        .into_bytes(),
+                    Err(e) => serde_json::json!({"error": {"code": 13, "message": e}}).to_string().into_bytes(),
                 },
-                Err(status) => serde_json::json!({"error": error::status_json(&status)})
-                    .to_string()
-                    .into_bytes(),
+                Err(status) => serde_json::json!({"error": error::status_json(&status)}).to_string().into_bytes(),
             };
             line.push(b'\n');
             Ok::<_, std::convert::Infallible>(Bytes::from(line))
         });
-        return (
-            StatusCode::OK,
-            [(http::header::CONTENT_TYPE, "application/x-ndjson")],
-            Body::from_stream(lines),
-        )
+        return (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines))
             .into_response();
     }
     match client.unary(request, path, codec).await {
         Ok(response) => match to_json(response.get_ref(), &route.response_body) {
-            Ok(json) => (
-                StatusCode::OK,
-                [(http::header::CONTENT_TYPE, "application/json")],
-                json,
-            )
-                .into_response(),
-            Err(e) => error::json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                &e,
-                vec![],
-            ),
+            Ok(json) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
+            Err(e) => error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e, vec![]),
         },
         Err(status) => status_response(&status),
     }
@@ -295,11 +237,7 @@ mod tests {
     fn decodes_query_strings() {
         assert_eq!(
             form_urlencoded("pageSize=2&page_token=a%20b&x=1+2"),
-            vec![
-                ("pageSize".into(), "2".into()),
-                ("page_token".into(), "a b".into()),
-                ("x".into(), "1 2".into())
-            ]
+            vec![("pageSize".into(), "2".into()), ("page_token".into(), "a b".into()), ("x".into(), "1 2".into())]
         );
     }
 }

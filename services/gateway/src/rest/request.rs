@@ -3,8 +3,7 @@
 //! parameters, as grpc-gateway does.
 
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
-    Value,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
 };
 
 /// Why a request could not be built; becomes a 400 naming the culprit.
@@ -13,9 +12,8 @@ pub type BadRequest = String;
 /// Parses `body` as JSON of `desc`, naming what is wrong.
 pub fn from_json(desc: MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, BadRequest> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let message =
-        DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
-            .map_err(|e| format!("invalid JSON body: {e}"))?;
+    let message = DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
+        .map_err(|e| format!("invalid JSON body: {e}"))?;
     de.end().map_err(|e| format!("invalid JSON body: {e}"))?;
     Ok(message)
 }
@@ -34,9 +32,7 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
     match rest {
         Some(rest) => {
             let Kind::Message(_) = field.kind() else {
-                return Err(format!(
-                    "field {head:?} is not a message, so {path:?} names nothing"
-                ));
+                return Err(format!("field {head:?} is not a message, so {path:?} names nothing"));
             };
             let Value::Message(child) = message.get_field_mut(&field) else {
                 return Err(format!("field {head:?} is not a message"));
@@ -47,30 +43,16 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
     }
 }
 
-fn set_scalar(
-    message: &mut DynamicMessage,
-    field: &FieldDescriptor,
-    text: &str,
-) -> Result<(), BadRequest> {
+fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str) -> Result<(), BadRequest> {
     let name = field.name();
     let bad = |what: &str| format!("{name}: {text:?} is not {what}");
     let value = match field.kind() {
         Kind::String => Value::String(text.to_owned()),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            Value::I32(text.parse().map_err(|_| bad("a 32-bit integer"))?)
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            Value::I64(text.parse().map_err(|_| bad("a 64-bit integer"))?)
-        }
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(
-            text.parse()
-                .map_err(|_| bad("an unsigned 32-bit integer"))?,
-        ),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(
-            text.parse()
-                .map_err(|_| bad("an unsigned 64-bit integer"))?,
-        ),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(text.parse().map_err(|_| bad("a 32-bit integer"))?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(text.parse().map_err(|_| bad("a 64-bit integer"))?),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| bad("an unsigned 32-bit integer"))?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| bad("an unsigned 64-bit integer"))?),
         Kind::Float => Value::F32(text.parse().map_err(|_| bad("a number"))?),
         Kind::Double => Value::F64(text.parse().map_err(|_| bad("a number"))?),
         Kind::Enum(e) => {
@@ -82,9 +64,7 @@ fn set_scalar(
             Value::EnumNumber(number)
         }
         Kind::Bytes | Kind::Message(_) => {
-            return Err(format!(
-                "{name} cannot be set from a path or query parameter"
-            ));
+            return Err(format!("{name} cannot be set from a path or query parameter"));
         }
     };
     if field.is_list() {
@@ -92,9 +72,7 @@ fn set_scalar(
             list.push(value);
         }
     } else {
-        message
-            .try_set_field(field, value)
-            .map_err(|e| format!("{name}: {e}"))?;
+        message.try_set_field(field, value).map_err(|e| format!("{name}: {e}"))?;
     }
     Ok(())
 }
@@ -105,10 +83,7 @@ mod tests {
     use prost_reflect::DescriptorPool;
 
     fn desc(name: &str) -> MessageDescriptor {
-        DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)
-            .unwrap()
-            .get_message_by_name(name)
-            .unwrap()
+        DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET).unwrap().get_message_by_name(name).unwrap()
     }
 
     #[test]
@@ -118,11 +93,7 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         let err = from_json(d.clone(), br#"{"pipeline":"#).unwrap_err();
         assert!(err.starts_with("invalid JSON body"), "{err}");
-        let ok = from_json(
-            d,
-            br#"{"pipeline":"echo","itemList":{"items":[1,"a"],"batchSize":2}}"#,
-        )
-        .unwrap();
+        let ok = from_json(d, br#"{"pipeline":"echo","itemList":{"items":[1,"a"],"batchSize":2}}"#).unwrap();
         assert!(ok.has_field_by_name("item_list"));
     }
 
@@ -133,15 +104,8 @@ mod tests {
         set_path(&mut m, "pageSize", "7").unwrap();
         set_path(&mut m, "page_token", "abc").unwrap();
         assert_eq!(m.get_field_by_name("page_size").unwrap().as_i32(), Some(7));
-        assert_eq!(
-            m.get_field_by_name("page_token").unwrap().as_str(),
-            Some("abc")
-        );
-        assert!(
-            set_path(&mut m, "pageSize", "seven")
-                .unwrap_err()
-                .contains("page_size")
-        );
+        assert_eq!(m.get_field_by_name("page_token").unwrap().as_str(), Some("abc"));
+        assert!(set_path(&mut m, "pageSize", "seven").unwrap_err().contains("page_size"));
         assert!(set_path(&mut m, "nope", "1").unwrap_err().contains("nope"));
     }
 }

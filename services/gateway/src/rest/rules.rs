@@ -21,14 +21,10 @@ pub struct Route {
 
 /// Every route of every annotated method of `services` in `pool`.
 pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, String> {
-    let ext = pool
-        .get_extension_by_name("google.api.http")
-        .ok_or("descriptor set lacks google.api.http")?;
+    let ext = pool.get_extension_by_name("google.api.http").ok_or("descriptor set lacks google.api.http")?;
     let mut routes = Vec::new();
     for name in services {
-        let service = pool
-            .get_service_by_name(name)
-            .ok_or_else(|| format!("no service {name} in descriptors"))?;
+        let service = pool.get_service_by_name(name).ok_or_else(|| format!("no service {name} in descriptors"))?;
         for method in service.methods() {
             let options = method.options();
             if !options.has_extension(&ext) {
@@ -37,8 +33,7 @@ pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, Stri
             let Value::Message(rule) = options.get_extension(&ext).into_owned() else {
                 continue;
             };
-            let rule =
-                HttpRule::decode(rule.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
+            let rule = HttpRule::decode(rule.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
             add(&mut routes, &method, &rule)?;
             for extra in &rule.additional_bindings {
                 add(&mut routes, &method, extra)?;
@@ -58,15 +53,9 @@ fn add(routes: &mut Vec<Route>, method: &MethodDescriptor, rule: &HttpRule) -> R
         Some(Pattern::Post(p)) => (http::Method::POST, p),
         Some(Pattern::Delete(p)) => (http::Method::DELETE, p),
         Some(Pattern::Patch(p)) => (http::Method::PATCH, p),
-        Some(Pattern::Custom(c)) => (
-            http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| e.to_string())?,
-            &c.path,
-        ),
+        Some(Pattern::Custom(c)) => (http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| e.to_string())?, &c.path),
         None => {
-            return Err(format!(
-                "{}: http rule without a pattern",
-                method.full_name()
-            ));
+            return Err(format!("{}: http rule without a pattern", method.full_name()));
         }
     };
     let template = PathTemplate::parse(path).map_err(|e| format!("{}: {e}", method.full_name()))?;
@@ -91,25 +80,13 @@ mod tests {
         let find = |name: &str| routes.iter().find(|r| r.method.name() == name).unwrap();
         let submit = find("SubmitJob");
         assert_eq!(
-            (
-                submit.verb.clone(),
-                submit.body.as_str(),
-                submit.response_body.as_str()
-            ),
+            (submit.verb.clone(), submit.body.as_str(), submit.response_body.as_str()),
             (http::Method::POST, "*", "job")
         );
-        assert!(
-            find("CancelJob")
-                .template
-                .matches("/v1/jobs/abc:cancel")
-                .is_some()
-        );
+        assert!(find("CancelJob").template.matches("/v1/jobs/abc:cancel").is_some());
         assert!(find("GetJob").template.matches("/v1/jobs/abc").is_some());
         assert_eq!(routes.len(), 5);
-        let first = routes
-            .iter()
-            .find(|r| r.template.matches("/v1/jobs/abc:watch").is_some())
-            .unwrap();
+        let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }
 }

@@ -27,9 +27,7 @@ pub struct PathTemplate {
 
 impl PathTemplate {
     pub fn parse(template: &str) -> Result<PathTemplate, String> {
-        let path = template
-            .strip_prefix('/')
-            .ok_or_else(|| format!("template {template:?} must start with /"))?;
+        let path = template.strip_prefix('/').ok_or_else(|| format!("template {template:?} must start with /"))?;
         // A verb is a ':' after the last '/' and outside braces.
         let (path, verb) = match path.rfind(':') {
             Some(i) if !path[i..].contains('/') && !path[i..].contains('}') => {
@@ -41,14 +39,10 @@ impl PathTemplate {
         for raw in path.split('/') {
             let seg = if let Some(inner) = raw.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
                 match inner.split_once('=') {
-                    None | Some((_, "*")) => {
-                        Segment::Var(inner.split('=').next().unwrap_or(inner).to_owned())
-                    }
+                    None | Some((_, "*")) => Segment::Var(inner.split('=').next().unwrap_or(inner).to_owned()),
                     Some((name, "**")) => Segment::Rest(name.to_owned()),
                     Some((_, pattern)) => {
-                        return Err(format!(
-                            "template {template:?}: pattern {pattern:?} is not supported"
-                        ));
+                        return Err(format!("template {template:?}: pattern {pattern:?} is not supported"));
                     }
                 }
             } else if raw == "*" {
@@ -62,9 +56,7 @@ impl PathTemplate {
             };
             segments.push(seg);
         }
-        if let Some(i) = segments
-            .iter()
-            .position(|s| matches!(s, Segment::Rest(_) | Segment::AnyRest))
+        if let Some(i) = segments.iter().position(|s| matches!(s, Segment::Rest(_) | Segment::AnyRest))
             && i + 1 != segments.len()
         {
             return Err(format!("template {template:?}: ** must be last"));
@@ -74,13 +66,7 @@ impl PathTemplate {
 
     /// How specific the template is: a verb counts most, then literals.
     pub fn specificity(&self) -> (bool, usize) {
-        (
-            self.verb.is_some(),
-            self.segments
-                .iter()
-                .filter(|s| matches!(s, Segment::Literal(_)))
-                .count(),
-        )
+        (self.verb.is_some(), self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count())
     }
 
     /// The variables bound by `path` (percent-decoded), if it matches.
@@ -161,10 +147,7 @@ mod tests {
     #[test]
     fn matches_literals_variables_and_verbs() {
         assert_eq!(vars("/v1/jobs", "/v1/jobs"), Some(vec![]));
-        assert_eq!(
-            vars("/v1/jobs/{job_id}", "/v1/jobs/abc"),
-            Some(vec![("job_id".into(), "abc".into())])
-        );
+        assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/abc"), Some(vec![("job_id".into(), "abc".into())]));
         assert_eq!(
             vars("/v1/jobs/{job_id}:cancel", "/v1/jobs/abc:cancel"),
             Some(vec![("job_id".into(), "abc".into())])
@@ -176,10 +159,7 @@ mod tests {
         );
         assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/"), None);
         assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/a/b"), None);
-        assert_eq!(
-            vars("/v1/files/{path=**}", "/v1/files/a/b%20c"),
-            Some(vec![("path".into(), "a/b c".into())])
-        );
+        assert_eq!(vars("/v1/files/{path=**}", "/v1/files/a/b%20c"), Some(vec![("path".into(), "a/b c".into())]));
         assert_eq!(vars("/v1/*/x", "/v1/any/x"), Some(vec![]));
     }
 

@@ -23,10 +23,7 @@ pub struct SessionGrpc {
 
 impl SessionGrpc {
     pub fn new(scheduler: Scheduler) -> SessionGrpc {
-        SessionGrpc {
-            scheduler,
-            sessions: Arc::default(),
-        }
+        SessionGrpc { scheduler, sessions: Arc::default() }
     }
 
     pub fn into_service(self) -> pb::worker_service_server::WorkerServiceServer<SessionGrpc> {
@@ -39,9 +36,7 @@ fn check_register(first: Option<pb::SessionRequest>) -> Result<pb::Register, Sta
     let register = match first.and_then(|m| m.message) {
         Some(In::Register(r)) => r,
         _ => {
-            return Err(Status::failed_precondition(
-                "the first message of a session must be register",
-            ));
+            return Err(Status::failed_precondition("the first message of a session must be register"));
         }
     };
     if register.protocol_version != PROTOCOL_VERSION as i32 {
@@ -51,9 +46,7 @@ fn check_register(first: Option<pb::SessionRequest>) -> Result<pb::Register, Sta
         )));
     }
     if register.worker_id.is_empty() {
-        return Err(
-            batchmill_core::FieldViolation::new("register.worker_id", "must not be empty").into(),
-        );
+        return Err(batchmill_core::FieldViolation::new("register.worker_id", "must not be empty").into());
     }
     Ok(register)
 }
@@ -72,15 +65,12 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         info!(worker_id = %worker, device = %register.device, session, "worker session opened");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.scheduler
-            .worker_joined(worker.clone(), session, register.pipelines, Arc::new(tx));
+        self.scheduler.worker_joined(worker.clone(), session, register.pipelines, Arc::new(tx));
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(pb::SessionRequest {
-                        message: Some(message),
-                    })) => match message {
+                    Ok(Some(pb::SessionRequest { message: Some(message) })) => match message {
                         In::Outcome(outcome) => scheduler.outcome(worker.clone(), outcome),
                         In::Released(r) => scheduler.released(worker.clone(), r.job_id),
                         In::Heartbeat(_) => {}
@@ -122,28 +112,15 @@ mod tests {
     fn refuses_another_protocol_version() {
         let err = check_register(register(2, "w1")).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert!(
-            err.message().contains("protocol version 2"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().contains("protocol version 2"), "{}", err.message());
     }
 
     #[test]
     fn requires_register_first() {
-        let heartbeat = Some(pb::SessionRequest {
-            message: Some(In::Heartbeat(pb::Heartbeat {
-                batches_processed: 0,
-            })),
-        });
-        assert_eq!(
-            check_register(heartbeat).unwrap_err().code(),
-            tonic::Code::FailedPrecondition
-        );
-        assert_eq!(
-            check_register(register(1, "")).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        let heartbeat =
+            Some(pb::SessionRequest { message: Some(In::Heartbeat(pb::Heartbeat { batches_processed: 0 })) });
+        assert_eq!(check_register(heartbeat).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(check_register(register(1, "")).unwrap_err().code(), tonic::Code::InvalidArgument);
         assert!(check_register(register(1, "w1")).is_ok());
     }
 }

@@ -1,0 +1,84 @@
+//! deploy/local as a user runs it: `up` on a fresh state dir, `source
+//! <state>/env`, a REST submission with curl, the results in S3 via boto3,
+//! then `down` leaves none of the processes it started.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// A port base whose 25 ports are all free.
+fn free_base() -> u16 {
+    let seed = std::process::id() as u16;
+    (0..200u16)
+        .map(|i| 20_000 + (seed.wrapping_add(i * 97) % 400) * 100)
+        .find(|base| (0..25).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()))
+        .expect("a free port range")
+}
+
+fn sh(script: &str, state: &Path, base: u16) -> std::process::Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo");
+    Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(repo)
+        .env("BATCHMILL_STATE_DIR", state)
+        .env("BATCHMILL_PORT_BASE", base.to_string())
+        .env("BATCHMILL_WORKERS", "1")
+        .output()
+        .expect("bash runs")
+}
+
+fn pids(state: &Path) -> Vec<u32> {
+    std::fs::read_dir(state.join("pids"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                .filter_map(|text| text.split_whitespace().next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn up_source_curl_down() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let up = sh("deploy/local/up && deploy/local/up", state.path(), base);
+    let log = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up failed:\n{log}");
+    assert!(log.contains("etcd already running"), "a second up starts nothing new:\n{log}");
+    let started = pids(state.path());
+    assert_eq!(started.len(), 8, "etcd, nats, s3, 4 services, 1 worker: {started:?}");
+
+    let job = sh(
+        r#"set -e
+        . "$BATCHMILL_STATE_DIR/env"
+        id=$(curl -sS --fail-with-body -X POST "$BATCHMILL_GATEWAY_URL/v1/jobs" \
+          -d '{"pipeline":"echo","workers":1,"itemList":{"items":[1,2,3,4,5],"batchSize":2}}' \
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
+        for _ in $(seq 1 300); do
+          state=$(curl -sS "$BATCHMILL_GATEWAY_URL/v1/jobs/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+          [ "$state" = JOB_STATE_SUCCEEDED ] && break
+          sleep 0.1
+        done
+        echo "$state"
+        python3 -c '
+import boto3, json, sys
+s3 = boto3.client("s3")
+keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="batchmill", Prefix="results/'"$id"'/")["Contents"])
+lines = [json.loads(l) for k in keys if k.endswith(".jsonl") for l in s3.get_object(Bucket="batchmill", Key=k)["Body"].read().splitlines()]
+print(len(keys), sorted(l["result"] for l in lines))
+'"#,
+        state.path(),
+        base,
+    );
+    let out = String::from_utf8_lossy(&job.stdout);
+    assert!(job.status.success(), "job failed: {out}\n{}", String::from_utf8_lossy(&job.stderr));
+    assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED\n4 [1, 2, 3, 4, 5]", "3 batch objects and the manifest");
+
+    let down = sh("deploy/local/down", state.path(), base);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    std::thread::sleep(Duration::from_millis(200));
+    let alive: Vec<u32> = started.into_iter().filter(|pid| Path::new(&format!("/proc/{pid}")).exists()).collect();
+    assert!(alive.is_empty(), "still running after down: {alive:?}");
+    assert!(pids(state.path()).is_empty(), "pid files left");
+}
