@@ -2,6 +2,7 @@
 //! the in-memory Kv passes, leases, elections), JetStream (dedup by
 //! Nats-Msg-Id, delivery, purge) and S3 (pagination, SigV4 checked).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use batchmill_blob::{Blob, S3Config};
@@ -54,20 +55,23 @@ async fn jetstream_dedups_delivers_and_purges() -> anyhow::Result<()> {
     let policy = DeliveryPolicy { ack_wait: Duration::from_secs(30), max_deliver: 2 };
     queue.open_job("job1", policy).await?;
     queue.open_job("job1", policy).await?; // idempotent
+    let trace: HashMap<String, String> =
+        [("traceparent".to_owned(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned())].into();
     for seq in [0, 1, 1, 0, 2] {
-        queue.publish_batch("job1", seq, Bytes::from(format!("batch {seq}"))).await?;
+        queue.publish_batch("job1", seq, Bytes::from(format!("batch {seq}")), &trace).await?;
     }
     let consumer = queue.job_consumer("job1").await?;
     let mut got = Vec::new();
     while let Some(delivery) = consumer.next(Duration::from_millis(500)).await? {
         assert_eq!(delivery.attempt(), 1);
+        assert_eq!(delivery.trace(), trace, "trace headers travel with the batch");
         got.push(String::from_utf8(delivery.payload().to_vec())?);
         delivery.ack().await?;
     }
     assert_eq!(got, vec!["batch 0", "batch 1", "batch 2"], "republished batches are dropped");
 
     // A nak'ed batch comes back as the second delivery.
-    queue.publish_batch("job1", 3, Bytes::from_static(b"batch 3")).await?;
+    queue.publish_batch("job1", 3, Bytes::from_static(b"batch 3"), &HashMap::new()).await?;
     let first = consumer.next(Duration::from_secs(2)).await?.expect("delivery");
     first.nak(Duration::from_millis(10)).await?;
     let again = consumer.next(Duration::from_secs(2)).await?.expect("redelivery");
@@ -75,7 +79,7 @@ async fn jetstream_dedups_delivers_and_purges() -> anyhow::Result<()> {
     again.term().await?;
 
     for seq in 10..15 {
-        queue.publish_batch("job1", seq, Bytes::from_static(b"left")).await?;
+        queue.publish_batch("job1", seq, Bytes::from_static(b"left"), &HashMap::new()).await?;
     }
     assert_eq!(queue.close_job("job1").await?, 5, "close withdraws the remaining batches");
     assert!(queue.job_consumer("job1").await.is_err(), "the consumer is gone");

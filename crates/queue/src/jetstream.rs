@@ -1,5 +1,6 @@
 //! The JetStream implementation.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
@@ -50,10 +51,20 @@ impl JetStreamQueue {
 
     /// Publishes batch `seq` of `job_id` and waits for JetStream to store it.
     /// A batch already published (within the 2-minute window) is dropped.
-    pub async fn publish_batch(&self, job_id: &str, seq: u64, body: Bytes) -> Result<()> {
+    /// `trace` (W3C trace headers) travels in the message headers.
+    pub async fn publish_batch(
+        &self,
+        job_id: &str,
+        seq: u64,
+        body: Bytes,
+        trace: &HashMap<String, String>,
+    ) -> Result<()> {
         let msg_id = format!("{job_id}-{seq}");
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
+        for (key, value) in trace {
+            headers.insert(key.as_str(), value.as_str());
+        }
         let err = |e: &dyn std::fmt::Display| QueueError::Publish { msg_id: msg_id.clone(), message: e.to_string() };
         let ack = self.context.publish_with_headers(batch_subject(job_id), headers, body).await.map_err(|e| err(&e))?;
         ack.await.map_err(|e| err(&e))?;
@@ -140,6 +151,15 @@ pub struct Delivery {
 impl Delivery {
     pub fn payload(&self) -> &Bytes {
         &self.message.payload
+    }
+
+    /// The W3C trace headers the batch was published with.
+    pub fn trace(&self) -> HashMap<String, String> {
+        let Some(headers) = &self.message.headers else { return HashMap::new() };
+        ["traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|k| Some((k.to_owned(), headers.get(k)?.as_str().to_owned())))
+            .collect()
     }
 
     /// Which delivery of the batch this is, from 1.

@@ -6,6 +6,7 @@ pub mod args;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use server::ServerBuilder;
 pub use shutdown::shutdown_token;

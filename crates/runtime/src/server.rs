@@ -90,9 +90,14 @@ impl ServerBuilder {
 
 /// Request tracing. Failed requests are logged at DEBUG: services log the
 /// errors they handle, and a client's bad request is no server error.
-pub fn trace_layer()
--> tower_http::trace::TraceLayer<tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>> {
+pub fn trace_layer() -> tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    fn(&http::Request<tonic::body::Body>) -> tracing::Span,
+> {
     tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(
+            crate::trace::request_span::<tonic::body::Body> as fn(&http::Request<tonic::body::Body>) -> tracing::Span,
+        )
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
 }
 

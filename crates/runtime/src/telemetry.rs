@@ -4,9 +4,9 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer};
 
 /// Flushes telemetry when dropped; keep it alive until the end of `main`.
 pub struct TelemetryGuard {
@@ -21,18 +21,22 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber for `service` (such as "batchmill-gateway").
+/// Installs the global subscriber for `service` (such as "batchmill-gateway")
+/// and the W3C trace-context propagator. Spans always get OpenTelemetry ids,
+/// so trace context passes through every hop; they are exported only when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
-    let provider = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
-        Some(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
-    } else {
-        None
-    };
-    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)).boxed());
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
     tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider: Some(provider) })
 }

@@ -29,7 +29,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 /// Checkpoint at least this often while publishing.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -142,7 +142,7 @@ impl Enqueuer {
         if progress.is_final() {
             return Ok(false);
         }
-        self.spawn(request, progress);
+        self.spawn(request, progress, tracing::Span::current());
         Ok(true)
     }
 
@@ -179,7 +179,7 @@ impl Enqueuer {
             };
             let request = EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
             info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
-            self.spawn(request, progress);
+            self.spawn(request, progress, tracing::Span::none());
             resumed += 1;
         }
         Ok(resumed)
@@ -193,30 +193,35 @@ impl Enqueuer {
 
     /// One task per job: publishes until done, retrying transient failures
     /// from the checkpoint in hand, until stopped or shut down.
-    fn spawn(&self, request: EnqueueJobRequest, progress: EnqueueProgress) {
+    /// The task runs in `parent` (the EnqueueJob call's span), so the batches
+    /// it publishes carry the job's trace.
+    fn spawn(&self, request: EnqueueJobRequest, progress: EnqueueProgress, parent: tracing::Span) {
         let token = self.shutdown.child_token();
         self.running().insert(request.job_id.clone(), token.clone());
         let this = self.clone();
-        self.tasks.spawn(async move {
-            let mut progress = progress;
-            loop {
-                match this.run(&request, &mut progress, &token).await {
-                    Ok(()) => break,
-                    Err(e) if e.is_transient() => {
-                        warn!(job_id = %request.job_id, error = %e, "enqueue interrupted; retrying");
-                        tokio::select! {
-                            () = token.cancelled() => break,
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        self.tasks.spawn(
+            async move {
+                let mut progress = progress;
+                loop {
+                    match this.run(&request, &mut progress, &token).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() => {
+                            warn!(job_id = %request.job_id, error = %e, "enqueue interrupted; retrying");
+                            tokio::select! {
+                                () = token.cancelled() => break,
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            }
+                        }
+                        Err(e) => {
+                            warn!(job_id = %request.job_id, error = %e, "enqueue failed");
+                            break;
                         }
                     }
-                    Err(e) => {
-                        warn!(job_id = %request.job_id, error = %e, "enqueue failed");
-                        break;
-                    }
                 }
+                this.running().remove(&request.job_id);
             }
-            this.running().remove(&request.job_id);
-        });
+            .instrument(parent),
+        );
     }
 
     /// Publishes from `progress` on; records the outcome in etcd.
@@ -263,6 +268,8 @@ impl Enqueuer {
         let job_id = &request.job_id;
         let list =
             ListItemsRequest { job_id: job_id.clone(), source: request.source.clone(), skip: progress.next_item };
+        let trace = batchmill_runtime::trace::current();
+        let list = batchmill_runtime::trace::request(list);
         let mut stream = self.lister.clone().list_items(list).await.map_err(lister_error)?.into_inner();
         let mut batcher = Batcher::new(request.batch_size as usize, batchmill_core::job::MAX_BATCH_BYTES);
         let mut last_checkpoint = tokio::time::Instant::now();
@@ -281,7 +288,7 @@ impl Enqueuer {
                 })?;
                 item_index += 1;
                 if let Some(items) = full {
-                    self.publish(job_id, progress, items).await?;
+                    self.publish(job_id, progress, items, &trace).await?;
                 }
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -290,7 +297,7 @@ impl Enqueuer {
             }
         }
         if let Some(items) = batcher.finish() {
-            self.publish(job_id, progress, items).await?;
+            self.publish(job_id, progress, items, &trace).await?;
         }
         Ok(())
     }
@@ -300,6 +307,7 @@ impl Enqueuer {
         job_id: &str,
         progress: &mut EnqueueProgress,
         items: Vec<String>,
+        trace: &batchmill_runtime::trace::TraceHeaders,
     ) -> Result<(), EnqueueError> {
         let count = items.len() as u64;
         let batch = batchmill_proto::queue::v1::Batch {
@@ -308,7 +316,7 @@ impl Enqueuer {
             first_item: progress.next_item,
             items,
         };
-        self.queue.publish_batch(job_id, progress.next_seq, Bytes::from(batch.encode_to_vec())).await?;
+        self.queue.publish_batch(job_id, progress.next_seq, Bytes::from(batch.encode_to_vec()), trace).await?;
         progress.next_seq += 1;
         progress.next_item += count;
         Ok(())

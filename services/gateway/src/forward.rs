@@ -48,11 +48,12 @@ impl JobsForwarder {
     }
 }
 
-/// The request message alone, with the metadata worth passing on.
+/// The request message alone, with the metadata worth passing on and the
+/// current trace (this call's span, a child of the caller's trace).
 fn onward<T>(request: Request<T>) -> Request<T> {
     let (metadata, _, message) = request.into_parts();
-    let mut onward = Request::new(message);
-    for key in ["authorization", "traceparent", "tracestate", "x-request-id"] {
+    let mut onward = batchmill_runtime::trace::request(message);
+    for key in ["authorization", "x-request-id"] {
         if let Some(v) = metadata.get(key) {
             onward.metadata_mut().insert(key, v.clone());
         }

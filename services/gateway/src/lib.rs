@@ -33,6 +33,7 @@ pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
         .fallback(move |request: axum::extract::Request| rest::handle(axum::extract::State(rest.clone()), request))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(batchmill_runtime::trace::request_span::<axum::body::Body> as fn(&_) -> _)
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         ))
 }

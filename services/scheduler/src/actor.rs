@@ -132,7 +132,9 @@ impl Scheduler {
             message: None,
             workers_succeeded: 0,
             workers_failed: 0,
+            trace: batchmill_runtime::trace::current(),
         };
+        tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
         self.ask(|reply| Command::Submit { record, reply }).await
     }
 

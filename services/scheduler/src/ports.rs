@@ -1,6 +1,7 @@
 //! What the scheduler needs from the rest of the cluster, as traits so its
 //! logic runs against fakes in unit tests.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -25,7 +26,8 @@ pub trait JobQueue: Send + Sync + 'static {
 /// The enqueuer.
 #[async_trait]
 pub trait EnqueueClient: Send + Sync + 'static {
-    async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String>;
+    /// Starts enqueuing, in the trace `trace` carries.
+    async fn enqueue(&self, request: EnqueueJobRequest, trace: &HashMap<String, String>) -> Result<(), String>;
     async fn stop(&self, job_id: &str) -> Result<(), String>;
 }
 
@@ -63,7 +65,9 @@ impl JobQueue for JetStreamQueue {
 
 #[async_trait]
 impl EnqueueClient for EnqueuerServiceClient<Channel> {
-    async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String> {
+    async fn enqueue(&self, request: EnqueueJobRequest, trace: &HashMap<String, String>) -> Result<(), String> {
+        let mut request = tonic::Request::new(request);
+        batchmill_runtime::trace::inject(&mut request, trace);
         self.clone().enqueue_job(request).await.map(drop).map_err(|s| s.message().to_owned())
     }
 

@@ -53,6 +53,9 @@ pub struct JobRecord {
     pub workers_succeeded: u32,
     /// Workers lost while assigned.
     pub workers_failed: u32,
+    /// W3C trace headers of the SubmitJob call, carried to every later hop.
+    #[serde(default)]
+    pub trace: std::collections::HashMap<String, String>,
 }
 
 impl JobRecord {
@@ -148,6 +151,7 @@ mod tests {
             message: None,
             workers_succeeded: 0,
             workers_failed: 0,
+            trace: Default::default(),
         }
     }
 

@@ -184,7 +184,8 @@ impl State {
             warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
             return;
         }
-        if let Err(e) = self.ports.enqueuer.enqueue(request).await {
+        let trace = self.jobs.get(id).map(|e| e.record.trace.clone()).unwrap_or_default();
+        if let Err(e) = self.ports.enqueuer.enqueue(request, &trace).await {
             warn!(job_id = %id, error = %e, "starting enqueue failed; will retry");
             return;
         }

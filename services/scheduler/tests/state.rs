@@ -49,7 +49,11 @@ impl JobQueue for Fakes {
 
 #[async_trait]
 impl EnqueueClient for Fakes {
-    async fn enqueue(&self, request: EnqueueJobRequest) -> Result<(), String> {
+    async fn enqueue(
+        &self,
+        request: EnqueueJobRequest,
+        _: &std::collections::HashMap<String, String>,
+    ) -> Result<(), String> {
         self.calls().enqueued.push(request);
         Ok(())
     }
@@ -101,6 +105,7 @@ fn record(id: &str, max_workers: u32) -> JobRecord {
         message: None,
         workers_succeeded: 0,
         workers_failed: 0,
+        trace: Default::default(),
     }
 }
 

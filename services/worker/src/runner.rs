@@ -17,7 +17,7 @@ use bytes::Bytes;
 use prost::Message;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 use crate::predictor::{self, BatchInput, PredictError, Predictor};
 use crate::session::Outbox;
@@ -74,7 +74,12 @@ impl JobRun {
             };
             match delivery {
                 // A batch once taken runs to the end, even when stopping.
-                Ok(Some(delivery)) => self.process(&predictor, &output, delivery).await,
+                Ok(Some(delivery)) => {
+                    let span =
+                        tracing::info_span!("batch", batch_id = tracing::field::Empty, attempt = delivery.attempt());
+                    batchmill_runtime::trace::set_parent(&span, &delivery.trace());
+                    self.process(&predictor, &output, delivery).instrument(span).await;
+                }
                 Ok(None) => {}
                 Err(e) if e.to_string().contains("Consumer Deleted") => {
                     // The job ended and its queue is gone; the revoke follows.
@@ -101,6 +106,7 @@ impl JobRun {
             }
         };
         let batch_id = format!("{}-{}", batch.job_id, batch.seq);
+        tracing::Span::current().record("batch_id", batch_id.as_str());
         // Keep the delivery ours while the batch runs: report progress well
         // within ack_wait so it is not redelivered to another worker.
         let ack_wait = self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms);
@@ -124,8 +130,11 @@ impl JobRun {
             Err(PredictError::Retryable(e)) if last => (BatchStatus::FailedFinal, e.clone()),
             Err(PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e.clone()),
         };
-        if status != BatchStatus::Succeeded {
-            warn!(%batch_id, attempt, error = %error, ?status, "batch failed");
+        let trace_id = batchmill_runtime::trace::trace_id();
+        if status == BatchStatus::Succeeded {
+            tracing::debug!(%batch_id, attempt, %trace_id, "batch done");
+        } else {
+            warn!(%batch_id, attempt, error = %error, ?status, %trace_id, "batch failed");
         }
         let outcome = pb::BatchOutcome {
             job_id: batch.job_id.clone(),

@@ -31,7 +31,7 @@ use rules::Route;
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
 /// Request headers passed on to the RPC as metadata.
-const FORWARDED_HEADERS: &[&str] = &["authorization", "traceparent", "tracestate", "x-request-id"];
+const FORWARDED_HEADERS: &[&str] = &["authorization", "x-request-id"];
 
 /// The REST face of a set of gRPC services.
 pub struct Rest {
@@ -82,7 +82,8 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
             return error::json_error(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, &e, vec![]);
         }
     };
-    let mut grpc_request = tonic::Request::new(message);
+    // The RPC runs in this request's span, which continues the caller's trace.
+    let mut grpc_request = batchmill_runtime::trace::request(message);
     for name in FORWARDED_HEADERS {
         if let Some(value) = parts.headers.get(*name)
             && let Ok(value) = tonic::metadata::MetadataValue::try_from(value.as_bytes())
