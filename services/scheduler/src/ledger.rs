@@ -2,13 +2,23 @@
 //! of sequence numbers (about one bit per batch), and counts derived from
 //! them. A batch reported twice (a redelivery after a worker died) is
 //! counted once.
+//!
+//! It is persisted in a few etcd keys per job so that a write stays small
+//! however large the job: `<prefix>summary` (the counters) and one key per
+//! chunk of 65,536 batches, `<prefix>chunk/<n>`, rewritten only when one of
+//! its batches changes.
 
-use roaring::RoaringTreemap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use batchmill_proto::scheduler::v1::BatchStatus;
+use roaring::RoaringBitmap;
 
-/// Format version of [`Ledger::encode`].
+/// Format version of the persisted keys.
 const VERSION: u8 = 1;
+/// Batches per chunk key.
+const CHUNK_BITS: u32 = 16;
+const SUMMARY: &str = "summary";
+const CHUNK: &str = "chunk/";
 
 /// What recording an outcome did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,56 +29,71 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// Final batches of one chunk, by offset within the chunk.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Chunk {
+    succeeded: RoaringBitmap,
+    failed: RoaringBitmap,
+}
+
 /// A job's ledger.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ledger {
-    succeeded: RoaringTreemap,
-    failed: RoaringTreemap,
+    chunks: BTreeMap<u64, Chunk>,
+    succeeded: u64,
+    failed: u64,
     items_completed: u64,
     items_failed: u64,
     failed_attempts: u64,
     succeeded_ms: u64,
+    /// Chunks changed since the last write.
+    dirty: BTreeSet<u64>,
+}
+
+fn split(seq: u64) -> (u64, u32) {
+    (seq >> CHUNK_BITS, (seq & ((1 << CHUNK_BITS) - 1)) as u32)
 }
 
 impl Ledger {
     /// Records one delivery's outcome of batch `seq` holding `items` items.
     pub fn record(&mut self, seq: u64, status: BatchStatus, items: u64, duration_ms: u64) -> Recorded {
-        let already_final = self.succeeded.contains(seq) || self.failed.contains(seq);
+        let (index, offset) = split(seq);
+        let chunk = self.chunks.entry(index).or_default();
+        if chunk.succeeded.contains(offset) || chunk.failed.contains(offset) {
+            return Recorded::Duplicate;
+        }
         match status {
-            BatchStatus::Succeeded if !already_final => {
-                self.succeeded.insert(seq);
+            BatchStatus::Succeeded => {
+                chunk.succeeded.insert(offset);
+                self.succeeded += 1;
                 self.items_completed += items;
                 self.succeeded_ms += duration_ms;
-                Recorded::Counted
+                self.dirty.insert(index);
             }
-            BatchStatus::FailedFinal if !already_final => {
-                self.failed.insert(seq);
+            BatchStatus::FailedFinal => {
+                chunk.failed.insert(offset);
+                self.failed += 1;
                 self.items_failed += items;
                 self.failed_attempts += 1;
-                Recorded::Counted
+                self.dirty.insert(index);
             }
-            BatchStatus::FailedRetryable if !already_final => {
-                self.failed_attempts += 1;
-                Recorded::Counted
-            }
-            BatchStatus::Succeeded
-            | BatchStatus::FailedFinal
-            | BatchStatus::FailedRetryable
-            | BatchStatus::Unspecified => Recorded::Duplicate,
+            BatchStatus::FailedRetryable => self.failed_attempts += 1,
+            BatchStatus::Unspecified => return Recorded::Duplicate,
         }
+        Recorded::Counted
     }
 
     /// Batches that are final, succeeded or failed.
     pub fn finished(&self) -> u64 {
-        self.succeeded.len() + self.failed.len()
+        self.succeeded + self.failed
     }
 
     pub fn succeeded(&self) -> u64 {
-        self.succeeded.len()
+        self.succeeded
     }
 
     pub fn failed(&self) -> u64 {
-        self.failed.len()
+        self.failed
     }
 
     pub fn items_completed(&self) -> u64 {
@@ -85,49 +110,102 @@ impl Ledger {
 
     /// Mean processing time of a successful batch, in milliseconds.
     pub fn average_batch_ms(&self) -> u64 {
-        self.succeeded_ms.checked_div(self.succeeded.len()).unwrap_or(0)
+        self.succeeded_ms.checked_div(self.succeeded).unwrap_or(0)
     }
 
     /// Sequence numbers of the successful batches, in order.
     pub fn succeeded_seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.succeeded.iter()
+        self.chunks.iter().flat_map(|(i, c)| c.succeeded.iter().map(move |o| (i << CHUNK_BITS) | u64::from(o)))
     }
 
     /// Sequence numbers of the failed batches, in order.
     pub fn failed_seqs(&self) -> impl Iterator<Item = u64> + '_ {
-        self.failed.iter()
+        self.chunks.iter().flat_map(|(i, c)| c.failed.iter().map(move |o| (i << CHUNK_BITS) | u64::from(o)))
     }
 
-    /// The ledger as bytes, for etcd.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
-        for n in [self.items_completed, self.items_failed, self.failed_attempts, self.succeeded_ms] {
-            out.extend_from_slice(&n.to_le_bytes());
+    /// The keys (under `prefix`) to write: the summary and every chunk
+    /// changed since [`Ledger::written`].
+    pub fn changes(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        let mut summary = vec![VERSION];
+        for n in [
+            self.succeeded,
+            self.failed,
+            self.items_completed,
+            self.items_failed,
+            self.failed_attempts,
+            self.succeeded_ms,
+        ] {
+            summary.extend_from_slice(&n.to_le_bytes());
         }
-        for bitmap in [&self.succeeded, &self.failed] {
-            let mut bytes = Vec::with_capacity(bitmap.serialized_size());
-            // Writing into a Vec cannot fail.
-            let _ = bitmap.serialize_into(&mut bytes);
-            out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-            out.extend_from_slice(&bytes);
+        let mut out = vec![(format!("{prefix}{SUMMARY}"), summary)];
+        for index in &self.dirty {
+            if let Some(chunk) = self.chunks.get(index) {
+                out.push((format!("{prefix}{CHUNK}{index:012x}"), encode_chunk(chunk)));
+            }
         }
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Ledger, String> {
-        let mut r = Reader { bytes, at: 0 };
-        let version = r.take(1)?[0];
-        if version != VERSION {
-            return Err(format!("ledger version {version} is not {VERSION}"));
+    /// Marks the changes as written.
+    pub fn written(&mut self) {
+        self.dirty.clear();
+    }
+
+    /// Rebuilds a ledger from its keys, given relative to its prefix.
+    pub fn decode<'a>(keys: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Ledger, String> {
+        let mut ledger = Ledger::default();
+        let mut summary = None;
+        for (key, bytes) in keys {
+            if key == SUMMARY {
+                summary = Some(bytes);
+            } else if let Some(hex) = key.strip_prefix(CHUNK) {
+                let index = u64::from_str_radix(hex, 16).map_err(|_| format!("bad ledger key {key:?}"))?;
+                ledger.chunks.insert(index, decode_chunk(bytes)?);
+            } else {
+                return Err(format!("unknown ledger key {key:?}"));
+            }
         }
-        let (items_completed, items_failed, failed_attempts, succeeded_ms) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
-        let mut bitmap = || -> Result<RoaringTreemap, String> {
-            let len = r.u64()? as usize;
-            RoaringTreemap::deserialize_from(r.take(len)?).map_err(|e| format!("ledger bitmap: {e}"))
-        };
-        let succeeded = bitmap()?;
-        let failed = bitmap()?;
-        Ok(Ledger { succeeded, failed, items_completed, items_failed, failed_attempts, succeeded_ms })
+        let mut r = Reader { bytes: summary.ok_or("ledger summary missing")?, at: 0 };
+        version(&mut r)?;
+        let mut n = || r.u64();
+        (ledger.succeeded, ledger.failed, ledger.items_completed) = (n()?, n()?, n()?);
+        (ledger.items_failed, ledger.failed_attempts, ledger.succeeded_ms) = (n()?, n()?, n()?);
+        let (s, f) = ledger.chunks.values().fold((0, 0), |(s, f), c| (s + c.succeeded.len(), f + c.failed.len()));
+        if (s, f) != (ledger.succeeded, ledger.failed) {
+            return Err(format!("ledger summary says {}/{} but chunks hold {s}/{f}", ledger.succeeded, ledger.failed));
+        }
+        Ok(ledger)
+    }
+}
+
+fn encode_chunk(chunk: &Chunk) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    for bitmap in [&chunk.succeeded, &chunk.failed] {
+        let mut bitmap = bitmap.clone();
+        bitmap.optimize(); // runs of consecutive batches shrink to a few bytes
+        let mut bytes = Vec::with_capacity(bitmap.serialized_size());
+        // Writing into a Vec cannot fail.
+        let _ = bitmap.serialize_into(&mut bytes);
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn decode_chunk(bytes: &[u8]) -> Result<Chunk, String> {
+    let mut r = Reader { bytes, at: 0 };
+    version(&mut r)?;
+    let mut bitmap = || -> Result<RoaringBitmap, String> {
+        let len = r.u64()? as usize;
+        RoaringBitmap::deserialize_from(r.take(len)?).map_err(|e| format!("ledger bitmap: {e}"))
+    };
+    Ok(Chunk { succeeded: bitmap()?, failed: bitmap()? })
+}
+
+fn version(r: &mut Reader<'_>) -> Result<(), String> {
+    match r.take(1)?[0] {
+        VERSION => Ok(()),
+        v => Err(format!("ledger version {v} is not {VERSION}")),
     }
 }
 
@@ -155,6 +233,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    fn round_trip(l: &Ledger, keys: &[(String, Vec<u8>)]) -> Result<Ledger, String> {
+        let mut decoded = Ledger::decode(keys.iter().map(|(k, v)| (k.trim_start_matches("p/"), v.as_slice())))?;
+        decoded.dirty = l.dirty.clone();
+        Ok(decoded)
+    }
+
     #[test]
     fn a_redelivered_batch_counts_once() {
         let mut l = Ledger::default();
@@ -178,15 +262,32 @@ mod tests {
     }
 
     #[test]
-    fn encodes_and_decodes() {
+    fn writes_only_changed_chunks_and_stays_small() {
         let mut l = Ledger::default();
-        for seq in (0..100_000).filter(|s| s % 7 != 0) {
+        for seq in 0..1_000_000 {
             l.record(seq, BatchStatus::Succeeded, 10, 3);
         }
-        l.record(7, BatchStatus::FailedFinal, 10, 3);
-        let bytes = l.encode();
-        assert!(bytes.len() < 40_000, "{} bytes", bytes.len());
-        assert_eq!(Ledger::decode(&bytes).unwrap(), l);
-        assert!(Ledger::decode(&bytes[..bytes.len() - 1]).is_err());
+        l.record(2_000_000, BatchStatus::FailedFinal, 10, 3);
+        let all = l.changes("p/");
+        assert_eq!(all.len(), 1 + 16 + 1, "summary, 16 full chunks, 1 more");
+        assert!(all.iter().all(|(_, v)| v.len() < 200), "consecutive batches compress to runs");
+        assert_eq!(round_trip(&l, &all).unwrap(), l);
+
+        l.written();
+        l.record(1_000_000, BatchStatus::Succeeded, 10, 3);
+        let changed: Vec<String> = l.changes("p/").into_iter().map(|(k, _)| k).collect();
+        assert_eq!(changed, vec!["p/summary", "p/chunk/00000000000f"]);
+        assert_eq!(l.succeeded_seqs().last(), Some(1_000_000));
+    }
+
+    #[test]
+    fn refuses_a_damaged_ledger() {
+        let mut l = Ledger::default();
+        l.record(5, BatchStatus::Succeeded, 1, 1);
+        let mut keys = l.changes("p/");
+        keys[1].1.truncate(5);
+        assert!(round_trip(&l, &keys).is_err());
+        let summary_only = vec![l.changes("p/").remove(0)];
+        assert!(round_trip(&l, &summary_only).unwrap_err().contains("chunks hold"));
     }
 }

@@ -17,8 +17,9 @@ pub fn job_key(id: &JobId) -> String {
     format!("{JOBS_PREFIX}{id}")
 }
 
-pub fn ledger_key(id: &JobId) -> String {
-    format!("{LEDGERS_PREFIX}{id}")
+/// Prefix of a job's ledger keys (see [`crate::ledger`]).
+pub fn ledger_prefix(id: &JobId) -> String {
+    format!("{LEDGERS_PREFIX}{id}/")
 }
 
 /// Pending for longer than this counts a job's missing workers as stalled.

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::ledger::{Ledger, Recorded};
 use crate::ports::{Ports, WorkerLink};
-use crate::record::{JobRecord, job_key, ledger_key, reason};
+use crate::record::{JobRecord, job_key, ledger_prefix, reason};
 
 /// Settings of the scheduler.
 #[derive(Debug, Clone)]
@@ -73,13 +73,21 @@ impl State {
 
     /// Loads every job and ledger from etcd, as a new leader.
     pub async fn load(&mut self) -> Result<usize, batchmill_coord::CoordError> {
-        let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+        // Ledger keys grouped by job: /batchmill/ledgers/<job_id>/<key>.
+        let mut keys: BTreeMap<String, Vec<(String, Vec<u8>)>> = BTreeMap::new();
         for (key, bytes) in self.ports.kv.list(crate::record::LEDGERS_PREFIX).await? {
-            match Ledger::decode(&bytes) {
+            let rest = key.trim_start_matches(crate::record::LEDGERS_PREFIX);
+            if let Some((job, name)) = rest.split_once('/') {
+                keys.entry(job.to_owned()).or_default().push((name.to_owned(), bytes));
+            }
+        }
+        let mut ledgers: BTreeMap<String, Ledger> = BTreeMap::new();
+        for (job, pairs) in keys {
+            match Ledger::decode(pairs.iter().map(|(k, v)| (k.as_str(), v.as_slice()))) {
                 Ok(l) => {
-                    ledgers.insert(key.trim_start_matches(crate::record::LEDGERS_PREFIX).to_owned(), l);
+                    ledgers.insert(job, l);
                 }
-                Err(e) => warn!(%key, error = %e, "unreadable ledger"),
+                Err(e) => warn!(job_id = %job, error = %e, "unreadable ledger"),
             }
         }
         for (key, bytes) in self.ports.kv.list(crate::record::JOBS_PREFIX).await? {
@@ -432,10 +440,18 @@ impl State {
             let Some(entry) = self.jobs.get(id) else {
                 continue;
             };
-            let pairs = vec![(job_key(id), entry.record.encode()), (ledger_key(id), entry.ledger.encode())];
-            if let Err(e) = self.ports.kv.put_all(pairs).await {
-                warn!(job_id = %id, error = %e, "persisting job failed; will retry");
-                failed.insert(id.clone());
+            let mut pairs = vec![(job_key(id), entry.record.encode())];
+            pairs.extend(entry.ledger.changes(&ledger_prefix(id)));
+            match self.put_batched(pairs).await {
+                Ok(()) => {
+                    if let Some(entry) = self.jobs.get_mut(id) {
+                        entry.ledger.written();
+                    }
+                }
+                Err(e) => {
+                    warn!(job_id = %id, error = %e, "persisting job failed; will retry");
+                    failed.insert(id.clone());
+                }
             }
         }
         let now = now_ms();
@@ -456,6 +472,16 @@ impl State {
         }
         self.acks = held;
         self.dirty = failed;
+    }
+
+    /// Writes pairs in transactions of at most 100 operations (etcd allows 128).
+    async fn put_batched(&self, mut pairs: Vec<(String, Vec<u8>)>) -> Result<(), batchmill_coord::CoordError> {
+        while !pairs.is_empty() {
+            let rest = pairs.split_off(pairs.len().min(100));
+            self.ports.kv.put_all(pairs).await?;
+            pairs = rest;
+        }
+        Ok(())
     }
 
     /// Completes or fails the changed jobs that are done.

@@ -67,6 +67,7 @@ impl JobRun {
             }
         };
         info!("taking batches");
+        let mut settling = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             let delivery = tokio::select! {
                 () = stop.cancelled() => break,
@@ -78,7 +79,14 @@ impl JobRun {
                     let span =
                         tracing::info_span!("batch", batch_id = tracing::field::Empty, attempt = delivery.attempt());
                     batchmill_runtime::trace::set_parent(&span, &delivery.trace());
-                    self.process(&predictor, &output, delivery).instrument(span).await;
+                    // Settling (confirmation, then ack) overlaps the next batch.
+                    if let Some(ran) = self.execute(&predictor, &output, delivery).instrument(span.clone()).await {
+                        settling.spawn(ran.settle(self.outbox.clone()).instrument(span));
+                    }
+                    while settling.len() >= MAX_UNSETTLED {
+                        settling.join_next().await;
+                    }
+                    while settling.try_join_next().is_some() {}
                 }
                 Ok(None) => {}
                 Err(e) if e.to_string().contains("Consumer Deleted") => {
@@ -92,9 +100,11 @@ impl JobRun {
                 }
             }
         }
+        while settling.join_next().await.is_some() {}
     }
 
-    async fn process(&self, predictor: &Arc<dyn Predictor>, output: &S3Uri, delivery: Delivery) {
+    /// Runs one delivery and writes its result; the outcome is left to settle.
+    async fn execute(&self, predictor: &Arc<dyn Predictor>, output: &S3Uri, delivery: Delivery) -> Option<Ran> {
         let started = Instant::now();
         let attempt = delivery.attempt();
         let batch = match Batch::decode(delivery.payload().as_ref()) {
@@ -102,7 +112,7 @@ impl JobRun {
             Err(e) => {
                 warn!(error = %e, "undecodable batch; terminating it");
                 let _ = delivery.term().await;
-                return;
+                return None;
             }
         };
         let batch_id = format!("{}-{}", batch.job_id, batch.seq);
@@ -145,22 +155,7 @@ impl JobRun {
             duration: Some(duration_ms(started.elapsed().as_millis() as u64)),
             attempt,
         };
-        // The scheduler confirms once the outcome is durable; only then is the
-        // message acked. Without confirmation the batch is redelivered and the
-        // ledger counts it once.
-        let confirmed = self.outbox.report(outcome, ACK_TIMEOUT).await;
-        if !confirmed {
-            warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
-            return;
-        }
-        let settle = match status {
-            BatchStatus::Succeeded => delivery.ack().await,
-            BatchStatus::FailedFinal => delivery.term().await,
-            _ => delivery.nak(backoff(attempt)).await,
-        };
-        if let Err(e) = settle {
-            warn!(%batch_id, error = %e, "settling the message failed");
-        }
+        Some(Ran { delivery, outcome, batch_id })
     }
 
     /// Runs the predictor and writes the result object.
@@ -200,6 +195,38 @@ impl JobRun {
             .map_err(|e| PredictError::Retryable(format!("writing {key}: {e}")))
     }
 }
+
+/// A batch that ran and whose outcome is still to be settled.
+struct Ran {
+    delivery: Delivery,
+    outcome: pb::BatchOutcome,
+    batch_id: String,
+}
+
+impl Ran {
+    /// Reports the outcome and, once the scheduler confirms it is durable,
+    /// acks the message (nak with backoff for a retry, term when final).
+    /// Without confirmation the batch is redelivered and counted once.
+    async fn settle(self, outbox: Outbox) {
+        let Ran { delivery, outcome, batch_id } = self;
+        let (status, attempt) = (outcome.status(), outcome.attempt);
+        if !outbox.report(outcome, ACK_TIMEOUT).await {
+            warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
+            return;
+        }
+        let settled = match status {
+            BatchStatus::Succeeded => delivery.ack().await,
+            BatchStatus::FailedFinal => delivery.term().await,
+            _ => delivery.nak(backoff(attempt)).await,
+        };
+        if let Err(e) = settled {
+            warn!(%batch_id, error = %e, "settling the message failed");
+        }
+    }
+}
+
+/// Most batches run but not yet settled, per worker.
+const MAX_UNSETTLED: usize = 8;
 
 /// Delay before redelivering a failed batch: 1s, 2s, 4s, ... up to 30s.
 pub fn backoff(attempt: u64) -> Duration {
