@@ -95,6 +95,11 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Sandbox {
     pub async fn start(options: Options) -> anyhow::Result<Sandbox> {
+        // Sandboxes start one at a time across test processes: ports are
+        // picked free, then bound by the processes a moment later, and a
+        // sandbox starting in between could be handed the same ports.
+        let lock = std::fs::File::create(std::env::temp_dir().join("batchmill-sandbox-start.lock"))?;
+        lock.lock()?;
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
         let mut sandbox = Sandbox {
@@ -186,6 +191,7 @@ impl Sandbox {
         })
         .await;
         if !options.services {
+            sandbox.check_all_alive()?;
             return Ok(sandbox);
         }
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
@@ -224,7 +230,13 @@ impl Sandbox {
             sandbox.wait_healthy(name, *port).await?;
         }
         sandbox.gateway = format!("127.0.0.1:{gateway}");
+        sandbox.check_all_alive()?;
         Ok(sandbox)
+    }
+
+    /// Every process is still running (none lost its port, say).
+    fn check_all_alive(&self) -> anyhow::Result<()> {
+        self.processes.iter().try_for_each(Process::check_alive)
     }
 
     fn spawn(&mut self, name: &str, program: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<()> {

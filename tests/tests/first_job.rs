@@ -38,7 +38,16 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
     assert!(job.enqueue_complete);
     assert!(job.start_time.is_some() && job.end_time.is_some());
     assert!(job.queue_time.is_some() && job.elapsed_time.is_some());
-    assert_eq!(job.workers.unwrap().succeeded, 2, "both workers took part");
+    assert_eq!(
+        job.workers.unwrap().succeeded,
+        2,
+        "both workers took part:\n{}",
+        sandbox.log_tail("scheduler")
+            + "\n--- worker-0\n"
+            + &sandbox.log_tail("worker-0")
+            + "\n--- worker-1\n"
+            + &sandbox.log_tail("worker-1")
+    );
     assert_echo_results(&sandbox, &job, &items, 10, &[]).await?;
 
     let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner();

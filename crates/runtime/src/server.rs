@@ -74,7 +74,12 @@ impl ServerBuilder {
         for name in &self.names {
             self.health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
         }
-        self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let overall = if self.ready_at_start {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.health.set_service_status("", overall).await;
         self.routes.routes()
     }
 
@@ -112,4 +117,34 @@ pub async fn serve_routes(routes: Routes, listener: TcpListener, shutdown: Cance
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+    use super::*;
+
+    async fn status(addr: std::net::SocketAddr) -> i32 {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("url").connect().await;
+        let mut client = HealthClient::new(channel.expect("connect"));
+        client.check(HealthCheckRequest { service: String::new() }).await.expect("check").into_inner().status
+    }
+
+    #[tokio::test]
+    async fn a_not_ready_server_reports_not_serving_until_told() {
+        let builder = ServerBuilder::new().expect("builder").not_ready();
+        let health = builder.health();
+        let routes = builder.into_routes().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_routes(routes, listener, shutdown.clone()));
+        assert_eq!(status(addr).await, ServingStatus::NotServing as i32);
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        assert_eq!(status(addr).await, ServingStatus::Serving as i32);
+        shutdown.cancel();
+        server.await.expect("join").expect("served");
+    }
 }

@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 use tracing::{Instrument, info, instrument, warn};
 
+/// How long `stop` waits for a job's task to end.
+const STOP_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Checkpoint at least this often while publishing.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
@@ -146,12 +149,19 @@ impl Enqueuer {
         Ok(true)
     }
 
-    /// Stops enqueuing a job; returns whether it was running.
+    /// Stops enqueuing a job and returns once nothing more of it will be
+    /// published (so a purge after it is complete); returns whether it was
+    /// running.
     pub async fn stop(&self, job_id: &str) -> Result<bool, EnqueueError> {
-        let token = self.running().remove(job_id);
+        let token = self.running().get(job_id).cloned();
         let was_running = token.is_some();
         if let Some(token) = token {
             token.cancel();
+            // The task removes itself when it ends; a publish in flight finishes first.
+            let deadline = tokio::time::Instant::now() + STOP_PATIENCE;
+            while self.running().contains_key(job_id) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         if let Some(bytes) = self.kv.get(&progress_key(job_id)).await? {
             let mut progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;

@@ -25,7 +25,7 @@ const TICK: Duration = Duration::from_millis(250);
 const BURST: usize = 512;
 
 enum Command {
-    Submit { record: JobRecord, reply: oneshot::Sender<pb::Job> },
+    Submit { record: JobRecord, reply: oneshot::Sender<Result<pb::Job, SchedulerError>> },
     Get { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
     List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
     Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
@@ -135,7 +135,7 @@ impl Scheduler {
             trace: batchmill_runtime::trace::current(),
         };
         tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
-        self.ask(|reply| Command::Submit { record, reply }).await
+        self.ask(|reply| Command::Submit { record, reply }).await?
     }
 
     pub async fn get(&self, id: JobId) -> Result<pb::Job, SchedulerError> {

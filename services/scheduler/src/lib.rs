@@ -2,8 +2,8 @@
 //!
 //! RPCs: `batchmill.jobs.v1.JobService` (the gateway forwards the public API
 //! here) and `batchmill.scheduler.v1.WorkerService/Session` (one stream per
-//! worker). Depends on: etcd (leader election, jobs and ledgers, worker
-//! registrations, enqueue progress), the enqueuer, JetStream (per-job
+//! worker). Depends on: etcd (leader election, jobs and ledgers, enqueue
+//! progress), the enqueuer, JetStream (per-job
 //! consumers; purge on cancel) and S3 (staged inputs, manifests).
 //!
 //! One leader serves at a time: a scheduler campaigns in etcd election
@@ -29,15 +29,13 @@ use std::time::Duration;
 
 use batchmill_coord::{Etcd, Kv, KvEvent};
 use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
-use batchmill_core::{ErrorCode, ServiceError, WorkerId};
+use batchmill_core::{ErrorCode, ServiceError};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 /// The etcd election of scheduler leaders; the value is the leader's URL.
 pub const ELECTION: &str = "/batchmill/scheduler/leader";
-/// Prefix of worker registrations (each under a lease).
-pub const WORKERS_PREFIX: &str = "/batchmill/workers/";
 
 /// Errors of the scheduler's API.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +46,8 @@ pub enum SchedulerError {
     UnknownPipeline { name: String, known: String },
     #[error("staging the job's items: {message}")]
     Staging { message: String },
+    #[error("job {job_id} could not be recorded in etcd; it was not accepted")]
+    NotPersisted { job_id: String },
     #[error("the scheduler is shutting down")]
     Stopped,
 }
@@ -57,60 +57,51 @@ impl ServiceError for SchedulerError {
         match self {
             SchedulerError::JobNotFound { .. } => ErrorCode::NotFound,
             SchedulerError::UnknownPipeline { .. } => ErrorCode::InvalidArgument,
-            SchedulerError::Staging { .. } | SchedulerError::Stopped => ErrorCode::Unavailable,
+            SchedulerError::Staging { .. } | SchedulerError::NotPersisted { .. } | SchedulerError::Stopped => {
+                ErrorCode::Unavailable
+            }
         }
     }
 }
 
-/// Follows enqueue progress and worker registrations in etcd, forwarding
-/// them to the scheduler until `shutdown`; re-watches after a watch breaks.
+/// Follows enqueue progress in etcd, forwarding it to the scheduler until
+/// `shutdown`; re-watches after a watch breaks.
+///
+/// Worker liveness comes from sessions, not from registrations: a killed
+/// worker's stream closes at once and a vanished host's fails its HTTP/2
+/// keepalive, while a registration can lapse under load with the worker
+/// still working. Registrations stay the cluster's directory of workers.
 pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: CancellationToken) {
-    let watch = |prefix: &'static str, on_event: Box<dyn Fn(KvEvent) + Send>| {
-        let (kv, shutdown) = (kv.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            while !shutdown.is_cancelled() {
-                match kv.watch(prefix).await {
-                    Ok(mut events) => loop {
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            event = events.next() => match event {
-                                Some(Ok(e)) => on_event(e),
-                                Some(Err(e)) => { warn!(prefix, error = %e, "watch broke"); break; }
-                                None => break,
-                            },
+    let prefix = batchmill_core::enqueue::PREFIX;
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            match kv.watch(prefix).await {
+                Ok(mut events) => loop {
+                    let event = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        event = events.next() => event,
+                    };
+                    match event {
+                        Some(Ok(KvEvent::Put { key, value })) => {
+                            let Some(job_id) = job_of_progress_key(&key) else { continue };
+                            match EnqueueProgress::decode(&value) {
+                                Ok(p) => scheduler.enqueue_progress(job_id.to_owned(), p),
+                                Err(e) => warn!(%key, error = %e, "unreadable enqueue progress"),
+                            }
                         }
-                    },
-                    Err(e) => warn!(prefix, error = %e, "watch failed"),
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                        Some(Ok(KvEvent::Delete { .. })) => {}
+                        Some(Err(e)) => {
+                            warn!(prefix, error = %e, "watch broke");
+                            break;
+                        }
+                        None => break,
+                    }
+                },
+                Err(e) => warn!(prefix, error = %e, "watch failed"),
             }
-        });
-    };
-    let s = scheduler.clone();
-    watch(
-        batchmill_core::enqueue::PREFIX,
-        Box::new(move |event| {
-            if let KvEvent::Put { key, value } = event
-                && let Some(job_id) = job_of_progress_key(&key)
-            {
-                match EnqueueProgress::decode(&value) {
-                    Ok(p) => s.enqueue_progress(job_id.to_owned(), p),
-                    Err(e) => warn!(%key, error = %e, "unreadable enqueue progress"),
-                }
-            }
-        }),
-    );
-    watch(
-        WORKERS_PREFIX,
-        Box::new(move |event| {
-            if let KvEvent::Delete { key } = event
-                && let Some(id) = key.strip_prefix(WORKERS_PREFIX)
-            {
-                info!(worker_id = id, "worker registration expired");
-                scheduler.worker_gone(WorkerId::new(id), None);
-            }
-        }),
-    );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
 }
 
 /// Campaigns for leadership; returns once this process leads.

@@ -126,16 +126,22 @@ impl State {
 
     // ---- jobs ----
 
-    pub async fn submit(&mut self, record: JobRecord) -> pb::Job {
+    /// Accepts a job once it is durable in etcd; if it cannot be written the
+    /// job is refused (UNAVAILABLE) rather than held only in memory.
+    pub async fn submit(&mut self, record: JobRecord) -> Result<pb::Job, crate::SchedulerError> {
         let id = record.job_id.clone();
-        info!(job_id = %id, pipeline = %record.pipeline, "job accepted");
         self.insert(record, Ledger::default());
         self.dirty.insert(id.clone());
         self.flush().await;
+        if self.dirty.remove(&id) {
+            self.jobs.remove(&id);
+            return Err(crate::SchedulerError::NotPersisted { job_id: id.to_string() });
+        }
+        info!(job_id = %id, "job accepted");
         // The reply is the job as accepted (durable, PENDING); admission follows.
         let accepted = self.snapshot(&id).unwrap_or_default();
         self.admit(&id).await;
-        accepted
+        Ok(accepted)
     }
 
     pub fn get(&self, id: &JobId) -> Option<pb::Job> {
@@ -188,11 +194,11 @@ impl State {
             }),
             batch_size: entry.record.batch_size as i32,
         };
+        let trace = entry.record.trace.clone();
         if let Err(e) = self.ports.queue.open(id.as_str(), self.settings.policy).await {
             warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
             return;
         }
-        let trace = self.jobs.get(id).map(|e| e.record.trace.clone()).unwrap_or_default();
         if let Err(e) = self.ports.enqueuer.enqueue(request, &trace).await {
             warn!(job_id = %id, error = %e, "starting enqueue failed; will retry");
             return;
@@ -490,11 +496,6 @@ impl State {
         for id in changed {
             self.complete_if_done(&id).await;
         }
-    }
-
-    /// Whether outcomes wait for a flush.
-    pub fn has_pending_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.acks.is_empty()
     }
 }
 

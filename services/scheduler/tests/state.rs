@@ -134,7 +134,7 @@ async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
     let mut state = state(&kv, &fakes);
     let mut worker = join(&mut state, "w1");
 
-    let accepted = state.submit(record("j1", 2)).await;
+    let accepted = state.submit(record("j1", 2)).await.unwrap();
     assert_eq!(accepted.state(), pb::JobState::Pending);
     assert_eq!(fakes.calls().opened, vec!["j1"]);
     assert_eq!(fakes.calls().enqueued[0].batch_size, 10);
@@ -173,11 +173,11 @@ async fn workers_are_capped_per_job_and_freed_when_it_ends() {
     let mut state = state(&kv, &fakes);
     let mut w1 = join(&mut state, "w1");
     let mut w2 = join(&mut state, "w2");
-    state.submit(record("j1", 1)).await;
+    state.submit(record("j1", 1)).await.unwrap();
     let assigned: Vec<_> = [drain(&mut w1), drain(&mut w2)].into_iter().filter(|m| !m.is_empty()).collect();
     assert_eq!(assigned.len(), 1, "max_workers 1 takes one worker");
 
-    state.submit(record("j2", 1)).await;
+    state.submit(record("j2", 1)).await.unwrap();
     let j2: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
     assert!(matches!(&j2[..], [Out::Assign(a)] if a.job_id == "j2"), "the idle worker takes the next job");
 
@@ -194,7 +194,7 @@ async fn a_lost_worker_is_counted_and_its_job_goes_on() {
     let (kv, fakes) = (MemKv::default(), Fakes::default());
     let mut state = state(&kv, &fakes);
     let _w1 = join(&mut state, "w1");
-    state.submit(record("j1", 2)).await;
+    state.submit(record("j1", 2)).await.unwrap();
     state.worker_gone(&WorkerId::new("w1"), None);
     let mut w2 = join(&mut state, "w2");
     assert!(matches!(&drain(&mut w2)[..], [Out::Assign(a)] if a.job_id == "j1"));
@@ -208,7 +208,7 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     let (kv, fakes) = (MemKv::default(), Fakes::default());
     let mut first = state(&kv, &fakes);
     let _w = join(&mut first, "w1");
-    first.submit(record("j1", 1)).await;
+    first.submit(record("j1", 1)).await.unwrap();
     first.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     first.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal));
     first.flush().await;

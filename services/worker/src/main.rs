@@ -52,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
     // Ready once registered with the scheduler.
     let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
     let health = server.health();
-    let serving = server.serve(listener, shutdown.clone());
+    let routes = server.into_routes().await;
+    let serving = batchmill_runtime::server::serve_routes(routes, listener, shutdown.clone());
     let lease_ttl = Duration::from_secs(config.lease_ttl_secs);
     let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health };
     let (served, worked) = tokio::join!(serving, worker.run(shutdown));
