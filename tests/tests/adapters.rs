@@ -108,3 +108,24 @@ async fn s3_paginates_and_checks_signatures() -> anyhow::Result<()> {
     assert!(err.to_string().contains("SignatureDoesNotMatch") || err.to_string().contains("403"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn jetstream_announces_a_batch_whose_deliveries_ran_out() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let sandbox = deps().await?;
+    let queue = JetStreamQueue::connect(&sandbox.nats_url, Duration::from_secs(10)).await?;
+    let mut exhausted = Box::pin(queue.exhausted().await?);
+    queue.open_job("job2", DeliveryPolicy { ack_wait: Duration::from_secs(1), max_deliver: 1 }).await?;
+    queue.publish_batch("job2", 0, Bytes::from_static(b"lost"), &HashMap::new()).await?;
+    let consumer = queue.job_consumer("job2").await?;
+    // Taken and never settled, as by a worker killed on its last delivery.
+    let _held = consumer.next(Duration::from_secs(2)).await?.expect("delivery");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(consumer.next(Duration::from_secs(1)).await?.is_none(), "no delivery after the last one");
+    let advisory = tokio::time::timeout(Duration::from_secs(15), exhausted.next()).await?.expect("advisory");
+    assert_eq!(advisory.deliveries, 1);
+    assert_eq!(queue.read(advisory.stream_seq).await?, Some(Bytes::from_static(b"lost")));
+    queue.remove(advisory.stream_seq).await?;
+    assert_eq!(queue.read(advisory.stream_seq).await?, None);
+    Ok(())
+}

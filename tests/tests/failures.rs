@@ -53,3 +53,43 @@ async fn a_batch_that_always_fails_is_retried_then_fails_the_job_partially() -> 
     assert_eq!(manifest["failed_batches"], json!([format!("{}-3", done.job_id)]));
     Ok(())
 }
+
+#[tokio::test]
+async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends() -> anyhow::Result<()> {
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 2, max_deliver: 1, ..Options::default() }).await?;
+    let mut jobs = sandbox.jobs().await?;
+    // Two batches that take ten minutes each: one in each worker's hands.
+    let items = [json!("a"), json!("b")];
+    let job = jobs.submit_job(echo_job(&items, 1, 2, json!({"delay_ms": 600_000}))).await?.into_inner().job.unwrap();
+    let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stream = nats.get_stream("BATCHMILL_BATCHES").await?;
+        let held = match stream
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("job-{}", job.job_id))
+            .await
+        {
+            Ok(mut consumer) => consumer.info().await?.num_ack_pending,
+            Err(_) => 0,
+        };
+        if held == 2 {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the workers never took both batches");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sandbox.signal("worker-0", "KILL")?;
+    sandbox.signal("worker-1", "KILL")?;
+
+    // No worker is left: only the max-deliveries advisory can end the job.
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
+    let b = done.batches.clone().unwrap();
+    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0));
+    assert_eq!(done.items.clone().unwrap().failed, 2);
+    assert_eq!(done.workers.clone().unwrap().failed, 2);
+    let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
+    assert_eq!(stream.info().await?.state.messages, 0, "exhausted batches are removed from the stream");
+    Ok(())
+}

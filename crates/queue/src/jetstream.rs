@@ -103,6 +103,37 @@ impl JetStreamQueue {
         Ok(purged)
     }
 
+    /// Batches JetStream stopped delivering because their deliveries ran out
+    /// with none settled (a worker lost on the last one), from the
+    /// MAX_DELIVERIES advisories. Advisories are core NATS messages: one sent
+    /// while nobody listens is lost.
+    pub async fn exhausted(&self) -> Result<impl futures::Stream<Item = Exhausted> + use<>> {
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}.*");
+        let subscriber =
+            self.context.client().subscribe(subject).await.map_err(|e| QueueError::js("subscribe advisories", e))?;
+        Ok(subscriber.filter_map(|message| async move {
+            let advisory: MaxDeliveries = serde_json::from_slice(&message.payload).ok()?;
+            Some(Exhausted { stream_seq: advisory.stream_seq, deliveries: advisory.deliveries })
+        }))
+    }
+
+    /// The batch stored at stream sequence `stream_seq`, if it is still there.
+    pub async fn read(&self, stream_seq: u64) -> Result<Option<Bytes>> {
+        match self.stream().await?.get_raw_message(stream_seq).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(QueueError::js("read message", e)),
+        }
+    }
+
+    /// Removes the batch stored at stream sequence `stream_seq`.
+    pub async fn remove(&self, stream_seq: u64) -> Result<()> {
+        self.stream().await?.delete_message(stream_seq).await.map_err(|e| QueueError::js("delete message", e))?;
+        Ok(())
+    }
+
     /// The job's consumer, for a worker to pull from.
     pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
         let stream = self.stream().await?;
@@ -116,6 +147,22 @@ impl JetStreamQueue {
     async fn stream(&self) -> Result<stream::Stream> {
         self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
     }
+}
+
+/// A batch whose deliveries ran out without being settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exhausted {
+    /// Where the batch is stored in the stream.
+    pub stream_seq: u64,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+}
+
+/// The fields of `io.nats.jetstream.advisory.v1.max_deliver` batchmill reads.
+#[derive(serde::Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u64,
 }
 
 /// A job's consumer, as one worker sees it.

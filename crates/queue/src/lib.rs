@@ -9,7 +9,7 @@
 
 mod jetstream;
 
-pub use jetstream::{Delivery, JetStreamQueue, JobConsumer};
+pub use jetstream::{Delivery, Exhausted, JetStreamQueue, JobConsumer};
 
 use std::time::Duration;
 

@@ -35,6 +35,7 @@ enum Command {
     Outcome { worker: WorkerId, outcome: BatchOutcome },
     Released { worker: WorkerId, job_id: String },
     Enqueue { job_id: String, progress: EnqueueProgress },
+    Exhausted { job_id: String, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()> },
 }
 
 /// A handle on the scheduler task; clones share it.
@@ -178,6 +179,14 @@ impl Scheduler {
         self.tell(Command::Released { worker, job_id });
     }
 
+    /// Fails a batch whose deliveries ran out with no outcome; returns once
+    /// that is durable.
+    pub async fn exhausted(&self, job_id: String, seq: u64, items: u64, deliveries: u64) -> Result<(), SchedulerError> {
+        let (reply, done) = oneshot::channel();
+        self.tell(Command::Exhausted { job_id, seq, items, deliveries, reply });
+        done.await.map_err(|_| SchedulerError::Stopped)
+    }
+
     pub fn enqueue_progress(&self, job_id: String, progress: EnqueueProgress) {
         self.tell(Command::Enqueue { job_id, progress });
     }
@@ -205,5 +214,8 @@ async fn handle(state: &mut State, command: Command) {
         Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
         Command::Released { worker, job_id } => state.released(&worker, &job_id),
         Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress).await,
+        Command::Exhausted { job_id, seq, items, deliveries, reply } => {
+            state.exhausted(&job_id, seq, items, deliveries, reply);
+        }
     }
 }

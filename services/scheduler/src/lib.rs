@@ -30,7 +30,10 @@ use std::time::Duration;
 use batchmill_coord::{Etcd, Kv, KvEvent};
 use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
 use batchmill_core::{ErrorCode, ServiceError};
+use batchmill_proto::queue::v1::Batch;
+use batchmill_queue::JetStreamQueue;
 use futures::StreamExt;
+use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -100,6 +103,52 @@ pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: Cancellation
                 Err(e) => warn!(prefix, error = %e, "watch failed"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+}
+
+/// Fails the batches JetStream stops delivering because their deliveries
+/// ran out with no outcome (the worker holding the last one was lost), so
+/// their jobs still complete; each is removed from the stream once its
+/// failure is durable. Issue 3's dead-letter stream will keep them instead.
+pub fn follow_exhausted(queue: JetStreamQueue, scheduler: Scheduler, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        while !shutdown.is_cancelled() {
+            let mut advisories = match queue.exhausted().await {
+                Ok(a) => Box::pin(a),
+                Err(e) => {
+                    warn!(error = %e, "subscribing to max-deliveries advisories failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                let advisory = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    a = advisories.next() => a,
+                };
+                let Some(advisory) = advisory else { break };
+                let batch = match queue.read(advisory.stream_seq).await {
+                    Ok(Some(bytes)) => match Batch::decode(bytes.as_ref()) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            warn!(stream_seq = advisory.stream_seq, error = %e, "undecodable batch");
+                            continue;
+                        }
+                    },
+                    Ok(None) => continue, // settled or purged meanwhile
+                    Err(e) => {
+                        warn!(stream_seq = advisory.stream_seq, error = %e, "reading an exhausted batch failed");
+                        continue;
+                    }
+                };
+                let items = batch.items.len() as u64;
+                if scheduler.exhausted(batch.job_id, batch.seq, items, advisory.deliveries).await.is_ok()
+                    && let Err(e) = queue.remove(advisory.stream_seq).await
+                {
+                    warn!(stream_seq = advisory.stream_seq, error = %e, "removing an exhausted batch failed");
+                }
+            }
         }
     });
 }

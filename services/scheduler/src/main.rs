@@ -85,11 +85,13 @@ async fn main() -> anyhow::Result<()> {
     });
     let kv: Arc<dyn batchmill_coord::Kv> = Arc::new(etcd);
     let store = Arc::new(blob);
-    let ports = Ports { kv: kv.clone(), queue: Arc::new(queue), enqueuer: Arc::new(enqueuer), store: store.clone() };
+    let ports =
+        Ports { kv: kv.clone(), queue: Arc::new(queue.clone()), enqueuer: Arc::new(enqueuer), store: store.clone() };
     let mut state = State::new(ports, settings.clone());
     let jobs = state.load().await.context("loading jobs")?;
     let scheduler = Scheduler::start(state, settings, store, shutdown.clone());
     batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
+    batchmill_scheduler::follow_exhausted(queue, scheduler.clone(), shutdown.clone());
     info!(%url, jobs, "leading; serving");
 
     let serving = shutdown.clone();

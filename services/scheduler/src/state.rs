@@ -14,7 +14,7 @@ use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use batchmill_queue::DeliveryPolicy;
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::ledger::{Ledger, Recorded};
@@ -43,6 +43,14 @@ struct JobEntry {
     admitted: bool,
 }
 
+/// Someone waiting for a job's changes to be durable in etcd.
+enum Waiter {
+    /// A worker's outcome, confirmed with an OutcomeAck on its session.
+    Worker { worker: WorkerId, session: u64, ack: spb::OutcomeAck },
+    /// An internal caller, such as the handler of exhausted batches.
+    Reply(oneshot::Sender<()>),
+}
+
 struct WorkerEntry {
     session: u64,
     link: Arc<dyn WorkerLink>,
@@ -56,7 +64,9 @@ pub struct State {
     jobs: BTreeMap<JobId, JobEntry>,
     workers: BTreeMap<WorkerId, WorkerEntry>,
     dirty: BTreeSet<JobId>,
-    acks: Vec<(WorkerId, u64, spb::OutcomeAck)>,
+    /// Waiters released by the next successful write of their job (or at
+    /// once, for no job).
+    waiting: Vec<(Option<JobId>, Waiter)>,
 }
 
 impl State {
@@ -67,7 +77,7 @@ impl State {
             jobs: BTreeMap::new(),
             workers: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            acks: Vec::new(),
+            waiting: Vec::new(),
         }
     }
 
@@ -328,7 +338,7 @@ impl State {
             return;
         };
         info!(worker_id = %id, job_id = ?w.job.as_ref().map(ToString::to_string), "worker left");
-        self.acks.retain(|(worker, _, _)| worker != id);
+        self.waiting.retain(|(_, w)| !matches!(w, Waiter::Worker { worker, .. } if worker == id));
         if let Some(job) = w.job
             && let Some(entry) = self.jobs.get_mut(&job)
         {
@@ -358,15 +368,13 @@ impl State {
     pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
         let session = self.workers.get(worker).map_or(0, |w| w.session);
         let ack = spb::OutcomeAck { job_id: outcome.job_id.clone(), seq: outcome.seq };
-        let Ok(id) = JobId::parse("job_id", &outcome.job_id) else {
-            return;
-        };
-        let Some(entry) = self.jobs.get_mut(&id) else {
-            // Unknown job: nothing to count; let the worker drop the message.
-            self.acks.push((worker.clone(), session, ack));
-            return;
-        };
-        if !entry.record.state.is_terminal() {
+        let waiter = Waiter::Worker { worker: worker.clone(), session, ack };
+        let id = JobId::parse("job_id", &outcome.job_id).ok();
+        // An unknown or ended job has nothing to count; the worker just drops the message.
+        if let Some(entry) = id.as_ref().and_then(|id| self.jobs.get_mut(id))
+            && !entry.record.state.is_terminal()
+            && let Some(id) = &id
+        {
             let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
             if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
@@ -375,9 +383,26 @@ impl State {
             if status == spb::BatchStatus::FailedFinal {
                 warn!(job_id = %id, seq = outcome.seq, error = %outcome.error, "batch failed for good");
             }
-            self.dirty.insert(id);
+            self.dirty.insert(id.clone());
         }
-        self.acks.push((worker.clone(), session, ack));
+        self.waiting.push((id, waiter));
+    }
+
+    /// A batch ran out of deliveries with no outcome (its worker was lost on
+    /// the last one): it fails for good. `reply` is released once that is
+    /// durable.
+    pub fn exhausted(&mut self, job_id: &str, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()>) {
+        let id = JobId::parse("job_id", job_id).ok();
+        if let Some(entry) = id.as_ref().and_then(|id| self.jobs.get_mut(id))
+            && !entry.record.state.is_terminal()
+            && let Some(id) = &id
+        {
+            if entry.ledger.record(seq, spb::BatchStatus::FailedFinal, items, 0) == Recorded::Counted {
+                warn!(job_id = %id, seq, deliveries, "batch ran out of deliveries without an outcome; failed for good");
+            }
+            self.dirty.insert(id.clone());
+        }
+        self.waiting.push((id, Waiter::Reply(reply)));
     }
 
     /// Gives idle workers to jobs that can take more, oldest job first.
@@ -437,7 +462,7 @@ impl State {
     /// Persists dirty jobs, then acknowledges outcomes and notifies watchers.
     /// A job whose write failed stays dirty and its outcomes unacknowledged.
     pub async fn flush(&mut self) {
-        if self.dirty.is_empty() && self.acks.is_empty() {
+        if self.dirty.is_empty() && self.waiting.is_empty() {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
@@ -466,17 +491,24 @@ impl State {
                 e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now));
             }
         }
-        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
+        let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|(_, _, ack)| JobId::parse("job_id", &ack.job_id).map_or(true, |id| !failed.contains(&id)));
-        for (worker, session, ack) in ready {
-            if let Some(w) = self.workers.get(&worker)
-                && w.session == session
-            {
-                w.link.send(out(Out::OutcomeAck(ack)));
+            .partition(|(job, _)| job.as_ref().is_none_or(|id| !failed.contains(id)));
+        for (_, waiter) in ready {
+            match waiter {
+                Waiter::Worker { worker, session, ack } => {
+                    if let Some(w) = self.workers.get(&worker)
+                        && w.session == session
+                    {
+                        w.link.send(out(Out::OutcomeAck(ack)));
+                    }
+                }
+                Waiter::Reply(reply) => {
+                    let _ = reply.send(());
+                }
             }
         }
-        self.acks = held;
+        self.waiting = held;
         self.dirty = failed;
     }
 

@@ -233,3 +233,29 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     assert_eq!(second.get(&job_id("j1")).unwrap().state(), pb::JobState::CompletedWithFailures);
     assert!(drain(&mut w).iter().any(|m| matches!(m, Out::OutcomeAck(a) if a.seq == 2)));
 }
+
+#[tokio::test]
+async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let _w = join(&mut state, "w1");
+    state.submit(record("j1", 1)).await.unwrap();
+    state
+        .enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() })
+        .await;
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    state.exhausted("j1", 1, 10, 3, tx);
+    assert!(rx.try_recv().is_err(), "released only after the write");
+    state.settle().await;
+    state.flush().await;
+    rx.await.expect("released after the write");
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::CompletedWithFailures);
+    let b = job.batches.unwrap();
+    assert_eq!((b.succeeded, b.failed), (1, 1));
+    // A late outcome for the same batch changes nothing.
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().batches.unwrap().failed, 1);
+}

@@ -14,7 +14,7 @@ use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 use tracing::info;
 
-#[derive(Debug, Parser)]
+#[derive(Parser)]
 #[command(name = "batchmill-s3-server", version, about = "S3-compatible server over a directory")]
 struct Config {
     /// Address to listen on.
@@ -32,6 +32,18 @@ struct Config {
     /// Buckets to create at start.
     #[arg(long, value_delimiter = ',')]
     buckets: Vec<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("root", &self.root)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .field("buckets", &self.buckets)
+            .finish()
+    }
 }
 
 #[tokio::main]
