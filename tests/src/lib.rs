@@ -30,11 +30,14 @@ pub struct Options {
     pub max_deliver: u32,
     /// Start batchmill's services; false starts only etcd, NATS and S3.
     pub services: bool,
+    /// Start a standby scheduler too ("scheduler-standby"), which waits in
+    /// the election and serves only once it leads.
+    pub standby_scheduler: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, ack_wait_secs: 30, max_deliver: 3, services: true }
+        Options { workers: 2, ack_wait_secs: 30, max_deliver: 3, services: true, standby_scheduler: false }
     }
 }
 
@@ -183,6 +186,8 @@ impl Sandbox {
             ("BATCHMILL_MAX_DELIVER".into(), options.max_deliver.to_string()),
             ("BATCHMILL_LEASE_TTL_SECS".into(), "3".into()),
             ("RUST_LOG".into(), "info".into()),
+            // Errors, not backtraces, in the logs tests show on failure.
+            ("RUST_BACKTRACE".into(), "0".into()),
         ];
         sandbox.blob = Blob::new(&S3Config {
             endpoint: Some(s3_url),
@@ -228,6 +233,13 @@ impl Sandbox {
         }
         for (name, _, port, _) in &services {
             sandbox.wait_healthy(name, *port).await?;
+        }
+        if options.standby_scheduler {
+            let port = free_port()?;
+            let args = [format!("--listen=127.0.0.1:{port}"), format!("--enqueuer-url=http://127.0.0.1:{enqueuer}")];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, &env)?;
+            sandbox.grpc_ports.push(("scheduler-standby".into(), port));
         }
         sandbox.gateway = format!("127.0.0.1:{gateway}");
         sandbox.check_all_alive()?;

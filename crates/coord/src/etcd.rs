@@ -98,10 +98,22 @@ impl Etcd {
                 lost.cancel();
             })
         };
-        let campaign = client.campaign(name, value, lease);
-        tokio::select! {
-            won = campaign => { won?; }
-            () = lost.cancelled() => return Err(CoordError::LeaseLost { key: name.to_owned() }),
+        // A campaign blocks for as long as another process leads, past the
+        // client's request timeout; campaigning again with the same lease
+        // continues the same candidacy.
+        loop {
+            tokio::select! {
+                won = client.campaign(name, value, lease) => match won {
+                    Ok(_) => break,
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) => {}
+                    Err(e) => {
+                        stop.cancel();
+                        return Err(e.into());
+                    }
+                },
+                () = lost.cancelled() => return Err(CoordError::LeaseLost { key: name.to_owned() }),
+            }
         }
         info!(election = name, "won election");
         Ok(Leadership { lost, stop, keeper, client, lease })
