@@ -6,11 +6,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// A port base whose 25 ports are all free.
+/// A port base whose 25 ports are all free, below the kernel's ephemeral
+/// range (32768 and up), where the sandboxes' port-0 picks come from.
 fn free_base() -> u16 {
     let seed = std::process::id() as u16;
     (0..200u16)
-        .map(|i| 20_000 + (seed.wrapping_add(i * 97) % 400) * 100)
+        .map(|i| 20_000 + (seed.wrapping_add(i * 97) % 120) * 100)
         .find(|base| (0..25).all(|o| std::net::TcpListener::bind(("127.0.0.1", base + o)).is_ok()))
         .expect("a free port range")
 }
