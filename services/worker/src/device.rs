@@ -1,6 +1,9 @@
 //! The device a worker runs predictors on. `BATCHMILL_DEVICE=cpu|cuda|auto`
-//! chooses; the CUDA backend (cudarc, a thread owning the context) arrives
-//! with the GPU `embed` predictor, and until then `auto` means CPU.
+//! chooses; `auto` takes the first CUDA device when the build has the `cuda`
+//! feature and the machine has a driver and a GPU, and the CPU otherwise. The
+//! device is reported in the worker's registration. The CUDA backend itself
+//! (a thread owning the context, NVRTC kernels, cuBLAS) arrives with the GPU
+//! `embed` predictor; today's predictors run on the CPU.
 
 use std::fmt;
 
@@ -8,24 +11,68 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
     Cpu { threads: usize },
+    Cuda { ordinal: usize, name: String },
 }
 
 impl Device {
     /// The device for `choice` (`cpu`, `cuda`, `auto`).
     pub fn select(choice: &str) -> Result<Device, String> {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpu = Device::Cpu { threads: std::thread::available_parallelism().map_or(1, |n| n.get()) };
         match choice {
-            "cpu" | "auto" => Ok(Device::Cpu { threads }),
-            "cuda" => Err("BATCHMILL_DEVICE=cuda: this build has no CUDA backend yet; use cpu or auto".into()),
+            "cpu" => Ok(cpu),
+            "auto" => Ok(first_gpu()?.unwrap_or(cpu)),
+            "cuda" => first_gpu()?.ok_or_else(|| "BATCHMILL_DEVICE=cuda: no CUDA device found".to_owned()),
             other => Err(format!("BATCHMILL_DEVICE={other:?}: expected cpu, cuda or auto")),
         }
     }
+}
+
+/// The first CUDA device, if the driver loads and reports one.
+#[cfg(feature = "cuda")]
+fn first_gpu() -> Result<Option<Device>, String> {
+    // SAFETY: this only tries to load the CUDA driver library (dlopen); on a
+    // machine without one, cudarc's later calls would panic instead of failing.
+    #[allow(unsafe_code)]
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return Ok(None);
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
+    if count < 1 {
+        return Ok(None);
+    }
+    let context = cudarc::driver::CudaContext::new(0).map_err(|e| format!("CUDA device 0: {e}"))?;
+    let name = context.name().map_err(|e| format!("CUDA device 0: {e}"))?;
+    Ok(Some(Device::Cuda { ordinal: 0, name }))
+}
+
+/// Built without the `cuda` feature: no GPU is ever found.
+#[cfg(not(feature = "cuda"))]
+fn first_gpu() -> Result<Option<Device>, String> {
+    Ok(None)
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu { threads } => write!(f, "cpu ({threads} threads)"),
+            Device::Cuda { ordinal, name } => write!(f, "cuda:{ordinal} {name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chooses_and_refuses_devices() {
+        assert!(matches!(Device::select("cpu"), Ok(Device::Cpu { .. })));
+        assert!(Device::select("auto").is_ok());
+        assert!(Device::select("tpu").unwrap_err().contains("expected cpu, cuda or auto"));
+        // This machine has no GPU (and CI builds without the cuda feature).
+        if !std::path::Path::new("/dev/nvidiactl").exists() {
+            assert!(Device::select("cuda").unwrap_err().contains("no CUDA device"));
         }
     }
 }
