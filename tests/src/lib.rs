@@ -310,49 +310,40 @@ impl Sandbox {
         self.process(name).map(Process::log_tail).unwrap_or_default()
     }
 
-    /// Polls `GetJob` until the job is terminal or `timeout` passes.
-    pub async fn wait_terminal(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
+    /// Polls `GetJob` until `done(job)` holds, or fails after `timeout`
+    /// saying it waited for `what`.
+    pub async fn wait_job(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&pb::Job) -> bool,
+    ) -> anyhow::Result<pb::Job> {
         let mut client = self.jobs().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let job = client
-                .get_job(pb::GetJobRequest { job_id: job_id.into() })
-                .await?
-                .into_inner()
-                .job
-                .context("no job")?;
-            if is_terminal(job.state()) {
+            let request = pb::GetJobRequest { job_id: job_id.into() };
+            let job = client.get_job(request).await?.into_inner().job.context("no job")?;
+            if done(&job) {
                 return Ok(job);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "job {job_id} still {:?} after {timeout:?}: {job:?}\nscheduler: {}",
-                    job.state(),
-                    self.log_tail("scheduler")
-                );
+                bail!("job {job_id}: no {what} after {timeout:?}: {job:?}\nscheduler: {}", self.log_tail("scheduler"));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Polls `GetJob` until at least `batches` batches of the job succeeded,
-    /// to catch a job in flight.
+    /// Waits until the job is terminal.
+    pub async fn wait_terminal(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
+        self.wait_job(job_id, timeout, "terminal state", |job| is_terminal(job.state())).await
+    }
+
+    /// Waits until at least `batches` batches of the job succeeded, to catch
+    /// a job in flight.
     pub async fn wait_succeeded(&self, job_id: &str, batches: i64, timeout: Duration) -> anyhow::Result<pb::Job> {
-        let mut client = self.jobs().await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let job = client
-                .get_job(pb::GetJobRequest { job_id: job_id.into() })
-                .await?
-                .into_inner()
-                .job
-                .context("no job")?;
-            if job.batches.as_ref().is_some_and(|b| b.succeeded >= batches) {
-                return Ok(job);
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "job never reached {batches} batches: {job:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{batches} succeeded batches");
+        self.wait_job(job_id, timeout, &what, |job| job.batches.as_ref().is_some_and(|b| b.succeeded >= batches)).await
     }
 
     /// Result objects of a job: (key, body), sorted by key.
