@@ -62,6 +62,40 @@ impl From<JobState> for pb::JobState {
 pub enum SourceSpec {
     /// Items given inline, each any JSON value.
     Items(Vec<Value>),
+    /// One item per selected object: its `s3://bucket/key`.
+    FilePaths(S3Selection),
+    /// One item per line of every selected object.
+    DelimitedFiles(S3Selection),
+}
+
+/// S3 objects under prefixes, filtered by globs (see [`crate::glob`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct S3Selection {
+    pub s3_paths: Vec<S3Uri>,
+    pub includes: Vec<String>,
+    pub excludes: Vec<String>,
+}
+
+impl S3Selection {
+    /// Validates a selection given in request field `field`.
+    fn parse(
+        field: &str,
+        s3_paths: &[String],
+        includes: &[String],
+        excludes: &[String],
+    ) -> Result<S3Selection, FieldViolation> {
+        if s3_paths.is_empty() {
+            return Err(FieldViolation::new(format!("{field}.s3_paths"), "must name at least one s3:// prefix or key"));
+        }
+        let s3_paths = s3_paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| S3Uri::parse(p).map_err(|e| FieldViolation::new(format!("{field}.s3_paths[{i}]"), e)))
+            .collect::<Result<_, _>>()?;
+        crate::glob::Filter::new(includes, excludes)
+            .map_err(|e| FieldViolation::new(format!("{field}.{}[{}]", e.list, e.index), e.error.to_string()))?;
+        Ok(S3Selection { s3_paths, includes: includes.to_vec(), excludes: excludes.to_vec() })
+    }
 }
 
 /// A validated job submission.
@@ -88,7 +122,20 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
         }
         let (source, batch_size) = match req.source {
             None => {
-                return Err(FieldViolation::new("source", "one source must be set: item_list"));
+                return Err(FieldViolation::new(
+                    "source",
+                    "one source must be set: item_list, file_path_lister or delimited_files",
+                ));
+            }
+            Some(pb::submit_job_request::Source::FilePathLister(s)) => {
+                let batch_size = validate_batch_size("file_path_lister.batch_size", s.batch_size)?;
+                let selection = S3Selection::parse("file_path_lister", &s.s3_paths, &s.includes, &s.excludes)?;
+                (SourceSpec::FilePaths(selection), batch_size)
+            }
+            Some(pb::submit_job_request::Source::DelimitedFiles(s)) => {
+                let batch_size = validate_batch_size("delimited_files.batch_size", s.batch_size)?;
+                let selection = S3Selection::parse("delimited_files", &s.s3_paths, &s.includes, &s.excludes)?;
+                (SourceSpec::DelimitedFiles(selection), batch_size)
             }
             Some(pb::submit_job_request::Source::ItemList(list)) => {
                 let batch_size = validate_batch_size("item_list.batch_size", list.batch_size)?;
@@ -198,6 +245,31 @@ mod tests {
         let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1)).unwrap_err();
         assert_eq!(err.field, "item_list.items");
         assert!(err.description.contains("batch 1 (items 2 to 3)"), "{}", err.description);
+    }
+
+    #[test]
+    fn validates_s3_sources_naming_the_field() {
+        let lister = |paths: &[&str], includes: &[&str], batch_size| pb::SubmitJobRequest {
+            pipeline: "echo".into(),
+            workers: 1,
+            source: Some(pb::submit_job_request::Source::FilePathLister(pb::FilePathLister {
+                s3_paths: paths.iter().map(|s| (*s).to_owned()).collect(),
+                includes: includes.iter().map(|s| (*s).to_owned()).collect(),
+                excludes: vec![],
+                batch_size,
+            })),
+            ..Default::default()
+        };
+        let ok = JobSpec::try_from(lister(&["s3://bucket/images/"], &["**.jpg"], 4)).unwrap();
+        assert!(matches!(ok.source, SourceSpec::FilePaths(ref s) if s.s3_paths[0].key == "images/"));
+        for (req, field) in [
+            (lister(&[], &[], 4), "file_path_lister.s3_paths"),
+            (lister(&["s3://bucket/a", "gs://x"], &[], 4), "file_path_lister.s3_paths[1]"),
+            (lister(&["s3://bucket/a"], &["[bad"], 4), "file_path_lister.includes[0]"),
+            (lister(&["s3://bucket/a"], &[], 0), "file_path_lister.batch_size"),
+        ] {
+            assert_eq!(JobSpec::try_from(req).unwrap_err().field, field);
+        }
     }
 
     #[test]

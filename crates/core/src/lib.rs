@@ -13,5 +13,5 @@ pub mod uri;
 
 pub use error::{ErrorCode, FieldViolation, ServiceError};
 pub use ids::{BatchId, JobId, WorkerId};
-pub use job::{JobSpec, JobState, SourceSpec};
+pub use job::{JobSpec, JobState, S3Selection, SourceSpec};
 pub use uri::S3Uri;

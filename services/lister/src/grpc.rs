@@ -43,9 +43,23 @@ impl TryFrom<pb::Source> for Source {
                     .collect::<Result<_, _>>()?;
                 Ok(Source::NdjsonObjects(uris))
             }
+            Some(source::Kind::FilePaths(s)) => Ok(Source::FilePaths(selection(s)?)),
+            Some(source::Kind::DelimitedFiles(s)) => Ok(Source::DelimitedFiles(selection(s)?)),
             None => Err(ListerError::BadSource("source.kind must be set".into())),
         }
     }
+}
+
+fn selection(s: pb::S3Selection) -> Result<batchmill_core::S3Selection, ListerError> {
+    if s.s3_paths.is_empty() {
+        return Err(ListerError::BadSource("s3_paths must not be empty".into()));
+    }
+    let s3_paths = s
+        .s3_paths
+        .iter()
+        .map(|u| S3Uri::parse(u).map_err(|e| ListerError::BadSource(format!("s3_paths: {e}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(batchmill_core::S3Selection { s3_paths, includes: s.includes, excludes: s.excludes })
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@
 //! objects are read line by line and never held whole.
 
 mod grpc;
-mod ndjson;
+mod items;
 
 pub use grpc::ListerGrpc;
 
@@ -29,12 +29,20 @@ pub enum ListerError {
     Blob(#[from] batchmill_blob::BlobError),
     #[error("reading {uri}: {message}")]
     Read { uri: String, message: String },
+    #[error("listing {uri}: {message}")]
+    List { uri: String, message: String },
+    #[error("no S3 object matches the selection under {paths}")]
+    NoMatch { paths: String },
 }
 
 impl ServiceError for ListerError {
     fn code(&self) -> ErrorCode {
         match self {
-            ListerError::BadSource(_) | ListerError::BadLine { .. } => ErrorCode::InvalidArgument,
+            ListerError::BadSource(_) | ListerError::BadLine { .. } | ListerError::NoMatch { .. } => {
+                ErrorCode::InvalidArgument
+            }
+            ListerError::List { message, .. } if message.contains("NoSuchBucket") => ErrorCode::NotFound,
+            ListerError::List { .. } => ErrorCode::Unavailable,
             ListerError::Blob(batchmill_blob::BlobError::NotFound { .. }) => ErrorCode::NotFound,
             ListerError::Blob(batchmill_blob::BlobError::S3 { .. }) | ListerError::Read { .. } => {
                 ErrorCode::Unavailable
@@ -48,6 +56,10 @@ impl ServiceError for ListerError {
 pub enum Source {
     /// NDJSON objects, read in order; each non-blank line is one item.
     NdjsonObjects(Vec<batchmill_core::S3Uri>),
+    /// The path of each selected object is one item.
+    FilePaths(batchmill_core::S3Selection),
+    /// Each line of each selected object is one item.
+    DelimitedFiles(batchmill_core::S3Selection),
 }
 
 /// The lister's domain: sources in, chunks of items (JSON texts) out.
@@ -63,8 +75,6 @@ impl Lister {
 
     /// The items of `source` after the first `skip`, in chunks.
     pub fn list(&self, source: Source, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
-        match source {
-            Source::NdjsonObjects(uris) => ndjson::lines(self.blob.clone(), uris, skip),
-        }
+        items::stream(self.blob.clone(), source, skip)
     }
 }

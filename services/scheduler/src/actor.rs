@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
 use crate::ports::{ObjectStore, WorkerLink};
-use crate::record::JobRecord;
+use crate::record::{Input, JobRecord};
 use crate::state::{Settings, State};
 
 /// How often pending admissions are retried and idle workers assigned.
@@ -101,11 +101,11 @@ impl Scheduler {
         }
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
-        let (input_uris, item_count) = match &spec.source {
+        let (input, item_count) = match spec.source {
             SourceSpec::Items(items) => {
                 let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
                 let mut body = Vec::with_capacity(items.len() * 16);
-                for item in items {
+                for item in &items {
                     body.extend_from_slice(item.to_string().as_bytes());
                     body.push(b'\n');
                 }
@@ -113,8 +113,11 @@ impl Scheduler {
                     .put(&uri, Bytes::from(body), "application/x-ndjson")
                     .await
                     .map_err(|message| SchedulerError::Staging { message })?;
-                (vec![uri.to_string()], Some(items.len() as u64))
+                (Input::Ndjson { uris: vec![uri.to_string()] }, Some(items.len() as u64))
             }
+            // Counted as the lister goes.
+            SourceSpec::FilePaths(selection) => (Input::FilePaths(selection), None),
+            SourceSpec::DelimitedFiles(selection) => (Input::DelimitedFiles(selection), None),
         };
         let record = JobRecord {
             job_id,
@@ -123,7 +126,7 @@ impl Scheduler {
             batch_size: spec.batch_size,
             config: spec.config,
             output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
-            input_uris,
+            input,
             item_count,
             state: JobState::Pending,
             create_ms,

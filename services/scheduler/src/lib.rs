@@ -21,7 +21,7 @@ pub use actor::Scheduler;
 pub use grpc::{JobsGrpc, SessionGrpc};
 pub use ledger::{Ledger, Recorded};
 pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, WorkerLink};
-pub use record::JobRecord;
+pub use record::{Input, JobRecord};
 pub use state::{Settings, State};
 
 use std::sync::Arc;

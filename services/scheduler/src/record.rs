@@ -3,7 +3,7 @@
 
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::time::{duration_ms, timestamp};
-use batchmill_core::{JobId, JobState};
+use batchmill_core::{JobId, JobState, S3Selection};
 use batchmill_proto::jobs::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -30,6 +30,36 @@ pub mod reason {
     pub const ENQUEUE_FAILED: &str = "enqueue_failed";
 }
 
+/// Where a job's items are read from, as the lister reads them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Input {
+    /// Lines of NDJSON objects (inline items, staged).
+    Ndjson { uris: Vec<String> },
+    /// The path of each selected object.
+    FilePaths(S3Selection),
+    /// Each line of each selected object.
+    DelimitedFiles(S3Selection),
+}
+
+impl Input {
+    /// The lister's description of this input.
+    pub fn to_source(&self) -> batchmill_proto::lister::v1::Source {
+        use batchmill_proto::lister::v1::{self as lister, source::Kind};
+        let selection = |s: &S3Selection| lister::S3Selection {
+            s3_paths: s.s3_paths.iter().map(ToString::to_string).collect(),
+            includes: s.includes.clone(),
+            excludes: s.excludes.clone(),
+        };
+        let kind = match self {
+            Input::Ndjson { uris } => Kind::NdjsonObjects(lister::NdjsonObjects { uris: uris.clone() }),
+            Input::FilePaths(s) => Kind::FilePaths(selection(s)),
+            Input::DelimitedFiles(s) => Kind::DelimitedFiles(selection(s)),
+        };
+        lister::Source { kind: Some(kind) }
+    }
+}
+
 /// A job's persisted record; small, written on state changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -40,8 +70,8 @@ pub struct JobRecord {
     pub config: Map<String, Value>,
     /// Where results go (`<output_uri>/<job_id>/<batch_id>.jsonl`).
     pub output_uri: String,
-    /// NDJSON objects the items are read from (inline items are staged).
-    pub input_uris: Vec<String>,
+    /// Where the items are read from (inline items are staged in S3).
+    pub input: Input,
     /// Number of items when known at submission.
     pub item_count: Option<u64>,
     pub state: JobState,
@@ -142,7 +172,7 @@ mod tests {
             batch_size: 10,
             config: Map::new(),
             output_uri: "s3://b/results".into(),
-            input_uris: vec![],
+            input: Input::Ndjson { uris: vec![] },
             item_count: Some(25),
             state: JobState::Running,
             create_ms: 1_000,

@@ -197,11 +197,7 @@ impl State {
         };
         let request = batchmill_proto::enqueuer::v1::EnqueueJobRequest {
             job_id: id.to_string(),
-            source: Some(batchmill_proto::lister::v1::Source {
-                kind: Some(batchmill_proto::lister::v1::source::Kind::NdjsonObjects(
-                    batchmill_proto::lister::v1::NdjsonObjects { uris: entry.record.input_uris.clone() },
-                )),
-            }),
+            source: Some(entry.record.input.to_source()),
             batch_size: entry.record.batch_size as i32,
         };
         let trace = entry.record.trace.clone();

@@ -13,7 +13,7 @@ use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use batchmill_queue::DeliveryPolicy;
-use batchmill_scheduler::{EnqueueClient, JobQueue, JobRecord, ObjectStore, Ports, Settings, State};
+use batchmill_scheduler::{EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, Settings, State};
 use bytes::Bytes;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -95,7 +95,7 @@ fn record(id: &str, max_workers: u32) -> JobRecord {
         batch_size: 10,
         config: Default::default(),
         output_uri: "s3://out/results".into(),
-        input_uris: vec![format!("s3://out/staging/{id}/items.ndjson")],
+        input: Input::Ndjson { uris: vec![format!("s3://out/staging/{id}/items.ndjson")] },
         item_count: Some(30),
         state: JobState::Pending,
         create_ms: 1,

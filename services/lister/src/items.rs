@@ -1,0 +1,187 @@
+//! Items from S3: lines of NDJSON objects, or objects selected by prefixes
+//! and globs (as their paths, or line by line). Listing goes a page at a time
+//! and objects are read a line at a time, so memory stays flat however many
+//! keys or lines there are. Items go out in chunks, after skipping the first
+//! `skip` (the enqueuer's resume cursor).
+
+use batchmill_blob::Blob;
+use batchmill_core::glob::Filter;
+use batchmill_core::{S3Selection, S3Uri};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::{CHUNK_BYTES, CHUNK_ITEMS, ListerError, Source};
+
+type Chunks = mpsc::Sender<Result<Vec<String>, ListerError>>;
+
+/// Streams the items of `source` after the first `skip`.
+pub fn stream(blob: Blob, source: Source, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut out = Emitter { tx: tx.clone(), chunk: Vec::new(), bytes: 0, skip };
+        let result = match source {
+            Source::NdjsonObjects(uris) => ndjson(&blob, &uris, &mut out).await,
+            Source::FilePaths(selection) => selected(&blob, &selection, Mode::Paths, &mut out).await,
+            Source::DelimitedFiles(selection) => selected(&blob, &selection, Mode::Lines, &mut out).await,
+        };
+        match result {
+            Ok(()) => out.finish().await,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Cuts items into chunks and sends them; `push` is false once nobody listens.
+struct Emitter {
+    tx: Chunks,
+    chunk: Vec<String>,
+    bytes: usize,
+    skip: u64,
+}
+
+impl Emitter {
+    async fn push(&mut self, item: String) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return true;
+        }
+        self.bytes += item.len();
+        self.chunk.push(item);
+        if self.chunk.len() >= CHUNK_ITEMS || self.bytes >= CHUNK_BYTES {
+            self.bytes = 0;
+            return self.tx.send(Ok(std::mem::take(&mut self.chunk))).await.is_ok();
+        }
+        true
+    }
+
+    async fn finish(self) {
+        if !self.chunk.is_empty() {
+            let _ = self.tx.send(Ok(self.chunk)).await;
+        }
+    }
+}
+
+async fn ndjson(blob: &Blob, uris: &[S3Uri], out: &mut Emitter) -> Result<(), ListerError> {
+    for uri in uris {
+        if !lines(blob, uri, out).await? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends the non-blank lines of one object, each checked to be JSON; false
+/// once nobody listens.
+async fn lines(blob: &Blob, uri: &S3Uri, out: &mut Emitter) -> Result<bool, ListerError> {
+    let mut reader = blob.reader(&uri.bucket, &uri.key).await?;
+    let mut line = String::new();
+    let mut number = 0u64;
+    loop {
+        line.clear();
+        let read = reader
+            .read_line(&mut line)
+            .await
+            .map_err(|e| ListerError::Read { uri: uri.to_string(), message: e.to_string() })?;
+        if read == 0 {
+            return Ok(true);
+        }
+        number += 1;
+        let item = line.trim();
+        if item.is_empty() {
+            continue;
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(item) {
+            return Err(ListerError::BadLine { uri: uri.to_string(), line: number, message: e.to_string() });
+        }
+        if !out.push(item.to_owned()).await {
+            return Ok(false);
+        }
+    }
+}
+
+enum Mode {
+    /// Each selected object is an item: its path.
+    Paths,
+    /// Each line of each selected object is an item.
+    Lines,
+}
+
+/// Lists the selection a page at a time and emits what it selects.
+async fn selected(blob: &Blob, selection: &S3Selection, mode: Mode, out: &mut Emitter) -> Result<(), ListerError> {
+    let filter = Filter::new(&selection.includes, &selection.excludes)
+        .map_err(|e| ListerError::BadSource(format!("{}[{}]: {}", e.list, e.index, e.error)))?;
+    let mut matched = 0u64;
+    for prefix in disjoint(&selection.s3_paths) {
+        let mut pages =
+            blob.client().list_objects_v2().bucket(&prefix.bucket).prefix(&prefix.key).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| ListerError::List { uri: prefix.to_string(), message: describe(&e) })?;
+            for key in page.contents().iter().filter_map(|o| o.key()) {
+                let uri = S3Uri { bucket: prefix.bucket.clone(), key: key.to_owned() };
+                let path = uri.to_string();
+                if !filter.accepts(&path) {
+                    continue;
+                }
+                matched += 1;
+                let more = match mode {
+                    Mode::Paths => out.push(serde_json::Value::String(path).to_string()).await,
+                    Mode::Lines => lines(blob, &uri, out).await?,
+                };
+                if !more {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if matched == 0 {
+        return Err(ListerError::NoMatch {
+            paths: selection.s3_paths.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(())
+}
+
+/// The prefixes to list, sorted, without any that another one already
+/// covers, so no object is listed twice.
+fn disjoint(paths: &[S3Uri]) -> Vec<S3Uri> {
+    let mut sorted = paths.to_vec();
+    sorted.sort_by(|a, b| (&a.bucket, &a.key).cmp(&(&b.bucket, &b.key)));
+    let mut out: Vec<S3Uri> = Vec::new();
+    for path in sorted {
+        if !out.last().is_some_and(|kept| kept.bucket == path.bucket && path.key.starts_with(&kept.key)) {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The full text of an SDK error, with its cause chain.
+fn describe<E: std::error::Error>(e: &E) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_paths_are_listed_once() {
+        let uri = |s: &str| S3Uri::parse(s).unwrap();
+        let paths =
+            [uri("s3://b/data/images/sub/"), uri("s3://b/data/images/"), uri("s3://c/x"), uri("s3://b/data/imagesX")];
+        let listed: Vec<String> = disjoint(&paths).iter().map(ToString::to_string).collect();
+        assert_eq!(listed, vec!["s3://b/data/images/", "s3://b/data/imagesX", "s3://c/x"]);
+    }
+}

@@ -1,0 +1,112 @@
+//! Jobs over S3 inputs: `filePathLister` (one item per selected object) and
+//! `delimitedFiles` (one item per line), selected by prefixes and Cortex
+//! globs over the full s3://bucket/key.
+
+use std::time::Duration;
+
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_tests::{BUCKET, Options, Sandbox, assert_echo_results};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+async fn put(sandbox: &Sandbox, key: &str, body: &str) -> anyhow::Result<()> {
+    sandbox.blob.put(BUCKET, key, Bytes::from(body.to_owned()), "application/octet-stream").await?;
+    Ok(())
+}
+
+async fn submit(sandbox: &Sandbox, body: Value) -> anyhow::Result<pb::Job> {
+    let response = reqwest::Client::new().post(format!("{}/v1/jobs", sandbox.rest_url())).json(&body).send().await?;
+    anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
+    let job: Value = response.json().await?;
+    let id = job["jobId"].as_str().unwrap_or_default();
+    sandbox.wait_terminal(id, Duration::from_secs(60)).await
+}
+
+#[tokio::test]
+async fn file_path_lister_selects_by_glob_each_object_once() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options::default()).await?;
+    let mut expected = Vec::new();
+    for i in 0..8 {
+        put(&sandbox, &format!("data/images/{i:02}.jpg"), "jpg").await?;
+        expected.push(format!("s3://{BUCKET}/data/images/{i:02}.jpg"));
+    }
+    for i in 0..4 {
+        put(&sandbox, &format!("data/images/sub/{i}.png"), "png").await?;
+        expected.push(format!("s3://{BUCKET}/data/images/sub/{i}.png"));
+    }
+    for key in ["data/images/thumbs/t.jpg", "data/images/notes.txt", "data/other/o.jpg"] {
+        put(&sandbox, key, "not selected").await?;
+    }
+    // Overlapping prefixes: the sub/ objects must still come once.
+    let job = submit(
+        &sandbox,
+        json!({"pipeline": "echo", "workers": 2, "filePathLister": {
+            "s3Paths": [format!("s3://{BUCKET}/data/images/"), format!("s3://{BUCKET}/data/images/sub/")],
+            "includes": ["**.jpg", "**.png"], "excludes": ["**/thumbs/**"], "batchSize": 5}}),
+    )
+    .await?;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    let b = job.batches.clone().unwrap();
+    assert_eq!((b.total, b.succeeded), (3, 3));
+    assert_eq!(job.items.clone().unwrap().total, 12);
+    // Objects come in key order, so the items are exactly the sorted paths.
+    let items: Vec<Value> = expected.iter().map(|p| json!(p)).collect();
+    assert_echo_results(&sandbox, &job, &items, 5, &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delimited_files_stream_every_line_across_files() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options::default()).await?;
+    let mut items = Vec::new();
+    for (file, lines) in [("a", 5), ("b", 7), ("c", 1)] {
+        let rows: Vec<Value> = (0..lines).map(|n| json!({"file": file, "n": n})).collect();
+        let body: String = rows.iter().map(|r| format!("{r}\n")).collect::<String>() + "\n";
+        put(&sandbox, &format!("data/lines/{file}.jsonl"), &body).await?;
+        items.extend(rows);
+    }
+    put(&sandbox, "data/lines/readme.txt", "not json").await?;
+    let job = submit(
+        &sandbox,
+        json!({"pipeline": "echo", "workers": 2, "delimitedFiles": {
+            "s3Paths": [format!("s3://{BUCKET}/data/lines/")], "includes": ["**.jsonl"], "batchSize": 4}}),
+    )
+    .await?;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    let b = job.batches.clone().unwrap();
+    assert_eq!((b.total, b.succeeded), (4, 4), "13 lines in batches of 4, spanning files");
+    assert_eq!(job.items.clone().unwrap().completed, 13);
+    assert_echo_results(&sandbox, &job, &items, 4, &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_selections_name_the_field_and_an_empty_match_fails_the_job() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let url = format!("{}/v1/jobs", sandbox.rest_url());
+    let http = reqwest::Client::new();
+    for (source, field) in [
+        (
+            json!({"delimitedFiles": {"s3Paths": ["s3://batchmill/x/"], "includes": ["[bad"], "batchSize": 1}}),
+            "delimited_files.includes[0]",
+        ),
+        (json!({"filePathLister": {"s3Paths": [], "batchSize": 1}}), "file_path_lister.s3_paths"),
+        (json!({"filePathLister": {"s3Paths": ["http://x/y"], "batchSize": 1}}), "file_path_lister.s3_paths[0]"),
+    ] {
+        let mut body = json!({"pipeline": "echo", "workers": 1});
+        body.as_object_mut().unwrap().extend(source.as_object().unwrap().clone());
+        let response = http.post(&url).json(&body).send().await?;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await?;
+        assert!(error["message"].as_str().unwrap_or_default().contains(field), "{error}");
+    }
+    let job = submit(
+        &sandbox,
+        json!({"pipeline": "echo", "workers": 1, "filePathLister": {"s3Paths": ["s3://batchmill/nothing/"], "batchSize": 1}}),
+    )
+    .await?;
+    assert_eq!(job.state(), pb::JobState::Failed, "{job:?}");
+    assert_eq!(job.failure_reason, "enqueue_failed");
+    assert!(job.message.contains("no S3 object matches"), "{}", job.message);
+    Ok(())
+}
