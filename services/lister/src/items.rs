@@ -179,9 +179,13 @@ mod tests {
     #[test]
     fn overlapping_paths_are_listed_once() {
         let uri = |s: &str| S3Uri::parse(s).unwrap();
-        let paths =
-            [uri("s3://b/data/images/sub/"), uri("s3://b/data/images/"), uri("s3://c/x"), uri("s3://b/data/imagesX")];
+        let paths = [
+            uri("s3://bkt/data/images/sub/"),
+            uri("s3://bkt/data/images/"),
+            uri("s3://cat/x"),
+            uri("s3://bkt/data/imagesX"),
+        ];
         let listed: Vec<String> = disjoint(&paths).iter().map(ToString::to_string).collect();
-        assert_eq!(listed, vec!["s3://b/data/images/", "s3://b/data/imagesX", "s3://c/x"]);
+        assert_eq!(listed, vec!["s3://bkt/data/images/", "s3://bkt/data/imagesX", "s3://cat/x"]);
     }
 }
