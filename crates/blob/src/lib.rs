@@ -49,8 +49,9 @@ fn err(op: &'static str, bucket: &str, key: &str, e: impl std::fmt::Display) -> 
     BlobError::S3 { op, bucket: bucket.to_owned(), key: key.to_owned(), message: e.to_string() }
 }
 
-/// The full text of an SDK error, with its cause chain.
-fn describe<E: std::error::Error>(e: &E) -> String {
+/// The full text of an SDK error, with its cause chain (the SDK's own
+/// display says only "service error").
+pub fn describe<E: std::error::Error>(e: &E) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -120,7 +120,8 @@ async fn selected(blob: &Blob, selection: &S3Selection, mode: Mode, out: &mut Em
         let mut pages =
             blob.client().list_objects_v2().bucket(&prefix.bucket).prefix(&prefix.key).into_paginator().send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| ListerError::List { uri: prefix.to_string(), message: describe(&e) })?;
+            let page =
+                page.map_err(|e| ListerError::List { uri: prefix.to_string(), message: batchmill_blob::describe(&e) })?;
             for key in page.contents().iter().filter_map(|o| o.key()) {
                 let uri = S3Uri { bucket: prefix.bucket.clone(), key: key.to_owned() };
                 let path = uri.to_string();
@@ -158,18 +159,6 @@ fn disjoint(paths: &[S3Uri]) -> Vec<S3Uri> {
         }
     }
     out
-}
-
-/// The full text of an SDK error, with its cause chain.
-fn describe<E: std::error::Error>(e: &E) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
