@@ -212,7 +212,10 @@ impl Sandbox {
                 "scheduler".to_owned(),
                 "batchmill-scheduler",
                 scheduler,
-                vec![format!("--enqueuer-url=http://127.0.0.1:{enqueuer}")],
+                vec![
+                    format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
+                    format!("--lister-url=http://127.0.0.1:{lister}"),
+                ],
             ),
             ("gateway".to_owned(), "batchmill-gateway", gateway, vec![]),
         ];
@@ -236,7 +239,11 @@ impl Sandbox {
         }
         if options.standby_scheduler {
             let port = free_port()?;
-            let args = [format!("--listen=127.0.0.1:{port}"), format!("--enqueuer-url=http://127.0.0.1:{enqueuer}")];
+            let args = [
+                format!("--listen=127.0.0.1:{port}"),
+                format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
+                format!("--lister-url=http://127.0.0.1:{lister}"),
+            ];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, &env)?;
             sandbox.grpc_ports.push(("scheduler-standby".into(), port));

@@ -81,7 +81,7 @@ async fn delimited_files_stream_every_line_across_files() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn bad_selections_name_the_field_and_an_empty_match_fails_the_job() -> anyhow::Result<()> {
+async fn bad_selections_and_empty_matches_are_refused_at_submission() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
     let url = format!("{}/v1/jobs", sandbox.rest_url());
     let http = reqwest::Client::new();
@@ -100,13 +100,21 @@ async fn bad_selections_name_the_field_and_an_empty_match_fails_the_job() -> any
         let error: Value = response.json().await?;
         assert!(error["message"].as_str().unwrap_or_default().contains(field), "{error}");
     }
-    let job = submit(
-        &sandbox,
-        json!({"pipeline": "echo", "workers": 1, "filePathLister": {"s3Paths": ["s3://batchmill/nothing/"], "batchSize": 1}}),
-    )
-    .await?;
-    assert_eq!(job.state(), pb::JobState::Failed, "{job:?}");
-    assert_eq!(job.failure_reason, "enqueue_failed");
-    assert!(job.message.contains("no S3 object matches"), "{}", job.message);
+    // Caught at submission, not left to fail later: no match, an unknown bucket.
+    for (source, says) in [
+        (json!({"filePathLister": {"s3Paths": ["s3://batchmill/nothing/"], "batchSize": 1}}), "no S3 object matches"),
+        (json!({"delimitedFiles": {"s3Paths": ["s3://no-such-bucket/x/"], "batchSize": 1}}), "s3://no-such-bucket/x/"),
+    ] {
+        let mut body = json!({"pipeline": "echo", "workers": 1});
+        body.as_object_mut().unwrap().extend(source.as_object().unwrap().clone());
+        let response = http.post(&url).json(&body).send().await?;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await?;
+        let message = error["message"].as_str().unwrap_or_default();
+        let field = if body.get("filePathLister").is_some() { "file_path_lister: " } else { "delimited_files: " };
+        assert!(message.starts_with(field) && message.contains(says), "{error}");
+    }
+    let listed: Value = http.get(&url).send().await?.json().await?;
+    assert_eq!(listed["jobs"], json!([]), "nothing was accepted: {listed}");
     Ok(())
 }

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
-use crate::ports::{ObjectStore, WorkerLink};
+use crate::ports::{ObjectStore, SourceProbe, WorkerLink};
 use crate::record::{Input, JobRecord};
 use crate::state::{Settings, State};
 
@@ -44,6 +44,7 @@ pub struct Scheduler {
     tx: mpsc::UnboundedSender<Command>,
     settings: Arc<Settings>,
     store: Arc<dyn ObjectStore>,
+    probe: Arc<dyn SourceProbe>,
 }
 
 impl Scheduler {
@@ -52,6 +53,7 @@ impl Scheduler {
         mut state: State,
         settings: Arc<Settings>,
         store: Arc<dyn ObjectStore>,
+        probe: Arc<dyn SourceProbe>,
         shutdown: CancellationToken,
     ) -> Scheduler {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -78,7 +80,7 @@ impl Scheduler {
             }
             state.flush().await;
         });
-        Scheduler { tx, settings, store }
+        Scheduler { tx, settings, store, probe }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SchedulerError> {
@@ -116,8 +118,12 @@ impl Scheduler {
                 (Input::Ndjson { uris: vec![uri.to_string()] }, Some(items.len() as u64))
             }
             // Counted as the lister goes.
-            SourceSpec::FilePaths(selection) => (Input::FilePaths(selection), None),
-            SourceSpec::DelimitedFiles(selection) => (Input::DelimitedFiles(selection), None),
+            SourceSpec::FilePaths(selection) => {
+                (self.checked(Input::FilePaths(selection), "file_path_lister").await?, None)
+            }
+            SourceSpec::DelimitedFiles(selection) => {
+                (self.checked(Input::DelimitedFiles(selection), "delimited_files").await?, None)
+            }
         };
         let record = JobRecord {
             job_id,
@@ -140,6 +146,25 @@ impl Scheduler {
         };
         tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
         self.ask(|reply| Command::Submit { record, reply }).await?
+    }
+
+    /// An S3 input the lister can list: no match, an unknown bucket or
+    /// refused credentials are errors now, naming `field`, not a job that
+    /// fails later.
+    async fn checked(&self, input: Input, field: &str) -> Result<Input, SchedulerError> {
+        match self.probe.probe(input.to_source()).await {
+            Ok(()) => Ok(input),
+            Err(status) => Err(match status.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::FailedPrecondition => {
+                    SchedulerError::BadSource { field: field.to_owned(), message: status.message().to_owned() }
+                }
+                _ => SchedulerError::Staging { message: format!("checking the input: {}", status.message()) },
+            }),
+        }
     }
 
     pub async fn get(&self, id: JobId) -> Result<pb::Job, SchedulerError> {

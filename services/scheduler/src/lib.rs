@@ -20,7 +20,7 @@ mod state;
 pub use actor::Scheduler;
 pub use grpc::{JobsGrpc, SessionGrpc};
 pub use ledger::{Ledger, Recorded};
-pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, WorkerLink};
+pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};
 pub use state::{Settings, State};
 
@@ -49,6 +49,8 @@ pub enum SchedulerError {
     UnknownPipeline { name: String, known: String },
     #[error("staging the job's items: {message}")]
     Staging { message: String },
+    #[error("{field}: {message}")]
+    BadSource { field: String, message: String },
     #[error("job {job_id} could not be recorded in etcd; it was not accepted")]
     NotPersisted { job_id: String },
     #[error("the scheduler is shutting down")]
@@ -59,7 +61,7 @@ impl ServiceError for SchedulerError {
     fn code(&self) -> ErrorCode {
         match self {
             SchedulerError::JobNotFound { .. } => ErrorCode::NotFound,
-            SchedulerError::UnknownPipeline { .. } => ErrorCode::InvalidArgument,
+            SchedulerError::UnknownPipeline { .. } | SchedulerError::BadSource { .. } => ErrorCode::InvalidArgument,
             SchedulerError::Staging { .. } | SchedulerError::NotPersisted { .. } | SchedulerError::Stopped => {
                 ErrorCode::Unavailable
             }

@@ -8,6 +8,7 @@ use batchmill_blob::{Blob, S3Config};
 use batchmill_coord::Etcd;
 use batchmill_core::S3Uri;
 use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClient;
+use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
 use batchmill_scheduler::{JobsGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
@@ -28,6 +29,9 @@ struct Config {
     /// gRPC URL of the enqueuer.
     #[arg(long, env = "BATCHMILL_ENQUEUER_URL", default_value = "http://127.0.0.1:50053")]
     enqueuer_url: String,
+    /// gRPC URL of the lister, which checks S3 inputs at submission.
+    #[arg(long, env = "BATCHMILL_LISTER_URL", default_value = "http://127.0.0.1:50052")]
+    lister_url: String,
     /// URL other services reach this scheduler at; default: http://<listen address>.
     #[arg(long, env = "BATCHMILL_ADVERTISE_URL")]
     advertise_url: Option<String>,
@@ -89,7 +93,13 @@ async fn main() -> anyhow::Result<()> {
         Ports { kv: kv.clone(), queue: Arc::new(queue.clone()), enqueuer: Arc::new(enqueuer), store: store.clone() };
     let mut state = State::new(ports, settings.clone());
     let jobs = state.load().await.context("loading jobs")?;
-    let scheduler = Scheduler::start(state, settings, store, shutdown.clone());
+    let lister = ListerServiceClient::new(
+        tonic::transport::Endpoint::from_shared(config.lister_url.clone())
+            .context("lister URL")?
+            .connect_timeout(Duration::from_secs(3))
+            .connect_lazy(),
+    );
+    let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), shutdown.clone());
     batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
     batchmill_scheduler::follow_exhausted(queue, scheduler.clone(), shutdown.clone());
     info!(%url, jobs, "leading; serving");

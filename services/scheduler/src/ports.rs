@@ -9,6 +9,8 @@ use batchmill_blob::Blob;
 use batchmill_core::S3Uri;
 use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClient;
 use batchmill_proto::enqueuer::v1::{EnqueueJobRequest, StopEnqueueRequest};
+use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
+use batchmill_proto::lister::v1::{ListItemsRequest, Source};
 use batchmill_proto::scheduler::v1::SessionResponse;
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
 use bytes::Bytes;
@@ -35,6 +37,25 @@ pub trait EnqueueClient: Send + Sync + 'static {
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     async fn put(&self, uri: &S3Uri, body: Bytes, content_type: &str) -> Result<(), String>;
+}
+
+/// Checks a job's source before the job is accepted.
+#[async_trait]
+pub trait SourceProbe: Send + Sync + 'static {
+    /// Ok once the lister can start listing `source`; the lister's error otherwise.
+    async fn probe(&self, source: Source) -> Result<(), tonic::Status>;
+}
+
+#[async_trait]
+impl SourceProbe for ListerServiceClient<Channel> {
+    async fn probe(&self, source: Source) -> Result<(), tonic::Status> {
+        let request = ListItemsRequest { job_id: String::new(), source: Some(source), skip: 0 };
+        let mut items = self.clone().list_items(request).await?.into_inner();
+        // The first chunk (or the end of an empty listing) means it lists;
+        // the rest is not read.
+        items.message().await?;
+        Ok(())
+    }
 }
 
 /// The scheduler's end of one worker's session.
