@@ -33,15 +33,7 @@ impl TryFrom<pb::Source> for Source {
     fn try_from(s: pb::Source) -> Result<Self, ListerError> {
         match s.kind {
             Some(source::Kind::NdjsonObjects(objects)) => {
-                if objects.uris.is_empty() {
-                    return Err(ListerError::BadSource("ndjson_objects.uris must not be empty".into()));
-                }
-                let uris = objects
-                    .uris
-                    .iter()
-                    .map(|u| S3Uri::parse(u).map_err(|e| ListerError::BadSource(format!("ndjson_objects.uris: {e}"))))
-                    .collect::<Result<_, _>>()?;
-                Ok(Source::NdjsonObjects(uris))
+                Ok(Source::NdjsonObjects(parse_uris("ndjson_objects.uris", &objects.uris)?))
             }
             Some(source::Kind::FilePaths(s)) => Ok(Source::FilePaths(selection(s)?)),
             Some(source::Kind::DelimitedFiles(s)) => Ok(Source::DelimitedFiles(selection(s)?)),
@@ -51,15 +43,16 @@ impl TryFrom<pb::Source> for Source {
 }
 
 fn selection(s: pb::S3Selection) -> Result<batchmill_core::S3Selection, ListerError> {
-    if s.s3_paths.is_empty() {
-        return Err(ListerError::BadSource("s3_paths must not be empty".into()));
-    }
-    let s3_paths = s
-        .s3_paths
-        .iter()
-        .map(|u| S3Uri::parse(u).map_err(|e| ListerError::BadSource(format!("s3_paths: {e}"))))
-        .collect::<Result<_, _>>()?;
+    let s3_paths = parse_uris("s3_paths", &s.s3_paths)?;
     Ok(batchmill_core::S3Selection { s3_paths, includes: s.includes, excludes: s.excludes })
+}
+
+/// A non-empty list of s3:// URIs, given in field `field`.
+fn parse_uris(field: &str, uris: &[String]) -> Result<Vec<S3Uri>, ListerError> {
+    if uris.is_empty() {
+        return Err(ListerError::BadSource(format!("{field} must not be empty")));
+    }
+    uris.iter().map(|u| S3Uri::parse(u).map_err(|e| ListerError::BadSource(format!("{field}: {e}")))).collect()
 }
 
 #[tonic::async_trait]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::time::now_ms;
-use batchmill_core::{JobId, JobSpec, JobState, SourceSpec, WorkerId};
+use batchmill_core::{JobId, JobSpec, SourceSpec, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::scheduler::v1::BatchOutcome;
 use bytes::Bytes;
@@ -126,23 +126,13 @@ impl Scheduler {
             }
         };
         let record = JobRecord {
-            job_id,
-            pipeline: spec.pipeline,
             max_workers: spec.max_workers,
             batch_size: spec.batch_size,
             config: spec.config,
             output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
-            input,
             item_count,
-            state: JobState::Pending,
-            create_ms,
-            start_ms: None,
-            end_ms: None,
-            failure_reason: None,
-            message: None,
-            workers_succeeded: 0,
-            workers_failed: 0,
             trace: batchmill_runtime::trace::current(),
+            ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
         self.ask(|reply| Command::Submit { record, reply }).await?

@@ -90,6 +90,30 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job just accepted: PENDING, one worker, batches of one, no config,
+    /// nothing counted yet. Callers set what the submission says.
+    pub fn pending(job_id: JobId, pipeline: String, input: Input, create_ms: u64) -> JobRecord {
+        JobRecord {
+            job_id,
+            pipeline,
+            max_workers: 1,
+            batch_size: 1,
+            config: Map::new(),
+            output_uri: String::new(),
+            input,
+            item_count: None,
+            state: JobState::Pending,
+            create_ms,
+            start_ms: None,
+            end_ms: None,
+            failure_reason: None,
+            message: None,
+            workers_succeeded: 0,
+            workers_failed: 0,
+            trace: Default::default(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
@@ -165,24 +189,15 @@ mod tests {
     use batchmill_proto::scheduler::v1::BatchStatus;
 
     fn record() -> JobRecord {
+        let id = JobId::parse("job_id", "abc").unwrap();
         JobRecord {
-            job_id: JobId::parse("job_id", "abc").unwrap(),
-            pipeline: "echo".into(),
             max_workers: 2,
             batch_size: 10,
-            config: Map::new(),
             output_uri: "s3://b/results".into(),
-            input: Input::Ndjson { uris: vec![] },
             item_count: Some(25),
             state: JobState::Running,
-            create_ms: 1_000,
             start_ms: Some(1_500),
-            end_ms: None,
-            failure_reason: None,
-            message: None,
-            workers_succeeded: 0,
-            workers_failed: 0,
-            trace: Default::default(),
+            ..JobRecord::pending(id, "echo".into(), Input::Ndjson { uris: vec![] }, 1_000)
         }
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batchmill_coord::{Kv, MemKv};
 use batchmill_core::enqueue::EnqueueProgress;
-use batchmill_core::{JobId, JobState, S3Uri, WorkerId};
+use batchmill_core::{JobId, S3Uri, WorkerId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
@@ -88,24 +88,13 @@ fn state(kv: &MemKv, fakes: &Fakes) -> State {
 }
 
 fn record(id: &str, max_workers: u32) -> JobRecord {
+    let input = Input::Ndjson { uris: vec![format!("s3://out/staging/{id}/items.ndjson")] };
     JobRecord {
-        job_id: JobId::parse("job_id", id).unwrap(),
-        pipeline: "echo".into(),
         max_workers,
         batch_size: 10,
-        config: Default::default(),
         output_uri: "s3://out/results".into(),
-        input: Input::Ndjson { uris: vec![format!("s3://out/staging/{id}/items.ndjson")] },
         item_count: Some(30),
-        state: JobState::Pending,
-        create_ms: 1,
-        start_ms: None,
-        end_ms: None,
-        failure_reason: None,
-        message: None,
-        workers_succeeded: 0,
-        workers_failed: 0,
-        trace: Default::default(),
+        ..JobRecord::pending(JobId::parse("job_id", id).unwrap(), "echo".into(), input, 1)
     }
 }
 
