@@ -36,6 +36,16 @@ enum Command {
     Cancel { job_id: String },
     /// Follows a job until it ends, one JSON line per change.
     Watch { job_id: String },
+    /// Lists a job's dead-lettered batches.
+    DeadLetters {
+        job_id: String,
+        #[arg(long, default_value_t = 100)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Runs a job's dead-lettered batches again (all of them, or those named).
+    Rerun { job_id: String, batch_ids: Vec<String> },
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +71,12 @@ struct Submit {
     /// Results location (s3://bucket/prefix); default: the cluster's.
     #[arg(long, default_value = "")]
     output_uri: String,
+    /// Deliveries of a batch before it is dead-lettered; default: the cluster's.
+    #[arg(long)]
+    max_receive_count: Option<i32>,
+    /// Seconds after submission at which the job times out.
+    #[arg(long)]
+    timeout_secs: Option<i64>,
     /// Wait for the job to end and print how long it took.
     #[arg(long)]
     wait: bool,
@@ -85,6 +101,17 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Cancel { job_id } => {
             print_job(&client.cancel_job(pb::CancelJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
+        }
+        Command::DeadLetters { job_id, page_size, page_token } => {
+            let page = client
+                .list_dead_letters(pb::ListDeadLettersRequest { job_id, page_size, page_token })
+                .await?
+                .into_inner();
+            println!("{}", to_json(&page, "batchmill.jobs.v1.ListDeadLettersResponse")?);
+        }
+        Command::Rerun { job_id, batch_ids } => {
+            let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();
+            println!("{}", to_json(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);
         }
         Command::Watch { job_id } => {
             let job = watch(&mut client, &job_id, true).await?;
@@ -120,6 +147,8 @@ async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow
         })),
         config,
         output_uri: s.output_uri,
+        dead_letter: s.max_receive_count.map(|max_receive_count| pb::DeadLetterPolicy { max_receive_count }),
+        timeout: s.timeout_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
     };
     let started = Instant::now();
     let job = client.submit_job(request).await?.into_inner().job.unwrap_or_default();

@@ -404,7 +404,7 @@ pub fn echo_job(
             batch_size,
         })),
         config: config.as_object().map(batchmill_core::json::json_to_struct),
-        output_uri: String::new(),
+        ..Default::default()
     }
 }
 

@@ -35,6 +35,17 @@ async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Re
         ),
         (r#"{"pipeline": "echo", "workers": 1, "itemList": {"items": [1], "batchSize": }"#.to_owned(), "invalid JSON"),
         (json!({"pipeline": "echo", "workers": "two"}).to_string(), "invalid JSON"),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1),
+                "deadLetter": {"maxReceiveCount": 0}})
+            .to_string(),
+            "dead_letter.max_receive_count",
+        ),
+        (
+            json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1), "timeout": "-5s"})
+                .to_string(),
+            "timeout",
+        ),
     ];
     for (body, named) in &cases {
         let response = http.post(&url).header("content-type", "application/json").body(body.clone()).send().await?;
@@ -66,6 +77,16 @@ async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Re
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains(named), "{}", status.message());
     }
+    // Requests over 10 MiB are refused naming the limit, over gRPC and REST.
+    let big: Vec<Value> = (0..11).map(|_| json!("x".repeat(1024 * 1024))).collect();
+    let status = jobs.submit_job(echo_job(&big, 1, 1, json!({}))).await.expect_err("over 10 MiB");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("10 MiB"), "{}", status.message());
+    let body = json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!(big), 1)});
+    let response = http.post(&url).json(&body).send().await?;
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await?;
+    assert!(error["message"].as_str().unwrap_or_default().contains("10 MiB"), "{error}");
     let missing =
         jobs.get_job(pb::GetJobRequest { job_id: "0123456789abcdef0123".into() }).await.expect_err("no such job");
     assert_eq!(missing.code(), tonic::Code::NotFound);

@@ -63,3 +63,31 @@ async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Resul
     assert_eq!(sandbox.wait_terminal(&next.job_id, Duration::from_secs(60)).await?.state(), pb::JobState::Succeeded);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_job_past_its_timeout_ends_timed_out_keeping_its_results() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let http = reqwest::Client::new();
+    let base = sandbox.rest_url();
+    let items: Vec<Value> = (0..40).map(|i| json!(i)).collect();
+    let body = json!({"pipeline": "echo", "workers": 1, "timeout": "3s",
+        "itemList": {"items": items, "batchSize": 2}, "config": {"delay_ms": 400}});
+    let job: Value = http.post(format!("{base}/v1/jobs")).json(&body).send().await?.json().await?;
+    assert_eq!(job["timeout"], "3s", "{job}");
+    let id = job["jobId"].as_str().unwrap().to_owned();
+    let done = sandbox.wait_terminal(&id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::TimedOut, "{done:?}");
+    assert!(done.message.contains("timeout of 3s"), "{}", done.message);
+    let b = done.batches.clone().unwrap();
+    assert!(b.succeeded > 0 && b.succeeded < 20, "{b:?}");
+    assert_eq!(b.in_queue, 0);
+    let results = sandbox.results(&done).await?;
+    let manifest = results.iter().find(|(k, _)| k.ends_with("manifest.json")).map(|(_, b)| b).expect("manifest");
+    let manifest: Value = serde_json::from_str(manifest)?;
+    assert_eq!(manifest["state"], "JOB_STATE_TIMED_OUT");
+    let listed = manifest["results"].as_array().map_or(0, Vec::len);
+    assert!(listed as i64 >= b.succeeded, "{manifest}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(queued_batches(&sandbox).await?, 0, "remaining batches were not withdrawn");
+    Ok(())
+}

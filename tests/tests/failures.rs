@@ -1,7 +1,8 @@
 //! Failures: a worker killed with SIGKILL mid-job has its batches
 //! redelivered to the other worker and every batch counts once; a batch that
-//! always fails is retried up to max_deliver and the job ends
-//! COMPLETED_WITH_FAILURES with the other results intact.
+//! always fails is retried up to max_receive_count deliveries, dead-lettered,
+//! and the job ends COMPLETED_WITH_FAILURES with the other results intact;
+//! re-running it completes the job.
 
 use std::time::Duration;
 
@@ -34,16 +35,23 @@ async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Res
 }
 
 #[tokio::test]
-async fn a_batch_that_always_fails_is_retried_then_fails_the_job_partially() -> anyhow::Result<()> {
+async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and_reruns() -> anyhow::Result<()> {
+    // The cluster's default is 2 deliveries; the job asks for 3.
     let sandbox =
         Sandbox::start(Options { workers: 2, ack_wait_secs: 30, max_deliver: 2, ..Options::default() }).await?;
     let items: Vec<Value> = (0..40).map(|i| json!(i)).collect();
     let mut jobs = sandbox.jobs().await?;
-    let job = jobs.submit_job(echo_job(&items, 4, 2, json!({"fail_batches": [3]}))).await?.into_inner().job.unwrap();
+    // Batch 3 fails until `until`; the three deliveries (backoff 1s, 2s) end well before.
+    let until = batchmill_core::time::now_ms() + 20_000;
+    let mut request = echo_job(&items, 4, 2, json!({"fail_batches": [3], "fail_until_ms": until}));
+    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 3 });
+    let job = jobs.submit_job(request).await?.into_inner().job.unwrap();
+    assert_eq!(job.max_receive_count, 3);
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
     let b = done.batches.clone().unwrap();
-    assert_eq!((b.total, b.succeeded, b.failed, b.failed_attempts), (10, 9, 1, 2));
+    assert_eq!((b.total, b.succeeded, b.failed, b.dead_lettered, b.failed_attempts), (10, 9, 1, 1, 3));
     let i = done.items.clone().unwrap();
     assert_eq!((i.total, i.completed, i.failed, i.pending), (40, 36, 4, 0));
     assert_echo_results(&sandbox, &done, &items, 4, &[3]).await?;
@@ -51,6 +59,34 @@ async fn a_batch_that_always_fails_is_retried_then_fails_the_job_partially() -> 
     let manifest: Value = serde_json::from_str(&manifest)?;
     assert_eq!(manifest["state"], "JOB_STATE_COMPLETED_WITH_FAILURES");
     assert_eq!(manifest["failed_batches"], json!([format!("{}-3", done.job_id)]));
+
+    // The dead-letter stream holds it after exactly 3 deliveries, with its items and error.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/jobs/{}/deadLetters", sandbox.rest_url(), done.job_id);
+    let listed: Value = http.get(&url).send().await?.json().await?;
+    let letters = listed["deadLetters"].as_array().cloned().unwrap_or_default();
+    assert_eq!(letters.len(), 1, "{listed}");
+    assert_eq!(letters[0]["batchId"], format!("{}-3", done.job_id));
+    assert_eq!(letters[0]["attempts"], "3", "{listed}");
+    assert_eq!(letters[0]["items"], json!([12, 13, 14, 15]));
+    assert!(letters[0]["lastError"].as_str().unwrap().contains("fails as configured"), "{listed}");
+    assert!(letters[0]["workerId"].as_str().is_some_and(|w| !w.is_empty()), "{listed}");
+
+    // Re-run once the batch can succeed: the job runs again and ends with every result.
+    let wait = until.saturating_sub(batchmill_core::time::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let rerun: Value = http.post(format!("{url}:rerun")).json(&json!({})).send().await?.json().await?;
+    assert_eq!(rerun["batchIds"], json!([format!("{}-3", done.job_id)]), "{rerun}");
+    assert_eq!(rerun["job"]["state"], "JOB_STATE_RUNNING", "{rerun}");
+    let again = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(again.state(), pb::JobState::Succeeded, "{again:?}");
+    let b = again.batches.clone().unwrap();
+    assert_eq!((b.succeeded, b.failed, b.dead_lettered), (10, 0, 0));
+    assert_echo_results(&sandbox, &again, &items, 4, &[]).await?;
+    let listed: Value = http.get(&url).send().await?.json().await?;
+    assert!(listed["deadLetters"].as_array().is_none_or(Vec::is_empty), "{listed}");
+    let manifest = sandbox.results(&again).await?.into_iter().find(|(k, _)| k.ends_with("manifest.json")).unwrap().1;
+    assert_eq!(serde_json::from_str::<Value>(&manifest)?["state"], "JOB_STATE_SUCCEEDED");
     Ok(())
 }
 
@@ -91,5 +127,11 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     assert_eq!(done.workers.clone().unwrap().failed, 2);
     let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
     assert_eq!(stream.info().await?.state.messages, 0, "exhausted batches are removed from the stream");
+    // Both are in the dead-letter stream, saying why.
+    let listed =
+        jobs.list_dead_letters(pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() }).await?;
+    let letters = listed.into_inner().dead_letters;
+    assert_eq!(letters.iter().map(|d| d.seq).collect::<Vec<_>>(), [0, 1]);
+    assert!(letters.iter().all(|d| d.attempts == 1 && d.worker_id.is_empty() && d.last_error.contains("lost")));
     Ok(())
 }

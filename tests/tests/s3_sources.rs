@@ -118,3 +118,66 @@ async fn bad_selections_and_empty_matches_are_refused_at_submission() -> anyhow:
     assert_eq!(listed["jobs"], json!([]), "nothing was accepted: {listed}");
     Ok(())
 }
+
+#[tokio::test]
+async fn dry_runs_list_the_matched_files_and_create_no_job() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    for key in ["dry/a/1.json", "dry/a/2.json", "dry/b/3.json", "dry/b/skip.txt"] {
+        put(&sandbox, key, "{\"x\": 1}\n{\"x\": 2}\n").await?;
+    }
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/jobs:dryRun", sandbox.rest_url());
+    let selection = json!({"s3Paths": [format!("s3://{BUCKET}/dry/")], "includes": ["**.json"], "batchSize": 2});
+    let files: Vec<String> =
+        ["a/1.json", "a/2.json", "b/3.json"].iter().map(|k| format!("s3://{BUCKET}/dry/{k}")).collect();
+
+    let answer: Value = http
+        .post(&url)
+        .json(&json!({"pipeline": "echo", "workers": 1, "filePathLister": selection}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["message"], format!("{}\nvalidations passed", files.join("\n")), "{answer}");
+    assert_eq!(answer["files"], json!(files));
+    assert_eq!((answer["fileCount"].as_str(), answer["itemCount"].as_str()), (Some("3"), Some("3")), "{answer}");
+    assert_eq!(answer["batchCount"], "2");
+
+    let answer: Value = http
+        .post(&url)
+        .json(&json!({"pipeline": "echo", "workers": 1, "delimitedFiles": selection}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["files"], json!(files));
+    assert_eq!(
+        (answer["itemCount"].as_str(), answer["batchCount"].as_str()),
+        (Some("-1"), Some("-1")),
+        "lines are not read"
+    );
+
+    let answer: Value = http
+        .post(&url)
+        .json(&json!({"pipeline": "echo", "workers": 1, "itemList": {"items": [1, 2, 3], "batchSize": 2}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(answer["message"], "validations passed");
+    assert_eq!((answer["itemCount"].as_str(), answer["batchCount"].as_str()), (Some("3"), Some("2")));
+
+    // A dry run is checked as a submission is.
+    let nothing = json!({"s3Paths": [format!("s3://{BUCKET}/nothing/")], "batchSize": 1});
+    let response =
+        http.post(&url).json(&json!({"pipeline": "echo", "workers": 1, "filePathLister": nothing})).send().await?;
+    assert_eq!(response.status(), 400);
+    let response =
+        http.post(&url).json(&json!({"pipeline": "echo", "workers": 0, "filePathLister": selection})).send().await?;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await?.contains("workers"));
+
+    let listed: Value = http.get(format!("{}/v1/jobs", sandbox.rest_url())).send().await?.json().await?;
+    assert_eq!(listed["jobs"], json!([]), "a dry run creates no job: {listed}");
+    Ok(())
+}

@@ -11,6 +11,8 @@ use crate::{FieldViolation, S3Uri};
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Most workers one job may ask for.
 pub const MAX_WORKERS: i32 = 1000;
+/// Most deliveries of one batch a job may ask for.
+pub const MAX_RECEIVE_COUNT: i32 = 100;
 
 /// Where a job is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +109,11 @@ pub struct JobSpec {
     pub source: SourceSpec,
     pub config: Map<String, Value>,
     pub output_uri: Option<S3Uri>,
+    /// Deliveries of a batch before it is dead-lettered; `None` for the
+    /// cluster's default.
+    pub max_receive_count: Option<u32>,
+    /// Milliseconds from submission after which the job times out.
+    pub timeout_ms: Option<u64>,
 }
 
 impl TryFrom<pb::SubmitJobRequest> for JobSpec {
@@ -153,7 +160,38 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e))?)
         };
         let config = req.config.as_ref().map(crate::json::struct_to_json).unwrap_or_default();
-        Ok(JobSpec { pipeline, max_workers: req.workers as u32, batch_size, source, config, output_uri })
+        let max_receive_count = match req.dead_letter {
+            None => None,
+            Some(p) if (1..=MAX_RECEIVE_COUNT).contains(&p.max_receive_count) => Some(p.max_receive_count as u32),
+            Some(p) => {
+                return Err(FieldViolation::new(
+                    "dead_letter.max_receive_count",
+                    format!("must be between 1 and {MAX_RECEIVE_COUNT}, got {}", p.max_receive_count),
+                ));
+            }
+        };
+        let timeout_ms = match req.timeout {
+            None => None,
+            Some(d) if d.seconds > 0 && d.nanos >= 0 || d.seconds == 0 && d.nanos > 0 => {
+                Some(crate::time::duration_to_ms(&d).max(1))
+            }
+            Some(d) => {
+                return Err(FieldViolation::new(
+                    "timeout",
+                    format!("must be positive, got {}s {}ns", d.seconds, d.nanos),
+                ));
+            }
+        };
+        Ok(JobSpec {
+            pipeline,
+            max_workers: req.workers as u32,
+            batch_size,
+            source,
+            config,
+            output_uri,
+            max_receive_count,
+            timeout_ms,
+        })
     }
 }
 
@@ -211,8 +249,7 @@ mod tests {
                 items: items.iter().map(json_to_value).collect(),
                 batch_size,
             })),
-            config: None,
-            output_uri: String::new(),
+            ..Default::default()
         }
     }
 
@@ -233,6 +270,20 @@ mod tests {
             (pb::SubmitJobRequest { pipeline: "echo".into(), workers: 1, ..Default::default() }, "source"),
             (pb::SubmitJobRequest { pipeline: "Bad Name".into(), ..request(vec![json!(1)], 1, 1) }, "pipeline"),
             (pb::SubmitJobRequest { output_uri: "http://x".into(), ..request(vec![json!(1)], 1, 1) }, "output_uri"),
+            (
+                pb::SubmitJobRequest {
+                    dead_letter: Some(pb::DeadLetterPolicy { max_receive_count: 0 }),
+                    ..request(vec![json!(1)], 1, 1)
+                },
+                "dead_letter.max_receive_count",
+            ),
+            (
+                pb::SubmitJobRequest {
+                    timeout: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+                    ..request(vec![json!(1)], 1, 1)
+                },
+                "timeout",
+            ),
         ];
         for (req, field) in cases {
             assert_eq!(JobSpec::try_from(req).unwrap_err().field, field);

@@ -21,3 +21,24 @@ pub fn duration_ms(ms: u64) -> prost_types::Duration {
 pub fn duration_to_ms(d: &prost_types::Duration) -> u64 {
     (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000
 }
+
+/// Milliseconds as a person reads them: `90s`, `1.5s`, `250ms`.
+pub fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms < 1000 => format!("{ms}ms"),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{}.{}s", ms / 1000, format!("{:03}", ms % 1000).trim_end_matches('0')),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(90_000), "90s");
+        assert_eq!(human_ms(1_500), "1.5s");
+    }
+}

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tracing::debug;
 
-use crate::{BATCH_STREAM, DeliveryPolicy, QueueError, Result, batch_subject, consumer_name};
+use crate::{
+    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, QueueError, Result, batch_subject, consumer_name, dead_subject,
+};
 
 /// A connection to JetStream with the batch stream in place.
 #[derive(Clone)]
@@ -46,6 +48,14 @@ impl JetStreamQueue {
             ..Default::default()
         };
         context.create_or_update_stream(config).await.map_err(|e| QueueError::js("create stream", e))?;
+        let dead = stream::Config {
+            name: DEAD_STREAM.to_owned(),
+            subjects: vec![dead_subject("*")],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            ..Default::default()
+        };
+        context.create_or_update_stream(dead).await.map_err(|e| QueueError::js("create dead-letter stream", e))?;
         Ok(JetStreamQueue { context })
     }
 
@@ -59,7 +69,17 @@ impl JetStreamQueue {
         body: Bytes,
         trace: &HashMap<String, String>,
     ) -> Result<()> {
-        let msg_id = format!("{job_id}-{seq}");
+        self.publish(job_id, format!("{job_id}-{seq}"), body, trace).await
+    }
+
+    /// Publishes a dead-lettered batch of `job_id` again, under message id
+    /// `<job_id>-<seq>-r<rerun>`: `rerun` (the dead letter's stream sequence)
+    /// tells it apart from the original within the duplicate window.
+    pub async fn requeue_batch(&self, job_id: &str, seq: u64, rerun: u64, body: Bytes) -> Result<()> {
+        self.publish(job_id, format!("{job_id}-{seq}-r{rerun}"), body, &HashMap::new()).await
+    }
+
+    async fn publish(&self, job_id: &str, msg_id: String, body: Bytes, trace: &HashMap<String, String>) -> Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         for (key, value) in trace {
@@ -134,6 +154,44 @@ impl JetStreamQueue {
         Ok(())
     }
 
+    /// Stores a dead letter of `job_id` and returns its stream sequence.
+    pub async fn dead_letter(&self, job_id: &str, body: Bytes) -> Result<u64> {
+        let err = |e: &dyn std::fmt::Display| QueueError::JetStream { op: "dead-letter", message: e.to_string() };
+        let ack = self.context.publish(dead_subject(job_id), body).await.map_err(|e| err(&e))?;
+        Ok(ack.await.map_err(|e| err(&e))?.sequence)
+    }
+
+    /// Up to `limit` dead letters of `job_id` stored at stream sequence
+    /// `from` or later, oldest first.
+    pub async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+        let stream =
+            self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))?;
+        let subject = dead_subject(job_id);
+        let mut found = Vec::new();
+        let mut next = from.max(1);
+        while found.len() < limit {
+            match stream.get_first_raw_message_by_subject(&subject, next).await {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    found.push(Stored { stream_seq: message.sequence, payload: message.payload });
+                }
+                Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
+                    break;
+                }
+                Err(e) => return Err(QueueError::js("read dead letters", e)),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the dead letter stored at stream sequence `stream_seq`.
+    pub async fn remove_dead_letter(&self, stream_seq: u64) -> Result<()> {
+        let stream =
+            self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))?;
+        stream.delete_message(stream_seq).await.map_err(|e| QueueError::js("delete dead letter", e))?;
+        Ok(())
+    }
+
     /// The job's consumer, for a worker to pull from.
     pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
         let stream = self.stream().await?;
@@ -147,6 +205,13 @@ impl JetStreamQueue {
     async fn stream(&self) -> Result<stream::Stream> {
         self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
     }
+}
+
+/// A message as stored in a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub stream_seq: u64,
+    pub payload: Bytes,
 }
 
 /// A batch whose deliveries ran out without being settled.

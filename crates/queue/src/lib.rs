@@ -6,15 +6,27 @@
 //! duplicate. Each job has one durable pull consumer, `job-<job_id>`, shared
 //! by the workers assigned to it; a message is removed from the stream when
 //! a worker acks it.
+//!
+//! A batch that fails for good is moved to the dead-letter stream
+//! (`BATCHMILL_DEAD`, limits retention, subject `batchmill.dead.<job_id>`),
+//! where it stays, listable and re-runnable, until its job is deleted.
 
 mod jetstream;
 
-pub use jetstream::{Delivery, Exhausted, JetStreamQueue, JobConsumer};
+pub use jetstream::{Delivery, Exhausted, JetStreamQueue, JobConsumer, Stored};
 
 use std::time::Duration;
 
 /// Name of the stream of batches.
 pub const BATCH_STREAM: &str = "BATCHMILL_BATCHES";
+
+/// Name of the stream of dead-lettered batches.
+pub const DEAD_STREAM: &str = "BATCHMILL_DEAD";
+
+/// The subject of a job's dead-lettered batches.
+pub fn dead_subject(job_id: &str) -> String {
+    format!("batchmill.dead.{job_id}")
+}
 
 /// The subject of a job's batches.
 pub fn batch_subject(job_id: &str) -> String {

@@ -2,15 +2,33 @@
 //! forwards it to the scheduler leader (found through etcd).
 
 use batchmill_coord::LeaderChannel;
-use batchmill_core::JobSpec;
+use batchmill_core::{ErrorCode, FieldViolation, JobSpec};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-/// Most bytes of one gRPC request to the public API.
-pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024 + 64 * 1024;
+/// Most bytes of one request to the public API, as Cortex (and API Gateway).
+pub const MAX_REQUEST_BYTES: usize = 10 * 1024 * 1024;
+/// Most bytes gRPC decodes; a request between this and [`MAX_REQUEST_BYTES`]
+/// is refused with a message naming the limit.
+const MAX_DECODED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Refuses a request over [`MAX_REQUEST_BYTES`], naming the limit.
+fn check_size<T: prost::Message>(request: &Request<T>) -> Result<(), Status> {
+    let size = request.get_ref().encoded_len();
+    if size > MAX_REQUEST_BYTES {
+        return Err(Status::new(
+            ErrorCode::PayloadTooLarge.grpc(),
+            format!(
+                "the request is {size} bytes, over the 10 MiB ({MAX_REQUEST_BYTES}-byte) request limit; \
+                 submit large inputs as files in S3 (file_path_lister, delimited_files)"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Clone)]
 pub struct JobsForwarder {
@@ -24,7 +42,7 @@ impl JobsForwarder {
 
     pub fn into_service(self) -> pb::job_service_server::JobServiceServer<JobsForwarder> {
         pb::job_service_server::JobServiceServer::new(self)
-            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_decoding_message_size(MAX_DECODED_BYTES)
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
@@ -69,6 +87,7 @@ impl JobService for JobsForwarder {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         // Refuse bad input here, before it crosses the cluster.
+        check_size(&request)?;
         JobSpec::try_from(request.get_ref().clone())?;
         let result = self.client().await?.submit_job(onward(request)).await;
         self.check(result).await
@@ -92,6 +111,36 @@ impl JobService for JobsForwarder {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let result = self.client().await?.cancel_job(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn dry_run_job(
+        &self,
+        request: Request<pb::DryRunJobRequest>,
+    ) -> Result<Response<pb::DryRunJobResponse>, Status> {
+        check_size(&request)?;
+        let job = request.get_ref().job.clone().ok_or_else(|| FieldViolation::new("job", "must be set"))?;
+        JobSpec::try_from(job)?;
+        let result = self.client().await?.dry_run_job(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let result = self.client().await?.list_dead_letters(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn rerun_dead_letters(
+        &self,
+        request: Request<pb::RerunDeadLettersRequest>,
+    ) -> Result<Response<pb::RerunDeadLettersResponse>, Status> {
+        let result = self.client().await?.rerun_dead_letters(onward(request)).await;
         self.check(result).await
     }
 

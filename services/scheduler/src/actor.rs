@@ -36,7 +36,15 @@ enum Command {
     Released { worker: WorkerId, job_id: String },
     Enqueue { job_id: String, progress: EnqueueProgress },
     Exhausted { job_id: String, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()> },
+    DeadLetters { id: JobId, from: u64, limit: usize, reply: oneshot::Sender<DeadLetterPage> },
+    Rerun { id: JobId, batch_ids: Vec<String>, reply: oneshot::Sender<Result<(pb::Job, Vec<String>), SchedulerError>> },
 }
+
+/// A page of dead letters and where the next one starts.
+type DeadLetterPage = Result<(Vec<pb::DeadLetter>, Option<u64>), SchedulerError>;
+
+/// Most matched files a dry run lists by name; it counts them all.
+pub const DRY_RUN_MAX_FILES: usize = 100_000;
 
 /// A handle on the scheduler task; clones share it.
 #[derive(Clone)]
@@ -95,12 +103,7 @@ impl Scheduler {
 
     /// Accepts a job: stages its inline items in S3, then records it.
     pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
-        if !self.settings.pipelines.iter().any(|p| *p == spec.pipeline) {
-            return Err(SchedulerError::UnknownPipeline {
-                name: spec.pipeline,
-                known: self.settings.pipelines.join(", "),
-            });
-        }
+        self.known_pipeline(&spec.pipeline)?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (input, item_count) = match spec.source {
@@ -126,6 +129,8 @@ impl Scheduler {
             }
         };
         let record = JobRecord {
+            max_receive_count: spec.max_receive_count.unwrap_or(self.settings.policy.max_deliver),
+            timeout_ms: spec.timeout_ms,
             max_workers: spec.max_workers,
             batch_size: spec.batch_size,
             config: spec.config,
@@ -138,23 +143,66 @@ impl Scheduler {
         self.ask(|reply| Command::Submit { record, reply }).await?
     }
 
+    /// Checks a submission as [`Scheduler::submit`] would, without creating
+    /// a job, and says what it would read: the matched files (as Cortex
+    /// prints them) and the item and batch counts where they are known.
+    pub async fn dry_run(&self, spec: JobSpec) -> Result<pb::DryRunJobResponse, SchedulerError> {
+        self.known_pipeline(&spec.pipeline)?;
+        let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
+        let (selection, field, lines) = match spec.source {
+            SourceSpec::Items(items) => {
+                return Ok(pb::DryRunJobResponse {
+                    message: "validations passed".into(),
+                    files: vec![],
+                    file_count: 0,
+                    item_count: items.len() as i64,
+                    batch_count: batches(items.len() as u64),
+                });
+            }
+            SourceSpec::FilePaths(selection) => (selection, "file_path_lister", false),
+            SourceSpec::DelimitedFiles(selection) => (selection, "delimited_files", true),
+        };
+        let source = Input::FilePaths(selection).to_source();
+        let (files, count) =
+            self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|status| bad_source(status, field))?;
+        let mut message = String::with_capacity(files.iter().map(|f| f.len() + 1).sum::<usize>() + 64);
+        for file in &files {
+            message.push_str(file);
+            message.push('\n');
+        }
+        if count > files.len() as u64 {
+            message.push_str(&format!("... and {} more\n", count - files.len() as u64));
+        }
+        message.push_str("validations passed");
+        let (item_count, batch_count) = if lines { (-1, -1) } else { (count as i64, batches(count)) };
+        Ok(pb::DryRunJobResponse { message, files, file_count: count as i64, item_count, batch_count })
+    }
+
+    fn known_pipeline(&self, name: &str) -> Result<(), SchedulerError> {
+        if self.settings.pipelines.iter().any(|p| p == name) {
+            return Ok(());
+        }
+        Err(SchedulerError::UnknownPipeline { name: name.to_owned(), known: self.settings.pipelines.join(", ") })
+    }
+
     /// An S3 input the lister can list: no match, an unknown bucket or
     /// refused credentials are errors now, naming `field`, not a job that
     /// fails later.
     async fn checked(&self, input: Input, field: &str) -> Result<Input, SchedulerError> {
         match self.probe.probe(input.to_source()).await {
             Ok(()) => Ok(input),
-            Err(status) => Err(match status.code() {
-                tonic::Code::InvalidArgument
-                | tonic::Code::NotFound
-                | tonic::Code::PermissionDenied
-                | tonic::Code::Unauthenticated
-                | tonic::Code::FailedPrecondition => {
-                    SchedulerError::BadSource { field: field.to_owned(), message: status.message().to_owned() }
-                }
-                _ => SchedulerError::Staging { message: format!("checking the input: {}", status.message()) },
-            }),
+            Err(status) => Err(bad_source(status, field)),
         }
+    }
+
+    /// A page of a job's dead letters from dead-letter stream sequence `from`.
+    pub async fn dead_letters(&self, id: JobId, from: u64, limit: usize) -> DeadLetterPage {
+        self.ask(|reply| Command::DeadLetters { id, from, limit, reply }).await?
+    }
+
+    /// Queues a job's dead-lettered batches again (all when `batch_ids` is empty).
+    pub async fn rerun(&self, id: JobId, batch_ids: Vec<String>) -> Result<(pb::Job, Vec<String>), SchedulerError> {
+        self.ask(|reply| Command::Rerun { id, batch_ids, reply }).await?
     }
 
     pub async fn get(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
@@ -210,6 +258,21 @@ impl Scheduler {
     }
 }
 
+/// The lister's refusal of a source given in request field `field`: bad
+/// input names the field; anything else is the cluster's trouble.
+fn bad_source(status: tonic::Status, field: &str) -> SchedulerError {
+    match status.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::NotFound
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated
+        | tonic::Code::FailedPrecondition => {
+            SchedulerError::BadSource { field: field.to_owned(), message: status.message().to_owned() }
+        }
+        _ => SchedulerError::Staging { message: format!("checking the input: {}", status.message()) },
+    }
+}
+
 async fn handle(state: &mut State, command: Command) {
     match command {
         Command::Submit { record, reply } => {
@@ -234,6 +297,12 @@ async fn handle(state: &mut State, command: Command) {
         Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress).await,
         Command::Exhausted { job_id, seq, items, deliveries, reply } => {
             state.exhausted(&job_id, seq, items, deliveries, reply);
+        }
+        Command::DeadLetters { id, from, limit, reply } => {
+            let _ = reply.send(state.dead_letters(&id, from, limit).await);
+        }
+        Command::Rerun { id, batch_ids, reply } => {
+            let _ = reply.send(state.rerun(&id, &batch_ids).await);
         }
     }
 }

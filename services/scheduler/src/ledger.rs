@@ -55,6 +55,26 @@ fn split(seq: u64) -> (u64, u32) {
 }
 
 impl Ledger {
+    /// Makes failed batch `seq` (holding `items` items) pending again, for a
+    /// re-run; false if it had not failed.
+    pub fn revive(&mut self, seq: u64, items: u64) -> bool {
+        let (index, offset) = split(seq);
+        let Some(chunk) = self.chunks.get_mut(&index) else { return false };
+        if !chunk.failed.remove(offset) {
+            return false;
+        }
+        self.failed -= 1;
+        self.items_failed = self.items_failed.saturating_sub(items);
+        self.dirty.insert(index);
+        true
+    }
+
+    /// Whether batch `seq` has failed for good.
+    pub fn is_failed(&self, seq: u64) -> bool {
+        let (index, offset) = split(seq);
+        self.chunks.get(&index).is_some_and(|c| c.failed.contains(offset))
+    }
+
     /// Records one delivery's outcome of batch `seq` holding `items` items.
     pub fn record(&mut self, seq: u64, status: BatchStatus, items: u64, duration_ms: u64) -> Recorded {
         let (index, offset) = split(seq);
@@ -259,6 +279,22 @@ mod tests {
         assert_eq!((l.failed(), l.items_failed(), l.failed_attempts()), (1, 4, 3));
         assert_eq!((l.succeeded(), l.items_completed(), l.average_batch_ms()), (2, 6, 20));
         assert_eq!(l.failed_seqs().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_revived_batch_is_pending_again_and_can_succeed() {
+        let mut l = Ledger::default();
+        l.record(7, BatchStatus::FailedFinal, 4, 1);
+        l.record(8, BatchStatus::Succeeded, 4, 1);
+        l.written();
+        assert!(l.is_failed(7));
+        assert!(!l.revive(8, 4), "a succeeded batch is not revived");
+        assert!(l.revive(7, 4));
+        assert!(!l.revive(7, 4), "twice is once");
+        assert_eq!((l.failed(), l.items_failed(), l.finished()), (0, 0, 1));
+        assert_eq!(l.changes("p/").len(), 2, "the revived batch's chunk is rewritten");
+        assert_eq!(l.record(7, BatchStatus::Succeeded, 4, 1), Recorded::Counted);
+        assert_eq!((l.succeeded(), l.items_completed(), l.failed_attempts()), (2, 8, 1));
     }
 
     #[test]

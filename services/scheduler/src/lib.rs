@@ -30,7 +30,7 @@ use std::time::Duration;
 use batchmill_coord::{Etcd, Kv, KvEvent};
 use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
 use batchmill_core::{ErrorCode, ServiceError};
-use batchmill_proto::queue::v1::Batch;
+use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_queue::JetStreamQueue;
 use futures::StreamExt;
 use prost::Message;
@@ -55,16 +55,26 @@ pub enum SchedulerError {
     NotPersisted { job_id: String },
     #[error("the scheduler is shutting down")]
     Stopped,
+    #[error("dead letters: {message}")]
+    DeadLetters { message: String },
+    #[error("job {job_id} is {state}; only a running job or one completed with failures can re-run dead letters")]
+    NotRerunnable { job_id: String, state: String },
+    #[error("{field}: {batch_id:?} is not a dead-lettered batch of this job")]
+    NotDeadLettered { field: String, batch_id: String },
 }
 
 impl ServiceError for SchedulerError {
     fn code(&self) -> ErrorCode {
         match self {
             SchedulerError::JobNotFound { .. } => ErrorCode::NotFound,
-            SchedulerError::UnknownPipeline { .. } | SchedulerError::BadSource { .. } => ErrorCode::InvalidArgument,
-            SchedulerError::Staging { .. } | SchedulerError::NotPersisted { .. } | SchedulerError::Stopped => {
-                ErrorCode::Unavailable
-            }
+            SchedulerError::UnknownPipeline { .. }
+            | SchedulerError::BadSource { .. }
+            | SchedulerError::NotDeadLettered { .. } => ErrorCode::InvalidArgument,
+            SchedulerError::NotRerunnable { .. } => ErrorCode::FailedPrecondition,
+            SchedulerError::Staging { .. }
+            | SchedulerError::NotPersisted { .. }
+            | SchedulerError::Stopped
+            | SchedulerError::DeadLetters { .. } => ErrorCode::Unavailable,
         }
     }
 }
@@ -109,10 +119,10 @@ pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: Cancellation
     });
 }
 
-/// Fails the batches JetStream stops delivering because their deliveries
-/// ran out with no outcome (the worker holding the last one was lost), so
-/// their jobs still complete; each is removed from the stream once its
-/// failure is durable. Issue 3's dead-letter stream will keep them instead.
+/// Dead-letters the batches JetStream stops delivering because their
+/// deliveries ran out with no outcome (the worker holding the last one was
+/// lost), so their jobs still complete; each is removed from the batch
+/// stream once it is in the dead-letter stream and its failure is durable.
 pub fn follow_exhausted(queue: JetStreamQueue, scheduler: Scheduler, shutdown: CancellationToken) {
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
@@ -145,7 +155,23 @@ pub fn follow_exhausted(queue: JetStreamQueue, scheduler: Scheduler, shutdown: C
                     }
                 };
                 let items = batch.items.len() as u64;
-                if scheduler.exhausted(batch.job_id, batch.seq, items, advisory.deliveries).await.is_ok()
+                let (job_id, seq) = (batch.job_id.clone(), batch.seq);
+                let dead = DeadLetter {
+                    attempts: advisory.deliveries,
+                    last_error: format!(
+                        "delivered {} times; the worker running the last delivery was lost before it reported",
+                        advisory.deliveries
+                    ),
+                    worker_id: String::new(),
+                    time_ms: batchmill_core::time::now_ms(),
+                    duration_ms: 0,
+                    batch: Some(batch),
+                };
+                if let Err(e) = queue.dead_letter(&job_id, dead.encode_to_vec().into()).await {
+                    warn!(%job_id, seq, error = %e, "dead-lettering an exhausted batch failed");
+                    continue;
+                }
+                if scheduler.exhausted(job_id, seq, items, advisory.deliveries).await.is_ok()
                     && let Err(e) = queue.remove(advisory.stream_seq).await
                 {
                     warn!(stream_seq = advisory.stream_seq, error = %e, "removing an exhausted batch failed");

@@ -12,7 +12,7 @@ use batchmill_proto::enqueuer::v1::{EnqueueJobRequest, StopEnqueueRequest};
 use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
 use batchmill_proto::lister::v1::{ListItemsRequest, Source};
 use batchmill_proto::scheduler::v1::SessionResponse;
-use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
+use batchmill_queue::{DeliveryPolicy, JetStreamQueue, Stored};
 use bytes::Bytes;
 use tonic::transport::Channel;
 
@@ -23,6 +23,14 @@ pub trait JobQueue: Send + Sync + 'static {
     async fn open(&self, job_id: &str, policy: DeliveryPolicy) -> Result<(), String>;
     /// Withdraws the job's remaining batches; returns how many.
     async fn close(&self, job_id: &str) -> Result<u64, String>;
+    /// Up to `limit` dead letters of the job from dead-letter stream
+    /// sequence `from` on, oldest first.
+    async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String>;
+    /// Queues batch `seq` (its encoded `Batch`) again; `rerun` tells this
+    /// publication apart from earlier ones.
+    async fn requeue(&self, job_id: &str, seq: u64, rerun: u64, batch: Bytes) -> Result<(), String>;
+    /// Removes the dead letter at dead-letter stream sequence `stream_seq`.
+    async fn remove_dead_letter(&self, stream_seq: u64) -> Result<(), String>;
 }
 
 /// The enqueuer.
@@ -44,6 +52,9 @@ pub trait ObjectStore: Send + Sync + 'static {
 pub trait SourceProbe: Send + Sync + 'static {
     /// Ok once the lister can start listing `source`; the lister's error otherwise.
     async fn probe(&self, source: Source) -> Result<(), tonic::Status>;
+    /// Lists `source` to its end: its first `keep` items (JSON strings,
+    /// such as s3:// paths) and how many there are in all.
+    async fn list_files(&self, source: Source, keep: usize) -> Result<(Vec<String>, u64), tonic::Status>;
 }
 
 #[async_trait]
@@ -55,6 +66,21 @@ impl SourceProbe for ListerServiceClient<Channel> {
         // the rest is not read.
         items.message().await?;
         Ok(())
+    }
+
+    async fn list_files(&self, source: Source, keep: usize) -> Result<(Vec<String>, u64), tonic::Status> {
+        let request = ListItemsRequest { job_id: String::new(), source: Some(source), skip: 0 };
+        let mut items = self.clone().list_items(request).await?.into_inner();
+        let (mut kept, mut count) = (Vec::new(), 0u64);
+        while let Some(chunk) = items.message().await? {
+            for item in chunk.items {
+                count += 1;
+                if kept.len() < keep {
+                    kept.push(serde_json::from_str::<String>(&item).unwrap_or(item));
+                }
+            }
+        }
+        Ok((kept, count))
     }
 }
 
@@ -81,6 +107,18 @@ impl JobQueue for JetStreamQueue {
 
     async fn close(&self, job_id: &str) -> Result<u64, String> {
         self.close_job(job_id).await.map_err(|e| e.to_string())
+    }
+
+    async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String> {
+        JetStreamQueue::dead_letters(self, job_id, from, limit).await.map_err(|e| e.to_string())
+    }
+
+    async fn requeue(&self, job_id: &str, seq: u64, rerun: u64, batch: Bytes) -> Result<(), String> {
+        self.requeue_batch(job_id, seq, rerun, batch).await.map_err(|e| e.to_string())
+    }
+
+    async fn remove_dead_letter(&self, stream_seq: u64) -> Result<(), String> {
+        JetStreamQueue::remove_dead_letter(self, stream_seq).await.map_err(|e| e.to_string())
     }
 }
 

@@ -87,6 +87,19 @@ pub struct JobRecord {
     /// W3C trace headers of the SubmitJob call, carried to every later hop.
     #[serde(default)]
     pub trace: std::collections::HashMap<String, String>,
+    /// Deliveries of a batch before it is dead-lettered.
+    #[serde(default = "default_max_receive_count")]
+    pub max_receive_count: u32,
+    /// Milliseconds from submission after which the job times out.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// Deliveries of a batch when a job names no dead-letter policy.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 3;
+
+fn default_max_receive_count() -> u32 {
+    DEFAULT_MAX_RECEIVE_COUNT
 }
 
 impl JobRecord {
@@ -111,7 +124,14 @@ impl JobRecord {
             workers_succeeded: 0,
             workers_failed: 0,
             trace: Default::default(),
+            max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
+            timeout_ms: None,
         }
+    }
+
+    /// Whether the job has run past its timeout at `now_ms`.
+    pub fn timed_out(&self, now_ms: u64) -> bool {
+        self.timeout_ms.is_some_and(|t| now_ms >= self.create_ms.saturating_add(t))
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -145,7 +165,8 @@ impl JobRecord {
                 total: total_batches as i64,
                 succeeded: ledger.succeeded() as i64,
                 failed: ledger.failed() as i64,
-                dead_lettered: 0,
+                // Every batch that fails for good is dead-lettered.
+                dead_lettered: ledger.failed() as i64,
                 in_queue: in_queue as i64,
                 failed_attempts: ledger.failed_attempts() as i64,
                 average_batch_time: Some(duration_ms(ledger.average_batch_ms())),
@@ -179,6 +200,8 @@ impl JobRecord {
             failure_reason: self.failure_reason.clone().unwrap_or_default(),
             message: self.message.clone().unwrap_or_default(),
             enqueue_complete: enqueue.done,
+            max_receive_count: self.max_receive_count as i32,
+            timeout: self.timeout_ms.map(duration_ms),
         }
     }
 }

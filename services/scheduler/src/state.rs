@@ -11,9 +11,11 @@ use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::time::{duration_ms, now_ms};
 use batchmill_core::{JobId, JobState, S3Uri, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
+use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use batchmill_queue::DeliveryPolicy;
 use bytes::Bytes;
+use prost::Message;
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
@@ -201,7 +203,8 @@ impl State {
             batch_size: entry.record.batch_size as i32,
         };
         let trace = entry.record.trace.clone();
-        if let Err(e) = self.ports.queue.open(id.as_str(), self.settings.policy).await {
+        let policy = self.policy(&entry.record);
+        if let Err(e) = self.ports.queue.open(id.as_str(), policy).await {
             warn!(job_id = %id, error = %e, "opening the job's queue failed; will retry");
             return;
         }
@@ -217,6 +220,147 @@ impl State {
             }
         }
         self.assign();
+    }
+
+    /// How the job's batches are delivered.
+    fn policy(&self, record: &JobRecord) -> DeliveryPolicy {
+        DeliveryPolicy { ack_wait: self.settings.policy.ack_wait, max_deliver: record.max_receive_count.max(1) }
+    }
+
+    /// A page of the job's dead letters from dead-letter stream sequence
+    /// `from` on: the batches its ledger counts as failed, each once (its
+    /// latest dead letter), and where the next page starts if any.
+    pub async fn dead_letters(
+        &self,
+        id: &JobId,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<pb::DeadLetter>, Option<u64>), crate::SchedulerError> {
+        let entry = self.jobs.get(id).ok_or_else(|| crate::SchedulerError::JobNotFound { job_id: id.to_string() })?;
+        let mut found: BTreeMap<u64, (u64, qpb::DeadLetter)> = BTreeMap::new();
+        let mut next = from;
+        let mut more = false;
+        loop {
+            let page = self.ports.queue.dead_letters(id.as_str(), next, 256).await.map_err(dead_letter_error)?;
+            let Some(last) = page.last() else { break };
+            next = last.stream_seq + 1;
+            let full = page.len() == 256;
+            for stored in page {
+                let Ok(dead) = qpb::DeadLetter::decode(stored.payload.as_ref()) else {
+                    warn!(job_id = %id, stream_seq = stored.stream_seq, "undecodable dead letter");
+                    continue;
+                };
+                let seq = dead.batch.as_ref().map_or(u64::MAX, |b| b.seq);
+                if entry.ledger.is_failed(seq) {
+                    found.insert(seq, (stored.stream_seq, dead));
+                }
+            }
+            if found.len() > limit {
+                more = true;
+                break;
+            }
+            if !full {
+                break;
+            }
+        }
+        // Keep the first `limit` by stream position; the next page starts after them.
+        let mut by_position: Vec<(u64, qpb::DeadLetter)> = found.into_values().collect();
+        by_position.sort_by_key(|(stream_seq, _)| *stream_seq);
+        let more = more || by_position.len() > limit;
+        by_position.truncate(limit);
+        let next = if more { by_position.last().map(|(s, _)| s + 1) } else { None };
+        Ok((by_position.into_iter().map(|(_, d)| public_dead_letter(id, d)).collect(), next))
+    }
+
+    /// Queues dead-lettered batches of a job again (all of them when
+    /// `batch_ids` is empty). A job that had completed with failures runs
+    /// again; the batches get fresh deliveries.
+    pub async fn rerun(
+        &mut self,
+        id: &JobId,
+        batch_ids: &[String],
+    ) -> Result<(pb::Job, Vec<String>), crate::SchedulerError> {
+        use crate::SchedulerError as E;
+        let entry = self.jobs.get(id).ok_or_else(|| E::JobNotFound { job_id: id.to_string() })?;
+        let state = entry.record.state;
+        if !matches!(state, JobState::Admitted | JobState::Running | JobState::CompletedWithFailures) {
+            return Err(E::NotRerunnable { job_id: id.to_string(), state: format!("{state:?}") });
+        }
+        // Every dead letter of the job, grouped by batch (latest last).
+        let mut letters: BTreeMap<u64, Vec<(u64, qpb::DeadLetter)>> = BTreeMap::new();
+        let mut from = 0;
+        loop {
+            let page = self.ports.queue.dead_letters(id.as_str(), from, 1000).await.map_err(dead_letter_error)?;
+            let Some(last) = page.last() else { break };
+            from = last.stream_seq + 1;
+            for stored in page {
+                if let Ok(dead) = qpb::DeadLetter::decode(stored.payload.as_ref())
+                    && let Some(batch) = &dead.batch
+                    && entry.ledger.is_failed(batch.seq)
+                {
+                    letters.entry(batch.seq).or_default().push((stored.stream_seq, dead));
+                }
+            }
+        }
+        let wanted: Vec<u64> = if batch_ids.is_empty() {
+            letters.keys().copied().collect()
+        } else {
+            let prefix = format!("{id}-");
+            batch_ids
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    b.strip_prefix(&prefix)
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .filter(|seq| letters.contains_key(seq))
+                        .ok_or_else(|| E::NotDeadLettered { field: format!("batch_ids[{i}]"), batch_id: b.clone() })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if wanted.is_empty() {
+            return Ok((self.snapshot(id).unwrap_or_default(), Vec::new()));
+        }
+        if state == JobState::CompletedWithFailures {
+            // Its queue was closed at the end; reopen it and run again.
+            let policy = self.policy(&entry.record);
+            self.ports.queue.open(id.as_str(), policy).await.map_err(dead_letter_error)?;
+            if let Some(entry) = self.jobs.get_mut(id) {
+                entry.record.state = JobState::Running;
+                entry.record.end_ms = None;
+                entry.admitted = true;
+            }
+        }
+        let mut queued = Vec::new();
+        for seq in wanted {
+            let Some(versions) = letters.remove(&seq) else { continue };
+            let Some((stream_seq, latest)) = versions.last() else { continue };
+            let Some(batch) = &latest.batch else { continue };
+            let items = batch.items.len() as u64;
+            // The actor handles nothing else meanwhile, so no outcome of the
+            // queued batch can arrive before the ledger expects it.
+            if let Err(e) = self.ports.queue.requeue(id.as_str(), seq, *stream_seq, batch.encode_to_vec().into()).await
+            {
+                warn!(job_id = %id, seq, error = %e, "re-queuing a dead letter failed");
+                break;
+            }
+            if let Some(entry) = self.jobs.get_mut(id) {
+                entry.ledger.revive(seq, items);
+            }
+            for (stream_seq, _) in &versions {
+                if let Err(e) = self.ports.queue.remove_dead_letter(*stream_seq).await {
+                    warn!(job_id = %id, seq, error = %e, "removing a re-run dead letter failed");
+                }
+            }
+            queued.push(format!("{id}-{seq}"));
+        }
+        info!(job_id = %id, batches = queued.len(), "dead letters re-run");
+        self.dirty.insert(id.clone());
+        self.flush().await;
+        self.assign();
+        if queued.is_empty() {
+            return Err(E::DeadLetters { message: "the dead-letter stream refused the re-run; try again".into() });
+        }
+        Ok((self.snapshot(id).unwrap_or_default(), queued))
     }
 
     /// Ends a job in a terminal state: revokes its workers and withdraws its
@@ -412,7 +556,7 @@ impl State {
             let job = self.jobs.iter_mut().find(|(_, e)| {
                 matches!(e.record.state, JobState::Admitted | JobState::Running)
                     && (e.assigned.len() as u32) < e.record.max_workers
-                    && worker.pipelines.iter().any(|p| *p == e.record.pipeline)
+                    && worker.pipelines.contains(&e.record.pipeline)
             });
             let Some((job_id, entry)) = job else { continue };
             let assign = spb::Assign {
@@ -422,7 +566,7 @@ impl State {
                 output_uri: entry.record.output_uri.clone(),
                 stream: batchmill_queue::BATCH_STREAM.to_owned(),
                 consumer: batchmill_queue::consumer_name(job_id.as_str()),
-                max_deliver: self.settings.policy.max_deliver,
+                max_deliver: entry.record.max_receive_count.max(1),
                 ack_wait: Some(duration_ms(self.settings.policy.ack_wait.as_millis() as u64)),
             };
             if !worker.link.send(out(Out::Assign(assign))) {
@@ -452,7 +596,33 @@ impl State {
         for id in unadmitted {
             self.admit(&id).await;
         }
+        let now = now_ms();
+        let expired: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, e)| !e.record.state.is_terminal() && e.record.timed_out(now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in expired {
+            self.time_out(&id).await;
+        }
         self.assign();
+    }
+
+    /// Ends a job that ran past its timeout: enqueuing stops, its batches
+    /// are withdrawn; results already written stay and the manifest lists them.
+    async fn time_out(&mut self, id: &JobId) {
+        let Some(entry) = self.jobs.get(id) else { return };
+        let timeout_ms = entry.record.timeout_ms.unwrap_or(0);
+        let (finished, total) = (entry.ledger.finished(), entry.enqueue.next_seq.max(entry.ledger.finished()));
+        if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
+            warn!(job_id = %id, error = %e, "stopping enqueue failed");
+        }
+        let message = format!(
+            "the job ran past its timeout of {}; {finished} of {total} batches enqueued were final",
+            batchmill_core::time::human_ms(timeout_ms)
+        );
+        self.end(id, JobState::TimedOut, None, Some(message), "timed out").await;
     }
 
     /// Persists dirty jobs, then acknowledges outcomes and notifies watchers.
@@ -524,6 +694,32 @@ impl State {
         for id in changed {
             self.complete_if_done(&id).await;
         }
+    }
+}
+
+fn dead_letter_error(message: String) -> crate::SchedulerError {
+    crate::SchedulerError::DeadLetters { message }
+}
+
+/// A dead letter as the public API shows it.
+fn public_dead_letter(id: &JobId, dead: qpb::DeadLetter) -> pb::DeadLetter {
+    let batch = dead.batch.unwrap_or_default();
+    pb::DeadLetter {
+        batch_id: format!("{id}-{}", batch.seq),
+        seq: batch.seq as i64,
+        items: batch
+            .items
+            .iter()
+            .map(|text| {
+                let value = serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.clone()));
+                batchmill_core::json::json_to_value(&value)
+            })
+            .collect(),
+        attempts: dead.attempts as i64,
+        last_error: dead.last_error,
+        worker_id: dead.worker_id,
+        dead_letter_time: Some(batchmill_core::time::timestamp(dead.time_ms)),
+        duration: Some(duration_ms(dead.duration_ms)),
     }
 }
 

@@ -11,10 +11,12 @@ use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::{JobId, S3Uri, WorkerId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
+use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
-use batchmill_queue::DeliveryPolicy;
+use batchmill_queue::{DeliveryPolicy, Stored};
 use batchmill_scheduler::{EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, Settings, State};
 use bytes::Bytes;
+use prost::Message;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 #[derive(Default)]
@@ -24,6 +26,19 @@ struct Calls {
     enqueued: Vec<EnqueueJobRequest>,
     stopped: Vec<String>,
     objects: BTreeMap<String, Bytes>,
+    /// The dead-letter stream: stream sequence → (job, dead letter).
+    dead: BTreeMap<u64, (String, Bytes)>,
+    /// Batches queued again: (job, seq, rerun).
+    requeued: Vec<(String, u64, u64)>,
+}
+
+impl Calls {
+    fn dead_letter(&mut self, job: &str, seq: u64, attempts: u64) {
+        let batch = qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec!["{\"n\":1}".into(); 10] };
+        let dead = qpb::DeadLetter { batch: Some(batch), attempts, last_error: "boom".into(), ..Default::default() };
+        let next = self.dead.keys().last().map_or(1, |k| k + 1);
+        self.dead.insert(next, (job.into(), Bytes::from(dead.encode_to_vec())));
+    }
 }
 
 #[derive(Clone, Default)]
@@ -44,6 +59,23 @@ impl JobQueue for Fakes {
     async fn close(&self, job_id: &str) -> Result<u64, String> {
         self.calls().closed.push(job_id.into());
         Ok(0)
+    }
+    async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String> {
+        Ok(self
+            .calls()
+            .dead
+            .range(from..)
+            .filter(|(_, (job, _))| job == job_id)
+            .take(limit)
+            .map(|(seq, (_, payload))| Stored { stream_seq: *seq, payload: payload.clone() })
+            .collect())
+    }
+    async fn requeue(&self, job_id: &str, seq: u64, rerun: u64, _: Bytes) -> Result<(), String> {
+        self.calls().requeued.push((job_id.into(), seq, rerun));
+        Ok(())
+    }
+    async fn remove_dead_letter(&self, stream_seq: u64) -> Result<(), String> {
+        self.calls().dead.remove(&stream_seq).map(drop).ok_or_else(|| "no such message".to_owned())
     }
 }
 
@@ -247,4 +279,105 @@ async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
     state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
     state.flush().await;
     assert_eq!(state.get(&job_id("j1")).unwrap().batches.unwrap().failed, 1);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let mut w = join(&mut state, "w1");
+    state.submit(record("j1", 1)).await.unwrap();
+    state
+        .enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() })
+        .await;
+    // Batch 1 is dead-lettered twice (a worker and the advisory raced), batch 2 once.
+    for (seq, attempts) in [(1, 2), (1, 2), (2, 2)] {
+        fakes.calls().dead_letter("j1", seq, attempts);
+    }
+    fakes.calls().dead_letter("other", 0, 1);
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal));
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::FailedFinal));
+    state.settle().await;
+    state.flush().await;
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::CompletedWithFailures);
+    assert_eq!(job.batches.as_ref().unwrap().dead_lettered, 2);
+
+    let (letters, next) = state.dead_letters(&job_id("j1"), 0, 10).await.unwrap();
+    let ids: Vec<&str> = letters.iter().map(|d| d.batch_id.as_str()).collect();
+    assert_eq!(ids, ["j1-1", "j1-2"], "each failed batch once, no other job's");
+    assert_eq!((letters[0].attempts, letters[0].items.len(), letters[0].last_error.as_str()), (2, 10, "boom"));
+    assert_eq!(next, None);
+    let (first, next) = state.dead_letters(&job_id("j1"), 0, 1).await.unwrap();
+    assert_eq!((first.len(), first[0].batch_id.as_str()), (1, "j1-1"));
+    let (rest, _) = state.dead_letters(&job_id("j1"), next.expect("a second page"), 1).await.unwrap();
+    assert_eq!(rest[0].batch_id, "j1-2");
+
+    let err = state.rerun(&job_id("j1"), &["j1-0".into()]).await.unwrap_err();
+    assert!(err.to_string().starts_with("batch_ids[0]"), "{err}");
+    drain(&mut w);
+    let (job, queued) = state.rerun(&job_id("j1"), &["j1-1".into()]).await.unwrap();
+    assert_eq!(queued, ["j1-1"]);
+    assert_eq!(job.state(), pb::JobState::Running, "the job runs again");
+    assert_eq!(job.batches.as_ref().unwrap().failed, 1);
+    assert_eq!(fakes.calls().requeued, vec![("j1".to_owned(), 1, 2)], "the latest dead letter is re-run");
+    assert_eq!(fakes.calls().dead.values().filter(|(j, _)| j == "j1").count(), 1, "both letters of batch 1 removed");
+    assert!(matches!(&drain(&mut w)[..], [Out::Assign(a)] if a.job_id == "j1"), "a worker takes it again");
+
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::CompletedWithFailures, "batch 2 still failed");
+    let b = job.batches.unwrap();
+    assert_eq!((b.succeeded, b.failed, b.dead_lettered), (2, 1, 1));
+
+    let (_, queued) = state.rerun(&job_id("j1"), &[]).await.unwrap();
+    assert_eq!(queued, ["j1-2"], "no ids: every dead letter");
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    let cancelled = state.cancel(&job_id("j1")).await.unwrap();
+    assert_eq!(cancelled.state(), pb::JobState::Succeeded, "an ended job stays as it ended");
+    let err = state.rerun(&job_id("j1"), &[]).await.unwrap_err();
+    assert!(err.to_string().contains("is Succeeded"), "{err}");
+}
+
+#[tokio::test]
+async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let _w = join(&mut state, "w1");
+    let now = batchmill_core::time::now_ms();
+    let job = JobRecord { timeout_ms: Some(60_000), create_ms: now, ..record("j1", 1) };
+    state.submit(job).await.unwrap();
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Running, "not yet");
+
+    let late = JobRecord { timeout_ms: Some(1), create_ms: 1, ..record("j2", 1) };
+    state.submit(late).await.unwrap();
+    let old = JobRecord { timeout_ms: Some(1), create_ms: 1, ..state_record(&kv, "j1").await };
+    kv.put("/batchmill/jobs/j1", old.encode()).await.unwrap();
+    let mut second = self::state(&kv, &fakes);
+    second.load().await.unwrap();
+    second.tick().await;
+    second.flush().await;
+    for id in ["j1", "j2"] {
+        let job = second.get(&job_id(id)).unwrap();
+        assert_eq!(job.state(), pb::JobState::TimedOut, "{id}");
+        assert!(job.message.contains("timeout of 1ms"), "{}", job.message);
+        assert!(fakes.calls().stopped.contains(&id.to_owned()), "enqueuing of {id} stopped");
+    }
+    let manifest = fakes.calls().objects.get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["state"], "JOB_STATE_TIMED_OUT");
+    assert_eq!(manifest["results"], serde_json::json!(["s3://out/results/j1/j1-0.jsonl"]), "partial results listed");
+}
+
+async fn state_record(kv: &MemKv, id: &str) -> JobRecord {
+    JobRecord::decode(&kv.get(&format!("/batchmill/jobs/{id}")).await.unwrap().unwrap()).unwrap()
 }

@@ -127,7 +127,13 @@ impl Worker {
                             info!(job_id = %assign.job_id, pipeline = %assign.pipeline, "assigned");
                             let stop = CancellationToken::new();
                             let job_id = assign.job_id.clone();
-                            let run = JobRun { assign, queue: self.queue.clone(), blob: self.blob.clone(), outbox: outbox.clone() };
+                            let run = JobRun {
+                                assign,
+                                queue: self.queue.clone(),
+                                blob: self.blob.clone(),
+                                outbox: outbox.clone(),
+                                worker_id: self.id.to_string(),
+                            };
                             let task = tokio::spawn(run.run(stop.clone()));
                             current = Some(Current { job_id, stop, task });
                         }

@@ -45,11 +45,13 @@ pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predi
 
 /// `echo`: each result is `{"index": <item index in the job>, "result": <item>}`.
 ///
-/// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch)
-/// and `fail_batches` (sequence numbers of batches that always fail).
+/// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch),
+/// `fail_batches` (sequence numbers of batches that fail) and
+/// `fail_until_ms` (they fail only until this Unix time in milliseconds).
 pub struct Echo {
     delay: Duration,
     fail_batches: Vec<u64>,
+    fail_until_ms: Option<u64>,
 }
 
 impl Echo {
@@ -66,7 +68,11 @@ impl Echo {
                 .collect::<Result<_, _>>()?,
             Some(_) => return Err("config.fail_batches must be an array".into()),
         };
-        Ok(Echo { delay: Duration::from_millis(delay_ms), fail_batches })
+        let fail_until_ms = match config.get("fail_until_ms") {
+            None => None,
+            Some(v) => Some(v.as_u64().ok_or("config.fail_until_ms must be a Unix time in milliseconds")?),
+        };
+        Ok(Echo { delay: Duration::from_millis(delay_ms), fail_batches, fail_until_ms })
     }
 }
 
@@ -75,7 +81,8 @@ impl Predictor for Echo {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
-        if self.fail_batches.contains(&batch.seq) {
+        let failing = self.fail_until_ms.is_none_or(|until| batchmill_core::time::now_ms() < until);
+        if failing && self.fail_batches.contains(&batch.seq) {
             return Err(PredictError::Retryable(format!("echo: batch {} fails as configured", batch.batch_id)));
         }
         Ok(batch

@@ -1,8 +1,8 @@
 //! Runs one assigned job: pulls its batches one at a time, runs the
 //! predictor, writes `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the
 //! outcome and, once the scheduler confirms it is in the ledger, acks the
-//! message. A failed delivery is nak'ed with backoff, or term'ed after its
-//! last delivery.
+//! message. A failed delivery is nak'ed with backoff; after its last
+//! delivery the batch goes to the dead-letter stream and is term'ed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use batchmill_blob::Blob;
 use batchmill_core::S3Uri;
 use batchmill_core::time::duration_ms;
-use batchmill_proto::queue::v1::Batch;
+use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
 use batchmill_queue::{Delivery, JetStreamQueue};
 use bytes::Bytes;
@@ -31,6 +31,7 @@ pub struct JobRun {
     pub queue: JetStreamQueue,
     pub blob: Blob,
     pub outbox: Outbox,
+    pub worker_id: String,
 }
 
 impl JobRun {
@@ -81,7 +82,7 @@ impl JobRun {
                     batchmill_runtime::trace::set_parent(&span, &delivery.trace());
                     // Settling (confirmation, then ack) overlaps the next batch.
                     if let Some(ran) = self.execute(&predictor, &output, delivery).instrument(span.clone()).await {
-                        settling.spawn(ran.settle(self.outbox.clone()).instrument(span));
+                        settling.spawn(ran.settle(self.outbox.clone(), self.queue.clone()).instrument(span));
                     }
                     while settling.len() >= MAX_UNSETTLED {
                         settling.join_next().await;
@@ -146,16 +147,25 @@ impl JobRun {
         } else {
             warn!(%batch_id, attempt, error = %error, ?status, %trace_id, "batch failed");
         }
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let dead_letter = (status == BatchStatus::FailedFinal).then(|| DeadLetter {
+            attempts: attempt,
+            last_error: error.clone(),
+            worker_id: self.worker_id.clone(),
+            time_ms: batchmill_core::time::now_ms(),
+            duration_ms: elapsed_ms,
+            batch: Some(batch.clone()),
+        });
         let outcome = pb::BatchOutcome {
-            job_id: batch.job_id.clone(),
+            job_id: batch.job_id,
             seq: batch.seq,
             status: status as i32,
             items,
             error,
-            duration: Some(duration_ms(started.elapsed().as_millis() as u64)),
+            duration: Some(duration_ms(elapsed_ms)),
             attempt,
         };
-        Some(Ran { delivery, outcome, batch_id })
+        Some(Ran { delivery, outcome, batch_id, dead_letter })
     }
 
     /// Runs the predictor and writes the result object.
@@ -201,15 +211,28 @@ struct Ran {
     delivery: Delivery,
     outcome: pb::BatchOutcome,
     batch_id: String,
+    /// For a batch that failed for good: what goes to the dead-letter stream.
+    dead_letter: Option<DeadLetter>,
 }
 
 impl Ran {
     /// Reports the outcome and, once the scheduler confirms it is durable,
     /// acks the message (nak with backoff for a retry, term when final).
     /// Without confirmation the batch is redelivered and counted once.
-    async fn settle(self, outbox: Outbox) {
-        let Ran { delivery, outcome, batch_id } = self;
+    ///
+    /// A batch that failed for good is stored in the dead-letter stream
+    /// first; if that fails the message is left alone, and once its
+    /// deliveries run out the scheduler dead-letters it from the advisory.
+    async fn settle(self, outbox: Outbox, queue: JetStreamQueue) {
+        let Ran { delivery, outcome, batch_id, dead_letter } = self;
         let (status, attempt) = (outcome.status(), outcome.attempt);
+        if let Some(dead) = dead_letter {
+            if let Err(e) = queue.dead_letter(&outcome.job_id, Bytes::from(dead.encode_to_vec())).await {
+                warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
+                return;
+            }
+            info!(%batch_id, attempt, "batch dead-lettered");
+        }
         if !outbox.report(outcome, ACK_TIMEOUT).await {
             warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
             return;

@@ -169,9 +169,25 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Compact JSON, except that a whole number held in a double (as every
+/// number in a `google.protobuf.Value` is) is written as an integer, `12`
+/// rather than `12.0`, as other proto3 JSON encoders write it.
+pub struct ProtoJsonFormatter;
+
+impl serde_json::ser::Formatter for ProtoJsonFormatter {
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, value: f64) -> std::io::Result<()> {
+        // Integers up to 2^53 are exact in a double.
+        if value.fract() == 0.0 && value.abs() <= 9_007_199_254_740_992.0 {
+            write!(writer, "{}", value as i64)
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(writer, value)
+        }
+    }
+}
+
 fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, String> {
     let options = SerializeOptions::new().skip_default_fields(false);
-    let mut out = serde_json::Serializer::new(Vec::new());
+    let mut out = serde_json::Serializer::with_formatter(Vec::new(), ProtoJsonFormatter);
     if response_body.is_empty() {
         message.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?;
     } else {
@@ -240,5 +256,13 @@ mod tests {
             form_urlencoded("pageSize=2&page_token=a%20b&x=1+2"),
             vec![("pageSize".into(), "2".into()), ("page_token".into(), "a b".into()), ("x".into(), "1 2".into())]
         );
+    }
+
+    #[test]
+    fn whole_doubles_are_written_as_integers() {
+        use serde::Serialize;
+        let mut out = serde_json::Serializer::with_formatter(Vec::new(), ProtoJsonFormatter);
+        [12.0, -3.0, 0.5, 1e300].serialize(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out.into_inner()).unwrap(), "[12,-3,0.5,1e+300]");
     }
 }

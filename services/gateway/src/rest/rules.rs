@@ -85,7 +85,12 @@ mod tests {
         );
         assert!(find("CancelJob").template.matches("/v1/jobs/abc:cancel").is_some());
         assert!(find("GetJob").template.matches("/v1/jobs/abc").is_some());
-        assert_eq!(routes.len(), 5);
+        assert!(find("DryRunJob").template.matches("/v1/jobs:dryRun").is_some());
+        assert_eq!(find("DryRunJob").body, "job");
+        assert!(find("ListDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_some());
+        assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters:rerun").is_some());
+        assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_none());
+        assert_eq!(routes.len(), 8);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

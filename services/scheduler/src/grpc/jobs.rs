@@ -30,6 +30,24 @@ impl JobsGrpc {
     }
 }
 
+/// Default page of `ListDeadLetters`.
+const DEFAULT_DEAD_LETTER_PAGE: usize = 100;
+
+/// The submission a dry run checks; its fields are named as in SubmitJob.
+pub fn dry_run_spec(request: pb::DryRunJobRequest) -> Result<JobSpec, Status> {
+    let job = request.job.ok_or_else(|| batchmill_core::FieldViolation::new("job", "must be set"))?;
+    Ok(JobSpec::try_from(job)?)
+}
+
+/// The page size a request asks for: 0 for `default`, at most [`MAX_PAGE`].
+fn page_size(asked: i32, default: usize) -> Result<usize, Status> {
+    match asked {
+        0 => Ok(default),
+        n if (1..=MAX_PAGE).contains(&n) => Ok(n as usize),
+        _ => Err(batchmill_core::FieldViolation::new("page_size", format!("must be between 0 and {MAX_PAGE}")).into()),
+    }
+}
+
 fn job_id(s: &str) -> Result<JobId, Status> {
     JobId::parse("job_id", s).map_err(Status::from)
 }
@@ -55,12 +73,7 @@ impl JobService for JobsGrpc {
     #[instrument(skip_all)]
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
         let req = request.into_inner();
-        if !(0..=MAX_PAGE).contains(&req.page_size) {
-            return Err(
-                batchmill_core::FieldViolation::new("page_size", format!("must be between 0 and {MAX_PAGE}")).into()
-            );
-        }
-        let limit = if req.page_size == 0 { DEFAULT_PAGE } else { req.page_size as usize };
+        let limit = page_size(req.page_size, DEFAULT_PAGE)?;
         let after = if req.page_token.is_empty() {
             None
         } else {
@@ -80,6 +93,52 @@ impl JobService for JobsGrpc {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let job = self.scheduler.cancel(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
+    }
+
+    #[instrument(skip_all)]
+    async fn dry_run_job(
+        &self,
+        request: Request<pb::DryRunJobRequest>,
+    ) -> Result<Response<pb::DryRunJobResponse>, Status> {
+        let spec = dry_run_spec(request.into_inner())?;
+        let answer = self.scheduler.dry_run(spec).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(answer))
+    }
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
+        let from = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token.parse::<u64>().map_err(|_| {
+                Status::from(batchmill_core::FieldViolation::new(
+                    "page_token",
+                    "is not a token this API returned; pass next_page_token as it was",
+                ))
+            })?
+        };
+        let (dead_letters, next) =
+            self.scheduler.dead_letters(job_id(&req.job_id)?, from, limit).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn rerun_dead_letters(
+        &self,
+        request: Request<pb::RerunDeadLettersRequest>,
+    ) -> Result<Response<pb::RerunDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let (job, batch_ids) =
+            self.scheduler.rerun(job_id(&req.job_id)?, req.batch_ids).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RerunDeadLettersResponse { job: Some(job), batch_ids }))
     }
 
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
