@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "batchmill/jobs/v1/jobs.proto",
+    "batchmill/pipelines/v1/pipelines.proto",
     "batchmill/lister/v1/lister.proto",
     "batchmill/enqueuer/v1/enqueuer.proto",
     "batchmill/queue/v1/batch.proto",

@@ -22,6 +22,13 @@ pub mod jobs {
     }
 }
 
+/// Public pipeline API.
+pub mod pipelines {
+    pub mod v1 {
+        tonic::include_proto!("batchmill.pipelines.v1");
+    }
+}
+
 /// Internal lister API.
 pub mod lister {
     pub mod v1 {

@@ -4,6 +4,9 @@
 use batchmill_coord::LeaderChannel;
 use batchmill_core::{ErrorCode, FieldViolation, JobSpec};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
+use batchmill_proto::pipelines::v1::{
+    self as ppb, pipeline_service_client::PipelineServiceClient, pipeline_service_server::PipelineService,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
@@ -32,7 +35,7 @@ fn check_size<T: prost::Message>(request: &Request<T>) -> Result<(), Status> {
 
 #[derive(Clone)]
 pub struct JobsForwarder {
-    leader: LeaderChannel,
+    pub(crate) leader: LeaderChannel,
 }
 
 impl JobsForwarder {
@@ -151,5 +154,48 @@ impl JobService for JobsForwarder {
         let result = self.client().await?.watch_job(onward(request)).await;
         let stream = self.check(result).await?.into_inner();
         Ok(Response::new(stream.boxed()))
+    }
+}
+
+/// The public `PipelineService`, forwarded to the scheduler leader.
+#[derive(Clone)]
+pub struct PipelinesForwarder {
+    jobs: JobsForwarder,
+}
+
+impl PipelinesForwarder {
+    pub fn new(jobs: JobsForwarder) -> PipelinesForwarder {
+        PipelinesForwarder { jobs }
+    }
+
+    pub fn into_service(self) -> ppb::pipeline_service_server::PipelineServiceServer<PipelinesForwarder> {
+        ppb::pipeline_service_server::PipelineServiceServer::new(self)
+    }
+
+    async fn client(&self) -> Result<PipelineServiceClient<tonic::transport::Channel>, Status> {
+        let channel =
+            self.jobs.leader.channel().await.map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
+        Ok(PipelineServiceClient::new(channel))
+    }
+}
+
+#[tonic::async_trait]
+impl PipelineService for PipelinesForwarder {
+    #[instrument(skip_all)]
+    async fn list_pipelines(
+        &self,
+        request: Request<ppb::ListPipelinesRequest>,
+    ) -> Result<Response<ppb::ListPipelinesResponse>, Status> {
+        let result = self.client().await?.list_pipelines(onward(request)).await;
+        self.jobs.check(result).await
+    }
+
+    #[instrument(skip_all)]
+    async fn get_pipeline(
+        &self,
+        request: Request<ppb::GetPipelineRequest>,
+    ) -> Result<Response<ppb::GetPipelineResponse>, Status> {
+        let result = self.client().await?.get_pipeline(onward(request)).await;
+        self.jobs.check(result).await
     }
 }

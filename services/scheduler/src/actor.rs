@@ -178,6 +178,12 @@ impl Scheduler {
         Ok(pb::DryRunJobResponse { message, files, file_count: count as i64, item_count, batch_count })
     }
 
+    /// The pipelines jobs may name.
+    pub fn pipelines(&self) -> Vec<batchmill_proto::pipelines::v1::Pipeline> {
+        let built_in = |name: &String| batchmill_proto::pipelines::v1::Pipeline { name: name.clone(), built_in: true };
+        self.settings.pipelines.iter().map(built_in).collect()
+    }
+
     fn known_pipeline(&self, name: &str) -> Result<(), SchedulerError> {
         if self.settings.pipelines.iter().any(|p| p == name) {
             return Ok(());

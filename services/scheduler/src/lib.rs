@@ -18,7 +18,7 @@ mod record;
 mod state;
 
 pub use actor::Scheduler;
-pub use grpc::{JobsGrpc, SessionGrpc};
+pub use grpc::{JobsGrpc, PipelinesGrpc, SessionGrpc};
 pub use ledger::{Ledger, Recorded};
 pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};

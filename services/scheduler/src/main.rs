@@ -11,7 +11,7 @@ use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClien
 use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
-use batchmill_scheduler::{JobsGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
+use batchmill_scheduler::{JobsGrpc, PipelinesGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
 use clap::Parser;
 use tracing::{info, warn};
 
@@ -112,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     });
     batchmill_runtime::ServerBuilder::new()?
         .add_service(JobsGrpc::new(scheduler.clone()).into_service())
+        .add_service(PipelinesGrpc::new(scheduler.clone()).into_service())
         .add_service(SessionGrpc::new(scheduler).into_service())
         .serve(listener, shutdown)
         .await?;

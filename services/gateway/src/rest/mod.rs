@@ -137,7 +137,7 @@ fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<Dyn
 }
 
 /// Decodes `a=1&b=x%20y` pairs.
-fn form_urlencoded(query: &str) -> Vec<(String, String)> {
+pub fn form_urlencoded(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

@@ -1,0 +1,595 @@
+//! Cortex BatchAPI routes, so Cortex users move over unchanged: `<api>` is a
+//! pipeline name.
+//!
+//! - `POST /<api>` submits a job from Cortex's body (`workers`, `timeout`,
+//!   `sqs_dead_letter_queue` or `dead_letter`, one of `item_list` /
+//!   `file_path_lister` / `delimited_files`, `config`) and answers the job
+//!   spec; with `?dryRun=true` it answers plain text: each matched `s3://`
+//!   object on a line, then `validations passed`.
+//! - `GET /<api>?jobID=<id>` answers `{"job_status": {...}, "endpoint": ...}`.
+//! - `DELETE /<api>?jobID=<id>` stops the job: `{"message":"stopped job <id>"}`.
+//! - `GET /<api>` lists the pipeline's recent jobs, newest first.
+//!
+//! JSON bodies end with a newline, as Go's encoder writes them. Errors are
+//! `{"kind": ..., "message": ...}`: 404 for an unknown api or job, 413 for
+//! a body over 10 MiB, 400 for anything else the caller got wrong.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
+use batchmill_proto::pipelines::v1::{GetPipelineRequest, pipeline_service_server::PipelineService};
+use http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::forward::{JobsForwarder, PipelinesForwarder};
+use crate::rest::MAX_BODY_BYTES;
+
+/// Most jobs `GET /<api>` lists.
+const LIST_LIMIT: i32 = 100;
+
+/// The Cortex face of the job and pipeline services.
+#[derive(Clone)]
+pub struct Cortex {
+    jobs: JobsForwarder,
+    pipelines: PipelinesForwarder,
+}
+
+/// Whether `path` is a Cortex route: one segment that is no native prefix.
+pub fn is_cortex_path(path: &str) -> bool {
+    let name = path.strip_prefix('/').unwrap_or_default();
+    !name.is_empty() && !name.contains('/') && name != "v1"
+}
+
+impl Cortex {
+    pub fn new(jobs: JobsForwarder, pipelines: PipelinesForwarder) -> Cortex {
+        Cortex { jobs, pipelines }
+    }
+
+    /// Serves one request to `/<api>`.
+    pub async fn handle(&self, request: Request) -> Response {
+        match self.route(request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        }
+    }
+
+    async fn route(&self, request: Request) -> Result<Response, CortexError> {
+        let (parts, body) = request.into_parts();
+        let api = parts.uri.path().trim_start_matches('/').to_owned();
+        let query = crate::rest::form_urlencoded(parts.uri.query().unwrap_or_default());
+        let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        let endpoint = format!("http://{host}/{api}");
+        self.known_api(&api).await?;
+        match (parts.method, param("jobID")) {
+            (Method::POST, _) => {
+                let dry_run = param("dryRun").is_some_and(|v| v == "true");
+                let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| CortexError::too_large())?;
+                if dry_run { Ok(self.dry_run(&api, &body).await) } else { self.submit(&api, &body).await }
+            }
+            (Method::GET, Some(job_id)) => {
+                let job = self.job(&api, &job_id).await?;
+                let status = JobStatus::of(&job);
+                Ok(json(
+                    StatusCode::OK,
+                    &StatusResponse { job_status: status, endpoint: job_endpoint(&endpoint, &job_id) },
+                ))
+            }
+            (Method::GET, None) => self.list(&api, &endpoint).await,
+            (Method::DELETE, Some(job_id)) => {
+                self.job(&api, &job_id).await?;
+                let request = tonic::Request::new(pb::CancelJobRequest { job_id: job_id.clone() });
+                JobService::cancel_job(&self.jobs, request).await.map_err(CortexError::from)?;
+                Ok(json(StatusCode::OK, &Message { message: format!("stopped job {job_id}") }))
+            }
+            (Method::DELETE, None) => Err(CortexError::bad("err_missing_query_param", "missing query parameter jobID")),
+            (method, _) => Err(CortexError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                kind: "err_method_not_allowed",
+                message: format!("{method} is not supported on /{api}; use POST, GET or DELETE"),
+            }),
+        }
+    }
+
+    async fn known_api(&self, api: &str) -> Result<(), CortexError> {
+        let request = tonic::Request::new(GetPipelineRequest { name: api.to_owned() });
+        match PipelineService::get_pipeline(&self.pipelines, request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Err(CortexError {
+                status: StatusCode::NOT_FOUND,
+                kind: "err_api_not_deployed",
+                message: format!("{api} is not deployed"),
+            }),
+            Err(status) => Err(status.into()),
+        }
+    }
+
+    /// The job, if it is a job of `api`.
+    async fn job(&self, api: &str, job_id: &str) -> Result<pb::Job, CortexError> {
+        let not_found = || CortexError {
+            status: StatusCode::NOT_FOUND,
+            kind: "err_job_not_found",
+            message: format!("{job_id} job not found for api {api}"),
+        };
+        let request = tonic::Request::new(pb::GetJobRequest { job_id: job_id.to_owned() });
+        let job = match JobService::get_job(&self.jobs, request).await {
+            Ok(response) => response.into_inner().job.unwrap_or_default(),
+            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {
+                return Err(not_found());
+            }
+            Err(status) => return Err(status.into()),
+        };
+        if job.pipeline != api {
+            return Err(not_found());
+        }
+        Ok(job)
+    }
+
+    async fn submit(&self, api: &str, body: &[u8]) -> Result<Response, CortexError> {
+        let submission = Submission::parse(body)?;
+        let arn = submission.sqs_dead_letter_queue.as_ref().map(|q| q.arn.clone());
+        let request = tonic::Request::new(submission.into_request(api)?);
+        let job = JobService::submit_job(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
+        let job = job.job.unwrap_or_default();
+        Ok(json(StatusCode::OK, &JobSpec::of(&job, arn)))
+    }
+
+    /// Plain text, as Cortex answers a dry run, errors included.
+    async fn dry_run(&self, api: &str, body: &[u8]) -> Response {
+        let answer = async {
+            let request =
+                tonic::Request::new(pb::DryRunJobRequest { job: Some(Submission::parse(body)?.into_request(api)?) });
+            let answer = JobService::dry_run_job(&self.jobs, request).await.map_err(CortexError::from)?;
+            Ok::<_, CortexError>(answer.into_inner().message)
+        };
+        let (status, text) = match answer.await {
+            Ok(message) => (StatusCode::OK, message),
+            Err(e) => (e.status, format!("\n{}\n", e.message)),
+        };
+        (status, [(http::header::CONTENT_TYPE, "text/plain")], text).into_response()
+    }
+
+    async fn list(&self, api: &str, endpoint: &str) -> Result<Response, CortexError> {
+        // Jobs are listed newest first across pipelines; keep this api's.
+        let mut statuses = Vec::new();
+        let mut page_token = String::new();
+        for _ in 0..20 {
+            let request = tonic::Request::new(pb::ListJobsRequest { page_size: 1000, page_token });
+            let page = JobService::list_jobs(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
+            statuses.extend(page.jobs.iter().filter(|j| j.pipeline == api).map(JobStatus::of));
+            page_token = page.next_page_token;
+            if page_token.is_empty() || statuses.len() >= LIST_LIMIT as usize {
+                break;
+            }
+        }
+        statuses.truncate(LIST_LIMIT as usize);
+        Ok(json(StatusCode::OK, &ListResponse { endpoint: endpoint.to_owned(), batch_job_statuses: statuses }))
+    }
+}
+
+fn job_endpoint(endpoint: &str, job_id: &str) -> String {
+    format!("{endpoint}?jobID={job_id}")
+}
+
+/// Cortex's job submission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submission {
+    workers: Option<i64>,
+    timeout: Option<i64>,
+    sqs_dead_letter_queue: Option<SqsDeadLetterQueue>,
+    dead_letter: Option<DeadLetter>,
+    item_list: Option<ItemList>,
+    file_path_lister: Option<S3Lister>,
+    delimited_files: Option<S3Lister>,
+    config: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct SqsDeadLetterQueue {
+    #[serde(default)]
+    arn: String,
+    max_receive_count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetter {
+    max_receive_count: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemList {
+    items: Vec<Value>,
+    batch_size: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Lister {
+    s3_paths: Vec<String>,
+    #[serde(default)]
+    includes: Vec<String>,
+    #[serde(default)]
+    excludes: Vec<String>,
+    batch_size: i64,
+}
+
+/// A number for an int32 field: out of range is kept out of range, so the
+/// field's own check names it.
+fn int32(n: i64) -> i32 {
+    n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+impl Submission {
+    fn parse(body: &[u8]) -> Result<Submission, CortexError> {
+        serde_json::from_slice(body)
+            .map_err(|e| CortexError::bad("err_invalid_submission", format!("job submission: {e}")))
+    }
+
+    fn into_request(self, api: &str) -> Result<pb::SubmitJobRequest, CortexError> {
+        use pb::submit_job_request::Source;
+        let given: Vec<&str> = [
+            ("item_list", self.item_list.is_some()),
+            ("file_path_lister", self.file_path_lister.is_some()),
+            ("delimited_files", self.delimited_files.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if given.len() > 1 {
+            return Err(CortexError::bad(
+                "err_conflicting_fields",
+                format!("{}: only one of item_list, file_path_lister, delimited_files may be given", given.join(", ")),
+            ));
+        }
+        if self.sqs_dead_letter_queue.is_some() && self.dead_letter.is_some() {
+            return Err(CortexError::bad(
+                "err_conflicting_fields",
+                "sqs_dead_letter_queue, dead_letter: give at most one",
+            ));
+        }
+        let lister = |l: S3Lister| (l.s3_paths, l.includes, l.excludes, int32(l.batch_size));
+        let source = if let Some(list) = self.item_list {
+            let items = list.items.iter().map(batchmill_core::json::json_to_value).collect();
+            Some(Source::ItemList(pb::ItemList { items, batch_size: int32(list.batch_size) }))
+        } else if let Some(l) = self.file_path_lister {
+            let (s3_paths, includes, excludes, batch_size) = lister(l);
+            Some(Source::FilePathLister(pb::FilePathLister { s3_paths, includes, excludes, batch_size }))
+        } else if let Some(l) = self.delimited_files {
+            let (s3_paths, includes, excludes, batch_size) = lister(l);
+            Some(Source::DelimitedFiles(pb::DelimitedFiles { s3_paths, includes, excludes, batch_size }))
+        } else {
+            None
+        };
+        let max_receive_count =
+            self.sqs_dead_letter_queue.map(|q| q.max_receive_count).or(self.dead_letter.map(|d| d.max_receive_count));
+        if let Some(timeout) = self.timeout
+            && timeout < 1
+        {
+            return Err(CortexError::bad(
+                "err_invalid_submission",
+                format!("timeout: must be at least 1, got {timeout}"),
+            ));
+        }
+        Ok(pb::SubmitJobRequest {
+            pipeline: api.to_owned(),
+            workers: int32(self.workers.unwrap_or(0)),
+            source,
+            config: self.config.as_ref().map(batchmill_core::json::json_to_struct),
+            output_uri: String::new(),
+            dead_letter: max_receive_count.map(|n| pb::DeadLetterPolicy { max_receive_count: int32(n) }),
+            timeout: self.timeout.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        })
+    }
+}
+
+/// A job as Cortex's submit answers it.
+#[derive(Serialize)]
+struct JobSpec {
+    job_id: String,
+    api_name: String,
+    kind: &'static str,
+    workers: i32,
+    sqs_dead_letter_queue: SqsDeadLetterQueue,
+    config: Map<String, Value>,
+    timeout: Option<i64>,
+    api_id: String,
+    /// Where the job's batches are queued: its JetStream subject.
+    sqs_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_batch_count: Option<i64>,
+    created_time: String,
+}
+
+impl JobSpec {
+    /// `arn` is the dead-letter queue the submission named; by default the
+    /// job's dead-letter subject.
+    fn of(job: &pb::Job, arn: Option<String>) -> JobSpec {
+        JobSpec {
+            job_id: job.job_id.clone(),
+            api_name: job.pipeline.clone(),
+            kind: "BatchAPI",
+            workers: job.max_workers,
+            sqs_dead_letter_queue: SqsDeadLetterQueue {
+                arn: arn.unwrap_or_else(|| format!("batchmill.dead.{}", job.job_id)),
+                max_receive_count: i64::from(job.max_receive_count),
+            },
+            config: job.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
+            timeout: job.timeout.as_ref().map(|d| d.seconds),
+            api_id: job.pipeline.clone(),
+            sqs_url: format!("batchmill.batches.{}", job.job_id),
+            total_batch_count: job.enqueue_complete.then(|| job.batches.as_ref().map_or(0, |b| b.total)),
+            created_time: time(job.create_time.as_ref()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A job's status as Cortex shows it, with batchmill's item counts added.
+#[derive(Serialize)]
+struct JobStatus {
+    #[serde(flatten)]
+    spec: JobSpec,
+    status: &'static str,
+    batches_in_queue: i64,
+    batch_metrics: BatchMetrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_counts: Option<WorkerCounts>,
+    item_counts: ItemCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+}
+
+#[derive(Serialize)]
+struct BatchMetrics {
+    succeeded: i64,
+    /// Failed attempts, as Cortex counts them.
+    failed: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    avg_time_per_batch: Option<f64>,
+    /// Batches that failed for good (all in the dead-letter stream).
+    failed_batches: i64,
+    dead_lettered: i64,
+    total: i64,
+}
+
+#[derive(Serialize)]
+struct WorkerCounts {
+    pending: i32,
+    initializing: i32,
+    running: i32,
+    succeeded: i32,
+    failed: i32,
+    stalled: i32,
+}
+
+#[derive(Serialize)]
+struct ItemCounts {
+    total: i64,
+    completed: i64,
+    failed: i64,
+    pending: i64,
+}
+
+impl JobStatus {
+    fn of(job: &pb::Job) -> JobStatus {
+        let b = job.batches.unwrap_or_default();
+        let i = job.items.unwrap_or_default();
+        let terminal = matches!(
+            job.state(),
+            pb::JobState::Succeeded
+                | pb::JobState::CompletedWithFailures
+                | pb::JobState::Failed
+                | pb::JobState::TimedOut
+                | pb::JobState::Cancelled
+        );
+        let average = b.average_batch_time.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
+        JobStatus {
+            spec: JobSpec::of(job, None),
+            status: status(job),
+            batches_in_queue: b.in_queue,
+            batch_metrics: BatchMetrics {
+                succeeded: b.succeeded,
+                failed: b.failed_attempts,
+                avg_time_per_batch: average.filter(|_| b.succeeded > 0),
+                failed_batches: b.failed,
+                dead_lettered: b.dead_lettered,
+                total: b.total,
+            },
+            worker_counts: (!terminal).then(|| {
+                let w = job.workers.unwrap_or_default();
+                WorkerCounts {
+                    pending: w.pending,
+                    initializing: w.initializing,
+                    running: w.running,
+                    succeeded: w.succeeded,
+                    failed: w.failed,
+                    stalled: w.stalled,
+                }
+            }),
+            item_counts: ItemCounts { total: i.total, completed: i.completed, failed: i.failed, pending: i.pending },
+            start_time: time(job.start_time.as_ref()),
+            end_time: time(job.end_time.as_ref()),
+            message: job.message.clone(),
+        }
+    }
+}
+
+/// Cortex's status code of a job.
+fn status(job: &pb::Job) -> &'static str {
+    match job.state() {
+        pb::JobState::Unspecified | pb::JobState::Pending | pb::JobState::Admitted => "pending",
+        pb::JobState::Running | pb::JobState::Completing if !job.enqueue_complete => "enqueuing",
+        pb::JobState::Running | pb::JobState::Completing => "running",
+        pb::JobState::Succeeded => "succeeded",
+        pb::JobState::CompletedWithFailures => "completed_with_failures",
+        pb::JobState::Failed => match job.failure_reason.as_str() {
+            "enqueue_failed" => "enqueue_failed",
+            "worker_error" => "worker_error",
+            "worker_oom" => "worker_oom",
+            _ => "unexpected_error",
+        },
+        pb::JobState::TimedOut => "timed_out",
+        pb::JobState::Cancelled => "stopped",
+    }
+}
+
+fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
+    t.map(ToString::to_string)
+}
+
+#[derive(Serialize)]
+struct StatusResponse {
+    job_status: JobStatus,
+    endpoint: String,
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    endpoint: String,
+    batch_job_statuses: Vec<JobStatus>,
+}
+
+#[derive(Serialize)]
+struct Message {
+    message: String,
+}
+
+/// A Cortex error: `{"kind", "message"}`.
+#[derive(Debug)]
+struct CortexError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl CortexError {
+    fn bad(kind: &'static str, message: impl Into<String>) -> CortexError {
+        CortexError { status: StatusCode::BAD_REQUEST, kind, message: message.into() }
+    }
+
+    fn too_large() -> CortexError {
+        CortexError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            kind: "err_request_too_large",
+            message: format!(
+                "the request body is over the 10 MiB ({MAX_BODY_BYTES}-byte) limit; give large inputs as files in S3 (file_path_lister, delimited_files)"
+            ),
+        }
+    }
+}
+
+impl From<tonic::Status> for CortexError {
+    fn from(status: tonic::Status) -> CortexError {
+        let (http, kind) = match status.code() {
+            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
+                (StatusCode::BAD_REQUEST, "err_invalid_submission")
+            }
+            tonic::Code::NotFound => (StatusCode::NOT_FOUND, "err_not_found"),
+            tonic::Code::ResourceExhausted => (StatusCode::PAYLOAD_TOO_LARGE, "err_request_too_large"),
+            tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "err_failed_precondition"),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                (StatusCode::SERVICE_UNAVAILABLE, "err_unavailable")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "err_internal"),
+        };
+        CortexError { status: http, kind, message: status.message().to_owned() }
+    }
+}
+
+impl IntoResponse for CortexError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            kind: &'a str,
+            message: &'a str,
+        }
+        json(self.status, &Body { kind: self.kind, message: &self.message })
+    }
+}
+
+/// Compact JSON and a newline, as Go's `json.Encoder` writes.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: Value) -> Result<pb::SubmitJobRequest, CortexError> {
+        Submission::parse(body.to_string().as_bytes())?.into_request("image-classifier")
+    }
+
+    #[test]
+    fn cortex_submissions_become_native_requests() {
+        let req = request(json!({"workers": 2, "timeout": 600,
+            "sqs_dead_letter_queue": {"arn": "arn:aws:sqs:us-west-2:1:f.fifo", "max_receive_count": 3},
+            "file_path_lister": {"s3_paths": ["s3://b/images/"], "includes": ["**.jpg"], "batch_size": 2},
+            "config": {"dest_s3_dir": "s3://b/out"}}))
+        .unwrap();
+        assert_eq!((req.pipeline.as_str(), req.workers), ("image-classifier", 2));
+        assert_eq!(req.timeout.map(|d| d.seconds), Some(600));
+        assert_eq!(req.dead_letter.map(|d| d.max_receive_count), Some(3));
+        assert!(matches!(req.source, Some(pb::submit_job_request::Source::FilePathLister(ref l)) if l.batch_size == 2));
+        let req = request(json!({"workers": 1, "item_list": {"items": [1, "a"], "batch_size": 1}})).unwrap();
+        assert!(matches!(req.source, Some(pb::submit_job_request::Source::ItemList(ref l)) if l.items.len() == 2));
+    }
+
+    #[test]
+    fn bad_submissions_name_what_is_wrong() {
+        let says = |body: Value, text: &str| {
+            let e = request(body).unwrap_err();
+            assert!(e.message.contains(text), "{} does not say {text}", e.message);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        };
+        says(json!({"worker": 1}), "unknown field `worker`");
+        says(json!({"workers": "two"}), "invalid type");
+        says(
+            json!({"workers": 1, "item_list": {"items": [], "batch_size": 1}, "delimited_files": {"s3_paths": [], "batch_size": 1}}),
+            "only one of",
+        );
+        says(json!({"workers": 1, "timeout": 0}), "timeout");
+        says(json!({"workers": 1, "item_list": {"items": [1]}}), "batch_size");
+    }
+
+    #[test]
+    fn states_map_to_cortex_status_codes() {
+        let job = |state: pb::JobState, enqueued: bool, reason: &str| pb::Job {
+            state: state as i32,
+            enqueue_complete: enqueued,
+            failure_reason: reason.into(),
+            ..Default::default()
+        };
+        assert_eq!(status(&job(pb::JobState::Pending, false, "")), "pending");
+        assert_eq!(status(&job(pb::JobState::Running, false, "")), "enqueuing");
+        assert_eq!(status(&job(pb::JobState::Running, true, "")), "running");
+        assert_eq!(status(&job(pb::JobState::Cancelled, true, "")), "stopped");
+        assert_eq!(status(&job(pb::JobState::Failed, false, "enqueue_failed")), "enqueue_failed");
+        assert_eq!(status(&job(pb::JobState::TimedOut, true, "")), "timed_out");
+    }
+
+    #[test]
+    fn only_single_segment_paths_are_cortex_routes() {
+        assert!(is_cortex_path("/image-classifier"));
+        assert!(!is_cortex_path("/v1"));
+        assert!(!is_cortex_path("/v1/jobs"));
+        assert!(!is_cortex_path("/batchmill.jobs.v1.JobService/GetJob"));
+        assert!(!is_cortex_path("/"));
+    }
+}

@@ -1,0 +1,42 @@
+//! `PipelineService` on the scheduler: the pipelines jobs may name.
+
+use batchmill_proto::pipelines::v1::{self as pb, pipeline_service_server::PipelineService};
+use tonic::{Request, Response, Status};
+
+use crate::Scheduler;
+
+#[derive(Clone)]
+pub struct PipelinesGrpc {
+    scheduler: Scheduler,
+}
+
+impl PipelinesGrpc {
+    pub fn new(scheduler: Scheduler) -> PipelinesGrpc {
+        PipelinesGrpc { scheduler }
+    }
+
+    pub fn into_service(self) -> pb::pipeline_service_server::PipelineServiceServer<PipelinesGrpc> {
+        pb::pipeline_service_server::PipelineServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl PipelineService for PipelinesGrpc {
+    async fn list_pipelines(
+        &self,
+        _: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.scheduler.pipelines() }))
+    }
+
+    async fn get_pipeline(
+        &self,
+        request: Request<pb::GetPipelineRequest>,
+    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        let name = request.into_inner().name;
+        match self.scheduler.pipelines().into_iter().find(|p| p.name == name) {
+            Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
+            None => Err(Status::not_found(format!("pipeline {name:?} not found"))),
+        }
+    }
+}
