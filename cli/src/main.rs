@@ -44,6 +44,13 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Prints a job's log lines from all of its workers.
+    Logs {
+        job_id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Runs a job's dead-lettered batches again (all of them, or those named).
     Rerun { job_id: String, batch_ids: Vec<String> },
 }
@@ -108,6 +115,16 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!("{}", to_json(&page, "batchmill.jobs.v1.ListDeadLettersResponse")?);
+        }
+        Command::Logs { job_id, follow } => {
+            let mut stream = client.stream_job_logs(pb::StreamJobLogsRequest { job_id, follow }).await?.into_inner();
+            while let Some(chunk) = stream.message().await? {
+                for line in chunk.lines {
+                    let time = line.time.map(|t| t.to_string()).unwrap_or_default();
+                    let batch = if line.batch_id.is_empty() { "-" } else { line.batch_id.as_str() };
+                    println!("{time} {} {batch} {} {}", line.worker_id, line.level, line.message);
+                }
+            }
         }
         Command::Rerun { job_id, batch_ids } => {
             let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();

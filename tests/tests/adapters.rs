@@ -1,6 +1,6 @@
 //! The adapters against the real servers: etcd (the same conformance suite
 //! the in-memory Kv passes, leases, elections), JetStream (dedup by
-//! Nats-Msg-Id, delivery, purge) and S3 (pagination, SigV4 checked).
+//! Nats-Msg-Id, delivery, purge, dead letters, log lines) and S3 (pagination, SigV4 checked).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use batchmill_coord::{Etcd, Kv};
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
 use batchmill_tests::{ACCESS_KEY, BUCKET, Options, Sandbox};
 use bytes::Bytes;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 async fn deps() -> anyhow::Result<Sandbox> {
@@ -127,5 +128,41 @@ async fn jetstream_announces_a_batch_whose_deliveries_ran_out() -> anyhow::Resul
     assert_eq!(queue.read(advisory.stream_seq).await?, Some(Bytes::from_static(b"lost")));
     queue.remove(advisory.stream_seq).await?;
     assert_eq!(queue.read(advisory.stream_seq).await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn jetstream_keeps_dead_letters_and_log_lines_per_job() -> anyhow::Result<()> {
+    let sandbox = deps().await?;
+    let queue = JetStreamQueue::connect(&sandbox.nats_url, Duration::from_secs(10)).await?;
+    for (job, body) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
+        queue.dead_letter(job, Bytes::from(body)).await?;
+    }
+    let letters = queue.dead_letters("a", 0, 10).await?;
+    assert_eq!(letters.iter().map(|l| l.payload.clone()).collect::<Vec<_>>(), ["a1", "a2"]);
+    assert_eq!(queue.dead_letters("a", letters[0].stream_seq + 1, 10).await?.len(), 1, "from a position");
+    queue.remove_dead_letter(letters[0].stream_seq).await?;
+    assert_eq!(queue.dead_letters("a", 0, 10).await?.len(), 1);
+
+    assert!(queue.logs("a", false).await?.next().await.is_none(), "no lines: the stream ends at once");
+    for line in ["one", "two", "three"] {
+        queue.publish_log("a", Bytes::from(line)).await?;
+    }
+    queue.publish_log("b", Bytes::from("other")).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<Bytes> = queue.logs("a", false).await?.map(|l| l.unwrap()).collect().await;
+        if lines.len() == 3 || tokio::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lines, ["one", "two", "three"]);
+    let mut follow = queue.logs("a", true).await?;
+    for want in ["one", "two", "three"] {
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.unwrap()?, want);
+    }
+    queue.publish_log("a", Bytes::from("four")).await?;
+    assert_eq!(tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.unwrap()?, "four");
     Ok(())
 }

@@ -47,6 +47,16 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 3 });
     let job = jobs.submit_job(request).await?.into_inner().job.unwrap();
     assert_eq!(job.max_receive_count, 3);
+    // Follow the job's logs from the start; the stream ends after the job does.
+    let follow = pb::StreamJobLogsRequest { job_id: job.job_id.clone(), follow: true };
+    let mut followed = jobs.stream_job_logs(follow).await?.into_inner();
+    let following = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(chunk) = followed.message().await? {
+            lines.extend(chunk.lines);
+        }
+        Ok::<_, tonic::Status>(lines)
+    });
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
@@ -71,6 +81,24 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     assert_eq!(letters[0]["items"], json!([12, 13, 14, 15]));
     assert!(letters[0]["lastError"].as_str().unwrap().contains("fails as configured"), "{listed}");
     assert!(letters[0]["workerId"].as_str().is_some_and(|w| !w.is_empty()), "{listed}");
+
+    // The logs say what happened to each batch, from all workers, live and afterwards.
+    let followed = tokio::time::timeout(Duration::from_secs(20), following).await???;
+    let failing = format!("{}-3", done.job_id);
+    let errors: Vec<&pb::LogLine> = followed.iter().filter(|l| l.batch_id == failing).collect();
+    assert_eq!(errors.len(), 3, "one line per delivery: {errors:?}");
+    assert!(errors.iter().all(|l| l.level == "ERROR" && l.message.contains("fails as configured")));
+    assert!(errors[2].message.contains("delivery 3 of 3, dead-lettered"), "{:?}", errors[2]);
+    let succeeded: std::collections::BTreeSet<&str> =
+        followed.iter().filter(|l| l.message.starts_with("succeeded")).map(|l| l.batch_id.as_str()).collect();
+    assert_eq!(succeeded.len(), 9, "{followed:?}");
+    let text = http.get(format!("{}/v1/jobs/{}/logs", sandbox.rest_url(), done.job_id)).send().await?.text().await?;
+    let mut after = 0;
+    for line in text.lines() {
+        let chunk: Value = serde_json::from_str(line)?;
+        after += chunk["result"]["lines"].as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(after, followed.len(), "the same lines afterwards: {text}");
 
     // Re-run once the batch can succeed: the job runs again and ends with every result.
     let wait = until.saturating_sub(batchmill_core::time::now_ms()) + 100;

@@ -12,7 +12,8 @@ use futures::StreamExt;
 use tracing::debug;
 
 use crate::{
-    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, QueueError, Result, batch_subject, consumer_name, dead_subject,
+    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, LOG_STREAM, QueueError, Result, batch_subject, consumer_name,
+    dead_subject, log_subject,
 };
 
 /// A connection to JetStream with the batch stream in place.
@@ -56,6 +57,15 @@ impl JetStreamQueue {
             ..Default::default()
         };
         context.create_or_update_stream(dead).await.map_err(|e| QueueError::js("create dead-letter stream", e))?;
+        let logs = stream::Config {
+            name: LOG_STREAM.to_owned(),
+            subjects: vec![log_subject("*")],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        };
+        context.create_or_update_stream(logs).await.map_err(|e| QueueError::js("create log stream", e))?;
         Ok(JetStreamQueue { context })
     }
 
@@ -192,6 +202,48 @@ impl JetStreamQueue {
         Ok(())
     }
 
+    /// Appends a log line of `job_id` without waiting for JetStream to
+    /// store it: logging never slows a batch down.
+    pub async fn publish_log(&self, job_id: &str, line: Bytes) -> Result<()> {
+        // The publish acknowledgement is not awaited.
+        let _ack = self.context.publish(log_subject(job_id), line).await.map_err(|e| QueueError::js("log", e))?;
+        Ok(())
+    }
+
+    /// A job's log lines, oldest first: those stored now, and with `follow`
+    /// every later one too (the stream then never ends by itself). Lines
+    /// are read by stream position, so a reader holds no consumer.
+    pub async fn logs(&self, job_id: &str, follow: bool) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let stream = self.context.get_stream(LOG_STREAM).await.map_err(|e| QueueError::js("get log stream", e))?;
+        let subject = log_subject(job_id);
+        let lines = futures::stream::unfold((stream, 1u64, false), move |(stream, next, failed)| {
+            let subject = subject.clone();
+            async move {
+                if failed {
+                    return None;
+                }
+                loop {
+                    match stream.get_first_raw_message_by_subject(&subject, next).await {
+                        Ok(m) => return Some((Ok(m.payload), (stream, m.sequence + 1, false))),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
+                            ) =>
+                        {
+                            if !follow {
+                                return None;
+                            }
+                            tokio::time::sleep(LOG_POLL).await;
+                        }
+                        Err(e) => return Some((Err(QueueError::js("read logs", e)), (stream, next, true))),
+                    }
+                }
+            }
+        });
+        Ok(lines.boxed())
+    }
+
     /// The job's consumer, for a worker to pull from.
     pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
         let stream = self.stream().await?;
@@ -206,6 +258,9 @@ impl JetStreamQueue {
         self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
     }
 }
+
+/// How often a followed log is checked for new lines.
+const LOG_POLL: Duration = Duration::from_millis(250);
 
 /// A message as stored in a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]

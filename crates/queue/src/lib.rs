@@ -10,6 +10,9 @@
 //! A batch that fails for good is moved to the dead-letter stream
 //! (`BATCHMILL_DEAD`, limits retention, subject `batchmill.dead.<job_id>`),
 //! where it stays, listable and re-runnable, until its job is deleted.
+//!
+//! Workers' log lines of a job go to `BATCHMILL_LOGS`, subject
+//! `batchmill.logs.<job_id>`, kept for seven days.
 
 mod jetstream;
 
@@ -26,6 +29,14 @@ pub const DEAD_STREAM: &str = "BATCHMILL_DEAD";
 /// The subject of a job's dead-lettered batches.
 pub fn dead_subject(job_id: &str) -> String {
     format!("batchmill.dead.{job_id}")
+}
+
+/// Name of the stream of job log lines.
+pub const LOG_STREAM: &str = "BATCHMILL_LOGS";
+
+/// The subject of a job's log lines.
+pub fn log_subject(job_id: &str) -> String {
+    format!("batchmill.logs.{job_id}")
 }
 
 /// The subject of a job's batches.

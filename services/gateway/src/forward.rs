@@ -147,6 +147,18 @@ impl JobService for JobsForwarder {
         self.check(result).await
     }
 
+    type StreamJobLogsStream = BoxStream<'static, Result<pb::StreamJobLogsResponse, Status>>;
+
+    #[instrument(skip_all)]
+    async fn stream_job_logs(
+        &self,
+        request: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let result = self.client().await?.stream_job_logs(onward(request)).await;
+        let stream = self.check(result).await?.into_inner();
+        Ok(Response::new(stream.boxed()))
+    }
+
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all)]

@@ -20,7 +20,7 @@ mod state;
 pub use actor::Scheduler;
 pub use grpc::{JobsGrpc, PipelinesGrpc, SessionGrpc};
 pub use ledger::{Ledger, Recorded};
-pub use ports::{EnqueueClient, JobQueue, ObjectStore, Ports, SourceProbe, WorkerLink};
+pub use ports::{EnqueueClient, JobQueue, LogLines, LogSource, ObjectStore, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};
 pub use state::{Settings, State};
 

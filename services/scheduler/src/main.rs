@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), shutdown.clone());
     batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
-    batchmill_scheduler::follow_exhausted(queue, scheduler.clone(), shutdown.clone());
+    batchmill_scheduler::follow_exhausted(queue.clone(), scheduler.clone(), shutdown.clone());
     info!(%url, jobs, "leading; serving");
 
     let serving = shutdown.clone();
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         serving.cancel();
     });
     batchmill_runtime::ServerBuilder::new()?
-        .add_service(JobsGrpc::new(scheduler.clone()).into_service())
+        .add_service(JobsGrpc::new(scheduler.clone(), Arc::new(queue.clone())).into_service())
         .add_service(PipelinesGrpc::new(scheduler.clone()).into_service())
         .add_service(SessionGrpc::new(scheduler).into_service())
         .serve(listener, shutdown)

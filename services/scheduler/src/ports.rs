@@ -84,6 +84,25 @@ impl SourceProbe for ListerServiceClient<Channel> {
     }
 }
 
+/// A stream of log lines (encoded `LogLine`s).
+pub type LogLines = futures::stream::BoxStream<'static, Result<Bytes, String>>;
+
+/// Where workers' log lines are kept.
+#[async_trait]
+pub trait LogSource: Send + Sync + 'static {
+    /// The job's lines, oldest first; with `follow` the stream does not end.
+    async fn logs(&self, job_id: &str, follow: bool) -> Result<LogLines, String>;
+}
+
+#[async_trait]
+impl LogSource for JetStreamQueue {
+    async fn logs(&self, job_id: &str, follow: bool) -> Result<LogLines, String> {
+        use futures::StreamExt;
+        let lines = JetStreamQueue::logs(self, job_id, follow).await.map_err(|e| e.to_string())?;
+        Ok(lines.map(|l| l.map_err(|e| e.to_string())).boxed())
+    }
+}
+
 /// The scheduler's end of one worker's session.
 pub trait WorkerLink: Send + Sync + 'static {
     /// Sends a message; false if the session is gone.

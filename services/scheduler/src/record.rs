@@ -145,7 +145,9 @@ impl JobRecord {
     /// The job as the public API shows it at `now_ms`.
     pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, running: u32, now_ms: u64) -> pb::Job {
         let total_batches = enqueue.next_seq.max(ledger.finished());
-        let total_items = self.item_count.unwrap_or(0).max(enqueue.next_item);
+        // Enqueue progress is checkpointed, so it can lag what workers finished.
+        let total_items =
+            self.item_count.unwrap_or(0).max(enqueue.next_item).max(ledger.items_completed() + ledger.items_failed());
         let terminal = self.state.is_terminal();
         let in_queue = if terminal { 0 } else { total_batches - ledger.finished() };
         let pending_workers = if terminal { 0 } else { self.max_workers.saturating_sub(running) };

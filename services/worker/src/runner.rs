@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use batchmill_blob::Blob;
 use batchmill_core::S3Uri;
 use batchmill_core::time::duration_ms;
+use batchmill_proto::jobs::v1::LogLine;
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
 use batchmill_queue::{Delivery, JetStreamQueue};
@@ -44,6 +45,7 @@ impl JobRun {
             Ok(p) => Arc::from(p),
             Err(e) => {
                 warn!(error = %e, "cannot run the job's pipeline");
+                self.log("", "ERROR", format!("cannot run pipeline {}: {e}", self.assign.pipeline)).await;
                 self.outbox.release(&self.assign.job_id, &e);
                 return;
             }
@@ -68,6 +70,7 @@ impl JobRun {
             }
         };
         info!("taking batches");
+        self.log("", "INFO", format!("worker {} started on pipeline {}", self.worker_id, self.assign.pipeline)).await;
         let mut settling = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             let delivery = tokio::select! {
@@ -142,12 +145,21 @@ impl JobRun {
             Err(PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e.clone()),
         };
         let trace_id = batchmill_runtime::trace::trace_id();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let max = self.assign.max_deliver.max(1);
         if status == BatchStatus::Succeeded {
             tracing::debug!(%batch_id, attempt, %trace_id, "batch done");
+            self.log(
+                &batch_id,
+                "INFO",
+                format!("succeeded: {items} items in {elapsed_ms} ms (delivery {attempt} of {max})"),
+            )
+            .await;
         } else {
             warn!(%batch_id, attempt, error = %error, ?status, %trace_id, "batch failed");
+            let next = if status == BatchStatus::FailedFinal { "dead-lettered" } else { "will be retried" };
+            self.log(&batch_id, "ERROR", format!("failed on delivery {attempt} of {max}, {next}: {error}")).await;
         }
-        let elapsed_ms = started.elapsed().as_millis() as u64;
         let dead_letter = (status == BatchStatus::FailedFinal).then(|| DeadLetter {
             attempts: attempt,
             last_error: error.clone(),
@@ -166,6 +178,21 @@ impl JobRun {
             attempt,
         };
         Some(Ran { delivery, outcome, batch_id, dead_letter })
+    }
+
+    /// Appends a line to the job's log (`batch_id` empty for the job as a
+    /// whole); a line that cannot be sent is only traced here.
+    async fn log(&self, batch_id: &str, level: &str, message: String) {
+        let line = LogLine {
+            time: Some(batchmill_core::time::timestamp(batchmill_core::time::now_ms())),
+            worker_id: self.worker_id.clone(),
+            batch_id: batch_id.to_owned(),
+            level: level.to_owned(),
+            message,
+        };
+        if let Err(e) = self.queue.publish_log(&self.assign.job_id, Bytes::from(line.encode_to_vec())).await {
+            tracing::debug!(error = %e, "log line not sent");
+        }
     }
 
     /// Runs the predictor and writes the result object.

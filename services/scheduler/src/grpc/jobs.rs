@@ -7,7 +7,12 @@ use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use crate::Scheduler;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::{LogSource, Scheduler};
 
 /// Default and largest page of `ListJobs`.
 const DEFAULT_PAGE: usize = 50;
@@ -16,11 +21,12 @@ const MAX_PAGE: i32 = 1000;
 #[derive(Clone)]
 pub struct JobsGrpc {
     scheduler: Scheduler,
+    logs: Arc<dyn LogSource>,
 }
 
 impl JobsGrpc {
-    pub fn new(scheduler: Scheduler) -> JobsGrpc {
-        JobsGrpc { scheduler }
+    pub fn new(scheduler: Scheduler, logs: Arc<dyn LogSource>) -> JobsGrpc {
+        JobsGrpc { scheduler, logs }
     }
 
     pub fn into_service(self) -> pb::job_service_server::JobServiceServer<JobsGrpc> {
@@ -28,6 +34,22 @@ impl JobsGrpc {
             .max_decoding_message_size(16 * 1024 * 1024)
             .max_encoding_message_size(16 * 1024 * 1024)
     }
+}
+
+/// Most log lines in one response.
+const LOG_CHUNK: usize = 500;
+/// How long a followed log stream stays open after its job ended.
+const LOG_GRACE: Duration = Duration::from_secs(2);
+
+fn is_terminal(state: pb::JobState) -> bool {
+    matches!(
+        state,
+        pb::JobState::Succeeded
+            | pb::JobState::CompletedWithFailures
+            | pb::JobState::Failed
+            | pb::JobState::TimedOut
+            | pb::JobState::Cancelled
+    )
 }
 
 /// Default page of `ListDeadLetters`.
@@ -141,6 +163,44 @@ impl JobService for JobsGrpc {
         Ok(Response::new(pb::RerunDeadLettersResponse { job: Some(job), batch_ids }))
     }
 
+    type StreamJobLogsStream = BoxStream<'static, Result<pb::StreamJobLogsResponse, Status>>;
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn stream_job_logs(
+        &self,
+        request: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let req = request.into_inner();
+        let id = job_id(&req.job_id)?;
+        let mut job = self.scheduler.watch(id).await.map_err(|e| e.to_status())?;
+        let lines = self.logs.logs(&req.job_id, req.follow).await.map_err(Status::unavailable)?;
+        let lines = lines.ready_chunks(LOG_CHUNK).map(|chunk| {
+            let mut out = Vec::with_capacity(chunk.len());
+            for line in chunk {
+                let line = line.map_err(Status::unavailable)?;
+                match pb::LogLine::decode(line.as_ref()) {
+                    Ok(l) => out.push(l),
+                    Err(e) => tracing::warn!(error = %e, "undecodable log line"),
+                }
+            }
+            Ok(pb::StreamJobLogsResponse { lines: out })
+        });
+        if !req.follow {
+            return Ok(Response::new(lines.boxed()));
+        }
+        // Following: once the job has ended, lines still in flight get a
+        // moment to arrive, then the stream ends.
+        let ended = async move {
+            while !is_terminal(job.borrow_and_update().state()) {
+                if job.changed().await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(LOG_GRACE).await;
+        };
+        Ok(Response::new(lines.take_until(ended).boxed()))
+    }
+
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
@@ -155,16 +215,7 @@ impl JobService for JobsGrpc {
                 return None;
             }
             let job = rx.borrow_and_update().clone();
-            let terminal = pb::JobState::try_from(job.state).is_ok_and(|s| {
-                matches!(
-                    s,
-                    pb::JobState::Succeeded
-                        | pb::JobState::CompletedWithFailures
-                        | pb::JobState::Failed
-                        | pb::JobState::TimedOut
-                        | pb::JobState::Cancelled
-                )
-            });
+            let terminal = is_terminal(job.state());
             Some((Ok(pb::WatchJobResponse { job: Some(job) }), (rx, true, terminal)))
         });
         Ok(Response::new(stream.boxed()))
