@@ -90,7 +90,8 @@ mod tests {
         assert!(find("ListDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_some());
         assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters:rerun").is_some());
         assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_none());
-        assert_eq!(routes.len(), 8);
+        assert!(find("StreamJobLogs").template.matches("/v1/jobs/abc/logs").is_some());
+        assert_eq!(routes.len(), 9);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }
