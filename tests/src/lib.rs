@@ -377,17 +377,7 @@ impl Sandbox {
     }
 }
 
-/// Whether a state is terminal.
-pub fn is_terminal(state: pb::JobState) -> bool {
-    matches!(
-        state,
-        pb::JobState::Succeeded
-            | pb::JobState::CompletedWithFailures
-            | pb::JobState::Failed
-            | pb::JobState::TimedOut
-            | pb::JobState::Cancelled
-    )
-}
+pub use batchmill_core::job::is_terminal;
 
 /// An inline-items job request for the echo pipeline.
 pub fn echo_job(

@@ -59,6 +59,18 @@ impl From<JobState> for pb::JobState {
     }
 }
 
+/// Whether a job in contract state `state` has ended for good.
+pub fn is_terminal(state: pb::JobState) -> bool {
+    matches!(
+        state,
+        pb::JobState::Succeeded
+            | pb::JobState::CompletedWithFailures
+            | pb::JobState::Failed
+            | pb::JobState::TimedOut
+            | pb::JobState::Cancelled
+    )
+}
+
 /// Where a job's items come from, as submitted.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceSpec {
@@ -327,5 +339,8 @@ mod tests {
     fn terminal_states() {
         assert!(JobState::Cancelled.is_terminal());
         assert!(!JobState::Running.is_terminal());
+        for state in [JobState::Pending, JobState::Running, JobState::TimedOut, JobState::Cancelled] {
+            assert_eq!(is_terminal(pb::JobState::from(state)), state.is_terminal(), "{state:?}");
+        }
     }
 }

@@ -174,31 +174,25 @@ impl JetStreamQueue {
     /// Up to `limit` dead letters of `job_id` stored at stream sequence
     /// `from` or later, oldest first.
     pub async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
-        let stream =
-            self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))?;
+        let stream = self.dead_stream().await?;
         let subject = dead_subject(job_id);
         let mut found = Vec::new();
         let mut next = from.max(1);
         while found.len() < limit {
-            match stream.get_first_raw_message_by_subject(&subject, next).await {
-                Ok(message) => {
-                    next = message.sequence + 1;
-                    found.push(Stored { stream_seq: message.sequence, payload: message.payload });
-                }
-                Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
-                    break;
-                }
-                Err(e) => return Err(QueueError::js("read dead letters", e)),
-            }
+            let Some(message) = next_on_subject(&stream, &subject, next, "read dead letters").await? else { break };
+            next = message.sequence + 1;
+            found.push(Stored { stream_seq: message.sequence, payload: message.payload });
         }
         Ok(found)
     }
 
     /// Removes the dead letter stored at stream sequence `stream_seq`.
     pub async fn remove_dead_letter(&self, stream_seq: u64) -> Result<()> {
-        let stream =
-            self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))?;
-        stream.delete_message(stream_seq).await.map_err(|e| QueueError::js("delete dead letter", e))?;
+        self.dead_stream()
+            .await?
+            .delete_message(stream_seq)
+            .await
+            .map_err(|e| QueueError::js("delete dead letter", e))?;
         Ok(())
     }
 
@@ -223,20 +217,11 @@ impl JetStreamQueue {
                     return None;
                 }
                 loop {
-                    match stream.get_first_raw_message_by_subject(&subject, next).await {
-                        Ok(m) => return Some((Ok(m.payload), (stream, m.sequence + 1, false))),
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound
-                            ) =>
-                        {
-                            if !follow {
-                                return None;
-                            }
-                            tokio::time::sleep(LOG_POLL).await;
-                        }
-                        Err(e) => return Some((Err(QueueError::js("read logs", e)), (stream, next, true))),
+                    match next_on_subject(&stream, &subject, next, "read logs").await {
+                        Ok(Some(m)) => return Some((Ok(m.payload), (stream, m.sequence + 1, false))),
+                        Ok(None) if follow => tokio::time::sleep(LOG_POLL).await,
+                        Ok(None) => return None,
+                        Err(e) => return Some((Err(e), (stream, next, true))),
                     }
                 }
             }
@@ -254,8 +239,27 @@ impl JetStreamQueue {
         Ok(JobConsumer { consumer })
     }
 
+    async fn dead_stream(&self) -> Result<stream::Stream> {
+        self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))
+    }
+
     async fn stream(&self) -> Result<stream::Stream> {
         self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
+    }
+}
+
+/// The first message on `subject` stored at stream sequence `from` or
+/// later, if there is one; `op` names the reading in errors.
+async fn next_on_subject(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+    op: &'static str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
+    match stream.get_first_raw_message_by_subject(subject, from).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => Ok(None),
+        Err(e) => Err(QueueError::js(op, e)),
     }
 }
 

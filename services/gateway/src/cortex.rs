@@ -17,6 +17,7 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
+use batchmill_core::ErrorCode;
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use batchmill_proto::pipelines::v1::{GetPipelineRequest, pipeline_service_server::PipelineService};
 use http::{Method, StatusCode};
@@ -383,14 +384,7 @@ impl JobStatus {
     fn of(job: &pb::Job) -> JobStatus {
         let b = job.batches.unwrap_or_default();
         let i = job.items.unwrap_or_default();
-        let terminal = matches!(
-            job.state(),
-            pb::JobState::Succeeded
-                | pb::JobState::CompletedWithFailures
-                | pb::JobState::Failed
-                | pb::JobState::TimedOut
-                | pb::JobState::Cancelled
-        );
+        let terminal = batchmill_core::job::is_terminal(job.state());
         let average = b.average_batch_time.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
         JobStatus {
             spec: JobSpec::of(job, None),
@@ -488,20 +482,23 @@ impl CortexError {
 }
 
 impl From<tonic::Status> for CortexError {
+    /// The HTTP status is the cluster's one mapping ([`ErrorCode`]); the
+    /// kind names the same code in Cortex's style.
     fn from(status: tonic::Status) -> CortexError {
-        let (http, kind) = match status.code() {
-            tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
-                (StatusCode::BAD_REQUEST, "err_invalid_submission")
-            }
-            tonic::Code::NotFound => (StatusCode::NOT_FOUND, "err_not_found"),
-            tonic::Code::ResourceExhausted => (StatusCode::PAYLOAD_TOO_LARGE, "err_request_too_large"),
-            tonic::Code::FailedPrecondition => (StatusCode::CONFLICT, "err_failed_precondition"),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
-                (StatusCode::SERVICE_UNAVAILABLE, "err_unavailable")
-            }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "err_internal"),
+        let code = ErrorCode::from_grpc(status.code());
+        let kind = match code {
+            ErrorCode::InvalidArgument => "err_invalid_submission",
+            ErrorCode::NotFound => "err_not_found",
+            ErrorCode::AlreadyExists => "err_already_exists",
+            ErrorCode::FailedPrecondition => "err_failed_precondition",
+            ErrorCode::PayloadTooLarge => "err_request_too_large",
+            ErrorCode::Unauthenticated => "err_unauthenticated",
+            ErrorCode::PermissionDenied => "err_permission_denied",
+            ErrorCode::Unavailable => "err_unavailable",
+            ErrorCode::Cancelled => "err_cancelled",
+            ErrorCode::Internal => "err_internal",
         };
-        CortexError { status: http, kind, message: status.message().to_owned() }
+        CortexError { status: code.http(), kind, message: status.message().to_owned() }
     }
 }
 

@@ -35,7 +35,7 @@ fn check_size<T: prost::Message>(request: &Request<T>) -> Result<(), Status> {
 
 #[derive(Clone)]
 pub struct JobsForwarder {
-    pub(crate) leader: LeaderChannel,
+    leader: LeaderChannel,
 }
 
 impl JobsForwarder {
@@ -49,10 +49,13 @@ impl JobsForwarder {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    /// A channel to the scheduler leader.
+    async fn channel(&self) -> Result<tonic::transport::Channel, Status> {
+        self.leader.channel().await.map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))
+    }
+
     async fn client(&self) -> Result<JobServiceClient<tonic::transport::Channel>, Status> {
-        let channel =
-            self.leader.channel().await.map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
-        Ok(JobServiceClient::new(channel)
+        Ok(JobServiceClient::new(self.channel().await?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
     }
@@ -185,9 +188,7 @@ impl PipelinesForwarder {
     }
 
     async fn client(&self) -> Result<PipelineServiceClient<tonic::transport::Channel>, Status> {
-        let channel =
-            self.jobs.leader.channel().await.map_err(|e| Status::unavailable(format!("no scheduler leader: {e}")))?;
-        Ok(PipelineServiceClient::new(channel))
+        Ok(PipelineServiceClient::new(self.jobs.channel().await?))
     }
 }
 

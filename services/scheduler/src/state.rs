@@ -236,40 +236,46 @@ impl State {
         from: u64,
         limit: usize,
     ) -> Result<(Vec<pb::DeadLetter>, Option<u64>), crate::SchedulerError> {
+        // Each failed batch once, at its latest dead letter.
+        let letters = self.failed_letters(id, from).await?;
+        let mut by_position: Vec<(u64, qpb::DeadLetter)> =
+            letters.into_values().filter_map(|mut versions| versions.pop()).collect();
+        // Keep the first `limit` by stream position; the next page starts after them.
+        by_position.sort_by_key(|(stream_seq, _)| *stream_seq);
+        let more = by_position.len() > limit;
+        by_position.truncate(limit);
+        let next = if more { by_position.last().map(|(s, _)| s + 1) } else { None };
+        Ok((by_position.into_iter().map(|(_, d)| public_dead_letter(id, d)).collect(), next))
+    }
+
+    /// The job's dead letters from dead-letter stream sequence `from` on,
+    /// of the batches its ledger counts as failed, grouped by batch as
+    /// (stream sequence, letter), oldest first.
+    async fn failed_letters(
+        &self,
+        id: &JobId,
+        from: u64,
+    ) -> Result<BTreeMap<u64, Vec<(u64, qpb::DeadLetter)>>, crate::SchedulerError> {
         let entry = self.jobs.get(id).ok_or_else(|| crate::SchedulerError::JobNotFound { job_id: id.to_string() })?;
-        let mut found: BTreeMap<u64, (u64, qpb::DeadLetter)> = BTreeMap::new();
+        let mut letters: BTreeMap<u64, Vec<(u64, qpb::DeadLetter)>> = BTreeMap::new();
         let mut next = from;
-        let mut more = false;
         loop {
-            let page = self.ports.queue.dead_letters(id.as_str(), next, 256).await.map_err(dead_letter_error)?;
+            let page = self.ports.queue.dead_letters(id.as_str(), next, 1000).await.map_err(dead_letter_error)?;
             let Some(last) = page.last() else { break };
             next = last.stream_seq + 1;
-            let full = page.len() == 256;
             for stored in page {
                 let Ok(dead) = qpb::DeadLetter::decode(stored.payload.as_ref()) else {
                     warn!(job_id = %id, stream_seq = stored.stream_seq, "undecodable dead letter");
                     continue;
                 };
-                let seq = dead.batch.as_ref().map_or(u64::MAX, |b| b.seq);
-                if entry.ledger.is_failed(seq) {
-                    found.insert(seq, (stored.stream_seq, dead));
+                if let Some(seq) = dead.batch.as_ref().map(|b| b.seq)
+                    && entry.ledger.is_failed(seq)
+                {
+                    letters.entry(seq).or_default().push((stored.stream_seq, dead));
                 }
             }
-            if found.len() > limit {
-                more = true;
-                break;
-            }
-            if !full {
-                break;
-            }
         }
-        // Keep the first `limit` by stream position; the next page starts after them.
-        let mut by_position: Vec<(u64, qpb::DeadLetter)> = found.into_values().collect();
-        by_position.sort_by_key(|(stream_seq, _)| *stream_seq);
-        let more = more || by_position.len() > limit;
-        by_position.truncate(limit);
-        let next = if more { by_position.last().map(|(s, _)| s + 1) } else { None };
-        Ok((by_position.into_iter().map(|(_, d)| public_dead_letter(id, d)).collect(), next))
+        Ok(letters)
     }
 
     /// Queues dead-lettered batches of a job again (all of them when
@@ -286,22 +292,7 @@ impl State {
         if !matches!(state, JobState::Admitted | JobState::Running | JobState::CompletedWithFailures) {
             return Err(E::NotRerunnable { job_id: id.to_string(), state: format!("{state:?}") });
         }
-        // Every dead letter of the job, grouped by batch (latest last).
-        let mut letters: BTreeMap<u64, Vec<(u64, qpb::DeadLetter)>> = BTreeMap::new();
-        let mut from = 0;
-        loop {
-            let page = self.ports.queue.dead_letters(id.as_str(), from, 1000).await.map_err(dead_letter_error)?;
-            let Some(last) = page.last() else { break };
-            from = last.stream_seq + 1;
-            for stored in page {
-                if let Ok(dead) = qpb::DeadLetter::decode(stored.payload.as_ref())
-                    && let Some(batch) = &dead.batch
-                    && entry.ledger.is_failed(batch.seq)
-                {
-                    letters.entry(batch.seq).or_default().push((stored.stream_seq, dead));
-                }
-            }
-        }
+        let mut letters = self.failed_letters(id, 0).await?;
         let wanted: Vec<u64> = if batch_ids.is_empty() {
             letters.keys().copied().collect()
         } else {

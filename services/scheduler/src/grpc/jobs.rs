@@ -1,5 +1,6 @@
 //! `JobService` on the scheduler: converts requests, calls [`Scheduler`].
 
+use batchmill_core::job::is_terminal;
 use batchmill_core::{JobId, JobSpec, ServiceError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use futures::StreamExt;
@@ -40,17 +41,6 @@ impl JobsGrpc {
 const LOG_CHUNK: usize = 500;
 /// How long a followed log stream stays open after its job ended.
 const LOG_GRACE: Duration = Duration::from_secs(2);
-
-fn is_terminal(state: pb::JobState) -> bool {
-    matches!(
-        state,
-        pb::JobState::Succeeded
-            | pb::JobState::CompletedWithFailures
-            | pb::JobState::Failed
-            | pb::JobState::TimedOut
-            | pb::JobState::Cancelled
-    )
-}
 
 /// Default page of `ListDeadLetters`.
 const DEFAULT_DEAD_LETTER_PAGE: usize = 100;
