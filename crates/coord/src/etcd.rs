@@ -82,6 +82,32 @@ impl Etcd {
         }))
     }
 
+    /// Creates `key` with `value` under a lease of `ttl` unless the key
+    /// exists, and keeps the lease alive until the claim is finished. None
+    /// if someone else holds (or held) the key. If this process dies the
+    /// claim lapses when the lease expires.
+    pub async fn claim(&self, key: String, value: Vec<u8>, ttl: Duration) -> Result<Option<Claim>> {
+        let mut client = self.client.clone();
+        let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).await?.id();
+        let txn = Txn::new()
+            .when([etcd_client::Compare::create_revision(key.as_str(), etcd_client::CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
+        if !client.txn(txn).await?.succeeded() {
+            let _ = client.lease_revoke(lease).await;
+            return Ok(None);
+        }
+        let stop = CancellationToken::new();
+        let keeper = tokio::spawn({
+            let (mut client, stop, key) = (client.clone(), stop.clone(), key.clone());
+            async move {
+                if let Err(e) = keep_alive(&mut client, lease, ttl, &stop).await {
+                    warn!(%key, error = %e, "claim's lease lost");
+                }
+            }
+        });
+        Ok(Some(Claim { client, key, lease, stop, keeper }))
+    }
+
     /// Campaigns in election `name` with `value` (such as the leader's
     /// address) and returns once this process leads.
     pub async fn campaign(&self, name: &str, value: &str, ttl: Duration) -> Result<Leadership> {
@@ -129,6 +155,34 @@ impl Etcd {
         })?;
         let kv = resp.kv().ok_or_else(|| CoordError::NoLeader { name: name.to_owned() })?;
         Ok(String::from_utf8_lossy(kv.value()).into_owned())
+    }
+}
+
+/// A key held under a kept-alive lease (see [`Etcd::claim`]).
+pub struct Claim {
+    client: Client,
+    key: String,
+    lease: i64,
+    stop: CancellationToken,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Claim {
+    /// Replaces the claimed value with `value`, kept without a lease, and
+    /// lets the lease go.
+    pub async fn finish(mut self, value: Vec<u8>) -> Result<()> {
+        self.stop.cancel();
+        let _ = (&mut self.keeper).await;
+        self.client.put(self.key.as_str(), value, None).await?;
+        let _ = self.client.lease_revoke(self.lease).await;
+        Ok(())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // An unfinished claim lapses with its lease.
+        self.stop.cancel();
     }
 }
 

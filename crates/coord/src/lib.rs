@@ -8,7 +8,7 @@ mod etcd;
 mod leader;
 mod mem;
 
-pub use etcd::{Etcd, Leadership};
+pub use etcd::{Claim, Etcd, Leadership};
 pub use leader::LeaderChannel;
 pub use mem::MemKv;
 

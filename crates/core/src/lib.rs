@@ -4,6 +4,7 @@
 
 pub mod enqueue;
 pub mod error;
+pub mod finalize;
 pub mod glob;
 pub mod ids;
 pub mod job;

@@ -185,15 +185,29 @@ impl PipelinesForwarder {
 
     pub fn into_service(self) -> ppb::pipeline_service_server::PipelineServiceServer<PipelinesForwarder> {
         ppb::pipeline_service_server::PipelineServiceServer::new(self)
+            .max_decoding_message_size(MAX_DECODED_BYTES)
+            .max_encoding_message_size(64 * 1024 * 1024)
     }
 
     async fn client(&self) -> Result<PipelineServiceClient<tonic::transport::Channel>, Status> {
-        Ok(PipelineServiceClient::new(self.jobs.channel().await?))
+        Ok(PipelineServiceClient::new(self.jobs.channel().await?)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
     }
 }
 
 #[tonic::async_trait]
 impl PipelineService for PipelinesForwarder {
+    #[instrument(skip_all)]
+    async fn deploy_pipeline(
+        &self,
+        request: Request<ppb::DeployPipelineRequest>,
+    ) -> Result<Response<ppb::Pipeline>, Status> {
+        check_size(&request)?;
+        let result = self.client().await?.deploy_pipeline(onward(request)).await;
+        self.jobs.check(result).await
+    }
+
     #[instrument(skip_all)]
     async fn list_pipelines(
         &self,

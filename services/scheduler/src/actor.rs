@@ -15,9 +15,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::SchedulerError;
+use crate::pipelines::Pipelines;
 use crate::ports::{ObjectStore, SourceProbe, WorkerLink};
 use crate::record::{Input, JobRecord};
-use crate::state::{Settings, State};
+use crate::state::{Capabilities, Settings, State};
 
 /// How often pending admissions are retried and idle workers assigned.
 const TICK: Duration = Duration::from_millis(250);
@@ -30,10 +31,10 @@ enum Command {
     List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
     Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
     Watch { id: JobId, reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>> },
-    WorkerJoined { id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink> },
+    WorkerJoined { id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink> },
     WorkerGone { id: WorkerId, session: Option<u64> },
     Outcome { worker: WorkerId, outcome: BatchOutcome },
-    Released { worker: WorkerId, job_id: String },
+    Released { worker: WorkerId, job_id: String, failure: Option<String> },
     Enqueue { job_id: String, progress: EnqueueProgress },
     Exhausted { job_id: String, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()> },
     DeadLetters { id: JobId, from: u64, limit: usize, reply: oneshot::Sender<DeadLetterPage> },
@@ -53,6 +54,7 @@ pub struct Scheduler {
     settings: Arc<Settings>,
     store: Arc<dyn ObjectStore>,
     probe: Arc<dyn SourceProbe>,
+    pipelines: Pipelines,
 }
 
 impl Scheduler {
@@ -62,6 +64,7 @@ impl Scheduler {
         settings: Arc<Settings>,
         store: Arc<dyn ObjectStore>,
         probe: Arc<dyn SourceProbe>,
+        pipelines: Pipelines,
         shutdown: CancellationToken,
     ) -> Scheduler {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -88,7 +91,7 @@ impl Scheduler {
             }
             state.flush().await;
         });
-        Scheduler { tx, settings, store, probe }
+        Scheduler { tx, settings, store, probe, pipelines }
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SchedulerError> {
@@ -103,7 +106,7 @@ impl Scheduler {
 
     /// Accepts a job: stages its inline items in S3, then records it.
     pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
-        self.known_pipeline(&spec.pipeline)?;
+        let deployed = self.pipelines.resolve(&spec.pipeline)?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (input, item_count) = match spec.source {
@@ -136,6 +139,7 @@ impl Scheduler {
             config: spec.config,
             output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
             item_count,
+            deployed,
             trace: batchmill_runtime::trace::current(),
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
@@ -147,7 +151,7 @@ impl Scheduler {
     /// a job, and says what it would read: the matched files (as Cortex
     /// prints them) and the item and batch counts where they are known.
     pub async fn dry_run(&self, spec: JobSpec) -> Result<pb::DryRunJobResponse, SchedulerError> {
-        self.known_pipeline(&spec.pipeline)?;
+        self.pipelines.resolve(&spec.pipeline)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let (selection, field, lines) = match spec.source {
             SourceSpec::Items(items) => {
@@ -179,16 +183,8 @@ impl Scheduler {
     }
 
     /// The pipelines jobs may name.
-    pub fn pipelines(&self) -> Vec<batchmill_proto::pipelines::v1::Pipeline> {
-        let built_in = |name: &String| batchmill_proto::pipelines::v1::Pipeline { name: name.clone(), built_in: true };
-        self.settings.pipelines.iter().map(built_in).collect()
-    }
-
-    fn known_pipeline(&self, name: &str) -> Result<(), SchedulerError> {
-        if self.settings.pipelines.iter().any(|p| p == name) {
-            return Ok(());
-        }
-        Err(SchedulerError::UnknownPipeline { name: name.to_owned(), known: self.settings.pipelines.join(", ") })
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
     }
 
     /// An S3 input the lister can list: no match, an unknown bucket or
@@ -234,8 +230,8 @@ impl Scheduler {
         self.ask(|reply| Command::Watch { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
-    pub fn worker_joined(&self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
-        self.tell(Command::WorkerJoined { id, session, pipelines, link });
+    pub fn worker_joined(&self, id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink>) {
+        self.tell(Command::WorkerJoined { id, session, runs, link });
     }
 
     /// A worker's session ended (`session`) or its registration expired (`None`).
@@ -247,8 +243,9 @@ impl Scheduler {
         self.tell(Command::Outcome { worker, outcome });
     }
 
-    pub fn released(&self, worker: WorkerId, job_id: String) {
-        self.tell(Command::Released { worker, job_id });
+    /// A worker gave a job back; `failure` if the job's predictor could not start.
+    pub fn released(&self, worker: WorkerId, job_id: String, failure: Option<String>) {
+        self.tell(Command::Released { worker, job_id, failure });
     }
 
     /// Fails a batch whose deliveries ran out with no outcome; returns once
@@ -296,10 +293,10 @@ async fn handle(state: &mut State, command: Command) {
         Command::Watch { id, reply } => {
             let _ = reply.send(state.watch(&id));
         }
-        Command::WorkerJoined { id, session, pipelines, link } => state.worker_joined(id, session, pipelines, link),
+        Command::WorkerJoined { id, session, runs, link } => state.worker_joined(id, session, runs, link),
         Command::WorkerGone { id, session } => state.worker_gone(&id, session),
         Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
-        Command::Released { worker, job_id } => state.released(&worker, &job_id),
+        Command::Released { worker, job_id, failure } => state.released(&worker, &job_id, failure).await,
         Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress).await,
         Command::Exhausted { job_id, seq, items, deliveries, reply } => {
             state.exhausted(&job_id, seq, items, deliveries, reply);

@@ -13,6 +13,7 @@
 mod actor;
 mod grpc;
 mod ledger;
+mod pipelines;
 mod ports;
 mod record;
 mod state;
@@ -20,9 +21,10 @@ mod state;
 pub use actor::Scheduler;
 pub use grpc::{JobsGrpc, PipelinesGrpc, SessionGrpc};
 pub use ledger::{Ledger, Recorded};
+pub use pipelines::{Deployed, Pipelines, PredictorSpec, merge_config};
 pub use ports::{EnqueueClient, JobQueue, LogLines, LogSource, ObjectStore, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};
-pub use state::{Settings, State};
+pub use state::{Capabilities, Settings, State};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,13 +63,18 @@ pub enum SchedulerError {
     NotRerunnable { job_id: String, state: String },
     #[error("{field}: {batch_id:?} is not a dead-lettered batch of this job")]
     NotDeadLettered { field: String, batch_id: String },
+    #[error("{field}: {message}")]
+    BadPipeline { field: String, message: String },
+    #[error("pipeline {name:?} not found")]
+    PipelineNotFound { name: String },
 }
 
 impl ServiceError for SchedulerError {
     fn code(&self) -> ErrorCode {
         match self {
-            SchedulerError::JobNotFound { .. } => ErrorCode::NotFound,
+            SchedulerError::JobNotFound { .. } | SchedulerError::PipelineNotFound { .. } => ErrorCode::NotFound,
             SchedulerError::UnknownPipeline { .. }
+            | SchedulerError::BadPipeline { .. }
             | SchedulerError::BadSource { .. }
             | SchedulerError::NotDeadLettered { .. } => ErrorCode::InvalidArgument,
             SchedulerError::NotRerunnable { .. } => ErrorCode::FailedPrecondition,

@@ -11,7 +11,7 @@ use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClien
 use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
-use batchmill_scheduler::{JobsGrpc, PipelinesGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
+use batchmill_scheduler::{JobsGrpc, Pipelines, PipelinesGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
 use clap::Parser;
 use tracing::{info, warn};
 
@@ -41,6 +41,9 @@ struct Config {
     /// Where inline inputs are staged.
     #[arg(long, env = "BATCHMILL_STAGING_URI", default_value = "s3://batchmill/staging")]
     staging_uri: String,
+    /// Where deployed pipelines' files are kept.
+    #[arg(long, env = "BATCHMILL_PIPELINES_URI", default_value = "s3://batchmill/pipelines")]
+    pipelines_uri: String,
     /// Seconds a worker has to ack a batch before it is redelivered.
     #[arg(long, env = "BATCHMILL_ACK_WAIT_SECS", default_value_t = 30)]
     ack_wait_secs: u64,
@@ -57,10 +60,11 @@ async fn main() -> anyhow::Result<()> {
     let patience = Duration::from_secs(30);
     let default_output = S3Uri::parse(&config.output_uri).map_err(anyhow::Error::msg).context("--output-uri")?;
     let staging = S3Uri::parse(&config.staging_uri).map_err(anyhow::Error::msg).context("--staging-uri")?;
+    let artifacts = S3Uri::parse(&config.pipelines_uri).map_err(anyhow::Error::msg).context("--pipelines-uri")?;
     let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
     let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
     let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
-    for bucket in [&default_output.bucket, &staging.bucket] {
+    for bucket in [&default_output.bucket, &staging.bucket, &artifacts.bucket] {
         if let Err(e) = blob.ensure_bucket(bucket).await {
             warn!(bucket, error = %e, "could not ensure bucket");
         }
@@ -83,7 +87,6 @@ async fn main() -> anyhow::Result<()> {
 
     let settings = Arc::new(Settings {
         policy: DeliveryPolicy { ack_wait: Duration::from_secs(config.ack_wait_secs), max_deliver: config.max_deliver },
-        pipelines: vec!["echo".to_owned()],
         default_output,
         staging,
     });
@@ -99,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy(),
     );
-    let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), shutdown.clone());
+    let pipelines = Pipelines::load(vec!["echo".to_owned()], kv.clone(), store.clone(), artifacts)
+        .await
+        .context("loading pipelines")?;
+    let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), pipelines, shutdown.clone());
     batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
     batchmill_scheduler::follow_exhausted(queue.clone(), scheduler.clone(), shutdown.clone());
     info!(%url, jobs, "leading; serving");

@@ -28,6 +28,7 @@ const STALLED_AFTER_MS: u64 = 10 * 60 * 1000;
 /// Why a job failed, as in the contract.
 pub mod reason {
     pub const ENQUEUE_FAILED: &str = "enqueue_failed";
+    pub const WORKER_ERROR: &str = "worker_error";
 }
 
 /// Where a job's items are read from, as the lister reads them.
@@ -93,6 +94,15 @@ pub struct JobRecord {
     /// Milliseconds from submission after which the job times out.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// The deployed pipeline version the job runs; None for a built-in one.
+    #[serde(default)]
+    pub deployed: Option<crate::pipelines::Deployed>,
+    /// Finalize requests sent so far, over every completion of the job.
+    #[serde(default)]
+    pub finalize_attempts: u32,
+    /// `finalize_attempts` when the current completion began.
+    #[serde(default)]
+    pub finalize_base: u32,
 }
 
 /// Deliveries of a batch when a job names no dead-letter policy.
@@ -126,6 +136,9 @@ impl JobRecord {
             trace: Default::default(),
             max_receive_count: DEFAULT_MAX_RECEIVE_COUNT,
             timeout_ms: None,
+            deployed: None,
+            finalize_attempts: 0,
+            finalize_base: 0,
         }
     }
 

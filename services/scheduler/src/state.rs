@@ -20,6 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::ledger::{Ledger, Recorded};
+use crate::pipelines::merge_config;
 use crate::ports::{Ports, WorkerLink};
 use crate::record::{JobRecord, job_key, ledger_prefix, reason};
 
@@ -27,8 +28,6 @@ use crate::record::{JobRecord, job_key, ledger_prefix, reason};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub policy: DeliveryPolicy,
-    /// Pipelines jobs may name.
-    pub pipelines: Vec<String>,
     /// Results location of jobs that name none.
     pub default_output: S3Uri,
     /// Where inline inputs are staged.
@@ -43,7 +42,36 @@ struct JobEntry {
     watchers: watch::Sender<pb::Job>,
     /// Whether this leader has prepared the job's queue and enqueuing.
     admitted: bool,
+    /// While completing: the worker last asked to finalize, and when.
+    finalizer: Option<(WorkerId, u64)>,
+    /// Workers that could not start the job's predictor, under this leader.
+    start_failures: u32,
 }
+
+/// What a worker can run.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    /// Built-in pipelines, by name.
+    pub built_in: Vec<String>,
+    /// Predictor types of deployed pipelines, such as "python".
+    pub predictor_types: Vec<String>,
+}
+
+impl Capabilities {
+    fn can_run(&self, record: &JobRecord) -> bool {
+        match &record.deployed {
+            None => self.built_in.contains(&record.pipeline),
+            Some(d) => self.predictor_types.contains(&d.predictor.kind),
+        }
+    }
+}
+
+/// Predictor start failures before a job fails.
+const START_FAILURES: u32 = 3;
+/// Finalize attempts before a job whose hook never finished fails.
+const FINALIZE_ATTEMPTS: u32 = 3;
+/// How long a worker asked to finalize has to claim it.
+const FINALIZE_CLAIM_MS: u64 = 30_000;
 
 /// Someone waiting for a job's changes to be durable in etcd.
 enum Waiter {
@@ -56,7 +84,7 @@ enum Waiter {
 struct WorkerEntry {
     session: u64,
     link: Arc<dyn WorkerLink>,
-    pipelines: Vec<String>,
+    runs: Capabilities,
     job: Option<JobId>,
 }
 
@@ -112,8 +140,9 @@ impl State {
             };
             let ledger = ledgers.remove(record.job_id.as_str()).unwrap_or_default();
             let mut record = record;
-            if record.state == JobState::Completing {
-                // Completion is redone (the manifest is rewritten in place).
+            if record.state == JobState::Completing && record.deployed.is_none() {
+                // Completion is redone (the manifest is rewritten in place);
+                // a job with a completion hook goes on finalizing.
                 record.state = JobState::Running;
             }
             self.insert(record, ledger);
@@ -127,7 +156,16 @@ impl State {
         let (watchers, _) = watch::channel(snapshot);
         self.jobs.insert(
             record.job_id.clone(),
-            JobEntry { record, ledger, enqueue, assigned: BTreeSet::new(), watchers, admitted: false },
+            JobEntry {
+                record,
+                ledger,
+                enqueue,
+                assigned: BTreeSet::new(),
+                watchers,
+                admitted: false,
+                finalizer: None,
+                start_failures: 0,
+            },
         );
     }
 
@@ -401,8 +439,111 @@ impl State {
             return;
         }
         entry.record.state = JobState::Completing;
-        let state = if entry.ledger.failed() == 0 { JobState::Succeeded } else { JobState::CompletedWithFailures };
+        if entry.record.deployed.is_some() {
+            // Its predictor may have an on_job_complete: one worker runs it,
+            // then the job ends (see `finalize`).
+            entry.record.finalize_base = entry.record.finalize_attempts;
+            entry.finalizer = None;
+            let assigned = std::mem::take(&mut entry.assigned);
+            self.dirty.insert(id.clone());
+            for worker in assigned {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.job = None;
+                    w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: "completing".into() })));
+                }
+            }
+            info!(job_id = %id, "every batch is final; finalizing");
+            self.finalize(id).await;
+            return;
+        }
+        let state = self.completed_state(id);
         self.end(id, state, None, None, "completed").await;
+    }
+
+    /// The terminal state of a job whose every batch is final.
+    fn completed_state(&self, id: &JobId) -> JobState {
+        match self.jobs.get(id) {
+            Some(e) if e.ledger.failed() > 0 => JobState::CompletedWithFailures,
+            _ => JobState::Succeeded,
+        }
+    }
+
+    /// Drives a completing job's hook: ends the job once a worker has run it
+    /// (as its finalizer key in etcd says), and otherwise asks an idle worker
+    /// that can run the pipeline, again when a worker is lost before it
+    /// finishes, up to [`FINALIZE_ATTEMPTS`] times.
+    async fn finalize(&mut self, id: &JobId) {
+        let key = batchmill_core::finalize::finalizer_key(id.as_str());
+        let claim = match self.ports.kv.get(&key).await {
+            Ok(v) => v.and_then(|b| batchmill_core::finalize::Finalizing::decode(&b)),
+            Err(e) => {
+                warn!(job_id = %id, error = %e, "reading the finalizer failed; will retry");
+                return;
+            }
+        };
+        let Some(entry) = self.jobs.get(id) else { return };
+        let base = entry.record.finalize_base;
+        // A claim from an earlier completion (before a re-run) is stale.
+        match claim.filter(|c| c.attempt > base) {
+            Some(c) if c.done => {
+                if let Err(e) = self.ports.kv.delete(&key).await {
+                    warn!(job_id = %id, error = %e, "removing the finalizer key failed");
+                }
+                match c.error {
+                    None => {
+                        info!(job_id = %id, worker_id = %c.worker_id, "on_job_complete finished");
+                        let state = self.completed_state(id);
+                        self.end(id, state, None, None, "completed").await;
+                    }
+                    Some(error) => {
+                        let message = format!("on_job_complete failed on worker {}: {error}", c.worker_id);
+                        self.end(id, JobState::Failed, Some(reason::WORKER_ERROR), Some(message), "failed").await;
+                    }
+                }
+                return;
+            }
+            // Running on a live worker (its lease holds the claim).
+            Some(_) => return,
+            None => {}
+        }
+        let now = now_ms();
+        if let Some((worker, sent)) = &entry.finalizer
+            && self.workers.get(worker).is_some_and(|w| w.job.as_ref() == Some(id))
+            && now.saturating_sub(*sent) < FINALIZE_CLAIM_MS
+        {
+            return; // asked, not claimed yet
+        }
+        if entry.record.finalize_attempts - base >= FINALIZE_ATTEMPTS {
+            let message =
+                format!("on_job_complete did not finish after {FINALIZE_ATTEMPTS} attempts; workers were lost");
+            self.end(id, JobState::Failed, Some(reason::WORKER_ERROR), Some(message), "failed").await;
+            return;
+        }
+        let record = &entry.record;
+        let Some(worker_id) =
+            self.workers.iter().find(|(_, w)| w.job.is_none() && w.runs.can_run(record)).map(|(k, _)| k.clone())
+        else {
+            return; // no idle worker can run it yet
+        };
+        let attempt = record.finalize_attempts + 1;
+        let snapshot = record.snapshot(&entry.ledger, &entry.enqueue, 0, now);
+        let finalize = spb::Finalize {
+            job: Some(self.assignment(id, entry)),
+            attempt,
+            metrics: Some(batchmill_core::json::json_to_struct(&final_metrics(&snapshot))),
+        };
+        let Some(worker) = self.workers.get_mut(&worker_id) else { return };
+        if !worker.link.send(out(Out::Finalize(finalize))) {
+            return;
+        }
+        info!(job_id = %id, worker_id = %worker_id, attempt, "finalize sent");
+        worker.job = Some(id.clone());
+        if let Some(entry) = self.jobs.get_mut(id) {
+            entry.record.finalize_attempts = attempt;
+            entry.finalizer = Some((worker_id.clone(), now));
+            entry.assigned.insert(worker_id);
+        }
+        self.dirty.insert(id.clone());
     }
 
     /// Writes `<output_uri>/<job_id>/manifest.json`: the job's terminal state,
@@ -447,13 +588,13 @@ impl State {
 
     // ---- workers ----
 
-    pub fn worker_joined(&mut self, id: WorkerId, session: u64, pipelines: Vec<String>, link: Arc<dyn WorkerLink>) {
+    pub fn worker_joined(&mut self, id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink>) {
         self.worker_gone(&id, None);
         link.send(out(Out::Registered(spb::Registered {
             protocol_version: spb::ProtocolVersion::ProtocolVersion1 as i32,
         })));
-        info!(worker_id = %id, ?pipelines, "worker joined");
-        self.workers.insert(id, WorkerEntry { session, link, pipelines, job: None });
+        info!(worker_id = %id, ?runs, "worker joined");
+        self.workers.insert(id, WorkerEntry { session, link, runs, job: None });
         self.assign();
     }
 
@@ -480,20 +621,38 @@ impl State {
         self.assign();
     }
 
-    pub fn released(&mut self, worker: &WorkerId, job_id: &str) {
+    /// A worker gave a job back; `failure` says why its predictor could
+    /// not start. After [`START_FAILURES`] such failures the job fails.
+    pub async fn released(&mut self, worker: &WorkerId, job_id: &str, failure: Option<String>) {
         let Some(w) = self.workers.get_mut(worker) else {
             return;
         };
-        if w.job.as_ref().is_some_and(|j| j.as_str() == job_id) {
-            let job = w.job.take();
-            if let Some(job) = job
-                && let Some(entry) = self.jobs.get_mut(&job)
-            {
-                entry.assigned.remove(worker);
-                self.dirty.insert(job);
-            }
-            self.assign();
+        if w.job.as_ref().is_none_or(|j| j.as_str() != job_id) {
+            return;
         }
+        let Some(job) = w.job.take() else { return };
+        let mut give_up = None;
+        if let Some(entry) = self.jobs.get_mut(&job) {
+            entry.assigned.remove(worker);
+            if let Some(error) = failure {
+                warn!(job_id = %job, worker_id = %worker, %error, "the job's predictor could not start");
+                entry.record.workers_failed += 1;
+                entry.start_failures += 1;
+                if entry.start_failures >= START_FAILURES && !entry.record.state.is_terminal() {
+                    give_up = Some(format!(
+                        "the predictor could not start ({START_FAILURES} attempts); last error, on worker {worker}: {error}"
+                    ));
+                }
+            }
+            self.dirty.insert(job.clone());
+        }
+        if let Some(message) = give_up {
+            if let Err(e) = self.ports.enqueuer.stop(job.as_str()).await {
+                warn!(job_id = %job, error = %e, "stopping enqueue failed");
+            }
+            self.end(&job, JobState::Failed, Some(reason::WORKER_ERROR), Some(message), "failed").await;
+        }
+        self.assign();
     }
 
     pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
@@ -544,21 +703,18 @@ impl State {
             let Some(worker) = self.workers.get_mut(&worker_id) else {
                 continue;
             };
-            let job = self.jobs.iter_mut().find(|(_, e)| {
+            // A deployed (Python) predictor starts once enqueuing is done,
+            // as in Cortex, so its job_spec has the total batch count.
+            let job = self.jobs.iter().find(|(_, e)| {
                 matches!(e.record.state, JobState::Admitted | JobState::Running)
                     && (e.assigned.len() as u32) < e.record.max_workers
-                    && worker.pipelines.contains(&e.record.pipeline)
+                    && worker.runs.can_run(&e.record)
+                    && (e.record.deployed.is_none() || e.enqueue.done)
             });
             let Some((job_id, entry)) = job else { continue };
-            let assign = spb::Assign {
-                job_id: job_id.to_string(),
-                pipeline: entry.record.pipeline.clone(),
-                config: Some(batchmill_core::json::json_to_struct(&entry.record.config)),
-                output_uri: entry.record.output_uri.clone(),
-                stream: batchmill_queue::BATCH_STREAM.to_owned(),
-                consumer: batchmill_queue::consumer_name(job_id.as_str()),
-                max_deliver: entry.record.max_receive_count.max(1),
-                ack_wait: Some(duration_ms(self.settings.policy.ack_wait.as_millis() as u64)),
+            let (job_id, assign) = (job_id.clone(), self.assignment(job_id, entry));
+            let (Some(worker), Some(entry)) = (self.workers.get_mut(&worker_id), self.jobs.get_mut(&job_id)) else {
+                continue;
             };
             if !worker.link.send(out(Out::Assign(assign))) {
                 continue;
@@ -574,18 +730,48 @@ impl State {
         }
     }
 
+    /// What a worker is told to run a job.
+    fn assignment(&self, job_id: &JobId, entry: &JobEntry) -> spb::Assign {
+        let record = &entry.record;
+        let config = match &record.deployed {
+            Some(d) => merge_config(&d.predictor.config, &record.config),
+            None => record.config.clone(),
+        };
+        spb::Assign {
+            job_id: job_id.to_string(),
+            pipeline: record.pipeline.clone(),
+            config: Some(batchmill_core::json::json_to_struct(&config)),
+            output_uri: record.output_uri.clone(),
+            stream: batchmill_queue::BATCH_STREAM.to_owned(),
+            consumer: batchmill_queue::consumer_name(job_id.as_str()),
+            max_deliver: record.max_receive_count.max(1),
+            ack_wait: Some(duration_ms(self.settings.policy.ack_wait.as_millis() as u64)),
+            predictor: record.deployed.as_ref().map(crate::pipelines::Deployed::to_assigned),
+            workers: record.max_workers,
+            total_batch_count: if entry.enqueue.done { entry.enqueue.next_seq as i64 } else { -1 },
+        }
+    }
+
     /// Periodic work: admit jobs this leader has not admitted yet (new
     /// ones, ones whose admission failed, and ones a previous leader left
-    /// running; admission is idempotent), then assign idle workers.
+    /// running; admission is idempotent), drive completion hooks, then
+    /// assign idle workers.
     pub async fn tick(&mut self) {
         let unadmitted: Vec<JobId> = self
             .jobs
             .iter()
-            .filter(|(_, e)| !e.admitted && !e.record.state.is_terminal())
+            .filter(|(_, e)| {
+                !e.admitted && matches!(e.record.state, JobState::Pending | JobState::Admitted | JobState::Running)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for id in unadmitted {
             self.admit(&id).await;
+        }
+        let completing: Vec<JobId> =
+            self.jobs.iter().filter(|(_, e)| e.record.state == JobState::Completing).map(|(k, _)| k.clone()).collect();
+        for id in completing {
+            self.finalize(&id).await;
         }
         let now = now_ms();
         let expired: Vec<JobId> = self
@@ -712,6 +898,21 @@ fn public_dead_letter(id: &JobId, dead: qpb::DeadLetter) -> pb::DeadLetter {
         dead_letter_time: Some(batchmill_core::time::timestamp(dead.time_ms)),
         duration: Some(duration_ms(dead.duration_ms)),
     }
+}
+
+/// The counts a job's completion hook receives.
+fn final_metrics(job: &pb::Job) -> serde_json::Map<String, serde_json::Value> {
+    let batches = job.batches.unwrap_or_default();
+    let items = job.items.unwrap_or_default();
+    let metrics = serde_json::json!({
+        "job_id": job.job_id,
+        "pipeline": job.pipeline,
+        "total_batch_count": batches.total,
+        "succeeded": batches.succeeded,
+        "failed": batches.failed,
+        "items": {"total": items.total, "completed": items.completed, "failed": items.failed},
+    });
+    metrics.as_object().cloned().unwrap_or_default()
 }
 
 fn out(message: Out) -> spb::SessionResponse {

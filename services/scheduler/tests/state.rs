@@ -14,7 +14,9 @@ use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use batchmill_queue::{DeliveryPolicy, Stored};
-use batchmill_scheduler::{EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, Settings, State};
+use batchmill_scheduler::{
+    Capabilities, EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, Settings, State,
+};
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -112,7 +114,6 @@ fn state(kv: &MemKv, fakes: &Fakes) -> State {
     };
     let settings = Settings {
         policy: DeliveryPolicy { ack_wait: Duration::from_secs(30), max_deliver: 3 },
-        pipelines: vec!["echo".into()],
         default_output: S3Uri::parse("s3://out/results").unwrap(),
         staging: S3Uri::parse("s3://out/staging").unwrap(),
     };
@@ -132,7 +133,8 @@ fn record(id: &str, max_workers: u32) -> JobRecord {
 
 fn join(state: &mut State, id: &str) -> UnboundedReceiver<spb::SessionResponse> {
     let (tx, mut rx) = unbounded_channel();
-    state.worker_joined(WorkerId::new(id), 1, vec!["echo".into()], Arc::new(tx));
+    let runs = Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()] };
+    state.worker_joined(WorkerId::new(id), 1, runs, Arc::new(tx));
     assert!(matches!(rx.try_recv().unwrap().message, Some(Out::Registered(_))));
     rx
 }

@@ -8,7 +8,10 @@
 //! hand, gives its assignment back and exits.
 
 pub mod device;
+mod joblog;
+mod loader;
 pub mod predictor;
+pub mod python;
 mod runner;
 mod session;
 
@@ -17,11 +20,14 @@ use std::time::Duration;
 use batchmill_blob::Blob;
 use batchmill_coord::{Etcd, LeaderChannel};
 use batchmill_core::WorkerId;
+use batchmill_core::finalize::Finalizing;
 use batchmill_proto::scheduler::v1::{self as pb, session_response::Message as In};
 use batchmill_queue::JetStreamQueue;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use joblog::JobLog;
+pub use loader::Loader;
 use runner::JobRun;
 pub use runner::backoff;
 use session::Outbox;
@@ -43,6 +49,8 @@ pub struct Worker {
     pub lease_ttl: Duration,
     /// Reports SERVING only while a scheduler session is open.
     pub health: tonic_health::server::HealthReporter,
+    /// Loads (and keeps) the assigned job's predictor.
+    pub loader: Loader,
 }
 
 struct Current {
@@ -58,6 +66,7 @@ impl Worker {
         let registration = serde_json::json!({
             "device": self.device.to_string(),
             "pipelines": predictor::BUILT_IN,
+            "predictor_types": self.loader.predictor_types(),
         });
         let lease = CancellationToken::new();
         let keeper = self
@@ -100,6 +109,7 @@ impl Worker {
             protocol_version: pb::ProtocolVersion::ProtocolVersion1 as i32,
             device: self.device.to_string(),
             pipelines: predictor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect(),
+            predictor_types: self.loader.predictor_types(),
         }));
         let mut inbound = pb::worker_service_client::WorkerServiceClient::new(channel)
             .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
@@ -128,16 +138,22 @@ impl Worker {
                             let stop = CancellationToken::new();
                             let job_id = assign.job_id.clone();
                             let run = JobRun {
+                                log: JobLog::new(self.queue.clone(), &assign.job_id, self.id.as_str()),
                                 assign,
                                 queue: self.queue.clone(),
                                 blob: self.blob.clone(),
                                 outbox: outbox.clone(),
                                 worker_id: self.id.to_string(),
+                                loader: self.loader.clone(),
                             };
                             let task = tokio::spawn(run.run(stop.clone()));
                             current = Some(Current { job_id, stop, task });
                         }
                         In::Revoke(revoke) => {
+                            if revoke.reason != "completing" {
+                                // No completion hook will need it.
+                                self.loader.forget(&revoke.job_id);
+                            }
                             if current.as_ref().is_some_and(|c| c.job_id == revoke.job_id) {
                                 info!(job_id = %revoke.job_id, reason = %revoke.reason, "revoked");
                                 if let Some(c) = current.take() {
@@ -146,6 +162,9 @@ impl Worker {
                             }
                         }
                         In::OutcomeAck(ack) => outbox.confirm(&ack),
+                        In::Finalize(finalize) => {
+                            tokio::spawn(self.finalize(finalize));
+                        }
                     },
                     Ok(Some(pb::SessionResponse { message: None })) => {}
                     Ok(None) => break Err("the scheduler closed the session".to_owned()),
@@ -164,5 +183,55 @@ impl Worker {
             }
         }
         result
+    }
+
+    /// Runs a job's completion hook if this worker can claim it: see
+    /// [`batchmill_core::finalize`]. The outcome is written to the claim,
+    /// where the scheduler reads it.
+    fn finalize(&self, finalize: pb::Finalize) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (etcd, loader, queue, worker_id, ttl) =
+            (self.etcd.clone(), self.loader.clone(), self.queue.clone(), self.id.to_string(), self.lease_ttl);
+        async move {
+            let Some(job) = finalize.job else { return };
+            let key = batchmill_core::finalize::finalizer_key(&job.job_id);
+            let mut state =
+                Finalizing { attempt: finalize.attempt, worker_id: worker_id.clone(), done: false, error: None };
+            let claim = match etcd.claim(key, state.encode(), ttl).await {
+                Ok(Some(claim)) => claim,
+                Ok(None) => {
+                    info!(job_id = %job.job_id, "completion hook already claimed");
+                    return;
+                }
+                Err(e) => {
+                    warn!(job_id = %job.job_id, error = %e, "claiming the completion hook failed");
+                    return;
+                }
+            };
+            let log = JobLog::new(queue, &job.job_id, &worker_id);
+            let metrics = serde_json::Value::Object(
+                finalize.metrics.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
+            );
+            let started = std::time::Instant::now();
+            let ran = async {
+                let predictor = loader.load(&job).await?;
+                tokio::task::spawn_blocking(move || predictor.on_job_complete(&metrics))
+                    .await
+                    .map_err(|e| format!("on_job_complete panicked: {e}"))?
+            }
+            .await;
+            loader.forget(&job.job_id);
+            let elapsed = started.elapsed().as_millis();
+            match &ran {
+                Ok(true) => log.line("", "INFO", format!("on_job_complete finished in {elapsed} ms")).await,
+                Ok(false) => {}
+                Err(e) => log.line("", "ERROR", format!("on_job_complete failed after {elapsed} ms: {e}")).await,
+            }
+            info!(job_id = %job.job_id, ok = ran.is_ok(), "completion hook done");
+            state.done = true;
+            state.error = ran.err();
+            if let Err(e) = claim.finish(state.encode()).await {
+                warn!(job_id = %job.job_id, error = %e, "recording the completion hook's outcome failed");
+            }
+        }
     }
 }

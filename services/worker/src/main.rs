@@ -8,8 +8,8 @@ use batchmill_coord::Etcd;
 use batchmill_core::WorkerId;
 use batchmill_queue::JetStreamQueue;
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
-use batchmill_worker::Worker;
 use batchmill_worker::device::Device;
+use batchmill_worker::{Loader, Worker};
 use clap::Parser;
 use tracing::info;
 
@@ -30,6 +30,12 @@ struct Config {
     /// Device to run on: cpu, cuda or auto.
     #[arg(long, env = "BATCHMILL_DEVICE", default_value = "auto")]
     device: String,
+    /// Python interpreter for Python predictors (with their packages, such as boto3).
+    #[arg(long, env = "BATCHMILL_PYTHON", default_value = "python3")]
+    python: std::path::PathBuf,
+    /// Directory for deployed pipelines' files; default: <tmp>/batchmill-worker-<id>.
+    #[arg(long, env = "BATCHMILL_WORK_DIR")]
+    work_dir: Option<std::path::PathBuf>,
     /// Seconds the registration outlives a worker that stops renewing it.
     #[arg(long, env = "BATCHMILL_LEASE_TTL_SECS", default_value_t = 10)]
     lease_ttl_secs: u64,
@@ -55,7 +61,11 @@ async fn main() -> anyhow::Result<()> {
     let routes = server.into_routes().await;
     let serving = batchmill_runtime::server::serve_routes(routes, listener, shutdown.clone());
     let lease_ttl = Duration::from_secs(config.lease_ttl_secs);
-    let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health };
+    let python = batchmill_worker::python::check_interpreter(&config.python).await;
+    let work_dir =
+        config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("batchmill-worker-{id}")));
+    let loader = Loader::new(python, work_dir, blob.clone(), queue.clone(), id.to_string());
+    let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health, loader };
     let (served, worked) = tokio::join!(serving, worker.run(shutdown));
     served?;
     worked.context("worker")?;

@@ -1,5 +1,6 @@
-//! Predictors: what a worker runs over a batch. Built in: `echo`. The GPU
-//! `embed` predictor (cudarc) and Python predictors plug in here.
+//! Predictors: what a worker runs over a batch. Built in: `echo`; deployed
+//! pipelines run Cortex Python predictors ([`crate::python`]). The GPU
+//! `embed` predictor (cudarc) plugs in here.
 
 use std::time::Duration;
 
@@ -30,6 +31,12 @@ pub enum PredictError {
 pub trait Predictor: Send + Sync {
     /// One output per item, in order; each becomes one result line.
     fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError>;
+
+    /// Runs the job's completion hook with its final counts, once every
+    /// batch is final; Ok(false) when the predictor has none.
+    fn on_job_complete(&self, _metrics: &Value) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// Names of the built-in pipelines this worker can run.

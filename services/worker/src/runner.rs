@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use batchmill_blob::Blob;
 use batchmill_core::S3Uri;
 use batchmill_core::time::duration_ms;
-use batchmill_proto::jobs::v1::LogLine;
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
 use batchmill_queue::{Delivery, JetStreamQueue};
@@ -20,7 +19,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, instrument, warn};
 
-use crate::predictor::{self, BatchInput, PredictError, Predictor};
+use crate::joblog::JobLog;
+use crate::loader::Loader;
+use crate::predictor::{BatchInput, PredictError, Predictor};
 use crate::session::Outbox;
 
 /// How long to wait for the scheduler to confirm an outcome.
@@ -33,6 +34,8 @@ pub struct JobRun {
     pub blob: Blob,
     pub outbox: Outbox,
     pub worker_id: String,
+    pub loader: Loader,
+    pub log: JobLog,
 }
 
 impl JobRun {
@@ -40,13 +43,17 @@ impl JobRun {
     /// in hand is finished first.
     #[instrument(skip_all, fields(job_id = %self.assign.job_id))]
     pub async fn run(self, stop: CancellationToken) {
-        let config = self.assign.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default();
-        let predictor: Arc<dyn Predictor> = match predictor::load(&self.assign.pipeline, &config) {
-            Ok(p) => Arc::from(p),
+        let loading = self.loader.load(&self.assign);
+        let loaded = tokio::select! {
+            () = stop.cancelled() => return,
+            loaded = loading => loaded,
+        };
+        let predictor: Arc<dyn Predictor> = match loaded {
+            Ok(p) => p,
             Err(e) => {
                 warn!(error = %e, "cannot run the job's pipeline");
                 self.log("", "ERROR", format!("cannot run pipeline {}: {e}", self.assign.pipeline)).await;
-                self.outbox.release(&self.assign.job_id, &e);
+                self.outbox.fail_start(&self.assign.job_id, &e);
                 return;
             }
         };
@@ -180,19 +187,8 @@ impl JobRun {
         Some(Ran { delivery, outcome, batch_id, dead_letter })
     }
 
-    /// Appends a line to the job's log (`batch_id` empty for the job as a
-    /// whole); a line that cannot be sent is only traced here.
     async fn log(&self, batch_id: &str, level: &str, message: String) {
-        let line = LogLine {
-            time: Some(batchmill_core::time::timestamp(batchmill_core::time::now_ms())),
-            worker_id: self.worker_id.clone(),
-            batch_id: batch_id.to_owned(),
-            level: level.to_owned(),
-            message,
-        };
-        if let Err(e) = self.queue.publish_log(&self.assign.job_id, Bytes::from(line.encode_to_vec())).await {
-            tracing::debug!(error = %e, "log line not sent");
-        }
+        self.log.line(batch_id, level, message).await;
     }
 
     /// Runs the predictor and writes the result object.

@@ -52,7 +52,14 @@ impl Outbox {
 
     /// Gives an assignment back to the scheduler.
     pub fn release(&self, job_id: &str, reason: &str) {
-        self.send(Out::Released(pb::AssignmentReleased { job_id: job_id.to_owned(), reason: reason.to_owned() }));
+        let (job_id, reason) = (job_id.to_owned(), reason.to_owned());
+        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: false }));
+    }
+
+    /// Gives an assignment back because the job's predictor cannot start.
+    pub fn fail_start(&self, job_id: &str, error: &str) {
+        let (job_id, reason) = (job_id.to_owned(), error.to_owned());
+        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: true }));
     }
 }
 

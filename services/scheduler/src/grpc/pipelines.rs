@@ -1,5 +1,6 @@
 //! `PipelineService` on the scheduler: the pipelines jobs may name.
 
+use batchmill_core::ServiceError;
 use batchmill_proto::pipelines::v1::{self as pb, pipeline_service_server::PipelineService};
 use tonic::{Request, Response, Status};
 
@@ -17,6 +18,8 @@ impl PipelinesGrpc {
 
     pub fn into_service(self) -> pb::pipeline_service_server::PipelineServiceServer<PipelinesGrpc> {
         pb::pipeline_service_server::PipelineServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
     }
 }
 
@@ -26,7 +29,7 @@ impl PipelineService for PipelinesGrpc {
         &self,
         _: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
-        Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.scheduler.pipelines() }))
+        Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.scheduler.pipelines().list() }))
     }
 
     async fn get_pipeline(
@@ -34,9 +37,16 @@ impl PipelineService for PipelinesGrpc {
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
         let name = request.into_inner().name;
-        match self.scheduler.pipelines().into_iter().find(|p| p.name == name) {
+        match self.scheduler.pipelines().get(&name) {
             Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
             None => Err(Status::not_found(format!("pipeline {name:?} not found"))),
         }
+    }
+
+    async fn deploy_pipeline(
+        &self,
+        request: Request<pb::DeployPipelineRequest>,
+    ) -> Result<Response<pb::Pipeline>, Status> {
+        self.scheduler.pipelines().deploy(request.into_inner()).await.map(Response::new).map_err(|e| e.to_status())
     }
 }

@@ -65,14 +65,18 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         info!(worker_id = %worker, device = %register.device, session, "worker session opened");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        self.scheduler.worker_joined(worker.clone(), session, register.pipelines, Arc::new(tx));
+        let runs = crate::Capabilities { built_in: register.pipelines, predictor_types: register.predictor_types };
+        self.scheduler.worker_joined(worker.clone(), session, runs, Arc::new(tx));
         let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(pb::SessionRequest { message: Some(message) })) => match message {
                         In::Outcome(outcome) => scheduler.outcome(worker.clone(), outcome),
-                        In::Released(r) => scheduler.released(worker.clone(), r.job_id),
+                        In::Released(r) => {
+                            let failure = r.failed.then_some(r.reason);
+                            scheduler.released(worker.clone(), r.job_id, failure);
+                        }
                         In::Heartbeat(_) => {}
                         In::Register(_) => {
                             warn!(worker_id = %worker, "register sent twice; ignored")
@@ -104,6 +108,7 @@ mod tests {
                 protocol_version: version,
                 device: "cpu".into(),
                 pipelines: vec!["echo".into()],
+                predictor_types: vec![],
             })),
         })
     }

@@ -1,0 +1,304 @@
+//! The pipelines jobs may name: the built-in ones, and deployed ones kept in
+//! etcd at `/batchmill/pipelines/<name>` (JSON, the latest version) with
+//! their files in S3 under `<artifacts root>/<name>/v<version>/`.
+//!
+//! A job pins the version it was submitted against: its record carries the
+//! [`Deployed`] pipeline, so a later deploy changes only later jobs.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use batchmill_coord::Kv;
+use batchmill_core::S3Uri;
+use batchmill_core::time::{now_ms, timestamp};
+use batchmill_proto::pipelines::v1 as pb;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tracing::info;
+
+use crate::SchedulerError;
+use crate::ports::ObjectStore;
+
+pub const PIPELINES_PREFIX: &str = "/batchmill/pipelines/";
+
+/// The only kind of deployed pipeline, as cortex.yaml names it.
+pub const KIND: &str = "BatchAPI";
+/// Predictor types a deployed pipeline may have.
+pub const PREDICTOR_TYPES: &[&str] = &["python"];
+
+/// A deployed pipeline version, as persisted and as a job pins it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployed {
+    pub name: String,
+    pub version: u32,
+    pub kind: String,
+    pub predictor: PredictorSpec,
+    #[serde(default)]
+    pub compute: Map<String, Value>,
+    /// `s3://bucket/prefix/<name>/v<version>/`.
+    pub artifacts_uri: String,
+    pub deploy_ms: u64,
+    pub files: Vec<String>,
+}
+
+/// The code that runs a deployed pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictorSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub python_path: String,
+}
+
+impl Deployed {
+    pub fn to_proto(&self) -> pb::Pipeline {
+        pb::Pipeline {
+            name: self.name.clone(),
+            built_in: false,
+            version: self.version,
+            kind: self.kind.clone(),
+            predictor: Some(pb::Predictor {
+                r#type: self.predictor.kind.clone(),
+                path: self.predictor.path.clone(),
+                config: Some(batchmill_core::json::json_to_struct(&self.predictor.config)),
+                env: self.predictor.env.clone().into_iter().collect(),
+                python_path: self.predictor.python_path.clone(),
+            }),
+            compute: Some(batchmill_core::json::json_to_struct(&self.compute)),
+            artifacts_uri: self.artifacts_uri.clone(),
+            deploy_time: Some(timestamp(self.deploy_ms)),
+            files: self.files.clone(),
+        }
+    }
+
+    /// What a worker needs to run it.
+    pub fn to_assigned(&self) -> batchmill_proto::scheduler::v1::DeployedPredictor {
+        batchmill_proto::scheduler::v1::DeployedPredictor {
+            r#type: self.predictor.kind.clone(),
+            path: self.predictor.path.clone(),
+            artifacts_uri: self.artifacts_uri.clone(),
+            version: self.version,
+            env: self.predictor.env.clone().into_iter().collect(),
+            python_path: self.predictor.python_path.clone(),
+        }
+    }
+}
+
+/// Built-in and deployed pipelines; clones share them.
+#[derive(Clone)]
+pub struct Pipelines {
+    built_in: Arc<Vec<String>>,
+    deployed: Arc<RwLock<BTreeMap<String, Deployed>>>,
+    kv: Arc<dyn Kv>,
+    store: Arc<dyn ObjectStore>,
+    /// Where deployed files go.
+    root: S3Uri,
+    /// Deploys of the same name one at a time, so versions do not collide.
+    deploying: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Pipelines {
+    /// The built-in pipelines and every deployed one in etcd.
+    pub async fn load(
+        built_in: Vec<String>,
+        kv: Arc<dyn Kv>,
+        store: Arc<dyn ObjectStore>,
+        root: S3Uri,
+    ) -> Result<Pipelines, batchmill_coord::CoordError> {
+        let mut deployed = BTreeMap::new();
+        for (key, bytes) in kv.list(PIPELINES_PREFIX).await? {
+            match serde_json::from_slice::<Deployed>(&bytes) {
+                Ok(d) => {
+                    deployed.insert(d.name.clone(), d);
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "unreadable pipeline"),
+            }
+        }
+        Ok(Pipelines {
+            built_in: Arc::new(built_in),
+            deployed: Arc::new(RwLock::new(deployed)),
+            kv,
+            store,
+            root,
+            deploying: Arc::default(),
+        })
+    }
+
+    fn deployed(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Deployed>> {
+        self.deployed.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every pipeline, by name.
+    pub fn list(&self) -> Vec<pb::Pipeline> {
+        let mut all: Vec<pb::Pipeline> = self
+            .built_in
+            .iter()
+            .map(|name| pb::Pipeline { name: name.clone(), built_in: true, ..Default::default() })
+            .collect();
+        all.extend(self.deployed().values().map(Deployed::to_proto));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn get(&self, name: &str) -> Option<pb::Pipeline> {
+        self.list().into_iter().find(|p| p.name == name)
+    }
+
+    /// What a job naming `name` runs: None for a built-in pipeline, the
+    /// latest version of a deployed one, or an error listing what exists.
+    pub fn resolve(&self, name: &str) -> Result<Option<Deployed>, SchedulerError> {
+        if self.built_in.iter().any(|p| p == name) {
+            return Ok(None);
+        }
+        if let Some(d) = self.deployed().get(name) {
+            return Ok(Some(d.clone()));
+        }
+        let known: Vec<String> = self.list().into_iter().map(|p| p.name).collect();
+        Err(SchedulerError::UnknownPipeline { name: name.to_owned(), known: known.join(", ") })
+    }
+
+    /// Deploys a pipeline: checks it, stores its files, then records the
+    /// new version in etcd. Jobs see it only once both are durable.
+    pub async fn deploy(&self, request: pb::DeployPipelineRequest) -> Result<pb::Pipeline, SchedulerError> {
+        let bad = |field: &str, message: String| SchedulerError::BadPipeline { field: field.to_owned(), message };
+        check_name(&request.name).map_err(|m| bad("name", m))?;
+        if self.built_in.contains(&request.name) {
+            return Err(bad("name", format!("{:?} is a built-in pipeline and cannot be replaced", request.name)));
+        }
+        if request.kind != KIND {
+            return Err(bad("kind", format!("{:?} is not supported; batchmill deploys kind {KIND}", request.kind)));
+        }
+        let predictor = request.predictor.ok_or_else(|| bad("predictor", "is required".into()))?;
+        if !PREDICTOR_TYPES.contains(&predictor.r#type.as_str()) {
+            return Err(bad(
+                "predictor.type",
+                format!("{:?} is not supported; expected one of: {}", predictor.r#type, PREDICTOR_TYPES.join(", ")),
+            ));
+        }
+        if request.files.is_empty() {
+            return Err(bad("files", "the project has no files".into()));
+        }
+        for path in request.files.keys() {
+            check_path(path).map_err(|m| bad("files", m))?;
+        }
+        if !predictor.path.ends_with(".py") {
+            return Err(bad("predictor.path", format!("{:?} is not a Python file", predictor.path)));
+        }
+        if !request.files.contains_key(&predictor.path) {
+            return Err(bad("predictor.path", format!("{:?} is not among the project's files", predictor.path)));
+        }
+        let _one_at_a_time = self.deploying.lock().await;
+        let version = self.deployed().get(&request.name).map_or(1, |d| d.version + 1);
+        let artifacts = self.root.join(&request.name).join(&format!("v{version}"));
+        let mut files: Vec<String> = request.files.keys().cloned().collect();
+        files.sort();
+        for (path, body) in request.files {
+            self.store
+                .put(&artifacts.join(&path), Bytes::from(body), "application/octet-stream")
+                .await
+                .map_err(|message| SchedulerError::Staging { message: format!("storing {path}: {message}") })?;
+        }
+        let deployed = Deployed {
+            name: request.name.clone(),
+            version,
+            kind: request.kind,
+            predictor: PredictorSpec {
+                kind: predictor.r#type,
+                path: predictor.path,
+                config: predictor.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
+                env: predictor.env.into_iter().collect(),
+                python_path: predictor.python_path,
+            },
+            compute: request.compute.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
+            artifacts_uri: format!("{artifacts}/"),
+            deploy_ms: now_ms(),
+            files,
+        };
+        let bytes = serde_json::to_vec(&deployed).unwrap_or_default();
+        self.kv
+            .put(&format!("{PIPELINES_PREFIX}{}", deployed.name), bytes)
+            .await
+            .map_err(|e| SchedulerError::Staging { message: format!("recording the pipeline: {e}") })?;
+        info!(pipeline = %deployed.name, version, files = deployed.files.len(), "pipeline deployed");
+        let answer = deployed.to_proto();
+        self.deployed.write().unwrap_or_else(|e| e.into_inner()).insert(deployed.name.clone(), deployed);
+        Ok(answer)
+    }
+}
+
+/// A pipeline name as Cortex allows API names: lower-case letters, digits
+/// and dashes, starting with a letter and ending with a letter or digit.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name: use lower-case letters, digits and dashes, starting with a letter, \
+             at most 63 characters"
+        ))
+    }
+}
+
+/// A file's path within a project: relative, `/`-separated, no `..`.
+fn check_path(path: &str) -> Result<(), String> {
+    let bad = path.is_empty()
+        || path.starts_with('/')
+        || path.contains('\\')
+        || path.split('/').any(|part| part.is_empty() || part == "." || part == "..");
+    if bad { Err(format!("{path:?} is not a relative path inside the project")) } else { Ok(()) }
+}
+
+/// `over` merged into `base`, objects key by key at every depth, as Cortex
+/// merges a job's config over its API's.
+pub fn merge_config(base: &Map<String, Value>, over: &Map<String, Value>) -> Map<String, Value> {
+    let mut merged = base.clone();
+    for (key, value) in over {
+        let next = match (merged.get(key), value) {
+            (Some(Value::Object(b)), Value::Object(o)) => Value::Object(merge_config(b, o)),
+            _ => value.clone(),
+        };
+        merged.insert(key.clone(), next);
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_and_paths_are_checked() {
+        assert!(check_name("image-classifier").is_ok());
+        for bad in ["", "Image", "1st", "end-", "under_score", &"a".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_path("predictor.py").is_ok());
+        assert!(check_path("lib/util.py").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a//b", "a/./b", "a\\b"] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn job_config_merges_over_the_pipeline_config() {
+        let base = json!({"a": 1, "nested": {"x": 1, "y": 2}, "keep": true});
+        let over = json!({"a": 2, "nested": {"y": 3, "z": 4}, "new": "n"});
+        let merged = merge_config(base.as_object().unwrap(), over.as_object().unwrap());
+        assert_eq!(
+            Value::Object(merged),
+            json!({"a": 2, "nested": {"x": 1, "y": 3, "z": 4}, "keep": true, "new": "n"})
+        );
+    }
+}

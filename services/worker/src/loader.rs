@@ -1,0 +1,150 @@
+//! Loads a job's predictor: a built-in one, or a deployed pipeline's files
+//! fetched from S3 and run by [`crate::python`]. The last predictor loaded
+//! is kept, so that a job's completion hook runs in the process (and on the
+//! instance) that ran its batches on this worker.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use batchmill_blob::Blob;
+use batchmill_core::S3Uri;
+use batchmill_proto::scheduler::v1::{Assign, DeployedPredictor};
+use batchmill_queue::JetStreamQueue;
+use serde_json::Value;
+use tracing::info;
+
+use crate::joblog::JobLog;
+use crate::predictor::{self, Predictor};
+use crate::python::{HARNESS, HARNESS_FILE, Launch, PythonPredictor};
+
+type Kept = Option<(String, Arc<dyn Predictor>)>;
+
+/// Loads predictors for one worker; clones share the kept predictor.
+#[derive(Clone)]
+pub struct Loader {
+    /// The interpreter for Python predictors; None where there is none.
+    python: Option<PathBuf>,
+    /// Where deployed pipelines' files are unpacked.
+    work_dir: PathBuf,
+    blob: Blob,
+    queue: JetStreamQueue,
+    worker_id: String,
+    kept: Arc<Mutex<Kept>>,
+}
+
+impl Loader {
+    pub fn new(
+        python: Option<PathBuf>,
+        work_dir: PathBuf,
+        blob: Blob,
+        queue: JetStreamQueue,
+        worker_id: String,
+    ) -> Loader {
+        Loader { python, work_dir, blob, queue, worker_id, kept: Arc::default() }
+    }
+
+    /// Predictor types of deployed pipelines this worker runs.
+    pub fn predictor_types(&self) -> Vec<String> {
+        self.python.iter().map(|_| "python".to_owned()).collect()
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The predictor of `assign`'s job: the kept one if it is that job's,
+    /// otherwise loaded (for Python, `__init__` runs here) and kept.
+    pub async fn load(&self, assign: &Assign) -> Result<Arc<dyn Predictor>, String> {
+        if let Some((job, p)) = self.kept().as_ref()
+            && *job == assign.job_id
+        {
+            return Ok(p.clone());
+        }
+        let config = assign.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default();
+        let predictor: Arc<dyn Predictor> = match &assign.predictor {
+            None => Arc::from(predictor::load(&assign.pipeline, &config)?),
+            Some(d) if d.r#type == "python" => {
+                let python = self.python.clone().ok_or("this worker has no Python interpreter")?;
+                let dir = self.fetch(&assign.pipeline, d).await?;
+                let job_spec = serde_json::json!({
+                    "job_id": assign.job_id,
+                    "api_name": assign.pipeline,
+                    "pipeline_version": d.version,
+                    "workers": assign.workers,
+                    "config": config,
+                    "total_batch_count": assign.total_batch_count,
+                });
+                let launch = Launch {
+                    python,
+                    dir,
+                    path: d.path.clone(),
+                    python_path: d.python_path.clone(),
+                    env: d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    config: Value::Object(config),
+                    job_spec,
+                    log: JobLog::new(self.queue.clone(), &assign.job_id, &self.worker_id).sink(),
+                };
+                let started = tokio::task::spawn_blocking(move || PythonPredictor::start(launch))
+                    .await
+                    .map_err(|e| format!("starting the Python predictor: {e}"))??;
+                Arc::new(started)
+            }
+            Some(d) => return Err(format!("this worker cannot run {:?} predictors", d.r#type)),
+        };
+        // The previous job's predictor (its process) goes once unused.
+        *self.kept() = Some((assign.job_id.clone(), predictor.clone()));
+        Ok(predictor)
+    }
+
+    /// Lets the kept predictor of `job_id` go.
+    pub fn forget(&self, job_id: &str) {
+        let mut kept = self.kept();
+        if kept.as_ref().is_some_and(|(job, _)| job == job_id) {
+            *kept = None;
+        }
+    }
+
+    /// The pipeline's files in a local directory, downloaded once per version.
+    async fn fetch(&self, name: &str, deployed: &DeployedPredictor) -> Result<PathBuf, String> {
+        let dir = self.work_dir.join("pipelines").join(name).join(format!("v{}", deployed.version));
+        if !dir.join(".complete").exists() {
+            let uri = S3Uri::parse(deployed.artifacts_uri.trim_end_matches('/'))?;
+            let prefix = format!("{}/", uri.key);
+            let keys = self.blob.list(&uri.bucket, &prefix).await.map_err(|e| e.to_string())?;
+            let tmp =
+                self.work_dir.join("pipelines").join(format!(".{name}-v{}-{}", deployed.version, fastrand::u64(..)));
+            for key in &keys {
+                let relative = key.strip_prefix(&prefix).unwrap_or(key);
+                let path = inside(&tmp, relative).ok_or_else(|| format!("pipeline file {key:?} has a bad path"))?;
+                let body = self.blob.get(&uri.bucket, key).await.map_err(|e| e.to_string())?;
+                write(&path, &body).await?;
+            }
+            write(&tmp.join(".complete"), b"").await?;
+            if let Some(parent) = dir.parent() {
+                tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            if tokio::fs::rename(&tmp, &dir).await.is_err() {
+                // Another load unpacked it first.
+                let _ = tokio::fs::remove_dir_all(&tmp).await;
+            }
+            info!(pipeline = name, version = deployed.version, files = keys.len(), "pipeline files fetched");
+        }
+        write(&dir.join(HARNESS_FILE), HARNESS.as_bytes()).await?;
+        Ok(dir)
+    }
+}
+
+/// `relative` under `root`, or None if it would leave it.
+fn inside(root: &Path, relative: &str) -> Option<PathBuf> {
+    let ok = !relative.is_empty()
+        && !relative.starts_with('/')
+        && relative.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    ok.then(|| root.join(relative))
+}
+
+async fn write(path: &Path, body: &[u8]) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    tokio::fs::write(path, body).await.map_err(|e| format!("{}: {e}", path.display()))
+}

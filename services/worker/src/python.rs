@@ -1,0 +1,366 @@
+//! A Cortex `PythonPredictor` driven in a Python subprocess.
+//!
+//! The worker writes `harness.py` next to the pipeline's files and starts
+//! `python -u harness.py` there. Requests and replies are frames on the
+//! child's stdin and stdout (a 4-byte big-endian length, then JSON); the
+//! predictor's own output goes to stderr, and every stderr line becomes a log
+//! line of the job, tagged with the batch running at the time. An exception
+//! fails the batch it was raised in; a process that dies fails its batch and
+//! is started again (and `__init__` run again) for the next one.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use crate::predictor::{BatchInput, PredictError, Predictor};
+
+/// The harness script, written beside each pipeline's files.
+pub const HARNESS: &str = include_str!("harness.py");
+/// Its file name.
+pub const HARNESS_FILE: &str = ".batchmill_harness.py";
+
+/// Receives the predictor's stderr lines: (batch id or "", line).
+pub type LogSink = Arc<dyn Fn(&str, String) + Send + Sync>;
+
+/// How to start the predictor.
+pub struct Launch {
+    pub python: PathBuf,
+    /// The pipeline's files, with the harness among them.
+    pub dir: PathBuf,
+    /// The predictor file, relative to `dir`.
+    pub path: String,
+    /// Extra PYTHONPATH entries, relative to `dir` (`:`-separated).
+    pub python_path: String,
+    pub env: Vec<(String, String)>,
+    pub config: Value,
+    pub job_spec: Value,
+    pub log: LogSink,
+}
+
+struct Process {
+    child: Child,
+    requests: ChildStdin,
+    replies: BufReader<ChildStdout>,
+    has_on_job_complete: bool,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Why a call failed.
+enum CallError {
+    /// The predictor raised; the process lives on.
+    Raised(String),
+    /// The process is gone.
+    Died(String),
+}
+
+pub struct PythonPredictor {
+    launch: Launch,
+    process: Mutex<Option<Process>>,
+    /// The batch running now, for tagging stderr lines.
+    batch: Arc<Mutex<String>>,
+}
+
+impl PythonPredictor {
+    /// Starts the process and runs the predictor's `__init__`; blocking.
+    pub fn start(launch: Launch) -> Result<PythonPredictor, String> {
+        let batch = Arc::new(Mutex::new(String::new()));
+        let process = spawn(&launch, &batch)?;
+        Ok(PythonPredictor { launch, process: Mutex::new(Some(process)), batch })
+    }
+
+    /// Sends `request` and waits for its reply, starting the process first
+    /// if the last one died.
+    fn call(&self, request: &Value, batch_id: &str) -> Result<Value, CallError> {
+        let mut slot = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            (self.launch.log)(batch_id, "restarting the Python predictor process".to_owned());
+            *slot = Some(spawn(&self.launch, &self.batch).map_err(CallError::Died)?);
+        }
+        let Some(process) = slot.as_mut() else {
+            return Err(CallError::Died("the Python predictor process is not running".into()));
+        };
+        *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = batch_id.to_owned();
+        let reply = exchange(process, request);
+        self.batch.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        match reply {
+            Ok(reply) => answer(reply),
+            Err(io) => {
+                // Dropping the process reaps it; the next call starts another.
+                let mut process = slot.take();
+                let status = process.as_mut().and_then(|p| p.child.wait().ok());
+                let how = status.map_or_else(|| io.to_string(), |s| s.to_string());
+                Err(CallError::Died(format!("the Python predictor process died ({how}); it will be restarted")))
+            }
+        }
+    }
+}
+
+impl Predictor for PythonPredictor {
+    fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError> {
+        let request = json!({"op": "predict", "payload": batch.items, "batch_id": batch.batch_id});
+        let reply = self.call(&request, batch.batch_id).map_err(|e| match e {
+            CallError::Raised(tb) => PredictError::Retryable(format!("predict raised: {}", tail(&tb))),
+            CallError::Died(why) => PredictError::Retryable(why),
+        })?;
+        let n = batch.items.len();
+        let results = match reply.get("result").cloned().unwrap_or(Value::Null) {
+            // Cortex predictors often write their own results and return None.
+            Value::Null => vec![Value::Null; n],
+            Value::Array(results) if results.len() == n => results,
+            Value::Array(results) => {
+                return Err(PredictError::Permanent(format!(
+                    "predict returned a list of {} results for {n} items; return one per item, or None",
+                    results.len()
+                )));
+            }
+            other => {
+                let kind = match other {
+                    Value::Object(_) => "an object",
+                    Value::String(_) => "a string",
+                    _ => "a scalar",
+                };
+                return Err(PredictError::Permanent(format!(
+                    "predict returned {kind}; return a list with one result per item, or None"
+                )));
+            }
+        };
+        Ok(results
+            .into_iter()
+            .enumerate()
+            .map(|(i, result)| json!({"index": batch.first_item + i as u64, "result": result}))
+            .collect())
+    }
+
+    fn on_job_complete(&self, metrics: &Value) -> Result<bool, String> {
+        let defined = {
+            let slot = self.process.lock().unwrap_or_else(|e| e.into_inner());
+            slot.as_ref().map(|p| p.has_on_job_complete)
+        };
+        if defined == Some(false) {
+            return Ok(false);
+        }
+        match self.call(&json!({"op": "on_job_complete", "metrics": metrics}), "") {
+            Ok(_) => Ok(true),
+            Err(CallError::Raised(tb)) => Err(format!("on_job_complete raised: {}", tail(&tb))),
+            Err(CallError::Died(why)) => Err(why),
+        }
+    }
+}
+
+/// `python` if it runs Python 3.8 or later; otherwise None, and this
+/// worker takes no Python pipelines (the reason is logged).
+pub async fn check_interpreter(python: &std::path::Path) -> Option<PathBuf> {
+    let probe = tokio::process::Command::new(python)
+        .args(["-c", "import sys; sys.exit(0 if sys.version_info >= (3, 8) else 1)"])
+        .output()
+        .await;
+    match probe {
+        Ok(out) if out.status.success() => Some(python.to_path_buf()),
+        Ok(out) => {
+            tracing::warn!(python = %python.display(), status = %out.status, "no usable Python 3.8+; Python pipelines disabled");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(python = %python.display(), error = %e, "no Python interpreter; Python pipelines disabled");
+            None
+        }
+    }
+}
+
+/// Starts the harness and runs `__init__`.
+fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, String> {
+    let mut python_path = vec![launch.dir.to_string_lossy().into_owned()];
+    python_path.extend(
+        launch
+            .python_path
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(|p| launch.dir.join(p).to_string_lossy().into_owned()),
+    );
+    if let Ok(existing) = std::env::var("PYTHONPATH") {
+        python_path.push(existing);
+    }
+    let mut child = Command::new(&launch.python)
+        .arg("-u")
+        .arg(HARNESS_FILE)
+        .current_dir(&launch.dir)
+        .env("PYTHONPATH", python_path.join(":"))
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", launch.python.display()))?;
+    let (Some(requests), Some(replies), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        let _ = child.kill();
+        return Err("the Python process has no pipes".into());
+    };
+    let (log, batch) = (launch.log.clone(), batch.clone());
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let batch_id = batch.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            log(&batch_id, line);
+        }
+    });
+    let mut process = Process { child, requests, replies: BufReader::new(replies), has_on_job_complete: false };
+    let init = json!({"op": "init", "path": launch.path, "config": launch.config, "job_spec": launch.job_spec});
+    match exchange(&mut process, &init).map_err(|e| e.to_string()).and_then(|r| {
+        answer(r).map_err(|e| match e {
+            CallError::Raised(tb) => format!("loading the PythonPredictor failed: {}", tail(&tb)),
+            CallError::Died(why) => why,
+        })
+    }) {
+        Ok(reply) => {
+            process.has_on_job_complete = reply.get("has_on_job_complete").and_then(Value::as_bool).unwrap_or(false);
+            Ok(process)
+        }
+        Err(e) => {
+            let status = process.child.try_wait().ok().flatten();
+            Err(match status {
+                Some(status) => format!("the Python predictor process exited during __init__ ({status}): {e}"),
+                None => e,
+            })
+        }
+    }
+}
+
+/// One request and its reply.
+fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
+    let body = serde_json::to_vec(request)?;
+    let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("request over 4 GiB"))?;
+    process.requests.write_all(&length.to_be_bytes())?;
+    process.requests.write_all(&body)?;
+    process.requests.flush()?;
+    let mut header = [0u8; 4];
+    process.replies.read_exact(&mut header)?;
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+    process.replies.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+fn answer(reply: Value) -> Result<Value, CallError> {
+    if reply.get("ok").and_then(Value::as_bool) == Some(true) {
+        Ok(reply)
+    } else {
+        Err(CallError::Raised(reply.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_owned()))
+    }
+}
+
+/// The end of a traceback, where the error is: at most 4,000 bytes.
+fn tail(traceback: &str) -> String {
+    let t = traceback.trim_end();
+    if t.len() <= 4000 {
+        return t.to_owned();
+    }
+    let mut start = t.len() - 4000;
+    while !t.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &t[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn python() -> Option<PathBuf> {
+        let python = std::env::var_os("BATCHMILL_PYTHON").map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+        Command::new(&python).arg("-c").arg("pass").status().ok()?.success().then_some(python)
+    }
+
+    fn launch(dir: &std::path::Path, source: &str, lines: Arc<Mutex<Vec<(String, String)>>>) -> Launch {
+        std::fs::write(dir.join(HARNESS_FILE), HARNESS).unwrap();
+        std::fs::write(dir.join("predictor.py"), source).unwrap();
+        Launch {
+            python: python().expect("python3 (or BATCHMILL_PYTHON) must run for these tests"),
+            dir: dir.to_path_buf(),
+            path: "predictor.py".into(),
+            python_path: String::new(),
+            env: vec![("GREETING".into(), "hi".into())],
+            config: json!({"factor": 3}),
+            job_spec: json!({"job_id": "j1", "total_batch_count": 2}),
+            log: Arc::new(move |batch: &str, line: String| lines.lock().unwrap().push((batch.to_owned(), line))),
+        }
+    }
+
+    const PREDICTOR: &str = r#"
+import os, sys
+class PythonPredictor:
+    def __init__(self, config, job_spec):
+        self.factor = config["factor"]
+        self.job_id = job_spec["job_id"]
+        self.completed = None
+    def predict(self, payload, batch_id):
+        print(f"{os.environ['GREETING']} from {batch_id}")
+        if payload == ["boom"]:
+            raise ValueError("bad item")
+        if payload == ["exit"]:
+            os._exit(3)
+        if payload == ["none"]:
+            return None
+        return [p * self.factor for p in payload]
+    def on_job_complete(self, metrics):
+        print(f"done {self.job_id} {metrics['succeeded']}")
+"#;
+
+    fn batch<'a>(id: &'a str, items: &'a [Value]) -> BatchInput<'a> {
+        BatchInput { batch_id: id, seq: 0, first_item: 10, items }
+    }
+
+    #[test]
+    fn runs_a_cortex_predictor_and_survives_its_crashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let p = PythonPredictor::start(launch(dir.path(), PREDICTOR, lines.clone())).expect("start");
+        let out = p.predict(&batch("j1-0", &[json!(1), json!(2)])).unwrap();
+        assert_eq!(out, vec![json!({"index": 10, "result": 3}), json!({"index": 11, "result": 6})]);
+        let none = p.predict(&batch("j1-1", &[json!("none")])).unwrap();
+        assert_eq!(none, vec![json!({"index": 10, "result": null})]);
+        match p.predict(&batch("j1-2", &[json!("boom")])) {
+            Err(PredictError::Retryable(e)) => assert!(e.contains("ValueError: bad item"), "{e}"),
+            other => panic!("expected a retryable error, got {other:?}"),
+        }
+        match p.predict(&batch("j1-3", &[json!("exit")])) {
+            Err(PredictError::Retryable(e)) => assert!(e.contains("died") && e.contains('3'), "{e}"),
+            other => panic!("expected a crash, got {other:?}"),
+        }
+        // A new process serves the next batch.
+        assert_eq!(p.predict(&batch("j1-4", &[json!(5)])).unwrap(), vec![json!({"index": 10, "result": 15})]);
+        assert_eq!(p.on_job_complete(&json!({"succeeded": 4})), Ok(true));
+        drop(p);
+        let lines = lines.lock().unwrap();
+        assert!(lines.contains(&("j1-0".into(), "hi from j1-0".into())), "{lines:?}");
+        assert!(lines.iter().any(|(b, l)| b == "j1-4" && l.contains("restarting")), "{lines:?}");
+        assert!(lines.iter().any(|(_, l)| l == "done j1 4"), "{lines:?}");
+    }
+
+    #[test]
+    fn init_errors_and_bad_results_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let failing = "class PythonPredictor:\n    def __init__(self, config):\n        raise KeyError('dest_s3_dir')\n    def predict(self, payload):\n        pass\n";
+        let err = PythonPredictor::start(launch(dir.path(), failing, lines.clone())).err().unwrap();
+        assert!(err.contains("PythonPredictor failed") && err.contains("KeyError: 'dest_s3_dir'"), "{err}");
+        let missing = "class Other:\n    pass\n";
+        let err = PythonPredictor::start(launch(dir.path(), missing, lines.clone())).err().unwrap();
+        assert!(err.contains("no class PythonPredictor"), "{err}");
+        let wrong = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self, payload):\n        return {'a': 1}\n";
+        let p = PythonPredictor::start(launch(dir.path(), wrong, lines)).expect("start");
+        match p.predict(&batch("j1-0", &[json!(1)])) {
+            Err(PredictError::Permanent(e)) => assert!(e.contains("returned an object"), "{e}"),
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+        assert_eq!(p.on_job_complete(&json!({})), Ok(false));
+    }
+}
