@@ -1,9 +1,12 @@
 //! `batchmill`: the command-line client of the public gRPC API.
 
+mod deploy;
+
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
+use batchmill_proto::pipelines::v1::pipeline_service_client::PipelineServiceClient;
 use clap::{Parser, Subcommand};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
@@ -53,6 +56,17 @@ enum Command {
     },
     /// Runs a job's dead-lettered batches again (all of them, or those named).
     Rerun { job_id: String, batch_ids: Vec<String> },
+    /// Deploys a Cortex project (cortex.yaml and its files) as pipelines.
+    Deploy {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// The configuration file, relative to the directory.
+        #[arg(long, default_value = "cortex.yaml")]
+        config: String,
+    },
+    /// Lists the pipelines jobs may name.
+    Pipelines,
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,6 +143,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Rerun { job_id, batch_ids } => {
             let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();
             println!("{}", to_json(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);
+        }
+        Command::Deploy { dir, config } => {
+            let mut pipelines = PipelineServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
+            for request in deploy::read_project(&dir, &config)? {
+                let name = request.name.clone();
+                let deployed = pipelines
+                    .deploy_pipeline(request)
+                    .await
+                    .map_err(|s| anyhow::anyhow!("deploying {name}: {}", s.message()))?
+                    .into_inner();
+                println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
+            }
+        }
+        Command::Pipelines => {
+            let all = PipelineServiceClient::new(channel.clone())
+                .list_pipelines(batchmill_proto::pipelines::v1::ListPipelinesRequest {})
+                .await?
+                .into_inner();
+            println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
         }
         Command::Watch { job_id } => {
             let job = watch(&mut client, &job_id, true).await?;

@@ -78,7 +78,7 @@ pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{name} not found: run deploy/local/install-deps"))
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::var_os("BATCHMILL_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -186,6 +186,8 @@ impl Sandbox {
             ("BATCHMILL_MAX_DELIVER".into(), options.max_deliver.to_string()),
             ("BATCHMILL_LEASE_TTL_SECS".into(), "3".into()),
             ("RUST_LOG".into(), "info".into()),
+            // Python predictors run on the tools venv's interpreter, which has boto3.
+            ("BATCHMILL_PYTHON".into(), tool("python3")?.to_string_lossy().into_owned()),
             // Errors, not backtraces, in the logs tests show on failure.
             ("RUST_BACKTRACE".into(), "0".into()),
         ];
@@ -224,7 +226,10 @@ impl Sandbox {
                 format!("worker-{i}"),
                 "batchmill-worker",
                 free_port()?,
-                vec![format!("--worker-id=sandbox-{i}")],
+                vec![
+                    format!("--worker-id=sandbox-{i}"),
+                    format!("--work-dir={}", root.join(format!("worker-{i}")).display()),
+                ],
             ));
         }
         for (name, bin, port, extra) in &services {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use batchmill_coord::{Kv, MemKv};
 use batchmill_core::enqueue::EnqueueProgress;
+use batchmill_core::finalize::Finalizing;
 use batchmill_core::{JobId, S3Uri, WorkerId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
@@ -15,7 +16,8 @@ use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use batchmill_queue::{DeliveryPolicy, Stored};
 use batchmill_scheduler::{
-    Capabilities, EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, Settings, State,
+    Capabilities, Deployed, EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, PredictorSpec, Settings,
+    State,
 };
 use bytes::Bytes;
 use prost::Message;
@@ -382,4 +384,142 @@ async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
 
 async fn state_record(kv: &MemKv, id: &str) -> JobRecord {
     JobRecord::decode(&kv.get(&format!("/batchmill/jobs/{id}")).await.unwrap().unwrap()).unwrap()
+}
+
+fn deployed_record(id: &str) -> JobRecord {
+    let predictor = PredictorSpec {
+        kind: "python".into(),
+        path: "predictor.py".into(),
+        config: serde_json::json!({"dest": "s3://out/agg", "nested": {"a": 1, "b": 2}}).as_object().cloned().unwrap(),
+        env: Default::default(),
+        python_path: String::new(),
+    };
+    let deployed = Deployed {
+        name: "classifier".into(),
+        version: 2,
+        kind: "BatchAPI".into(),
+        predictor,
+        compute: Default::default(),
+        artifacts_uri: "s3://out/pipelines/classifier/v2/".into(),
+        deploy_ms: 1,
+        files: vec!["predictor.py".into()],
+    };
+    JobRecord {
+        pipeline: "classifier".into(),
+        config: serde_json::json!({"nested": {"b": 3}}).as_object().cloned().unwrap(),
+        deployed: Some(deployed),
+        ..record(id, 2)
+    }
+}
+
+fn finalizing(attempt: u32, worker: &str, done: bool, error: Option<&str>) -> Vec<u8> {
+    let f = Finalizing { attempt, worker_id: worker.into(), done, error: error.map(str::to_owned) };
+    f.encode()
+}
+
+#[tokio::test]
+async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let mut w1 = join(&mut state, "w1");
+    let mut w2 = join(&mut state, "w2");
+    state.submit(deployed_record("j1")).await.unwrap();
+    assert!(drain(&mut w1).is_empty() && drain(&mut w2).is_empty(), "no worker before the batch count is known");
+
+    state
+        .enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() })
+        .await;
+    state.tick().await;
+    let assigned: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
+    assert_eq!(assigned.len(), 2, "{assigned:?}");
+    let Out::Assign(a) = &assigned[0] else { panic!("{assigned:?}") };
+    assert_eq!(a.total_batch_count, 2);
+    assert_eq!(a.workers, 2);
+    let p = a.predictor.as_ref().expect("predictor");
+    assert_eq!(
+        (p.r#type.as_str(), p.version, p.artifacts_uri.as_str()),
+        ("python", 2, "s3://out/pipelines/classifier/v2/")
+    );
+    let config = serde_json::Value::Object(batchmill_core::json::struct_to_json(a.config.as_ref().unwrap()));
+    assert_eq!(config, serde_json::json!({"dest": "s3://out/agg", "nested": {"a": 1, "b": 3}}));
+
+    for seq in [0, 1] {
+        state.outcome(&WorkerId::new("w1"), outcome("j1", seq, spb::BatchStatus::Succeeded));
+    }
+    state.settle().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Completing);
+    let sent: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
+    let finalizes: Vec<&spb::Finalize> =
+        sent.iter().filter_map(|m| if let Out::Finalize(f) = m { Some(f) } else { None }).collect();
+    assert_eq!(finalizes.len(), 1, "one worker is asked: {sent:?}");
+    assert_eq!(finalizes[0].attempt, 1);
+    let metrics = batchmill_core::json::struct_to_json(finalizes[0].metrics.as_ref().unwrap());
+    assert_eq!((metrics["succeeded"].as_i64(), metrics["total_batch_count"].as_i64()), (Some(2), Some(2)));
+
+    // Claimed and running: the job waits, and nobody else is asked.
+    let key = "/batchmill/finalizers/j1";
+    kv.put(key, finalizing(1, "w1", false, None)).await.unwrap();
+    state.tick().await;
+    assert!(drain(&mut w1).iter().chain(drain(&mut w2).iter()).all(|m| !matches!(m, Out::Finalize(_))));
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Completing);
+
+    kv.put(key, finalizing(1, "w1", true, None)).await.unwrap();
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    assert_eq!(kv.get(key).await.unwrap(), None, "the finalizer key is cleaned up");
+    assert!(fakes.calls().objects.contains_key("s3://out/results/j1/manifest.json"));
+}
+
+#[tokio::test]
+async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let mut w1 = join(&mut state, "w1");
+    state.submit(deployed_record("j1")).await.unwrap();
+    state
+        .enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() })
+        .await;
+    state.tick().await;
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    assert!(drain(&mut w1).iter().any(|m| matches!(m, Out::Finalize(f) if f.attempt == 1)));
+
+    // w1 dies before claiming; w2 is asked next.
+    state.worker_gone(&WorkerId::new("w1"), None);
+    let mut w2 = join(&mut state, "w2");
+    state.tick().await;
+    assert!(drain(&mut w2).iter().any(|m| matches!(m, Out::Finalize(f) if f.attempt == 2)));
+    // A claim left from attempt 1 would be stale only before this completion; attempt 2 reports an error.
+    kv.put("/batchmill/finalizers/j1", finalizing(2, "w2", true, Some("ValueError: no results"))).await.unwrap();
+    state.tick().await;
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::Failed);
+    assert!(job.message.contains("on_job_complete failed on worker w2: ValueError: no results"), "{}", job.message);
+}
+
+#[tokio::test]
+async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let mut w1 = join(&mut state, "w1");
+    state.submit(deployed_record("j1")).await.unwrap();
+    state
+        .enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() })
+        .await;
+    state.tick().await;
+    for attempt in 1..=3 {
+        assert!(drain(&mut w1).iter().any(|m| matches!(m, Out::Assign(_))), "attempt {attempt}");
+        state.released(&WorkerId::new("w1"), "j1", Some("KeyError: 'dest_s3_dir'".into())).await;
+    }
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::Failed);
+    assert!(
+        job.message.contains("could not start (3 attempts)") && job.message.contains("dest_s3_dir"),
+        "{}",
+        job.message
+    );
+    assert_eq!(job.workers.unwrap().failed, 3);
 }

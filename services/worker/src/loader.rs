@@ -29,6 +29,8 @@ pub struct Loader {
     blob: Blob,
     queue: JetStreamQueue,
     worker_id: String,
+    /// The cluster's S3 endpoint and region for the predictor's boto3.
+    s3_env: Vec<(String, String)>,
     kept: Arc<Mutex<Kept>>,
 }
 
@@ -40,7 +42,25 @@ impl Loader {
         queue: JetStreamQueue,
         worker_id: String,
     ) -> Loader {
-        Loader { python, work_dir, blob, queue, worker_id, kept: Arc::default() }
+        Loader { python, work_dir, blob, queue, worker_id, s3_env: Vec::new(), kept: Arc::default() }
+    }
+
+    /// Gives Python predictors the cluster's S3: `boto3.client("s3")` then
+    /// reaches `endpoint` (path-style, as S3-compatible servers expect) in
+    /// `region`, with the credentials in this process's environment.
+    pub fn with_s3(mut self, endpoint: Option<&str>, region: &str) -> std::io::Result<Loader> {
+        self.s3_env = vec![("AWS_REGION".into(), region.into()), ("AWS_DEFAULT_REGION".into(), region.into())];
+        if let Some(endpoint) = endpoint {
+            self.s3_env.push(("AWS_ENDPOINT_URL".into(), endpoint.into()));
+            self.s3_env.push(("AWS_ENDPOINT_URL_S3".into(), endpoint.into()));
+            if std::env::var_os("AWS_CONFIG_FILE").is_none() {
+                let config = self.work_dir.join("aws-config");
+                std::fs::create_dir_all(&self.work_dir)?;
+                std::fs::write(&config, "[default]\ns3 =\n    addressing_style = path\n")?;
+                self.s3_env.push(("AWS_CONFIG_FILE".into(), config.to_string_lossy().into_owned()));
+            }
+        }
+        Ok(self)
     }
 
     /// Predictor types of deployed pipelines this worker runs.
@@ -79,7 +99,8 @@ impl Loader {
                     dir,
                     path: d.path.clone(),
                     python_path: d.python_path.clone(),
-                    env: d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    // The pipeline's own variables win.
+                    env: self.s3_env.iter().cloned().chain(d.env.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
                     config: Value::Object(config),
                     job_spec,
                     log: JobLog::new(self.queue.clone(), &assign.job_id, &self.worker_id).sink(),

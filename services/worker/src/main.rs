@@ -64,7 +64,9 @@ async fn main() -> anyhow::Result<()> {
     let python = batchmill_worker::python::check_interpreter(&config.python).await;
     let work_dir =
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("batchmill-worker-{id}")));
-    let loader = Loader::new(python, work_dir, blob.clone(), queue.clone(), id.to_string());
+    let loader = Loader::new(python, work_dir, blob.clone(), queue.clone(), id.to_string())
+        .with_s3(config.s3.s3_endpoint.as_deref(), &config.s3.s3_region)
+        .context("preparing the work directory")?;
     let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health, loader };
     let (served, worked) = tokio::join!(serving, worker.run(shutdown));
     served?;

@@ -1,0 +1,179 @@
+//! `batchmill deploy <dir>`: a Cortex project (a `cortex.yaml` and the files
+//! beside it) deployed as pipelines, one per BatchAPI in the file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use batchmill_proto::pipelines::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The request limit the gateway enforces; the files must fit in it.
+const MAX_PROJECT_BYTES: u64 = 10 * 1024 * 1024 - 64 * 1024;
+
+/// One API of a cortex.yaml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    pub name: String,
+    pub kind: String,
+    pub predictor: Predictor,
+    #[serde(default)]
+    pub compute: Option<Map<String, Value>>,
+    /// Accepted for compatibility; batchmill's gateway serves every pipeline.
+    #[serde(default, rename = "networking")]
+    _networking: Option<serde::de::IgnoredAny>,
+}
+
+/// A cortex.yaml `predictor` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Predictor {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
+    #[serde(default)]
+    pub config: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub python_path: Option<String>,
+    /// Accepted for compatibility: workers run predictors with their own
+    /// Python, and their own log level and shared memory.
+    #[serde(default, rename = "image")]
+    _image: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "log_level")]
+    _log_level: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "shm_size")]
+    _shm_size: Option<serde::de::IgnoredAny>,
+}
+
+/// The APIs of a cortex.yaml: a list of them, or a single one.
+pub fn parse(text: &str) -> anyhow::Result<Vec<Api>> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).context("cortex.yaml is not YAML")?;
+    let apis = if value.is_sequence() {
+        serde_yaml::from_value::<Vec<Api>>(value)
+    } else {
+        serde_yaml::from_value::<Api>(value).map(|api| vec![api])
+    }
+    .map_err(|e| anyhow::anyhow!("cortex.yaml: {e}"))?;
+    if apis.is_empty() {
+        bail!("cortex.yaml defines no API");
+    }
+    Ok(apis)
+}
+
+/// Deploy requests for the project in `dir`: every file under it (but
+/// hidden ones, `__pycache__` and what `.cortexignore` names) goes with each.
+pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::DeployPipelineRequest>> {
+    let yaml_path = dir.join(config_file);
+    let text = std::fs::read_to_string(&yaml_path).with_context(|| format!("reading {}", yaml_path.display()))?;
+    let apis = parse(&text)?;
+    let ignored = ignored(dir)?;
+    let mut files = BTreeMap::new();
+    collect(dir, dir, &ignored, &mut files)?;
+    let total: u64 = files.values().map(|b: &Vec<u8>| b.len() as u64).sum();
+    if total > MAX_PROJECT_BYTES {
+        let mut largest: Vec<(&String, usize)> = files.iter().map(|(k, v)| (k, v.len())).collect();
+        largest.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let names: Vec<String> = largest.iter().take(3).map(|(k, n)| format!("{k} ({n} bytes)")).collect();
+        bail!(
+            "the project's files come to {total} bytes, over the 10 MiB request limit (largest: {}); \
+             keep models in S3 and load them in __init__, or list large files in .cortexignore",
+            names.join(", ")
+        );
+    }
+    Ok(apis
+        .into_iter()
+        .map(|api| pb::DeployPipelineRequest {
+            name: api.name,
+            kind: api.kind,
+            predictor: Some(pb::Predictor {
+                r#type: api.predictor.kind,
+                path: api.predictor.path.trim_start_matches("./").to_owned(),
+                config: api.predictor.config.as_ref().map(batchmill_core::json::json_to_struct),
+                env: api.predictor.env.into_iter().collect(),
+                python_path: api.predictor.python_path.unwrap_or_default(),
+            }),
+            compute: api.compute.as_ref().map(batchmill_core::json::json_to_struct),
+            files: files.clone().into_iter().collect(),
+        })
+        .collect())
+}
+
+/// Paths (relative, `/`-separated) that `.cortexignore` names.
+fn ignored(dir: &Path) -> anyhow::Result<Vec<String>> {
+    match std::fs::read_to_string(dir.join(".cortexignore")) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/').to_owned())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).context(".cortexignore"),
+    }
+}
+
+fn collect(root: &Path, dir: &Path, ignored: &[String], files: &mut BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
+            continue;
+        }
+        let path = entry.path();
+        let relative = path
+            .strip_prefix(root)
+            .map(|p| p.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
+            .unwrap_or(name);
+        if ignored.iter().any(|i| *i == relative) {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect(root, &path, ignored, files)?;
+        } else if kind.is_file() {
+            files.insert(relative, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TUTORIAL: &str = "# cortex.yaml\n\n- name: image-classifier\n  kind: BatchAPI\n  predictor:\n    type: python\n    path: predictor.py\n  compute:\n    cpu: 1\n";
+
+    #[test]
+    fn reads_the_tutorial_project() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cortex.yaml"), TUTORIAL).unwrap();
+        std::fs::write(dir.path().join("predictor.py"), "class PythonPredictor: pass\n").unwrap();
+        std::fs::write(dir.path().join("requirements.txt"), "boto3\n").unwrap();
+        std::fs::create_dir_all(dir.path().join("__pycache__")).unwrap();
+        std::fs::write(dir.path().join("__pycache__/predictor.cpython-311.pyc"), "x").unwrap();
+        std::fs::create_dir_all(dir.path().join("samples")).unwrap();
+        std::fs::write(dir.path().join("samples/big.bin"), "x").unwrap();
+        std::fs::write(dir.path().join(".cortexignore"), "samples/\n").unwrap();
+        let requests = read_project(dir.path(), "cortex.yaml").unwrap();
+        assert_eq!(requests.len(), 1);
+        let r = &requests[0];
+        assert_eq!((r.name.as_str(), r.kind.as_str()), ("image-classifier", "BatchAPI"));
+        assert_eq!(r.predictor.as_ref().map(|p| p.path.as_str()), Some("predictor.py"));
+        let mut files: Vec<&String> = r.files.keys().collect();
+        files.sort();
+        assert_eq!(files, ["cortex.yaml", "predictor.py", "requirements.txt"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let bad = TUTORIAL.replace("    path: predictor.py", "    path: predictor.py\n    processes: 2");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown field `processes`"), "{err}");
+        let single = "name: a\nkind: BatchAPI\npredictor: {type: python, path: p.py}\n";
+        assert_eq!(parse(single).unwrap()[0].name, "a");
+        assert!(parse("[]").unwrap_err().to_string().contains("no API"));
+    }
+}
