@@ -62,7 +62,16 @@ impl JobsForwarder {
 
     /// Forgets the leader when it could not be reached, so the next call
     /// resolves it again.
+    /// A connection to the leader lost mid-call (it died, say) is UNAVAILABLE
+    /// too, not UNKNOWN: the client should retry once a new leader serves.
     async fn check<T>(&self, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        let result = result.map_err(|status| {
+            if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
+                Status::unavailable("the connection to the scheduler leader was lost; retry")
+            } else {
+                status
+            }
+        });
         if let Err(status) = &result
             && status.code() == tonic::Code::Unavailable
         {

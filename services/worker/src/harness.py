@@ -19,6 +19,8 @@ import json
 import os
 import struct
 import sys
+import threading
+import time
 import traceback
 
 
@@ -84,7 +86,22 @@ def load_class(path):
     return cls
 
 
+def exit_with_parent():
+    """Exits when the worker that started this process dies, even while the
+    predictor is busy, so no orphan finishes work nobody will record."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="batchmill-parent-watch", daemon=True).start()
+
+
 def main():
+    exit_with_parent()
     requests, replies = open_protocol()
     predictor = None
     while True:
