@@ -47,6 +47,14 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Lists how each of a job's final batches ended: attempts, worker, duration, error.
+    Batches {
+        job_id: String,
+        #[arg(long, default_value_t = 1000)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
     /// Prints a job's log lines from all of its workers.
     Logs {
         job_id: String,
@@ -129,6 +137,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             println!("{}", to_json(&page, "batchmill.jobs.v1.ListDeadLettersResponse")?);
+        }
+        Command::Batches { job_id, page_size, page_token } => {
+            let page =
+                client.list_batches(pb::ListBatchesRequest { job_id, page_size, page_token }).await?.into_inner();
+            println!("{}", to_json(&page, "batchmill.jobs.v1.ListBatchesResponse")?);
         }
         Command::Logs { job_id, follow } => {
             let mut stream = client.stream_job_logs(pb::StreamJobLogsRequest { job_id, follow }).await?.into_inner();

@@ -58,7 +58,15 @@ async fn wait_line(sandbox: &Sandbox, job_id: &str, text: &str) -> anyhow::Resul
         {
             return Ok(line);
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no log line {text:?} for job {job_id}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no log line {text:?} for job {job_id}: {:?}\nscheduler: {}\nstandby: {}\nworker-0: {}\nworker-1: {}",
+            log_lines(sandbox, job_id).await?,
+            sandbox.log_tail("scheduler"),
+            sandbox.log_tail("scheduler-standby"),
+            sandbox.log_tail("worker-0"),
+            sandbox.log_tail("worker-1"),
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -70,8 +78,11 @@ async fn wait_terminal(sandbox: &Sandbox, job_id: &str) -> anyhow::Result<pb::Jo
     loop {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "job {job_id} not terminal:\n{}",
-            sandbox.log_tail("scheduler-standby")
+            "job {job_id} not terminal:\nscheduler: {}\nstandby: {}\nworker-0: {}\nworker-1: {}",
+            sandbox.log_tail("scheduler"),
+            sandbox.log_tail("scheduler-standby"),
+            sandbox.log_tail("worker-0"),
+            sandbox.log_tail("worker-1"),
         );
         match jobs.get_job(pb::GetJobRequest { job_id: job_id.into() }).await {
             Ok(r) => {
@@ -199,6 +210,22 @@ async fn python_batches_that_raise_are_dead_lettered_and_a_crash_is_retried() ->
     assert_eq!((letters[0].seq, letters[0].attempts), (1, 2));
     assert!(letters[0].last_error.contains("ValueError: bad item in"), "{}", letters[0].last_error);
 
+    // One record per batch: how it ended, after how many deliveries, where.
+    let records = jobs
+        .list_batches(pb::ListBatchesRequest { job_id: done.job_id.clone(), ..Default::default() })
+        .await?
+        .into_inner()
+        .batches;
+    let mut summary: Vec<(i64, pb::BatchState, i64, i64)> =
+        records.iter().map(|r| (r.seq, r.state(), r.attempts, r.items)).collect();
+    summary.sort_by_key(|r| r.0);
+    use pb::BatchState::{Failed, Succeeded};
+    assert_eq!(summary, [(0, Succeeded, 1, 1), (1, Failed, 2, 1), (2, Succeeded, 2, 1), (3, Succeeded, 1, 1)]);
+    for r in &records {
+        assert_eq!(r.batch_id, format!("{}-{}", done.job_id, r.seq));
+        assert!(r.worker_id.starts_with("sandbox-") && r.duration.is_some() && r.end_time.is_some(), "{r:?}");
+        assert_eq!(r.last_error.contains("ValueError"), r.seq == 1, "{r:?}");
+    }
     let results = sandbox.results(&done).await?;
     let crash = results.iter().find(|(k, _)| k.ends_with(&format!("{}-2.jsonl", done.job_id))).expect("batch 2");
     assert_eq!(crash.1, "{\"index\":2,\"result\":{\"len\":5}}\n", "the crashed batch succeeded on its retry");

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use tracing::debug;
 
 use crate::{
-    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, LOG_STREAM, QueueError, Result, batch_subject, consumer_name,
-    dead_subject, log_subject,
+    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, LOG_STREAM, QueueError, RECORD_STREAM, Result, batch_subject,
+    consumer_name, dead_subject, log_subject, record_subject,
 };
 
 /// A connection to JetStream with the batch stream in place.
@@ -57,15 +57,11 @@ impl JetStreamQueue {
             ..Default::default()
         };
         context.create_or_update_stream(dead).await.map_err(|e| QueueError::js("create dead-letter stream", e))?;
-        let logs = stream::Config {
-            name: LOG_STREAM.to_owned(),
-            subjects: vec![log_subject("*")],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        };
+        // Kept by age: log lines a week, batch records a month.
+        let logs = kept_for(LOG_STREAM, log_subject("*"), 7);
         context.create_or_update_stream(logs).await.map_err(|e| QueueError::js("create log stream", e))?;
+        let records = kept_for(RECORD_STREAM, record_subject("*"), 30);
+        context.create_or_update_stream(records).await.map_err(|e| QueueError::js("create record stream", e))?;
         Ok(JetStreamQueue { context })
     }
 
@@ -174,16 +170,23 @@ impl JetStreamQueue {
     /// Up to `limit` dead letters of `job_id` stored at stream sequence
     /// `from` or later, oldest first.
     pub async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
-        let stream = self.dead_stream().await?;
-        let subject = dead_subject(job_id);
-        let mut found = Vec::new();
-        let mut next = from.max(1);
-        while found.len() < limit {
-            let Some(message) = next_on_subject(&stream, &subject, next, "read dead letters").await? else { break };
-            next = message.sequence + 1;
-            found.push(Stored { stream_seq: message.sequence, payload: message.payload });
-        }
-        Ok(found)
+        read_subject(&self.dead_stream().await?, &dead_subject(job_id), from, limit, "read dead letters").await
+    }
+
+    /// Stores the record of how a batch of `job_id` ended.
+    pub async fn publish_record(&self, job_id: &str, record: Bytes) -> Result<()> {
+        let ack =
+            self.context.publish(record_subject(job_id), record).await.map_err(|e| QueueError::js("record", e))?;
+        ack.await.map_err(|e| QueueError::js("record ack", e))?;
+        Ok(())
+    }
+
+    /// Up to `limit` batch records of `job_id` from record stream sequence
+    /// `from` on, oldest first.
+    pub async fn records(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+        let stream =
+            self.context.get_stream(RECORD_STREAM).await.map_err(|e| QueueError::js("get record stream", e))?;
+        read_subject(&stream, &record_subject(job_id), from, limit, "read batch records").await
     }
 
     /// Removes the dead letter stored at stream sequence `stream_seq`.
@@ -246,6 +249,36 @@ impl JetStreamQueue {
     async fn stream(&self) -> Result<stream::Stream> {
         self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
     }
+}
+
+/// A stream of `subjects` whose messages are kept for `days`.
+fn kept_for(name: &str, subjects: String, days: u64) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        subjects: vec![subjects],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        max_age: Duration::from_secs(days * 24 * 3600),
+        ..Default::default()
+    }
+}
+
+/// Up to `limit` messages on `subject` from stream sequence `from` on.
+async fn read_subject(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+    limit: usize,
+    op: &'static str,
+) -> Result<Vec<Stored>> {
+    let mut found = Vec::new();
+    let mut next = from.max(1);
+    while found.len() < limit {
+        let Some(message) = next_on_subject(stream, subject, next, op).await? else { break };
+        next = message.sequence + 1;
+        found.push(Stored { stream_seq: message.sequence, payload: message.payload });
+    }
+    Ok(found)
 }
 
 /// The first message on `subject` stored at stream sequence `from` or

@@ -31,6 +31,14 @@ pub fn dead_subject(job_id: &str) -> String {
     format!("batchmill.dead.{job_id}")
 }
 
+/// Name of the stream of batch records (how each final batch ended).
+pub const RECORD_STREAM: &str = "BATCHMILL_RECORDS";
+
+/// The subject of a job's batch records.
+pub fn record_subject(job_id: &str) -> String {
+    format!("batchmill.records.{job_id}")
+}
+
 /// Name of the stream of job log lines.
 pub const LOG_STREAM: &str = "BATCHMILL_LOGS";
 

@@ -151,6 +151,15 @@ impl JobService for JobsForwarder {
     }
 
     #[instrument(skip_all)]
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let result = self.client().await?.list_batches(onward(request)).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
     async fn rerun_dead_letters(
         &self,
         request: Request<pb::RerunDeadLettersRequest>,

@@ -26,7 +26,7 @@ const TICK: Duration = Duration::from_millis(250);
 const BURST: usize = 512;
 
 enum Command {
-    Submit { record: JobRecord, reply: oneshot::Sender<Result<pb::Job, SchedulerError>> },
+    Submit { record: Box<JobRecord>, reply: oneshot::Sender<Result<pb::Job, SchedulerError>> },
     Get { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
     List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
     Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
@@ -144,7 +144,7 @@ impl Scheduler {
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
-        self.ask(|reply| Command::Submit { record, reply }).await?
+        self.ask(|reply| Command::Submit { record: Box::new(record), reply }).await?
     }
 
     /// Checks a submission as [`Scheduler::submit`] would, without creating
@@ -279,7 +279,7 @@ fn bad_source(status: tonic::Status, field: &str) -> SchedulerError {
 async fn handle(state: &mut State, command: Command) {
     match command {
         Command::Submit { record, reply } => {
-            let _ = reply.send(state.submit(record).await);
+            let _ = reply.send(state.submit(*record).await);
         }
         Command::Get { id, reply } => {
             let _ = reply.send(state.get(&id));

@@ -87,11 +87,14 @@ impl SourceProbe for ListerServiceClient<Channel> {
 /// A stream of log lines (encoded `LogLine`s).
 pub type LogLines = futures::stream::BoxStream<'static, Result<Bytes, String>>;
 
-/// Where workers' log lines are kept.
+/// Where workers' log lines and batch records are kept.
 #[async_trait]
 pub trait LogSource: Send + Sync + 'static {
     /// The job's lines, oldest first; with `follow` the stream does not end.
     async fn logs(&self, job_id: &str, follow: bool) -> Result<LogLines, String>;
+    /// Up to `limit` encoded `BatchRecord`s of the job from record stream
+    /// sequence `from` on, oldest first.
+    async fn records(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String>;
 }
 
 #[async_trait]
@@ -100,6 +103,10 @@ impl LogSource for JetStreamQueue {
         use futures::StreamExt;
         let lines = JetStreamQueue::logs(self, job_id, follow).await.map_err(|e| e.to_string())?;
         Ok(lines.map(|l| l.map_err(|e| e.to_string())).boxed())
+    }
+
+    async fn records(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String> {
+        JetStreamQueue::records(self, job_id, from, limit).await.map_err(|e| e.to_string())
     }
 }
 

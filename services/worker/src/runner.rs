@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use batchmill_blob::Blob;
 use batchmill_core::S3Uri;
 use batchmill_core::time::duration_ms;
+use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
 use batchmill_queue::{Delivery, JetStreamQueue};
@@ -175,6 +176,17 @@ impl JobRun {
             duration_ms: elapsed_ms,
             batch: Some(batch.clone()),
         });
+        let record = matches!(status, BatchStatus::Succeeded | BatchStatus::FailedFinal).then(|| BatchRecord {
+            batch_id: batch_id.clone(),
+            seq: batch.seq as i64,
+            state: if status == BatchStatus::Succeeded { BatchState::Succeeded } else { BatchState::Failed } as i32,
+            items,
+            attempts: attempt as i64,
+            worker_id: self.worker_id.clone(),
+            duration: Some(duration_ms(elapsed_ms)),
+            last_error: error.clone(),
+            end_time: Some(batchmill_core::time::timestamp(batchmill_core::time::now_ms())),
+        });
         let outcome = pb::BatchOutcome {
             job_id: batch.job_id,
             seq: batch.seq,
@@ -184,7 +196,7 @@ impl JobRun {
             duration: Some(duration_ms(elapsed_ms)),
             attempt,
         };
-        Some(Ran { delivery, outcome, batch_id, dead_letter })
+        Some(Ran { delivery, outcome, batch_id, dead_letter, record })
     }
 
     async fn log(&self, batch_id: &str, level: &str, message: String) {
@@ -236,6 +248,8 @@ struct Ran {
     batch_id: String,
     /// For a batch that failed for good: what goes to the dead-letter stream.
     dead_letter: Option<DeadLetter>,
+    /// For a batch that is final: how it ended, for the batch records.
+    record: Option<BatchRecord>,
 }
 
 impl Ran {
@@ -247,7 +261,8 @@ impl Ran {
     /// first; if that fails the message is left alone, and once its
     /// deliveries run out the scheduler dead-letters it from the advisory.
     async fn settle(self, outbox: Outbox, queue: JetStreamQueue) {
-        let Ran { delivery, outcome, batch_id, dead_letter } = self;
+        let Ran { delivery, outcome, batch_id, dead_letter, record } = self;
+        let job_id = outcome.job_id.clone();
         let (status, attempt) = (outcome.status(), outcome.attempt);
         if let Some(dead) = dead_letter {
             if let Err(e) = queue.dead_letter(&outcome.job_id, Bytes::from(dead.encode_to_vec())).await {
@@ -255,6 +270,13 @@ impl Ran {
                 return;
             }
             info!(%batch_id, attempt, "batch dead-lettered");
+        }
+        // Stored before the outcome, so that a job that has ended has every
+        // batch's record.
+        if let Some(record) = record
+            && let Err(e) = queue.publish_record(&job_id, Bytes::from(record.encode_to_vec())).await
+        {
+            warn!(%batch_id, error = %e, "storing the batch record failed");
         }
         if !outbox.report(outcome, ACK_TIMEOUT).await {
             warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");

@@ -60,6 +60,19 @@ fn page_size(asked: i32, default: usize) -> Result<usize, Status> {
     }
 }
 
+/// A page token that is a stream position (0 for the first page).
+fn stream_position(token: &str) -> Result<u64, Status> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse::<u64>().map_err(|_| {
+        Status::from(batchmill_core::FieldViolation::new(
+            "page_token",
+            "is not a token this API returned; pass next_page_token as it was",
+        ))
+    })
+}
+
 fn job_id(s: &str) -> Result<JobId, Status> {
     JobId::parse("job_id", s).map_err(Status::from)
 }
@@ -124,20 +137,37 @@ impl JobService for JobsGrpc {
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let req = request.into_inner();
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
-        let from = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token.parse::<u64>().map_err(|_| {
-                Status::from(batchmill_core::FieldViolation::new(
-                    "page_token",
-                    "is not a token this API returned; pass next_page_token as it was",
-                ))
-            })?
-        };
+        let from = stream_position(&req.page_token)?;
         let (dead_letters, next) =
             self.scheduler.dead_letters(job_id(&req.job_id)?, from, limit).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
+        let from = stream_position(&req.page_token)?;
+        // The job must exist (and be this caller's).
+        self.scheduler.get(job_id(&req.job_id)?).await.map_err(|e| e.to_status())?;
+        let stored = self.logs.records(&req.job_id, from, limit).await.map_err(Status::unavailable)?;
+        let next = (stored.len() == limit).then(|| stored.last().map(|s| s.stream_seq + 1)).flatten();
+        // A batch that ended twice (delivered again after its worker was lost)
+        // shows once, at its latest record.
+        let mut batches: Vec<pb::BatchRecord> = Vec::with_capacity(stored.len());
+        for s in &stored {
+            let Ok(record) = pb::BatchRecord::decode(s.payload.as_ref()) else { continue };
+            batches.retain(|b| b.seq != record.seq);
+            batches.push(record);
+        }
+        Ok(Response::new(pb::ListBatchesResponse {
+            batches,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
         }))
     }
