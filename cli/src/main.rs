@@ -165,7 +165,9 @@ async fn main() -> anyhow::Result<()> {
                     .deploy_pipeline(request)
                     .await
                     .map_err(|s| anyhow::anyhow!("deploying {name}: {}", s.message()))?
-                    .into_inner();
+                    .into_inner()
+                    .pipeline
+                    .unwrap_or_default();
                 println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
             }
         }

@@ -220,7 +220,7 @@ impl PipelineService for PipelinesForwarder {
     async fn deploy_pipeline(
         &self,
         request: Request<ppb::DeployPipelineRequest>,
-    ) -> Result<Response<ppb::Pipeline>, Status> {
+    ) -> Result<Response<ppb::DeployPipelineResponse>, Status> {
         check_size(&request)?;
         let result = self.client().await?.deploy_pipeline(onward(request)).await;
         self.jobs.check(result).await

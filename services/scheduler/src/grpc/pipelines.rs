@@ -46,7 +46,8 @@ impl PipelineService for PipelinesGrpc {
     async fn deploy_pipeline(
         &self,
         request: Request<pb::DeployPipelineRequest>,
-    ) -> Result<Response<pb::Pipeline>, Status> {
-        self.scheduler.pipelines().deploy(request.into_inner()).await.map(Response::new).map_err(|e| e.to_status())
+    ) -> Result<Response<pb::DeployPipelineResponse>, Status> {
+        let pipeline = self.scheduler.pipelines().deploy(request.into_inner()).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::DeployPipelineResponse { pipeline: Some(pipeline) }))
     }
 }
