@@ -358,6 +358,29 @@ impl Sandbox {
         self.wait_job(job_id, timeout, &what, |job| job.batches.as_ref().is_some_and(|b| b.succeeded >= batches)).await
     }
 
+    /// Waits until workers hold `held` batches of the job unsettled.
+    pub async fn wait_held(&self, job_id: &str, held: u64, timeout: Duration) -> anyhow::Result<()> {
+        let nats = async_nats::jetstream::new(async_nats::connect(&self.nats_url).await?);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let stream = nats.get_stream("BATCHMILL_BATCHES").await?;
+            let now_held = match stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("job-{job_id}"))
+                .await
+            {
+                Ok(mut consumer) => consumer.info().await?.num_ack_pending as u64,
+                Err(_) => 0,
+            };
+            if now_held == held {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("job {job_id}: workers hold {now_held} batches, not {held}, after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Result objects of a job: (key, body), sorted by key.
     pub async fn results(&self, job: &pb::Job) -> anyhow::Result<Vec<(String, String)>> {
         let output = batchmill_core::S3Uri::parse(&job.output_uri).map_err(anyhow::Error::msg)?.join(&job.job_id);

@@ -111,11 +111,10 @@ async fn s3_paginates_and_checks_signatures() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn jetstream_announces_a_batch_whose_deliveries_ran_out() -> anyhow::Result<()> {
+async fn jetstream_keeps_the_advisory_of_a_batch_whose_deliveries_ran_out() -> anyhow::Result<()> {
     use futures::StreamExt;
     let sandbox = deps().await?;
     let queue = JetStreamQueue::connect(&sandbox.nats_url, Duration::from_secs(10)).await?;
-    let mut exhausted = Box::pin(queue.exhausted().await?);
     queue.open_job("job2", DeliveryPolicy { ack_wait: Duration::from_secs(1), max_deliver: 1 }).await?;
     queue.publish_batch("job2", 0, Bytes::from_static(b"lost"), &HashMap::new()).await?;
     let consumer = queue.job_consumer("job2").await?;
@@ -123,11 +122,14 @@ async fn jetstream_announces_a_batch_whose_deliveries_ran_out() -> anyhow::Resul
     let _held = consumer.next(Duration::from_secs(2)).await?.expect("delivery");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(consumer.next(Duration::from_secs(1)).await?.is_none(), "no delivery after the last one");
-    let advisory = tokio::time::timeout(Duration::from_secs(15), exhausted.next()).await?.expect("advisory");
+    // Read only now: the advisory was kept while nobody listened.
+    let mut exhausted = Box::pin(queue.exhausted().await?);
+    let advisory = tokio::time::timeout(Duration::from_secs(15), exhausted.next()).await?.expect("advisory")?;
     assert_eq!(advisory.deliveries, 1);
     assert_eq!(queue.read(advisory.stream_seq).await?, Some(Bytes::from_static(b"lost")));
     queue.remove(advisory.stream_seq).await?;
     assert_eq!(queue.read(advisory.stream_seq).await?, None);
+    advisory.handled().await?;
     Ok(())
 }
 
@@ -135,11 +137,15 @@ async fn jetstream_announces_a_batch_whose_deliveries_ran_out() -> anyhow::Resul
 async fn jetstream_keeps_dead_letters_and_log_lines_per_job() -> anyhow::Result<()> {
     let sandbox = deps().await?;
     let queue = JetStreamQueue::connect(&sandbox.nats_url, Duration::from_secs(10)).await?;
-    for (job, body) in [("a", "a1"), ("b", "b1"), ("a", "a2")] {
-        queue.dead_letter(job, Bytes::from(body)).await?;
+    for (job, body) in [("a", "a1"), ("b", "b1"), ("a", "a2"), ("a", "a2")] {
+        queue.dead_letter(job, &format!("{job}-{body}"), Bytes::from(body)).await?;
     }
     let letters = queue.dead_letters("a", 0, 10).await?;
-    assert_eq!(letters.iter().map(|l| l.payload.clone()).collect::<Vec<_>>(), ["a1", "a2"]);
+    assert_eq!(
+        letters.iter().map(|l| l.payload.clone()).collect::<Vec<_>>(),
+        ["a1", "a2"],
+        "one stored twice under the same id is kept once"
+    );
     assert_eq!(queue.dead_letters("a", letters[0].stream_seq + 1, 10).await?.len(), 1, "from a position");
     queue.remove_dead_letter(letters[0].stream_seq).await?;
     assert_eq!(queue.dead_letters("a", 0, 10).await?.len(), 1);

@@ -45,3 +45,45 @@ async fn a_job_survives_its_scheduler_being_killed() -> anyhow::Result<()> {
     assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_exhausted_while_no_scheduler_leads_is_dead_lettered_by_the_next_leader() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options {
+        workers: 1,
+        ack_wait_secs: 2,
+        max_deliver: 1,
+        standby_scheduler: true,
+        ..Options::default()
+    })
+    .await?;
+    let mut jobs = sandbox.jobs().await?;
+    let items = [json!("a"), json!("b")];
+    let job = jobs.submit_job(echo_job(&items, 1, 1, json!({"delay_ms": 600_000}))).await?.into_inner().job.unwrap();
+    sandbox.wait_held(&job.job_id, 1, Duration::from_secs(30)).await?;
+    // The leader and the worker die together: the batch's deliveries run out
+    // (2 s) long before the standby leads (the old lease lasts 10 s), so its
+    // max-deliveries advisory is sent while no scheduler listens.
+    sandbox.signal("scheduler", "KILL")?;
+    sandbox.signal("worker-0", "KILL")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let dead = loop {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the exhausted batch was never dead-lettered:\n{}",
+            sandbox.log_tail("scheduler-standby")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let request = pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() };
+        match jobs.list_dead_letters(request).await {
+            Ok(r) if !r.get_ref().dead_letters.is_empty() => break r.into_inner().dead_letters,
+            Ok(_) => {}
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        }
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].attempts == 1 && dead[0].last_error.contains("lost"), "{dead:?}");
+    let now = jobs.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await?.into_inner().job.unwrap();
+    let b = now.batches.unwrap();
+    assert_eq!((b.total, b.failed), (2, 1), "the other batch still waits for a worker");
+    Ok(())
+}

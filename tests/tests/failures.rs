@@ -126,23 +126,7 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     // Two batches that take ten minutes each: one in each worker's hands.
     let items = [json!("a"), json!("b")];
     let job = jobs.submit_job(echo_job(&items, 1, 2, json!({"delay_ms": 600_000}))).await?.into_inner().job.unwrap();
-    let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let stream = nats.get_stream("BATCHMILL_BATCHES").await?;
-        let held = match stream
-            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("job-{}", job.job_id))
-            .await
-        {
-            Ok(mut consumer) => consumer.info().await?.num_ack_pending,
-            Err(_) => 0,
-        };
-        if held == 2 {
-            break;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the workers never took both batches");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sandbox.wait_held(&job.job_id, 2, Duration::from_secs(30)).await?;
     sandbox.signal("worker-0", "KILL")?;
     sandbox.signal("worker-1", "KILL")?;
 
@@ -153,6 +137,7 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0));
     assert_eq!(done.items.clone().unwrap().failed, 2);
     assert_eq!(done.workers.clone().unwrap().failed, 2);
+    let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
     let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
     assert_eq!(stream.info().await?.state.messages, 0, "exhausted batches are removed from the stream");
     // Both are in the dead-letter stream, saying why.
@@ -161,5 +146,11 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     let letters = listed.into_inner().dead_letters;
     assert_eq!(letters.iter().map(|d| d.seq).collect::<Vec<_>>(), [0, 1]);
     assert!(letters.iter().all(|d| d.attempts == 1 && d.worker_id.is_empty() && d.last_error.contains("lost")));
+    // And each has its batch record.
+    let records =
+        jobs.list_batches(pb::ListBatchesRequest { job_id: job.job_id.clone(), ..Default::default() }).await?;
+    let records = records.into_inner().batches;
+    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1], "{records:?}");
+    assert!(records.iter().all(|r| r.state() == pb::BatchState::Failed && r.attempts == 1 && r.items == 1));
     Ok(())
 }

@@ -12,8 +12,8 @@ use futures::StreamExt;
 use tracing::debug;
 
 use crate::{
-    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, LOG_STREAM, QueueError, RECORD_STREAM, Result, batch_subject,
-    consumer_name, dead_subject, log_subject, record_subject,
+    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, EXHAUSTED_STREAM, LOG_STREAM, QueueError, RECORD_STREAM, Result,
+    batch_subject, consumer_name, dead_subject, log_subject, record_subject,
 };
 
 /// A connection to JetStream with the batch stream in place.
@@ -57,6 +57,17 @@ impl JetStreamQueue {
             ..Default::default()
         };
         context.create_or_update_stream(dead).await.map_err(|e| QueueError::js("create dead-letter stream", e))?;
+        // Advisories are core NATS messages, lost when nobody listens (as
+        // during a scheduler failover): this stream keeps them until handled.
+        let advisories = stream::Config {
+            name: EXHAUSTED_STREAM.to_owned(),
+            subjects: vec![max_deliveries_subject()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        };
+        context.create_or_update_stream(advisories).await.map_err(|e| QueueError::js("create advisory stream", e))?;
         // Kept by age: log lines a week, batch records a month.
         let logs = kept_for(LOG_STREAM, log_subject("*"), 7);
         context.create_or_update_stream(logs).await.map_err(|e| QueueError::js("create log stream", e))?;
@@ -131,15 +142,27 @@ impl JetStreamQueue {
 
     /// Batches JetStream stopped delivering because their deliveries ran out
     /// with none settled (a worker lost on the last one), from the
-    /// MAX_DELIVERIES advisories. Advisories are core NATS messages: one sent
-    /// while nobody listens is lost.
-    pub async fn exhausted(&self) -> Result<impl futures::Stream<Item = Exhausted> + use<>> {
-        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}.*");
-        let subscriber =
-            self.context.client().subscribe(subject).await.map_err(|e| QueueError::js("subscribe advisories", e))?;
-        Ok(subscriber.filter_map(|message| async move {
-            let advisory: MaxDeliveries = serde_json::from_slice(&message.payload).ok()?;
-            Some(Exhausted { stream_seq: advisory.stream_seq, deliveries: advisory.deliveries })
+    /// MAX_DELIVERIES advisories kept in the advisory stream. Each stays
+    /// there until [`Exhausted::handled`]; one not handled within 30 s
+    /// (its reader died) is delivered again.
+    pub async fn exhausted(&self) -> Result<impl futures::Stream<Item = Result<Exhausted>> + use<>> {
+        let stream =
+            self.context.get_stream(EXHAUSTED_STREAM).await.map_err(|e| QueueError::js("get advisory stream", e))?;
+        let config = pull::Config {
+            durable_name: Some("scheduler".to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer("scheduler", config)
+            .await
+            .map_err(|e| QueueError::js("advisory consumer", e))?;
+        let messages = consumer.messages().await.map_err(|e| QueueError::js("advisory messages", e))?;
+        Ok(messages.map(|message| {
+            let message = message.map_err(|e| QueueError::js("advisory", e))?;
+            let advisory: MaxDeliveries = serde_json::from_slice(&message.payload).unwrap_or_default();
+            Ok(Exhausted { stream_seq: advisory.stream_seq, deliveries: advisory.deliveries, message })
         }))
     }
 
@@ -160,11 +183,16 @@ impl JetStreamQueue {
         Ok(())
     }
 
-    /// Stores a dead letter of `job_id` and returns its stream sequence.
-    pub async fn dead_letter(&self, job_id: &str, body: Bytes) -> Result<u64> {
+    /// Stores a dead letter of `job_id` under message id `msg_id` (see
+    /// [`crate::dead_letter_id`]); one stored again within the duplicate
+    /// window is dropped.
+    pub async fn dead_letter(&self, job_id: &str, msg_id: &str, body: Bytes) -> Result<()> {
         let err = |e: &dyn std::fmt::Display| QueueError::JetStream { op: "dead-letter", message: e.to_string() };
-        let ack = self.context.publish(dead_subject(job_id), body).await.map_err(|e| err(&e))?;
-        Ok(ack.await.map_err(|e| err(&e))?.sequence)
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self.context.publish_with_headers(dead_subject(job_id), headers, body).await.map_err(|e| err(&e))?;
+        ack.await.map_err(|e| err(&e))?;
+        Ok(())
     }
 
     /// Up to `limit` dead letters of `job_id` stored at stream sequence
@@ -307,16 +335,29 @@ pub struct Stored {
 }
 
 /// A batch whose deliveries ran out without being settled.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exhausted {
-    /// Where the batch is stored in the stream.
+    /// Where the batch is stored in the batch stream (0 if the advisory
+    /// could not be read).
     pub stream_seq: u64,
     /// How many times it was delivered.
     pub deliveries: u64,
+    message: Message,
+}
+
+impl Exhausted {
+    /// Removes the advisory: the batch is dealt with.
+    pub async fn handled(&self) -> Result<()> {
+        self.message.double_ack().await.map_err(|e| QueueError::js("ack advisory", e))
+    }
+}
+
+/// The subject of the batch stream's MAX_DELIVERIES advisories.
+fn max_deliveries_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}.*")
 }
 
 /// The fields of `io.nats.jetstream.advisory.v1.max_deliver` batchmill reads.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default)]
 struct MaxDeliveries {
     stream_seq: u64,
     deliveries: u64,
@@ -364,6 +405,11 @@ impl Delivery {
             .into_iter()
             .filter_map(|k| Some((k.to_owned(), headers.get(k)?.as_str().to_owned())))
             .collect()
+    }
+
+    /// Where the batch is stored in the batch stream.
+    pub fn stream_seq(&self) -> u64 {
+        self.message.info().map_or(0, |i| i.stream_sequence)
     }
 
     /// Which delivery of the batch this is, from 1.

@@ -31,6 +31,17 @@ pub fn dead_subject(job_id: &str) -> String {
     format!("batchmill.dead.{job_id}")
 }
 
+/// Name of the stream that keeps JetStream's max-deliveries advisories for
+/// the batch stream until the scheduler has handled them.
+pub const EXHAUSTED_STREAM: &str = "BATCHMILL_EXHAUSTED";
+
+/// The message id of a dead letter for the batch stored at `batch_stream_seq`:
+/// whoever stores it (the worker, or the scheduler from an advisory), it is
+/// stored once within the duplicate window.
+pub fn dead_letter_id(job_id: &str, seq: u64, batch_stream_seq: u64) -> String {
+    format!("{job_id}-{seq}-dead-{batch_stream_seq}")
+}
+
 /// Name of the stream of batch records (how each final batch ended).
 pub const RECORD_STREAM: &str = "BATCHMILL_RECORDS";
 

@@ -35,6 +35,7 @@ enum Command {
     WorkerGone { id: WorkerId, session: Option<u64> },
     Outcome { worker: WorkerId, outcome: BatchOutcome },
     Released { worker: WorkerId, job_id: String, failure: Option<String> },
+    Started { worker: WorkerId, job_id: String },
     Enqueue { job_id: String, progress: EnqueueProgress },
     Exhausted { job_id: String, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()> },
     DeadLetters { id: JobId, from: u64, limit: usize, reply: oneshot::Sender<DeadLetterPage> },
@@ -243,6 +244,11 @@ impl Scheduler {
         self.tell(Command::Outcome { worker, outcome });
     }
 
+    /// A worker has its job's predictor ready.
+    pub fn started(&self, worker: WorkerId, job_id: String) {
+        self.tell(Command::Started { worker, job_id });
+    }
+
     /// A worker gave a job back; `failure` if the job's predictor could not start.
     pub fn released(&self, worker: WorkerId, job_id: String, failure: Option<String>) {
         self.tell(Command::Released { worker, job_id, failure });
@@ -297,6 +303,7 @@ async fn handle(state: &mut State, command: Command) {
         Command::WorkerGone { id, session } => state.worker_gone(&id, session),
         Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
         Command::Released { worker, job_id, failure } => state.released(&worker, &job_id, failure).await,
+        Command::Started { worker, job_id } => state.started(&worker, &job_id),
         Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress).await,
         Command::Exhausted { job_id, seq, items, deliveries, reply } => {
             state.exhausted(&job_id, seq, items, deliveries, reply);

@@ -32,8 +32,9 @@ use std::time::Duration;
 use batchmill_coord::{Etcd, Kv, KvEvent};
 use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
 use batchmill_core::{ErrorCode, ServiceError};
+use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
-use batchmill_queue::JetStreamQueue;
+use batchmill_queue::{Exhausted, JetStreamQueue};
 use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -129,14 +130,16 @@ pub fn follow_etcd(kv: Arc<dyn Kv>, scheduler: Scheduler, shutdown: Cancellation
 /// Dead-letters the batches JetStream stops delivering because their
 /// deliveries ran out with no outcome (the worker holding the last one was
 /// lost), so their jobs still complete; each is removed from the batch
-/// stream once it is in the dead-letter stream and its failure is durable.
+/// stream once it is in the dead-letter stream, has its batch record and its
+/// failure is durable. The advisories wait in a stream, so those sent while
+/// no scheduler leads are handled by the next leader.
 pub fn follow_exhausted(queue: JetStreamQueue, scheduler: Scheduler, shutdown: CancellationToken) {
     tokio::spawn(async move {
         while !shutdown.is_cancelled() {
             let mut advisories = match queue.exhausted().await {
                 Ok(a) => Box::pin(a),
                 Err(e) => {
-                    warn!(error = %e, "subscribing to max-deliveries advisories failed; retrying");
+                    warn!(error = %e, "reading max-deliveries advisories failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -146,46 +149,84 @@ pub fn follow_exhausted(queue: JetStreamQueue, scheduler: Scheduler, shutdown: C
                     () = shutdown.cancelled() => return,
                     a = advisories.next() => a,
                 };
-                let Some(advisory) = advisory else { break };
-                let batch = match queue.read(advisory.stream_seq).await {
-                    Ok(Some(bytes)) => match Batch::decode(bytes.as_ref()) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            warn!(stream_seq = advisory.stream_seq, error = %e, "undecodable batch");
-                            continue;
+                match advisory {
+                    None => break,
+                    Some(Err(e)) => warn!(error = %e, "advisory"),
+                    Some(Ok(advisory)) => {
+                        if dead_letter_exhausted(&queue, &scheduler, &advisory).await
+                            && let Err(e) = advisory.handled().await
+                        {
+                            warn!(stream_seq = advisory.stream_seq, error = %e, "removing a handled advisory failed");
                         }
-                    },
-                    Ok(None) => continue, // settled or purged meanwhile
-                    Err(e) => {
-                        warn!(stream_seq = advisory.stream_seq, error = %e, "reading an exhausted batch failed");
-                        continue;
                     }
-                };
-                let items = batch.items.len() as u64;
-                let (job_id, seq) = (batch.job_id.clone(), batch.seq);
-                let dead = DeadLetter {
-                    attempts: advisory.deliveries,
-                    last_error: format!(
-                        "delivered {} times; the worker running the last delivery was lost before it reported",
-                        advisory.deliveries
-                    ),
-                    worker_id: String::new(),
-                    time_ms: batchmill_core::time::now_ms(),
-                    duration_ms: 0,
-                    batch: Some(batch),
-                };
-                if let Err(e) = queue.dead_letter(&job_id, dead.encode_to_vec().into()).await {
-                    warn!(%job_id, seq, error = %e, "dead-lettering an exhausted batch failed");
-                    continue;
-                }
-                if scheduler.exhausted(job_id, seq, items, advisory.deliveries).await.is_ok()
-                    && let Err(e) = queue.remove(advisory.stream_seq).await
-                {
-                    warn!(stream_seq = advisory.stream_seq, error = %e, "removing an exhausted batch failed");
                 }
             }
         }
     });
+}
+
+/// Dead-letters the batch of one advisory; true when the advisory is dealt
+/// with, false to have it delivered again.
+async fn dead_letter_exhausted(queue: &JetStreamQueue, scheduler: &Scheduler, advisory: &Exhausted) -> bool {
+    let stream_seq = advisory.stream_seq;
+    if stream_seq == 0 {
+        warn!("unreadable max-deliveries advisory dropped");
+        return true;
+    }
+    let batch = match queue.read(stream_seq).await {
+        Ok(Some(bytes)) => match Batch::decode(bytes.as_ref()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(stream_seq, error = %e, "undecodable batch");
+                return true;
+            }
+        },
+        Ok(None) => return true, // settled or purged meanwhile
+        Err(e) => {
+            warn!(stream_seq, error = %e, "reading an exhausted batch failed");
+            return false;
+        }
+    };
+    let items = batch.items.len() as u64;
+    let (job_id, seq, deliveries) = (batch.job_id.clone(), batch.seq, advisory.deliveries);
+    let last_error =
+        format!("delivered {deliveries} times; the worker running the last delivery was lost before it reported");
+    let now = batchmill_core::time::now_ms();
+    let record = BatchRecord {
+        batch_id: format!("{job_id}-{seq}"),
+        seq: seq as i64,
+        state: BatchState::Failed as i32,
+        items: items as i64,
+        attempts: deliveries as i64,
+        worker_id: String::new(),
+        duration: None,
+        last_error: last_error.clone(),
+        end_time: Some(batchmill_core::time::timestamp(now)),
+    };
+    let dead = DeadLetter {
+        attempts: deliveries,
+        last_error,
+        worker_id: String::new(),
+        time_ms: now,
+        duration_ms: 0,
+        batch: Some(batch),
+    };
+    let msg_id = batchmill_queue::dead_letter_id(&job_id, seq, stream_seq);
+    if let Err(e) = queue.dead_letter(&job_id, &msg_id, dead.encode_to_vec().into()).await {
+        warn!(%job_id, seq, error = %e, "dead-lettering an exhausted batch failed");
+        return false;
+    }
+    if let Err(e) = queue.publish_record(&job_id, record.encode_to_vec().into()).await {
+        warn!(%job_id, seq, error = %e, "storing an exhausted batch's record failed");
+        return false;
+    }
+    if scheduler.exhausted(job_id, seq, items, deliveries).await.is_err() {
+        return false;
+    }
+    if let Err(e) = queue.remove(stream_seq).await {
+        warn!(stream_seq, error = %e, "removing an exhausted batch failed");
+    }
+    true
 }
 
 /// Campaigns for leadership; returns once this process leads.

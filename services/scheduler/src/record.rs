@@ -112,6 +112,13 @@ fn default_max_receive_count() -> u32 {
     DEFAULT_MAX_RECEIVE_COUNT
 }
 
+/// A job's assigned workers: preparing its predictor, or running batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Assigned {
+    pub initializing: u32,
+    pub running: u32,
+}
+
 impl JobRecord {
     /// A job just accepted: PENDING, one worker, batches of one, no config,
     /// nothing counted yet. Callers set what the submission says.
@@ -156,14 +163,16 @@ impl JobRecord {
     }
 
     /// The job as the public API shows it at `now_ms`.
-    pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, running: u32, now_ms: u64) -> pb::Job {
+    pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, assigned: Assigned, now_ms: u64) -> pb::Job {
+        let Assigned { initializing, running } = assigned;
+        let assigned = initializing + running;
         let total_batches = enqueue.next_seq.max(ledger.finished());
         // Enqueue progress is checkpointed, so it can lag what workers finished.
         let total_items =
             self.item_count.unwrap_or(0).max(enqueue.next_item).max(ledger.items_completed() + ledger.items_failed());
         let terminal = self.state.is_terminal();
         let in_queue = if terminal { 0 } else { total_batches - ledger.finished() };
-        let pending_workers = if terminal { 0 } else { self.max_workers.saturating_sub(running) };
+        let pending_workers = if terminal { 0 } else { self.max_workers.saturating_sub(assigned) };
         let queue_end = self.start_ms.or(self.end_ms).unwrap_or(now_ms);
         let elapsed = self.start_ms.map_or(0, |start| self.end_ms.unwrap_or(now_ms).saturating_sub(start));
         let stalled = if self.start_ms.is_none() && now_ms.saturating_sub(self.create_ms) > STALLED_AFTER_MS {
@@ -198,7 +207,7 @@ impl JobRecord {
             }),
             workers: Some(pb::WorkerCounts {
                 pending: (pending_workers - stalled) as i32,
-                initializing: 0,
+                initializing: initializing as i32,
                 running: running as i32,
                 succeeded: self.workers_succeeded as i32,
                 failed: self.workers_failed as i32,
@@ -245,7 +254,7 @@ mod tests {
         ledger.record(0, BatchStatus::Succeeded, 10, 100);
         ledger.record(2, BatchStatus::FailedFinal, 5, 100);
         let enqueue = EnqueueProgress { next_seq: 3, next_item: 25, done: true, ..Default::default() };
-        let job = record().snapshot(&ledger, &enqueue, 2, 4_000);
+        let job = record().snapshot(&ledger, &enqueue, Assigned { initializing: 0, running: 2 }, 4_000);
         let b = job.batches.unwrap();
         assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 1, 1, 1));
         let i = job.items.unwrap();

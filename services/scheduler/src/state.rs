@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use crate::ledger::{Ledger, Recorded};
 use crate::pipelines::merge_config;
 use crate::ports::{Ports, WorkerLink};
-use crate::record::{JobRecord, job_key, ledger_prefix, reason};
+use crate::record::{Assigned, JobRecord, job_key, ledger_prefix, reason};
 
 /// Settings of the scheduler.
 #[derive(Debug, Clone)]
@@ -38,7 +38,8 @@ struct JobEntry {
     record: JobRecord,
     ledger: Ledger,
     enqueue: EnqueueProgress,
-    assigned: BTreeSet<WorkerId>,
+    /// Assigned workers, each with whether its predictor has started.
+    assigned: BTreeMap<WorkerId, bool>,
     watchers: watch::Sender<pb::Job>,
     /// Whether this leader has prepared the job's queue and enqueuing.
     admitted: bool,
@@ -55,6 +56,26 @@ pub struct Capabilities {
     pub built_in: Vec<String>,
     /// Predictor types of deployed pipelines, such as "python".
     pub predictor_types: Vec<String>,
+}
+
+impl JobEntry {
+    /// Its assigned workers, by whether their predictor has started.
+    fn workers(&self) -> Assigned {
+        let running = self.assigned.values().filter(|started| **started).count() as u32;
+        Assigned { initializing: self.assigned.len() as u32 - running, running }
+    }
+
+    /// Marks `worker`'s predictor started; false if it already was or the
+    /// worker is not assigned.
+    fn start(&mut self, worker: &WorkerId) -> bool {
+        match self.assigned.get_mut(worker) {
+            Some(started) if !*started => {
+                *started = true;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Capabilities {
@@ -152,7 +173,7 @@ impl State {
 
     fn insert(&mut self, record: JobRecord, ledger: Ledger) {
         let enqueue = EnqueueProgress::default();
-        let snapshot = record.snapshot(&ledger, &enqueue, 0, now_ms());
+        let snapshot = record.snapshot(&ledger, &enqueue, Assigned::default(), now_ms());
         let (watchers, _) = watch::channel(snapshot);
         self.jobs.insert(
             record.job_id.clone(),
@@ -160,7 +181,7 @@ impl State {
                 record,
                 ledger,
                 enqueue,
-                assigned: BTreeSet::new(),
+                assigned: BTreeMap::new(),
                 watchers,
                 admitted: false,
                 finalizer: None,
@@ -171,7 +192,7 @@ impl State {
 
     fn snapshot(&self, id: &JobId) -> Option<pb::Job> {
         let e = self.jobs.get(id)?;
-        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()))
+        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now_ms()))
     }
 
     // ---- jobs ----
@@ -213,7 +234,7 @@ impl State {
 
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {
         let e = self.jobs.get(id)?;
-        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now_ms()));
+        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now_ms()));
         Some(e.watchers.subscribe())
     }
 
@@ -409,7 +430,7 @@ impl State {
         if let Err(e) = self.write_manifest(id).await {
             warn!(job_id = %id, error = %e, "writing the manifest failed");
         }
-        for worker in assigned {
+        for worker in assigned.into_keys() {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.job = None;
                 w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: why.to_owned() })));
@@ -446,7 +467,7 @@ impl State {
             entry.finalizer = None;
             let assigned = std::mem::take(&mut entry.assigned);
             self.dirty.insert(id.clone());
-            for worker in assigned {
+            for worker in assigned.into_keys() {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.job = None;
                     w.link.send(out(Out::Revoke(spb::Revoke { job_id: id.to_string(), reason: "completing".into() })));
@@ -526,7 +547,7 @@ impl State {
             return; // no idle worker can run it yet
         };
         let attempt = record.finalize_attempts + 1;
-        let snapshot = record.snapshot(&entry.ledger, &entry.enqueue, 0, now);
+        let snapshot = record.snapshot(&entry.ledger, &entry.enqueue, Assigned::default(), now);
         let finalize = spb::Finalize {
             job: Some(self.assignment(id, entry)),
             attempt,
@@ -541,7 +562,7 @@ impl State {
         if let Some(entry) = self.jobs.get_mut(id) {
             entry.record.finalize_attempts = attempt;
             entry.finalizer = Some((worker_id.clone(), now));
-            entry.assigned.insert(worker_id);
+            entry.assigned.insert(worker_id, true);
         }
         self.dirty.insert(id.clone());
     }
@@ -552,7 +573,7 @@ impl State {
         let entry = self.jobs.get(id).ok_or("job gone")?;
         let output = S3Uri::parse(&entry.record.output_uri)?.join(id.as_str());
         let batch_uri = |seq: u64| output.join(&format!("{id}-{seq}.jsonl")).to_string();
-        let snapshot = entry.record.snapshot(&entry.ledger, &entry.enqueue, 0, now_ms());
+        let snapshot = entry.record.snapshot(&entry.ledger, &entry.enqueue, Assigned::default(), now_ms());
         let manifest = serde_json::json!({
             "job_id": id.to_string(),
             "pipeline": entry.record.pipeline,
@@ -621,6 +642,17 @@ impl State {
         self.assign();
     }
 
+    /// A worker has its job's predictor loaded and takes batches.
+    pub fn started(&mut self, worker: &WorkerId, job_id: &str) {
+        let Ok(id) = JobId::parse("job_id", job_id) else { return };
+        if let Some(entry) = self.jobs.get_mut(&id)
+            && entry.start(worker)
+        {
+            info!(job_id = %id, worker_id = %worker, "worker started the job's predictor");
+            self.dirty.insert(id);
+        }
+    }
+
     /// A worker gave a job back; `failure` says why its predictor could
     /// not start. After [`START_FAILURES`] such failures the job fails.
     pub async fn released(&mut self, worker: &WorkerId, job_id: &str, failure: Option<String>) {
@@ -665,6 +697,9 @@ impl State {
             && !entry.record.state.is_terminal()
             && let Some(id) = &id
         {
+            // A worker that reports a batch has its predictor running (its
+            // started message may have gone to a previous leader).
+            entry.start(worker);
             let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
             if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
@@ -721,7 +756,7 @@ impl State {
             }
             info!(job_id = %job_id, worker_id = %worker_id, "worker assigned");
             worker.job = Some(job_id.clone());
-            entry.assigned.insert(worker_id.clone());
+            entry.assigned.insert(worker_id.clone(), false);
             if entry.record.state == JobState::Admitted {
                 entry.record.state = JobState::Running;
                 entry.record.start_ms = Some(now_ms());
@@ -831,7 +866,7 @@ impl State {
         let now = now_ms();
         for id in &dirty {
             if let Some(e) = self.jobs.get(id) {
-                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.assigned.len() as u32, now));
+                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now));
             }
         }
         let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)

@@ -225,7 +225,32 @@ async fn a_lost_worker_is_counted_and_its_job_goes_on() {
     assert!(matches!(&drain(&mut w2)[..], [Out::Assign(a)] if a.job_id == "j1"));
     state.flush().await;
     let workers = state.get(&job_id("j1")).unwrap().workers.unwrap();
-    assert_eq!((workers.failed, workers.running), (1, 1));
+    assert_eq!((workers.failed, workers.initializing, workers.running, workers.pending), (1, 1, 0, 1));
+    state.started(&WorkerId::new("w2"), "j1");
+    let workers = state.get(&job_id("j1")).unwrap().workers.unwrap();
+    assert_eq!((workers.failed, workers.initializing, workers.running, workers.pending), (1, 0, 1, 1));
+}
+
+#[tokio::test]
+async fn a_worker_that_reports_a_batch_counts_as_running() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    let mut w1 = join(&mut state, "w1");
+    state.submit(record("j1", 1)).await.unwrap();
+    assert!(matches!(&drain(&mut w1)[..], [Out::Assign(a)] if a.job_id == "j1"));
+    assert_eq!(state.get(&job_id("j1")).unwrap().workers.unwrap().initializing, 1);
+    // Its started message went to a previous leader; its first outcome tells.
+    let outcome = spb::BatchOutcome {
+        job_id: "j1".into(),
+        seq: 0,
+        status: spb::BatchStatus::Succeeded as i32,
+        items: 10,
+        attempt: 1,
+        ..Default::default()
+    };
+    state.outcome(&WorkerId::new("w1"), outcome);
+    let workers = state.get(&job_id("j1")).unwrap().workers.unwrap();
+    assert_eq!((workers.initializing, workers.running), (0, 1));
 }
 
 #[tokio::test]

@@ -58,6 +58,7 @@ impl JobRun {
                 return;
             }
         };
+        self.outbox.started(&self.assign.job_id);
         let output = match S3Uri::parse(&self.assign.output_uri) {
             Ok(uri) => uri.join(&self.assign.job_id),
             Err(e) => {
@@ -265,7 +266,8 @@ impl Ran {
         let job_id = outcome.job_id.clone();
         let (status, attempt) = (outcome.status(), outcome.attempt);
         if let Some(dead) = dead_letter {
-            if let Err(e) = queue.dead_letter(&outcome.job_id, Bytes::from(dead.encode_to_vec())).await {
+            let msg_id = batchmill_queue::dead_letter_id(&job_id, outcome.seq, delivery.stream_seq());
+            if let Err(e) = queue.dead_letter(&job_id, &msg_id, Bytes::from(dead.encode_to_vec())).await {
                 warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
                 return;
             }

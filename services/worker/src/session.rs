@@ -56,6 +56,11 @@ impl Outbox {
         self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: false }));
     }
 
+    /// Says the assignment's predictor is ready.
+    pub fn started(&self, job_id: &str) {
+        self.send(Out::Started(pb::AssignmentStarted { job_id: job_id.to_owned() }));
+    }
+
     /// Gives an assignment back because the job's predictor cannot start.
     pub fn fail_start(&self, job_id: &str, error: &str) {
         let (job_id, reason) = (job_id.to_owned(), error.to_owned());

@@ -91,7 +91,8 @@ mod tests {
         assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters:rerun").is_some());
         assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_none());
         assert!(find("StreamJobLogs").template.matches("/v1/jobs/abc/logs").is_some());
-        assert_eq!(routes.len(), 9);
+        assert!(find("ListBatches").template.matches("/v1/jobs/abc/batches").is_some());
+        assert_eq!(routes.len(), 10);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

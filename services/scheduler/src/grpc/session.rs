@@ -77,6 +77,7 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
                             let failure = r.failed.then_some(r.reason);
                             scheduler.released(worker.clone(), r.job_id, failure);
                         }
+                        In::Started(s) => scheduler.started(worker.clone(), s.job_id),
                         In::Heartbeat(_) => {}
                         In::Register(_) => {
                             warn!(worker_id = %worker, "register sent twice; ignored")
