@@ -63,14 +63,15 @@ impl JobsForwarder {
     /// Forgets the leader when it could not be reached, so the next call
     /// resolves it again.
     /// A connection to the leader lost mid-call (it died, say) is UNAVAILABLE
-    /// too, not UNKNOWN: the client should retry once a new leader serves.
+    /// too, not UNKNOWN or CANCELLED (hyper reports a reset stream as
+    /// cancelled): the client should retry once a new leader serves. The
+    /// gateway never cancels a forwarded call itself; a client that cancels
+    /// drops this future and sees no status.
     async fn check<T>(&self, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
         let result = result.map_err(|status| {
-            if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
-                Status::unavailable("the connection to the scheduler leader was lost; retry")
-            } else {
-                status
-            }
+            let lost = (status.code() == tonic::Code::Unknown && status.message() == "transport error")
+                || status.code() == tonic::Code::Cancelled;
+            if lost { Status::unavailable("the connection to the scheduler leader was lost; retry") } else { status }
         });
         if let Err(status) = &result
             && status.code() == tonic::Code::Unavailable

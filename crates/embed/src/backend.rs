@@ -1,0 +1,90 @@
+//! The device side: a synchronous [`Backend`] runs the encoder over packed
+//! token sequences. One thread owns it (see [`crate::Embedder`]).
+
+use crate::{EmbedError, Weights};
+
+/// Texts' token ids laid end to end, with no padding: sequence `i` is the
+/// next `lens[i]` ids. Positions restart at 0 for each sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Packed {
+    pub ids: Vec<u32>,
+    pub lens: Vec<usize>,
+}
+
+impl Packed {
+    pub fn push(&mut self, ids: &[u32]) {
+        self.ids.extend_from_slice(ids);
+        self.lens.push(ids.len());
+    }
+
+    /// Start offset of each sequence, then the total.
+    pub fn offsets(&self) -> Vec<usize> {
+        let mut offsets = Vec::with_capacity(self.lens.len() + 1);
+        let mut at = 0;
+        offsets.push(0);
+        for len in &self.lens {
+            at += len;
+            offsets.push(at);
+        }
+        offsets
+    }
+}
+
+/// Runs the encoder.
+pub trait Backend {
+    /// The device, as the worker reports it ("cpu (8 threads)", "cuda:0 NVIDIA H100").
+    fn device(&self) -> String;
+
+    /// Most tokens worth packing into one call.
+    fn max_tokens(&self) -> usize;
+
+    /// The L2-normalised, mean-pooled embedding of each sequence, laid end
+    /// to end (`lens.len() × hidden`).
+    fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError>;
+}
+
+/// Which device to run on: `BATCHMILL_DEVICE=cpu|cuda|auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    Cuda,
+    /// CUDA device 0 when there is one, else the CPU.
+    Auto,
+}
+
+impl DeviceChoice {
+    pub fn parse(s: &str) -> Result<DeviceChoice, String> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "auto" | "" => Ok(DeviceChoice::Auto),
+            other => Err(format!("device {other:?}: expected cpu, cuda or auto")),
+        }
+    }
+}
+
+/// Opens the backend `choice` asks for, with `weights` uploaded; `half`
+/// asks a GPU backend for fp16 GEMMs (tensor cores, fp32 accumulation).
+pub fn open(choice: DeviceChoice, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
+    let _ = half;
+    match choice {
+        DeviceChoice::Cpu => Ok(Box::new(crate::cpu::Cpu::new(weights))),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda => Ok(Box::new(crate::cuda::Cuda::new(0, weights, half)?)),
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Auto => {
+            if crate::cuda::available() {
+                Ok(Box::new(crate::cuda::Cuda::new(0, weights, half)?))
+            } else {
+                Ok(Box::new(crate::cpu::Cpu::new(weights)))
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda => Err(EmbedError::Device {
+            device: "cuda".into(),
+            message: "this build has no CUDA backend (build with the cuda feature)".into(),
+        }),
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Auto => Ok(Box::new(crate::cpu::Cpu::new(weights))),
+    }
+}

@@ -1,0 +1,116 @@
+//! Runs the embed model outside the cluster, for the reference check and the
+//! benchmark on any machine (the GPU machine has no Rust: carry this binary).
+//!
+//!   batchmill-embed-bench check [--device cpu|cuda|auto] [--half] [--model DIR] [--fixture FILE]
+//!   batchmill-embed-bench bench --corpus FILE [--device ...] [--half] [--model DIR] [--runs N]
+//!
+//! `check` prints the worst cosine against sentence-transformers' embeddings
+//! and fails below the bar (0.9999 in f32, 0.999 with --half). `bench` embeds
+//! every line of the corpus and prints one JSON line of throughput.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use batchmill_embed::reference::{Fixture, check, default_model_dir, fixture_path};
+use batchmill_embed::{DeviceChoice, Embedder};
+
+struct Args {
+    command: String,
+    device: DeviceChoice,
+    half: bool,
+    model: PathBuf,
+    fixture: PathBuf,
+    corpus: Option<PathBuf>,
+    runs: usize,
+}
+
+fn args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let command = it.next().ok_or("usage: batchmill-embed-bench check|bench [options]")?;
+    let mut a = Args {
+        command,
+        device: DeviceChoice::Auto,
+        half: false,
+        model: default_model_dir(),
+        fixture: fixture_path(),
+        corpus: None,
+        runs: 3,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--device" => a.device = DeviceChoice::parse(&value()?)?,
+            "--half" => a.half = true,
+            "--model" => a.model = value()?.into(),
+            "--fixture" => a.fixture = value()?.into(),
+            "--corpus" => a.corpus = Some(value()?.into()),
+            "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let a = args()?;
+    let started = Instant::now();
+    let embedder = Embedder::load(&a.model, a.device, a.half).map_err(|e| e.to_string())?;
+    let load_s = started.elapsed().as_secs_f64();
+    match a.command.as_str() {
+        "check" => {
+            let fixture = Fixture::read(&a.fixture)?;
+            let report = check(&embedder, &fixture).map_err(|e| e.to_string())?;
+            let bar = if a.half { 0.999 } else { 0.9999 };
+            println!(
+                "{}: worst cosine {:.7} over {} texts ({}), bar {bar}",
+                embedder.device(),
+                report.worst(),
+                report.cosines.len(),
+                fixture.made_with
+            );
+            let below = report.below(bar);
+            if !below.is_empty() {
+                return Err(format!("{} below {bar}: {below:?}", below.len()));
+            }
+            Ok(())
+        }
+        "bench" => {
+            let corpus = a.corpus.ok_or("bench needs --corpus FILE")?;
+            let text = std::fs::read_to_string(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
+            let lines: Vec<&str> = text.lines().collect();
+            // One warm-up pass, then the best of `runs`.
+            embedder.embed(&lines[..lines.len().min(256)]).map_err(|e| e.to_string())?;
+            let mut best = f64::MAX;
+            for _ in 0..a.runs.max(1) {
+                let t = Instant::now();
+                let out = embedder.embed(&lines).map_err(|e| e.to_string())?;
+                best = best.min(t.elapsed().as_secs_f64());
+                assert_eq!(out.len(), lines.len());
+            }
+            let tokens = embedder.count_tokens(&lines).map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "tool": "batchmill",
+                    "device": embedder.device(),
+                    "half": a.half,
+                    "sentences": lines.len(),
+                    "tokens": tokens,
+                    "seconds": best,
+                    "sentences_per_s": lines.len() as f64 / best,
+                    "tokens_per_s": tokens as f64 / best,
+                    "load_s": load_s,
+                })
+            );
+            Ok(())
+        }
+        other => Err(format!("unknown command {other}; check or bench")),
+    }
+}

@@ -1,0 +1,144 @@
+//! The CPU backend: f32 throughout, GEMMs from the `gemm` crate on every
+//! core, element-wise work fused per row and spread with rayon, attention
+//! per sequence (no padding, so no mask).
+
+use rayon::prelude::*;
+
+use crate::EmbedError;
+use crate::backend::{Backend, Packed};
+use crate::gemm::{View, matmul};
+use crate::math;
+use crate::weights::{Linear, Weights};
+
+/// Rows handed to one rayon task in element-wise passes.
+const ROWS_PER_TASK: usize = 16;
+
+pub struct Cpu {
+    w: Weights,
+}
+
+impl Cpu {
+    pub fn new(w: Weights) -> Cpu {
+        Cpu { w }
+    }
+}
+
+impl Backend for Cpu {
+    fn device(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn max_tokens(&self) -> usize {
+        // Large enough that GEMMs run at full speed, small enough that the
+        // activations (about 10 KB a token) stay in cache-friendly sizes.
+        4096
+    }
+
+    fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError> {
+        Ok(forward(&self.w, batch))
+    }
+}
+
+/// `x·Wᵀ` into `dst` (`[rows, out]`); the bias is left to the fused pass
+/// that follows.
+fn linear(x: &[f32], rows: usize, l: &Linear, dst: &mut Vec<f32>) {
+    dst.clear();
+    dst.resize(rows * l.out, 0.0);
+    matmul(View::dense(x, rows, l.inp), View::dense(&l.w, l.out, l.inp).t(), dst, l.out, true);
+}
+
+/// The encoder over a packed batch: one pooled, normalised vector per
+/// sequence.
+pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
+    let c = &w.config;
+    let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+    let eps = c.layer_norm_eps as f32;
+    let t = batch.ids.len();
+    let offsets = batch.offsets();
+
+    // Embeddings: word + position + token type 0, then layer norm.
+    let positions: Vec<usize> = batch.lens.iter().flat_map(|&len| 0..len).collect();
+    let mut x = vec![0.0f32; t * h];
+    x.par_chunks_mut(h).with_min_len(ROWS_PER_TASK).enumerate().for_each(|(i, row)| {
+        let word = &w.word[batch.ids[i] as usize * h..][..h];
+        let pos = &w.position[positions[i] * h..][..h];
+        for (((v, a), b), c) in row.iter_mut().zip(word).zip(pos).zip(&w.token_type) {
+            *v = a + b + c;
+        }
+        math::norm_row(row, &w.embed_norm.gamma, &w.embed_norm.beta, eps);
+    });
+
+    let (mut qkv, mut ctx, mut tmp, mut up) = (Vec::new(), vec![0.0f32; t * h], Vec::new(), Vec::new());
+    let scale = 1.0 / (d as f32).sqrt();
+    for layer in &w.layers {
+        linear(&x, t, &layer.qkv, &mut qkv);
+        qkv.par_chunks_mut(3 * h).with_min_len(ROWS_PER_TASK).for_each(|row| math::add_bias(row, &layer.qkv.b));
+        // Attention, one sequence per task; each writes its own rows of ctx.
+        let mut rest: &mut [f32] = &mut ctx;
+        let mut parts = Vec::with_capacity(batch.lens.len());
+        for (s, &len) in batch.lens.iter().enumerate() {
+            let (mine, tail) = rest.split_at_mut(len * h);
+            parts.push((offsets[s], len, mine));
+            rest = tail;
+        }
+        parts.into_par_iter().for_each(|(start, len, out)| {
+            attention(&qkv[start * 3 * h..(start + len) * 3 * h], len, heads, d, scale, out);
+        });
+        linear(&ctx, t, &layer.attn_out, &mut tmp);
+        residual_norm(&mut x, &tmp, &layer.attn_out.b, &layer.attn_norm, eps, h);
+        linear(&x, t, &layer.up, &mut up);
+        let i = layer.up.out;
+        up.par_chunks_mut(i * ROWS_PER_TASK).for_each(|rows| math::bias_gelu(rows, &layer.up.b));
+        linear(&up, t, &layer.down, &mut tmp);
+        residual_norm(&mut x, &tmp, &layer.down.b, &layer.out_norm, eps, h);
+    }
+
+    // Mean pooling over each sequence's tokens, then L2 normalisation.
+    let mut out = vec![0.0f32; batch.lens.len() * h];
+    out.par_chunks_mut(h).enumerate().for_each(|(s, v)| {
+        let (start, end) = (offsets[s], offsets[s + 1]);
+        for row in x[start * h..end * h].chunks_exact(h) {
+            for (a, b) in v.iter_mut().zip(row) {
+                *a += b;
+            }
+        }
+        let n = (end - start).max(1) as f32;
+        for a in v.iter_mut() {
+            *a /= n;
+        }
+        math::normalize(v);
+    });
+    out
+}
+
+fn residual_norm(x: &mut [f32], y: &[f32], bias: &[f32], norm: &crate::weights::Norm, eps: f32, h: usize) {
+    x.par_chunks_mut(h * ROWS_PER_TASK).zip(y.par_chunks(h * ROWS_PER_TASK)).for_each(|(xs, ys)| {
+        math::residual_norm(xs, ys, bias, &norm.gamma, &norm.beta, eps);
+    });
+}
+
+/// Self-attention of one sequence: `qkv` is its `[len, 3·hidden]` rows
+/// (Q, K, V side by side, heads of `d` columns each); `out` gets its
+/// `[len, hidden]` context rows.
+fn attention(qkv: &[f32], len: usize, heads: usize, d: usize, scale: f32, out: &mut [f32]) {
+    let h = heads * d;
+    let mut scores = vec![0.0f32; len];
+    for head in 0..heads {
+        let (q0, k0, v0) = (head * d, h + head * d, 2 * h + head * d);
+        for i in 0..len {
+            let q = &qkv[i * 3 * h + q0..][..d];
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = math::dot(q, &qkv[j * 3 * h + k0..][..d]) * scale;
+            }
+            math::softmax(&mut scores);
+            let o = &mut out[i * h + head * d..][..d];
+            o.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let v = &qkv[j * 3 * h + v0..][..d];
+                for (a, b) in o.iter_mut().zip(v) {
+                    *a += b * p;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The CPU backend against sentence-transformers' embeddings of the same
+//! texts (tests/fixtures/minilm.json): short and long (truncated past 256
+//! tokens), non-ASCII, empty.
+
+use batchmill_embed::reference::{Fixture, check, default_model_dir, fixture_path};
+use batchmill_embed::{DeviceChoice, Embedder};
+
+#[test]
+fn cpu_embeddings_match_sentence_transformers() {
+    let model = default_model_dir();
+    assert!(
+        model.join("model.safetensors").is_file(),
+        "no model at {} (deploy/local/install-deps fetches it; BATCHMILL_EMBED_MODEL names another)",
+        model.display()
+    );
+    let fixture = Fixture::read(&fixture_path()).expect("fixture");
+    assert!(fixture.items.len() >= 200);
+    assert!(fixture.items.iter().any(|i| i.text.is_empty()) && fixture.items.iter().any(|i| i.tokens > 256));
+    let embedder = Embedder::load(&model, DeviceChoice::Cpu, false).expect("model loads");
+    assert_eq!(embedder.dim(), 384);
+    let report = check(&embedder, &fixture).expect("embeds");
+    let below = report.below(0.9999);
+    assert!(below.is_empty(), "{} of {} below cosine 0.9999: {below:?}", below.len(), fixture.items.len());
+    println!("worst cosine {} over {} texts", report.worst(), fixture.items.len());
+}
