@@ -42,7 +42,7 @@ impl Backend for Cpu {
 /// `x·Wᵀ` into `dst` (`[rows, out]`); the bias is left to the fused pass
 /// that follows.
 fn linear(x: &[f32], rows: usize, l: &Linear, dst: &mut Vec<f32>) {
-    dst.clear();
+    // Every element is written: no need to clear what a previous layer left.
     dst.resize(rows * l.out, 0.0);
     matmul(View::dense(x, rows, l.inp), View::dense(&l.w, l.out, l.inp).t(), dst, l.out, true);
 }
@@ -62,14 +62,10 @@ pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
     x.par_chunks_mut(h).with_min_len(ROWS_PER_TASK).enumerate().for_each(|(i, row)| {
         let word = &w.word[batch.ids[i] as usize * h..][..h];
         let pos = &w.position[positions[i] * h..][..h];
-        for (((v, a), b), c) in row.iter_mut().zip(word).zip(pos).zip(&w.token_type) {
-            *v = a + b + c;
-        }
-        math::norm_row(row, &w.embed_norm.gamma, &w.embed_norm.beta, eps);
+        math::embed_row(row, word, pos, &w.token_type, &w.embed_norm.gamma, &w.embed_norm.beta, eps);
     });
 
     let (mut qkv, mut ctx, mut tmp, mut up) = (Vec::new(), vec![0.0f32; t * h], Vec::new(), Vec::new());
-    let scale = 1.0 / (d as f32).sqrt();
     for layer in &w.layers {
         linear(&x, t, &layer.qkv, &mut qkv);
         qkv.par_chunks_mut(3 * h).with_min_len(ROWS_PER_TASK).for_each(|row| math::add_bias(row, &layer.qkv.b));
@@ -82,7 +78,7 @@ pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
             rest = tail;
         }
         parts.into_par_iter().for_each(|(start, len, out)| {
-            attention(&qkv[start * 3 * h..(start + len) * 3 * h], len, heads, d, scale, out);
+            math::attention(&qkv[start * 3 * h..(start + len) * 3 * h], len, heads, d, out);
         });
         linear(&ctx, t, &layer.attn_out, &mut tmp);
         residual_norm(&mut x, &tmp, &layer.attn_out.b, &layer.attn_norm, eps, h);
@@ -115,30 +111,4 @@ fn residual_norm(x: &mut [f32], y: &[f32], bias: &[f32], norm: &crate::weights::
     x.par_chunks_mut(h * ROWS_PER_TASK).zip(y.par_chunks(h * ROWS_PER_TASK)).for_each(|(xs, ys)| {
         math::residual_norm(xs, ys, bias, &norm.gamma, &norm.beta, eps);
     });
-}
-
-/// Self-attention of one sequence: `qkv` is its `[len, 3·hidden]` rows
-/// (Q, K, V side by side, heads of `d` columns each); `out` gets its
-/// `[len, hidden]` context rows.
-fn attention(qkv: &[f32], len: usize, heads: usize, d: usize, scale: f32, out: &mut [f32]) {
-    let h = heads * d;
-    let mut scores = vec![0.0f32; len];
-    for head in 0..heads {
-        let (q0, k0, v0) = (head * d, h + head * d, 2 * h + head * d);
-        for i in 0..len {
-            let q = &qkv[i * 3 * h + q0..][..d];
-            for (j, s) in scores.iter_mut().enumerate() {
-                *s = math::dot(q, &qkv[j * 3 * h + k0..][..d]) * scale;
-            }
-            math::softmax(&mut scores);
-            let o = &mut out[i * h + head * d..][..d];
-            o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
-                let v = &qkv[j * 3 * h + v0..][..d];
-                for (a, b) in o.iter_mut().zip(v) {
-                    *a += b * p;
-                }
-            }
-        }
-    }
 }

@@ -1,10 +1,38 @@
 //! Element-wise kernels of the CPU backend, written so the compiler
 //! vectorizes them: no calls into libm in the hot loops, and no `mul_add`,
-//! which is a call where the build does not target FMA.
+//! which is a call where the build does not target FMA. The public kernels
+//! are compiled twice, for the build's baseline and for AVX2+FMA, and pick
+//! one at run time ([`fast!`]).
+#![allow(unsafe_code)]
+
+/// Defines a kernel compiled for the baseline and for AVX2+FMA, calling the
+/// second where the CPU has those (the helpers it calls are inlined into
+/// each copy).
+macro_rules! fast {
+    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
 
 /// erf(x) as a rational function of x on [-4, 4] (beyond, ±1 in f32): the
 /// approximation XLA and Eigen use, within a few ulp of the true value.
-#[inline]
+#[inline(always)]
 pub fn erf(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
@@ -23,39 +51,95 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-/// `x ← gelu(x + bias)` over rows of `bias.len()`: BERT's exact GELU,
-/// `x·Φ(x) = x/2·(1 + erf(x/√2))`.
-pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            let y = *v + b;
-            *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+fast! {
+    /// `x ← gelu(x + bias)` over rows of `bias.len()`: BERT's exact GELU,
+    /// `x·Φ(x) = x/2·(1 + erf(x/√2))`.
+    pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
+        for row in x.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                let y = *v + b;
+                *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+            }
         }
     }
 }
 
-/// `x ← x + bias` over rows of `bias.len()`.
-pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        for (v, b) in row.iter_mut().zip(bias) {
-            *v += b;
+fast! {
+    /// `x ← x + bias` over rows of `bias.len()`.
+    pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+        for row in x.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
         }
     }
 }
 
-/// `x ← layer_norm(x + y + bias)` over rows of `gamma.len()`: the residual
-/// add, the dense layer's bias and the norm in one pass.
-pub fn residual_norm(x: &mut [f32], y: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
-    let h = gamma.len();
-    for (row, add) in x.chunks_exact_mut(h).zip(y.chunks_exact(h)) {
-        for ((v, a), b) in row.iter_mut().zip(add).zip(bias) {
-            *v += a + b;
+fast! {
+    /// `x ← layer_norm(x + y + bias)` over rows of `gamma.len()`: the
+    /// residual add, the dense layer's bias and the norm in one pass.
+    pub fn residual_norm(x: &mut [f32], y: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let h = gamma.len();
+        for (row, add) in x.chunks_exact_mut(h).zip(y.chunks_exact(h)) {
+            for ((v, a), b) in row.iter_mut().zip(add).zip(bias) {
+                *v += a + b;
+            }
+            norm_row(row, gamma, beta, eps);
         }
-        norm_row(row, gamma, beta, eps);
+    }
+}
+
+fast! {
+    /// `x ← layer_norm(word + position + token type)` for one token.
+    pub fn embed_row(x: &mut [f32], word: &[f32], position: &[f32], token_type: &[f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        for (((v, a), b), c) in x.iter_mut().zip(word).zip(position).zip(token_type) {
+            *v = a + b + c;
+        }
+        norm_row(x, gamma, beta, eps);
+    }
+}
+
+fast! {
+    /// Self-attention of one sequence of `len` tokens: `qkv` holds its
+    /// `[len, 3·hidden]` rows (Q, K, V side by side, `heads` heads of `d`
+    /// columns each); `out` gets its `[len, hidden]` context rows. No mask:
+    /// sequences are packed, never padded.
+    pub fn attention(qkv: &[f32], len: usize, heads: usize, d: usize, out: &mut [f32]) {
+        let h = heads * d;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut kt = vec![0.0f32; d * len];
+        let mut scores = vec![0.0f32; len];
+        for head in 0..heads {
+            let (q0, k0, v0) = (head * d, h + head * d, 2 * h + head * d);
+            // Kᵀ, so that the scores of a query are d contiguous AXPYs.
+            for j in 0..len {
+                for (c, k) in qkv[j * 3 * h + k0..][..d].iter().enumerate() {
+                    kt[c * len + j] = *k;
+                }
+            }
+            for i in 0..len {
+                scores.fill(0.0);
+                for (c, q) in qkv[i * 3 * h + q0..][..d].iter().enumerate() {
+                    let q = q * scale;
+                    for (s, k) in scores.iter_mut().zip(&kt[c * len..][..len]) {
+                        *s += q * k;
+                    }
+                }
+                softmax(&mut scores);
+                let o = &mut out[i * h + head * d..][..d];
+                o.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    for (a, v) in o.iter_mut().zip(&qkv[j * 3 * h + v0..][..d]) {
+                        *a += p * v;
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Layer norm of one row, in place.
+#[inline(always)]
 pub fn norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let n = row.len() as f32;
     let mean = sum(row) / n;
@@ -79,7 +163,7 @@ pub fn norm_row(row: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
 }
 
 /// Sum with eight partial sums, so it vectorizes.
-#[inline]
+#[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut chunks = x.chunks_exact(8);
@@ -92,7 +176,7 @@ pub fn sum(x: &[f32]) -> f32 {
 }
 
 /// Dot product with eight partial sums.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -105,11 +189,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// exp(x) for x ≤ 0 without libm, so softmax vectorizes: x = n·ln2 + r
+/// with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error
+/// under 2e-7), 2^n built in the exponent bits. Below -87 it is 0.
+#[inline(always)]
+pub fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // ln 2 in two parts (Cody and Waite), so n·ln2 subtracts exactly.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// Softmax of one row, in place.
+#[inline(always)]
 pub fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in row.iter_mut() {
-        *v = (*v - max).exp();
+        *v = exp_neg(*v - max);
     }
     let inv = 1.0 / sum(row);
     for v in row.iter_mut() {
@@ -163,6 +267,18 @@ mod tests {
             worst = worst.max((erf(x as f32) as f64 - erf64(x)).abs());
         }
         assert!(worst < 2e-6, "worst error {worst}");
+    }
+
+    #[test]
+    fn exp_neg_is_within_a_few_ulp() {
+        let mut worst = 0.0f64;
+        for i in 0..=87_000 {
+            let x = -(i as f32) / 1000.0;
+            let exact = f64::from(x).exp();
+            worst = worst.max((f64::from(exp_neg(x)) - exact).abs() / exact);
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+        assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
     }
 
     #[test]
