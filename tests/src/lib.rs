@@ -62,12 +62,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+fn tools_dir() -> PathBuf {
+    std::env::var_os("BATCHMILL_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".batchmill/tools"))
+}
+
+/// The reference embed model (all-MiniLM-L6-v2) that install-deps fetches.
+pub fn embed_model() -> PathBuf {
+    tools_dir().join("models/all-MiniLM-L6-v2")
+}
+
 /// A tool on PATH or in the project's tools venv.
 pub fn tool(name: &str) -> anyhow::Result<PathBuf> {
-    let tools = std::env::var_os("BATCHMILL_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join(".batchmill/tools"));
-    let venv = tools.join("venv/bin").join(name);
+    let venv = tools_dir().join("venv/bin").join(name);
     if venv.exists() {
         return Ok(venv);
     }
@@ -188,6 +194,8 @@ impl Sandbox {
             ("RUST_LOG".into(), "info".into()),
             // Python predictors run on the tools venv's interpreter, which has boto3.
             ("BATCHMILL_PYTHON".into(), tool("python3")?.to_string_lossy().into_owned()),
+            // The embed pipeline's model, as deploy/local/install-deps fetches it.
+            ("BATCHMILL_EMBED_MODEL".into(), embed_model().to_string_lossy().into_owned()),
             // Errors, not backtraces, in the logs tests show on failure.
             ("RUST_BACKTRACE".into(), "0".into()),
         ];
@@ -379,6 +387,15 @@ impl Sandbox {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Submits `body` as `POST /v1/jobs` through the gateway's REST and
+    /// waits for the job to end.
+    pub async fn submit_rest(&self, body: serde_json::Value, timeout: Duration) -> anyhow::Result<pb::Job> {
+        let response = reqwest::Client::new().post(format!("{}/v1/jobs", self.rest_url())).json(&body).send().await?;
+        anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
+        let job: serde_json::Value = response.json().await?;
+        self.wait_terminal(job["jobId"].as_str().unwrap_or_default(), timeout).await
     }
 
     /// Result objects of a job: (key, body), sorted by key.

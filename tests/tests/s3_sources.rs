@@ -15,11 +15,7 @@ async fn put(sandbox: &Sandbox, key: &str, body: &str) -> anyhow::Result<()> {
 }
 
 async fn submit(sandbox: &Sandbox, body: Value) -> anyhow::Result<pb::Job> {
-    let response = reqwest::Client::new().post(format!("{}/v1/jobs", sandbox.rest_url())).json(&body).send().await?;
-    anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
-    let job: Value = response.json().await?;
-    let id = job["jobId"].as_str().unwrap_or_default();
-    sandbox.wait_terminal(id, Duration::from_secs(60)).await
+    sandbox.submit_rest(body, Duration::from_secs(60)).await
 }
 
 #[tokio::test]

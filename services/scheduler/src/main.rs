@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy(),
     );
-    let pipelines = Pipelines::load(vec!["echo".to_owned()], kv.clone(), store.clone(), artifacts)
+    let pipelines = Pipelines::load(vec!["echo".to_owned(), "embed".to_owned()], kv.clone(), store.clone(), artifacts)
         .await
         .context("loading pipelines")?;
     let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), pipelines, shutdown.clone());

@@ -8,6 +8,7 @@
 //! hand, gives its assignment back and exits.
 
 pub mod device;
+pub mod embed;
 mod joblog;
 mod loader;
 pub mod predictor;

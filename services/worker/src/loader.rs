@@ -13,6 +13,7 @@ use batchmill_queue::JetStreamQueue;
 use serde_json::Value;
 use tracing::info;
 
+use crate::embed::EmbedModels;
 use crate::joblog::JobLog;
 use crate::predictor::{self, Predictor};
 use crate::python::{HARNESS, HARNESS_FILE, Launch, PythonPredictor};
@@ -32,6 +33,8 @@ pub struct Loader {
     /// The cluster's S3 endpoint and region for the predictor's boto3.
     s3_env: Vec<(String, String)>,
     kept: Arc<Mutex<Kept>>,
+    /// The embed models loaded, kept across jobs.
+    embed: EmbedModels,
 }
 
 impl Loader {
@@ -42,7 +45,15 @@ impl Loader {
         queue: JetStreamQueue,
         worker_id: String,
     ) -> Loader {
-        Loader { python, work_dir, blob, queue, worker_id, s3_env: Vec::new(), kept: Arc::default() }
+        let cpu = crate::device::Device::Cpu { threads: 1 };
+        let embed = EmbedModels::new(cpu, None);
+        Loader { python, work_dir, blob, queue, worker_id, s3_env: Vec::new(), kept: Arc::default(), embed }
+    }
+
+    /// Runs the `embed` pipeline with these models (on their device).
+    pub fn with_embed(mut self, embed: EmbedModels) -> Loader {
+        self.embed = embed;
+        self
     }
 
     /// Gives Python predictors the cluster's S3: `boto3.client("s3")` then
@@ -82,6 +93,7 @@ impl Loader {
         }
         let config = assign.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default();
         let predictor: Arc<dyn Predictor> = match &assign.predictor {
+            None if assign.pipeline == predictor::EMBED => self.load_embed(&config).await?,
             None => Arc::from(predictor::load(&assign.pipeline, &config)?),
             Some(d) if d.r#type == "python" => {
                 let python = self.python.clone().ok_or("this worker has no Python interpreter")?;
@@ -128,30 +140,60 @@ impl Loader {
     /// The pipeline's files in a local directory, downloaded once per version.
     async fn fetch(&self, name: &str, deployed: &DeployedPredictor) -> Result<PathBuf, String> {
         let dir = self.work_dir.join("pipelines").join(name).join(format!("v{}", deployed.version));
-        if !dir.join(".complete").exists() {
-            let uri = S3Uri::parse(deployed.artifacts_uri.trim_end_matches('/'))?;
-            let prefix = format!("{}/", uri.key);
-            let keys = self.blob.list(&uri.bucket, &prefix).await.map_err(|e| e.to_string())?;
-            let tmp =
-                self.work_dir.join("pipelines").join(format!(".{name}-v{}-{}", deployed.version, fastrand::u64(..)));
-            for key in &keys {
-                let relative = key.strip_prefix(&prefix).unwrap_or(key);
-                let path = inside(&tmp, relative).ok_or_else(|| format!("pipeline file {key:?} has a bad path"))?;
-                let body = self.blob.get(&uri.bucket, key).await.map_err(|e| e.to_string())?;
-                write(&path, &body).await?;
-            }
-            write(&tmp.join(".complete"), b"").await?;
-            if let Some(parent) = dir.parent() {
-                tokio::fs::create_dir_all(parent).await.map_err(|e| format!("{}: {e}", parent.display()))?;
-            }
-            if tokio::fs::rename(&tmp, &dir).await.is_err() {
-                // Another load unpacked it first.
-                let _ = tokio::fs::remove_dir_all(&tmp).await;
-            }
-            info!(pipeline = name, version = deployed.version, files = keys.len(), "pipeline files fetched");
+        if let Some(files) = self.download(&deployed.artifacts_uri, &dir).await? {
+            info!(pipeline = name, version = deployed.version, files, "pipeline files fetched");
         }
         write(&dir.join(HARNESS_FILE), HARNESS.as_bytes()).await?;
         Ok(dir)
+    }
+
+    /// Copies every object under the `s3://` prefix `uri` into `dir`, unless
+    /// an earlier call did; Some(number of files) when this one did.
+    async fn download(&self, uri: &str, dir: &Path) -> Result<Option<usize>, String> {
+        if dir.join(".complete").exists() {
+            return Ok(None);
+        }
+        let uri = S3Uri::parse(uri.trim_end_matches('/'))?;
+        let prefix = format!("{}/", uri.key);
+        let keys = self.blob.list(&uri.bucket, &prefix).await.map_err(|e| e.to_string())?;
+        if keys.is_empty() {
+            return Err(format!("no objects under {uri}/"));
+        }
+        let parent = dir.parent().ok_or_else(|| format!("{} has no parent", dir.display()))?;
+        let base = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = parent.join(format!(".{base}-{}", fastrand::u64(..)));
+        for key in &keys {
+            let relative = key.strip_prefix(&prefix).unwrap_or(key);
+            let path = inside(&tmp, relative).ok_or_else(|| format!("object {key:?} has a bad path"))?;
+            let body = self.blob.get(&uri.bucket, key).await.map_err(|e| e.to_string())?;
+            write(&path, &body).await?;
+        }
+        write(&tmp.join(".complete"), b"").await?;
+        if tokio::fs::rename(&tmp, dir).await.is_err() {
+            // Another load unpacked it first.
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+        }
+        Ok(Some(keys.len()))
+    }
+
+    /// The `embed` predictor for a job's config; the model is fetched from
+    /// S3 once and loaded once per worker.
+    async fn load_embed(&self, config: &serde_json::Map<String, Value>) -> Result<Arc<dyn Predictor>, String> {
+        let c = self.embed.config(config)?;
+        let dir = if c.model.starts_with("s3://") {
+            let dir = self.work_dir.join("models").join(crate::embed::cache_name(&c.model));
+            if let Some(files) = self.download(&c.model, &dir).await.map_err(|e| format!("config.model: {e}"))? {
+                info!(model = %c.model, files, "embed model fetched");
+            }
+            dir
+        } else {
+            PathBuf::from(&c.model)
+        };
+        let models = self.embed.clone();
+        let embedder = tokio::task::spawn_blocking(move || models.load(&c.model, dir, c.half))
+            .await
+            .map_err(|e| format!("loading the embed model: {e}"))??;
+        Ok(Arc::new(crate::embed::Embed { embedder }))
     }
 }
 

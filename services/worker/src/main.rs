@@ -9,6 +9,7 @@ use batchmill_core::WorkerId;
 use batchmill_queue::JetStreamQueue;
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
 use batchmill_worker::device::Device;
+use batchmill_worker::embed::EmbedModels;
 use batchmill_worker::{Loader, Worker};
 use clap::Parser;
 use tracing::info;
@@ -36,6 +37,10 @@ struct Config {
     /// Directory for deployed pipelines' files; default: <tmp>/batchmill-worker-<id>.
     #[arg(long, env = "BATCHMILL_WORK_DIR")]
     work_dir: Option<std::path::PathBuf>,
+    /// The `embed` pipeline's model when a job names none: a directory or an
+    /// s3:// prefix with a sentence-transformers model (all-MiniLM-L6-v2).
+    #[arg(long, env = "BATCHMILL_EMBED_MODEL")]
+    embed_model: Option<String>,
     /// Seconds the registration outlives a worker that stops renewing it.
     #[arg(long, env = "BATCHMILL_LEASE_TTL_SECS", default_value_t = 10)]
     lease_ttl_secs: u64,
@@ -66,7 +71,8 @@ async fn main() -> anyhow::Result<()> {
         config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("batchmill-worker-{id}")));
     let loader = Loader::new(python, work_dir, blob.clone(), queue.clone(), id.to_string())
         .with_s3(config.s3.s3_endpoint.as_deref(), &config.s3.s3_region)
-        .context("preparing the work directory")?;
+        .context("preparing the work directory")?
+        .with_embed(EmbedModels::new(device.clone(), config.embed_model.clone()));
     let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health, loader };
     let (served, worked) = tokio::join!(serving, worker.run(shutdown));
     served?;

@@ -1,6 +1,6 @@
-//! Predictors: what a worker runs over a batch. Built in: `echo`; deployed
-//! pipelines run Cortex Python predictors ([`crate::python`]). The GPU
-//! `embed` predictor (cudarc) plugs in here.
+//! Predictors: what a worker runs over a batch. Built in: `echo` and
+//! `embed` ([`crate::embed`], loaded by [`crate::Loader`]); deployed
+//! pipelines run Cortex Python predictors ([`crate::python`]).
 
 use std::time::Duration;
 
@@ -39,8 +39,11 @@ pub trait Predictor: Send + Sync {
     }
 }
 
+/// The built-in sentence-embedding pipeline.
+pub const EMBED: &str = "embed";
+
 /// Names of the built-in pipelines this worker can run.
-pub const BUILT_IN: &[&str] = &["echo"];
+pub const BUILT_IN: &[&str] = &["echo", EMBED];
 
 /// The predictor of `pipeline` with the job's `config`.
 pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predictor>, String> {

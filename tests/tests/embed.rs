@@ -1,0 +1,107 @@
+//! The built-in `embed` pipeline on the local cluster: NDJSON lines of
+//! `{"id", "text"}` in S3 → one result line per item with its id and
+//! embedding, each matching sentence-transformers' (the committed fixture);
+//! the model from the worker's default or from S3 (`config.model`); a bad
+//! item fails its batch naming the item.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use batchmill_embed::reference::{Fixture, cosine, fixture_path};
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_tests::{BUCKET, Options, Sandbox, embed_model};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+async fn submit(sandbox: &Sandbox, body: Value) -> anyhow::Result<pb::Job> {
+    sandbox.submit_rest(body, Duration::from_secs(180)).await
+}
+
+/// Result lines by id: id → embedding.
+async fn embeddings(sandbox: &Sandbox, job: &pb::Job) -> anyhow::Result<BTreeMap<String, Vec<f32>>> {
+    let mut out = BTreeMap::new();
+    for (key, body) in sandbox.results(job).await? {
+        if !key.ends_with(".jsonl") {
+            continue;
+        }
+        for line in body.lines() {
+            let v: Value = serde_json::from_str(line)?;
+            let id = v["id"].as_str().map(str::to_owned).unwrap_or_else(|| v["id"].to_string());
+            let e: Vec<f32> = serde_json::from_value(v["embedding"].clone())?;
+            anyhow::ensure!(out.insert(id.clone(), e).is_none(), "id {id} twice");
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_computes_it() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 2, ..Options::default() }).await?;
+    let fixture = Fixture::read(&fixture_path()).map_err(anyhow::Error::msg)?;
+    // 60 texts (short, long past truncation, non-ASCII, empty) in 3 files.
+    let items: Vec<(String, &str, &Vec<f32>)> = fixture
+        .items
+        .iter()
+        .take(60)
+        .enumerate()
+        .map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding))
+        .collect();
+    for (f, chunk) in items.chunks(20).enumerate() {
+        let body: String = chunk.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect();
+        sandbox.blob.put(BUCKET, &format!("embed/in/{f}.jsonl"), Bytes::from(body), "application/x-ndjson").await?;
+    }
+    let source = json!({"s3Paths": [format!("s3://{BUCKET}/embed/in/")], "batchSize": 16});
+    let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 2, "delimitedFiles": source.clone()})).await?;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    assert_eq!(job.items.clone().unwrap_or_default().completed, 60);
+    let got = embeddings(&sandbox, &job).await?;
+    assert_eq!(got.len(), 60, "one result per item");
+    for (id, text, reference) in &items {
+        let e = got.get(id).ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
+        assert_eq!(e.len(), 384);
+        let c = cosine(reference, e);
+        assert!(c >= 0.9999, "{id} ({text:?}): cosine {c}");
+    }
+
+    // The model from S3, named in the job's config: the same vectors.
+    let model = embed_model();
+    for file in
+        ["config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json", "1_Pooling/config.json"]
+    {
+        let body = tokio::fs::read(model.join(file)).await?;
+        sandbox
+            .blob
+            .put(BUCKET, &format!("models/minilm/{file}"), Bytes::from(body), "application/octet-stream")
+            .await?;
+    }
+    let config = json!({"model": format!("s3://{BUCKET}/models/minilm"), "precision": "fp32"});
+    let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 1, "config": config, "delimitedFiles": source}))
+        .await?;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
+    let from_s3 = embeddings(&sandbox, &job).await?;
+    assert_eq!(from_s3.len(), 60);
+    for (id, e) in &got {
+        assert!(cosine(e, &from_s3[id]) >= 0.99999, "{id}");
+    }
+
+    // Plain strings take their index as id; a number is not a text.
+    let items = json!(["first", "second", 42, "fourth"]);
+    let job = submit(
+        &sandbox,
+        json!({"pipeline": "embed", "workers": 1, "itemList": {"items": items, "batchSize": 2},
+               "deadLetter": {"maxReceiveCount": 1}}),
+    )
+    .await?;
+    assert_eq!(job.state(), pb::JobState::CompletedWithFailures, "{job:?}");
+    let got = embeddings(&sandbox, &job).await?;
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), ["0", "1"]);
+    let mut jobs = sandbox.jobs().await?;
+    let dead = jobs
+        .list_dead_letters(pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() })
+        .await?
+        .into_inner()
+        .dead_letters;
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].last_error.contains("item 2: expected a string"), "{:?}", dead[0]);
+    Ok(())
+}
