@@ -66,15 +66,16 @@ impl DeviceChoice {
 /// Opens the backend `choice` asks for, with `weights` uploaded; `half`
 /// asks a GPU backend for fp16 GEMMs (tensor cores, fp32 accumulation).
 pub fn open(choice: DeviceChoice, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
+    #[cfg(not(feature = "cuda"))]
     let _ = half;
     match choice {
         DeviceChoice::Cpu => Ok(Box::new(crate::cpu::Cpu::new(weights))),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => Ok(Box::new(crate::cuda::Cuda::new(0, weights, half)?)),
+        DeviceChoice::Cuda => crate::cuda::open(0, weights, half),
         #[cfg(feature = "cuda")]
         DeviceChoice::Auto => {
             if crate::cuda::available() {
-                Ok(Box::new(crate::cuda::Cuda::new(0, weights, half)?))
+                crate::cuda::open(0, weights, half)
             } else {
                 Ok(Box::new(crate::cpu::Cpu::new(weights)))
             }

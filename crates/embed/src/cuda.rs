@@ -1,1 +1,429 @@
-//! The CUDA backend (in progress).
+//! The CUDA backend, through cudarc: the driver API, kernels compiled by
+//! NVRTC at load time (`kernels.cu`, to a cubin for the device's own
+//! architecture), cuBLAS GEMMs (`cublasGemmEx`: fp16 inputs on tensor cores
+//! or fp32, both accumulating in fp32), one stream. Weights are uploaded once
+//! when the backend opens; activation buffers grow to the largest batch seen
+//! and are reused. Everything here runs on the thread that owns the backend.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::sync::Arc;
+
+use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
+use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
+
+use crate::backend::{Backend, Packed};
+use crate::weights::{Linear, Weights};
+use crate::{BertConfig, EmbedError};
+
+const KERNELS: &str = include_str!("kernels.cu");
+
+/// Whether the CUDA driver, NVRTC and cuBLAS load and a device is present.
+pub fn available() -> bool {
+    // SAFETY: these only try to load the libraries (dlopen).
+    let libs = unsafe {
+        cudarc::driver::sys::is_culib_present() && nvrtc_sys::is_culib_present() && blas_sys::is_culib_present()
+    };
+    libs && CudaContext::device_count().is_ok_and(|n| n > 0)
+}
+
+/// What a GEMM's inputs are stored as.
+trait Input: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + 'static {
+    const HALF: bool;
+    const DATA_TYPE: blas_sys::cudaDataType;
+    fn from_f32(v: &[f32]) -> Vec<Self>;
+}
+
+impl Input for f32 {
+    const HALF: bool = false;
+    const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_32F;
+    fn from_f32(v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+}
+
+/// fp16, as its bits.
+impl Input for u16 {
+    const HALF: bool = true;
+    const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_16F;
+    fn from_f32(v: &[f32]) -> Vec<u16> {
+        v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect()
+    }
+}
+
+/// Opens device `ordinal` with `weights` uploaded; `half` stores GEMM inputs
+/// (weights and the activations that feed GEMMs) as fp16.
+pub fn open(ordinal: usize, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
+    if !available() {
+        return Err(EmbedError::Device { device: "cuda".into(), message: "no CUDA driver or device".into() });
+    }
+    if half {
+        Ok(Box::new(Cuda::<u16>::new(ordinal, &weights)?))
+    } else {
+        Ok(Box::new(Cuda::<f32>::new(ordinal, &weights)?))
+    }
+}
+
+struct DeviceLinear<T> {
+    w: CudaSlice<T>,
+    b: CudaSlice<f32>,
+    out: usize,
+    inp: usize,
+}
+
+struct DeviceLayer<T> {
+    qkv: DeviceLinear<T>,
+    attn_out: DeviceLinear<T>,
+    attn_gamma: CudaSlice<f32>,
+    attn_beta: CudaSlice<f32>,
+    up: DeviceLinear<T>,
+    down: DeviceLinear<T>,
+    out_gamma: CudaSlice<f32>,
+    out_beta: CudaSlice<f32>,
+}
+
+struct Kernels {
+    embed: CudaFunction,
+    residual_norm: CudaFunction,
+    bias_gelu: CudaFunction,
+    attention: CudaFunction,
+    pool: CudaFunction,
+}
+
+/// Activations for up to `tokens` tokens and `seqs` sequences.
+struct Buffers<T> {
+    tokens: usize,
+    seqs: usize,
+    x: CudaSlice<f32>,
+    xin: CudaSlice<T>,
+    qkv: CudaSlice<f32>,
+    ctx: CudaSlice<T>,
+    tmp: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+    upin: CudaSlice<T>,
+    out: CudaSlice<f32>,
+}
+
+struct Cuda<T: Input> {
+    name: String,
+    config: BertConfig,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+    word: CudaSlice<f32>,
+    position: CudaSlice<f32>,
+    token_type: CudaSlice<f32>,
+    embed_gamma: CudaSlice<f32>,
+    embed_beta: CudaSlice<f32>,
+    layers: Vec<DeviceLayer<T>>,
+    buffers: Option<Buffers<T>>,
+}
+
+impl<T: Input> Cuda<T> {
+    fn new(ordinal: usize, w: &Weights) -> Result<Cuda<T>, EmbedError> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("cuda", e))?;
+        let name = format!("cuda:{ordinal} {}", ctx.name().map_err(|e| dev_err("cuda", e))?);
+        let err = |e: &dyn std::fmt::Display| EmbedError::Device { device: name.clone(), message: e.to_string() };
+        // One stream, so the per-slice event tracking only costs time.
+        // SAFETY: every launch and copy below is on this one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| err(&e))?;
+        let c = &w.config;
+        let defines = format!(
+            "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
+            c.hidden_size,
+            c.num_attention_heads,
+            c.head_dim(),
+            if T::HALF { "#define HALF 1\n" } else { "" }
+        );
+        let cubin = compile(&(defines + KERNELS), major, minor).map_err(|e| err(&e))?;
+        let module = ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| err(&e))?;
+        let function = |n: &str| module.load_function(n).map_err(|e| err(&e));
+        let kernels = Kernels {
+            embed: function("embed")?,
+            residual_norm: function("residual_norm")?,
+            bias_gelu: function("bias_gelu")?,
+            attention: function("attention")?,
+            pool: function("pool")?,
+        };
+        let up32 = |v: &[f32]| stream.clone_htod(v).map_err(|e| err(&e));
+        let linear = |l: &Linear| -> Result<DeviceLinear<T>, EmbedError> {
+            Ok(DeviceLinear {
+                w: stream.clone_htod(&T::from_f32(&l.w)).map_err(|e| err(&e))?,
+                b: stream.clone_htod(&l.b).map_err(|e| err(&e))?,
+                out: l.out,
+                inp: l.inp,
+            })
+        };
+        let mut layers = Vec::with_capacity(w.layers.len());
+        for l in &w.layers {
+            layers.push(DeviceLayer {
+                qkv: linear(&l.qkv)?,
+                attn_out: linear(&l.attn_out)?,
+                attn_gamma: up32(&l.attn_norm.gamma)?,
+                attn_beta: up32(&l.attn_norm.beta)?,
+                up: linear(&l.up)?,
+                down: linear(&l.down)?,
+                out_gamma: up32(&l.out_norm.gamma)?,
+                out_beta: up32(&l.out_norm.beta)?,
+            });
+        }
+        Ok(Cuda {
+            config: c.clone(),
+            word: up32(&w.word)?,
+            position: up32(&w.position)?,
+            token_type: up32(&w.token_type)?,
+            embed_gamma: up32(&w.embed_norm.gamma)?,
+            embed_beta: up32(&w.embed_norm.beta)?,
+            layers,
+            kernels,
+            blas,
+            stream,
+            buffers: None,
+            name,
+        })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> EmbedError {
+        EmbedError::Device { device: self.name.clone(), message: e.to_string() }
+    }
+
+    /// Buffers for `tokens` tokens and `seqs` sequences, grown if needed.
+    fn buffers(&mut self, tokens: usize, seqs: usize) -> Result<Buffers<T>, EmbedError> {
+        if let Some(b) = self.buffers.take()
+            && b.tokens >= tokens
+            && b.seqs >= seqs
+        {
+            return Ok(b);
+        }
+        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
+        let s = &self.stream;
+        let e =
+            |e: cudarc::driver::DriverError| EmbedError::Device { device: self.name.clone(), message: e.to_string() };
+        Ok(Buffers {
+            tokens,
+            seqs,
+            x: s.alloc_zeros(tokens * h).map_err(e)?,
+            xin: s.alloc_zeros(tokens * h).map_err(e)?,
+            qkv: s.alloc_zeros(tokens * 3 * h).map_err(e)?,
+            ctx: s.alloc_zeros(tokens * h).map_err(e)?,
+            tmp: s.alloc_zeros(tokens * h).map_err(e)?,
+            up: s.alloc_zeros(tokens * i).map_err(e)?,
+            upin: s.alloc_zeros(tokens * i).map_err(e)?,
+            out: s.alloc_zeros(seqs * h).map_err(e)?,
+        })
+    }
+
+    fn run(&mut self, batch: &Packed, b: &mut Buffers<T>) -> Result<Vec<f32>, EmbedError> {
+        let c = self.config.clone();
+        let (h, t, seqs) = (c.hidden_size, batch.ids.len(), batch.lens.len());
+        let eps = c.layer_norm_eps as f32;
+        let positions: Vec<i32> = batch.lens.iter().flat_map(|&len| 0..len as i32).collect();
+        let offsets: Vec<i32> = batch.offsets().into_iter().map(|o| o as i32).collect();
+        let s = self.stream.clone();
+        let ids = s.clone_htod(&batch.ids).map_err(|e| self.err(e))?;
+        let pos = s.clone_htod(&positions).map_err(|e| self.err(e))?;
+        let offs = s.clone_htod(&offsets).map_err(|e| self.err(e))?;
+        let rows = t as i32;
+        // A warp per row, 8 rows a block.
+        let row_cfg =
+            LaunchConfig { grid_dim: (t.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let k = &self.kernels;
+        // SAFETY (every launch): arguments match the kernel's signature in
+        // kernels.cu, and buffers hold at least `t` rows of their width.
+        unsafe {
+            s.launch_builder(&k.embed)
+                .arg(&ids)
+                .arg(&pos)
+                .arg(&rows)
+                .arg(&self.word)
+                .arg(&self.position)
+                .arg(&self.token_type)
+                .arg(&self.embed_gamma)
+                .arg(&self.embed_beta)
+                .arg(&eps)
+                .arg(&mut b.x)
+                .arg(&mut b.xin)
+                .launch(row_cfg)
+                .map_err(|e| self.err(e))?;
+        }
+        for l in &self.layers {
+            gemm(&self.blas, &s, &b.xin, &l.qkv, &mut b.qkv, t).map_err(|e| self.err(e))?;
+            let attn_cfg = LaunchConfig {
+                grid_dim: (seqs as u32, c.num_attention_heads as u32, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                s.launch_builder(&k.attention)
+                    .arg(&b.qkv)
+                    .arg(&l.qkv.b)
+                    .arg(&offs)
+                    .arg(&mut b.ctx)
+                    .launch(attn_cfg)
+                    .map_err(|e| self.err(e))?;
+            }
+            gemm(&self.blas, &s, &b.ctx, &l.attn_out, &mut b.tmp, t).map_err(|e| self.err(e))?;
+            unsafe {
+                s.launch_builder(&k.residual_norm)
+                    .arg(&mut b.x)
+                    .arg(&b.tmp)
+                    .arg(&l.attn_out.b)
+                    .arg(&l.attn_gamma)
+                    .arg(&l.attn_beta)
+                    .arg(&eps)
+                    .arg(&rows)
+                    .arg(&mut b.xin)
+                    .launch(row_cfg)
+                    .map_err(|e| self.err(e))?;
+            }
+            gemm(&self.blas, &s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
+            let n = t * l.up.out;
+            let cols = l.up.out as i32;
+            let gelu_cfg = LaunchConfig {
+                grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            unsafe {
+                s.launch_builder(&k.bias_gelu)
+                    .arg(&b.up)
+                    .arg(&l.up.b)
+                    .arg(&cols)
+                    .arg(&n)
+                    .arg(&mut b.upin)
+                    .launch(gelu_cfg)
+                    .map_err(|e| self.err(e))?;
+            }
+            gemm(&self.blas, &s, &b.upin, &l.down, &mut b.tmp, t).map_err(|e| self.err(e))?;
+            unsafe {
+                s.launch_builder(&k.residual_norm)
+                    .arg(&mut b.x)
+                    .arg(&b.tmp)
+                    .arg(&l.down.b)
+                    .arg(&l.out_gamma)
+                    .arg(&l.out_beta)
+                    .arg(&eps)
+                    .arg(&rows)
+                    .arg(&mut b.xin)
+                    .launch(row_cfg)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        let pool_cfg = LaunchConfig {
+            grid_dim: (seqs as u32, 1, 1),
+            block_dim: (h.next_multiple_of(32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            s.launch_builder(&k.pool).arg(&b.x).arg(&offs).arg(&mut b.out).launch(pool_cfg).map_err(|e| self.err(e))?;
+        }
+        let mut out = s.clone_dtoh(&b.out).map_err(|e| self.err(e))?;
+        out.truncate(seqs * h);
+        Ok(out)
+    }
+}
+
+impl<T: Input> Backend for Cuda<T> {
+    fn device(&self) -> String {
+        format!("{}{}", self.name, if T::HALF { " fp16" } else { " fp32" })
+    }
+
+    fn max_tokens(&self) -> usize {
+        16_384
+    }
+
+    fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError> {
+        if batch.lens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
+        let out = self.run(batch, &mut b);
+        self.buffers = Some(b);
+        out
+    }
+}
+
+/// `dst[t, out] = x[t, inp] · Wᵀ` with cuBLAS (column-major): dstᵀ = W · xᵀ,
+/// where row-major W `[out, inp]` is column-major `[inp, out]`, transposed.
+fn gemm<T: Input>(
+    blas: &CudaBlas,
+    stream: &CudaStream,
+    x: &CudaSlice<T>,
+    l: &DeviceLinear<T>,
+    dst: &mut CudaSlice<f32>,
+    t: usize,
+) -> Result<(), blas::CublasError> {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (w_ptr, _w) = l.w.device_ptr(stream);
+    let (x_ptr, _x) = x.device_ptr(stream);
+    let (d_ptr, _d) = dst.device_ptr_mut(stream);
+    // SAFETY: W holds out·inp elements, x at least t·inp, dst at least t·out.
+    unsafe {
+        blas::gemm_ex(
+            *blas.handle(),
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            l.out as i32,
+            t as i32,
+            l.inp as i32,
+            (&alpha as *const f32).cast(),
+            w_ptr as *const _,
+            T::DATA_TYPE,
+            l.inp as i32,
+            x_ptr as *const _,
+            T::DATA_TYPE,
+            l.inp as i32,
+            (&beta as *const f32).cast(),
+            d_ptr as *mut _,
+            blas_sys::cudaDataType::CUDA_R_32F,
+            l.out as i32,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+}
+
+/// Compiles `src` with NVRTC to a cubin for compute capability major.minor
+/// (a cubin, not PTX, so a toolkit newer than the driver still loads).
+fn compile(src: &str, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+    let c_src = CString::new(src).map_err(|e| e.to_string())?;
+    let name = CString::new("batchmill_kernels.cu").map_err(|e| e.to_string())?;
+    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| format!("nvrtc: {e:?}"))?;
+    let options = [format!("--gpu-architecture=sm_{major}{minor}"), "--std=c++17".to_owned()];
+    // SAFETY: `prog` is a live program until destroyed below.
+    let result = unsafe {
+        match nvrtc::compile_program(prog, &options) {
+            Ok(()) => {
+                let mut size = 0usize;
+                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| format!("nvrtc: {e:?}")).and_then(
+                    |()| {
+                        let mut cubin = vec![0u8; size];
+                        nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| cubin)
+                            .map_err(|e| format!("nvrtc: {e:?}"))
+                    },
+                )
+            }
+            Err(e) => {
+                let log = nvrtc::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+                Err(format!("nvrtc: {e:?}: {}", String::from_utf8_lossy(&log)))
+            }
+        }
+    };
+    // SAFETY: destroyed once, after its last use.
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    result
+}
+
+fn dev_err(device: &str, e: impl std::fmt::Display) -> EmbedError {
+    EmbedError::Device { device: device.into(), message: e.to_string() }
+}
