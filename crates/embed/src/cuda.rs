@@ -135,14 +135,7 @@ impl<T: Input> Cuda<T> {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| err(&e))?;
         let c = &w.config;
-        let defines = format!(
-            "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
-            c.hidden_size,
-            c.num_attention_heads,
-            c.head_dim(),
-            if T::HALF { "#define HALF 1\n" } else { "" }
-        );
-        let cubin = compile(&(defines + KERNELS), major, minor).map_err(|e| err(&e))?;
+        let cubin = compile_kernels(c, T::HALF, major, minor).map_err(|e| err(&e))?;
         let module = ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| err(&e))?;
         let function = |n: &str| module.load_function(n).map_err(|e| err(&e));
         let kernels = Kernels {
@@ -388,6 +381,20 @@ fn gemm<T: Input>(
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
+}
+
+/// The kernels for a model of shape `c`, compiled for compute capability
+/// major.minor. Needs only NVRTC, no device: `batchmill-embed-bench compile`
+/// checks them on a machine without a GPU.
+pub fn compile_kernels(c: &BertConfig, half: bool, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+    let defines = format!(
+        "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
+        c.hidden_size,
+        c.num_attention_heads,
+        c.head_dim(),
+        if half { "#define HALF 1\n" } else { "" }
+    );
+    compile(&(defines + KERNELS), major, minor)
 }
 
 /// Compiles `src` with NVRTC to a cubin for compute capability major.minor

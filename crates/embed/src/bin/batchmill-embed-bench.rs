@@ -3,6 +3,7 @@
 //!
 //!   batchmill-embed-bench check [--device cpu|cuda|auto] [--half] [--model DIR] [--fixture FILE]
 //!   batchmill-embed-bench bench --corpus FILE [--device ...] [--half] [--model DIR] [--runs N]
+//!   batchmill-embed-bench compile [--model DIR]      (cuda builds: NVRTC only, no GPU needed)
 //!
 //! `check` prints the worst cosine against sentence-transformers' embeddings
 //! and fails below the bar (0.9999 in f32, 0.999 with --half). `bench` embeds
@@ -60,6 +61,9 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let a = args()?;
+    if a.command == "compile" {
+        return compile(&a);
+    }
     let started = Instant::now();
     let embedder = Embedder::load(&a.model, a.device, a.half).map_err(|e| e.to_string())?;
     let load_s = started.elapsed().as_secs_f64();
@@ -113,4 +117,24 @@ fn run() -> Result<(), String> {
         }
         other => Err(format!("unknown command {other}; check or bench")),
     }
+}
+
+/// Compiles the CUDA kernels for the model's shape, fp32 and fp16, for
+/// Ampere and Hopper: catches kernel errors where NVRTC is installed but no
+/// GPU is.
+#[cfg(feature = "cuda")]
+fn compile(a: &Args) -> Result<(), String> {
+    let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
+    for (major, minor) in [(8, 0), (9, 0)] {
+        for half in [false, true] {
+            let cubin = batchmill_embed::cuda::compile_kernels(&files.config, half, major, minor)?;
+            println!("sm_{major}{minor} {}: {} bytes of cubin", if half { "fp16" } else { "fp32" }, cubin.len());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn compile(_: &Args) -> Result<(), String> {
+    Err("built without the cuda feature".into())
 }
