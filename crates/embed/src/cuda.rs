@@ -343,6 +343,54 @@ impl<T: Input> Backend for Cuda<T> {
     }
 }
 
+/// Throughput of the backend's GEMM (`cublasGemmEx`, as [`Cuda`] calls it)
+/// for `t` tokens through each linear layer shape of `c`, in TFLOP/s: what
+/// the model's GEMMs reach on this device, to set against its tensor-core
+/// peak. Returns (out, inp, TFLOP/s) per shape.
+pub fn gemm_tflops(
+    ordinal: usize,
+    c: &BertConfig,
+    half: bool,
+    t: usize,
+) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
+    if half { gemm_tflops_of::<u16>(ordinal, c, t) } else { gemm_tflops_of::<f32>(ordinal, c, t) }
+}
+
+fn gemm_tflops_of<T: Input>(ordinal: usize, c: &BertConfig, t: usize) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
+    let err = |e: &dyn std::fmt::Display| dev_err(&format!("cuda:{ordinal}"), e);
+    if !available() {
+        return Err(dev_err("cuda", "no CUDA driver or device"));
+    }
+    let ctx = CudaContext::new(ordinal).map_err(|e| err(&e))?;
+    let stream = ctx.default_stream();
+    let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let mut out = Vec::new();
+    for (o, inp) in [(3 * h, h), (h, h), (i, h), (h, i)] {
+        let l = DeviceLinear::<T> {
+            w: stream.alloc_zeros(o * inp).map_err(|e| err(&e))?,
+            b: stream.alloc_zeros(o).map_err(|e| err(&e))?,
+            out: o,
+            inp,
+        };
+        let x: CudaSlice<T> = stream.alloc_zeros(t * inp).map_err(|e| err(&e))?;
+        let mut dst: CudaSlice<f32> = stream.alloc_zeros(t * o).map_err(|e| err(&e))?;
+        gemm(&blas, &stream, &x, &l, &mut dst, t).map_err(|e| err(&e))?;
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (ctx.new_event(timing).map_err(|e| err(&e))?, ctx.new_event(timing).map_err(|e| err(&e))?);
+        const REPS: usize = 50;
+        start.record(&stream).map_err(|e| err(&e))?;
+        for _ in 0..REPS {
+            gemm(&blas, &stream, &x, &l, &mut dst, t).map_err(|e| err(&e))?;
+        }
+        end.record(&stream).map_err(|e| err(&e))?;
+        let ms = f64::from(start.elapsed_ms(&end).map_err(|e| err(&e))?);
+        let flops = 2.0 * (t * o * inp * REPS) as f64;
+        out.push((o, inp, flops / (ms / 1e3) / 1e12));
+    }
+    Ok(out)
+}
+
 /// `dst[t, out] = x[t, inp] · Wᵀ` with cuBLAS (column-major): dstᵀ = W · xᵀ,
 /// where row-major W `[out, inp]` is column-major `[inp, out]`, transposed.
 fn gemm<T: Input>(

@@ -4,6 +4,7 @@
 //!   batchmill-embed-bench check [--device cpu|cuda|auto] [--half] [--model DIR] [--fixture FILE]
 //!   batchmill-embed-bench bench --corpus FILE [--device ...] [--half] [--model DIR] [--runs N]
 //!   batchmill-embed-bench compile [--model DIR]      (cuda builds: NVRTC only, no GPU needed)
+//!   batchmill-embed-bench gemm [--half] [--model DIR] (cuda builds: the GEMMs' TFLOP/s)
 //!
 //! `check` prints the worst cosine against sentence-transformers' embeddings
 //! and fails below the bar (0.9999 in f32, 0.999 with --half). `bench` embeds
@@ -63,6 +64,9 @@ fn run() -> Result<(), String> {
     let a = args()?;
     if a.command == "compile" {
         return compile(&a);
+    }
+    if a.command == "gemm" {
+        return gemm(&a);
     }
     let started = Instant::now();
     let embedder = Embedder::load(&a.model, a.device, a.half).map_err(|e| e.to_string())?;
@@ -136,5 +140,24 @@ fn compile(a: &Args) -> Result<(), String> {
 
 #[cfg(not(feature = "cuda"))]
 fn compile(_: &Args) -> Result<(), String> {
+    Err("built without the cuda feature".into())
+}
+
+/// The model's GEMM shapes at 16,384 tokens (the CUDA backend's chunk), in
+/// TFLOP/s, one JSON line each.
+#[cfg(feature = "cuda")]
+fn gemm(a: &Args) -> Result<(), String> {
+    let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
+    let t = 16_384;
+    for (out, inp, tflops) in
+        batchmill_embed::cuda::gemm_tflops(0, &files.config, a.half, t).map_err(|e| e.to_string())?
+    {
+        println!("{}", serde_json::json!({"m": t, "n": out, "k": inp, "half": a.half, "tflops": tflops}));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gemm(_: &Args) -> Result<(), String> {
     Err("built without the cuda feature".into())
 }
