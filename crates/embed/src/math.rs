@@ -100,40 +100,13 @@ fast! {
 }
 
 fast! {
-    /// Self-attention of one sequence of `len` tokens: `qkv` holds its
-    /// `[len, 3·hidden]` rows (Q, K, V side by side, `heads` heads of `d`
-    /// columns each); `out` gets its `[len, hidden]` context rows. No mask:
-    /// sequences are packed, never padded.
-    pub fn attention(qkv: &[f32], len: usize, heads: usize, d: usize, out: &mut [f32]) {
-        let h = heads * d;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut kt = vec![0.0f32; d * len];
-        let mut scores = vec![0.0f32; len];
-        for head in 0..heads {
-            let (q0, k0, v0) = (head * d, h + head * d, 2 * h + head * d);
-            // Kᵀ, so that the scores of a query are d contiguous AXPYs.
-            for j in 0..len {
-                for (c, k) in qkv[j * 3 * h + k0..][..d].iter().enumerate() {
-                    kt[c * len + j] = *k;
-                }
+    /// Softmax of each `n`-wide row of `x`, after scaling by `scale`.
+    pub fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
+        for row in x.chunks_exact_mut(n) {
+            for v in row.iter_mut() {
+                *v *= scale;
             }
-            for i in 0..len {
-                scores.fill(0.0);
-                for (c, q) in qkv[i * 3 * h + q0..][..d].iter().enumerate() {
-                    let q = q * scale;
-                    for (s, k) in scores.iter_mut().zip(&kt[c * len..][..len]) {
-                        *s += q * k;
-                    }
-                }
-                softmax(&mut scores);
-                let o = &mut out[i * h + head * d..][..d];
-                o.fill(0.0);
-                for (j, p) in scores.iter().enumerate() {
-                    for (a, v) in o.iter_mut().zip(&qkv[j * 3 * h + v0..][..d]) {
-                        *a += p * v;
-                    }
-                }
-            }
+            softmax(row);
         }
     }
 }
