@@ -435,6 +435,18 @@ fn gemm<T: Input>(
 /// major.minor. Needs only NVRTC, no device: `batchmill-embed-bench compile`
 /// checks them on a machine without a GPU.
 pub fn compile_kernels(c: &BertConfig, half: bool, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+    compile_kernels_logged(c, half, major, minor, false).map(|(cubin, _)| cubin)
+}
+
+/// As [`compile_kernels`], with NVRTC's log (ptxas' report of registers and
+/// spills when `verbose`).
+pub fn compile_kernels_logged(
+    c: &BertConfig,
+    half: bool,
+    major: i32,
+    minor: i32,
+    verbose: bool,
+) -> Result<(Vec<u8>, String), String> {
     let defines = format!(
         "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
         c.hidden_size,
@@ -442,35 +454,41 @@ pub fn compile_kernels(c: &BertConfig, half: bool, major: i32, minor: i32) -> Re
         c.head_dim(),
         if half { "#define HALF 1\n" } else { "" }
     );
-    compile(&(defines + KERNELS), major, minor)
+    compile(&(defines + KERNELS), major, minor, verbose)
 }
 
 /// Compiles `src` with NVRTC to a cubin for compute capability major.minor
-/// (a cubin, not PTX, so a toolkit newer than the driver still loads).
-fn compile(src: &str, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+/// (a cubin, not PTX, so a toolkit newer than the driver still loads), with
+/// NVRTC's log (ptxas' register and spill report when `verbose`).
+fn compile(src: &str, major: i32, minor: i32, verbose: bool) -> Result<(Vec<u8>, String), String> {
     let c_src = CString::new(src).map_err(|e| e.to_string())?;
     let name = CString::new("batchmill_kernels.cu").map_err(|e| e.to_string())?;
     let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| format!("nvrtc: {e:?}"))?;
-    let options = [format!("--gpu-architecture=sm_{major}{minor}"), "--std=c++17".to_owned()];
-    // SAFETY: `prog` is a live program until destroyed below.
+    let mut options = vec![format!("--gpu-architecture=sm_{major}{minor}"), "--std=c++17".to_owned()];
+    if verbose {
+        options.push("--ptxas-options=-v".to_owned());
+    }
+    // SAFETY: `prog` is a live program until destroyed below; the log is a
+    // NUL-terminated C string.
     let result = unsafe {
-        match nvrtc::compile_program(prog, &options) {
+        let compiled = nvrtc::compile_program(prog, &options);
+        let raw = nvrtc::get_program_log(prog).unwrap_or_default();
+        let log = String::from_utf8_lossy(&raw.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect::<Vec<u8>>())
+            .into_owned();
+        match compiled {
+            Err(e) => Err(format!("nvrtc: {e:?}: {log}")),
             Ok(()) => {
                 let mut size = 0usize;
-                nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| format!("nvrtc: {e:?}")).and_then(
-                    |()| {
+                match nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result() {
+                    Err(e) => Err(format!("nvrtc: {e:?}")),
+                    Ok(()) => {
                         let mut cubin = vec![0u8; size];
                         nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
                             .result()
-                            .map(|()| cubin)
+                            .map(|()| (cubin, log))
                             .map_err(|e| format!("nvrtc: {e:?}"))
-                    },
-                )
-            }
-            Err(e) => {
-                let log = nvrtc::get_program_log(prog).unwrap_or_default();
-                let log: Vec<u8> = log.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
-                Err(format!("nvrtc: {e:?}: {}", String::from_utf8_lossy(&log)))
+                    }
+                }
             }
         }
     };

@@ -131,8 +131,13 @@ fn compile(a: &Args) -> Result<(), String> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     for (major, minor) in [(8, 0), (9, 0)] {
         for half in [false, true] {
-            let cubin = batchmill_embed::cuda::compile_kernels(&files.config, half, major, minor)?;
+            let (cubin, log) = batchmill_embed::cuda::compile_kernels_logged(&files.config, half, major, minor, true)?;
             println!("sm_{major}{minor} {}: {} bytes of cubin", if half { "fp16" } else { "fp32" }, cubin.len());
+            for line in
+                log.lines().filter(|l| l.contains("registers") || l.contains("spill") || l.contains("Compiling"))
+            {
+                println!("  {}", line.trim());
+            }
         }
     }
     Ok(())
