@@ -1,9 +1,10 @@
 //! The CUDA backend, through cudarc: the driver API, kernels compiled by
 //! NVRTC at load time (`kernels.cu`, to a cubin for the device's own
 //! architecture), cuBLAS GEMMs (`cublasGemmEx`: fp16 inputs on tensor cores
-//! or fp32, both accumulating in fp32), one stream. Weights are uploaded once
-//! when the backend opens; activation buffers grow to the largest batch seen
-//! and are reused. Everything here runs on the thread that owns the backend.
+//! or fp32, both accumulating in fp32), one stream of its own. Weights are
+//! uploaded once when the backend opens; activation buffers (and the pinned
+//! host buffer results come back through) grow to the largest batch seen and
+//! are reused. Everything here runs on the thread that owns the backend.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -11,8 +12,8 @@ use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
@@ -106,11 +107,14 @@ struct Buffers<T> {
     up: CudaSlice<f32>,
     upin: CudaSlice<T>,
     out: CudaSlice<f32>,
+    /// Page-locked host memory the embeddings are copied back into.
+    host: PinnedHostSlice<f32>,
 }
 
 struct Cuda<T: Input> {
     name: String,
     config: BertConfig,
+    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: Kernels,
@@ -131,7 +135,7 @@ impl<T: Input> Cuda<T> {
         // One stream, so the per-slice event tracking only costs time.
         // SAFETY: every launch and copy below is on this one stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        let stream = ctx.new_stream().map_err(|e| err(&e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| err(&e))?;
         let c = &w.config;
@@ -178,6 +182,7 @@ impl<T: Input> Cuda<T> {
             kernels,
             blas,
             stream,
+            ctx,
             buffers: None,
             name,
         })
@@ -210,6 +215,8 @@ impl<T: Input> Cuda<T> {
             up: s.alloc_zeros(tokens * i).map_err(e)?,
             upin: s.alloc_zeros(tokens * i).map_err(e)?,
             out: s.alloc_zeros(seqs * h).map_err(e)?,
+            // SAFETY: written by the copy from `out` before it is read.
+            host: unsafe { self.ctx.alloc_pinned_with_flags(seqs * h, 0) }.map_err(e)?,
         })
     }
 
@@ -317,9 +324,9 @@ impl<T: Input> Cuda<T> {
         unsafe {
             s.launch_builder(&k.pool).arg(&b.x).arg(&offs).arg(&mut b.out).launch(pool_cfg).map_err(|e| self.err(e))?;
         }
-        let mut out = s.clone_dtoh(&b.out).map_err(|e| self.err(e))?;
-        out.truncate(seqs * h);
-        Ok(out)
+        s.memcpy_dtoh(&b.out, &mut b.host).map_err(|e| self.err(e))?;
+        s.synchronize().map_err(|e| self.err(e))?;
+        Ok(b.host.as_slice().map_err(|e| self.err(e))?[..seqs * h].to_vec())
     }
 }
 
