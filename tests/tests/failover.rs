@@ -66,18 +66,23 @@ async fn a_batch_exhausted_while_no_scheduler_leads_is_dead_lettered_by_the_next
     sandbox.signal("scheduler", "KILL")?;
     sandbox.signal("worker-0", "KILL")?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
     let dead = loop {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the exhausted batch was never dead-lettered:\n{}",
-            sandbox.log_tail("scheduler-standby")
+            "the exhausted batch was never dead-lettered; last answer: {last}\nstandby: {}\ngateway: {}",
+            sandbox.log_tail("scheduler-standby"),
+            sandbox.log_tail("gateway"),
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
         let request = pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() };
         match jobs.list_dead_letters(request).await {
             Ok(r) if !r.get_ref().dead_letters.is_empty() => break r.into_inner().dead_letters,
-            Ok(_) => {}
-            Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+            Ok(r) => last = format!("{:?}", r.into_inner()),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                last = format!("{status:?}");
+            }
         }
     };
     assert_eq!(dead.len(), 1, "{dead:?}");
