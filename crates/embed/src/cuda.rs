@@ -25,11 +25,34 @@ const KERNELS: &str = include_str!("kernels.cu");
 
 /// Whether the CUDA driver, NVRTC and cuBLAS load and a device is present.
 pub fn available() -> bool {
+    unavailable().is_none()
+}
+
+/// Why the CUDA backend cannot run here, naming what is missing; None if it can.
+pub fn unavailable() -> Option<String> {
     // SAFETY: these only try to load the libraries (dlopen).
-    let libs = unsafe {
-        cudarc::driver::sys::is_culib_present() && nvrtc_sys::is_culib_present() && blas_sys::is_culib_present()
+    let (driver, nvrtc, cublas) = unsafe {
+        (cudarc::driver::sys::is_culib_present(), nvrtc_sys::is_culib_present(), blas_sys::is_culib_present())
     };
-    libs && CudaContext::device_count().is_ok_and(|n| n > 0)
+    if !driver {
+        return Some("the CUDA driver (libcuda.so) is not installed".into());
+    }
+    match CudaContext::device_count() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => return Some("the CUDA driver reports no device".into()),
+        Err(e) => return Some(format!("the CUDA driver: {e}")),
+    }
+    let missing: Vec<&str> = [(nvrtc, "NVRTC (libnvrtc.so)"), (cublas, "cuBLAS (libcublas.so)")]
+        .iter()
+        .filter(|(ok, _)| !ok)
+        .map(|(_, n)| *n)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{} not found: install the CUDA toolkit's libraries or put their directory on LD_LIBRARY_PATH (or run on the CPU: BATCHMILL_DEVICE=cpu)",
+            missing.join(" and ")
+        )
+    })
 }
 
 /// What a GEMM's inputs are stored as.
@@ -59,8 +82,8 @@ impl Input for u16 {
 /// Opens device `ordinal` with `weights` uploaded; `half` stores GEMM inputs
 /// (weights and the activations that feed GEMMs) as fp16.
 pub fn open(ordinal: usize, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
-    if !available() {
-        return Err(EmbedError::Device { device: "cuda".into(), message: "no CUDA driver or device".into() });
+    if let Some(why) = unavailable() {
+        return Err(EmbedError::Device { device: "cuda".into(), message: why });
     }
     if half {
         Ok(Box::new(Cuda::<u16>::new(ordinal, &weights)?))
@@ -365,8 +388,8 @@ pub fn gemm_tflops(
 
 fn gemm_tflops_of<T: Input>(ordinal: usize, c: &BertConfig, t: usize) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
     let err = |e: &dyn std::fmt::Display| dev_err(&format!("cuda:{ordinal}"), e);
-    if !available() {
-        return Err(dev_err("cuda", "no CUDA driver or device"));
+    if let Some(why) = unavailable() {
+        return Err(dev_err("cuda", why));
     }
     let ctx = CudaContext::new(ordinal).map_err(|e| err(&e))?;
     let stream = ctx.default_stream();
