@@ -23,3 +23,24 @@ fn cpu_embeddings_match_sentence_transformers() {
     assert!(below.is_empty(), "{} of {} below cosine 0.9999: {below:?}", below.len(), fixture.items.len());
     println!("worst cosine {} over {} texts", report.worst(), fixture.items.len());
 }
+
+/// The same check on the GPU, fp32 (bar 0.9999) and fp16 (bar 0.999). Only
+/// in builds with the cuda feature, and only where a GPU is: elsewhere it
+/// says why it did not run. (On a GPU machine without Rust,
+/// `batchmill-embed-bench check --device cuda [--half]` is the same check.)
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_embeddings_match_sentence_transformers() {
+    if let Some(why) = batchmill_embed::cuda::unavailable() {
+        println!("not run: {why}");
+        return;
+    }
+    let fixture = Fixture::read(&fixture_path()).expect("fixture");
+    for (half, bar) in [(false, 0.9999), (true, 0.999)] {
+        let embedder = Embedder::load(&default_model_dir(), DeviceChoice::Cuda, half).expect("model loads");
+        let report = check(&embedder, &fixture).expect("embeds");
+        let below = report.below(bar);
+        assert!(below.is_empty(), "{} (half {half}): {} below {bar}: {below:?}", embedder.device(), below.len());
+        println!("{}: worst cosine {}", embedder.device(), report.worst());
+    }
+}
