@@ -13,6 +13,7 @@ mod joblog;
 mod loader;
 pub mod predictor;
 pub mod python;
+pub mod requirements;
 mod runner;
 mod session;
 

@@ -35,6 +35,8 @@ pub struct Loader {
     kept: Arc<Mutex<Kept>>,
     /// The embed models loaded, kept across jobs.
     embed: EmbedModels,
+    /// Held while a pipeline's requirements are installed.
+    installing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Loader {
@@ -47,7 +49,17 @@ impl Loader {
     ) -> Loader {
         let cpu = crate::device::Device::Cpu { threads: 1 };
         let embed = EmbedModels::new(cpu, None);
-        Loader { python, work_dir, blob, queue, worker_id, s3_env: Vec::new(), kept: Arc::default(), embed }
+        Loader {
+            python,
+            work_dir,
+            blob,
+            queue,
+            worker_id,
+            s3_env: Vec::new(),
+            kept: Arc::default(),
+            embed,
+            installing: Arc::default(),
+        }
     }
 
     /// Runs the `embed` pipeline with these models (on their device).
@@ -98,6 +110,10 @@ impl Loader {
             Some(d) if d.r#type == "python" => {
                 let python = self.python.clone().ok_or("this worker has no Python interpreter")?;
                 let dir = self.fetch(&assign.pipeline, d).await?;
+                let python = {
+                    let _one_at_a_time = self.installing.lock().await;
+                    crate::requirements::interpreter(&python, &dir).await?
+                };
                 let job_spec = serde_json::json!({
                     "job_id": assign.job_id,
                     "api_name": assign.pipeline,
