@@ -24,12 +24,15 @@ const KEPT_MODELS: usize = 2;
 
 type Key = (String, bool);
 
+/// Loaded models, most recently used last.
+type Loaded = Vec<(Key, Arc<Embedder>)>;
+
 /// The embed models one worker has loaded.
 #[derive(Clone)]
 pub struct EmbedModels {
     device: Device,
     default_model: Option<String>,
-    loaded: Arc<Mutex<Vec<(Key, Arc<Embedder>)>>>,
+    loaded: Arc<Mutex<Loaded>>,
 }
 
 /// What a job's config asks for.
