@@ -172,3 +172,28 @@ async fn jetstream_keeps_dead_letters_and_log_lines_per_job() -> anyhow::Result<
     assert_eq!(tokio::time::timeout(Duration::from_secs(5), follow.next()).await?.unwrap()?, "four");
     Ok(())
 }
+
+#[tokio::test]
+async fn jetstream_pages_through_a_long_subject_exactly() -> anyhow::Result<()> {
+    let sandbox = deps().await?;
+    let queue = JetStreamQueue::connect(&sandbox.nats_url, Duration::from_secs(10)).await?;
+    for i in 0..2_500u32 {
+        queue.publish_record("long", Bytes::from(i.to_string())).await?;
+        if i % 100 == 0 {
+            queue.publish_record("other", Bytes::from("x")).await?;
+        }
+    }
+    let started = std::time::Instant::now();
+    let (mut read, mut from, mut pages) = (Vec::new(), 0, 0);
+    loop {
+        let page = queue.records("long", from, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        from = last.stream_seq + 1;
+        pages += 1;
+        read.extend(page.into_iter().map(|s| String::from_utf8_lossy(&s.payload).into_owned()));
+    }
+    println!("read 2,500 records in {pages} pages in {:?}", started.elapsed());
+    assert_eq!(read, (0..2_500).map(|i| i.to_string()).collect::<Vec<_>>(), "each once, in order");
+    assert_eq!(pages, 3);
+    Ok(())
+}

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, Message};
@@ -240,24 +240,18 @@ impl JetStreamQueue {
     /// are read by stream position, so a reader holds no consumer.
     pub async fn logs(&self, job_id: &str, follow: bool) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         let stream = self.context.get_stream(LOG_STREAM).await.map_err(|e| QueueError::js("get log stream", e))?;
-        let subject = log_subject(job_id);
-        let lines = futures::stream::unfold((stream, 1u64, false), move |(stream, next, failed)| {
-            let subject = subject.clone();
-            async move {
-                if failed {
-                    return None;
-                }
-                loop {
-                    match next_on_subject(&stream, &subject, next, "read logs").await {
-                        Ok(Some(m)) => return Some((Ok(m.payload), (stream, m.sequence + 1, false))),
-                        Ok(None) if follow => tokio::time::sleep(LOG_POLL).await,
-                        Ok(None) => return None,
-                        Err(e) => return Some((Err(e), (stream, next, true))),
-                    }
-                }
-            }
-        });
-        Ok(lines.boxed())
+        // An ephemeral ordered consumer streams the lines in batches; it
+        // goes away once the stream is dropped and it sits idle.
+        let config = pull::OrderedConfig { filter_subject: log_subject(job_id), ..Default::default() };
+        let consumer = stream.create_consumer(config).await.map_err(|e| QueueError::js("read logs", e))?;
+        let stored = consumer.cached_info().num_pending as usize;
+        let lines = consumer
+            .messages()
+            .await
+            .map_err(|e| QueueError::js("read logs", e))?
+            .map(|m| m.map(|m| m.payload.clone()).map_err(|e| QueueError::js("read logs", e)));
+        // Without follow, the lines stored when the read began.
+        Ok(if follow { lines.boxed() } else { lines.take(stored).boxed() })
     }
 
     /// The job's consumer, for a worker to pull from.
@@ -291,7 +285,9 @@ fn kept_for(name: &str, subjects: String, days: u64) -> stream::Config {
     }
 }
 
-/// Up to `limit` messages on `subject` from stream sequence `from` on.
+/// Up to `limit` messages on `subject` from stream sequence `from` on,
+/// read through an ephemeral ordered consumer: one request to create it and
+/// the messages streamed in batches, not one request per message.
 async fn read_subject(
     stream: &stream::Stream,
     subject: &str,
@@ -299,33 +295,37 @@ async fn read_subject(
     limit: usize,
     op: &'static str,
 ) -> Result<Vec<Stored>> {
-    let mut found = Vec::new();
-    let mut next = from.max(1);
-    while found.len() < limit {
-        let Some(message) = next_on_subject(stream, subject, next, op).await? else { break };
-        next = message.sequence + 1;
-        found.push(Stored { stream_seq: message.sequence, payload: message.payload });
+    let config = pull::OrderedConfig {
+        filter_subject: subject.to_owned(),
+        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+        ..Default::default()
+    };
+    let consumer = stream.create_consumer(config).await.map_err(|e| QueueError::js(op, e))?;
+    // What matched when the consumer was made; later messages wait for the next page.
+    let want = (consumer.cached_info().num_pending as usize).min(limit);
+    let mut found = Vec::with_capacity(want);
+    if want == 0 {
+        return Ok(found);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| QueueError::js(op, e))?;
+    while found.len() < want {
+        let message = match tokio::time::timeout(READ_PATIENCE, messages.next()).await {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => return Err(QueueError::js(op, e)),
+            Ok(None) => break,
+            Err(_) => {
+                return Err(QueueError::JetStream { op, message: format!("no message within {READ_PATIENCE:?}") });
+            }
+        };
+        let stream_seq =
+            message.info().map_err(|e| QueueError::JetStream { op, message: e.to_string() })?.stream_sequence;
+        found.push(Stored { stream_seq, payload: message.payload.clone() });
     }
     Ok(found)
 }
 
-/// The first message on `subject` stored at stream sequence `from` or
-/// later, if there is one; `op` names the reading in errors.
-async fn next_on_subject(
-    stream: &stream::Stream,
-    subject: &str,
-    from: u64,
-    op: &'static str,
-) -> Result<Option<async_nats::jetstream::message::StreamMessage>> {
-    match stream.get_first_raw_message_by_subject(subject, from).await {
-        Ok(message) => Ok(Some(message)),
-        Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => Ok(None),
-        Err(e) => Err(QueueError::js(op, e)),
-    }
-}
-
-/// How often a followed log is checked for new lines.
-const LOG_POLL: Duration = Duration::from_millis(250);
+/// How long a read waits for a message it knows is there.
+const READ_PATIENCE: Duration = Duration::from_secs(10);
 
 /// A message as stored in a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
