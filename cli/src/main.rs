@@ -34,6 +34,9 @@ enum Command {
         page_size: i32,
         #[arg(long, default_value = "")]
         page_token: String,
+        /// Only jobs of this pipeline.
+        #[arg(long, default_value = "")]
+        pipeline: String,
     },
     /// Cancels a job.
     Cancel { job_id: String },
@@ -124,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Get { job_id } => {
             print_job(&client.get_job(pb::GetJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
         }
-        Command::List { page_size, page_token } => {
-            let page = client.list_jobs(pb::ListJobsRequest { page_size, page_token }).await?.into_inner();
+        Command::List { page_size, page_token, pipeline } => {
+            let page = client.list_jobs(pb::ListJobsRequest { page_size, page_token, pipeline }).await?.into_inner();
             println!("{}", to_json(&page, "batchmill.jobs.v1.ListJobsResponse")?);
         }
         Command::Cancel { job_id } => {

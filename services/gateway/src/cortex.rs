@@ -153,19 +153,14 @@ impl Cortex {
     }
 
     async fn list(&self, api: &str, endpoint: &str) -> Result<Response, CortexError> {
-        // Jobs are listed newest first across pipelines; keep this api's.
-        let mut statuses = Vec::new();
-        let mut page_token = String::new();
-        for _ in 0..20 {
-            let request = tonic::Request::new(pb::ListJobsRequest { page_size: 1000, page_token });
-            let page = JobService::list_jobs(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
-            statuses.extend(page.jobs.iter().filter(|j| j.pipeline == api).map(JobStatus::of));
-            page_token = page.next_page_token;
-            if page_token.is_empty() || statuses.len() >= LIST_LIMIT as usize {
-                break;
-            }
-        }
-        statuses.truncate(LIST_LIMIT as usize);
+        // This api's newest jobs, filtered by the scheduler.
+        let request = tonic::Request::new(pb::ListJobsRequest {
+            page_size: LIST_LIMIT,
+            page_token: String::new(),
+            pipeline: api.to_owned(),
+        });
+        let page = JobService::list_jobs(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
+        let statuses: Vec<JobStatus> = page.jobs.iter().map(JobStatus::of).collect();
         Ok(json(StatusCode::OK, &ListResponse { endpoint: endpoint.to_owned(), batch_job_statuses: statuses }))
     }
 }

@@ -26,20 +26,73 @@ const TICK: Duration = Duration::from_millis(250);
 const BURST: usize = 512;
 
 enum Command {
-    Submit { record: Box<JobRecord>, reply: oneshot::Sender<Result<pb::Job, SchedulerError>> },
-    Get { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
-    List { after: Option<JobId>, limit: usize, reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)> },
-    Cancel { id: JobId, reply: oneshot::Sender<Option<pb::Job>> },
-    Watch { id: JobId, reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>> },
-    WorkerJoined { id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink> },
-    WorkerGone { id: WorkerId, session: Option<u64> },
-    Outcome { worker: WorkerId, outcome: BatchOutcome },
-    Released { worker: WorkerId, job_id: String, failure: Option<String> },
-    Started { worker: WorkerId, job_id: String },
-    Enqueue { job_id: String, progress: EnqueueProgress },
-    Exhausted { job_id: String, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()> },
-    DeadLetters { id: JobId, from: u64, limit: usize, reply: oneshot::Sender<DeadLetterPage> },
-    Rerun { id: JobId, batch_ids: Vec<String>, reply: oneshot::Sender<Result<(pb::Job, Vec<String>), SchedulerError>> },
+    Submit {
+        record: Box<JobRecord>,
+        reply: oneshot::Sender<Result<pb::Job, SchedulerError>>,
+    },
+    Get {
+        id: JobId,
+        reply: oneshot::Sender<Option<pb::Job>>,
+    },
+    List {
+        after: Option<JobId>,
+        limit: usize,
+        pipeline: Option<String>,
+        reply: oneshot::Sender<(Vec<pb::Job>, Option<JobId>)>,
+    },
+    Cancel {
+        id: JobId,
+        reply: oneshot::Sender<Option<pb::Job>>,
+    },
+    Watch {
+        id: JobId,
+        reply: oneshot::Sender<Option<watch::Receiver<pb::Job>>>,
+    },
+    WorkerJoined {
+        id: WorkerId,
+        session: u64,
+        runs: Capabilities,
+        link: Arc<dyn WorkerLink>,
+    },
+    WorkerGone {
+        id: WorkerId,
+        session: Option<u64>,
+    },
+    Outcome {
+        worker: WorkerId,
+        outcome: BatchOutcome,
+    },
+    Released {
+        worker: WorkerId,
+        job_id: String,
+        failure: Option<String>,
+    },
+    Started {
+        worker: WorkerId,
+        job_id: String,
+    },
+    Enqueue {
+        job_id: String,
+        progress: EnqueueProgress,
+    },
+    Exhausted {
+        job_id: String,
+        seq: u64,
+        items: u64,
+        deliveries: u64,
+        reply: oneshot::Sender<()>,
+    },
+    DeadLetters {
+        id: JobId,
+        from: u64,
+        limit: usize,
+        reply: oneshot::Sender<DeadLetterPage>,
+    },
+    Rerun {
+        id: JobId,
+        batch_ids: Vec<String>,
+        reply: oneshot::Sender<Result<(pb::Job, Vec<String>), SchedulerError>>,
+    },
 }
 
 /// A page of dead letters and where the next one starts.
@@ -217,8 +270,9 @@ impl Scheduler {
         &self,
         after: Option<JobId>,
         limit: usize,
+        pipeline: Option<String>,
     ) -> Result<(Vec<pb::Job>, Option<JobId>), SchedulerError> {
-        self.ask(|reply| Command::List { after, limit, reply }).await
+        self.ask(|reply| Command::List { after, limit, pipeline, reply }).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
@@ -290,8 +344,8 @@ async fn handle(state: &mut State, command: Command) {
         Command::Get { id, reply } => {
             let _ = reply.send(state.get(&id));
         }
-        Command::List { after, limit, reply } => {
-            let _ = reply.send(state.list(after.as_ref(), limit));
+        Command::List { after, limit, pipeline, reply } => {
+            let _ = reply.send(state.list(after.as_ref(), limit, pipeline.as_deref()));
         }
         Command::Cancel { id, reply } => {
             let _ = reply.send(state.cancel(&id).await);

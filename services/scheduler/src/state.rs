@@ -219,13 +219,18 @@ impl State {
         self.snapshot(id)
     }
 
-    /// Jobs newest first, after `after`, at most `limit`; and the last id if
-    /// more remain.
-    pub fn list(&self, after: Option<&JobId>, limit: usize) -> (Vec<pb::Job>, Option<JobId>) {
-        let ids: Vec<&JobId> = match after {
-            Some(after) => self.jobs.range(..after.clone()).rev().map(|(k, _)| k).take(limit + 1).collect(),
-            None => self.jobs.keys().rev().take(limit + 1).collect(),
+    /// Jobs newest first (of `pipeline` only, if given), after `after`, at
+    /// most `limit`; and the last id if more remain.
+    pub fn list(&self, after: Option<&JobId>, limit: usize, pipeline: Option<&str>) -> (Vec<pb::Job>, Option<JobId>) {
+        let older: Box<dyn Iterator<Item = (&JobId, &JobEntry)>> = match after {
+            Some(after) => Box::new(self.jobs.range(..after.clone()).rev()),
+            None => Box::new(self.jobs.iter().rev()),
         };
+        let ids: Vec<&JobId> = older
+            .filter(|(_, e)| pipeline.is_none_or(|p| e.record.pipeline == p))
+            .map(|(k, _)| k)
+            .take(limit + 1)
+            .collect();
         let more = ids.len() > limit;
         let page: Vec<&JobId> = ids.into_iter().take(limit).collect();
         let next = if more { page.last().map(|id| (*id).clone()) } else { None };

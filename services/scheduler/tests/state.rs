@@ -548,3 +548,22 @@ async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
     );
     assert_eq!(job.workers.unwrap().failed, 3);
 }
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_by_pipeline_and_in_pages() {
+    let (kv, fakes) = (MemKv::default(), Fakes::default());
+    let mut state = state(&kv, &fakes);
+    for (id, pipeline) in [("a1", "echo"), ("a2", "embed"), ("a3", "echo"), ("a4", "embed"), ("a5", "echo")] {
+        state.submit(JobRecord { pipeline: pipeline.into(), ..record(id, 1) }).await.unwrap();
+    }
+    let ids = |jobs: &[pb::Job]| jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>();
+    let (all, next) = state.list(None, 10, None);
+    assert_eq!((ids(&all), next), (vec!["a5", "a4", "a3", "a2", "a1"].into_iter().map(String::from).collect(), None));
+    let (echo, next) = state.list(None, 2, Some("echo"));
+    assert_eq!(ids(&echo), ["a5", "a3"]);
+    let (rest, last) = state.list(next.as_ref(), 2, Some("echo"));
+    assert_eq!((ids(&rest), last), (vec!["a1".to_owned()], None), "the next page keeps the filter");
+    let (embed, _) = state.list(None, 10, Some("embed"));
+    assert_eq!(ids(&embed), ["a4", "a2"]);
+    assert!(state.list(None, 10, Some("nope")).0.is_empty());
+}

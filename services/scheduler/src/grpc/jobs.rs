@@ -104,7 +104,8 @@ impl JobService for JobsGrpc {
         } else {
             Some(JobId::parse("page_token", &req.page_token).map_err(Status::from)?)
         };
-        let (jobs, next) = self.scheduler.list(after, limit).await.map_err(|e| e.to_status())?;
+        let pipeline = (!req.pipeline.is_empty()).then_some(req.pipeline);
+        let (jobs, next) = self.scheduler.list(after, limit, pipeline).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
