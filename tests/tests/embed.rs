@@ -2,7 +2,7 @@
 //! `{"id", "text"}` in S3 → one result line per item with its id and
 //! embedding, each matching sentence-transformers' (the committed fixture);
 //! the model from the worker's default or from S3 (`config.model`); a bad
-//! item fails its batch naming the item.
+//! item fails its batch naming the item; a bad config is refused at submission.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,5 +103,16 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
         .dead_letters;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].last_error.contains("item 2: expected a string"), "{:?}", dead[0]);
+
+    // A config the pipeline cannot use is refused at submission, naming the field.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/jobs", sandbox.rest_url()))
+        .json(&json!({"pipeline": "embed", "workers": 1, "config": {"precision": "int8"},
+                      "itemList": {"items": ["x"], "batchSize": 1}}))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await?;
+    assert!(error["message"].as_str().unwrap_or_default().contains("config.precision"), "{error}");
     Ok(())
 }

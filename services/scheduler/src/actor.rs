@@ -161,6 +161,7 @@ impl Scheduler {
     /// Accepts a job: stages its inline items in S3, then records it.
     pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
+        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (input, item_count) = match spec.source {
@@ -206,6 +207,7 @@ impl Scheduler {
     /// prints them) and the item and batch counts where they are known.
     pub async fn dry_run(&self, spec: JobSpec) -> Result<pb::DryRunJobResponse, SchedulerError> {
         self.pipelines.resolve(&spec.pipeline)?;
+        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let (selection, field, lines) = match spec.source {
             SourceSpec::Items(items) => {

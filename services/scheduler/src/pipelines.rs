@@ -273,6 +273,29 @@ pub fn merge_config(base: &Map<String, Value>, over: &Map<String, Value>) -> Map
     merged
 }
 
+/// Checks a job's `config` for what a built-in pipeline reads from it,
+/// so a mistake is refused at submission, naming the field, rather than
+/// failing the job on its workers. (`embed`: `model`, a directory or an
+/// `s3://` prefix; `precision`, `fp16` or `fp32`.)
+pub fn check_config(name: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<(), SchedulerError> {
+    let bad = |field: &str, message: String| SchedulerError::BadPipeline { field: field.to_owned(), message };
+    if name != "embed" {
+        return Ok(());
+    }
+    match config.get("model") {
+        None => {}
+        Some(serde_json::Value::String(m)) if m.starts_with("s3://") => {
+            batchmill_core::S3Uri::parse(m).map_err(|e| bad("config.model", e))?;
+        }
+        Some(serde_json::Value::String(m)) if !m.is_empty() => {}
+        Some(other) => return Err(bad("config.model", format!("{other} is not a directory or an s3:// prefix"))),
+    }
+    match config.get("precision").map(|p| p.as_str()) {
+        None | Some(Some("fp16" | "fp32")) => Ok(()),
+        Some(_) => Err(bad("config.precision", "must be \"fp16\" or \"fp32\"".into())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +312,24 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a//b", "a/./b", "a\\b"] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn embed_config_is_checked_at_submission_naming_the_field() {
+        let check = |c: Value| check_config("embed", c.as_object().unwrap()).map_err(|e| e.to_string());
+        assert!(check(json!({})).is_ok());
+        assert!(check(json!({"model": "s3://batchmill/models/minilm", "precision": "fp32"})).is_ok());
+        assert!(check(json!({"model": "/models/minilm"})).is_ok());
+        for (bad, field) in [
+            (json!({"model": 7}), "config.model"),
+            (json!({"model": ""}), "config.model"),
+            (json!({"model": "s3://"}), "config.model"),
+            (json!({"precision": "int8"}), "config.precision"),
+        ] {
+            let err = check(bad.clone()).expect_err("refused");
+            assert!(err.contains(field), "{bad}: {err}");
+        }
+        assert!(check_config("echo", json!({"model": 7}).as_object().unwrap()).is_ok(), "echo reads other keys");
     }
 
     #[test]
