@@ -24,8 +24,11 @@ async fn a_job_survives_its_scheduler_being_killed() -> anyhow::Result<()> {
     let done = loop {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "no terminal state after failover:\n{}",
-            sandbox.log_tail("scheduler-standby")
+            "no terminal state after failover:\nstandby: {}\ngateway: {}\nworker-0: {}\nworker-1: {}",
+            sandbox.log_tail("scheduler-standby"),
+            sandbox.log_tail("gateway"),
+            sandbox.log_tail("worker-0"),
+            sandbox.log_tail("worker-1"),
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
         match jobs.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await {
@@ -70,9 +73,10 @@ async fn a_batch_exhausted_while_no_scheduler_leads_is_dead_lettered_by_the_next
     let dead = loop {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the exhausted batch was never dead-lettered; last answer: {last}\nstandby: {}\ngateway: {}",
+            "the exhausted batch was never dead-lettered; last answer: {last}\nstandby: {}\ngateway: {}\nworker-0: {}",
             sandbox.log_tail("scheduler-standby"),
             sandbox.log_tail("gateway"),
+            sandbox.log_tail("worker-0"),
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
         let request = pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() };

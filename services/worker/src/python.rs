@@ -339,6 +339,12 @@ class PythonPredictor:
         assert_eq!(p.predict(&batch("j1-4", &[json!(5)])).unwrap(), vec![json!({"index": 10, "result": 15})]);
         assert_eq!(p.on_job_complete(&json!({"succeeded": 4})), Ok(true));
         drop(p);
+        // The stderr reader hands lines over on its own thread: wait for the
+        // hook's last one.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !lines.lock().unwrap().iter().any(|(_, l)| l == "done j1 4") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let lines = lines.lock().unwrap();
         assert!(lines.contains(&("j1-0".into(), "hi from j1-0".into())), "{lines:?}");
         assert!(lines.iter().any(|(b, l)| b == "j1-4" && l.contains("restarting")), "{lines:?}");
