@@ -2,6 +2,7 @@
 //! job model and its validation, S3 URIs, and the one error-code enum that
 //! maps to gRPC and HTTP status.
 
+pub mod embed;
 pub mod enqueue;
 pub mod error;
 pub mod finalize;

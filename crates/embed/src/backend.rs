@@ -17,6 +17,11 @@ impl Packed {
         self.lens.push(ids.len());
     }
 
+    /// Each token's position within its sequence.
+    pub fn positions(&self) -> Vec<u32> {
+        self.lens.iter().flat_map(|&len| 0..len as u32).collect()
+    }
+
     /// Start offset of each sequence, then the total.
     pub fn offsets(&self) -> Vec<usize> {
         let mut offsets = Vec::with_capacity(self.lens.len() + 1);

@@ -57,11 +57,11 @@ pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
     let offsets = batch.offsets();
 
     // Embeddings: word + position + token type 0, then layer norm.
-    let positions: Vec<usize> = batch.lens.iter().flat_map(|&len| 0..len).collect();
+    let positions = batch.positions();
     let mut x = vec![0.0f32; t * h];
     x.par_chunks_mut(h).with_min_len(ROWS_PER_TASK).enumerate().for_each(|(i, row)| {
         let word = &w.word[batch.ids[i] as usize * h..][..h];
-        let pos = &w.position[positions[i] * h..][..h];
+        let pos = &w.position[positions[i] as usize * h..][..h];
         math::embed_row(row, word, pos, &w.token_type, &w.embed_norm.gamma, &w.embed_norm.beta, eps);
     });
 

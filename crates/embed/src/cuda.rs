@@ -247,7 +247,7 @@ impl<T: Input> Cuda<T> {
         let c = self.config.clone();
         let (h, t, seqs) = (c.hidden_size, batch.ids.len(), batch.lens.len());
         let eps = c.layer_norm_eps as f32;
-        let positions: Vec<i32> = batch.lens.iter().flat_map(|&len| 0..len as i32).collect();
+        let positions = batch.positions();
         let offsets: Vec<i32> = batch.offsets().into_iter().map(|o| o as i32).collect();
         let s = self.stream.clone();
         let ids = s.clone_htod(&batch.ids).map_err(|e| self.err(e))?;

@@ -53,7 +53,7 @@ __device__ __forceinline__ void norm_store(float* v, const float* gamma, const f
 }
 
 // One warp per token: word + position + token type 0, then layer norm.
-extern "C" __global__ void embed(const unsigned* ids, const int* pos, int rows, const float* word,
+extern "C" __global__ void embed(const unsigned* ids, const unsigned* pos, int rows, const float* word,
                                  const float* position, const float* type0, const float* gamma,
                                  const float* beta, float eps, float* x, in_t* xin) {
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;

@@ -86,24 +86,32 @@ impl JetStreamQueue {
         body: Bytes,
         trace: &HashMap<String, String>,
     ) -> Result<()> {
-        self.publish(job_id, format!("{job_id}-{seq}"), body, trace).await
+        self.publish(batch_subject(job_id), format!("{job_id}-{seq}"), body, trace).await
     }
 
     /// Publishes a dead-lettered batch of `job_id` again, under message id
     /// `<job_id>-<seq>-r<rerun>`: `rerun` (the dead letter's stream sequence)
     /// tells it apart from the original within the duplicate window.
     pub async fn requeue_batch(&self, job_id: &str, seq: u64, rerun: u64, body: Bytes) -> Result<()> {
-        self.publish(job_id, format!("{job_id}-{seq}-r{rerun}"), body, &HashMap::new()).await
+        self.publish(batch_subject(job_id), format!("{job_id}-{seq}-r{rerun}"), body, &HashMap::new()).await
     }
 
-    async fn publish(&self, job_id: &str, msg_id: String, body: Bytes, trace: &HashMap<String, String>) -> Result<()> {
+    /// Publishes to `subject` under `msg_id` (a duplicate within the
+    /// stream's window is dropped) and waits for JetStream to store it.
+    async fn publish(
+        &self,
+        subject: String,
+        msg_id: String,
+        body: Bytes,
+        trace: &HashMap<String, String>,
+    ) -> Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         for (key, value) in trace {
             headers.insert(key.as_str(), value.as_str());
         }
         let err = |e: &dyn std::fmt::Display| QueueError::Publish { msg_id: msg_id.clone(), message: e.to_string() };
-        let ack = self.context.publish_with_headers(batch_subject(job_id), headers, body).await.map_err(|e| err(&e))?;
+        let ack = self.context.publish_with_headers(subject, headers, body).await.map_err(|e| err(&e))?;
         ack.await.map_err(|e| err(&e))?;
         Ok(())
     }
@@ -187,12 +195,7 @@ impl JetStreamQueue {
     /// [`crate::dead_letter_id`]); one stored again within the duplicate
     /// window is dropped.
     pub async fn dead_letter(&self, job_id: &str, msg_id: &str, body: Bytes) -> Result<()> {
-        let err = |e: &dyn std::fmt::Display| QueueError::JetStream { op: "dead-letter", message: e.to_string() };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let ack = self.context.publish_with_headers(dead_subject(job_id), headers, body).await.map_err(|e| err(&e))?;
-        ack.await.map_err(|e| err(&e))?;
-        Ok(())
+        self.publish(dead_subject(job_id), msg_id.to_owned(), body, &HashMap::new()).await
     }
 
     /// Up to `limit` dead letters of `job_id` stored at stream sequence

@@ -189,11 +189,15 @@ async fn dead_letter_exhausted(queue: &JetStreamQueue, scheduler: &Scheduler, ad
     };
     let items = batch.items.len() as u64;
     let (job_id, seq, deliveries) = (batch.job_id.clone(), batch.seq, advisory.deliveries);
+    let Ok(job) = batchmill_core::JobId::parse("job_id", &job_id) else {
+        warn!(stream_seq, %job_id, "exhausted batch of a malformed job id");
+        return true;
+    };
     let last_error =
         format!("delivered {deliveries} times; the worker running the last delivery was lost before it reported");
     let now = batchmill_core::time::now_ms();
     let record = BatchRecord {
-        batch_id: format!("{job_id}-{seq}"),
+        batch_id: batchmill_core::BatchId::new(job, seq).to_string(),
         seq: seq as i64,
         state: BatchState::Failed as i32,
         items: items as i64,

@@ -102,9 +102,14 @@ async fn main() -> anyhow::Result<()> {
             .connect_timeout(Duration::from_secs(3))
             .connect_lazy(),
     );
-    let pipelines = Pipelines::load(vec!["echo".to_owned(), "embed".to_owned()], kv.clone(), store.clone(), artifacts)
-        .await
-        .context("loading pipelines")?;
+    let pipelines = Pipelines::load(
+        vec!["echo".to_owned(), batchmill_core::embed::PIPELINE.to_owned()],
+        kv.clone(),
+        store.clone(),
+        artifacts,
+    )
+    .await
+    .context("loading pipelines")?;
     let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), pipelines, shutdown.clone());
     batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
     batchmill_scheduler::follow_exhausted(queue.clone(), scheduler.clone(), shutdown.clone());

@@ -275,25 +275,14 @@ pub fn merge_config(base: &Map<String, Value>, over: &Map<String, Value>) -> Map
 
 /// Checks a job's `config` for what a built-in pipeline reads from it,
 /// so a mistake is refused at submission, naming the field, rather than
-/// failing the job on its workers. (`embed`: `model`, a directory or an
-/// `s3://` prefix; `precision`, `fp16` or `fp32`.)
+/// failing the job on its workers.
 pub fn check_config(name: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<(), SchedulerError> {
-    let bad = |field: &str, message: String| SchedulerError::BadPipeline { field: field.to_owned(), message };
-    if name != "embed" {
+    if name != batchmill_core::embed::PIPELINE {
         return Ok(());
     }
-    match config.get("model") {
-        None => {}
-        Some(serde_json::Value::String(m)) if m.starts_with("s3://") => {
-            batchmill_core::S3Uri::parse(m).map_err(|e| bad("config.model", e))?;
-        }
-        Some(serde_json::Value::String(m)) if !m.is_empty() => {}
-        Some(other) => return Err(bad("config.model", format!("{other} is not a directory or an s3:// prefix"))),
-    }
-    match config.get("precision").map(|p| p.as_str()) {
-        None | Some(Some("fp16" | "fp32")) => Ok(()),
-        Some(_) => Err(bad("config.precision", "must be \"fp16\" or \"fp32\"".into())),
-    }
+    batchmill_core::embed::EmbedConfig::parse(config)
+        .map(drop)
+        .map_err(|v| SchedulerError::BadPipeline { field: v.field, message: v.description })
 }
 
 #[cfg(test)]

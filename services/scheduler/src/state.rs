@@ -59,6 +59,11 @@ pub struct Capabilities {
 }
 
 impl JobEntry {
+    /// The job as the public API shows it at `now_ms`.
+    fn snapshot(&self, now_ms: u64) -> pb::Job {
+        self.record.snapshot(&self.ledger, &self.enqueue, self.workers(), now_ms)
+    }
+
     /// Its assigned workers, by whether their predictor has started.
     fn workers(&self) -> Assigned {
         let running = self.assigned.values().filter(|started| **started).count() as u32;
@@ -192,7 +197,7 @@ impl State {
 
     fn snapshot(&self, id: &JobId) -> Option<pb::Job> {
         let e = self.jobs.get(id)?;
-        Some(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now_ms()))
+        Some(e.snapshot(now_ms()))
     }
 
     // ---- jobs ----
@@ -239,7 +244,7 @@ impl State {
 
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {
         let e = self.jobs.get(id)?;
-        e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now_ms()));
+        e.watchers.send_replace(e.snapshot(now_ms()));
         Some(e.watchers.subscribe())
     }
 
@@ -654,7 +659,8 @@ impl State {
             && entry.start(worker)
         {
             info!(job_id = %id, worker_id = %worker, "worker started the job's predictor");
-            self.dirty.insert(id);
+            // Worker counts are not persisted: tell the watchers, write nothing.
+            entry.watchers.send_replace(entry.snapshot(now_ms()));
         }
     }
 
@@ -871,7 +877,7 @@ impl State {
         let now = now_ms();
         for id in &dirty {
             if let Some(e) = self.jobs.get(id) {
-                e.watchers.send_replace(e.record.snapshot(&e.ledger, &e.enqueue, e.workers(), now));
+                e.watchers.send_replace(e.snapshot(now));
             }
         }
         let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)

@@ -497,16 +497,20 @@ async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() 
     assert!(fakes.calls().objects.contains_key("s3://out/results/j1/manifest.json"));
 }
 
+/// Submits deployed job `id`, fully enqueued as one batch of 10 items, and
+/// lets the scheduler assign it.
+async fn submit_enqueued(state: &mut State, id: &str) {
+    state.submit(deployed_record(id)).await.unwrap();
+    state.enqueue_progress(id, EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() }).await;
+    state.tick().await;
+}
+
 #[tokio::test]
 async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
     let (kv, fakes) = (MemKv::default(), Fakes::default());
     let mut state = state(&kv, &fakes);
     let mut w1 = join(&mut state, "w1");
-    state.submit(deployed_record("j1")).await.unwrap();
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() })
-        .await;
-    state.tick().await;
+    submit_enqueued(&mut state, "j1").await;
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     state.settle().await;
     state.flush().await;
@@ -530,11 +534,7 @@ async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
     let (kv, fakes) = (MemKv::default(), Fakes::default());
     let mut state = state(&kv, &fakes);
     let mut w1 = join(&mut state, "w1");
-    state.submit(deployed_record("j1")).await.unwrap();
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() })
-        .await;
-    state.tick().await;
+    submit_enqueued(&mut state, "j1").await;
     for attempt in 1..=3 {
         assert!(drain(&mut w1).iter().any(|m| matches!(m, Out::Assign(_))), "attempt {attempt}");
         state.released(&WorkerId::new("w1"), "j1", Some("KeyError: 'dest_s3_dir'".into())).await;

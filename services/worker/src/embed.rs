@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use batchmill_core::embed::Precision;
 use batchmill_embed::{DeviceChoice, Embedder};
 use serde_json::{Map, Value, json};
 
@@ -36,7 +37,7 @@ pub struct EmbedModels {
 }
 
 /// What a job's config asks for.
-pub struct EmbedConfig {
+pub struct ModelChoice {
     /// A local directory or an `s3://` prefix.
     pub model: String,
     pub half: bool,
@@ -48,22 +49,16 @@ impl EmbedModels {
     }
 
     /// Reads and checks the job's config.
-    pub fn config(&self, config: &Map<String, Value>) -> Result<EmbedConfig, String> {
-        let model = match config.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            Some(_) => return Err("config.model must be a directory or an s3:// prefix".into()),
+    pub fn config(&self, config: &Map<String, Value>) -> Result<ModelChoice, String> {
+        let c = batchmill_core::embed::EmbedConfig::parse(config).map_err(|v| v.to_string())?;
+        let model = match c.model {
+            Some(m) => m,
             None => self.default_model.clone().ok_or(
                 "config.model is not set and this worker has no default embed model (--embed-model, BATCHMILL_EMBED_MODEL)",
             )?,
         };
         let on_gpu = matches!(self.device, Device::Cuda { .. });
-        let half = match config.get("precision").map(|p| p.as_str()) {
-            None => on_gpu,
-            Some(Some("fp16")) => on_gpu,
-            Some(Some("fp32")) => false,
-            Some(_) => return Err("config.precision must be \"fp16\" or \"fp32\"".into()),
-        };
-        Ok(EmbedConfig { model, half })
+        Ok(ModelChoice { model, half: on_gpu && c.precision != Some(Precision::Fp32) })
     }
 
     /// The model at `dir` (already local), loaded once.

@@ -40,7 +40,7 @@ pub trait Predictor: Send + Sync {
 }
 
 /// The built-in sentence-embedding pipeline.
-pub const EMBED: &str = "embed";
+pub const EMBED: &str = batchmill_core::embed::PIPELINE;
 
 /// Names of the built-in pipelines this worker can run.
 pub const BUILT_IN: &[&str] = &["echo", EMBED];
