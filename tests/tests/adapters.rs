@@ -49,6 +49,42 @@ async fn etcd_kv_leases_and_elections() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Candidates wait longer than a request to etcd may last (10 s) without
+/// losing their place, and lead in the order they campaigned, each one
+/// findable by `leader` once it leads. (etcd's own Campaign call deleted the
+/// key of a candidate whose request timed out: it then led unfindable.)
+#[tokio::test]
+async fn etcd_candidates_keep_their_place_through_long_waits() -> anyhow::Result<()> {
+    let sandbox = deps().await?;
+    let etcd = Etcd::connect(&[sandbox.etcd_url.clone()], Duration::from_secs(10)).await?;
+    let election = "/batchmill/long-election";
+    let ttl = Duration::from_secs(5);
+    let first = etcd.campaign(election, "http://a", ttl).await?;
+    let candidate = |value: &'static str| {
+        let etcd = etcd.clone();
+        tokio::spawn(async move { etcd.campaign(election, value, ttl).await })
+    };
+    let second = candidate("http://b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = candidate("http://c");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(!second.is_finished() && !third.is_finished(), "both wait while the first leads");
+    assert_eq!(etcd.leader(election).await?, "http://a");
+
+    first.resign().await;
+    let second = tokio::time::timeout(Duration::from_secs(10), second).await???;
+    assert_eq!(etcd.leader(election).await?, "http://b", "the leader is findable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "the third still waits its turn");
+
+    second.resign().await;
+    let third = tokio::time::timeout(Duration::from_secs(10), third).await???;
+    assert_eq!(etcd.leader(election).await?, "http://c");
+    third.resign().await;
+    assert!(etcd.leader(election).await.is_err(), "no leader once the last resigns");
+    Ok(())
+}
+
 #[tokio::test]
 async fn jetstream_dedups_delivers_and_purges() -> anyhow::Result<()> {
     let sandbox = deps().await?;

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
+};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -90,7 +93,7 @@ impl Etcd {
         let mut client = self.client.clone();
         let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).await?.id();
         let txn = Txn::new()
-            .when([etcd_client::Compare::create_revision(key.as_str(), etcd_client::CompareOp::Equal, 0)])
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
         if !client.txn(txn).await?.succeeded() {
             let _ = client.lease_revoke(lease).await;
@@ -110,6 +113,15 @@ impl Etcd {
 
     /// Campaigns in election `name` with `value` (such as the leader's
     /// address) and returns once this process leads.
+    ///
+    /// Candidates are keys `<name>/<lease>` under their own leases, and lead
+    /// in the order they were created (as etcd's election API orders them,
+    /// so its `Leader` call agrees). It is built on transactions and watches
+    /// rather than that API's `Campaign`: etcd resigns a `Campaign` call the
+    /// client gave up on (a request timeout while another process leads),
+    /// deleting the candidate's key, which a repeated call could already
+    /// have taken as its own; that candidate then led with no key, where
+    /// no worker found it and a second candidate could win too.
     pub async fn campaign(&self, name: &str, value: &str, ttl: Duration) -> Result<Leadership> {
         let mut client = self.client.clone();
         let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).await?.id();
@@ -124,37 +136,108 @@ impl Etcd {
                 lost.cancel();
             })
         };
-        // A campaign blocks for as long as another process leads, past the
-        // client's request timeout; campaigning again with the same lease
-        // continues the same candidacy.
-        loop {
-            tokio::select! {
-                won = client.campaign(name, value, lease) => match won {
-                    Ok(_) => break,
-                    Err(etcd_client::Error::GRpcStatus(status))
-                        if matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) => {}
-                    Err(e) => {
-                        stop.cancel();
-                        return Err(e.into());
-                    }
-                },
-                () = lost.cancelled() => return Err(CoordError::LeaseLost { key: name.to_owned() }),
+        let leadership = Leadership { lost: lost.clone(), stop, keeper, client: client.clone(), lease };
+        let key = format!("{name}/{lease:x}");
+        let wait = async {
+            let revision = candidacy(&mut client, &key, value, lease).await?;
+            wait_for_earlier(&mut client, name, revision).await?;
+            // Still a candidate: the lease has not lapsed meanwhile.
+            if client.get(key.as_str(), None).await?.kvs().is_empty() {
+                return Err(CoordError::LeaseLost { key: key.clone() });
+            }
+            Ok(())
+        };
+        let result = tokio::select! {
+            r = wait => r,
+            () = lost.cancelled() => Err(CoordError::LeaseLost { key: key.clone() }),
+        };
+        match result {
+            Ok(()) => {
+                info!(election = name, %key, "won election");
+                Ok(leadership)
+            }
+            Err(e) => {
+                leadership.resign().await;
+                Err(e)
             }
         }
-        info!(election = name, "won election");
-        Ok(Leadership { lost, stop, keeper, client, lease })
     }
 
-    /// The value the current leader of election `name` campaigned with.
+    /// The value the current leader of election `name` campaigned with:
+    /// the value of its oldest candidate key.
     pub async fn leader(&self, name: &str) -> Result<String> {
-        let resp = self.client.clone().leader(name).await.map_err(|e| match e {
-            etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader") => {
-                CoordError::NoLeader { name: name.to_owned() }
-            }
-            other => other.into(),
-        })?;
-        let kv = resp.kv().ok_or_else(|| CoordError::NoLeader { name: name.to_owned() })?;
+        let options = GetOptions::new().with_prefix().with_sort(SortTarget::Create, SortOrder::Ascend).with_limit(1);
+        let resp = self.client.clone().get(format!("{name}/"), Some(options)).await?;
+        let kv = resp.kvs().first().ok_or_else(|| CoordError::NoLeader { name: name.to_owned() })?;
         Ok(String::from_utf8_lossy(kv.value()).into_owned())
+    }
+}
+
+/// Creates candidate `key` under `lease` unless it exists (a retried
+/// request that had already succeeded) and returns its create revision.
+async fn candidacy(client: &mut Client, key: &str, value: &str, lease: i64) -> Result<i64> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))])
+        .or_else([TxnOp::get(key, None)]);
+    loop {
+        match client.txn(txn.clone()).await {
+            Ok(resp) if resp.succeeded() => return Ok(resp.header().map_or(0, |h| h.revision())),
+            Ok(resp) => {
+                let existing = resp.op_responses().into_iter().find_map(|op| match op {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.create_revision()),
+                    _ => None,
+                });
+                if let Some(revision) = existing {
+                    return Ok(revision);
+                }
+            }
+            Err(e) => warn!(%key, error = %e, "campaign request failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Returns once no key under `<name>/` was created before `revision`.
+async fn wait_for_earlier(client: &mut Client, name: &str, revision: i64) -> Result<()> {
+    let prefix = format!("{name}/");
+    loop {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_max_create_revision(revision - 1)
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1);
+        let resp = match client.get(prefix.as_str(), Some(options)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                warn!(election = name, error = %e, "campaign request failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let Some(earlier) = resp.kvs().first() else { return Ok(()) };
+        // Wait for that key's deletion, from just after the read.
+        let after = resp.header().map_or(0, |h| h.revision()) + 1;
+        let options = WatchOptions::new().with_start_revision(after);
+        let mut stream = match client.watch(earlier.key(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(election = name, error = %e, "campaign watch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let mut deleted = false;
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                deleted = true;
+                break;
+            }
+        }
+        if !deleted {
+            // The watch ended (etcd restarted, say): look again shortly.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

@@ -30,6 +30,10 @@ pub enum CoordError {
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
 
+/// The election the scheduler leader wins, with its gRPC URL as the value:
+/// workers and gateways find the leader there ([`LeaderChannel`]).
+pub const SCHEDULER_ELECTION: &str = "/batchmill/scheduler/leader";
+
 /// A change under a watched prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvEvent {

@@ -14,12 +14,10 @@ pub use forward::{JobsForwarder, PipelinesForwarder};
 
 use std::sync::Arc;
 
-use batchmill_coord::{Etcd, LeaderChannel};
+use batchmill_coord::{Etcd, LeaderChannel, SCHEDULER_ELECTION};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// The scheduler's leader election.
-pub const SCHEDULER_ELECTION: &str = "/batchmill/scheduler/leader";
 /// The public services, served over gRPC and REST.
 pub const PUBLIC_SERVICES: &[&str] = &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService"];
 

@@ -7,7 +7,7 @@
 //! consumers; purge on cancel) and S3 (staged inputs, manifests).
 //!
 //! One leader serves at a time: a scheduler campaigns in etcd election
-//! [`ELECTION`] with its gRPC URL and serves only once it leads, so standbys
+//! [`SCHEDULER_ELECTION`] with its gRPC URL and serves only once it leads, so standbys
 //! wait. A new leader rebuilds every job and ledger from etcd.
 
 mod actor;
@@ -29,7 +29,7 @@ pub use state::{Capabilities, Settings, State};
 use std::sync::Arc;
 use std::time::Duration;
 
-use batchmill_coord::{Etcd, Kv, KvEvent};
+use batchmill_coord::{Etcd, Kv, KvEvent, SCHEDULER_ELECTION};
 use batchmill_core::enqueue::{EnqueueProgress, job_of_progress_key};
 use batchmill_core::{ErrorCode, ServiceError};
 use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
@@ -39,9 +39,6 @@ use futures::StreamExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-
-/// The etcd election of scheduler leaders; the value is the leader's URL.
-pub const ELECTION: &str = "/batchmill/scheduler/leader";
 
 /// Errors of the scheduler's API.
 #[derive(Debug, thiserror::Error)]
@@ -235,5 +232,5 @@ async fn dead_letter_exhausted(queue: &JetStreamQueue, scheduler: &Scheduler, ad
 
 /// Campaigns for leadership; returns once this process leads.
 pub async fn lead(etcd: &Etcd, url: &str) -> Result<batchmill_coord::Leadership, batchmill_coord::CoordError> {
-    etcd.campaign(ELECTION, url, Duration::from_secs(10)).await
+    etcd.campaign(SCHEDULER_ELECTION, url, Duration::from_secs(10)).await
 }

@@ -20,7 +20,7 @@ mod session;
 use std::time::Duration;
 
 use batchmill_blob::Blob;
-use batchmill_coord::{Etcd, LeaderChannel};
+use batchmill_coord::{Etcd, LeaderChannel, SCHEDULER_ELECTION};
 use batchmill_core::WorkerId;
 use batchmill_core::finalize::Finalizing;
 use batchmill_proto::scheduler::v1::{self as pb, session_response::Message as In};
@@ -36,8 +36,6 @@ use session::Outbox;
 
 /// Prefix of worker registrations; must match the scheduler's.
 pub const WORKERS_PREFIX: &str = "/batchmill/workers/";
-/// The scheduler's leader election.
-pub const SCHEDULER_ELECTION: &str = "/batchmill/scheduler/leader";
 /// How long a batch in hand may take to finish when draining.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
