@@ -100,10 +100,17 @@ def exit_with_parent():
     threading.Thread(target=watch, name="batchmill-parent-watch", daemon=True).start()
 
 
+# Written to stderr after everything a call printed and before its reply, with
+# the count of replies so far: the worker tags the lines before it with the
+# call's batch.
+END_MARK = "\x1ebatchmill-end "
+
+
 def main():
     exit_with_parent()
     requests, replies = open_protocol()
     predictor = None
+    answered = 0
     while True:
         message = read_frame(requests)
         if message is None:
@@ -131,6 +138,10 @@ def main():
                 reply = {"ok": False, "error": f"unknown request {op!r}"}
         except Exception:
             reply = {"ok": False, "error": traceback.format_exc()}
+        answered += 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(2, f"{END_MARK}{answered}\n".encode())
         write_frame(replies, reply)
 
 

@@ -11,7 +11,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -45,6 +46,26 @@ struct Process {
     requests: ChildStdin,
     replies: BufReader<ChildStdout>,
     has_on_job_complete: bool,
+    /// Replies read so far.
+    answered: u64,
+    /// The count in each end mark the stderr reader has passed (see
+    /// harness.py's END_MARK).
+    ends: mpsc::Receiver<u64>,
+}
+
+/// What harness.py writes to stderr after a call's output, before its reply.
+const END_MARK: &str = "\u{1e}batchmill-end ";
+
+/// How long a reply waits for its call's output to be read from stderr.
+const END_PATIENCE: Duration = Duration::from_secs(2);
+
+impl Process {
+    /// Waits (a little) until the stderr reader has passed the end of the
+    /// output of a process that exited.
+    fn drain_output(&self) {
+        let deadline = Instant::now() + END_PATIENCE;
+        while self.ends.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok() {}
+    }
 }
 
 impl Drop for Process {
@@ -89,18 +110,22 @@ impl PythonPredictor {
             return Err(CallError::Died("the Python predictor process is not running".into()));
         };
         *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = batch_id.to_owned();
-        let reply = exchange(process, request);
-        self.batch.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        match reply {
+        let result = match exchange(process, request) {
             Ok(reply) => answer(reply),
             Err(io) => {
                 // Dropping the process reaps it; the next call starts another.
                 let mut process = slot.take();
                 let status = process.as_mut().and_then(|p| p.child.wait().ok());
+                // Its last words are still on their way: log them under this batch.
+                if let Some(p) = &process {
+                    p.drain_output();
+                }
                 let how = status.map_or_else(|| io.to_string(), |s| s.to_string());
                 Err(CallError::Died(format!("the Python predictor process died ({how}); it will be restarted")))
             }
-        }
+        };
+        self.batch.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        result
     }
 }
 
@@ -206,14 +231,20 @@ fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, String>
         return Err("the Python process has no pipes".into());
     };
     let (log, batch) = (launch.log.clone(), batch.clone());
+    let (ends_tx, ends) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
+            if let Some(n) = line.strip_prefix(END_MARK) {
+                let _ = ends_tx.send(n.parse().unwrap_or(0));
+                continue;
+            }
             let batch_id = batch.lock().unwrap_or_else(|e| e.into_inner()).clone();
             log(&batch_id, line);
         }
     });
-    let mut process = Process { child, requests, replies: BufReader::new(replies), has_on_job_complete: false };
+    let mut process =
+        Process { child, requests, replies: BufReader::new(replies), has_on_job_complete: false, answered: 0, ends };
     let init = json!({"op": "init", "path": launch.path, "config": launch.config, "job_spec": launch.job_spec});
     match exchange(&mut process, &init).map_err(|e| e.to_string()).and_then(|r| {
         answer(r).map_err(|e| match e {
@@ -246,6 +277,15 @@ fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
     process.replies.read_exact(&mut header)?;
     let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
     process.replies.read_exact(&mut body)?;
+    // The call's output comes through another pipe: wait until it has all
+    // been logged under this call's batch before the next call retags.
+    process.answered += 1;
+    let deadline = Instant::now() + END_PATIENCE;
+    while let Ok(n) = process.ends.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if n >= process.answered {
+            break;
+        }
+    }
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -346,7 +386,11 @@ class PythonPredictor:
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let lines = lines.lock().unwrap();
-        assert!(lines.contains(&("j1-0".into(), "hi from j1-0".into())), "{lines:?}");
+        // Each batch's output is tagged with that batch, even when the next
+        // batch starts before the stderr reader has caught up.
+        let greetings: Vec<&(String, String)> = lines.iter().filter(|(_, l)| l.starts_with("hi from ")).collect();
+        assert_eq!(greetings.len(), 5, "{lines:?}");
+        assert!(greetings.iter().all(|(b, l)| l.strip_prefix("hi from ") == Some(b.as_str())), "{lines:?}");
         assert!(lines.iter().any(|(b, l)| b == "j1-4" && l.contains("restarting")), "{lines:?}");
         assert!(lines.iter().any(|(_, l)| l == "done j1 4"), "{lines:?}");
     }
