@@ -13,6 +13,7 @@ pub const PIPELINE: &str = "embed";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
     Fp16,
+    Bf16,
     Fp32,
 }
 
@@ -45,8 +46,11 @@ impl EmbedConfig {
         let precision = match config.get("precision").map(Value::as_str) {
             None => None,
             Some(Some("fp16")) => Some(Precision::Fp16),
+            Some(Some("bf16")) => Some(Precision::Bf16),
             Some(Some("fp32")) => Some(Precision::Fp32),
-            Some(_) => return Err(FieldViolation::new("config.precision", "must be \"fp16\" or \"fp32\"")),
+            Some(_) => {
+                return Err(FieldViolation::new("config.precision", "must be \"fp16\", \"bf16\" or \"fp32\""));
+            }
         };
         Ok(EmbedConfig { model, precision })
     }

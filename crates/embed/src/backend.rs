@@ -48,6 +48,42 @@ pub trait Backend {
     fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError>;
 }
 
+/// How a GPU stores GEMM inputs (the weights and the activations that feed
+/// GEMMs); products accumulate in fp32 at every precision, and the CPU
+/// always computes in fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    /// IEEE half: tensor cores.
+    Fp16,
+    /// bfloat16: tensor cores, fp32's range (compute capability 8.0 and newer).
+    Bf16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Precision, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "fp16" => Ok(Precision::Fp16),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("precision {other:?}: expected fp32, fp16 or bf16")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The least cosine an embedding should have with its fp32 reference.
+    pub fn cosine_bar(self) -> f32 {
+        if self == Precision::Fp32 { 0.9999 } else { 0.999 }
+    }
+}
+
 /// Which device to run on: `BATCHMILL_DEVICE=cpu|cuda|auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -68,19 +104,19 @@ impl DeviceChoice {
     }
 }
 
-/// Opens the backend `choice` asks for, with `weights` uploaded; `half`
-/// asks a GPU backend for fp16 GEMMs (tensor cores, fp32 accumulation).
-pub fn open(choice: DeviceChoice, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
+/// Opens the backend `choice` asks for, with `weights` uploaded; a GPU
+/// backend stores GEMM inputs at `precision`.
+pub fn open(choice: DeviceChoice, weights: Weights, precision: Precision) -> Result<Box<dyn Backend>, EmbedError> {
     #[cfg(not(feature = "cuda"))]
-    let _ = half;
+    let _ = precision;
     match choice {
         DeviceChoice::Cpu => Ok(Box::new(crate::cpu::Cpu::new(weights))),
         #[cfg(feature = "cuda")]
-        DeviceChoice::Cuda => crate::cuda::open(0, weights, half),
+        DeviceChoice::Cuda => crate::cuda::open(0, weights, precision),
         #[cfg(feature = "cuda")]
         DeviceChoice::Auto => {
             if crate::cuda::available() {
-                crate::cuda::open(0, weights, half)
+                crate::cuda::open(0, weights, precision)
             } else {
                 Ok(Box::new(crate::cpu::Cpu::new(weights)))
             }

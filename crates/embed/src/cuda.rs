@@ -1,10 +1,11 @@
 //! The CUDA backend, through cudarc: the driver API, kernels compiled by
 //! NVRTC at load time (`kernels.cu`, to a cubin for the device's own
-//! architecture), cuBLAS GEMMs (`cublasGemmEx`: fp16 inputs on tensor cores
-//! or fp32, both accumulating in fp32), one stream of its own. Weights are
-//! uploaded once when the backend opens; activation buffers (and the pinned
-//! host buffer results come back through) grow to the largest batch seen and
-//! are reused. Everything here runs on the thread that owns the backend.
+//! architecture), cuBLAS GEMMs (`cublasGemmEx`: fp16 or bf16 inputs on
+//! tensor cores, or fp32, all accumulating in fp32), one stream of its own.
+//! Weights are uploaded once when the backend opens; activation buffers, and
+//! the pinned host buffers a chunk's token ids go up through and its
+//! embeddings come back through, grow to the largest chunk seen and are
+//! reused. Everything here runs on the thread that owns the backend.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -17,7 +18,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
-use crate::backend::{Backend, Packed};
+use crate::backend::{Backend, Packed, Precision};
 use crate::weights::{Linear, Weights};
 use crate::{BertConfig, EmbedError};
 
@@ -57,39 +58,46 @@ pub fn unavailable() -> Option<String> {
 
 /// What a GEMM's inputs are stored as.
 trait Input: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + 'static {
-    const HALF: bool;
+    const PRECISION: Precision;
     const DATA_TYPE: blas_sys::cudaDataType;
     fn from_f32(v: &[f32]) -> Vec<Self>;
 }
 
 impl Input for f32 {
-    const HALF: bool = false;
+    const PRECISION: Precision = Precision::Fp32;
     const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_32F;
     fn from_f32(v: &[f32]) -> Vec<f32> {
         v.to_vec()
     }
 }
 
-/// fp16, as its bits.
-impl Input for u16 {
-    const HALF: bool = true;
+impl Input for half::f16 {
+    const PRECISION: Precision = Precision::Fp16;
     const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_16F;
-    fn from_f32(v: &[f32]) -> Vec<u16> {
-        v.iter().map(|x| half::f16::from_f32(*x).to_bits()).collect()
+    fn from_f32(v: &[f32]) -> Vec<half::f16> {
+        v.iter().copied().map(half::f16::from_f32).collect()
     }
 }
 
-/// Opens device `ordinal` with `weights` uploaded; `half` stores GEMM inputs
-/// (weights and the activations that feed GEMMs) as fp16.
-pub fn open(ordinal: usize, weights: Weights, half: bool) -> Result<Box<dyn Backend>, EmbedError> {
+impl Input for half::bf16 {
+    const PRECISION: Precision = Precision::Bf16;
+    const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_16BF;
+    fn from_f32(v: &[f32]) -> Vec<half::bf16> {
+        v.iter().copied().map(half::bf16::from_f32).collect()
+    }
+}
+
+/// Opens device `ordinal` with `weights` uploaded, GEMM inputs (weights and
+/// the activations that feed GEMMs) stored at `precision`.
+pub fn open(ordinal: usize, weights: Weights, precision: Precision) -> Result<Box<dyn Backend>, EmbedError> {
     if let Some(why) = unavailable() {
         return Err(EmbedError::Device { device: "cuda".into(), message: why });
     }
-    if half {
-        Ok(Box::new(Cuda::<u16>::new(ordinal, &weights)?))
-    } else {
-        Ok(Box::new(Cuda::<f32>::new(ordinal, &weights)?))
-    }
+    Ok(match precision {
+        Precision::Fp32 => Box::new(Cuda::<f32>::new(ordinal, &weights)?),
+        Precision::Fp16 => Box::new(Cuda::<half::f16>::new(ordinal, &weights)?),
+        Precision::Bf16 => Box::new(Cuda::<half::bf16>::new(ordinal, &weights)?),
+    })
 }
 
 struct DeviceLinear<T> {
@@ -130,8 +138,46 @@ struct Buffers<T> {
     up: CudaSlice<f32>,
     upin: CudaSlice<T>,
     out: CudaSlice<f32>,
+    /// Page-locked host memory a chunk's token ids, positions and sequence
+    /// offsets are laid end to end in (see [`Buffers::stage`]), and where
+    /// they go on the device.
+    staged: PinnedHostSlice<u32>,
+    staged_dev: CudaSlice<u32>,
     /// Page-locked host memory the embeddings are copied back into.
     host: PinnedHostSlice<f32>,
+}
+
+impl<T> Buffers<T> {
+    /// Writes `batch`'s ids, positions and offsets into the pinned staging
+    /// buffer and starts their copy to the device; returns their length.
+    fn stage(&mut self, batch: &Packed, stream: &CudaStream) -> Result<usize, cudarc::driver::DriverError> {
+        let (t, seqs) = (batch.ids.len(), batch.lens.len());
+        let n = 2 * t + seqs + 1;
+        let host = self.staged.as_mut_slice()?;
+        let (ids, rest) = host.split_at_mut(t);
+        let (pos, offs) = rest.split_at_mut(t);
+        ids.copy_from_slice(&batch.ids);
+        pos.copy_from_slice(&batch.positions());
+        for (o, at) in offs.iter_mut().zip(batch.offsets()) {
+            *o = at as u32;
+        }
+        let (dst, _guard) = self.staged_dev.device_ptr_mut(stream);
+        // SAFETY: both buffers hold at least n elements (2·tokens + seqs + 1
+        // was allocated); the pinned source stays untouched until the stream
+        // synchronizes at the end of the chunk.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, &host[..n], stream.cu_stream())? };
+        Ok(n)
+    }
+
+    /// Copies the first `n` embedding floats back and waits for the stream.
+    fn fetch(&mut self, n: usize, stream: &CudaStream) -> Result<Vec<f32>, cudarc::driver::DriverError> {
+        let host = self.host.as_mut_slice()?;
+        let (src, _guard) = self.out.device_ptr(stream);
+        // SAFETY: `out` and `host` both hold seqs·hidden ≥ n floats.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host[..n], src, stream.cu_stream())? };
+        stream.synchronize()?;
+        Ok(host[..n].to_vec())
+    }
 }
 
 struct Cuda<T: Input> {
@@ -162,7 +208,12 @@ impl<T: Input> Cuda<T> {
         let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| err(&e))?;
         let c = &w.config;
-        let cubin = compile_kernels(c, T::HALF, major, minor).map_err(|e| err(&e))?;
+        if T::PRECISION == Precision::Bf16 && major < 8 {
+            return Err(err(&format!(
+                "bf16 needs compute capability 8.0 or newer; this device has {major}.{minor} (use fp16)"
+            )));
+        }
+        let cubin = compile_kernels(c, T::PRECISION, major, minor).map_err(|e| err(&e))?;
         let module = ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| err(&e))?;
         let function = |n: &str| module.load_function(n).map_err(|e| err(&e));
         let kernels = Kernels {
@@ -238,7 +289,9 @@ impl<T: Input> Cuda<T> {
             up: s.alloc_zeros(tokens * i).map_err(e)?,
             upin: s.alloc_zeros(tokens * i).map_err(e)?,
             out: s.alloc_zeros(seqs * h).map_err(e)?,
-            // SAFETY: written by the copy from `out` before it is read.
+            // SAFETY (both): written before they are read.
+            staged: unsafe { self.ctx.alloc_pinned_with_flags(2 * tokens + seqs + 1, 0) }.map_err(e)?,
+            staged_dev: s.alloc_zeros(2 * tokens + seqs + 1).map_err(e)?,
             host: unsafe { self.ctx.alloc_pinned_with_flags(seqs * h, 0) }.map_err(e)?,
         })
     }
@@ -247,12 +300,10 @@ impl<T: Input> Cuda<T> {
         let c = self.config.clone();
         let (h, t, seqs) = (c.hidden_size, batch.ids.len(), batch.lens.len());
         let eps = c.layer_norm_eps as f32;
-        let positions = batch.positions();
-        let offsets: Vec<i32> = batch.offsets().into_iter().map(|o| o as i32).collect();
         let s = self.stream.clone();
-        let ids = s.clone_htod(&batch.ids).map_err(|e| self.err(e))?;
-        let pos = s.clone_htod(&positions).map_err(|e| self.err(e))?;
-        let offs = s.clone_htod(&offsets).map_err(|e| self.err(e))?;
+        let staged = b.stage(batch, &s).map_err(|e| self.err(e))?;
+        let (ids, pos, offs) =
+            (b.staged_dev.slice(..t), b.staged_dev.slice(t..2 * t), b.staged_dev.slice(2 * t..staged));
         let rows = t as i32;
         // A warp per row, 8 rows a block.
         let row_cfg =
@@ -347,15 +398,13 @@ impl<T: Input> Cuda<T> {
         unsafe {
             s.launch_builder(&k.pool).arg(&b.x).arg(&offs).arg(&mut b.out).launch(pool_cfg).map_err(|e| self.err(e))?;
         }
-        s.memcpy_dtoh(&b.out, &mut b.host).map_err(|e| self.err(e))?;
-        s.synchronize().map_err(|e| self.err(e))?;
-        Ok(b.host.as_slice().map_err(|e| self.err(e))?[..seqs * h].to_vec())
+        b.fetch(seqs * h, &s).map_err(|e| self.err(e))
     }
 }
 
 impl<T: Input> Backend for Cuda<T> {
     fn device(&self) -> String {
-        format!("{}{}", self.name, if T::HALF { " fp16" } else { " fp32" })
+        format!("{} {}", self.name, T::PRECISION.as_str())
     }
 
     fn max_tokens(&self) -> usize {
@@ -380,10 +429,14 @@ impl<T: Input> Backend for Cuda<T> {
 pub fn gemm_tflops(
     ordinal: usize,
     c: &BertConfig,
-    half: bool,
+    precision: Precision,
     t: usize,
 ) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
-    if half { gemm_tflops_of::<u16>(ordinal, c, t) } else { gemm_tflops_of::<f32>(ordinal, c, t) }
+    match precision {
+        Precision::Fp32 => gemm_tflops_of::<f32>(ordinal, c, t),
+        Precision::Fp16 => gemm_tflops_of::<half::f16>(ordinal, c, t),
+        Precision::Bf16 => gemm_tflops_of::<half::bf16>(ordinal, c, t),
+    }
 }
 
 fn gemm_tflops_of<T: Input>(ordinal: usize, c: &BertConfig, t: usize) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
@@ -464,15 +517,15 @@ fn gemm<T: Input>(
 /// The kernels for a model of shape `c`, compiled for compute capability
 /// major.minor. Needs only NVRTC, no device: `batchmill-embed-bench compile`
 /// checks them on a machine without a GPU.
-pub fn compile_kernels(c: &BertConfig, half: bool, major: i32, minor: i32) -> Result<Vec<u8>, String> {
-    compile_kernels_logged(c, half, major, minor, false).map(|(cubin, _)| cubin)
+pub fn compile_kernels(c: &BertConfig, precision: Precision, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+    compile_kernels_logged(c, precision, major, minor, false).map(|(cubin, _)| cubin)
 }
 
 /// As [`compile_kernels`], with NVRTC's log (ptxas' report of registers and
 /// spills when `verbose`).
 pub fn compile_kernels_logged(
     c: &BertConfig,
-    half: bool,
+    precision: Precision,
     major: i32,
     minor: i32,
     verbose: bool,
@@ -482,7 +535,11 @@ pub fn compile_kernels_logged(
         c.hidden_size,
         c.num_attention_heads,
         c.head_dim(),
-        if half { "#define HALF 1\n" } else { "" }
+        match precision {
+            Precision::Fp32 => "",
+            Precision::Fp16 => "#define IN_FP16 1\n",
+            Precision::Bf16 => "#define IN_BF16 1\n",
+        }
     );
     compile(&(defines + KERNELS), major, minor, verbose)
 }

@@ -5,7 +5,7 @@ use std::sync::mpsc;
 
 use tracing::info;
 
-use crate::backend::{self, Backend, DeviceChoice, Packed};
+use crate::backend::{self, Backend, DeviceChoice, Packed, Precision};
 use crate::tokenize::Tokens;
 use crate::{EmbedError, ModelFiles, Weights};
 
@@ -29,9 +29,9 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Loads the model in `dir` onto the device `choice` picks; `half` asks
-    /// a GPU for fp16 GEMMs with fp32 accumulation.
-    pub fn load(dir: &Path, choice: DeviceChoice, half: bool) -> Result<Embedder, EmbedError> {
+    /// Loads the model in `dir` onto the device `choice` picks; a GPU
+    /// stores GEMM inputs at `precision` (the CPU computes in fp32).
+    pub fn load(dir: &Path, choice: DeviceChoice, precision: Precision) -> Result<Embedder, EmbedError> {
         let files = ModelFiles::open(dir)?;
         let tokens = Tokens::load(&files)?;
         let weights = Weights::load(&files)?;
@@ -41,7 +41,7 @@ impl Embedder {
         std::thread::Builder::new()
             .name("batchmill-embed".into())
             .spawn(move || {
-                let backend = match backend::open(choice, weights, half) {
+                let backend = match backend::open(choice, weights, precision) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

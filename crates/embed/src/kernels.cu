@@ -1,13 +1,18 @@
 // Kernels of the CUDA backend, compiled at run time by NVRTC with the model's
-// shape as constants: HIDDEN, HEADS, HEAD_DIM, and HALF when GEMM inputs are
-// fp16 (activations that feed a GEMM are written as `in_t`; the residual
-// stream, GEMM outputs and all reductions stay fp32).
+// shape as constants: HIDDEN, HEADS, HEAD_DIM, and IN_FP16 or IN_BF16 when
+// GEMM inputs are fp16 or bf16 (activations that feed a GEMM are written as
+// `in_t`; the residual stream, GEMM outputs and all reductions stay fp32).
 
-#ifdef HALF
+#if defined(IN_FP16) || defined(IN_BF16)
+#ifdef IN_FP16
+#define TO_IN "cvt.rn.f16.f32 %0, %1;"
+#else
+#define TO_IN "cvt.rn.bf16.f32 %0, %1;"
+#endif
 typedef unsigned short in_t;
 __device__ __forceinline__ in_t to_in(float f) {
     unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    asm(TO_IN : "=h"(h) : "f"(f));
     return h;
 }
 #else
@@ -102,7 +107,7 @@ extern "C" __global__ void bias_gelu(const float* up, const float* bias, int col
 // tiles (bias added on load) with an online softmax, so no score matrix is
 // stored and sequences of any length up to max_seq_length fit. qkv is
 // [tokens, 3·HIDDEN] without bias; ctx gets [tokens, HIDDEN].
-extern "C" __global__ void attention(const float* qkv, const float* bias, const int* offsets, in_t* ctx) {
+extern "C" __global__ void attention(const float* qkv, const float* bias, const unsigned* offsets, in_t* ctx) {
     __shared__ float ks[TILE][HEAD_DIM + 1];
     __shared__ float vs[TILE][HEAD_DIM + 1];
     int seq = blockIdx.x, head = blockIdx.y, lane = threadIdx.x;
@@ -152,7 +157,7 @@ extern "C" __global__ void attention(const float* qkv, const float* bias, const 
 }
 
 // Mean pooling and L2 normalisation, one block of HIDDEN threads per sequence.
-extern "C" __global__ void pool(const float* x, const int* offsets, float* out) {
+extern "C" __global__ void pool(const float* x, const unsigned* offsets, float* out) {
     __shared__ float partial[32];
     int seq = blockIdx.x, c = threadIdx.x;
     int start = offsets[seq], end = offsets[seq + 1];

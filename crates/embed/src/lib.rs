@@ -20,7 +20,7 @@ pub mod reference;
 pub mod tokenize;
 pub mod weights;
 
-pub use backend::{Backend, DeviceChoice, Packed};
+pub use backend::{Backend, DeviceChoice, Packed, Precision};
 pub use embedder::Embedder;
 pub use model::{BertConfig, ModelFiles};
 pub use weights::Weights;

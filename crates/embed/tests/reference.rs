@@ -3,7 +3,7 @@
 //! tokens), non-ASCII, empty.
 
 use batchmill_embed::reference::{Fixture, check, default_model_dir, fixture_path};
-use batchmill_embed::{DeviceChoice, Embedder};
+use batchmill_embed::{DeviceChoice, Embedder, Precision};
 
 #[test]
 fn cpu_embeddings_match_sentence_transformers() {
@@ -16,18 +16,19 @@ fn cpu_embeddings_match_sentence_transformers() {
     let fixture = Fixture::read(&fixture_path()).expect("fixture");
     assert!(fixture.items.len() >= 200);
     assert!(fixture.items.iter().any(|i| i.text.is_empty()) && fixture.items.iter().any(|i| i.tokens > 256));
-    let embedder = Embedder::load(&model, DeviceChoice::Cpu, false).expect("model loads");
+    let embedder = Embedder::load(&model, DeviceChoice::Cpu, Precision::Fp32).expect("model loads");
     assert_eq!(embedder.dim(), 384);
     let report = check(&embedder, &fixture).expect("embeds");
-    let below = report.below(0.9999);
+    let below = report.below(Precision::Fp32.cosine_bar());
     assert!(below.is_empty(), "{} of {} below cosine 0.9999: {below:?}", below.len(), fixture.items.len());
     println!("worst cosine {} over {} texts", report.worst(), fixture.items.len());
 }
 
-/// The same check on the GPU, fp32 (bar 0.9999) and fp16 (bar 0.999). Only
-/// in builds with the cuda feature, and only where a GPU is: elsewhere it
-/// says why it did not run. (On a GPU machine without Rust,
-/// `batchmill-embed-bench check --device cuda [--half]` is the same check.)
+/// The same check on the GPU at each precision: fp32 (bar 0.9999), fp16 and
+/// bf16 (bar 0.999). Only in builds with the cuda feature, and only where a
+/// GPU is: elsewhere it says why it did not run. (On a GPU machine without
+/// Rust, `batchmill-embed-bench check --device cuda --precision P` is the
+/// same check.)
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_embeddings_match_sentence_transformers() {
@@ -36,11 +37,12 @@ fn cuda_embeddings_match_sentence_transformers() {
         return;
     }
     let fixture = Fixture::read(&fixture_path()).expect("fixture");
-    for (half, bar) in [(false, 0.9999), (true, 0.999)] {
-        let embedder = Embedder::load(&default_model_dir(), DeviceChoice::Cuda, half).expect("model loads");
+    for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
+        let embedder = Embedder::load(&default_model_dir(), DeviceChoice::Cuda, precision).expect("model loads");
         let report = check(&embedder, &fixture).expect("embeds");
+        let bar = precision.cosine_bar();
         let below = report.below(bar);
-        assert!(below.is_empty(), "{} (half {half}): {} below {bar}: {below:?}", embedder.device(), below.len());
+        assert!(below.is_empty(), "{}: {} below {bar}: {below:?}", embedder.device(), below.len());
         println!("{}: worst cosine {}", embedder.device(), report.worst());
     }
 }

@@ -5,15 +5,15 @@
 //!
 //! Config: `model`, a local directory or an `s3://` prefix holding a
 //! sentence-transformers model (default: the worker's `--embed-model`), and
-//! `precision`, `fp16` or `fp32` (default fp16 on a GPU; the CPU always
-//! computes in fp32). A model is loaded, and its weights uploaded to the
+//! `precision`, `fp16`, `bf16` or `fp32`: what a GPU stores GEMM inputs as
+//! (default fp16; the CPU always computes in fp32). A model is loaded, and its weights uploaded to the
 //! device, once per worker and kept across jobs.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use batchmill_core::embed::Precision;
-use batchmill_embed::{DeviceChoice, Embedder};
+use batchmill_core::embed::Precision as Asked;
+use batchmill_embed::{DeviceChoice, Embedder, Precision};
 use serde_json::{Map, Value, json};
 
 use crate::device::Device;
@@ -23,7 +23,7 @@ use crate::predictor::{BatchInput, PredictError, Predictor};
 /// (freeing their device memory) beyond this many.
 const KEPT_MODELS: usize = 2;
 
-type Key = (String, bool);
+type Key = (String, Precision);
 
 /// Loaded models, most recently used last.
 type Loaded = Vec<(Key, Arc<Embedder>)>;
@@ -40,7 +40,7 @@ pub struct EmbedModels {
 pub struct ModelChoice {
     /// A local directory or an `s3://` prefix.
     pub model: String,
-    pub half: bool,
+    pub precision: Precision,
 }
 
 impl EmbedModels {
@@ -57,13 +57,17 @@ impl EmbedModels {
                 "config.model is not set and this worker has no default embed model (--embed-model, BATCHMILL_EMBED_MODEL)",
             )?,
         };
-        let on_gpu = matches!(self.device, Device::Cuda { .. });
-        Ok(ModelChoice { model, half: on_gpu && c.precision != Some(Precision::Fp32) })
+        let precision = match (&self.device, c.precision) {
+            (Device::Cpu { .. }, _) | (_, Some(Asked::Fp32)) => Precision::Fp32,
+            (Device::Cuda { .. }, None | Some(Asked::Fp16)) => Precision::Fp16,
+            (Device::Cuda { .. }, Some(Asked::Bf16)) => Precision::Bf16,
+        };
+        Ok(ModelChoice { model, precision })
     }
 
     /// The model at `dir` (already local), loaded once.
-    pub fn load(&self, location: &str, dir: PathBuf, half: bool) -> Result<Arc<Embedder>, String> {
-        let key = (location.to_owned(), half);
+    pub fn load(&self, location: &str, dir: PathBuf, precision: Precision) -> Result<Arc<Embedder>, String> {
+        let key = (location.to_owned(), precision);
         if let Some(e) = self.take(&key) {
             return Ok(e);
         }
@@ -71,7 +75,7 @@ impl EmbedModels {
             Device::Cpu { .. } => DeviceChoice::Cpu,
             Device::Cuda { .. } => DeviceChoice::Cuda,
         };
-        let embedder = Arc::new(Embedder::load(&dir, choice, half).map_err(|e| e.to_string())?);
+        let embedder = Arc::new(Embedder::load(&dir, choice, precision).map_err(|e| e.to_string())?);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loaded.push((key, embedder.clone()));
         while loaded.len() > KEPT_MODELS {
@@ -165,7 +169,20 @@ mod tests {
         assert!(err.contains("config.precision"), "{err}");
         let ok = json!({"model": "/m", "precision": "fp16"});
         let c = m.config(ok.as_object().unwrap_or(&Map::new())).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((c.model.as_str(), c.half), ("/m", false), "the CPU computes in fp32");
+        assert_eq!((c.model.as_str(), c.precision), ("/m", Precision::Fp32), "the CPU computes in fp32");
+    }
+
+    #[test]
+    fn a_gpu_defaults_to_fp16_and_runs_what_the_job_asks() {
+        let gpu = EmbedModels::new(Device::Cuda { ordinal: 0, name: "test".into() }, Some("/default".into()));
+        let precision = |config: Value| {
+            gpu.config(config.as_object().unwrap_or(&Map::new()))
+                .map(|c| (c.model, c.precision))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(precision(json!({})), ("/default".to_owned(), Precision::Fp16));
+        assert_eq!(precision(json!({"precision": "bf16"})).1, Precision::Bf16);
+        assert_eq!(precision(json!({"precision": "fp32"})).1, Precision::Fp32);
     }
 
     #[test]

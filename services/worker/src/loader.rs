@@ -206,7 +206,7 @@ impl Loader {
             PathBuf::from(&c.model)
         };
         let models = self.embed.clone();
-        let embedder = tokio::task::spawn_blocking(move || models.load(&c.model, dir, c.half))
+        let embedder = tokio::task::spawn_blocking(move || models.load(&c.model, dir, c.precision))
             .await
             .map_err(|e| format!("loading the embed model: {e}"))??;
         Ok(Arc::new(crate::embed::Embed { embedder }))

@@ -1,25 +1,27 @@
 //! Runs the embed model outside the cluster, for the reference check and the
 //! benchmark on any machine (the GPU machine has no Rust: carry this binary).
 //!
-//!   batchmill-embed-bench check [--device cpu|cuda|auto] [--half] [--model DIR] [--fixture FILE]
-//!   batchmill-embed-bench bench --corpus FILE [--device ...] [--half] [--model DIR] [--runs N]
-//!   batchmill-embed-bench compile [--model DIR]      (cuda builds: NVRTC only, no GPU needed)
-//!   batchmill-embed-bench gemm [--half] [--model DIR] (cuda builds: the GEMMs' TFLOP/s)
+//!   batchmill-embed-bench check [--device cpu|cuda|auto] [--precision fp32|fp16|bf16] [--model DIR] [--fixture FILE]
+//!   batchmill-embed-bench bench --corpus FILE [--device ...] [--precision ...] [--model DIR] [--runs N]
+//!   batchmill-embed-bench compile [--model DIR]             (cuda builds: NVRTC only, no GPU needed)
+//!   batchmill-embed-bench gemm [--precision ...] [--model DIR] (cuda builds: the GEMMs' TFLOP/s)
 //!
-//! `check` prints the worst cosine against sentence-transformers' embeddings
-//! and fails below the bar (0.9999 in f32, 0.999 with --half). `bench` embeds
-//! every line of the corpus and prints one JSON line of throughput.
+//! `--precision` is what a GPU stores GEMM inputs as (default fp32; the CPU
+//! always computes in fp32). `check` prints the worst cosine against
+//! sentence-transformers' embeddings and fails below the bar (0.9999 in fp32,
+//! 0.999 in fp16 or bf16). `bench` embeds every line of the corpus and prints
+//! one JSON line of throughput.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use batchmill_embed::reference::{Fixture, check, default_model_dir, fixture_path};
-use batchmill_embed::{DeviceChoice, Embedder};
+use batchmill_embed::{DeviceChoice, Embedder, Precision};
 
 struct Args {
     command: String,
     device: DeviceChoice,
-    half: bool,
+    precision: Precision,
     model: PathBuf,
     fixture: PathBuf,
     corpus: Option<PathBuf>,
@@ -32,7 +34,7 @@ fn args() -> Result<Args, String> {
     let mut a = Args {
         command,
         device: DeviceChoice::Auto,
-        half: false,
+        precision: Precision::Fp32,
         model: default_model_dir(),
         fixture: fixture_path(),
         corpus: None,
@@ -42,7 +44,7 @@ fn args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--device" => a.device = DeviceChoice::parse(&value()?)?,
-            "--half" => a.half = true,
+            "--precision" => a.precision = Precision::parse(&value()?)?,
             "--model" => a.model = value()?.into(),
             "--fixture" => a.fixture = value()?.into(),
             "--corpus" => a.corpus = Some(value()?.into()),
@@ -69,13 +71,13 @@ fn run() -> Result<(), String> {
         return gemm(&a);
     }
     let started = Instant::now();
-    let embedder = Embedder::load(&a.model, a.device, a.half).map_err(|e| e.to_string())?;
+    let embedder = Embedder::load(&a.model, a.device, a.precision).map_err(|e| e.to_string())?;
     let load_s = started.elapsed().as_secs_f64();
     match a.command.as_str() {
         "check" => {
             let fixture = Fixture::read(&a.fixture)?;
             let report = check(&embedder, &fixture).map_err(|e| e.to_string())?;
-            let bar = if a.half { 0.999 } else { 0.9999 };
+            let bar = a.precision.cosine_bar();
             println!(
                 "{}: worst cosine {:.7} over {} texts ({}), bar {bar}",
                 embedder.device(),
@@ -108,7 +110,7 @@ fn run() -> Result<(), String> {
                 serde_json::json!({
                     "tool": "batchmill",
                     "device": embedder.device(),
-                    "half": a.half,
+                    "precision": a.precision.as_str(),
                     "sentences": lines.len(),
                     "tokens": tokens,
                     "seconds": best,
@@ -123,16 +125,17 @@ fn run() -> Result<(), String> {
     }
 }
 
-/// Compiles the CUDA kernels for the model's shape, fp32 and fp16, for
+/// Compiles the CUDA kernels for the model's shape at every precision, for
 /// Ampere and Hopper: catches kernel errors where NVRTC is installed but no
 /// GPU is.
 #[cfg(feature = "cuda")]
 fn compile(a: &Args) -> Result<(), String> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     for (major, minor) in [(8, 0), (9, 0)] {
-        for half in [false, true] {
-            let (cubin, log) = batchmill_embed::cuda::compile_kernels_logged(&files.config, half, major, minor, true)?;
-            println!("sm_{major}{minor} {}: {} bytes of cubin", if half { "fp16" } else { "fp32" }, cubin.len());
+        for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
+            let (cubin, log) =
+                batchmill_embed::cuda::compile_kernels_logged(&files.config, precision, major, minor, true)?;
+            println!("sm_{major}{minor} {}: {} bytes of cubin", precision.as_str(), cubin.len());
             for line in
                 log.lines().filter(|l| l.contains("registers") || l.contains("spill") || l.contains("Compiling"))
             {
@@ -155,9 +158,12 @@ fn gemm(a: &Args) -> Result<(), String> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     let t = 16_384;
     for (out, inp, tflops) in
-        batchmill_embed::cuda::gemm_tflops(0, &files.config, a.half, t).map_err(|e| e.to_string())?
+        batchmill_embed::cuda::gemm_tflops(0, &files.config, a.precision, t).map_err(|e| e.to_string())?
     {
-        println!("{}", serde_json::json!({"m": t, "n": out, "k": inp, "half": a.half, "tflops": tflops}));
+        println!(
+            "{}",
+            serde_json::json!({"m": t, "n": out, "k": inp, "precision": a.precision.as_str(), "tflops": tflops})
+        );
     }
     Ok(())
 }
