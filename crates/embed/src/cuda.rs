@@ -266,13 +266,17 @@ impl<T: Input> Cuda<T> {
         EmbedError::Device { device: self.name.clone(), message: e.to_string() }
     }
 
-    /// Buffers for `tokens` tokens and `seqs` sequences, grown if needed.
+    /// Buffers for at least `tokens` tokens and `seqs` sequences. They only
+    /// grow, each dimension to the largest asked so far: chunks come longest
+    /// sequences first, so the token count peaks early and the sequence
+    /// count late.
     fn buffers(&mut self, tokens: usize, seqs: usize) -> Result<Buffers<T>, EmbedError> {
-        if let Some(b) = self.buffers.take()
-            && b.tokens >= tokens
-            && b.seqs >= seqs
-        {
-            return Ok(b);
+        let (mut tokens, mut seqs) = (tokens, seqs);
+        if let Some(b) = self.buffers.take() {
+            if b.tokens >= tokens && b.seqs >= seqs {
+                return Ok(b);
+            }
+            (tokens, seqs) = (tokens.max(b.tokens), seqs.max(b.seqs));
         }
         let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
         let s = &self.stream;
