@@ -212,34 +212,53 @@ impl JobRun {
         batch: &Batch,
         batch_id: &str,
     ) -> Result<(), PredictError> {
-        let items: Vec<Value> =
-            batch.items.iter().map(|s| serde_json::from_str(s)).collect::<Result<_, _>>().map_err(|e| {
-                PredictError::Permanent(format!("batch {batch_id} holds an item that is not JSON: {e}"))
-            })?;
         let (predictor, id, seq, first_item) = (predictor.clone(), batch_id.to_owned(), batch.seq, batch.first_item);
-        let outputs = tokio::task::spawn_blocking(move || {
-            predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })
+        let raw = batch.items.clone();
+        // Parsing, predicting and writing the NDJSON all run off the async
+        // threads.
+        let body = tokio::task::spawn_blocking(move || {
+            let items: Vec<Value> = raw
+                .iter()
+                .map(|s| serde_json::from_str(s))
+                .collect::<Result<_, _>>()
+                .map_err(|e| PredictError::Permanent(format!("batch {id} holds an item that is not JSON: {e}")))?;
+            let outputs = predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })?;
+            if outputs.len() != items.len() {
+                return Err(PredictError::Permanent(format!(
+                    "predictor returned {} results for {} items",
+                    outputs.len(),
+                    items.len()
+                )));
+            }
+            Ok(ndjson(&outputs))
         })
         .await
         .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))??;
-        if outputs.len() != batch.items.len() {
-            return Err(PredictError::Permanent(format!(
-                "predictor returned {} results for {} items",
-                outputs.len(),
-                batch.items.len()
-            )));
-        }
-        let mut body = Vec::with_capacity(outputs.len() * 32);
-        for out in &outputs {
-            body.extend_from_slice(out.to_string().as_bytes());
-            body.push(b'\n');
-        }
         let key = output.join(&format!("{batch_id}.jsonl"));
         self.blob
             .put(&key.bucket, &key.key, Bytes::from(body), "application/x-ndjson")
             .await
             .map_err(|e| PredictError::Retryable(format!("writing {key}: {e}")))
     }
+}
+
+/// One JSON line per output. Large outputs (an embedding is 384 numbers)
+/// are written on every core, in slices, then joined in order.
+fn ndjson(outputs: &[Value]) -> Vec<u8> {
+    use rayon::prelude::*;
+    let lines = |slice: &[Value]| {
+        let mut buf = Vec::with_capacity(slice.len() * 64);
+        for out in slice {
+            // Writing a Value to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut buf, out);
+            buf.push(b'\n');
+        }
+        buf
+    };
+    if outputs.len() < 64 {
+        return lines(outputs);
+    }
+    outputs.par_chunks(32).map(lines).collect::<Vec<_>>().concat()
 }
 
 /// A batch that ran and whose outcome is still to be settled.

@@ -2,15 +2,16 @@
 //! benchmark on any machine (the GPU machine has no Rust: carry this binary).
 //!
 //!   batchmill-embed-bench check [--device cpu|cuda|auto] [--precision fp32|fp16|bf16] [--model DIR] [--fixture FILE]
-//!   batchmill-embed-bench bench --corpus FILE [--device ...] [--precision ...] [--model DIR] [--runs N]
+//!   batchmill-embed-bench bench --corpus FILE [--device ...] [--precision ...] [--model DIR] [--runs N] [--batch N]
 //!   batchmill-embed-bench compile [--model DIR]             (cuda builds: NVRTC only, no GPU needed)
 //!   batchmill-embed-bench gemm [--precision ...] [--model DIR] (cuda builds: the GEMMs' TFLOP/s)
 //!
 //! `--precision` is what a GPU stores GEMM inputs as (default fp32; the CPU
 //! always computes in fp32). `check` prints the worst cosine against
 //! sentence-transformers' embeddings and fails below the bar (0.9999 in fp32,
-//! 0.999 in fp16 or bf16). `bench` embeds every line of the corpus and prints
-//! one JSON line of throughput.
+//! 0.999 in fp16 or bf16). `bench` embeds every line of the corpus (in calls
+//! of `--batch` lines, as a job's batches reach the worker; default all in
+//! one) and prints one JSON line of throughput.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +27,7 @@ struct Args {
     fixture: PathBuf,
     corpus: Option<PathBuf>,
     runs: usize,
+    batch: usize,
 }
 
 fn args() -> Result<Args, String> {
@@ -39,6 +41,7 @@ fn args() -> Result<Args, String> {
         fixture: fixture_path(),
         corpus: None,
         runs: 3,
+        batch: usize::MAX,
     };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -49,6 +52,7 @@ fn args() -> Result<Args, String> {
             "--fixture" => a.fixture = value()?.into(),
             "--corpus" => a.corpus = Some(value()?.into()),
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -100,9 +104,12 @@ fn run() -> Result<(), String> {
             let mut best = f64::MAX;
             for _ in 0..a.runs.max(1) {
                 let t = Instant::now();
-                let out = embedder.embed(&lines).map_err(|e| e.to_string())?;
+                let mut embedded = 0;
+                for batch in lines.chunks(a.batch.max(1)) {
+                    embedded += embedder.embed(batch).map_err(|e| e.to_string())?.len();
+                }
                 best = best.min(t.elapsed().as_secs_f64());
-                assert_eq!(out.len(), lines.len());
+                assert_eq!(embedded, lines.len());
             }
             let tokens = embedder.count_tokens(&lines).map_err(|e| e.to_string())?;
             println!(
@@ -112,6 +119,7 @@ fn run() -> Result<(), String> {
                     "device": embedder.device(),
                     "precision": a.precision.as_str(),
                     "sentences": lines.len(),
+                    "batch": a.batch.min(lines.len()),
                     "tokens": tokens,
                     "seconds": best,
                     "sentences_per_s": lines.len() as f64 / best,
