@@ -1,7 +1,8 @@
 //! Runs one assigned job: pulls its batches one at a time, runs the
 //! predictor, writes `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the
 //! outcome and, once the scheduler confirms it is in the ledger, acks the
-//! message. A failed delivery is nak'ed with backoff; after its last
+//! message. Only the predictor is on the critical path: the write, the
+//! report and the ack run in the background while the next batch predicts. A failed delivery is nak'ed with backoff; after its last
 //! delivery the batch goes to the dead-letter stream and is term'ed.
 
 use std::sync::Arc;
@@ -80,6 +81,7 @@ impl JobRun {
         };
         info!("taking batches");
         self.log("", "INFO", format!("worker {} started on pipeline {}", self.worker_id, self.assign.pipeline)).await;
+        let this = Arc::new(self);
         let mut settling = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             let delivery = tokio::select! {
@@ -92,9 +94,17 @@ impl JobRun {
                     let span =
                         tracing::info_span!("batch", batch_id = tracing::field::Empty, attempt = delivery.attempt());
                     batchmill_runtime::trace::set_parent(&span, &delivery.trace());
-                    // Settling (confirmation, then ack) overlaps the next batch.
-                    if let Some(ran) = self.execute(&predictor, &output, delivery).instrument(span.clone()).await {
-                        settling.spawn(ran.settle(self.outbox.clone(), self.queue.clone()).instrument(span));
+                    // Writing the result, then settling (confirmation, then
+                    // ack), overlaps the next batch.
+                    if let Some(predicted) = this.predict(&predictor, delivery).instrument(span.clone()).await {
+                        let (run, output) = (this.clone(), output.clone());
+                        settling.spawn(
+                            async move {
+                                let ran = run.finish(&output, predicted).await;
+                                ran.settle(run.outbox.clone(), run.queue.clone()).await;
+                            }
+                            .instrument(span),
+                        );
                     }
                     while settling.len() >= MAX_UNSETTLED {
                         settling.join_next().await;
@@ -116,10 +126,10 @@ impl JobRun {
         while settling.join_next().await.is_some() {}
     }
 
-    /// Runs one delivery and writes its result; the outcome is left to settle.
-    async fn execute(&self, predictor: &Arc<dyn Predictor>, output: &S3Uri, delivery: Delivery) -> Option<Ran> {
+    /// Runs the predictor on one delivery, keeping the delivery ours
+    /// meanwhile; None for a message that is no batch (terminated).
+    async fn predict(&self, predictor: &Arc<dyn Predictor>, delivery: Delivery) -> Option<Predicted> {
         let started = Instant::now();
-        let attempt = delivery.attempt();
         let batch = match Batch::decode(delivery.payload().as_ref()) {
             Ok(b) => b,
             Err(e) => {
@@ -130,21 +140,34 @@ impl JobRun {
         };
         let batch_id = format!("{}-{}", batch.job_id, batch.seq);
         tracing::Span::current().record("batch_id", batch_id.as_str());
-        // Keep the delivery ours while the batch runs: report progress well
-        // within ack_wait so it is not redelivered to another worker.
+        let result = self.in_progress(&delivery, run_predictor(predictor, &batch, &batch_id)).await;
+        Some(Predicted { delivery, batch, batch_id, started, result })
+    }
+
+    /// Runs `work` while keeping `delivery` ours: progress is reported well
+    /// within ack_wait so the message is not redelivered to another worker.
+    async fn in_progress<T>(&self, delivery: &Delivery, work: impl Future<Output = T>) -> T {
         let ack_wait = self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms);
-        let result = {
-            let run = self.run_batch(predictor, output, &batch, &batch_id);
-            tokio::pin!(run);
-            let mut tick = tokio::time::interval(Duration::from_millis((ack_wait / 3).max(100)));
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    r = &mut run => break r,
-                    _ = tick.tick() => { let _ = delivery.in_progress().await; }
-                }
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis((ack_wait / 3).max(100)));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tick.tick() => { let _ = delivery.in_progress().await; }
             }
+        }
+    }
+
+    /// Writes a predicted batch's result and works out its outcome, left to
+    /// settle.
+    async fn finish(&self, output: &S3Uri, predicted: Predicted) -> Ran {
+        let Predicted { delivery, batch, batch_id, started, result } = predicted;
+        let result = match result {
+            Ok(body) => self.in_progress(&delivery, self.write(output, &batch_id, body)).await,
+            Err(e) => Err(e),
         };
+        let attempt = delivery.attempt();
         let items = batch.items.len() as i64;
         let last = attempt >= u64::from(self.assign.max_deliver.max(1));
         let (status, error) = match &result {
@@ -197,49 +220,56 @@ impl JobRun {
             duration: Some(duration_ms(elapsed_ms)),
             attempt,
         };
-        Some(Ran { delivery, outcome, batch_id, dead_letter, record })
+        Ran { delivery, outcome, batch_id, dead_letter, record }
     }
 
     async fn log(&self, batch_id: &str, level: &str, message: String) {
         self.log.line(batch_id, level, message).await;
     }
 
-    /// Runs the predictor and writes the result object.
-    async fn run_batch(
-        &self,
-        predictor: &Arc<dyn Predictor>,
-        output: &S3Uri,
-        batch: &Batch,
-        batch_id: &str,
-    ) -> Result<(), PredictError> {
-        let (predictor, id, seq, first_item) = (predictor.clone(), batch_id.to_owned(), batch.seq, batch.first_item);
-        let raw = batch.items.clone();
-        // Parsing, predicting and writing the NDJSON all run off the async
-        // threads.
-        let body = tokio::task::spawn_blocking(move || {
-            let items: Vec<Value> = raw
-                .iter()
-                .map(|s| serde_json::from_str(s))
-                .collect::<Result<_, _>>()
-                .map_err(|e| PredictError::Permanent(format!("batch {id} holds an item that is not JSON: {e}")))?;
-            let outputs = predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })?;
-            if outputs.len() != items.len() {
-                return Err(PredictError::Permanent(format!(
-                    "predictor returned {} results for {} items",
-                    outputs.len(),
-                    items.len()
-                )));
-            }
-            Ok(ndjson(&outputs))
-        })
-        .await
-        .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))??;
+    /// Writes a batch's result object.
+    async fn write(&self, output: &S3Uri, batch_id: &str, body: Vec<u8>) -> Result<(), PredictError> {
         let key = output.join(&format!("{batch_id}.jsonl"));
         self.blob
             .put(&key.bucket, &key.key, Bytes::from(body), "application/x-ndjson")
             .await
             .map_err(|e| PredictError::Retryable(format!("writing {key}: {e}")))
     }
+}
+
+/// A batch whose predictor has run, its result not yet written.
+struct Predicted {
+    delivery: Delivery,
+    batch: Batch,
+    batch_id: String,
+    started: Instant,
+    /// The NDJSON result, or why there is none.
+    result: Result<Vec<u8>, PredictError>,
+}
+
+/// Runs the predictor on `batch`, returning its NDJSON result. Parsing,
+/// predicting and writing the NDJSON all run off the async threads.
+async fn run_predictor(predictor: &Arc<dyn Predictor>, batch: &Batch, batch_id: &str) -> Result<Vec<u8>, PredictError> {
+    let (predictor, id, seq, first_item) = (predictor.clone(), batch_id.to_owned(), batch.seq, batch.first_item);
+    let raw = batch.items.clone();
+    tokio::task::spawn_blocking(move || {
+        let items: Vec<Value> = raw
+            .iter()
+            .map(|s| serde_json::from_str(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| PredictError::Permanent(format!("batch {id} holds an item that is not JSON: {e}")))?;
+        let outputs = predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })?;
+        if outputs.len() != items.len() {
+            return Err(PredictError::Permanent(format!(
+                "predictor returned {} results for {} items",
+                outputs.len(),
+                items.len()
+            )));
+        }
+        Ok(ndjson(&outputs))
+    })
+    .await
+    .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))?
 }
 
 /// One JSON line per output. Large outputs (an embedding is 384 numbers)
