@@ -300,6 +300,35 @@ impl<T: Input> Cuda<T> {
         })
     }
 
+    /// `x = layer_norm(x + y + bias)` over the first `t` rows, also written
+    /// to `xin` as the next GEMM's input.
+    fn residual_norm(
+        &self,
+        (x, y, xin): (&mut CudaSlice<f32>, &CudaSlice<f32>, &mut CudaSlice<T>),
+        bias: &CudaSlice<f32>,
+        (gamma, beta): (&CudaSlice<f32>, &CudaSlice<f32>),
+        t: usize,
+    ) -> Result<(), EmbedError> {
+        let (eps, rows) = (self.config.layer_norm_eps as f32, t as i32);
+        // SAFETY: arguments match residual_norm in kernels.cu; x, y and xin
+        // hold at least t rows of the hidden width.
+        unsafe {
+            self.stream
+                .launch_builder(&self.kernels.residual_norm)
+                .arg(x)
+                .arg(y)
+                .arg(bias)
+                .arg(gamma)
+                .arg(beta)
+                .arg(&eps)
+                .arg(&rows)
+                .arg(xin)
+                .launch(rows_config(t))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
     fn run(&mut self, batch: &Packed, b: &mut Buffers<T>) -> Result<Vec<f32>, EmbedError> {
         let c = self.config.clone();
         let (h, t, seqs) = (c.hidden_size, batch.ids.len(), batch.lens.len());
@@ -309,9 +338,6 @@ impl<T: Input> Cuda<T> {
         let (ids, pos, offs) =
             (b.staged_dev.slice(..t), b.staged_dev.slice(t..2 * t), b.staged_dev.slice(2 * t..staged));
         let rows = t as i32;
-        // A warp per row, 8 rows a block.
-        let row_cfg =
-            LaunchConfig { grid_dim: (t.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let k = &self.kernels;
         // SAFETY (every launch): arguments match the kernel's signature in
         // kernels.cu, and buffers hold at least `t` rows of their width.
@@ -328,7 +354,7 @@ impl<T: Input> Cuda<T> {
                 .arg(&eps)
                 .arg(&mut b.x)
                 .arg(&mut b.xin)
-                .launch(row_cfg)
+                .launch(rows_config(t))
                 .map_err(|e| self.err(e))?;
         }
         for l in &self.layers {
@@ -348,19 +374,7 @@ impl<T: Input> Cuda<T> {
                     .map_err(|e| self.err(e))?;
             }
             gemm(&self.blas, &s, &b.ctx, &l.attn_out, &mut b.tmp, t).map_err(|e| self.err(e))?;
-            unsafe {
-                s.launch_builder(&k.residual_norm)
-                    .arg(&mut b.x)
-                    .arg(&b.tmp)
-                    .arg(&l.attn_out.b)
-                    .arg(&l.attn_gamma)
-                    .arg(&l.attn_beta)
-                    .arg(&eps)
-                    .arg(&rows)
-                    .arg(&mut b.xin)
-                    .launch(row_cfg)
-                    .map_err(|e| self.err(e))?;
-            }
+            self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.attn_out.b, (&l.attn_gamma, &l.attn_beta), t)?;
             gemm(&self.blas, &s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
             let n = t * l.up.out;
             let cols = l.up.out as i32;
@@ -380,19 +394,7 @@ impl<T: Input> Cuda<T> {
                     .map_err(|e| self.err(e))?;
             }
             gemm(&self.blas, &s, &b.upin, &l.down, &mut b.tmp, t).map_err(|e| self.err(e))?;
-            unsafe {
-                s.launch_builder(&k.residual_norm)
-                    .arg(&mut b.x)
-                    .arg(&b.tmp)
-                    .arg(&l.down.b)
-                    .arg(&l.out_gamma)
-                    .arg(&l.out_beta)
-                    .arg(&eps)
-                    .arg(&rows)
-                    .arg(&mut b.xin)
-                    .launch(row_cfg)
-                    .map_err(|e| self.err(e))?;
-            }
+            self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.down.b, (&l.out_gamma, &l.out_beta), t)?;
         }
         let pool_cfg = LaunchConfig {
             grid_dim: (seqs as u32, 1, 1),
@@ -424,6 +426,11 @@ impl<T: Input> Backend for Cuda<T> {
         self.buffers = Some(b);
         out
     }
+}
+
+/// A warp per row of `t` rows, 8 rows a block.
+fn rows_config(t: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (t.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Throughput of the backend's GEMM (`cublasGemmEx`, as [`Cuda`] calls it)

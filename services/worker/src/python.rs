@@ -60,11 +60,15 @@ const END_MARK: &str = "\u{1e}batchmill-end ";
 const END_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Process {
-    /// Waits (a little) until the stderr reader has passed the end of the
-    /// output of a process that exited.
-    fn drain_output(&self) {
+    /// Waits (a little) until the stderr reader has passed the end mark of
+    /// reply `through`, or the end of the output of a process that exited.
+    fn await_output(&self, through: u64) {
         let deadline = Instant::now() + END_PATIENCE;
-        while self.ends.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok() {}
+        while let Ok(n) = self.ends.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if n >= through {
+                return;
+            }
+        }
     }
 }
 
@@ -118,7 +122,7 @@ impl PythonPredictor {
                 let status = process.as_mut().and_then(|p| p.child.wait().ok());
                 // Its last words are still on their way: log them under this batch.
                 if let Some(p) = &process {
-                    p.drain_output();
+                    p.await_output(u64::MAX);
                 }
                 let how = status.map_or_else(|| io.to_string(), |s| s.to_string());
                 Err(CallError::Died(format!("the Python predictor process died ({how}); it will be restarted")))
@@ -280,12 +284,7 @@ fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
     // The call's output comes through another pipe: wait until it has all
     // been logged under this call's batch before the next call retags.
     process.answered += 1;
-    let deadline = Instant::now() + END_PATIENCE;
-    while let Ok(n) = process.ends.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if n >= process.answered {
-            break;
-        }
-    }
+    process.await_output(process.answered);
     Ok(serde_json::from_slice(&body)?)
 }
 

@@ -2,8 +2,9 @@
 //! predictor, writes `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the
 //! outcome and, once the scheduler confirms it is in the ledger, acks the
 //! message. Only the predictor is on the critical path: the write, the
-//! report and the ack run in the background while the next batch predicts. A failed delivery is nak'ed with backoff; after its last
-//! delivery the batch goes to the dead-letter stream and is term'ed.
+//! report and the ack run in the background while the next batch predicts.
+//! A failed delivery is nak'ed with backoff; after its last delivery the
+//! batch goes to the dead-letter stream and is term'ed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
