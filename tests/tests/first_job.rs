@@ -16,7 +16,10 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
     let items = items(95);
     let mut jobs = sandbox.jobs().await?;
-    let submitted = jobs.submit_job(echo_job(&items, 10, 2, json!({}))).await?.into_inner().job.unwrap();
+    // Two lanes a worker, as a GPU runs embed: each worker holds two
+    // batches at once.
+    let config = json!({"lanes": 2, "delay_ms": 400});
+    let submitted = jobs.submit_job(echo_job(&items, 10, 2, config)).await?.into_inner().job.unwrap();
     assert_eq!(submitted.state(), pb::JobState::Pending);
     assert_eq!(submitted.max_workers, 2);
 
@@ -49,6 +52,29 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
             + &sandbox.log_tail("worker-1")
     );
     assert_echo_results(&sandbox, &job, &items, 10, &[]).await?;
+    let records = jobs
+        .list_batches(pb::ListBatchesRequest { job_id: job.job_id.clone(), ..Default::default() })
+        .await?
+        .into_inner()
+        .batches;
+    assert_eq!(records.len(), 10, "{records:?}");
+    let span = |r: &pb::BatchRecord| {
+        let end = r.end_time.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+        let took = r.duration.as_ref().map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000);
+        (end - took, end)
+    };
+    // A record's span ends after its result is written, which overlaps the
+    // next batch even in one lane; two lanes overlap by most of the delay.
+    let overlap = |a: &pb::BatchRecord, b: &pb::BatchRecord| span(a).1.min(span(b).1) - span(a).0.max(span(b).0);
+    let most = records
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| {
+            records[i + 1..].iter().filter(move |b| a.worker_id == b.worker_id).map(move |b| overlap(a, b))
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most >= 200, "no worker ran two batches at once (most overlap {most} ms): {records:?}");
 
     let listed = jobs.list_jobs(pb::ListJobsRequest::default()).await?.into_inner();
     assert_eq!(listed.jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>(), vec![job.job_id.as_str()]);

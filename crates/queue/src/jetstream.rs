@@ -367,6 +367,7 @@ struct MaxDeliveries {
 }
 
 /// A job's consumer, as one worker sees it.
+#[derive(Clone)]
 pub struct JobConsumer {
     consumer: PullConsumer,
 }

@@ -209,7 +209,7 @@ impl Loader {
         let embedder = tokio::task::spawn_blocking(move || models.load(&c.model, dir, c.precision))
             .await
             .map_err(|e| format!("loading the embed model: {e}"))??;
-        Ok(Arc::new(crate::embed::Embed { embedder }))
+        Ok(Arc::new(crate::embed::Embed { embedder, lanes: self.embed.lanes() }))
     }
 }
 

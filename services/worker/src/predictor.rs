@@ -32,12 +32,58 @@ pub trait Predictor: Send + Sync {
     /// One output per item, in order; each becomes one result line.
     fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError>;
 
+    /// The batch's result object: one JSON line per item, in order. By
+    /// default [`predict`](Self::predict)'s outputs, written on every core;
+    /// a predictor with large outputs writes its lines itself rather than
+    /// build them as [`Value`]s first.
+    fn predict_ndjson(&self, batch: &BatchInput<'_>) -> Result<Vec<u8>, PredictError> {
+        let outputs = self.predict(batch)?;
+        if outputs.len() != batch.items.len() {
+            return Err(PredictError::Permanent(format!(
+                "predictor returned {} results for {} items",
+                outputs.len(),
+                batch.items.len()
+            )));
+        }
+        Ok(ndjson(&outputs))
+    }
+
+    /// How many batches a worker runs through it at once, each in its own
+    /// lane: one by default. A predictor whose device another thread feeds
+    /// (the GPU `embed`) asks for more, so that one batch's parsing,
+    /// tokenizing and writing on the host overlap another's device time.
+    fn lanes(&self) -> usize {
+        1
+    }
+
     /// Runs the job's completion hook with its final counts, once every
     /// batch is final; Ok(false) when the predictor has none.
     fn on_job_complete(&self, _metrics: &Value) -> Result<bool, String> {
         Ok(false)
     }
 }
+
+/// One JSON line per output. Large outputs are written on every core, in
+/// slices of 32, then joined in order.
+pub fn ndjson<T: serde::Serialize + Sync>(outputs: &[T]) -> Vec<u8> {
+    use rayon::prelude::*;
+    let lines = |slice: &[T]| {
+        let mut buf = Vec::with_capacity(slice.len() * 64);
+        for out in slice {
+            // Writing to a Vec cannot fail, nor can serializing a Value.
+            let _ = serde_json::to_writer(&mut buf, out);
+            buf.push(b'\n');
+        }
+        buf
+    };
+    if outputs.len() < 64 {
+        return lines(outputs);
+    }
+    outputs.par_chunks(32).map(lines).collect::<Vec<_>>().concat()
+}
+
+/// Most lanes a predictor may ask for: each holds a batch while it runs.
+pub const MAX_LANES: usize = 4;
 
 /// The built-in sentence-embedding pipeline.
 pub const EMBED: &str = batchmill_core::embed::PIPELINE;
@@ -57,9 +103,11 @@ pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predi
 ///
 /// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch),
 /// `fail_batches` (sequence numbers of batches that fail) and
-/// `fail_until_ms` (they fail only until this Unix time in milliseconds).
+/// `fail_until_ms` (they fail only until this Unix time in milliseconds),
+/// and `lanes` (batches run at once, as a GPU `embed` runs two).
 pub struct Echo {
     delay: Duration,
+    lanes: usize,
     fail_batches: Vec<u64>,
     fail_until_ms: Option<u64>,
 }
@@ -82,11 +130,23 @@ impl Echo {
             None => None,
             Some(v) => Some(v.as_u64().ok_or("config.fail_until_ms must be a Unix time in milliseconds")?),
         };
-        Ok(Echo { delay: Duration::from_millis(delay_ms), fail_batches, fail_until_ms })
+        let lanes = match config.get("lanes") {
+            None => 1,
+            Some(v) => {
+                v.as_u64()
+                    .filter(|n| (1..=MAX_LANES as u64).contains(n))
+                    .ok_or(format!("config.lanes must be an integer from 1 to {MAX_LANES}"))? as usize
+            }
+        };
+        Ok(Echo { delay: Duration::from_millis(delay_ms), lanes, fail_batches, fail_until_ms })
     }
 }
 
 impl Predictor for Echo {
+    fn lanes(&self) -> usize {
+        self.lanes
+    }
+
     fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError> {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
@@ -125,6 +185,10 @@ mod tests {
         assert!(echo.predict(&BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &items }).is_err());
         let bad = json!({"delay_ms": "soon"}).as_object().cloned().unwrap();
         assert!(load("echo", &bad).err().is_some_and(|e| e.contains("delay_ms")));
+        let bad = json!({"lanes": 9}).as_object().cloned().unwrap();
+        assert!(load("echo", &bad).err().is_some_and(|e| e.contains("config.lanes")));
+        let two = json!({"lanes": 2}).as_object().cloned().unwrap();
+        assert_eq!(load("echo", &two).map(|e| e.lanes()).ok(), Some(2));
         assert!(load("nope", &Map::new()).err().is_some_and(|e| e.contains("nope")));
     }
 }

@@ -15,7 +15,7 @@ use batchmill_core::time::duration_ms;
 use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
-use batchmill_queue::{Delivery, JetStreamQueue};
+use batchmill_queue::{Delivery, JetStreamQueue, JobConsumer};
 use bytes::Bytes;
 use prost::Message;
 use serde_json::Value;
@@ -24,7 +24,7 @@ use tracing::{Instrument, info, instrument, warn};
 
 use crate::joblog::JobLog;
 use crate::loader::Loader;
-use crate::predictor::{BatchInput, PredictError, Predictor};
+use crate::predictor::{BatchInput, MAX_LANES, PredictError, Predictor};
 use crate::session::Outbox;
 
 /// How long to wait for the scheduler to confirm an outcome.
@@ -80,9 +80,29 @@ impl JobRun {
                 }
             }
         };
-        info!("taking batches");
+        let lanes = predictor.lanes().clamp(1, MAX_LANES);
+        info!(lanes, "taking batches");
         self.log("", "INFO", format!("worker {} started on pipeline {}", self.worker_id, self.assign.pipeline)).await;
         let this = Arc::new(self);
+        let mut running = tokio::task::JoinSet::new();
+        for _ in 0..lanes {
+            let lane = this.clone().lane(predictor.clone(), consumer.clone(), output.clone(), stop.clone());
+            running.spawn(lane.in_current_span());
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    /// Takes one batch at a time until `stop`, predicts it, and leaves its
+    /// write and settling to the background. A predictor with several lanes
+    /// runs this once per lane, so that one batch's work on the host overlaps
+    /// another's on the device.
+    async fn lane(
+        self: Arc<Self>,
+        predictor: Arc<dyn Predictor>,
+        consumer: JobConsumer,
+        output: S3Uri,
+        stop: CancellationToken,
+    ) {
         let mut settling = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             let delivery = tokio::select! {
@@ -97,8 +117,8 @@ impl JobRun {
                     batchmill_runtime::trace::set_parent(&span, &delivery.trace());
                     // Writing the result, then settling (confirmation, then
                     // ack), overlaps the next batch.
-                    if let Some(predicted) = this.predict(&predictor, delivery).instrument(span.clone()).await {
-                        let (run, output) = (this.clone(), output.clone());
+                    if let Some(predicted) = self.predict(&predictor, delivery).instrument(span.clone()).await {
+                        let (run, output) = (self.clone(), output.clone());
                         settling.spawn(
                             async move {
                                 let ran = run.finish(&output, predicted).await;
@@ -259,37 +279,10 @@ async fn run_predictor(predictor: &Arc<dyn Predictor>, batch: &Batch, batch_id: 
             .map(|s| serde_json::from_str(s))
             .collect::<Result<_, _>>()
             .map_err(|e| PredictError::Permanent(format!("batch {id} holds an item that is not JSON: {e}")))?;
-        let outputs = predictor.predict(&BatchInput { batch_id: &id, seq, first_item, items: &items })?;
-        if outputs.len() != items.len() {
-            return Err(PredictError::Permanent(format!(
-                "predictor returned {} results for {} items",
-                outputs.len(),
-                items.len()
-            )));
-        }
-        Ok(ndjson(&outputs))
+        predictor.predict_ndjson(&BatchInput { batch_id: &id, seq, first_item, items: &items })
     })
     .await
     .map_err(|e| PredictError::Retryable(format!("predictor crashed: {e}")))?
-}
-
-/// One JSON line per output. Large outputs (an embedding is 384 numbers)
-/// are written on every core, in slices, then joined in order.
-fn ndjson(outputs: &[Value]) -> Vec<u8> {
-    use rayon::prelude::*;
-    let lines = |slice: &[Value]| {
-        let mut buf = Vec::with_capacity(slice.len() * 64);
-        for out in slice {
-            // Writing a Value to a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut buf, out);
-            buf.push(b'\n');
-        }
-        buf
-    };
-    if outputs.len() < 64 {
-        return lines(outputs);
-    }
-    outputs.par_chunks(32).map(lines).collect::<Vec<_>>().concat()
 }
 
 /// A batch that ran and whose outcome is still to be settled.
@@ -345,7 +338,7 @@ impl Ran {
     }
 }
 
-/// Most batches run but not yet settled, per worker.
+/// Most batches run but not yet settled, per lane.
 const MAX_UNSETTLED: usize = 8;
 
 /// Delay before redelivering a failed batch: 1s, 2s, 4s, ... up to 30s.
