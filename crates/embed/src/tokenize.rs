@@ -27,10 +27,8 @@ impl Tokens {
     /// The token ids of each text, with `[CLS]` and `[SEP]`, on every core.
     /// Only ids are needed, so no offsets are tracked (the `_fast` calls).
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, EmbedError> {
-        let encodings = self
-            .tokenizer
-            .encode_batch_fast(texts.to_vec(), true)
-            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let encodings =
+            self.tokenizer.encode_batch_fast(texts.to_vec(), true).map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 }
