@@ -46,7 +46,18 @@ pub trait Backend {
     /// The L2-normalised, mean-pooled embedding of each sequence, laid end
     /// to end (`lens.len() × hidden`).
     fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError>;
+
+    /// As [`embed`](Self::embed), keeping the activations between stages
+    /// (see [`Trace`]), to find where two devices part.
+    fn trace(&mut self, batch: &Packed) -> Result<(Vec<f32>, Trace), EmbedError>;
 }
+
+/// A forward pass's activations, in order, each `[tokens, hidden]` as f32:
+/// `embeddings` (after their layer norm), then per layer `i`:
+/// `layer i attention` (the heads' context, before the output projection),
+/// `layer i attention norm` and `layer i output` (the residual stream after
+/// each layer norm).
+pub type Trace = Vec<(String, Vec<f32>)>;
 
 /// How a GPU stores GEMM inputs (the weights and the activations that feed
 /// GEMMs); products accumulate in fp32 at every precision, and the CPU

@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 use crate::EmbedError;
-use crate::backend::{Backend, Packed};
+use crate::backend::{Backend, Packed, Trace};
 use crate::gemm::{View, matmul};
 use crate::math;
 use crate::weights::{Linear, Weights};
@@ -35,7 +35,13 @@ impl Backend for Cpu {
     }
 
     fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError> {
-        Ok(forward(&self.w, batch))
+        Ok(forward(&self.w, batch, None))
+    }
+
+    fn trace(&mut self, batch: &Packed) -> Result<(Vec<f32>, Trace), EmbedError> {
+        let mut trace = Trace::new();
+        let out = forward(&self.w, batch, Some(&mut trace));
+        Ok((out, trace))
     }
 }
 
@@ -48,8 +54,8 @@ fn linear(x: &[f32], rows: usize, l: &Linear, dst: &mut Vec<f32>) {
 }
 
 /// The encoder over a packed batch: one pooled, normalised vector per
-/// sequence.
-pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
+/// sequence; the activations between stages go to `trace` if given.
+pub fn forward(w: &Weights, batch: &Packed, mut trace: Option<&mut Trace>) -> Vec<f32> {
     let c = &w.config;
     let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
     let eps = c.layer_norm_eps as f32;
@@ -64,9 +70,12 @@ pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
         let pos = &w.position[positions[i] as usize * h..][..h];
         math::embed_row(row, word, pos, &w.token_type, &w.embed_norm.gamma, &w.embed_norm.beta, eps);
     });
+    if let Some(trace) = trace.as_deref_mut() {
+        trace.push(("embeddings".to_owned(), x.clone()));
+    }
 
     let (mut qkv, mut ctx, mut tmp, mut up) = (Vec::new(), vec![0.0f32; t * h], Vec::new(), Vec::new());
-    for layer in &w.layers {
+    for (n, layer) in w.layers.iter().enumerate() {
         linear(&x, t, &layer.qkv, &mut qkv);
         qkv.par_chunks_mut(3 * h).with_min_len(ROWS_PER_TASK).for_each(|row| math::add_bias(row, &layer.qkv.b));
         // Attention, one sequence per task; each writes its own rows of ctx.
@@ -80,13 +89,22 @@ pub fn forward(w: &Weights, batch: &Packed) -> Vec<f32> {
         parts.into_par_iter().for_each(|(start, len, out)| {
             attention(&qkv[start * 3 * h..(start + len) * 3 * h], len, heads, d, out);
         });
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push((format!("layer {n} attention"), ctx.clone()));
+        }
         linear(&ctx, t, &layer.attn_out, &mut tmp);
         residual_norm(&mut x, &tmp, &layer.attn_out.b, &layer.attn_norm, eps, h);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push((format!("layer {n} attention norm"), x.clone()));
+        }
         linear(&x, t, &layer.up, &mut up);
         let i = layer.up.out;
         up.par_chunks_mut(i * ROWS_PER_TASK).for_each(|rows| math::bias_gelu(rows, &layer.up.b));
         linear(&up, t, &layer.down, &mut tmp);
         residual_norm(&mut x, &tmp, &layer.down.b, &layer.out_norm, eps, h);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push((format!("layer {n} output"), x.clone()));
+        }
     }
 
     // Mean pooling over each sequence's tokens, then L2 normalisation.

@@ -18,7 +18,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
 
-use crate::backend::{Backend, Packed, Precision};
+use crate::backend::{Backend, Packed, Precision, Trace};
 use crate::weights::{Linear, Weights};
 use crate::{BertConfig, EmbedError};
 
@@ -61,12 +61,16 @@ trait Input: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + 'static {
     const PRECISION: Precision;
     const DATA_TYPE: blas_sys::cudaDataType;
     fn from_f32(v: &[f32]) -> Vec<Self>;
+    fn to_f32(v: &[Self]) -> Vec<f32>;
 }
 
 impl Input for f32 {
     const PRECISION: Precision = Precision::Fp32;
     const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_32F;
     fn from_f32(v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+    fn to_f32(v: &[f32]) -> Vec<f32> {
         v.to_vec()
     }
 }
@@ -77,6 +81,9 @@ impl Input for half::f16 {
     fn from_f32(v: &[f32]) -> Vec<half::f16> {
         v.iter().copied().map(half::f16::from_f32).collect()
     }
+    fn to_f32(v: &[half::f16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
+    }
 }
 
 impl Input for half::bf16 {
@@ -84,6 +91,9 @@ impl Input for half::bf16 {
     const DATA_TYPE: blas_sys::cudaDataType = blas_sys::cudaDataType::CUDA_R_16BF;
     fn from_f32(v: &[f32]) -> Vec<half::bf16> {
         v.iter().copied().map(half::bf16::from_f32).collect()
+    }
+    fn to_f32(v: &[half::bf16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
     }
 }
 
@@ -329,7 +339,17 @@ impl<T: Input> Cuda<T> {
         Ok(())
     }
 
-    fn run(&mut self, batch: &Packed, b: &mut Buffers<T>) -> Result<Vec<f32>, EmbedError> {
+    /// The first `n` values of `src` on the host, as f32 (for a trace).
+    fn download<U: Input>(&self, src: &CudaSlice<U>, n: usize) -> Result<Vec<f32>, EmbedError> {
+        Ok(U::to_f32(&self.stream.clone_dtoh(&src.slice(..n)).map_err(|e| self.err(e))?))
+    }
+
+    fn run(
+        &mut self,
+        batch: &Packed,
+        b: &mut Buffers<T>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, EmbedError> {
         let c = self.config.clone();
         let (h, t, seqs) = (c.hidden_size, batch.ids.len(), batch.lens.len());
         let eps = c.layer_norm_eps as f32;
@@ -357,7 +377,10 @@ impl<T: Input> Cuda<T> {
                 .launch(rows_config(t))
                 .map_err(|e| self.err(e))?;
         }
-        for l in &self.layers {
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(("embeddings".to_owned(), self.download(&b.x, t * h)?));
+        }
+        for (n, l) in self.layers.iter().enumerate() {
             gemm(&self.blas, &s, &b.xin, &l.qkv, &mut b.qkv, t).map_err(|e| self.err(e))?;
             let attn_cfg = LaunchConfig {
                 grid_dim: (seqs as u32, c.num_attention_heads as u32, 1),
@@ -373,8 +396,14 @@ impl<T: Input> Cuda<T> {
                     .launch(attn_cfg)
                     .map_err(|e| self.err(e))?;
             }
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push((format!("layer {n} attention"), self.download(&b.ctx, t * h)?));
+            }
             gemm(&self.blas, &s, &b.ctx, &l.attn_out, &mut b.tmp, t).map_err(|e| self.err(e))?;
             self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.attn_out.b, (&l.attn_gamma, &l.attn_beta), t)?;
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push((format!("layer {n} attention norm"), self.download(&b.x, t * h)?));
+            }
             gemm(&self.blas, &s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
             let n = t * l.up.out;
             let cols = l.up.out as i32;
@@ -395,6 +424,9 @@ impl<T: Input> Cuda<T> {
             }
             gemm(&self.blas, &s, &b.upin, &l.down, &mut b.tmp, t).map_err(|e| self.err(e))?;
             self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.down.b, (&l.out_gamma, &l.out_beta), t)?;
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push((format!("layer {n} output"), self.download(&b.x, t * h)?));
+            }
         }
         let pool_cfg = LaunchConfig {
             grid_dim: (seqs as u32, 1, 1),
@@ -422,9 +454,20 @@ impl<T: Input> Backend for Cuda<T> {
             return Ok(Vec::new());
         }
         let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
-        let out = self.run(batch, &mut b);
+        let out = self.run(batch, &mut b, None);
         self.buffers = Some(b);
         out
+    }
+
+    fn trace(&mut self, batch: &Packed) -> Result<(Vec<f32>, Trace), EmbedError> {
+        let mut trace = Trace::new();
+        if batch.lens.is_empty() {
+            return Ok((Vec::new(), trace));
+        }
+        let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
+        let out = self.run(batch, &mut b, Some(&mut trace));
+        self.buffers = Some(b);
+        Ok((out?, trace))
     }
 }
 

@@ -17,10 +17,11 @@ mod gemm;
 pub mod math;
 pub mod model;
 pub mod reference;
+pub mod stages;
 pub mod tokenize;
 pub mod weights;
 
-pub use backend::{Backend, DeviceChoice, Packed, Precision};
+pub use backend::{Backend, DeviceChoice, Packed, Precision, Trace};
 pub use embedder::Embedder;
 pub use model::{BertConfig, ModelFiles};
 pub use weights::Weights;

@@ -3,6 +3,7 @@
 //!
 //!   batchmill-embed-bench check [--device cpu|cuda|auto] [--precision fp32|fp16|bf16] [--model DIR] [--fixture FILE]
 //!   batchmill-embed-bench bench --corpus FILE [--device ...] [--precision ...] [--model DIR] [--runs N] [--batch N]
+//!   batchmill-embed-bench stages [--device ...] [--precision ...] [--model DIR] [--fixture FILE]
 //!   batchmill-embed-bench compile [--model DIR]             (cuda builds: NVRTC only, no GPU needed)
 //!   batchmill-embed-bench gemm [--precision ...] [--model DIR] (cuda builds: the GEMMs' TFLOP/s)
 //!
@@ -11,7 +12,10 @@
 //! sentence-transformers' embeddings and fails below the bar (0.9999 in fp32,
 //! 0.999 in fp16 or bf16). `bench` embeds every line of the corpus (in calls
 //! of `--batch` lines, as a job's batches reach the worker; default all in
-//! one) and prints one JSON line of throughput.
+//! one) and prints one JSON line of throughput. `stages` runs 16 of the
+//! fixture's texts (the longest among them) through the device and through
+//! the CPU in fp32, and prints how far each stage's activations are apart:
+//! where a kernel goes wrong, and how rounding grows through the layers.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -74,6 +78,9 @@ fn run() -> Result<(), String> {
     if a.command == "gemm" {
         return gemm(&a);
     }
+    if a.command == "stages" {
+        return stages(&a);
+    }
     let started = Instant::now();
     let embedder = Embedder::load(&a.model, a.device, a.precision).map_err(|e| e.to_string())?;
     let load_s = started.elapsed().as_secs_f64();
@@ -129,8 +136,48 @@ fn run() -> Result<(), String> {
             );
             Ok(())
         }
-        other => Err(format!("unknown command {other}; check or bench")),
+        other => Err(format!("unknown command {other}; check, bench, stages, compile or gemm")),
     }
+}
+
+/// Traces 16 fixture texts on the chosen device and on the CPU (fp32) and
+/// prints each stage's distance, then each text's cosine.
+fn stages(a: &Args) -> Result<(), String> {
+    use batchmill_embed::backend;
+    use batchmill_embed::reference::cosine;
+    let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
+    let tokens = batchmill_embed::tokenize::Tokens::load(&files).map_err(|e| e.to_string())?;
+    let fixture = Fixture::read(&a.fixture)?;
+    // Every 16th text by length, so short, long and truncated ones are in.
+    let mut items: Vec<_> = fixture.items.iter().collect();
+    items.sort_by_key(|i| std::cmp::Reverse(i.tokens));
+    let texts: Vec<&str> = items.iter().step_by(items.len().div_ceil(16).max(1)).map(|i| i.text.as_str()).collect();
+    let mut batch = batchmill_embed::Packed::default();
+    for ids in tokens.encode(&texts).map_err(|e| e.to_string())? {
+        batch.push(&ids);
+    }
+    let weights = batchmill_embed::Weights::load(&files).map_err(|e| e.to_string())?;
+    let mut cpu = backend::open(DeviceChoice::Cpu, weights.clone(), Precision::Fp32).map_err(|e| e.to_string())?;
+    let mut device = backend::open(a.device, weights, a.precision).map_err(|e| e.to_string())?;
+    let (want, reference) = cpu.trace(&batch).map_err(|e| e.to_string())?;
+    let (got, trace) = device.trace(&batch).map_err(|e| e.to_string())?;
+    let h = files.config.hidden_size;
+    println!(
+        "{} against {}: {} texts, {} tokens ({} longest)",
+        device.device(),
+        cpu.device(),
+        texts.len(),
+        batch.ids.len(),
+        batch.lens.iter().max().unwrap_or(&0)
+    );
+    println!("{:<26} {:>12} {:>12} {:>6}", "stage", "max |diff|", "rel rms", "row");
+    for d in batchmill_embed::stages::compare(&reference, &trace, h)? {
+        println!("{:<26} {:>12.3e} {:>12.3e} {:>6}", d.stage, d.max_abs, d.rel_rms, d.worst_row);
+    }
+    let cosines: Vec<String> =
+        want.chunks_exact(h).zip(got.chunks_exact(h)).map(|(w, g)| format!("{:.6}", cosine(w, g))).collect();
+    println!("pooled output, cosine per text: {}", cosines.join(" "));
+    Ok(())
 }
 
 /// Compiles the CUDA kernels for the model's shape at every precision, for
