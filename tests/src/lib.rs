@@ -49,7 +49,7 @@ pub const BUCKET: &str = "batchmill";
 pub struct Sandbox {
     // Processes drop (and die) before their directory is removed.
     processes: Vec<Process>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     pub gateway: String,
     pub grpc_ports: Vec<(String, u16)>,
     pub etcd_url: String,
@@ -113,7 +113,7 @@ impl Sandbox {
         let root = dir.path().to_path_buf();
         let mut sandbox = Sandbox {
             processes: Vec::new(),
-            _dir: dir,
+            dir,
             gateway: String::new(),
             grpc_ports: Vec::new(),
             etcd_url: String::new(),
@@ -272,7 +272,7 @@ impl Sandbox {
     }
 
     fn spawn(&mut self, name: &str, program: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<()> {
-        let log = self._dir.path().join(format!("{name}.log"));
+        let log = self.dir.path().join(format!("{name}.log"));
         self.processes.push(Process::spawn(name, program, args, env, &log)?);
         Ok(())
     }
@@ -310,6 +310,12 @@ impl Sandbox {
     }
 
     /// The gateway's REST base URL.
+    /// The sandbox's own directory, removed with it: a place for files a
+    /// test's predictor leaves behind.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn rest_url(&self) -> String {
         format!("http://{}", self.gateway)
     }

@@ -172,11 +172,11 @@ async fn on_job_complete_runs_once_though_its_scheduler_or_its_worker_dies() -> 
 }
 
 const FLAKY: &str = r#"
-import os, tempfile
+import os
 
 class PythonPredictor:
     def __init__(self, config, job_spec):
-        self.marker = os.path.join(tempfile.gettempdir(), f"batchmill-crashed-{job_spec['job_id']}")
+        self.marker = os.path.join(config["marker_dir"], f"crashed-{job_spec['job_id']}")
 
     def predict(self, payload, batch_id):
         if "bad" in payload:
@@ -192,7 +192,8 @@ async fn python_batches_that_raise_are_dead_lettered_and_a_crash_is_retried() ->
     let sandbox = Sandbox::start(Options { workers: 2, ..Options::default() }).await?;
     deploy(&sandbox, "flaky", FLAKY).await?;
     let items = vec![json!("a"), json!("bad"), json!("crash"), json!("dddd")];
-    let mut request = job("flaky", items, 1, json!({}));
+    // The crash marker outlives the worker, inside the sandbox's directory.
+    let mut request = job("flaky", items, 1, json!({"marker_dir": sandbox.dir()}));
     request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2 });
     let mut jobs = sandbox.jobs().await?;
     let submitted = jobs.submit_job(request).await?.into_inner().job.unwrap();
