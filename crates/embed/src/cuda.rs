@@ -339,6 +339,17 @@ impl<T: Input> Cuda<T> {
         Ok(())
     }
 
+    /// One forward pass over `batch` in the kept buffers (grown if needed).
+    fn pass(&mut self, batch: &Packed, trace: Option<&mut Trace>) -> Result<Vec<f32>, EmbedError> {
+        if batch.lens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
+        let out = self.run(batch, &mut b, trace);
+        self.buffers = Some(b);
+        out
+    }
+
     /// The first `n` values of `src` on the host, as f32 (for a trace).
     fn download<U: Input>(&self, src: &CudaSlice<U>, n: usize) -> Result<Vec<f32>, EmbedError> {
         Ok(U::to_f32(&self.stream.clone_dtoh(&src.slice(..n)).map_err(|e| self.err(e))?))
@@ -450,24 +461,13 @@ impl<T: Input> Backend for Cuda<T> {
     }
 
     fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError> {
-        if batch.lens.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
-        let out = self.run(batch, &mut b, None);
-        self.buffers = Some(b);
-        out
+        self.pass(batch, None)
     }
 
     fn trace(&mut self, batch: &Packed) -> Result<(Vec<f32>, Trace), EmbedError> {
         let mut trace = Trace::new();
-        if batch.lens.is_empty() {
-            return Ok((Vec::new(), trace));
-        }
-        let mut b = self.buffers(batch.ids.len().max(1024), batch.lens.len().max(64))?;
-        let out = self.run(batch, &mut b, Some(&mut trace));
-        self.buffers = Some(b);
-        Ok((out?, trace))
+        let out = self.pass(batch, Some(&mut trace))?;
+        Ok((out, trace))
     }
 }
 

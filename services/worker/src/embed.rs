@@ -139,6 +139,8 @@ impl Predictor for Embed {
         self.lanes
     }
 
+    /// The lines [`predict_ndjson`](Self::predict_ndjson) writes, read
+    /// back (the worker itself calls that instead).
     fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError> {
         let body = self.predict_ndjson(batch)?;
         body.split(|b| *b == b'\n')
@@ -159,7 +161,8 @@ impl Predictor for Embed {
 /// The result object of items `ids` with their embeddings: one line
 /// `{"id": ..., "embedding": [...]}` each.
 pub fn result_lines(ids: &[Value], vectors: &[Vec<f32>]) -> Vec<u8> {
-    crate::predictor::ndjson(&lines(ids, vectors))
+    let lines: Vec<Line<'_>> = ids.iter().zip(vectors).map(|(id, v)| Line { id, embedding: v }).collect();
+    crate::predictor::ndjson(&lines)
 }
 
 /// One result line. Each number of the embedding is written the shortest way
@@ -169,10 +172,6 @@ pub fn result_lines(ids: &[Value], vectors: &[Vec<f32>]) -> Vec<u8> {
 struct Line<'a> {
     id: &'a Value,
     embedding: &'a [f32],
-}
-
-fn lines<'a>(ids: &'a [Value], vectors: &'a [Vec<f32>]) -> Vec<Line<'a>> {
-    ids.iter().zip(vectors).map(|(id, v)| Line { id, embedding: v }).collect()
 }
 
 fn bad_item(index: u64, what: &str) -> PredictError {
