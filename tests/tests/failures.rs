@@ -1,5 +1,6 @@
 //! Failures: a worker killed with SIGKILL mid-job has its batches
-//! redelivered to the other worker and every batch counts once; a batch that
+//! redelivered to the other worker and every batch counts once; a batch
+//! whose confirmation is slow stays with its worker and runs once; a batch that
 //! always fails is retried up to max_receive_count deliveries, dead-lettered,
 //! and the job ends COMPLETED_WITH_FAILURES with the other results intact;
 //! re-running it completes the job.
@@ -24,13 +25,48 @@ async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Res
 
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(120)).await?;
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
+    let scheduler = sandbox.log_tail("scheduler");
     let b = done.batches.clone().unwrap();
-    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (30, 30, 0, 0));
+    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (30, 30, 0, 0), "{done:?}\n{scheduler}");
     let i = done.items.clone().unwrap();
-    assert_eq!((i.total, i.completed, i.failed), (150, 150, 0));
+    assert_eq!((i.total, i.completed, i.failed), (150, 150, 0), "{done:?}");
     let w = done.workers.clone().unwrap();
-    assert_eq!((w.failed, w.succeeded), (1, 1), "{w:?}");
+    assert_eq!((w.failed, w.succeeded), (1, 1), "{w:?}\n{scheduler}");
     assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_waiting_for_a_slow_confirmation_is_not_run_again() -> anyhow::Result<()> {
+    // Deliveries time out after 2 s; the scheduler is frozen for 5 s (its
+    // leadership lease lasts 10 s) while both workers wait for it to
+    // confirm the batches they ran.
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 2, max_deliver: 5, ..Options::default() }).await?;
+    let items: Vec<Value> = (0..24).map(|i| json!(i)).collect();
+    let mut jobs = sandbox.jobs().await?;
+    let job = jobs.submit_job(echo_job(&items, 2, 2, json!({"delay_ms": 150}))).await?.into_inner().job.unwrap();
+    sandbox.wait_succeeded(&job.job_id, 2, Duration::from_secs(30)).await?;
+    sandbox.signal("scheduler", "STOP")?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    sandbox.signal("scheduler", "CONT")?;
+
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
+    let b = done.batches.clone().unwrap();
+    assert_eq!((b.total, b.succeeded, b.failed, b.failed_attempts), (12, 12, 0, 0), "{done:?}");
+    assert_echo_results(&sandbox, &done, &items, 2, &[]).await?;
+    // Each batch ran once: one log line per batch, from its first delivery.
+    let request = pb::StreamJobLogsRequest { job_id: job.job_id.clone(), follow: false };
+    let mut logs = jobs.stream_job_logs(request).await?.into_inner();
+    let mut runs: Vec<(String, String)> = Vec::new();
+    while let Some(chunk) = logs.message().await? {
+        runs.extend(chunk.lines.into_iter().filter(|l| !l.batch_id.is_empty()).map(|l| (l.batch_id, l.message)));
+    }
+    runs.sort();
+    let batches: std::collections::BTreeSet<&str> = runs.iter().map(|(b, _)| b.as_str()).collect();
+    assert_eq!((runs.len(), batches.len()), (12, 12), "{runs:#?}");
+    assert!(runs.iter().all(|(_, m)| m.contains("(delivery 1 of 5)")), "{runs:#?}");
     Ok(())
 }
 

@@ -122,7 +122,7 @@ impl JobRun {
                         settling.spawn(
                             async move {
                                 let ran = run.finish(&output, predicted).await;
-                                ran.settle(run.outbox.clone(), run.queue.clone()).await;
+                                ran.settle(run.outbox.clone(), run.queue.clone(), run.ack_wait()).await;
                             }
                             .instrument(span),
                         );
@@ -165,19 +165,13 @@ impl JobRun {
         Some(Predicted { delivery, batch, batch_id, started, result })
     }
 
-    /// Runs `work` while keeping `delivery` ours: progress is reported well
-    /// within ack_wait so the message is not redelivered to another worker.
+    /// [`keep_in_progress`] with the job's ack_wait.
     async fn in_progress<T>(&self, delivery: &Delivery, work: impl Future<Output = T>) -> T {
-        let ack_wait = self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms);
-        tokio::pin!(work);
-        let mut tick = tokio::time::interval(Duration::from_millis((ack_wait / 3).max(100)));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                r = &mut work => break r,
-                _ = tick.tick() => { let _ = delivery.in_progress().await; }
-            }
-        }
+        keep_in_progress(delivery, self.ack_wait(), work).await
+    }
+
+    fn ack_wait(&self) -> Duration {
+        Duration::from_millis(self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms))
     }
 
     /// Writes a predicted batch's result and works out its outcome, left to
@@ -299,12 +293,15 @@ struct Ran {
 impl Ran {
     /// Reports the outcome and, once the scheduler confirms it is durable,
     /// acks the message (nak with backoff for a retry, term when final).
-    /// Without confirmation the batch is redelivered and counted once.
+    /// Without confirmation the batch is redelivered and counted once. The
+    /// message stays ours while the scheduler confirms, however long its
+    /// ledger takes to flush: a slow confirmation is no reason to run the
+    /// batch again elsewhere and spend one of its deliveries.
     ///
     /// A batch that failed for good is stored in the dead-letter stream
     /// first; if that fails the message is left alone, and once its
     /// deliveries run out the scheduler dead-letters it from the advisory.
-    async fn settle(self, outbox: Outbox, queue: JetStreamQueue) {
+    async fn settle(self, outbox: Outbox, queue: JetStreamQueue, ack_wait: Duration) {
         let Ran { delivery, outcome, batch_id, dead_letter, record } = self;
         let job_id = outcome.job_id.clone();
         let (status, attempt) = (outcome.status(), outcome.attempt);
@@ -323,7 +320,7 @@ impl Ran {
         {
             warn!(%batch_id, error = %e, "storing the batch record failed");
         }
-        if !outbox.report(outcome, ACK_TIMEOUT).await {
+        if !keep_in_progress(&delivery, ack_wait, outbox.report(outcome, ACK_TIMEOUT)).await {
             warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
             return;
         }
@@ -334,6 +331,20 @@ impl Ran {
         };
         if let Err(e) = settled {
             warn!(%batch_id, error = %e, "settling the message failed");
+        }
+    }
+}
+
+/// Runs `work` while keeping `delivery` ours: progress is reported well
+/// within `ack_wait` so the message is not redelivered to another worker.
+async fn keep_in_progress<T>(delivery: &Delivery, ack_wait: Duration, work: impl Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => { let _ = delivery.in_progress().await; }
         }
     }
 }
