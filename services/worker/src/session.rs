@@ -1,13 +1,16 @@
 //! The worker's end of its session with the scheduler.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchmill_proto::scheduler::v1::{self as pb, session_request::Message as Out};
 use tokio::sync::{mpsc, oneshot};
 
-type Pending = HashMap<(String, u64), oneshot::Sender<()>>;
+/// Reports awaiting confirmation, by batch, oldest first: a worker that
+/// holds two deliveries of one batch reports it twice, and the scheduler
+/// confirms each report in the order it received them.
+type Pending = HashMap<(String, u64), VecDeque<oneshot::Sender<()>>>;
 
 /// Sends messages to the scheduler and waits for outcome confirmations.
 #[derive(Clone)]
@@ -33,20 +36,33 @@ impl Outbox {
     pub async fn report(&self, outcome: pb::BatchOutcome, timeout: Duration) -> bool {
         let key = (outcome.job_id.clone(), outcome.seq);
         let (tx, rx) = oneshot::channel();
-        self.pending().insert(key.clone(), tx);
-        if !self.send(Out::Outcome(outcome)) {
-            self.pending().remove(&key);
-            return false;
+        self.pending().entry(key.clone()).or_default().push_back(tx);
+        let confirmed =
+            self.send(Out::Outcome(outcome)) && matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())));
+        // This report's receiver is gone now: forget its sender if unused.
+        let mut pending = self.pending();
+        if let Some(waiting) = pending.get_mut(&key) {
+            waiting.retain(|tx| !tx.is_closed());
+            if waiting.is_empty() {
+                pending.remove(&key);
+            }
         }
-        let confirmed = matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())));
-        self.pending().remove(&key);
         confirmed
     }
 
-    /// Handles the scheduler's confirmation of an outcome.
+    /// Handles the scheduler's confirmation of an outcome: releases the
+    /// oldest report of that batch still waiting.
     pub fn confirm(&self, ack: &pb::OutcomeAck) {
-        if let Some(tx) = self.pending().remove(&(ack.job_id.clone(), ack.seq)) {
-            let _ = tx.send(());
+        let key = (ack.job_id.clone(), ack.seq);
+        let mut pending = self.pending();
+        let Some(waiting) = pending.get_mut(&key) else { return };
+        while let Some(tx) = waiting.pop_front() {
+            if tx.send(()).is_ok() {
+                break;
+            }
+        }
+        if waiting.is_empty() {
+            pending.remove(&key);
         }
     }
 
@@ -91,10 +107,31 @@ mod tests {
         assert!(waiting.await.unwrap());
     }
 
+    #[tokio::test]
+    async fn two_reports_of_one_batch_are_confirmed_one_each_in_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::new(tx);
+        let report = |outbox: &Outbox| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.report(outcome(4), Duration::from_secs(5)).await })
+        };
+        let first = report(&outbox);
+        rx.recv().await.unwrap();
+        let second = report(&outbox);
+        rx.recv().await.unwrap();
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 4 });
+        assert!(first.await.unwrap());
+        assert!(!second.is_finished());
+        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 4 });
+        assert!(second.await.unwrap());
+        assert!(outbox.pending().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn report_without_confirmation_times_out() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let outbox = Outbox::new(tx);
         assert!(!outbox.report(outcome(1), Duration::from_secs(30)).await);
+        assert!(outbox.pending().is_empty());
     }
 }
