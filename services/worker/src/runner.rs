@@ -294,34 +294,14 @@ impl Ran {
     /// Reports the outcome and, once the scheduler confirms it is durable,
     /// acks the message (nak with backoff for a retry, term when final).
     /// Without confirmation the batch is redelivered and counted once. The
-    /// message stays ours while the scheduler confirms, however long its
-    /// ledger takes to flush: a slow confirmation is no reason to run the
-    /// batch again elsewhere and spend one of its deliveries.
-    ///
-    /// A batch that failed for good is stored in the dead-letter stream
-    /// first; if that fails the message is left alone, and once its
-    /// deliveries run out the scheduler dead-letters it from the advisory.
+    /// message stays ours until then, however long the streams or the
+    /// scheduler's ledger take: slowness is no reason to run the batch again
+    /// elsewhere and spend one of its deliveries.
     async fn settle(self, outbox: Outbox, queue: JetStreamQueue, ack_wait: Duration) {
         let Ran { delivery, outcome, batch_id, dead_letter, record } = self;
-        let job_id = outcome.job_id.clone();
         let (status, attempt) = (outcome.status(), outcome.attempt);
-        if let Some(dead) = dead_letter {
-            let msg_id = batchmill_queue::dead_letter_id(&job_id, outcome.seq, delivery.stream_seq());
-            if let Err(e) = queue.dead_letter(&job_id, &msg_id, Bytes::from(dead.encode_to_vec())).await {
-                warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
-                return;
-            }
-            info!(%batch_id, attempt, "batch dead-lettered");
-        }
-        // Stored before the outcome, so that a job that has ended has every
-        // batch's record.
-        if let Some(record) = record
-            && let Err(e) = queue.publish_record(&job_id, Bytes::from(record.encode_to_vec())).await
-        {
-            warn!(%batch_id, error = %e, "storing the batch record failed");
-        }
-        if !keep_in_progress(&delivery, ack_wait, outbox.report(outcome, ACK_TIMEOUT)).await {
-            warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
+        let stored = store(&outbox, &queue, outcome, &batch_id, dead_letter, record, delivery.stream_seq());
+        if !keep_in_progress(&delivery, ack_wait, stored).await {
             return;
         }
         let settled = match status {
@@ -333,6 +313,44 @@ impl Ran {
             warn!(%batch_id, error = %e, "settling the message failed");
         }
     }
+}
+
+/// Makes a batch's outcome durable: its dead letter (for a batch that failed
+/// for good), its record (for a final one), then the outcome, reported to
+/// the scheduler; true once the scheduler confirms it.
+///
+/// If the dead letter cannot be stored, the message is left alone, and once
+/// its deliveries run out the scheduler dead-letters it from the advisory.
+async fn store(
+    outbox: &Outbox,
+    queue: &JetStreamQueue,
+    outcome: pb::BatchOutcome,
+    batch_id: &str,
+    dead_letter: Option<DeadLetter>,
+    record: Option<BatchRecord>,
+    stream_seq: u64,
+) -> bool {
+    let job_id = outcome.job_id.clone();
+    if let Some(dead) = dead_letter {
+        let msg_id = batchmill_queue::dead_letter_id(&job_id, outcome.seq, stream_seq);
+        if let Err(e) = queue.dead_letter(&job_id, &msg_id, Bytes::from(dead.encode_to_vec())).await {
+            warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
+            return false;
+        }
+        info!(%batch_id, attempt = outcome.attempt, "batch dead-lettered");
+    }
+    // Stored before the outcome, so that a job that has ended has every
+    // batch's record.
+    if let Some(record) = record
+        && let Err(e) = queue.publish_record(&job_id, Bytes::from(record.encode_to_vec())).await
+    {
+        warn!(%batch_id, error = %e, "storing the batch record failed");
+    }
+    let confirmed = outbox.report(outcome, ACK_TIMEOUT).await;
+    if !confirmed {
+        warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
+    }
+    confirmed
 }
 
 /// Runs `work` while keeping `delivery` ours: progress is reported well
