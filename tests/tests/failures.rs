@@ -170,23 +170,35 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
     let b = done.batches.clone().unwrap();
-    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0));
-    assert_eq!(done.items.clone().unwrap().failed, 2);
-    assert_eq!(done.workers.clone().unwrap().failed, 2);
+    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0), "{done:?}");
+    assert_eq!(done.items.clone().unwrap().failed, 2, "{done:?}");
+    assert_eq!(done.workers.clone().unwrap().failed, 2, "{done:?}\n{}", sandbox.log_tail("scheduler"));
     let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
     let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
-    assert_eq!(stream.info().await?.state.messages, 0, "exhausted batches are removed from the stream");
+    let left = stream.info().await?.state.messages;
+    assert_eq!(left, 0, "exhausted batches are removed from the stream\n{}", sandbox.log_tail("scheduler"));
     // Both are in the dead-letter stream, saying why.
     let listed =
         jobs.list_dead_letters(pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() }).await?;
     let letters = listed.into_inner().dead_letters;
-    assert_eq!(letters.iter().map(|d| d.seq).collect::<Vec<_>>(), [0, 1]);
-    assert!(letters.iter().all(|d| d.attempts == 1 && d.worker_id.is_empty() && d.last_error.contains("lost")));
+    // Oldest first: the two deliveries ran out in either order.
+    let mut seqs: Vec<i64> = letters.iter().map(|d| d.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1], "{letters:?}");
+    assert!(
+        letters.iter().all(|d| d.attempts == 1 && d.worker_id.is_empty() && d.last_error.contains("lost")),
+        "{letters:?}"
+    );
     // And each has its batch record.
     let records =
         jobs.list_batches(pb::ListBatchesRequest { job_id: job.job_id.clone(), ..Default::default() }).await?;
     let records = records.into_inner().batches;
-    assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1], "{records:?}");
-    assert!(records.iter().all(|r| r.state() == pb::BatchState::Failed && r.attempts == 1 && r.items == 1));
+    let mut seqs: Vec<i64> = records.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, [0, 1], "{records:?}");
+    assert!(
+        records.iter().all(|r| r.state() == pb::BatchState::Failed && r.attempts == 1 && r.items == 1),
+        "{records:?}"
+    );
     Ok(())
 }
