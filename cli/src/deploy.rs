@@ -127,7 +127,7 @@ fn collect(root: &Path, dir: &Path, ignored: &[String], files: &mut BTreeMap<Str
             .strip_prefix(root)
             .map(|p| p.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
             .unwrap_or(name);
-        if ignored.iter().any(|i| *i == relative) {
+        if ignored.contains(&relative) {
             continue;
         }
         let kind = entry.file_type()?;

@@ -20,7 +20,7 @@ async fn deps() -> anyhow::Result<Sandbox> {
 #[tokio::test]
 async fn etcd_kv_leases_and_elections() -> anyhow::Result<()> {
     let sandbox = deps().await?;
-    let etcd = Etcd::connect(&[sandbox.etcd_url.clone()], Duration::from_secs(10)).await?;
+    let etcd = Etcd::connect(std::slice::from_ref(&sandbox.etcd_url), Duration::from_secs(10)).await?;
     batchmill_coord::conformance(&etcd, "/batchmill/conformance").await;
 
     // A registration lives while kept alive and goes at once when revoked.
@@ -56,7 +56,7 @@ async fn etcd_kv_leases_and_elections() -> anyhow::Result<()> {
 #[tokio::test]
 async fn etcd_candidates_keep_their_place_through_long_waits() -> anyhow::Result<()> {
     let sandbox = deps().await?;
-    let etcd = Etcd::connect(&[sandbox.etcd_url.clone()], Duration::from_secs(10)).await?;
+    let etcd = Etcd::connect(std::slice::from_ref(&sandbox.etcd_url), Duration::from_secs(10)).await?;
     let election = "/batchmill/long-election";
     let ttl = Duration::from_secs(5);
     let first = etcd.campaign(election, "http://a", ttl).await?;

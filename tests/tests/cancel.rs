@@ -78,7 +78,7 @@ async fn a_job_past_its_timeout_ends_timed_out_keeping_its_results() -> anyhow::
     let done = sandbox.wait_terminal(&id, Duration::from_secs(60)).await?;
     assert_eq!(done.state(), pb::JobState::TimedOut, "{done:?}");
     assert!(done.message.contains("timeout of 3s"), "{}", done.message);
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert!(b.succeeded > 0 && b.succeeded < 20, "{b:?}");
     assert_eq!(b.in_queue, 0);
     let results = sandbox.results(&done).await?;

@@ -53,7 +53,7 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
     let source = json!({"s3Paths": [format!("s3://{BUCKET}/embed/in/")], "batchSize": 16});
     let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 2, "delimitedFiles": source.clone()})).await?;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
-    assert_eq!(job.items.clone().unwrap_or_default().completed, 60);
+    assert_eq!(job.items.unwrap_or_default().completed, 60);
     let got = embeddings(&sandbox, &job).await?;
     assert_eq!(got.len(), 60, "one result per item");
     for (id, text, reference) in &items {

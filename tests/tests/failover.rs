@@ -42,9 +42,9 @@ async fn a_job_survives_its_scheduler_being_killed() -> anyhow::Result<()> {
         }
     };
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (60, 60, 0, 0));
-    assert_eq!(done.items.clone().unwrap().completed, 300);
+    assert_eq!(done.items.unwrap().completed, 300);
     assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
     Ok(())
 }

@@ -26,11 +26,11 @@ async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Res
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(120)).await?;
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
     let scheduler = sandbox.log_tail("scheduler");
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (30, 30, 0, 0), "{done:?}\n{scheduler}");
-    let i = done.items.clone().unwrap();
+    let i = done.items.unwrap();
     assert_eq!((i.total, i.completed, i.failed), (150, 150, 0), "{done:?}");
-    let w = done.workers.clone().unwrap();
+    let w = done.workers.unwrap();
     assert_eq!((w.failed, w.succeeded), (1, 1), "{w:?}\n{scheduler}");
     assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
     Ok(())
@@ -53,7 +53,7 @@ async fn a_batch_waiting_for_a_slow_confirmation_is_not_run_again() -> anyhow::R
 
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.failed_attempts), (12, 12, 0, 0), "{done:?}");
     assert_echo_results(&sandbox, &done, &items, 2, &[]).await?;
     // Each batch ran once: one log line per batch, from its first delivery.
@@ -96,9 +96,9 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.dead_lettered, b.failed_attempts), (10, 9, 1, 1, 3));
-    let i = done.items.clone().unwrap();
+    let i = done.items.unwrap();
     assert_eq!((i.total, i.completed, i.failed, i.pending), (40, 36, 4, 0));
     assert_echo_results(&sandbox, &done, &items, 4, &[3]).await?;
     let manifest = sandbox.results(&done).await?.into_iter().find(|(k, _)| k.ends_with("manifest.json")).unwrap().1;
@@ -144,7 +144,7 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     assert_eq!(rerun["job"]["state"], "JOB_STATE_RUNNING", "{rerun}");
     let again = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert_eq!(again.state(), pb::JobState::Succeeded, "{again:?}");
-    let b = again.batches.clone().unwrap();
+    let b = again.batches.unwrap();
     assert_eq!((b.succeeded, b.failed, b.dead_lettered), (10, 0, 0));
     assert_echo_results(&sandbox, &again, &items, 4, &[]).await?;
     let listed: Value = http.get(&url).send().await?.json().await?;
@@ -169,10 +169,10 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     // No worker is left: only the max-deliveries advisory can end the job.
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
-    let b = done.batches.clone().unwrap();
+    let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0), "{done:?}");
-    assert_eq!(done.items.clone().unwrap().failed, 2, "{done:?}");
-    assert_eq!(done.workers.clone().unwrap().failed, 2, "{done:?}\n{}", sandbox.log_tail("scheduler"));
+    assert_eq!(done.items.unwrap().failed, 2, "{done:?}");
+    assert_eq!(done.workers.unwrap().failed, 2, "{done:?}\n{}", sandbox.log_tail("scheduler"));
     let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
     let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
     let left = stream.info().await?.state.messages;

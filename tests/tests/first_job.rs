@@ -34,9 +34,9 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
 
     let job = jobs.get_job(pb::GetJobRequest { job_id: submitted.job_id.clone() }).await?.into_inner().job.unwrap();
     assert_eq!(job.state(), pb::JobState::Succeeded);
-    let b = job.batches.clone().unwrap();
+    let b = job.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue, b.failed_attempts), (10, 10, 0, 0, 0));
-    let i = job.items.clone().unwrap();
+    let i = job.items.unwrap();
     assert_eq!((i.total, i.completed, i.failed, i.pending), (95, 95, 0, 0));
     assert!(job.enqueue_complete);
     assert!(job.start_time.is_some() && job.end_time.is_some());

@@ -42,9 +42,9 @@ async fn file_path_lister_selects_by_glob_each_object_once() -> anyhow::Result<(
     )
     .await?;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
-    let b = job.batches.clone().unwrap();
+    let b = job.batches.unwrap();
     assert_eq!((b.total, b.succeeded), (3, 3));
-    assert_eq!(job.items.clone().unwrap().total, 12);
+    assert_eq!(job.items.unwrap().total, 12);
     // Objects come in key order, so the items are exactly the sorted paths.
     let items: Vec<Value> = expected.iter().map(|p| json!(p)).collect();
     assert_echo_results(&sandbox, &job, &items, 5, &[]).await?;
@@ -69,9 +69,9 @@ async fn delimited_files_stream_every_line_across_files() -> anyhow::Result<()> 
     )
     .await?;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
-    let b = job.batches.clone().unwrap();
+    let b = job.batches.unwrap();
     assert_eq!((b.total, b.succeeded), (4, 4), "13 lines in batches of 4, spanning files");
-    assert_eq!(job.items.clone().unwrap().completed, 13);
+    assert_eq!(job.items.unwrap().completed, 13);
     assert_echo_results(&sandbox, &job, &items, 4, &[]).await?;
     Ok(())
 }

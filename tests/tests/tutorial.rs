@@ -84,7 +84,7 @@ async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result
     // `batchmill deploy` of the tutorial's project directory.
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-classifier");
     let deployed = Command::new(binary("batchmill")?)
-        .args(["--addr", &sandbox.rest_url().trim_start_matches("http://").to_owned(), "deploy"])
+        .args(["--addr", sandbox.rest_url().trim_start_matches("http://"), "deploy"])
         .arg(&project)
         .output()?;
     anyhow::ensure!(deployed.status.success(), "deploy: {}", String::from_utf8_lossy(&deployed.stderr));

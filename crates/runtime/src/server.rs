@@ -93,16 +93,20 @@ impl ServerBuilder {
     }
 }
 
+/// How a request's span is made.
+type MakeSpan = fn(&http::Request<tonic::body::Body>) -> tracing::Span;
+
+/// The request-tracing layer every service runs.
+pub type TraceLayer = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    MakeSpan,
+>;
+
 /// Request tracing. Failed requests are logged at DEBUG: services log the
 /// errors they handle, and a client's bad request is no server error.
-pub fn trace_layer() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    fn(&http::Request<tonic::body::Body>) -> tracing::Span,
-> {
+pub fn trace_layer() -> TraceLayer {
     tower_http::trace::TraceLayer::new_for_grpc()
-        .make_span_with(
-            crate::trace::request_span::<tonic::body::Body> as fn(&http::Request<tonic::body::Body>) -> tracing::Span,
-        )
+        .make_span_with(crate::trace::request_span::<tonic::body::Body> as MakeSpan)
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
 }
 

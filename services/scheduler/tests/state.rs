@@ -1,5 +1,8 @@
 //! The scheduler's logic against fakes: in-memory etcd, a queue, enqueuer and
 //! object store that record calls, and virtual workers (channel ends).
+// The fakes and helpers below are test code too: a poisoned lock or a bad
+// fixture should stop the test where it happens.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
