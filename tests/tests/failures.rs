@@ -38,9 +38,9 @@ async fn a_killed_worker_loses_nothing_and_counts_nothing_twice() -> anyhow::Res
 
 #[tokio::test]
 async fn a_batch_waiting_for_a_slow_confirmation_is_not_run_again() -> anyhow::Result<()> {
-    // Deliveries time out after 2 s; the scheduler is frozen for 5 s (its
-    // leadership lease lasts 10 s) while both workers wait for it to
-    // confirm the batches they ran.
+    // Deliveries time out after 2 s; the scheduler is frozen for 4 s while
+    // both workers wait for it to confirm the batches they ran. Its
+    // leadership lease (10 s, renewed every 3.3 s) outlasts that.
     let sandbox =
         Sandbox::start(Options { workers: 2, ack_wait_secs: 2, max_deliver: 5, ..Options::default() }).await?;
     let items: Vec<Value> = (0..24).map(|i| json!(i)).collect();
@@ -48,7 +48,7 @@ async fn a_batch_waiting_for_a_slow_confirmation_is_not_run_again() -> anyhow::R
     let job = jobs.submit_job(echo_job(&items, 2, 2, json!({"delay_ms": 150}))).await?.into_inner().job.unwrap();
     sandbox.wait_succeeded(&job.job_id, 2, Duration::from_secs(30)).await?;
     sandbox.signal("scheduler", "STOP")?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     sandbox.signal("scheduler", "CONT")?;
 
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
