@@ -85,8 +85,17 @@ async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Re
     let body = json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!(big), 1)});
     let response = http.post(&url).json(&body).send().await?;
     assert_eq!(response.status(), 413);
+    // The unread body leaves the connection unusable: the response says so,
+    // and the client's next request takes a new one.
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
     let error: Value = response.json().await?;
     assert!(error["message"].as_str().unwrap_or_default().contains("10 MiB"), "{error}");
+    let cortex = format!("{}/echo", sandbox.rest_url());
+    let response = http.post(&cortex).json(&json!({"item_list": {"items": big, "batch_size": 1}})).send().await?;
+    assert_eq!(response.status(), 413);
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    let error: Value = response.json().await?;
+    assert_eq!(error["kind"], "err_request_too_large", "{error}");
     let missing =
         jobs.get_job(pb::GetJobRequest { job_id: "0123456789abcdef0123".into() }).await.expect_err("no such job");
     assert_eq!(missing.code(), tonic::Code::NotFound);

@@ -504,7 +504,9 @@ impl IntoResponse for CortexError {
             kind: &'a str,
             message: &'a str,
         }
-        json(self.status, &Body { kind: self.kind, message: &self.message })
+        let response = json(self.status, &Body { kind: self.kind, message: &self.message });
+        // A body over the limit was left unread.
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE { crate::rest::error::closing(response) } else { response }
     }
 }
 

@@ -30,3 +30,12 @@ pub fn json_error(http: StatusCode, code: tonic::Code, message: &str, details: V
     let body = json!({"code": code as i32, "message": message, "details": details});
     (http, [(http::header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
+
+/// `response`, marked to close its connection. For a request whose body was
+/// left unread (over the size limit): the connection cannot carry another
+/// request, and without the header a client may reuse it and see it closed
+/// under its next request.
+pub fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}

@@ -4,7 +4,7 @@
 //! gRPC port serves, so REST and gRPC share validation and every layer.
 
 mod codec;
-mod error;
+pub(crate) mod error;
 mod request;
 mod rules;
 mod template;
@@ -68,12 +68,12 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
         Err(_) => {
-            return error::json_error(
+            return error::closing(error::json_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 tonic::Code::ResourceExhausted,
                 &format!("request body exceeds the {MAX_BODY_BYTES}-byte (10 MiB) limit"),
                 vec![],
-            );
+            ));
         }
     };
     let message = match build_request(route, &vars, parts.uri.query(), &body) {
