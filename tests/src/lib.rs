@@ -99,10 +99,11 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// A port nothing listens on, for a process to bind a moment later. It is
-/// picked below the kernel's ephemeral range: a port from that range can be
-/// taken meanwhile as the local end of an outgoing connection (this
-/// sandbox's processes connect to each other while the others start), and
-/// the process meant to listen on it then fails with "address in use".
+/// picked from 10000 to 19999, below the kernel's ephemeral range: a port
+/// from that range can be taken meanwhile as the local end of an outgoing
+/// connection (this sandbox's processes connect to each other while the
+/// others start), and the process meant to listen on it then fails with
+/// "address in use". The deploy_local test's clusters take 20000 to 31999.
 fn free_port() -> anyhow::Result<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
@@ -112,7 +113,7 @@ fn free_port() -> anyhow::Result<u16> {
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     if low > 11_000 {
         for _ in 0..1_000 {
-            let port = fastrand::u16(10_000..low);
+            let port = fastrand::u16(10_000..low.min(20_000));
             // Not one this process gave out already and nobody has bound yet.
             if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 given.push(port);

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// A port base whose 25 ports are all free, below the kernel's ephemeral
-/// range (32768 and up), where the sandboxes' port-0 picks come from.
+/// A port base whose 25 ports are all free, from 20000 to 31999: below the
+/// kernel's ephemeral range (32768 and up) and above the sandboxes' ports
+/// (10000 to 19999).
 fn free_base() -> u16 {
     let seed = std::process::id() as u16;
     (0..200u16)
