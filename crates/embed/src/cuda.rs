@@ -416,10 +416,10 @@ impl<T: Input> Cuda<T> {
                 trace.push((format!("layer {n} attention norm"), self.download(&b.x, t * h)?));
             }
             gemm(&self.blas, &s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
-            let n = t * l.up.out;
+            let values = t * l.up.out;
             let cols = l.up.out as i32;
             let gelu_cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
+                grid_dim: (values.div_ceil(256).min(65_535) as u32, 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -428,7 +428,7 @@ impl<T: Input> Cuda<T> {
                     .arg(&b.up)
                     .arg(&l.up.b)
                     .arg(&cols)
-                    .arg(&n)
+                    .arg(&values)
                     .arg(&mut b.upin)
                     .launch(gelu_cfg)
                     .map_err(|e| self.err(e))?;
