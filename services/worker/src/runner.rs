@@ -235,7 +235,7 @@ impl JobRun {
             duration: Some(duration_ms(elapsed_ms)),
             attempt,
         };
-        Ran { delivery, outcome, batch_id, dead_letter, record }
+        Ran { delivery, ending: Ending { outcome, batch_id, dead_letter, record } }
     }
 
     async fn log(&self, batch_id: &str, level: &str, message: String) {
@@ -282,6 +282,11 @@ async fn run_predictor(predictor: &Arc<dyn Predictor>, batch: &Batch, batch_id: 
 /// A batch that ran and whose outcome is still to be settled.
 struct Ran {
     delivery: Delivery,
+    ending: Ending,
+}
+
+/// How a batch ended, to be made durable before its message is settled.
+struct Ending {
     outcome: pb::BatchOutcome,
     batch_id: String,
     /// For a batch that failed for good: what goes to the dead-letter stream.
@@ -298,10 +303,10 @@ impl Ran {
     /// scheduler's ledger take: slowness is no reason to run the batch again
     /// elsewhere and spend one of its deliveries.
     async fn settle(self, outbox: Outbox, queue: JetStreamQueue, ack_wait: Duration) {
-        let Ran { delivery, outcome, batch_id, dead_letter, record } = self;
-        let (status, attempt) = (outcome.status(), outcome.attempt);
-        let stored = store(&outbox, &queue, outcome, &batch_id, dead_letter, record, delivery.stream_seq());
-        if !keep_in_progress(&delivery, ack_wait, stored).await {
+        let Ran { delivery, ending } = self;
+        let (status, attempt) = (ending.outcome.status(), ending.outcome.attempt);
+        let batch_id = ending.batch_id.clone();
+        if !keep_in_progress(&delivery, ack_wait, ending.store(&outbox, &queue, delivery.stream_seq())).await {
             return;
         }
         let settled = match status {
@@ -315,42 +320,39 @@ impl Ran {
     }
 }
 
-/// Makes a batch's outcome durable: its dead letter (for a batch that failed
-/// for good), its record (for a final one), then the outcome, reported to
-/// the scheduler; true once the scheduler confirms it.
-///
-/// If the dead letter cannot be stored, the message is left alone, and once
-/// its deliveries run out the scheduler dead-letters it from the advisory.
-async fn store(
-    outbox: &Outbox,
-    queue: &JetStreamQueue,
-    outcome: pb::BatchOutcome,
-    batch_id: &str,
-    dead_letter: Option<DeadLetter>,
-    record: Option<BatchRecord>,
-    stream_seq: u64,
-) -> bool {
-    let job_id = outcome.job_id.clone();
-    if let Some(dead) = dead_letter {
-        let msg_id = batchmill_queue::dead_letter_id(&job_id, outcome.seq, stream_seq);
-        if let Err(e) = queue.dead_letter(&job_id, &msg_id, Bytes::from(dead.encode_to_vec())).await {
-            warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
-            return false;
+impl Ending {
+    /// Makes the outcome durable: the dead letter (for a batch that failed
+    /// for good), the record (for a final one), then the outcome, reported to
+    /// the scheduler; true once the scheduler confirms it. `stream_seq` is
+    /// where the batch is in the batch stream.
+    ///
+    /// If the dead letter cannot be stored, the message is left alone, and
+    /// once its deliveries run out the scheduler dead-letters it from the
+    /// advisory.
+    async fn store(self, outbox: &Outbox, queue: &JetStreamQueue, stream_seq: u64) -> bool {
+        let Ending { outcome, batch_id, dead_letter, record } = self;
+        let job_id = outcome.job_id.clone();
+        if let Some(dead) = dead_letter {
+            let msg_id = batchmill_queue::dead_letter_id(&job_id, outcome.seq, stream_seq);
+            if let Err(e) = queue.dead_letter(&job_id, &msg_id, Bytes::from(dead.encode_to_vec())).await {
+                warn!(%batch_id, error = %e, "dead-lettering failed; leaving the batch to the scheduler");
+                return false;
+            }
+            info!(%batch_id, attempt = outcome.attempt, "batch dead-lettered");
         }
-        info!(%batch_id, attempt = outcome.attempt, "batch dead-lettered");
+        // Stored before the outcome, so that a job that has ended has every
+        // batch's record.
+        if let Some(record) = record
+            && let Err(e) = queue.publish_record(&job_id, Bytes::from(record.encode_to_vec())).await
+        {
+            warn!(%batch_id, error = %e, "storing the batch record failed");
+        }
+        let confirmed = outbox.report(outcome, ACK_TIMEOUT).await;
+        if !confirmed {
+            warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
+        }
+        confirmed
     }
-    // Stored before the outcome, so that a job that has ended has every
-    // batch's record.
-    if let Some(record) = record
-        && let Err(e) = queue.publish_record(&job_id, Bytes::from(record.encode_to_vec())).await
-    {
-        warn!(%batch_id, error = %e, "storing the batch record failed");
-    }
-    let confirmed = outbox.report(outcome, ACK_TIMEOUT).await;
-    if !confirmed {
-        warn!(%batch_id, "outcome not confirmed; leaving the batch for redelivery");
-    }
-    confirmed
 }
 
 /// Runs `work` while keeping `delivery` ours: progress is reported well
