@@ -4,17 +4,27 @@
 // `in_t`; the residual stream, GEMM outputs and all reductions stay fp32).
 
 #if defined(IN_FP16) || defined(IN_BF16)
+typedef unsigned short in_t;
+#if defined(BATCHMILL_EMULATED)
+// The tests' CPU emulation of CUDA (crates/embed/cuda-emu) has no PTX; its
+// conversions round to nearest even, as cvt.rn does.
+#ifdef IN_FP16
+__device__ __forceinline__ in_t to_in(float f) { return emu_f32_to_f16(f); }
+#else
+__device__ __forceinline__ in_t to_in(float f) { return emu_f32_to_bf16(f); }
+#endif
+#else
 #ifdef IN_FP16
 #define TO_IN "cvt.rn.f16.f32 %0, %1;"
 #else
 #define TO_IN "cvt.rn.bf16.f32 %0, %1;"
 #endif
-typedef unsigned short in_t;
 __device__ __forceinline__ in_t to_in(float f) {
     unsigned short h;
     asm(TO_IN : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 #else
 typedef float in_t;
 __device__ __forceinline__ in_t to_in(float f) { return f; }

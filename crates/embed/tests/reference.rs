@@ -24,25 +24,44 @@ fn cpu_embeddings_match_sentence_transformers() {
     println!("worst cosine {} over {} texts", report.worst(), fixture.items.len());
 }
 
-/// The same check on the GPU at each precision: fp32 (bar 0.9999), fp16 and
-/// bf16 (bar 0.999). Only in builds with the cuda feature, and only where a
-/// GPU is: elsewhere it says why it did not run. (On a GPU machine without
-/// Rust, `batchmill-embed-bench check --device cuda --precision P` is the
-/// same check.)
+/// The same check on the CUDA backend at each precision: fp32 (bar 0.9999),
+/// fp16 and bf16 (bar 0.999). Only in builds with the cuda feature, and only
+/// where CUDA is: on a GPU, or on the CPU emulation of CUDA that
+/// `scripts/test` runs it on (crates/embed/cuda-emu), which sets
+/// BATCHMILL_EXPECT_CUDA so that a missing CUDA fails rather than skips.
+/// (On a GPU machine without Rust, `batchmill-embed-bench check --device
+/// cuda --precision P` is the same check.)
 #[cfg(feature = "cuda")]
-#[test]
-fn cuda_embeddings_match_sentence_transformers() {
+fn cuda_embeddings_match_sentence_transformers(precision: Precision) {
     if let Some(why) = batchmill_embed::cuda::unavailable() {
+        assert!(std::env::var_os("BATCHMILL_EXPECT_CUDA").is_none(), "BATCHMILL_EXPECT_CUDA is set, but {why}");
         println!("not run: {why}");
         return;
     }
     let fixture = Fixture::read(&fixture_path()).expect("fixture");
-    for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
-        let embedder = Embedder::load(&default_model_dir(), DeviceChoice::Cuda, precision).expect("model loads");
-        let report = check(&embedder, &fixture).expect("embeds");
-        let bar = precision.cosine_bar();
-        let below = report.below(bar);
-        assert!(below.is_empty(), "{}: {} below {bar}: {below:?}", embedder.device(), below.len());
-        println!("{}: worst cosine {}", embedder.device(), report.worst());
-    }
+    let embedder = Embedder::load(&default_model_dir(), DeviceChoice::Cuda, precision).expect("model loads");
+    assert!(embedder.device().starts_with("cuda:"), "{}", embedder.device());
+    let report = check(&embedder, &fixture).expect("embeds");
+    let bar = precision.cosine_bar();
+    let below = report.below(bar);
+    assert!(below.is_empty(), "{}: {} below {bar}: {below:?}", embedder.device(), below.len());
+    println!("{}: worst cosine {} over {} texts", embedder.device(), report.worst(), fixture.items.len());
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_fp32_embeddings_match_sentence_transformers() {
+    cuda_embeddings_match_sentence_transformers(Precision::Fp32);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_fp16_embeddings_match_sentence_transformers() {
+    cuda_embeddings_match_sentence_transformers(Precision::Fp16);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_bf16_embeddings_match_sentence_transformers() {
+    cuda_embeddings_match_sentence_transformers(Precision::Bf16);
 }
