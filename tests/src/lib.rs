@@ -33,11 +33,29 @@ pub struct Options {
     /// Start a standby scheduler too ("scheduler-standby"), which waits in
     /// the election and serves only once it leads.
     pub standby_scheduler: bool,
+    /// Start the workers from this program rather than the built
+    /// `batchmill-worker` (a build with the cuda feature, say).
+    pub worker_program: Option<Program>,
+}
+
+/// A program to start, with environment variables of its own on top of the
+/// sandbox's.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub path: PathBuf,
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { workers: 2, ack_wait_secs: 30, max_deliver: 3, services: true, standby_scheduler: false }
+        Options {
+            workers: 2,
+            ack_wait_secs: 30,
+            max_deliver: 3,
+            services: true,
+            standby_scheduler: false,
+            worker_program: None,
+        }
     }
 }
 
@@ -232,29 +250,34 @@ impl Sandbox {
             return Ok(sandbox);
         }
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let program = |bin: &str| -> anyhow::Result<Program> { Ok(Program { path: binary(bin)?, env: vec![] }) };
         let mut services = vec![
-            ("lister".to_owned(), "batchmill-lister", lister, vec![]),
+            ("lister".to_owned(), program("batchmill-lister")?, lister, vec![]),
             (
                 "enqueuer".to_owned(),
-                "batchmill-enqueuer",
+                program("batchmill-enqueuer")?,
                 enqueuer,
                 vec![format!("--lister-url=http://127.0.0.1:{lister}")],
             ),
             (
                 "scheduler".to_owned(),
-                "batchmill-scheduler",
+                program("batchmill-scheduler")?,
                 scheduler,
                 vec![
                     format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
                     format!("--lister-url=http://127.0.0.1:{lister}"),
                 ],
             ),
-            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![]),
+            ("gateway".to_owned(), program("batchmill-gateway")?, gateway, vec![]),
         ];
+        let worker = match &options.worker_program {
+            Some(p) => p.clone(),
+            None => program("batchmill-worker")?,
+        };
         for i in 0..options.workers {
             services.push((
                 format!("worker-{i}"),
-                "batchmill-worker",
+                worker.clone(),
                 free_port()?,
                 vec![
                     format!("--worker-id=sandbox-{i}"),
@@ -262,11 +285,12 @@ impl Sandbox {
                 ],
             ));
         }
-        for (name, bin, port, extra) in &services {
+        for (name, program, port, extra) in &services {
             let mut args = vec![format!("--listen=127.0.0.1:{port}")];
             args.extend(extra.iter().cloned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            sandbox.spawn(name, &binary(bin)?, &args, &env)?;
+            let env: Vec<(String, String)> = env.iter().chain(&program.env).cloned().collect();
+            sandbox.spawn(name, &program.path, &args, &env)?;
             sandbox.grpc_ports.push((name.clone(), *port));
         }
         for (name, _, port, _) in &services {

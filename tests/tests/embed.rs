@@ -3,13 +3,15 @@
 //! embedding, each matching sentence-transformers' (the committed fixture);
 //! the model from the worker's default or from S3 (`config.model`); a bad
 //! item fails its batch naming the item; a bad config is refused at submission.
+//! And the same on a worker built with the cuda feature, on its CUDA backend.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use batchmill_embed::Precision;
 use batchmill_embed::reference::{Fixture, cosine, fixture_path};
 use batchmill_proto::jobs::v1 as pb;
-use batchmill_tests::{BUCKET, Options, Sandbox, embed_model};
+use batchmill_tests::{BUCKET, Options, Program, Sandbox, embed_model};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -114,5 +116,65 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await?;
     assert!(error["message"].as_str().unwrap_or_default().contains("config.precision"), "{error}");
+    Ok(())
+}
+
+/// A worker built with the cuda feature, on the CPU emulation of CUDA
+/// (crates/embed/cuda-emu), as `scripts/test` sets it up: BATCHMILL_CUDA_WORKER
+/// names that build and BATCHMILL_CUDA_EMU the emulator's libraries. The
+/// worker finds the CUDA device and registers it, runs `embed` on its CUDA
+/// backend (two batches at a time) at a GPU's default precision, fp16, and
+/// every embedding matches sentence-transformers' within fp16's bar. On a GPU
+/// machine, BATCHMILL_CUDA_EMU may name CUDA's own library directory.
+#[tokio::test]
+async fn a_cuda_worker_embeds_on_its_cuda_backend() -> anyhow::Result<()> {
+    let (Some(worker), Some(libs)) =
+        (std::env::var_os("BATCHMILL_CUDA_WORKER"), std::env::var_os("BATCHMILL_CUDA_EMU"))
+    else {
+        assert!(
+            std::env::var_os("BATCHMILL_EXPECT_CUDA").is_none(),
+            "BATCHMILL_EXPECT_CUDA is set, but BATCHMILL_CUDA_WORKER or BATCHMILL_CUDA_EMU is not"
+        );
+        println!("not run: BATCHMILL_CUDA_WORKER and BATCHMILL_CUDA_EMU are not set (scripts/test sets them)");
+        return Ok(());
+    };
+    let program = Program {
+        path: worker.into(),
+        env: vec![
+            ("LD_LIBRARY_PATH".into(), libs.to_string_lossy().into_owned()),
+            ("BATCHMILL_DEVICE".into(), "cuda".into()),
+        ],
+    };
+    let sandbox = Sandbox::start(Options { workers: 1, worker_program: Some(program), ..Options::default() }).await?;
+    let fixture = Fixture::read(&fixture_path()).map_err(anyhow::Error::msg)?;
+    // Every fifth text of the fixture, 48 (empty to 448 tokens, long past
+    // truncation, non-ASCII), in batches of 8.
+    let items: Vec<(String, &str, &Vec<f32>)> = fixture
+        .items
+        .iter()
+        .step_by(5)
+        .enumerate()
+        .map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding))
+        .collect();
+    let body: String = items.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect();
+    sandbox.blob.put(BUCKET, "embed-cuda/in.jsonl", Bytes::from(body), "application/x-ndjson").await?;
+    let source = json!({"s3Paths": [format!("s3://{BUCKET}/embed-cuda/")], "batchSize": 8});
+    let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 1, "delimitedFiles": source})).await?;
+    let log = std::fs::read_to_string(sandbox.dir().join("worker-0.log"))?;
+    assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}\n{log}");
+    assert_eq!(job.items.unwrap_or_default().completed, 48);
+    let got = embeddings(&sandbox, &job).await?;
+    assert_eq!(got.len(), 48, "one result per item");
+    let bar = Precision::Fp16.cosine_bar();
+    for (id, text, reference) in &items {
+        let e = got.get(id).ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
+        let c = cosine(reference, e);
+        assert!(c >= bar, "{id} ({text:?}): cosine {c}");
+    }
+    let registered = log.lines().find(|l| l.contains("registered")).unwrap_or_default();
+    assert!(registered.contains("device=cuda:0 "), "the worker registered another device: {registered}");
+    let loaded = log.lines().find(|l| l.contains("embedding model loaded")).unwrap_or_default();
+    assert!(loaded.contains("cuda:0") && loaded.contains("fp16"), "{loaded}");
+    println!("{registered}\n{loaded}");
     Ok(())
 }

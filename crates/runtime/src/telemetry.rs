@@ -2,6 +2,8 @@
 //! `info`), plus OpenTelemetry OTLP traces when `OTEL_EXPORTER_OTLP_ENDPOINT`
 //! is set.
 
+use std::io::IsTerminal;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
@@ -28,7 +30,12 @@ impl Drop for TelemetryGuard {
 pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    // Colours only on a terminal: logs written to files (deploy/local's, the
+    // tests') or collected by Kubernetes stay plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
