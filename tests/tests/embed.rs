@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use batchmill_embed::Precision;
-use batchmill_embed::reference::{Fixture, cosine, fixture_path};
+use batchmill_embed::reference::{Fixture, FixtureItem, cosine, fixture_path};
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_tests::{BUCKET, Options, Program, Sandbox, embed_model};
 use bytes::Bytes;
@@ -36,34 +36,44 @@ async fn embeddings(sandbox: &Sandbox, job: &pb::Job) -> anyhow::Result<BTreeMap
     Ok(out)
 }
 
+/// A job's texts, from the fixture: (id, text, sentence-transformers' embedding).
+type Texts<'a> = Vec<(String, &'a str, &'a Vec<f32>)>;
+
+fn texts<'a>(items: impl Iterator<Item = &'a FixtureItem>) -> Texts<'a> {
+    items.enumerate().map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding)).collect()
+}
+
+/// NDJSON lines of `{"id", "text"}`.
+fn ndjson(texts: &[(String, &str, &Vec<f32>)]) -> Bytes {
+    Bytes::from(texts.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect::<String>())
+}
+
+/// Every text has one embedding of 384 values, at cosine ≥ `bar` to its reference.
+fn assert_close(got: &BTreeMap<String, Vec<f32>>, texts: &Texts<'_>, bar: f32) {
+    assert_eq!(got.len(), texts.len(), "one result per item");
+    for (id, text, reference) in texts {
+        let e = got.get(id).unwrap_or_else(|| panic!("no result for {id}"));
+        assert_eq!(e.len(), 384);
+        let c = cosine(reference, e);
+        assert!(c >= bar, "{id} ({text:?}): cosine {c}");
+    }
+}
+
 #[tokio::test]
 async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_computes_it() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 2, ..Options::default() }).await?;
     let fixture = Fixture::read(&fixture_path()).map_err(anyhow::Error::msg)?;
     // 60 texts (short, long past truncation, non-ASCII, empty) in 3 files.
-    let items: Vec<(String, &str, &Vec<f32>)> = fixture
-        .items
-        .iter()
-        .take(60)
-        .enumerate()
-        .map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding))
-        .collect();
+    let items = texts(fixture.items.iter().take(60));
     for (f, chunk) in items.chunks(20).enumerate() {
-        let body: String = chunk.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect();
-        sandbox.blob.put(BUCKET, &format!("embed/in/{f}.jsonl"), Bytes::from(body), "application/x-ndjson").await?;
+        sandbox.blob.put(BUCKET, &format!("embed/in/{f}.jsonl"), ndjson(chunk), "application/x-ndjson").await?;
     }
     let source = json!({"s3Paths": [format!("s3://{BUCKET}/embed/in/")], "batchSize": 16});
     let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 2, "delimitedFiles": source.clone()})).await?;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}");
     assert_eq!(job.items.unwrap_or_default().completed, 60);
     let got = embeddings(&sandbox, &job).await?;
-    assert_eq!(got.len(), 60, "one result per item");
-    for (id, text, reference) in &items {
-        let e = got.get(id).ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
-        assert_eq!(e.len(), 384);
-        let c = cosine(reference, e);
-        assert!(c >= 0.9999, "{id} ({text:?}): cosine {c}");
-    }
+    assert_close(&got, &items, Precision::Fp32.cosine_bar());
 
     // The model from S3, named in the job's config: the same vectors.
     let model = embed_model();
@@ -149,28 +159,14 @@ async fn a_cuda_worker_embeds_on_its_cuda_backend() -> anyhow::Result<()> {
     let fixture = Fixture::read(&fixture_path()).map_err(anyhow::Error::msg)?;
     // Every fifth text of the fixture, 48 (empty to 448 tokens, long past
     // truncation, non-ASCII), in batches of 8.
-    let items: Vec<(String, &str, &Vec<f32>)> = fixture
-        .items
-        .iter()
-        .step_by(5)
-        .enumerate()
-        .map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding))
-        .collect();
-    let body: String = items.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect();
-    sandbox.blob.put(BUCKET, "embed-cuda/in.jsonl", Bytes::from(body), "application/x-ndjson").await?;
+    let items = texts(fixture.items.iter().step_by(5));
+    sandbox.blob.put(BUCKET, "embed-cuda/in.jsonl", ndjson(&items), "application/x-ndjson").await?;
     let source = json!({"s3Paths": [format!("s3://{BUCKET}/embed-cuda/")], "batchSize": 8});
     let job = submit(&sandbox, json!({"pipeline": "embed", "workers": 1, "delimitedFiles": source})).await?;
     let log = std::fs::read_to_string(sandbox.dir().join("worker-0.log"))?;
     assert_eq!(job.state(), pb::JobState::Succeeded, "{job:?}\n{log}");
     assert_eq!(job.items.unwrap_or_default().completed, 48);
-    let got = embeddings(&sandbox, &job).await?;
-    assert_eq!(got.len(), 48, "one result per item");
-    let bar = Precision::Fp16.cosine_bar();
-    for (id, text, reference) in &items {
-        let e = got.get(id).ok_or_else(|| anyhow::anyhow!("no result for {id}"))?;
-        let c = cosine(reference, e);
-        assert!(c >= bar, "{id} ({text:?}): cosine {c}");
-    }
+    assert_close(&embeddings(&sandbox, &job).await?, &items, Precision::Fp16.cosine_bar());
     let registered = log.lines().find(|l| l.contains("registered")).unwrap_or_default();
     assert!(registered.contains("device=cuda:0 "), "the worker registered another device: {registered}");
     let loaded = log.lines().find(|l| l.contains("embedding model loaded")).unwrap_or_default();
