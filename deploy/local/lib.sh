@@ -8,6 +8,24 @@ PORT_BASE=${BATCHMILL_PORT_BASE:-7400}
 PROFILE=${BATCHMILL_PROFILE:-debug}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET/$PROFILE
+# Workers with the CUDA backend (the worker's `cuda` feature): BATCHMILL_CUDA=1,
+# or by default where NVIDIA's driver is installed; BATCHMILL_CUDA=0 leaves it
+# out. A worker built with it still runs on the CPU where it finds no GPU.
+case ${BATCHMILL_CUDA:-auto} in
+  1) CARGO_FEATURES=(--features batchmill-worker/cuda) ;;
+  0) CARGO_FEATURES=() ;;
+  auto)
+    if [ -e /dev/nvidiactl ] || { command -v ldconfig >/dev/null && ldconfig -p | grep -q 'libcuda\.so'; }; then
+      CARGO_FEATURES=(--features batchmill-worker/cuda)
+    else
+      CARGO_FEATURES=()
+    fi
+    ;;
+  *)
+    printf '[batchmill] error: BATCHMILL_CUDA=%s: expected 0, 1 or auto\n' "$BATCHMILL_CUDA" >&2
+    exit 1
+    ;;
+esac
 
 ETCD_PORT=$((PORT_BASE + 0))
 ETCD_PEER_PORT=$((PORT_BASE + 1))
