@@ -8,18 +8,26 @@
 //
 // It checks the backend's logic (buffers, offsets, launch shapes, kernel
 // indexing, the GEMMs' layout) and its kernels' arithmetic; it says nothing
-// of speed, of races between streams, or of how a real GPU rounds.
+// of speed, of races between streams, or of how a real GPU rounds. Every
+// allocation ends (to within 16 bytes) at a page that cannot be touched, so
+// a kernel that reads or writes past the end of a buffer stops the process
+// with a message naming the kernel.
 #include <dlfcn.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -176,14 +184,32 @@ API CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuE
 
 // --- memory: device memory is host memory ---
 
+// Allocations by start: the mapping each lies in, and its length.
+static std::mutex mappings_lock;
+static std::map<CUdeviceptr, std::pair<void*, size_t>> mappings;
+
 API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
-    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-    if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
-    *p = (CUdeviceptr)m;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t data = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+    void* m = mmap(nullptr, data + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    char* guard = (char*)m + data;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        munmap(m, data + page);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    // The last byte that belongs to it is at most 15 bytes short of the guard.
+    *p = ((CUdeviceptr)guard - bytes) & ~(CUdeviceptr)15;
+    std::lock_guard<std::mutex> hold(mappings_lock);
+    mappings[*p] = {m, data + page};
     return CUDA_SUCCESS;
 }
 API CUresult cuMemFree_v2(CUdeviceptr p) {
-    std::free((void*)p);
+    std::lock_guard<std::mutex> hold(mappings_lock);
+    auto at = mappings.find(p);
+    if (at == mappings.end()) return CUDA_ERROR_INVALID_VALUE;
+    munmap(at->second.first, at->second.second);
+    mappings.erase(at);
     return CUDA_SUCCESS;
 }
 API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
@@ -192,10 +218,7 @@ API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
     *p = (void*)d;
     return r;
 }
-API CUresult cuMemFreeHost(void* p) {
-    std::free(p);
-    return CUDA_SUCCESS;
-}
+API CUresult cuMemFreeHost(void* p) { return cuMemFree_v2((CUdeviceptr)p); }
 API CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
     *free = *total = (size_t)8 << 30;
     return CUDA_SUCCESS;
@@ -235,6 +258,7 @@ struct Module {
 
 struct Function {
     EmuEntry entry;
+    std::string name;
 };
 
 static EmuRuntime runtime;
@@ -278,7 +302,7 @@ API CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
     std::string symbol = std::string("emu_entry_") + name;
     EmuEntry entry = (EmuEntry)dlsym(((Module*)m)->handle, symbol.c_str());
     if (!entry) return CUDA_ERROR_NOT_FOUND;
-    *f = new Function{entry};
+    *f = new Function{entry, name};
     return CUDA_SUCCESS;
 }
 API CUresult cuFuncGetAttribute(int* v, int, CUfunction) {
@@ -460,11 +484,31 @@ bool run_block(EmuDim block_index, EmuDim dim) {
 
 }  // namespace
 
+static const char* launching;
+
+// A fault in a kernel is an access past the end of an allocation (or to
+// memory that is not the device's at all): say which kernel, then die.
+static void on_fault(int, siginfo_t* info, void*) {
+    char message[512];
+    int n = std::snprintf(message, sizeof message,
+                          "cuda emulator: kernel %s touched %p, outside every device allocation's bounds\n",
+                          launching, info->si_addr);
+    if (n > 0) (void)!write(2, message, (size_t)std::min(n, (int)sizeof message - 1));
+    _exit(134);
+}
+
 API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                             unsigned bz, unsigned, CUstream, void** kernel_params, void** extra) {
     if (extra || !kernel_params || bx * by * bz == 0 || bx * by * bz > 1024 || gx * gy * gz == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    entry = ((Function*)f)->entry;
+    Function* function = (Function*)f;
+    entry = function->entry;
+    launching = function->name.c_str();
+    struct sigaction fault{}, before{};
+    fault.sa_sigaction = on_fault;
+    fault.sa_flags = SA_SIGINFO;
+    sigemptyset(&fault.sa_mask);
+    sigaction(SIGSEGV, &fault, &before);
     params = kernel_params;
     runtime.sync_block = sync_block;
     runtime.sync_warp = sync_warp;
@@ -481,5 +525,6 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                                  x, y, z);
                     std::abort();
                 }
+    sigaction(SIGSEGV, &before, nullptr);
     return CUDA_SUCCESS;
 }
