@@ -485,6 +485,9 @@ bool run_block(EmuDim block_index, EmuDim dim) {
 }  // namespace
 
 static const char* launching;
+// One launch at a time, from whichever thread: the fibers and the runtime
+// the modules see are the process's.
+static std::mutex launch_lock;
 
 // A fault in a kernel is an access past the end of an allocation (or to
 // memory that is not the device's at all): say which kernel, then die.
@@ -501,6 +504,7 @@ API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz,
                             unsigned bz, unsigned, CUstream, void** kernel_params, void** extra) {
     if (extra || !kernel_params || bx * by * bz == 0 || bx * by * bz > 1024 || gx * gy * gz == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    std::lock_guard<std::mutex> hold(launch_lock);
     Function* function = (Function*)f;
     entry = function->entry;
     launching = function->name.c_str();
