@@ -33,17 +33,8 @@ pub struct Options {
     /// Start a standby scheduler too ("scheduler-standby"), which waits in
     /// the election and serves only once it leads.
     pub standby_scheduler: bool,
-    /// Start the workers from this program rather than the built
-    /// `batchmill-worker` (a build with the cuda feature, say).
-    pub worker_program: Option<Program>,
-}
-
-/// A program to start, with environment variables of its own on top of the
-/// sandbox's.
-#[derive(Debug, Clone)]
-pub struct Program {
-    pub path: PathBuf,
-    pub env: Vec<(String, String)>,
+    /// Environment variables the workers get on top of the sandbox's.
+    pub worker_env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -54,7 +45,7 @@ impl Default for Options {
             max_deliver: 3,
             services: true,
             standby_scheduler: false,
-            worker_program: None,
+            worker_env: Vec::new(),
         }
     }
 }
@@ -250,50 +241,48 @@ impl Sandbox {
             return Ok(sandbox);
         }
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
-        let program = |bin: &str| -> anyhow::Result<Program> { Ok(Program { path: binary(bin)?, env: vec![] }) };
+        let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
         let mut services = vec![
-            ("lister".to_owned(), program("batchmill-lister")?, lister, vec![]),
+            ("lister".to_owned(), "batchmill-lister", lister, vec![], &env),
             (
                 "enqueuer".to_owned(),
-                program("batchmill-enqueuer")?,
+                "batchmill-enqueuer",
                 enqueuer,
                 vec![format!("--lister-url=http://127.0.0.1:{lister}")],
+                &env,
             ),
             (
                 "scheduler".to_owned(),
-                program("batchmill-scheduler")?,
+                "batchmill-scheduler",
                 scheduler,
                 vec![
                     format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
                     format!("--lister-url=http://127.0.0.1:{lister}"),
                 ],
+                &env,
             ),
-            ("gateway".to_owned(), program("batchmill-gateway")?, gateway, vec![]),
+            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![], &env),
         ];
-        let worker = match &options.worker_program {
-            Some(p) => p.clone(),
-            None => program("batchmill-worker")?,
-        };
         for i in 0..options.workers {
             services.push((
                 format!("worker-{i}"),
-                worker.clone(),
+                "batchmill-worker",
                 free_port()?,
                 vec![
                     format!("--worker-id=sandbox-{i}"),
                     format!("--work-dir={}", root.join(format!("worker-{i}")).display()),
                 ],
+                &worker_env,
             ));
         }
-        for (name, program, port, extra) in &services {
+        for (name, bin, port, extra, env) in &services {
             let mut args = vec![format!("--listen=127.0.0.1:{port}")];
             args.extend(extra.iter().cloned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let env: Vec<(String, String)> = env.iter().chain(&program.env).cloned().collect();
-            sandbox.spawn(name, &program.path, &args, &env)?;
+            sandbox.spawn(name, &binary(bin)?, &args, env)?;
             sandbox.grpc_ports.push((name.clone(), *port));
         }
-        for (name, _, port, _) in &services {
+        for (name, _, port, _, _) in &services {
             sandbox.wait_healthy(name, *port).await?;
         }
         if options.standby_scheduler {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use batchmill_embed::Precision;
 use batchmill_embed::reference::{Fixture, FixtureItem, cosine, fixture_path};
 use batchmill_proto::jobs::v1 as pb;
-use batchmill_tests::{BUCKET, Options, Program, Sandbox, embed_model};
+use batchmill_tests::{BUCKET, Options, Sandbox, embed_model};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -129,33 +129,28 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
     Ok(())
 }
 
-/// A worker built with the cuda feature, on the CPU emulation of CUDA
-/// (crates/embed/cuda-emu), as `scripts/test` sets it up: BATCHMILL_CUDA_WORKER
-/// names that build and BATCHMILL_CUDA_EMU the emulator's libraries. The
-/// worker finds the CUDA device and registers it, runs `embed` on its CUDA
-/// backend (two batches at a time) at a GPU's default precision, fp16, and
-/// every embedding matches sentence-transformers' within fp16's bar. On a GPU
-/// machine, BATCHMILL_CUDA_EMU may name CUDA's own library directory.
+/// A worker on the CPU emulation of CUDA (crates/embed/cuda-emu), as
+/// `scripts/test` sets it up: it builds the workers with the cuda feature and
+/// names the emulator's libraries in BATCHMILL_CUDA_EMU. The worker finds the
+/// CUDA device and registers it, runs `embed` on its CUDA backend (two
+/// batches at a time) at a GPU's default precision, fp16, and every embedding
+/// matches sentence-transformers' within fp16's bar. On a GPU machine,
+/// BATCHMILL_CUDA_EMU may name CUDA's own library directory.
 #[tokio::test]
 async fn a_cuda_worker_embeds_on_its_cuda_backend() -> anyhow::Result<()> {
-    let (Some(worker), Some(libs)) =
-        (std::env::var_os("BATCHMILL_CUDA_WORKER"), std::env::var_os("BATCHMILL_CUDA_EMU"))
-    else {
+    let Some(libs) = std::env::var_os("BATCHMILL_CUDA_EMU") else {
         assert!(
             std::env::var_os("BATCHMILL_EXPECT_CUDA").is_none(),
-            "BATCHMILL_EXPECT_CUDA is set, but BATCHMILL_CUDA_WORKER or BATCHMILL_CUDA_EMU is not"
+            "BATCHMILL_EXPECT_CUDA is set, but BATCHMILL_CUDA_EMU is not"
         );
-        println!("not run: BATCHMILL_CUDA_WORKER and BATCHMILL_CUDA_EMU are not set (scripts/test sets them)");
+        println!("not run: BATCHMILL_CUDA_EMU is not set (scripts/test sets it)");
         return Ok(());
     };
-    let program = Program {
-        path: worker.into(),
-        env: vec![
-            ("LD_LIBRARY_PATH".into(), libs.to_string_lossy().into_owned()),
-            ("BATCHMILL_DEVICE".into(), "cuda".into()),
-        ],
-    };
-    let sandbox = Sandbox::start(Options { workers: 1, worker_program: Some(program), ..Options::default() }).await?;
+    let worker_env = vec![
+        ("LD_LIBRARY_PATH".into(), libs.to_string_lossy().into_owned()),
+        ("BATCHMILL_DEVICE".into(), "cuda".into()),
+    ];
+    let sandbox = Sandbox::start(Options { workers: 1, worker_env, ..Options::default() }).await?;
     let fixture = Fixture::read(&fixture_path()).map_err(anyhow::Error::msg)?;
     // Every fifth text of the fixture, 48 (empty to 448 tokens, long past
     // truncation, non-ASCII), in batches of 8.
