@@ -184,9 +184,11 @@ API CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuE
 
 // --- memory: device memory is host memory ---
 
-// Allocations by start: the mapping each lies in, and its length.
+// Allocations by start: the mapping each lies in, and its length. Never
+// destroyed (nor is any other state here with a destructor): a thread may
+// still be freeing device memory or launching while the process exits.
 static std::mutex mappings_lock;
-static std::map<CUdeviceptr, std::pair<void*, size_t>> mappings;
+static auto& mappings = *new std::map<CUdeviceptr, std::pair<void*, size_t>>;
 
 API CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -395,9 +397,9 @@ struct Fiber {
     EmuDim index{};
 };
 
-std::vector<Fiber> fibers;
-std::vector<Barrier> warps;
-std::vector<float> slots;
+auto& fibers = *new std::vector<Fiber>;
+auto& warps = *new std::vector<Barrier>;
+auto& slots = *new std::vector<float>;
 Barrier block;
 size_t running;
 unsigned long long progress;

@@ -19,10 +19,13 @@ struct Request {
 /// A loaded model. Tokenizing happens on the caller's thread; the encoder
 /// runs on one dedicated thread that owns the backend (and so the CUDA
 /// context and the weights uploaded to the device), fed over a channel.
-/// Dropping the last handle stops the thread.
+/// Dropping it stops that thread and waits for it, so the device's memory
+/// and context are released before the drop returns (and never race the
+/// process's exit).
 pub struct Embedder {
     tokens: Tokens,
     tx: mpsc::Sender<Request>,
+    thread: Option<std::thread::JoinHandle<()>>,
     device: String,
     dim: usize,
     max_tokens: usize,
@@ -38,7 +41,7 @@ impl Embedder {
         let dim = files.config.hidden_size;
         let (tx, rx) = mpsc::channel::<Request>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("batchmill-embed".into())
             .spawn(move || {
                 let backend = match backend::open(choice, weights, precision) {
@@ -54,7 +57,7 @@ impl Embedder {
             .map_err(|e| EmbedError::Device { device: "thread".into(), message: e.to_string() })?;
         let (device, max_tokens) = ready_rx.recv().map_err(|_| EmbedError::Stopped)??;
         info!(model = %dir.display(), %device, max_seq_length = files.max_seq_length, "embedding model loaded");
-        Ok(Embedder { tokens, tx, device, dim, max_tokens })
+        Ok(Embedder { tokens, tx, thread: Some(thread), device, dim, max_tokens })
     }
 
     /// The device it runs on.
@@ -101,6 +104,16 @@ impl Embedder {
             }
         }
         Ok(out)
+    }
+}
+
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        // Closing the channel ends `serve`; the thread then drops the backend.
+        self.tx = mpsc::channel().0;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
