@@ -36,20 +36,20 @@ async fn embeddings(sandbox: &Sandbox, job: &pb::Job) -> anyhow::Result<BTreeMap
     Ok(out)
 }
 
-/// A job's texts, from the fixture: (id, text, sentence-transformers' embedding).
-type Texts<'a> = Vec<(String, &'a str, &'a Vec<f32>)>;
+/// A job's text, from the fixture: (id, text, sentence-transformers' embedding).
+type Text<'a> = (String, &'a str, &'a Vec<f32>);
 
-fn texts<'a>(items: impl Iterator<Item = &'a FixtureItem>) -> Texts<'a> {
+fn texts<'a>(items: impl Iterator<Item = &'a FixtureItem>) -> Vec<Text<'a>> {
     items.enumerate().map(|(i, it)| (format!("t{i:03}"), it.text.as_str(), &it.embedding)).collect()
 }
 
 /// NDJSON lines of `{"id", "text"}`.
-fn ndjson(texts: &[(String, &str, &Vec<f32>)]) -> Bytes {
+fn ndjson(texts: &[Text<'_>]) -> Bytes {
     Bytes::from(texts.iter().map(|(id, text, _)| format!("{}\n", json!({"id": id, "text": text}))).collect::<String>())
 }
 
 /// Every text has one embedding of 384 values, at cosine ≥ `bar` to its reference.
-fn assert_close(got: &BTreeMap<String, Vec<f32>>, texts: &Texts<'_>, bar: f32) {
+fn assert_close(got: &BTreeMap<String, Vec<f32>>, texts: &[Text<'_>], bar: f32) {
     assert_eq!(got.len(), texts.len(), "one result per item");
     for (id, text, reference) in texts {
         let e = got.get(id).unwrap_or_else(|| panic!("no result for {id}"));

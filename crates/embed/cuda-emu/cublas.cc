@@ -108,8 +108,8 @@ API cublasStatus_t cublasGemmEx(cublasHandle_t, int transa, int transb, int m, i
             bt[(size_t)j * k + p] = load(B, transb == CUBLAS_OP_N ? p + (size_t)j * ldb : j + (size_t)p * ldb, btype);
     float a = *(const float*)alpha, b = *(const float*)beta;
     int threads = (int)std::max(1u, std::thread::hardware_concurrency());
-    int per = (n + threads - 1) / std::max(threads, 1);
-    per = (per + 3) / 4 * 4;
+    // Columns per thread, a multiple of the four `columns` takes at a time.
+    int per = ((n + threads - 1) / threads + 3) / 4 * 4;
     std::vector<std::thread> pool;
     for (int j0 = 0; j0 < n; j0 += per)
         pool.emplace_back(columns, at.data(), bt.data(), (float*)C, m, k, ldc, a, b, j0, std::min(n, j0 + per));

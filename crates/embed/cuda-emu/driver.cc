@@ -150,10 +150,7 @@ API CUresult cuStreamCreate(CUstream* s, unsigned) {
     *s = &stream_token;
     return CUDA_SUCCESS;
 }
-API CUresult cuStreamCreateWithPriority(CUstream* s, unsigned, int) {
-    *s = &stream_token;
-    return CUDA_SUCCESS;
-}
+API CUresult cuStreamCreateWithPriority(CUstream* s, unsigned flags, int) { return cuStreamCreate(s, flags); }
 API CUresult cuStreamDestroy_v2(CUstream) { return CUDA_SUCCESS; }
 API CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
 API CUresult cuStreamWaitEvent(CUstream, CUevent, unsigned) { return CUDA_SUCCESS; }
