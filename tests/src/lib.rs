@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use batchmill_blob::{Blob, S3Config};
+use batchmill_blob::{Blob, ObjectStore, S3Config};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
 use tonic::transport::Channel;
 
@@ -359,6 +359,19 @@ impl Sandbox {
     pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
         let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?.connect().await?;
         Ok(JobServiceClient::new(channel).max_encoding_message_size(16 * 1024 * 1024))
+    }
+
+    fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))
+    }
+
+    /// Takes process `name` (such as "s3" or "etcd") down for `outage`, as a
+    /// crash and a restart would: killed with SIGKILL, then started again
+    /// as it was, on the same port and data.
+    pub async fn outage(&mut self, name: &str, outage: Duration) -> anyhow::Result<()> {
+        self.process_mut(name)?.kill();
+        tokio::time::sleep(outage).await;
+        self.process_mut(name)?.restart()
     }
 
     /// Sends `signal` (such as "KILL" or "TERM") to process `name`.

@@ -11,6 +11,8 @@ pub struct Process {
     child: Child,
     log: PathBuf,
     exited: Option<bool>,
+    /// How it was started, to start it again.
+    command: (PathBuf, Vec<String>, Vec<(String, String)>),
 }
 
 impl Process {
@@ -22,15 +24,27 @@ impl Process {
         log: &Path,
     ) -> anyhow::Result<Process> {
         let out = std::fs::File::create(log)?;
-        let child = Command::new(program)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {name} ({})", program.display()))?;
-        Ok(Process { name: name.to_owned(), child, log: log.to_path_buf(), exited: None })
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = start(name, program, &args, env, out)?;
+        let command = (program.to_path_buf(), args, env.to_vec());
+        Ok(Process { name: name.to_owned(), child, log: log.to_path_buf(), exited: None, command })
+    }
+
+    /// Kills it with SIGKILL and waits for it to die, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again as it was started first (after [`Process::kill`]),
+    /// appending to its log.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let out = std::fs::OpenOptions::new().append(true).open(&self.log)?;
+        let (program, args, env) = &self.command;
+        self.child = start(&self.name, program, args, env, out)?;
+        self.exited = None;
+        Ok(())
     }
 
     pub fn check_alive(&self) -> anyhow::Result<()> {
@@ -76,6 +90,23 @@ impl Process {
         self.exited = Some(false);
         false
     }
+}
+
+fn start(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    out: std::fs::File,
+) -> anyhow::Result<Child> {
+    Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {name} ({})", program.display()))
 }
 
 fn is_zombie(pid: u32) -> bool {

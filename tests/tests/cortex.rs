@@ -2,6 +2,7 @@
 //! each source, dry runs in plain text, status, stop and listing, and
 //! `{"kind", "message"}` errors.
 
+use batchmill_blob::ObjectStore;
 use std::time::Duration;
 
 use batchmill_tests::{BUCKET, Options, Sandbox};

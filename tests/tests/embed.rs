@@ -5,6 +5,7 @@
 //! item fails its batch naming the item; a bad config is refused at submission.
 //! And the same on a worker built with the cuda feature, on its CUDA backend.
 
+use batchmill_blob::ObjectStore;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! once though the scheduler or the worker running it dies, and batches that
 //! raise or crash their process.
 
+use batchmill_blob::ObjectStore;
 use std::time::Duration;
 
 use batchmill_proto::jobs::v1 as pb;

@@ -2,6 +2,7 @@
 //! `delimitedFiles` (one item per line), selected by prefixes and Cortex
 //! globs over the full s3://bucket/key.
 
+use batchmill_blob::ObjectStore;
 use std::time::Duration;
 
 use batchmill_proto::jobs::v1 as pb;

@@ -4,6 +4,7 @@
 //! images under a prefix, the three ways to submit, dry runs, the aggregated
 //! results file that `on_job_complete` writes, and stopping a job.
 
+use batchmill_blob::ObjectStore;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;

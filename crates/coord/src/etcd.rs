@@ -45,46 +45,6 @@ impl Etcd {
         }
     }
 
-    /// Writes `key` under a lease of `ttl` and keeps it alive until `cancel`,
-    /// then revokes it so the key disappears at once. If the process dies the
-    /// key disappears when the lease expires. Returns after the first write.
-    pub async fn register(
-        &self,
-        key: String,
-        value: Vec<u8>,
-        ttl: Duration,
-        cancel: CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>> {
-        let mut client = self.client.clone();
-        let ttl_s = ttl.as_secs().max(1) as i64;
-        let lease = client.lease_grant(ttl_s, None).await?.id();
-        client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(lease))).await?;
-        Ok(tokio::spawn(async move {
-            let mut lease = lease;
-            loop {
-                match keep_alive(&mut client, lease, ttl, &cancel).await {
-                    Ok(()) => {
-                        let _ = client.lease_revoke(lease).await;
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(%key, error = %e, "lease lost; registering again");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        let again = async {
-                            let id = client.lease_grant(ttl_s, None).await?.id();
-                            client.put(key.as_str(), value.clone(), Some(PutOptions::new().with_lease(id))).await?;
-                            Ok::<i64, etcd_client::Error>(id)
-                        };
-                        match again.await {
-                            Ok(id) => lease = id,
-                            Err(e) => warn!(%key, error = %e, "registration failed"),
-                        }
-                    }
-                }
-            }
-        }))
-    }
-
     /// Creates `key` with `value` under a lease of `ttl` unless the key
     /// exists, and keeps the lease alive until the claim is finished. None
     /// if someone else holds (or held) the key. If this process dies the
@@ -269,20 +229,60 @@ impl Drop for Claim {
     }
 }
 
-/// Renews `lease` every third of `ttl` until `cancel` (Ok) or failure (Err).
+/// Keeps `lease` (of `ttl`, just granted or renewed) alive until `cancel`
+/// (Ok), renewing it every third of `ttl`. A renewal that fails (etcd down
+/// or restarting, the stream broken, no answer in time) is retried; the
+/// lease counts as lost (Err) only once etcd says it is gone, or once `ttl`
+/// has passed since the last renewal etcd confirmed was sent, when it has
+/// expired (etcd renews a lease from when a renewal arrives, which is never
+/// before it was sent).
 async fn keep_alive(client: &mut Client, lease: i64, ttl: Duration, cancel: &CancellationToken) -> Result<()> {
+    let mut confirmed = tokio::time::Instant::now();
+    let lost = || CoordError::LeaseLost { key: format!("lease {lease:x}") };
+    loop {
+        match renew(client, lease, ttl, cancel, &mut confirmed).await {
+            Ok(()) => return Ok(()),
+            Err(e @ CoordError::LeaseLost { .. }) => return Err(e),
+            Err(e) => {
+                let left = ttl.saturating_sub(confirmed.elapsed());
+                if left.is_zero() {
+                    warn!(lease = %format!("{lease:x}"), error = %e, "lease expired while etcd was unreachable");
+                    return Err(lost());
+                }
+                warn!(lease = %format!("{lease:x}"), error = %e, left_ms = left.as_millis() as u64, "lease renewal failed; retrying");
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(left.min(Duration::from_millis(250))) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Renews `lease` on one keep-alive stream until `cancel` (Ok) or the stream
+/// fails (Err); `confirmed` is when the last confirmed renewal was sent.
+async fn renew(
+    client: &mut Client,
+    lease: i64,
+    ttl: Duration,
+    cancel: &CancellationToken,
+    confirmed: &mut tokio::time::Instant,
+) -> Result<()> {
+    let period = ttl / 3;
     let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
-    let mut tick = tokio::time::interval(ttl / 3);
+    let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
-            _ = tick.tick() => {
-                keeper.keep_alive().await?;
-                match responses.message().await? {
-                    Some(r) if r.ttl() > 0 => {}
-                    _ => return Err(CoordError::LeaseLost { key: format!("lease {lease:x}") }),
-                }
-            }
+            _ = tick.tick() => {}
+        }
+        let sent = tokio::time::Instant::now();
+        keeper.keep_alive().await?;
+        let answer = tokio::time::timeout(period, responses.message()).await;
+        match answer.map_err(|_| CoordError::TimedOut { seconds: period.as_secs() })?? {
+            Some(r) if r.ttl() > 0 => *confirmed = sent,
+            Some(_) => return Err(CoordError::LeaseLost { key: format!("lease {lease:x}") }),
+            None => return Err(CoordError::WatchEnded { prefix: format!("keep-alive of lease {lease:x}") }),
         }
     }
 }

@@ -1,15 +1,25 @@
 //! Coordination state in etcd: a small key-value trait (with an in-memory
-//! implementation for unit tests), leased registrations that vanish when
-//! their owner dies, and leader election.
+//! implementation for unit tests, feature `testing`, and one [`conformance`]
+//! suite both pass), claims that lapse when their owner dies, and leader
+//! election.
+//!
+//! Leases ride out short etcd outages: a renewal that fails is retried until
+//! the lease's TTL has passed since the last renewal etcd confirmed, and only
+//! then is the lease (and what it holds) counted as lost.
 //!
 //! Every key batchmill writes lives under `/batchmill/`.
 
 mod etcd;
 mod leader;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
 mod mem;
 
 pub use etcd::{Claim, Etcd, Leadership};
 pub use leader::LeaderChannel;
+#[cfg(any(test, feature = "testing"))]
 pub use mem::MemKv;
 
 use async_trait::async_trait;
@@ -26,6 +36,26 @@ pub enum CoordError {
     NoLeader { name: String },
     #[error("lease of {key} was lost")]
     LeaseLost { key: String },
+    #[error("etcd did not answer within {seconds} s")]
+    TimedOut { seconds: u64 },
+    #[error("encoding the value of {key}: {message}")]
+    Encode { key: String, message: String },
+}
+
+impl CoordError {
+    /// Whether the same call may succeed later: etcd was unreachable, slow
+    /// or electing a leader.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CoordError::Etcd(e) => match e {
+                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+                etcd_client::Error::GRpcStatus(status) => batchmill_core::RemoteError::from(status).is_retryable(),
+                _ => false,
+            },
+            CoordError::WatchEnded { .. } | CoordError::NoLeader { .. } | CoordError::TimedOut { .. } => true,
+            CoordError::LeaseLost { .. } | CoordError::Encode { .. } => false,
+        }
+    }
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
@@ -54,31 +84,4 @@ pub trait Kv: Send + Sync + 'static {
     /// The pairs under `prefix` as `Put` events, then every later change,
     /// with nothing missed between the two.
     async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, Result<KvEvent>>>;
-}
-
-/// The conformance suite every [`Kv`] implementation passes; `prefix` keeps
-/// runs against a shared server apart.
-pub async fn conformance(kv: &dyn Kv, prefix: &str) {
-    use futures::StreamExt;
-    let k = |s: &str| format!("{prefix}/{s}");
-    assert_eq!(kv.get(&k("a")).await.expect("get"), None);
-    kv.put(&k("a"), b"1".to_vec()).await.expect("put");
-    kv.put_all(vec![(k("b"), b"2".to_vec()), (k("c/d"), b"3".to_vec())]).await.expect("put_all");
-    assert_eq!(kv.get(&k("a")).await.expect("get"), Some(b"1".to_vec()));
-    let listed = kv.list(&format!("{prefix}/")).await.expect("list");
-    assert_eq!(listed, vec![(k("a"), b"1".to_vec()), (k("b"), b"2".to_vec()), (k("c/d"), b"3".to_vec())]);
-    let mut watch = kv.watch(&format!("{prefix}/c/")).await.expect("watch");
-    assert_eq!(
-        watch.next().await.expect("snapshot").expect("event"),
-        KvEvent::Put { key: k("c/d"), value: b"3".to_vec() }
-    );
-    kv.put(&k("c/e"), b"4".to_vec()).await.expect("put");
-    kv.put(&k("other"), b"5".to_vec()).await.expect("put");
-    kv.delete(&k("c/d")).await.expect("delete");
-    assert_eq!(
-        watch.next().await.expect("event").expect("event"),
-        KvEvent::Put { key: k("c/e"), value: b"4".to_vec() }
-    );
-    assert_eq!(watch.next().await.expect("event").expect("event"), KvEvent::Delete { key: k("c/d") });
-    assert_eq!(kv.get(&k("c/d")).await.expect("get"), None);
 }

@@ -104,6 +104,6 @@ fn tokio_stream_from(rx: broadcast::Receiver<KvEvent>) -> BoxStream<'static, KvE
 mod tests {
     #[tokio::test]
     async fn mem_kv_conforms() {
-        crate::conformance(&super::MemKv::default(), "/batchmill/test").await;
+        crate::conformance::run(&super::MemKv::default(), "/batchmill/test").await;
     }
 }

@@ -32,7 +32,7 @@ impl EmbedConfig {
         let model = match config.get("model") {
             None => None,
             Some(Value::String(m)) if m.starts_with("s3://") => {
-                S3Uri::parse(m).map_err(|e| FieldViolation::new("config.model", e))?;
+                S3Uri::parse(m).map_err(|e| FieldViolation::new("config.model", e.to_string()))?;
                 Some(m.clone())
             }
             Some(Value::String(m)) if !m.is_empty() => Some(m.clone()),

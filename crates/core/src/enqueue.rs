@@ -44,8 +44,8 @@ impl EnqueueProgress {
         self.done || self.stopped || self.error.is_some()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<EnqueueProgress, serde_json::Error> {
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn progress_round_trips() {
         let p = EnqueueProgress { next_seq: 3, next_item: 30, done: true, stopped: false, error: None };
-        assert_eq!(EnqueueProgress::decode(&p.encode()).unwrap(), p);
+        assert_eq!(EnqueueProgress::decode(&p.encode().unwrap()).unwrap(), p);
         assert!(p.is_final());
     }
 }

@@ -51,6 +51,17 @@ impl ErrorCode {
         }
     }
 
+    /// Whether the same call may succeed later, unchanged: the service or
+    /// what it depends on is unreachable or overloaded for now.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable)
+    }
+
+    /// Whether the caller's request is at fault (an HTTP 4xx).
+    pub fn is_caller_error(self) -> bool {
+        self.http().is_client_error()
+    }
+
     /// The code of a gRPC status, for transcoding a status back to HTTP.
     pub fn from_grpc(code: tonic::Code) -> ErrorCode {
         match code {
@@ -69,6 +80,45 @@ impl ErrorCode {
             | tonic::Code::Internal
             | tonic::Code::DataLoss => ErrorCode::Internal,
         }
+    }
+}
+
+/// What another service answered, in the error model: the one conversion
+/// of a received `tonic::Status`. A call that never got an answer (the
+/// connection failed or was lost mid-call) is [`ErrorCode::Unavailable`],
+/// whatever code the transport reported, so the caller knows a retry can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The call got no answer: the connection failed or was lost mid-call.
+    pub lost: bool,
+}
+
+impl RemoteError {
+    /// Whether calling again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+}
+
+impl From<&tonic::Status> for RemoteError {
+    fn from(status: &tonic::Status) -> RemoteError {
+        use std::error::Error as _;
+        // tonic reports a failed or broken connection as UNKNOWN with the
+        // transport's error as source, and a stream reset as CANCELLED: a
+        // batchmill service never cancels a call it forwards or makes.
+        let transport = status.source().is_some_and(|s| s.downcast_ref::<tonic::transport::Error>().is_some());
+        let lost = transport || status.code() == tonic::Code::Cancelled;
+        let code = if lost { ErrorCode::Unavailable } else { ErrorCode::from_grpc(status.code()) };
+        RemoteError { code, message: status.message().to_owned(), lost }
+    }
+}
+
+impl From<tonic::Status> for RemoteError {
+    fn from(status: tonic::Status) -> RemoteError {
+        RemoteError::from(&status)
     }
 }
 
@@ -118,6 +168,20 @@ mod tests {
         let details = status.get_error_details();
         let bad = details.bad_request().expect("bad request details");
         assert_eq!(bad.field_violations[0].field, "item_list.batch_size");
+    }
+
+    #[test]
+    fn a_received_status_says_whether_a_retry_can_help() {
+        let lost = RemoteError::from(&tonic::Status::cancelled("stream reset"));
+        assert!(lost.lost && lost.is_retryable());
+        assert_eq!(lost.code, ErrorCode::Unavailable);
+        let down = RemoteError::from(&tonic::Status::unavailable("no leader"));
+        assert!(!down.lost && down.is_retryable());
+        let bad = RemoteError::from(&tonic::Status::invalid_argument("batch_size: must be at least 1"));
+        assert!(!bad.is_retryable() && bad.code.is_caller_error());
+        assert_eq!(bad.to_string(), "batch_size: must be at least 1");
+        let unknown = RemoteError::from(&tonic::Status::unknown("boom"));
+        assert_eq!((unknown.code, unknown.lost), (ErrorCode::Internal, false));
     }
 
     #[test]

@@ -26,11 +26,11 @@ pub struct Finalizing {
 }
 
 impl Finalizing {
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Finalizing> {
-        serde_json::from_slice(bytes).ok()
+    pub fn decode(bytes: &[u8]) -> Result<Finalizing, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 }

@@ -41,8 +41,10 @@ impl fmt::Display for JobId {
     }
 }
 
-/// Id of a batch: `<job_id>-<seq>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Id of a batch: `<job_id>-<seq>`, the batch's `seq` within its job. It
+/// names the batch everywhere: its JetStream message id, its result object
+/// (`<batch_id>.jsonl`), its dead letter and record, and in the public API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId {
     pub job_id: JobId,
     pub seq: u64,
@@ -51,6 +53,21 @@ pub struct BatchId {
 impl BatchId {
     pub fn new(job_id: JobId, seq: u64) -> BatchId {
         BatchId { job_id, seq }
+    }
+
+    /// Parses a batch id given by a user; names `field` when it is malformed.
+    /// A job id has no `-`, so the sequence number follows the only one.
+    pub fn parse(field: &str, s: &str) -> Result<BatchId, crate::FieldViolation> {
+        let bad = || crate::FieldViolation::new(field, format!("{s:?} is not a batch id (<job_id>-<seq>)"));
+        let (job, seq) = s.rsplit_once('-').ok_or_else(bad)?;
+        let seq = seq.parse::<u64>().map_err(|_| bad())?;
+        let job_id = JobId::parse(field, job).map_err(|_| bad())?;
+        Ok(BatchId { job_id, seq })
+    }
+
+    /// The id of a queued batch; names `batch.job_id` when its job id is malformed.
+    pub fn of(batch: &batchmill_proto::queue::v1::Batch) -> Result<BatchId, crate::FieldViolation> {
+        Ok(BatchId { job_id: JobId::parse("batch.job_id", &batch.job_id)?, seq: batch.seq })
     }
 }
 
@@ -110,6 +127,11 @@ mod tests {
     #[test]
     fn batch_id_is_job_dash_seq() {
         let job = JobId::parse("job_id", "abc123").unwrap();
-        assert_eq!(BatchId::new(job, 7).to_string(), "abc123-7");
+        let id = BatchId::new(job, 7);
+        assert_eq!(id.to_string(), "abc123-7");
+        assert_eq!(BatchId::parse("batch_ids[0]", "abc123-7"), Ok(id));
+        for bad in ["abc123", "abc123-", "abc123-x", "-7", "ABC-7", "a-b-7"] {
+            assert_eq!(BatchId::parse("batch_ids[0]", bad).unwrap_err().field, "batch_ids[0]", "{bad}");
+        }
     }
 }

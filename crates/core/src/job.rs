@@ -59,6 +59,45 @@ impl From<JobState> for pb::JobState {
     }
 }
 
+/// Why a job failed, as the contract's `Job.failure_reason` and Cortex's
+/// job status name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Its items could not be listed or enqueued.
+    EnqueueFailed,
+    /// Its predictor could not start, or its completion hook failed.
+    WorkerError,
+    /// Its predictor ran out of memory while starting.
+    WorkerOom,
+    /// Anything else.
+    UnexpectedError,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::EnqueueFailed => "enqueue_failed",
+            FailureReason::WorkerError => "worker_error",
+            FailureReason::WorkerOom => "worker_oom",
+            FailureReason::UnexpectedError => "unexpected_error",
+        }
+    }
+
+    /// The reason named `s`; None for an empty or unknown name.
+    pub fn parse(s: &str) -> Option<FailureReason> {
+        [Self::EnqueueFailed, Self::WorkerError, Self::WorkerOom, Self::UnexpectedError]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Whether a job in contract state `state` has ended for good.
 pub fn is_terminal(state: pb::JobState) -> bool {
     matches!(
@@ -104,7 +143,9 @@ impl S3Selection {
         let s3_paths = s3_paths
             .iter()
             .enumerate()
-            .map(|(i, p)| S3Uri::parse(p).map_err(|e| FieldViolation::new(format!("{field}.s3_paths[{i}]"), e)))
+            .map(|(i, p)| {
+                S3Uri::parse(p).map_err(|e| FieldViolation::new(format!("{field}.s3_paths[{i}]"), e.to_string()))
+            })
             .collect::<Result<_, _>>()?;
         crate::glob::Filter::new(includes, excludes)
             .map_err(|e| FieldViolation::new(format!("{field}.{}[{}]", e.list, e.index), e.error.to_string()))?;
@@ -169,7 +210,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
         let output_uri = if req.output_uri.is_empty() {
             None
         } else {
-            Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e))?)
+            Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e.to_string()))?)
         };
         let config = req.config.as_ref().map(crate::json::struct_to_json).unwrap_or_default();
         let max_receive_count = match req.dead_letter {
@@ -182,18 +223,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
                 ));
             }
         };
-        let timeout_ms = match req.timeout {
-            None => None,
-            Some(d) if d.seconds > 0 && d.nanos >= 0 || d.seconds == 0 && d.nanos > 0 => {
-                Some(crate::time::duration_to_ms(&d).max(1))
-            }
-            Some(d) => {
-                return Err(FieldViolation::new(
-                    "timeout",
-                    format!("must be positive, got {}s {}ns", d.seconds, d.nanos),
-                ));
-            }
-        };
+        let timeout_ms = req.timeout.as_ref().map(check_timeout).transpose()?;
         Ok(JobSpec {
             pipeline,
             max_workers: req.workers as u32,
@@ -204,6 +234,24 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             max_receive_count,
             timeout_ms,
         })
+    }
+}
+
+/// Longest timeout a job may ask for: a year.
+pub const MAX_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// A job's `timeout` in milliseconds: positive, at most [`MAX_TIMEOUT_MS`].
+fn check_timeout(d: &prost_types::Duration) -> Result<u64, FieldViolation> {
+    let refuse = |why: &str| FieldViolation::new("timeout", format!("{why}, got {}s {}ns", d.seconds, d.nanos));
+    if !(-999_999_999..=999_999_999).contains(&d.nanos) {
+        return Err(refuse("is not a duration: nanos must be within ±999999999"));
+    }
+    if d.seconds < 0 || d.nanos < 0 || d.seconds == 0 && d.nanos == 0 {
+        return Err(refuse("must be positive"));
+    }
+    match crate::time::checked_duration_ms(d) {
+        Some(ms) if ms <= MAX_TIMEOUT_MS => Ok(ms.max(1)),
+        _ => Err(refuse("must be at most a year (31536000s)")),
     }
 }
 
@@ -303,6 +351,26 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_are_positive_and_bounded() {
+        let with = |seconds, nanos| pb::SubmitJobRequest {
+            timeout: Some(prost_types::Duration { seconds, nanos }),
+            ..request(vec![json!(1)], 1, 1)
+        };
+        assert_eq!(JobSpec::try_from(with(600, 0)).unwrap().timeout_ms, Some(600_000));
+        assert_eq!(JobSpec::try_from(with(0, 1)).unwrap().timeout_ms, Some(1), "under a millisecond rounds up");
+        for (seconds, nanos, why) in [
+            (0, 0, "positive"),
+            (-1, 0, "positive"),
+            (i64::MAX, 0, "at most a year"),
+            (1, 2_000_000_000, "not a duration"),
+        ] {
+            let err = JobSpec::try_from(with(seconds, nanos)).unwrap_err();
+            assert_eq!(err.field, "timeout");
+            assert!(err.description.contains(why), "{seconds}s {nanos}ns: {}", err.description);
+        }
+    }
+
+    #[test]
     fn refuses_a_batch_over_256_kib_naming_it() {
         let big = json!("x".repeat(150 * 1024));
         let err = JobSpec::try_from(request(vec![json!(1), big.clone(), big.clone(), big], 2, 1)).unwrap_err();
@@ -333,6 +401,15 @@ mod tests {
         ] {
             assert_eq!(JobSpec::try_from(req).unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn failure_reasons_round_trip_by_name() {
+        for r in [FailureReason::EnqueueFailed, FailureReason::WorkerError, FailureReason::WorkerOom] {
+            assert_eq!(FailureReason::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::Value::String(r.as_str().into()));
+        }
+        assert_eq!(FailureReason::parse(""), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! batchmill's domain vocabulary, shared by every service: newtype ids, the
-//! job model and its validation, S3 URIs, and the one error-code enum that
+//! job model and its validation, the batch contract (result keys, endings,
+//! JetStream names), S3 URIs, the clock, and the one error-code enum that
 //! maps to gRPC and HTTP status.
 
+pub mod batch;
 pub mod embed;
 pub mod enqueue;
 pub mod error;
@@ -10,10 +12,13 @@ pub mod glob;
 pub mod ids;
 pub mod job;
 pub mod json;
+pub mod project;
+pub mod subjects;
 pub mod time;
 pub mod uri;
 
-pub use error::{ErrorCode, FieldViolation, ServiceError};
+pub use error::{ErrorCode, FieldViolation, RemoteError, ServiceError};
 pub use ids::{BatchId, JobId, WorkerId};
-pub use job::{JobSpec, JobState, S3Selection, SourceSpec};
-pub use uri::S3Uri;
+pub use job::{FailureReason, JobSpec, JobState, S3Selection, SourceSpec};
+pub use time::Clock;
+pub use uri::{S3Uri, UriError};

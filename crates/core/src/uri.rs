@@ -4,6 +4,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Why a text is not an S3 location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("{0:?} is not an s3:// URI")]
+    NotS3(String),
+    #[error("{0:?} is not a valid bucket name")]
+    BadBucket(String),
+}
+
 /// An S3 location: a bucket and a key or key prefix (no leading slash).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct S3Uri {
@@ -13,13 +22,13 @@ pub struct S3Uri {
 
 impl S3Uri {
     /// Parses `s3://bucket[/key]`.
-    pub fn parse(s: &str) -> Result<S3Uri, String> {
-        let rest = s.strip_prefix("s3://").ok_or_else(|| format!("{s:?} is not an s3:// URI"))?;
+    pub fn parse(s: &str) -> Result<S3Uri, UriError> {
+        let rest = s.strip_prefix("s3://").ok_or_else(|| UriError::NotS3(s.to_owned()))?;
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         let valid_bucket = (3..=63).contains(&bucket.len())
             && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid_bucket {
-            return Err(format!("{bucket:?} is not a valid bucket name"));
+            return Err(UriError::BadBucket(bucket.to_owned()));
         }
         Ok(S3Uri { bucket: bucket.to_owned(), key: key.to_owned() })
     }

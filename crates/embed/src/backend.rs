@@ -1,7 +1,7 @@
 //! The device side: a synchronous [`Backend`] runs the encoder over packed
 //! token sequences. One thread owns it (see [`crate::Embedder`]).
 
-use crate::{EmbedError, Weights};
+use crate::{EmbedError, Invalid, Weights};
 
 /// Texts' token ids laid end to end, with no padding: sequence `i` is the
 /// next `lens[i]` ids. Positions restart at 0 for each sequence.
@@ -72,12 +72,12 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub fn parse(s: &str) -> Result<Precision, String> {
+    pub fn parse(s: &str) -> Result<Precision, Invalid> {
         match s {
             "fp32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "bf16" => Ok(Precision::Bf16),
-            other => Err(format!("precision {other:?}: expected fp32, fp16 or bf16")),
+            other => Err(Invalid::new(format!("precision {other:?}"), "expected fp32, fp16 or bf16")),
         }
     }
 
@@ -105,12 +105,12 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    pub fn parse(s: &str) -> Result<DeviceChoice, String> {
+    pub fn parse(s: &str) -> Result<DeviceChoice, Invalid> {
         match s {
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda),
             "auto" | "" => Ok(DeviceChoice::Auto),
-            other => Err(format!("device {other:?}: expected cpu, cuda or auto")),
+            other => Err(Invalid::new(format!("device {other:?}"), "expected cpu, cuda or auto")),
         }
     }
 }

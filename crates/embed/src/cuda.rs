@@ -571,7 +571,12 @@ fn gemm<T: Input>(
 /// The kernels for a model of shape `c`, compiled for compute capability
 /// major.minor. Needs only NVRTC, no device: `batchmill-embed-bench compile`
 /// checks them on a machine without a GPU.
-pub fn compile_kernels(c: &BertConfig, precision: Precision, major: i32, minor: i32) -> Result<Vec<u8>, String> {
+pub fn compile_kernels(
+    c: &BertConfig,
+    precision: Precision,
+    major: i32,
+    minor: i32,
+) -> Result<Vec<u8>, crate::Invalid> {
     compile_kernels_logged(c, precision, major, minor, false).map(|(cubin, _)| cubin)
 }
 
@@ -583,7 +588,7 @@ pub fn compile_kernels_logged(
     major: i32,
     minor: i32,
     verbose: bool,
-) -> Result<(Vec<u8>, String), String> {
+) -> Result<(Vec<u8>, String), crate::Invalid> {
     let defines = format!(
         "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
         c.hidden_size,
@@ -601,10 +606,11 @@ pub fn compile_kernels_logged(
 /// Compiles `src` with NVRTC to a cubin for compute capability major.minor
 /// (a cubin, not PTX, so a toolkit newer than the driver still loads), with
 /// NVRTC's log (ptxas' register and spill report when `verbose`).
-fn compile(src: &str, major: i32, minor: i32, verbose: bool) -> Result<(Vec<u8>, String), String> {
-    let c_src = CString::new(src).map_err(|e| e.to_string())?;
-    let name = CString::new("batchmill_kernels.cu").map_err(|e| e.to_string())?;
-    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| format!("nvrtc: {e:?}"))?;
+fn compile(src: &str, major: i32, minor: i32, verbose: bool) -> Result<(Vec<u8>, String), crate::Invalid> {
+    let nvrtc_err = |e: String| crate::Invalid::new("nvrtc", e);
+    let c_src = CString::new(src).map_err(|e| nvrtc_err(e.to_string()))?;
+    let name = CString::new("batchmill_kernels.cu").map_err(|e| nvrtc_err(e.to_string()))?;
+    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| nvrtc_err(format!("{e:?}")))?;
     let mut options = vec![format!("--gpu-architecture=sm_{major}{minor}"), "--std=c++17".to_owned()];
     if verbose {
         options.push("--ptxas-options=-v".to_owned());
@@ -617,17 +623,17 @@ fn compile(src: &str, major: i32, minor: i32, verbose: bool) -> Result<(Vec<u8>,
         let log = String::from_utf8_lossy(&raw.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect::<Vec<u8>>())
             .into_owned();
         match compiled {
-            Err(e) => Err(format!("nvrtc: {e:?}: {log}")),
+            Err(e) => Err(nvrtc_err(format!("{e:?}: {log}"))),
             Ok(()) => {
                 let mut size = 0usize;
                 match nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result() {
-                    Err(e) => Err(format!("nvrtc: {e:?}")),
+                    Err(e) => Err(nvrtc_err(format!("{e:?}"))),
                     Ok(()) => {
                         let mut cubin = vec![0u8; size];
                         nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
                             .result()
                             .map(|()| (cubin, log))
-                            .map_err(|e| format!("nvrtc: {e:?}"))
+                            .map_err(|e| nvrtc_err(format!("{e:?}")))
                     }
                 }
             }

@@ -26,6 +26,20 @@ pub use embedder::Embedder;
 pub use model::{BertConfig, ModelFiles};
 pub use weights::Weights;
 
+/// A value, file or tensor that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct Invalid {
+    pub what: String,
+    pub why: String,
+}
+
+impl Invalid {
+    pub fn new(what: impl Into<String>, why: impl ToString) -> Invalid {
+        Invalid { what: what.into(), why: why.to_string() }
+    }
+}
+
 /// Why embedding failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {

@@ -77,7 +77,7 @@ pub struct ModelFiles {
 impl ModelFiles {
     pub fn open(dir: &Path) -> Result<ModelFiles, EmbedError> {
         let err = |message: String| EmbedError::Model { path: dir.display().to_string(), message };
-        let config: BertConfig = read_json(&dir.join("config.json")).map_err(err)?;
+        let config: BertConfig = read_json(&dir.join("config.json")).map_err(|e| err(e.to_string()))?;
         if config.hidden_act != "gelu" {
             return Err(err(format!("config.json: hidden_act {:?} is not supported (gelu is)", config.hidden_act)));
         }
@@ -92,7 +92,7 @@ impl ModelFiles {
         }
         let pooling = dir.join("1_Pooling/config.json");
         if pooling.exists() {
-            let p: PoolingConfig = read_json(&pooling).map_err(err)?;
+            let p: PoolingConfig = read_json(&pooling).map_err(|e| err(e.to_string()))?;
             if !p.pooling_mode_mean_tokens
                 || p.pooling_mode_cls_token
                 || p.pooling_mode_max_tokens
@@ -103,7 +103,7 @@ impl ModelFiles {
         }
         let st = dir.join("sentence_bert_config.json");
         let max_seq_length = if st.exists() {
-            let c: SentenceBertConfig = read_json(&st).map_err(err)?;
+            let c: SentenceBertConfig = read_json(&st).map_err(|e| err(e.to_string()))?;
             c.max_seq_length.unwrap_or(config.max_position_embeddings)
         } else {
             config.max_position_embeddings
@@ -126,8 +126,8 @@ impl ModelFiles {
     }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, String> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, crate::Invalid> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{name}: {e}"))
+    let bytes = std::fs::read(path).map_err(|e| crate::Invalid::new(&name, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| crate::Invalid::new(name, e))
 }

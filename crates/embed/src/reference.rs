@@ -23,9 +23,9 @@ pub struct FixtureItem {
 }
 
 impl Fixture {
-    pub fn read(path: &Path) -> Result<Fixture, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read(path: &Path) -> Result<Fixture, crate::Invalid> {
+        let bytes = std::fs::read(path).map_err(|e| crate::Invalid::new(path.display().to_string(), e))?;
+        serde_json::from_slice(&bytes).map_err(|e| crate::Invalid::new(path.display().to_string(), e))
     }
 }
 

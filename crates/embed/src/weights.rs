@@ -54,13 +54,13 @@ impl Weights {
         let err = |message: String| EmbedError::Model { path: path.display().to_string(), message };
         let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-        Weights::from_safetensors(&model.config, &tensors).map_err(err)
+        Weights::from_safetensors(&model.config, &tensors).map_err(|e| err(e.to_string()))
     }
 
-    pub fn from_safetensors(config: &BertConfig, st: &SafeTensors<'_>) -> Result<Weights, String> {
+    pub fn from_safetensors(config: &BertConfig, st: &SafeTensors<'_>) -> Result<Weights, crate::Invalid> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let get = |name: &str, shape: &[usize]| tensor(st, name, shape);
-        let linear = |prefix: &str, out: usize, inp: usize| -> Result<Linear, String> {
+        let linear = |prefix: &str, out: usize, inp: usize| -> Result<Linear, crate::Invalid> {
             Ok(Linear {
                 w: get(&format!("{prefix}.weight"), &[out, inp])?,
                 b: get(&format!("{prefix}.bias"), &[out])?,
@@ -68,7 +68,7 @@ impl Weights {
                 inp,
             })
         };
-        let norm = |prefix: &str| -> Result<Norm, String> {
+        let norm = |prefix: &str| -> Result<Norm, crate::Invalid> {
             Ok(Norm { gamma: get(&format!("{prefix}.weight"), &[h])?, beta: get(&format!("{prefix}.bias"), &[h])? })
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -103,13 +103,11 @@ impl Weights {
 
 /// The tensor `name` (or `bert.<name>`, as BertModel checkpoints saved from
 /// a task head name it) as f32, checked against `shape`.
-fn tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, String> {
-    let view = st
-        .tensor(name)
-        .or_else(|_| st.tensor(&format!("bert.{name}")))
-        .map_err(|_| format!("tensor {name} is missing"))?;
+fn tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>, crate::Invalid> {
+    let bad = |why: String| crate::Invalid::new(format!("tensor {name}"), why);
+    let view = st.tensor(name).or_else(|_| st.tensor(&format!("bert.{name}"))).map_err(|_| bad("is missing".into()))?;
     if view.shape() != shape {
-        return Err(format!("tensor {name} has shape {:?}, config.json implies {shape:?}", view.shape()));
+        return Err(bad(format!("has shape {:?}, config.json implies {shape:?}", view.shape())));
     }
     let data = view.data();
     let words = |n: usize| data.chunks_exact(n);
@@ -117,7 +115,7 @@ fn tensor(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<Vec<f32>,
         Dtype::F32 => words(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => words(2).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
         Dtype::BF16 => words(2).map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)).collect(),
-        other => return Err(format!("tensor {name} has dtype {other:?}; f32, f16 or bf16 expected")),
+        other => return Err(bad(format!("has dtype {other:?}; f32, f16 or bf16 expected"))),
     })
 }
 

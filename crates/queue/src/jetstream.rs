@@ -1,19 +1,27 @@
 //! The JetStream implementation.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, Message};
+use async_trait::async_trait;
+use batchmill_core::BatchId;
+use batchmill_core::subjects::{
+    BATCH_STREAM, DEAD_STREAM, EXHAUSTED_CONSUMER, EXHAUSTED_STREAM, LOG_STREAM, RECORD_STREAM, batch_msg_id,
+    batch_subject, consumer_name, dead_letter_msg_id, dead_subject, log_subject, max_deliveries_subject,
+    record_subject, rerun_msg_id,
+};
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tracing::debug;
 
 use crate::{
-    BATCH_STREAM, DEAD_STREAM, DeliveryPolicy, EXHAUSTED_STREAM, LOG_STREAM, QueueError, RECORD_STREAM, Result,
-    batch_subject, consumer_name, dead_subject, log_subject, record_subject,
+    Advisories, Batches, Consumer, DeadLetters, Delivery, DeliveryPolicy, Exhausted, Handled, LogLines, Logs,
+    QueueError, Records, Result, Stored, TraceHeaders,
 };
 
 /// A connection to JetStream with the batch stream in place.
@@ -42,7 +50,7 @@ impl JetStreamQueue {
         let context = js::new(client);
         let config = stream::Config {
             name: BATCH_STREAM.to_owned(),
-            subjects: vec!["batchmill.batches.*".to_owned()],
+            subjects: vec![batch_subject("*")],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(120),
@@ -76,35 +84,9 @@ impl JetStreamQueue {
         Ok(JetStreamQueue { context })
     }
 
-    /// Publishes batch `seq` of `job_id` and waits for JetStream to store it.
-    /// A batch already published (within the 2-minute window) is dropped.
-    /// `trace` (W3C trace headers) travels in the message headers.
-    pub async fn publish_batch(
-        &self,
-        job_id: &str,
-        seq: u64,
-        body: Bytes,
-        trace: &HashMap<String, String>,
-    ) -> Result<()> {
-        self.publish(batch_subject(job_id), format!("{job_id}-{seq}"), body, trace).await
-    }
-
-    /// Publishes a dead-lettered batch of `job_id` again, under message id
-    /// `<job_id>-<seq>-r<rerun>`: `rerun` (the dead letter's stream sequence)
-    /// tells it apart from the original within the duplicate window.
-    pub async fn requeue_batch(&self, job_id: &str, seq: u64, rerun: u64, body: Bytes) -> Result<()> {
-        self.publish(batch_subject(job_id), format!("{job_id}-{seq}-r{rerun}"), body, &HashMap::new()).await
-    }
-
     /// Publishes to `subject` under `msg_id` (a duplicate within the
     /// stream's window is dropped) and waits for JetStream to store it.
-    async fn publish(
-        &self,
-        subject: String,
-        msg_id: String,
-        body: Bytes,
-        trace: &HashMap<String, String>,
-    ) -> Result<()> {
+    async fn publish(&self, subject: String, msg_id: String, body: Bytes, trace: &TraceHeaders) -> Result<()> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id.as_str());
         for (key, value) in trace {
@@ -116,8 +98,27 @@ impl JetStreamQueue {
         Ok(())
     }
 
-    /// Creates the job's durable consumer (idempotent).
-    pub async fn open_job(&self, job_id: &str, policy: DeliveryPolicy) -> Result<()> {
+    async fn dead_stream(&self) -> Result<stream::Stream> {
+        self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))
+    }
+
+    async fn stream(&self) -> Result<stream::Stream> {
+        self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
+    }
+}
+
+#[async_trait]
+impl Batches for JetStreamQueue {
+    async fn publish_batch(&self, batch: &BatchId, body: Bytes, trace: &TraceHeaders) -> Result<()> {
+        self.publish(batch_subject(batch.job_id.as_str()), batch_msg_id(batch), body, trace).await
+    }
+
+    async fn requeue_batch(&self, batch: &BatchId, rerun: u64, body: Bytes) -> Result<()> {
+        let subject = batch_subject(batch.job_id.as_str());
+        self.publish(subject, rerun_msg_id(batch, rerun), body, &TraceHeaders::new()).await
+    }
+
+    async fn open_job(&self, job_id: &str, policy: DeliveryPolicy) -> Result<()> {
         let stream = self.stream().await?;
         let config = pull::Config {
             durable_name: Some(consumer_name(job_id)),
@@ -135,47 +136,27 @@ impl JetStreamQueue {
         Ok(())
     }
 
-    /// Withdraws a job's remaining batches and deletes its consumer; returns
-    /// how many batches were withdrawn.
-    pub async fn close_job(&self, job_id: &str) -> Result<u64> {
+    async fn close_job(&self, job_id: &str) -> Result<u64> {
         let stream = self.stream().await?;
         let purged = stream.purge().filter(batch_subject(job_id)).await.map_err(|e| QueueError::js("purge", e))?.purged;
         match stream.delete_consumer(&consumer_name(job_id)).await {
             Ok(_) => {}
-            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) if consumer_missing(&e) => {}
             Err(e) => return Err(QueueError::js("delete consumer", e)),
         }
         Ok(purged)
     }
 
-    /// Batches JetStream stopped delivering because their deliveries ran out
-    /// with none settled (a worker lost on the last one), from the
-    /// MAX_DELIVERIES advisories kept in the advisory stream. Each stays
-    /// there until [`Exhausted::handled`]; one not handled within 30 s
-    /// (its reader died) is delivered again.
-    pub async fn exhausted(&self) -> Result<impl futures::Stream<Item = Result<Exhausted>> + use<>> {
-        let stream =
-            self.context.get_stream(EXHAUSTED_STREAM).await.map_err(|e| QueueError::js("get advisory stream", e))?;
-        let config = pull::Config {
-            durable_name: Some("scheduler".to_owned()),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        };
+    async fn job_consumer(&self, job_id: &str) -> Result<Arc<dyn Consumer>> {
+        let stream = self.stream().await?;
         let consumer: PullConsumer = stream
-            .get_or_create_consumer("scheduler", config)
+            .get_consumer(&consumer_name(job_id))
             .await
-            .map_err(|e| QueueError::js("advisory consumer", e))?;
-        let messages = consumer.messages().await.map_err(|e| QueueError::js("advisory messages", e))?;
-        Ok(messages.map(|message| {
-            let message = message.map_err(|e| QueueError::js("advisory", e))?;
-            let advisory: MaxDeliveries = serde_json::from_slice(&message.payload).unwrap_or_default();
-            Ok(Exhausted { stream_seq: advisory.stream_seq, deliveries: advisory.deliveries, message })
-        }))
+            .map_err(|_| QueueError::NoConsumer { job_id: job_id.to_owned() })?;
+        Ok(Arc::new(JobConsumer { consumer, stream, job_id: job_id.to_owned() }))
     }
 
-    /// The batch stored at stream sequence `stream_seq`, if it is still there.
-    pub async fn read(&self, stream_seq: u64) -> Result<Option<Bytes>> {
+    async fn read(&self, stream_seq: u64) -> Result<Option<Bytes>> {
         match self.stream().await?.get_raw_message(stream_seq).await {
             Ok(message) => Ok(Some(message.payload)),
             Err(e) if matches!(e.kind(), async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound) => {
@@ -185,43 +166,24 @@ impl JetStreamQueue {
         }
     }
 
-    /// Removes the batch stored at stream sequence `stream_seq`.
-    pub async fn remove(&self, stream_seq: u64) -> Result<()> {
+    async fn remove(&self, stream_seq: u64) -> Result<()> {
         self.stream().await?.delete_message(stream_seq).await.map_err(|e| QueueError::js("delete message", e))?;
         Ok(())
     }
+}
 
-    /// Stores a dead letter of `job_id` under message id `msg_id` (see
-    /// [`crate::dead_letter_id`]); one stored again within the duplicate
-    /// window is dropped.
-    pub async fn dead_letter(&self, job_id: &str, msg_id: &str, body: Bytes) -> Result<()> {
-        self.publish(dead_subject(job_id), msg_id.to_owned(), body, &HashMap::new()).await
+#[async_trait]
+impl DeadLetters for JetStreamQueue {
+    async fn dead_letter(&self, batch: &BatchId, batch_stream_seq: u64, body: Bytes) -> Result<()> {
+        let msg_id = dead_letter_msg_id(batch, batch_stream_seq);
+        self.publish(dead_subject(batch.job_id.as_str()), msg_id, body, &TraceHeaders::new()).await
     }
 
-    /// Up to `limit` dead letters of `job_id` stored at stream sequence
-    /// `from` or later, oldest first.
-    pub async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+    async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
         read_subject(&self.dead_stream().await?, &dead_subject(job_id), from, limit, "read dead letters").await
     }
 
-    /// Stores the record of how a batch of `job_id` ended.
-    pub async fn publish_record(&self, job_id: &str, record: Bytes) -> Result<()> {
-        let ack =
-            self.context.publish(record_subject(job_id), record).await.map_err(|e| QueueError::js("record", e))?;
-        ack.await.map_err(|e| QueueError::js("record ack", e))?;
-        Ok(())
-    }
-
-    /// Up to `limit` batch records of `job_id` from record stream sequence
-    /// `from` on, oldest first.
-    pub async fn records(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
-        let stream =
-            self.context.get_stream(RECORD_STREAM).await.map_err(|e| QueueError::js("get record stream", e))?;
-        read_subject(&stream, &record_subject(job_id), from, limit, "read batch records").await
-    }
-
-    /// Removes the dead letter stored at stream sequence `stream_seq`.
-    pub async fn remove_dead_letter(&self, stream_seq: u64) -> Result<()> {
+    async fn remove_dead_letter(&self, stream_seq: u64) -> Result<()> {
         self.dead_stream()
             .await?
             .delete_message(stream_seq)
@@ -229,22 +191,36 @@ impl JetStreamQueue {
             .map_err(|e| QueueError::js("delete dead letter", e))?;
         Ok(())
     }
+}
 
-    /// Appends a log line of `job_id` without waiting for JetStream to
-    /// store it: logging never slows a batch down.
-    pub async fn publish_log(&self, job_id: &str, line: Bytes) -> Result<()> {
+#[async_trait]
+impl Records for JetStreamQueue {
+    async fn publish_record(&self, job_id: &str, record: Bytes) -> Result<()> {
+        let ack =
+            self.context.publish(record_subject(job_id), record).await.map_err(|e| QueueError::js("record", e))?;
+        ack.await.map_err(|e| QueueError::js("record ack", e))?;
+        Ok(())
+    }
+
+    async fn records(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+        let stream =
+            self.context.get_stream(RECORD_STREAM).await.map_err(|e| QueueError::js("get record stream", e))?;
+        read_subject(&stream, &record_subject(job_id), from, limit, "read batch records").await
+    }
+}
+
+#[async_trait]
+impl Logs for JetStreamQueue {
+    async fn publish_log(&self, job_id: &str, line: Bytes) -> Result<()> {
         // The publish acknowledgement is not awaited.
         let _ack = self.context.publish(log_subject(job_id), line).await.map_err(|e| QueueError::js("log", e))?;
         Ok(())
     }
 
-    /// A job's log lines, oldest first: those stored now, and with `follow`
-    /// every later one too (the stream then never ends by itself). Lines
-    /// are read by stream position, so a reader holds no consumer.
-    pub async fn logs(&self, job_id: &str, follow: bool) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+    /// Lines are read through an ephemeral ordered consumer, in batches; it
+    /// goes away once the stream is dropped and it sits idle.
+    async fn logs(&self, job_id: &str, follow: bool) -> Result<LogLines> {
         let stream = self.context.get_stream(LOG_STREAM).await.map_err(|e| QueueError::js("get log stream", e))?;
-        // An ephemeral ordered consumer streams the lines in batches; it
-        // goes away once the stream is dropped and it sits idle.
         let config = pull::OrderedConfig { filter_subject: log_subject(job_id), ..Default::default() };
         let consumer = stream.create_consumer(config).await.map_err(|e| QueueError::js("read logs", e))?;
         let stored = consumer.cached_info().num_pending as usize;
@@ -256,23 +232,32 @@ impl JetStreamQueue {
         // Without follow, the lines stored when the read began.
         Ok(if follow { lines.boxed() } else { lines.take(stored).boxed() })
     }
+}
 
-    /// The job's consumer, for a worker to pull from.
-    pub async fn job_consumer(&self, job_id: &str) -> Result<JobConsumer> {
-        let stream = self.stream().await?;
+#[async_trait]
+impl Advisories for JetStreamQueue {
+    async fn exhausted(&self) -> Result<BoxStream<'static, Result<Exhausted>>> {
+        let stream =
+            self.context.get_stream(EXHAUSTED_STREAM).await.map_err(|e| QueueError::js("get advisory stream", e))?;
+        let config = pull::Config {
+            durable_name: Some(EXHAUSTED_CONSUMER.to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
         let consumer: PullConsumer = stream
-            .get_consumer(&consumer_name(job_id))
+            .get_or_create_consumer(EXHAUSTED_CONSUMER, config)
             .await
-            .map_err(|_| QueueError::NoConsumer { job_id: job_id.to_owned() })?;
-        Ok(JobConsumer { consumer })
-    }
-
-    async fn dead_stream(&self) -> Result<stream::Stream> {
-        self.context.get_stream(DEAD_STREAM).await.map_err(|e| QueueError::js("get dead-letter stream", e))
-    }
-
-    async fn stream(&self) -> Result<stream::Stream> {
-        self.context.get_stream(BATCH_STREAM).await.map_err(|e| QueueError::js("get stream", e))
+            .map_err(|e| QueueError::js("advisory consumer", e))?;
+        let messages = consumer.messages().await.map_err(|e| QueueError::js("advisory messages", e))?;
+        Ok(messages
+            .map(|message| {
+                let message = message.map_err(|e| QueueError::js("advisory", e))?;
+                // An unreadable advisory reads as stream_seq 0: its reader drops it.
+                let advisory: MaxDeliveries = serde_json::from_slice(&message.payload).unwrap_or_default();
+                Ok(Exhausted::new(advisory.stream_seq, advisory.deliveries, Box::new(Advisory(message))))
+            })
+            .boxed())
     }
 }
 
@@ -327,36 +312,23 @@ async fn read_subject(
     Ok(found)
 }
 
+/// Whether deleting a consumer failed because there was none.
+fn consumer_missing(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    matches!(e.kind(), async_nats::jetstream::stream::ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// How long a read waits for a message it knows is there.
 const READ_PATIENCE: Duration = Duration::from_secs(10);
 
-/// A message as stored in a stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub stream_seq: u64,
-    pub payload: Bytes,
-}
+/// A max-deliveries advisory, acked once handled.
+struct Advisory(Message);
 
-/// A batch whose deliveries ran out without being settled.
-pub struct Exhausted {
-    /// Where the batch is stored in the batch stream (0 if the advisory
-    /// could not be read).
-    pub stream_seq: u64,
-    /// How many times it was delivered.
-    pub deliveries: u64,
-    message: Message,
-}
-
-impl Exhausted {
-    /// Removes the advisory: the batch is dealt with.
-    pub async fn handled(&self) -> Result<()> {
-        self.message.double_ack().await.map_err(|e| QueueError::js("ack advisory", e))
+#[async_trait]
+impl Handled for Advisory {
+    async fn handled(&self) -> Result<()> {
+        self.0.double_ack().await.map_err(|e| QueueError::js("ack advisory", e))
     }
-}
-
-/// The subject of the batch stream's MAX_DELIVERIES advisories.
-fn max_deliveries_subject() -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{BATCH_STREAM}.*")
 }
 
 /// The fields of `io.nats.jetstream.advisory.v1.max_deliver` batchmill reads.
@@ -367,77 +339,75 @@ struct MaxDeliveries {
 }
 
 /// A job's consumer, as one worker sees it.
-#[derive(Clone)]
-pub struct JobConsumer {
+struct JobConsumer {
     consumer: PullConsumer,
+    stream: stream::Stream,
+    job_id: String,
 }
 
-impl JobConsumer {
-    /// The next delivery, or `None` if none arrived within `wait`. Takes one
-    /// message at a time so a busy worker never hoards batches.
-    pub async fn next(&self, wait: Duration) -> Result<Option<Delivery>> {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(1)
-            .expires(wait)
-            .messages()
-            .await
-            .map_err(|e| QueueError::js("fetch", e))?;
-        match batch.next().await {
-            Some(Ok(message)) => Ok(Some(Delivery { message })),
-            Some(Err(e)) => Err(QueueError::js("fetch", e)),
-            None => Ok(None),
+#[async_trait]
+impl Consumer for JobConsumer {
+    async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
+        let fetched = self.consumer.fetch().max_messages(1).expires(wait).messages().await;
+        let error = match fetched {
+            Ok(mut batch) => match batch.next().await {
+                Some(Ok(message)) => return Ok(Some(Box::new(JsDelivery { message }))),
+                Some(Err(e)) => QueueError::js("fetch", e),
+                None => return Ok(None),
+            },
+            Err(e) => QueueError::js("fetch", e),
+        };
+        // A fetch fails without saying why in a type: ask whether the
+        // consumer is still there (a closed job's consumer is deleted).
+        match self.stream.consumer_info(consumer_name(&self.job_id)).await {
+            Err(e) if matches!(e.kind(), async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound) => {
+                Err(QueueError::ConsumerDeleted { job_id: self.job_id.clone() })
+            }
+            _ => Err(error),
         }
     }
 }
 
 /// One delivery of a batch.
-pub struct Delivery {
+struct JsDelivery {
     message: Message,
 }
 
-impl Delivery {
-    pub fn payload(&self) -> &Bytes {
+#[async_trait]
+impl Delivery for JsDelivery {
+    fn payload(&self) -> &Bytes {
         &self.message.payload
     }
 
-    /// The W3C trace headers the batch was published with.
-    pub fn trace(&self) -> HashMap<String, String> {
-        let Some(headers) = &self.message.headers else { return HashMap::new() };
+    fn trace(&self) -> TraceHeaders {
+        let Some(headers) = &self.message.headers else { return TraceHeaders::new() };
         ["traceparent", "tracestate"]
             .into_iter()
             .filter_map(|k| Some((k.to_owned(), headers.get(k)?.as_str().to_owned())))
             .collect()
     }
 
-    /// Where the batch is stored in the batch stream.
-    pub fn stream_seq(&self) -> u64 {
+    fn stream_seq(&self) -> u64 {
         self.message.info().map_or(0, |i| i.stream_sequence)
     }
 
-    /// Which delivery of the batch this is, from 1.
-    pub fn attempt(&self) -> u64 {
+    fn attempt(&self) -> u64 {
         self.message.info().map_or(1, |i| i.delivered.max(1) as u64)
     }
 
-    /// Asks for more time before redelivery.
-    pub async fn in_progress(&self) -> Result<()> {
+    async fn in_progress(&self) -> Result<()> {
         self.message.ack_with(AckKind::Progress).await.map_err(|e| QueueError::js("progress", e))
     }
 
-    /// Acknowledges the batch; JetStream removes it from the stream.
-    pub async fn ack(&self) -> Result<()> {
+    async fn ack(&self) -> Result<()> {
         self.message.double_ack().await.map_err(|e| QueueError::js("ack", e))
     }
 
-    /// Asks for redelivery after `delay`.
-    pub async fn nak(&self, delay: Duration) -> Result<()> {
+    async fn nak(&self, delay: Duration) -> Result<()> {
         self.message.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| QueueError::js("nak", e))
     }
 
-    /// Stops delivering the batch.
-    pub async fn term(&self) -> Result<()> {
+    async fn term(&self) -> Result<()> {
         self.message.ack_with(AckKind::Term).await.map_err(|e| QueueError::js("term", e))
     }
 }

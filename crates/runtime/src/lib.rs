@@ -11,9 +11,25 @@ pub mod trace;
 pub use server::ServerBuilder;
 pub use shutdown::shutdown_token;
 
+/// Errors of running a service.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("binding {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("building server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("serving: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("setting up trace export: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// Binds a service's listener (port 0 picks a free port), naming the address
 /// on failure.
-pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context;
-    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+pub async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, RuntimeError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| RuntimeError::Bind { addr, source })
 }

@@ -22,7 +22,7 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    pub fn new() -> anyhow::Result<ServerBuilder> {
+    pub fn new() -> Result<ServerBuilder, crate::RuntimeError> {
         let mut routes = RoutesBuilder::default();
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -84,7 +84,7 @@ impl ServerBuilder {
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), crate::RuntimeError> {
         let health = self.health.clone();
         let routes = self.into_routes().await;
         serve_routes(routes, listener, shutdown.clone()).await?;
@@ -111,7 +111,11 @@ pub fn trace_layer() -> TraceLayer {
 }
 
 /// Serves prepared routes with the standard layers until `shutdown`.
-pub async fn serve_routes(routes: Routes, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_routes(
+    routes: Routes,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), crate::RuntimeError> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT)

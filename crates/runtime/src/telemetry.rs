@@ -27,7 +27,7 @@ impl Drop for TelemetryGuard {
 /// and the W3C trace-context propagator. Spans always get OpenTelemetry ids,
 /// so trace context passes through every hop; they are exported only when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-pub fn init(service: &'static str) -> anyhow::Result<TelemetryGuard> {
+pub fn init(service: &'static str) -> Result<TelemetryGuard, crate::RuntimeError> {
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: logs written to files (deploy/local's, the

@@ -1,41 +1,36 @@
 //! The enqueuer turns a job's item stream into batches on JetStream.
 //!
 //! RPCs: `batchmill.enqueuer.v1.EnqueuerService/{EnqueueJob,StopEnqueue}`.
-//! Depends on: the lister (items), JetStream (publishes batches with
-//! `Nats-Msg-Id = <job_id>-<seq>`), etcd (the request and the resume cursor
-//! under `/batchmill/enqueue/<job_id>/`). A restarted enqueuer resumes every
-//! unfinished job from its last checkpoint; batches republished after the
-//! checkpoint are dropped by JetStream's duplicate window.
+//! Depends on: the lister (items, [`ItemSource`]), JetStream (publishes
+//! batches with `Nats-Msg-Id = <batch_id>`), etcd (the request and the
+//! resume cursor under `/batchmill/enqueue/<job_id>/`). A restarted
+//! enqueuer resumes every unfinished job from its last checkpoint; batches
+//! republished after the checkpoint are dropped by JetStream's duplicate
+//! window. A failure of what it depends on (etcd, NATS, the lister
+//! unreachable) is retried from the checkpoint; a bad input ends the job's
+//! enqueuing with the error in its checkpoint, where the scheduler reads it.
 
 mod batcher;
+mod enqueuer;
 mod grpc;
+mod items;
 
 pub use batcher::Batcher;
-use batchmill_core::enqueue::{self as progress, EnqueueProgress, progress_key, request_key};
+pub use enqueuer::Enqueuer;
 pub use grpc::EnqueuerGrpc;
+pub use items::{Chunks, ItemSource};
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use batchmill_coord::Kv;
-use batchmill_core::{ErrorCode, ServiceError};
-use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
-use batchmill_proto::lister::v1::ListItemsRequest;
+use batchmill_coord::{CoordError, Etcd};
+use batchmill_core::{ErrorCode, RemoteError, ServiceError};
 use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
-use batchmill_queue::JetStreamQueue;
-use bytes::Bytes;
-use prost::Message;
+use batchmill_queue::{JetStreamQueue, QueueError};
+use batchmill_runtime::RuntimeError;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tonic::transport::Channel;
-use tracing::{Instrument, info, instrument, warn};
-
-/// How long `stop` waits for a job's task to end.
-const STOP_PATIENCE: Duration = Duration::from_secs(10);
-
-/// Checkpoint at least this often while publishing.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+use tracing::info;
 
 /// Errors of the enqueuer.
 #[derive(Debug, thiserror::Error)]
@@ -43,29 +38,30 @@ pub enum EnqueueError {
     #[error("{field}: {message}")]
     InvalidRequest { field: &'static str, message: String },
     #[error("etcd: {0}")]
-    Coord(#[from] batchmill_coord::CoordError),
+    Coord(#[from] CoordError),
     #[error("{0}")]
-    Queue(#[from] batchmill_queue::QueueError),
-    #[error("lister: {message}")]
-    Lister { code: tonic::Code, message: String },
+    Queue(#[from] QueueError),
+    #[error("lister: {0}")]
+    Lister(#[from] RemoteError),
     #[error("item {index} is {bytes} bytes, over the {limit}-byte batch limit")]
     ItemTooLarge { index: u64, bytes: usize, limit: usize },
     #[error("corrupt checkpoint for job {job_id}: {message}")]
     Corrupt { job_id: String, message: String },
+    #[error("encoding the checkpoint of job {job_id}: {message}")]
+    Encode { job_id: String, message: String },
 }
 
 impl EnqueueError {
     /// Whether trying again later may succeed.
-    fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         match self {
-            EnqueueError::Coord(_) | EnqueueError::Queue(_) => true,
-            EnqueueError::Lister { code, .. } => matches!(
-                code,
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown
-            ),
-            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } | EnqueueError::Corrupt { .. } => {
-                false
-            }
+            EnqueueError::Coord(e) => e.is_transient(),
+            EnqueueError::Queue(e) => e.is_transient(),
+            EnqueueError::Lister(e) => e.is_retryable(),
+            EnqueueError::InvalidRequest { .. }
+            | EnqueueError::ItemTooLarge { .. }
+            | EnqueueError::Corrupt { .. }
+            | EnqueueError::Encode { .. } => false,
         }
     }
 }
@@ -75,260 +71,53 @@ impl ServiceError for EnqueueError {
         match self {
             EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } => ErrorCode::InvalidArgument,
             EnqueueError::Coord(_) | EnqueueError::Queue(_) => ErrorCode::Unavailable,
-            EnqueueError::Lister { code, .. } => ErrorCode::from_grpc(*code),
-            EnqueueError::Corrupt { .. } => ErrorCode::Internal,
+            EnqueueError::Lister(e) => e.code,
+            EnqueueError::Corrupt { .. } | EnqueueError::Encode { .. } => ErrorCode::Internal,
         }
     }
 }
 
-fn lister_error(status: tonic::Status) -> EnqueueError {
-    EnqueueError::Lister { code: status.code(), message: status.message().to_owned() }
+/// How an enqueuer runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+    pub nats_url: String,
+    /// gRPC URL of the lister.
+    pub lister_url: String,
 }
 
-fn corrupt(job_id: &str, e: impl std::fmt::Display) -> EnqueueError {
-    EnqueueError::Corrupt { job_id: job_id.to_owned(), message: e.to_string() }
+/// Errors that stop an enqueuer.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("connecting to etcd: {0}")]
+    Etcd(#[from] CoordError),
+    #[error("connecting to NATS: {0}")]
+    Nats(#[from] QueueError),
+    #[error("resuming unfinished jobs: {0}")]
+    Resume(#[from] EnqueueError),
+    #[error("lister URL {url:?}: {message}")]
+    ListerUrl { url: String, message: String },
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
 }
 
-/// The enqueuer's domain: runs one enqueuing task per job.
-#[derive(Clone)]
-pub struct Enqueuer {
-    kv: Arc<dyn Kv>,
-    queue: JetStreamQueue,
-    lister: ListerServiceClient<Channel>,
-    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
-}
-
-impl Enqueuer {
-    pub fn new(
-        kv: Arc<dyn Kv>,
-        queue: JetStreamQueue,
-        lister: ListerServiceClient<Channel>,
-        shutdown: CancellationToken,
-    ) -> Enqueuer {
-        Enqueuer { kv, queue, lister, running: Arc::default(), tasks: TaskTracker::new(), shutdown }
-    }
-
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts (or resumes) enqueuing; returns false if it is running or done.
-    pub async fn enqueue(&self, request: EnqueueJobRequest) -> Result<bool, EnqueueError> {
-        if request.job_id.is_empty() {
-            return Err(EnqueueError::InvalidRequest { field: "job_id", message: "must not be empty".into() });
-        }
-        if request.batch_size < 1 {
-            return Err(EnqueueError::InvalidRequest { field: "batch_size", message: "must be at least 1".into() });
-        }
-        if request.source.is_none() {
-            return Err(EnqueueError::InvalidRequest { field: "source", message: "must be set".into() });
-        }
-        let job_id = request.job_id.clone();
-        if self.running().contains_key(&job_id) {
-            return Ok(false);
-        }
-        let progress = match self.kv.get(&progress_key(&job_id)).await? {
-            Some(bytes) => EnqueueProgress::decode(&bytes).map_err(|e| corrupt(&job_id, e))?,
-            None => {
-                let fresh = EnqueueProgress::default();
-                self.kv
-                    .put_all(vec![
-                        (request_key(&job_id), request.encode_to_vec()),
-                        (progress_key(&job_id), fresh.encode()),
-                    ])
-                    .await?;
-                fresh
-            }
-        };
-        if progress.is_final() {
-            return Ok(false);
-        }
-        self.spawn(request, progress, tracing::Span::current());
-        Ok(true)
-    }
-
-    /// Stops enqueuing a job and returns once nothing more of it will be
-    /// published (so a purge after it is complete); returns whether it was
-    /// running.
-    pub async fn stop(&self, job_id: &str) -> Result<bool, EnqueueError> {
-        let token = self.running().get(job_id).cloned();
-        let was_running = token.is_some();
-        if let Some(token) = token {
-            token.cancel();
-            // The task removes itself when it ends; a publish in flight finishes first.
-            let deadline = tokio::time::Instant::now() + STOP_PATIENCE;
-            while self.running().contains_key(job_id) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-        if let Some(bytes) = self.kv.get(&progress_key(job_id)).await? {
-            let mut progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;
-            if !progress.is_final() {
-                progress.stopped = true;
-                self.kv.put(&progress_key(job_id), progress.encode()).await?;
-            }
-        }
-        Ok(was_running)
-    }
-
-    /// Resumes every job whose enqueuing did not finish, after a restart.
-    pub async fn resume_all(&self) -> Result<usize, EnqueueError> {
-        let mut resumed = 0;
-        for (key, bytes) in self.kv.list(progress::PREFIX).await? {
-            let Some(job_id) = progress::job_of_progress_key(&key) else {
-                continue;
-            };
-            let progress = EnqueueProgress::decode(&bytes).map_err(|e| corrupt(job_id, e))?;
-            if progress.is_final() {
-                continue;
-            }
-            let Some(raw) = self.kv.get(&request_key(job_id)).await? else {
-                continue;
-            };
-            let request = EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
-            info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
-            self.spawn(request, progress, tracing::Span::none());
-            resumed += 1;
-        }
-        Ok(resumed)
-    }
-
-    /// Waits for running tasks to reach a checkpoint and stop.
-    pub async fn drain(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-    }
-
-    /// One task per job: publishes until done, retrying transient failures
-    /// from the checkpoint in hand, until stopped or shut down.
-    /// The task runs in `parent` (the EnqueueJob call's span), so the batches
-    /// it publishes carry the job's trace.
-    fn spawn(&self, request: EnqueueJobRequest, progress: EnqueueProgress, parent: tracing::Span) {
-        let token = self.shutdown.child_token();
-        self.running().insert(request.job_id.clone(), token.clone());
-        let this = self.clone();
-        self.tasks.spawn(
-            async move {
-                let mut progress = progress;
-                loop {
-                    match this.run(&request, &mut progress, &token).await {
-                        Ok(()) => break,
-                        Err(e) if e.is_transient() => {
-                            warn!(job_id = %request.job_id, error = %e, "enqueue interrupted; retrying");
-                            tokio::select! {
-                                () = token.cancelled() => break,
-                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                        }
-                        Err(e) => {
-                            warn!(job_id = %request.job_id, error = %e, "enqueue failed");
-                            break;
-                        }
-                    }
-                }
-                this.running().remove(&request.job_id);
-            }
-            .instrument(parent),
-        );
-    }
-
-    /// Publishes from `progress` on; records the outcome in etcd.
-    #[instrument(skip_all, fields(job_id = %request.job_id))]
-    async fn run(
-        &self,
-        request: &EnqueueJobRequest,
-        progress: &mut EnqueueProgress,
-        cancel: &CancellationToken,
-    ) -> Result<(), EnqueueError> {
-        let key = progress_key(&request.job_id);
-        let result = self.publish_all(request, progress, cancel).await;
-        match &result {
-            // On shutdown the checkpoint says where to resume; on a stop,
-            // `stop` itself marks the record.
-            Ok(()) if cancel.is_cancelled() => {
-                if self.shutdown.is_cancelled() {
-                    self.kv.put(&key, progress.encode()).await?;
-                }
-            }
-            Ok(()) => {
-                progress.done = true;
-                self.kv.put(&key, progress.encode()).await?;
-                info!(batches = progress.next_seq, items = progress.next_item, "enqueue complete");
-            }
-            Err(e) if !e.is_transient() => {
-                progress.error = Some(e.to_string());
-                self.kv.put(&key, progress.encode()).await?;
-            }
-            Err(_) => {
-                // Best effort: the in-memory checkpoint is what the retry uses.
-                let _ = self.kv.put(&key, progress.encode()).await;
-            }
-        }
-        result
-    }
-
-    async fn publish_all(
-        &self,
-        request: &EnqueueJobRequest,
-        progress: &mut EnqueueProgress,
-        cancel: &CancellationToken,
-    ) -> Result<(), EnqueueError> {
-        let job_id = &request.job_id;
-        let list =
-            ListItemsRequest { job_id: job_id.clone(), source: request.source.clone(), skip: progress.next_item };
-        let trace = batchmill_runtime::trace::current();
-        let list = batchmill_runtime::trace::request(list);
-        let mut stream = self.lister.clone().list_items(list).await.map_err(lister_error)?.into_inner();
-        let mut batcher = Batcher::new(request.batch_size as usize, batchmill_core::job::MAX_BATCH_BYTES);
-        let mut last_checkpoint = tokio::time::Instant::now();
-        let mut item_index = progress.next_item;
-        loop {
-            let chunk = tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
-                chunk = stream.message() => chunk.map_err(lister_error)?,
-            };
-            let Some(chunk) = chunk else { break };
-            for item in chunk.items {
-                let full = batcher.push(item).map_err(|bytes| EnqueueError::ItemTooLarge {
-                    index: item_index,
-                    bytes,
-                    limit: batchmill_core::job::MAX_BATCH_BYTES,
-                })?;
-                item_index += 1;
-                if let Some(items) = full {
-                    self.publish(job_id, progress, items, &trace).await?;
-                }
-            }
-            if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                self.kv.put(&progress_key(job_id), progress.encode()).await?;
-                last_checkpoint = tokio::time::Instant::now();
-            }
-        }
-        if let Some(items) = batcher.finish() {
-            self.publish(job_id, progress, items, &trace).await?;
-        }
-        Ok(())
-    }
-
-    async fn publish(
-        &self,
-        job_id: &str,
-        progress: &mut EnqueueProgress,
-        items: Vec<String>,
-        trace: &batchmill_runtime::trace::TraceHeaders,
-    ) -> Result<(), EnqueueError> {
-        let count = items.len() as u64;
-        let batch = batchmill_proto::queue::v1::Batch {
-            job_id: job_id.to_owned(),
-            seq: progress.next_seq,
-            first_item: progress.next_item,
-            items,
-        };
-        self.queue.publish_batch(job_id, progress.next_seq, Bytes::from(batch.encode_to_vec()), trace).await?;
-        progress.next_seq += 1;
-        progress.next_item += count;
-        Ok(())
-    }
+/// Resumes unfinished jobs, then serves on `listener` until `shutdown`;
+/// returns once running jobs reached a checkpoint.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
+    let patience = Duration::from_secs(30);
+    let etcd = Etcd::connect(&config.etcd_endpoints, patience).await?;
+    let queue = JetStreamQueue::connect(&config.nats_url, patience).await?;
+    let endpoint = tonic::transport::Endpoint::from_shared(config.lister_url.clone())
+        .map_err(|e| RunError::ListerUrl { url: config.lister_url.clone(), message: e.to_string() })?;
+    let lister = ListerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(16 * 1024 * 1024);
+    let enqueuer = Enqueuer::new(Arc::new(etcd), Arc::new(queue), Arc::new(lister), shutdown.clone());
+    let resumed = enqueuer.resume_all().await?;
+    info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, resumed, "enqueuer serving");
+    batchmill_runtime::ServerBuilder::new()?
+        .add_service(EnqueuerGrpc::new(enqueuer.clone()).into_service())
+        .serve(listener, shutdown)
+        .await?;
+    enqueuer.drain().await;
+    info!("enqueuer stopped");
+    Ok(())
 }

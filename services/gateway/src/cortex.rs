@@ -17,7 +17,8 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use batchmill_core::ErrorCode;
+use batchmill_core::subjects::{batch_subject, dead_subject};
+use batchmill_core::{ErrorCode, FailureReason, RemoteError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use batchmill_proto::pipelines::v1::{GetPipelineRequest, pipeline_service_server::PipelineService};
 use http::{Method, StatusCode};
@@ -312,13 +313,13 @@ impl JobSpec {
             kind: "BatchAPI",
             workers: job.max_workers,
             sqs_dead_letter_queue: SqsDeadLetterQueue {
-                arn: arn.unwrap_or_else(|| format!("batchmill.dead.{}", job.job_id)),
+                arn: arn.unwrap_or_else(|| dead_subject(&job.job_id)),
                 max_receive_count: i64::from(job.max_receive_count),
             },
             config: job.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
             timeout: job.timeout.as_ref().map(|d| d.seconds),
             api_id: job.pipeline.clone(),
-            sqs_url: format!("batchmill.batches.{}", job.job_id),
+            sqs_url: batch_subject(&job.job_id),
             total_batch_count: job.enqueue_complete.then(|| job.batches.as_ref().map_or(0, |b| b.total)),
             created_time: time(job.create_time.as_ref()).unwrap_or_default(),
         }
@@ -420,12 +421,10 @@ fn status(job: &pb::Job) -> &'static str {
         pb::JobState::Running | pb::JobState::Completing => "running",
         pb::JobState::Succeeded => "succeeded",
         pb::JobState::CompletedWithFailures => "completed_with_failures",
-        pb::JobState::Failed => match job.failure_reason.as_str() {
-            "enqueue_failed" => "enqueue_failed",
-            "worker_error" => "worker_error",
-            "worker_oom" => "worker_oom",
-            _ => "unexpected_error",
-        },
+        // Cortex's job statuses name the failure reasons as batchmill does.
+        pb::JobState::Failed => {
+            FailureReason::parse(&job.failure_reason).unwrap_or(FailureReason::UnexpectedError).as_str()
+        }
         pb::JobState::TimedOut => "timed_out",
         pb::JobState::Cancelled => "stopped",
     }
@@ -480,7 +479,7 @@ impl From<tonic::Status> for CortexError {
     /// The HTTP status is the cluster's one mapping ([`ErrorCode`]); the
     /// kind names the same code in Cortex's style.
     fn from(status: tonic::Status) -> CortexError {
-        let code = ErrorCode::from_grpc(status.code());
+        let code = RemoteError::from(&status).code;
         let kind = match code {
             ErrorCode::InvalidArgument => "err_invalid_submission",
             ErrorCode::NotFound => "err_not_found",

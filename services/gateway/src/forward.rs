@@ -2,7 +2,7 @@
 //! forwards it to the scheduler leader (found through etcd).
 
 use batchmill_coord::LeaderChannel;
-use batchmill_core::{ErrorCode, FieldViolation, JobSpec};
+use batchmill_core::{ErrorCode, FieldViolation, JobSpec, RemoteError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient, job_service_server::JobService};
 use batchmill_proto::pipelines::v1::{
     self as ppb, pipeline_service_client::PipelineServiceClient, pipeline_service_server::PipelineService,
@@ -68,17 +68,19 @@ impl JobsForwarder {
     /// gateway never cancels a forwarded call itself; a client that cancels
     /// drops this future and sees no status.
     async fn check<T>(&self, result: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
-        let result = result.map_err(|status| {
-            let lost = (status.code() == tonic::Code::Unknown && status.message() == "transport error")
-                || status.code() == tonic::Code::Cancelled;
-            if lost { Status::unavailable("the connection to the scheduler leader was lost; retry") } else { status }
-        });
-        if let Err(status) = &result
-            && status.code() == tonic::Code::Unavailable
-        {
+        let status = match result {
+            Ok(response) => return Ok(Response::new(response.into_inner())),
+            Err(status) => status,
+        };
+        let remote = RemoteError::from(&status);
+        if remote.is_retryable() {
             self.leader.invalidate().await;
         }
-        result.map(|r| Response::new(r.into_inner()))
+        if remote.lost {
+            return Err(Status::unavailable("the connection to the scheduler leader was lost; retry"));
+        }
+        // The leader's own answer goes back as it came, field violations and all.
+        Err(status)
     }
 }
 

@@ -13,16 +13,35 @@ pub mod rest;
 pub use forward::{JobsForwarder, PipelinesForwarder};
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use batchmill_coord::{Etcd, LeaderChannel, SCHEDULER_ELECTION};
+use batchmill_coord::{CoordError, Etcd, LeaderChannel, SCHEDULER_ELECTION};
+use batchmill_runtime::RuntimeError;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Errors that stop a gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("connecting to etcd: {0}")]
+    Etcd(#[from] CoordError),
+    #[error("building the REST routes: {0}")]
+    Routes(#[from] rest::RouteError),
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+}
+
+/// How a gateway runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+}
 
 /// The public services, served over gRPC and REST.
 pub const PUBLIC_SERVICES: &[&str] = &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService"];
 
 /// The gateway's router: gRPC (with health and reflection) and REST.
-pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
+pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
     let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
@@ -31,7 +50,7 @@ pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
         .add_service(pipelines.into_service())
         .into_routes()
         .await;
-    let rest = Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES).map_err(anyhow::Error::msg)?);
+    let rest = Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES)?);
     // Paths that are no gRPC method fall through to the Cortex routes
     // (`/<api>`) or REST (gRPC clients calling an unknown method get HTTP
     // 404, which they read as UNIMPLEMENTED).
@@ -55,8 +74,11 @@ pub async fn router(etcd: Etcd) -> anyhow::Result<axum::Router> {
 }
 
 /// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.
-pub async fn run(etcd: Etcd, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let etcd = Etcd::connect(&config.etcd_endpoints, Duration::from_secs(30)).await?;
     let app = router(etcd).await?;
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, "gateway serving gRPC and REST");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(RuntimeError::Io)?;
+    tracing::info!("gateway stopped");
     Ok(())
 }

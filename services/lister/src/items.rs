@@ -4,7 +4,9 @@
 //! keys or lines there are. Items go out in chunks, after skipping the first
 //! `skip` (the enqueuer's resume cursor).
 
-use batchmill_blob::Blob;
+use std::sync::Arc;
+
+use batchmill_blob::ObjectStore;
 use batchmill_core::glob::Filter;
 use batchmill_core::{S3Selection, S3Uri};
 use futures::StreamExt;
@@ -17,14 +19,18 @@ use crate::{CHUNK_BYTES, CHUNK_ITEMS, ListerError, Source};
 type Chunks = mpsc::Sender<Result<Vec<String>, ListerError>>;
 
 /// Streams the items of `source` after the first `skip`.
-pub fn stream(blob: Blob, source: Source, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+pub fn stream(
+    blob: Arc<dyn ObjectStore>,
+    source: Source,
+    skip: u64,
+) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let mut out = Emitter { tx: tx.clone(), chunk: Vec::new(), bytes: 0, skip };
         let result = match source {
-            Source::NdjsonObjects(uris) => ndjson(&blob, &uris, &mut out).await,
-            Source::FilePaths(selection) => selected(&blob, &selection, Mode::Paths, &mut out).await,
-            Source::DelimitedFiles(selection) => selected(&blob, &selection, Mode::Lines, &mut out).await,
+            Source::NdjsonObjects(uris) => ndjson(blob.as_ref(), &uris, &mut out).await,
+            Source::FilePaths(selection) => selected(blob.as_ref(), &selection, Mode::Paths, &mut out).await,
+            Source::DelimitedFiles(selection) => selected(blob.as_ref(), &selection, Mode::Lines, &mut out).await,
         };
         match result {
             Ok(()) => out.finish().await,
@@ -66,7 +72,7 @@ impl Emitter {
     }
 }
 
-async fn ndjson(blob: &Blob, uris: &[S3Uri], out: &mut Emitter) -> Result<(), ListerError> {
+async fn ndjson(blob: &dyn ObjectStore, uris: &[S3Uri], out: &mut Emitter) -> Result<(), ListerError> {
     for uri in uris {
         if !lines(blob, uri, out).await? {
             return Ok(());
@@ -77,7 +83,7 @@ async fn ndjson(blob: &Blob, uris: &[S3Uri], out: &mut Emitter) -> Result<(), Li
 
 /// Sends the non-blank lines of one object, each checked to be JSON; false
 /// once nobody listens.
-async fn lines(blob: &Blob, uri: &S3Uri, out: &mut Emitter) -> Result<bool, ListerError> {
+async fn lines(blob: &dyn ObjectStore, uri: &S3Uri, out: &mut Emitter) -> Result<bool, ListerError> {
     let mut reader = blob.reader(&uri.bucket, &uri.key).await?;
     let mut line = String::new();
     let mut number = 0u64;
@@ -112,18 +118,24 @@ enum Mode {
 }
 
 /// Lists the selection a page at a time and emits what it selects.
-async fn selected(blob: &Blob, selection: &S3Selection, mode: Mode, out: &mut Emitter) -> Result<(), ListerError> {
+async fn selected(
+    blob: &dyn ObjectStore,
+    selection: &S3Selection,
+    mode: Mode,
+    out: &mut Emitter,
+) -> Result<(), ListerError> {
     let filter = Filter::new(&selection.includes, &selection.excludes)
         .map_err(|e| ListerError::BadSource(format!("{}[{}]: {}", e.list, e.index, e.error)))?;
     let mut matched = 0u64;
     for prefix in disjoint(&selection.s3_paths) {
-        let mut pages =
-            blob.client().list_objects_v2().bucket(&prefix.bucket).prefix(&prefix.key).into_paginator().send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| ListerError::List { uri: prefix.to_string(), message: batchmill_blob::describe(&e) })?;
-            for key in page.contents().iter().filter_map(|o| o.key()) {
-                let uri = S3Uri { bucket: prefix.bucket.clone(), key: key.to_owned() };
+        let mut page = None;
+        loop {
+            let listed = blob
+                .list_page(&prefix.bucket, &prefix.key, page)
+                .await
+                .map_err(|source| ListerError::List { uri: prefix.to_string(), source })?;
+            for key in &listed.keys {
+                let uri = S3Uri { bucket: prefix.bucket.clone(), key: key.clone() };
                 let path = uri.to_string();
                 if !filter.accepts(&path) {
                     continue;
@@ -136,6 +148,10 @@ async fn selected(blob: &Blob, selection: &S3Selection, mode: Mode, out: &mut Em
                 if !more {
                     return Ok(());
                 }
+            }
+            match listed.next {
+                Some(next) => page = Some(next),
+                None => break,
             }
         }
     }

@@ -9,9 +9,33 @@ mod items;
 
 pub use grpc::ListerGrpc;
 
-use batchmill_blob::Blob;
+use std::sync::Arc;
+
+use batchmill_blob::ObjectStore;
 use batchmill_core::{ErrorCode, ServiceError};
 use futures::stream::BoxStream;
+
+/// How a lister runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub s3: batchmill_blob::S3Config,
+}
+
+/// Serves on `listener` until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), batchmill_runtime::RuntimeError> {
+    let blob = batchmill_blob::Blob::new(&config.s3).await;
+    tracing::info!(addr = %listener.local_addr()?, "lister serving");
+    batchmill_runtime::ServerBuilder::new()?
+        .add_service(ListerGrpc::new(Lister::new(Arc::new(blob))).into_service())
+        .serve(listener, shutdown)
+        .await?;
+    tracing::info!("lister stopped");
+    Ok(())
+}
 
 /// Most items in one streamed chunk.
 pub const CHUNK_ITEMS: usize = 512;
@@ -29,8 +53,8 @@ pub enum ListerError {
     Blob(#[from] batchmill_blob::BlobError),
     #[error("reading {uri}: {message}")]
     Read { uri: String, message: String },
-    #[error("listing {uri}: {message}")]
-    List { uri: String, message: String },
+    #[error("listing {uri}: {source}")]
+    List { uri: String, source: batchmill_blob::BlobError },
     #[error("no S3 object matches the selection under {paths}")]
     NoMatch { paths: String },
 }
@@ -41,13 +65,21 @@ impl ServiceError for ListerError {
             ListerError::BadSource(_) | ListerError::BadLine { .. } | ListerError::NoMatch { .. } => {
                 ErrorCode::InvalidArgument
             }
-            ListerError::List { message, .. } if message.contains("NoSuchBucket") => ErrorCode::NotFound,
-            ListerError::List { .. } => ErrorCode::Unavailable,
-            ListerError::Blob(batchmill_blob::BlobError::NotFound { .. }) => ErrorCode::NotFound,
-            ListerError::Blob(batchmill_blob::BlobError::S3 { .. }) | ListerError::Read { .. } => {
-                ErrorCode::Unavailable
-            }
+            ListerError::List { source: e, .. } | ListerError::Blob(e) => blob_code(e),
+            ListerError::Read { .. } => ErrorCode::Unavailable,
         }
+    }
+}
+
+/// What a caller should make of an S3 failure: a missing object or
+/// bucket is the caller's to fix; anything else is S3's trouble.
+fn blob_code(e: &batchmill_blob::BlobError) -> ErrorCode {
+    match e {
+        batchmill_blob::BlobError::NotFound { .. } | batchmill_blob::BlobError::NoSuchBucket { .. } => {
+            ErrorCode::NotFound
+        }
+        batchmill_blob::BlobError::S3 { transient: true, .. } => ErrorCode::Unavailable,
+        batchmill_blob::BlobError::S3 { transient: false, .. } => ErrorCode::PermissionDenied,
     }
 }
 
@@ -65,11 +97,11 @@ pub enum Source {
 /// The lister's domain: sources in, chunks of items (JSON texts) out.
 #[derive(Clone)]
 pub struct Lister {
-    blob: Blob,
+    blob: Arc<dyn ObjectStore>,
 }
 
 impl Lister {
-    pub fn new(blob: Blob) -> Lister {
+    pub fn new(blob: Arc<dyn ObjectStore>) -> Lister {
         Lister { blob }
     }
 

@@ -1,23 +1,17 @@
 //! batchmill-scheduler: owns the job lifecycle; one leader at a time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use batchmill_blob::{Blob, S3Config};
-use batchmill_coord::Etcd;
+use batchmill_blob::S3Config;
 use batchmill_core::S3Uri;
-use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClient;
-use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
-use batchmill_queue::{DeliveryPolicy, JetStreamQueue};
+use batchmill_queue::DeliveryPolicy;
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
-use batchmill_scheduler::{JobsGrpc, Pipelines, PipelinesGrpc, Ports, Scheduler, SessionGrpc, Settings, State};
 use clap::Parser;
-use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
 #[command(name = "batchmill-scheduler", version, about = "Owns the job lifecycle")]
-struct Config {
+struct Args {
     #[command(flatten)]
     listen: ListenArgs,
     #[command(flatten)]
@@ -50,84 +44,30 @@ struct Config {
     /// Deliveries of a batch before it fails for good.
     #[arg(long, env = "BATCHMILL_MAX_DELIVER", default_value_t = 3)]
     max_deliver: u32,
+    /// Seconds a dead leader keeps the standbys waiting (its lease's TTL).
+    #[arg(long, env = "BATCHMILL_LEADER_TTL_SECS", default_value_t = 10)]
+    leader_ttl_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let args = Args::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-scheduler")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    let patience = Duration::from_secs(30);
-    let default_output = S3Uri::parse(&config.output_uri).map_err(anyhow::Error::msg).context("--output-uri")?;
-    let staging = S3Uri::parse(&config.staging_uri).map_err(anyhow::Error::msg).context("--staging-uri")?;
-    let artifacts = S3Uri::parse(&config.pipelines_uri).map_err(anyhow::Error::msg).context("--pipelines-uri")?;
-    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
-    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
-    for bucket in [&default_output.bucket, &staging.bucket, &artifacts.bucket] {
-        if let Err(e) = blob.ensure_bucket(bucket).await {
-            warn!(bucket, error = %e, "could not ensure bucket");
-        }
-    }
-    let enqueuer = EnqueuerServiceClient::new(
-        tonic::transport::Endpoint::from_shared(config.enqueuer_url.clone())
-            .context("enqueuer URL")?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy(),
-    );
-    let listener = batchmill_runtime::bind(config.listen.listen).await?;
-    let url = config.advertise_url.clone().unwrap_or(format!("http://{}", listener.local_addr()?));
-
-    info!(%url, "campaigning for leadership");
-    let leadership = tokio::select! {
-        l = batchmill_scheduler::lead(&etcd, &url) => l.context("leader election")?,
-        () = shutdown.cancelled() => return Ok(()),
+    let config = batchmill_scheduler::Config {
+        etcd_endpoints: args.etcd.etcd_endpoints,
+        nats_url: args.nats.nats_url,
+        s3: S3Config::new(args.s3.s3_endpoint, args.s3.s3_region),
+        enqueuer_url: args.enqueuer_url,
+        lister_url: args.lister_url,
+        advertise_url: args.advertise_url,
+        output_uri: S3Uri::parse(&args.output_uri).context("--output-uri")?,
+        staging_uri: S3Uri::parse(&args.staging_uri).context("--staging-uri")?,
+        pipelines_uri: S3Uri::parse(&args.pipelines_uri).context("--pipelines-uri")?,
+        policy: DeliveryPolicy { ack_wait: Duration::from_secs(args.ack_wait_secs), max_deliver: args.max_deliver },
+        lease_ttl: Duration::from_secs(args.leader_ttl_secs.max(1)),
     };
-    let lost = leadership.lost();
-
-    let settings = Arc::new(Settings {
-        policy: DeliveryPolicy { ack_wait: Duration::from_secs(config.ack_wait_secs), max_deliver: config.max_deliver },
-        default_output,
-        staging,
-    });
-    let kv: Arc<dyn batchmill_coord::Kv> = Arc::new(etcd);
-    let store = Arc::new(blob);
-    let ports =
-        Ports { kv: kv.clone(), queue: Arc::new(queue.clone()), enqueuer: Arc::new(enqueuer), store: store.clone() };
-    let mut state = State::new(ports, settings.clone());
-    let jobs = state.load().await.context("loading jobs")?;
-    let lister = ListerServiceClient::new(
-        tonic::transport::Endpoint::from_shared(config.lister_url.clone())
-            .context("lister URL")?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_lazy(),
-    );
-    let pipelines = Pipelines::load(
-        vec!["echo".to_owned(), batchmill_core::embed::PIPELINE.to_owned()],
-        kv.clone(),
-        store.clone(),
-        artifacts,
-    )
-    .await
-    .context("loading pipelines")?;
-    let scheduler = Scheduler::start(state, settings, store, Arc::new(lister), pipelines, shutdown.clone());
-    batchmill_scheduler::follow_etcd(kv, scheduler.clone(), shutdown.clone());
-    batchmill_scheduler::follow_exhausted(queue.clone(), scheduler.clone(), shutdown.clone());
-    info!(%url, jobs, "leading; serving");
-
-    let serving = shutdown.clone();
-    tokio::spawn(async move {
-        lost.cancelled().await;
-        warn!("leadership lost; stopping");
-        serving.cancel();
-    });
-    batchmill_runtime::ServerBuilder::new()?
-        .add_service(JobsGrpc::new(scheduler.clone(), Arc::new(queue.clone())).into_service())
-        .add_service(PipelinesGrpc::new(scheduler.clone()).into_service())
-        .add_service(SessionGrpc::new(scheduler).into_service())
-        .serve(listener, shutdown)
-        .await?;
-    leadership.resign().await;
-    info!("scheduler stopped");
+    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    batchmill_scheduler::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tracing::info;
 
+use batchmill_blob::ObjectStore;
+use batchmill_core::project::{CONDA_PACKAGES, DOTENV};
+
 use crate::SchedulerError;
-use crate::ports::ObjectStore;
 
 pub const PIPELINES_PREFIX: &str = "/batchmill/pipelines/";
 
@@ -166,43 +168,20 @@ impl Pipelines {
     /// Deploys a pipeline: checks it, stores its files, then records the
     /// new version in etcd. Jobs see it only once both are durable.
     pub async fn deploy(&self, request: pb::DeployPipelineRequest) -> Result<pb::Pipeline, SchedulerError> {
-        let bad = |field: &str, message: String| SchedulerError::BadPipeline { field: field.to_owned(), message };
-        check_name(&request.name).map_err(|m| bad("name", m))?;
         if self.built_in.contains(&request.name) {
-            return Err(bad("name", format!("{:?} is a built-in pipeline and cannot be replaced", request.name)));
+            let message = format!("{:?} is a built-in pipeline and cannot be replaced", request.name);
+            return Err(bad("name", message));
         }
-        if request.kind != KIND {
-            return Err(bad("kind", format!("{:?} is not supported; batchmill deploys kind {KIND}", request.kind)));
-        }
-        let predictor = request.predictor.ok_or_else(|| bad("predictor", "is required".into()))?;
-        if !PREDICTOR_TYPES.contains(&predictor.r#type.as_str()) {
-            return Err(bad(
-                "predictor.type",
-                format!("{:?} is not supported; expected one of: {}", predictor.r#type, PREDICTOR_TYPES.join(", ")),
-            ));
-        }
-        if request.files.is_empty() {
-            return Err(bad("files", "the project has no files".into()));
-        }
-        for path in request.files.keys() {
-            check_path(path).map_err(|m| bad("files", m))?;
-        }
-        if !predictor.path.ends_with(".py") {
-            return Err(bad("predictor.path", format!("{:?} is not a Python file", predictor.path)));
-        }
-        if !request.files.contains_key(&predictor.path) {
-            return Err(bad("predictor.path", format!("{:?} is not among the project's files", predictor.path)));
-        }
+        let predictor = check(&request)?.clone();
         let _one_at_a_time = self.deploying.lock().await;
         let version = self.deployed().get(&request.name).map_or(1, |d| d.version + 1);
         let artifacts = self.root.join(&request.name).join(&format!("v{version}"));
         let mut files: Vec<String> = request.files.keys().cloned().collect();
         files.sort();
         for (path, body) in request.files {
-            self.store
-                .put(&artifacts.join(&path), Bytes::from(body), "application/octet-stream")
-                .await
-                .map_err(|message| SchedulerError::Staging { message: format!("storing {path}: {message}") })?;
+            let uri = artifacts.join(&path);
+            let stored = self.store.put(&uri.bucket, &uri.key, Bytes::from(body), "application/octet-stream").await;
+            stored.map_err(|source| SchedulerError::PipelineFile { path, source })?;
         }
         let deployed = Deployed {
             name: request.name.clone(),
@@ -220,11 +199,14 @@ impl Pipelines {
             deploy_ms: now_ms(),
             files,
         };
-        let bytes = serde_json::to_vec(&deployed).unwrap_or_default();
-        self.kv
-            .put(&format!("{PIPELINES_PREFIX}{}", deployed.name), bytes)
-            .await
-            .map_err(|e| SchedulerError::Staging { message: format!("recording the pipeline: {e}") })?;
+        let key = format!("{PIPELINES_PREFIX}{}", deployed.name);
+        let bytes = serde_json::to_vec(&deployed).map_err(|e| {
+            SchedulerError::PipelineRecord(batchmill_coord::CoordError::Encode {
+                key: key.clone(),
+                message: e.to_string(),
+            })
+        })?;
+        self.kv.put(&key, bytes).await.map_err(SchedulerError::PipelineRecord)?;
         info!(pipeline = %deployed.name, version, files = deployed.files.len(), "pipeline deployed");
         let answer = deployed.to_proto();
         self.deployed.write().unwrap_or_else(|e| e.into_inner()).insert(deployed.name.clone(), deployed);
@@ -232,31 +214,77 @@ impl Pipelines {
     }
 }
 
+fn bad(field: &str, message: String) -> SchedulerError {
+    SchedulerError::BadPipeline { field: field.to_owned(), message }
+}
+
+/// Checks a deploy request, naming the field at fault; its predictor.
+fn check(request: &pb::DeployPipelineRequest) -> Result<&pb::Predictor, SchedulerError> {
+    check_name(&request.name)?;
+    if request.kind != KIND {
+        return Err(bad("kind", format!("{:?} is not supported; batchmill deploys kind {KIND}", request.kind)));
+    }
+    let predictor = request.predictor.as_ref().ok_or_else(|| bad("predictor", "is required".into()))?;
+    if !PREDICTOR_TYPES.contains(&predictor.r#type.as_str()) {
+        let types = PREDICTOR_TYPES.join(", ");
+        return Err(bad(
+            "predictor.type",
+            format!("{:?} is not supported; expected one of: {types}", predictor.r#type),
+        ));
+    }
+    if request.files.is_empty() {
+        return Err(bad("files", "the project has no files".into()));
+    }
+    for path in request.files.keys() {
+        check_path(path)?;
+    }
+    if let Some(env) = request.files.get(DOTENV) {
+        let text = String::from_utf8_lossy(env);
+        batchmill_core::project::parse_dotenv(&text).map_err(|e| bad("files", e.to_string()))?;
+    }
+    if request.files.contains_key(CONDA_PACKAGES) {
+        return Err(bad(
+            "files",
+            format!(
+                "{CONDA_PACKAGES}: conda packages are not supported; list Python packages in requirements.txt \
+                 (installed with pip) and system packages in dependencies.sh"
+            ),
+        ));
+    }
+    if !predictor.path.ends_with(".py") {
+        return Err(bad("predictor.path", format!("{:?} is not a Python file", predictor.path)));
+    }
+    if !request.files.contains_key(&predictor.path) {
+        return Err(bad("predictor.path", format!("{:?} is not among the project's files", predictor.path)));
+    }
+    Ok(predictor)
+}
+
 /// A pipeline name as Cortex allows API names: lower-case letters, digits
 /// and dashes, starting with a letter and ending with a letter or digit.
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), SchedulerError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid name: use lower-case letters, digits and dashes, starting with a letter, \
-             at most 63 characters"
-        ))
+        return Ok(());
     }
+    let message = format!(
+        "{name:?} is not a valid name: use lower-case letters, digits and dashes, starting with a letter, \
+         at most 63 characters"
+    );
+    Err(bad("name", message))
 }
 
 /// A file's path within a project: relative, `/`-separated, no `..`.
-fn check_path(path: &str) -> Result<(), String> {
-    let bad = path.is_empty()
+fn check_path(path: &str) -> Result<(), SchedulerError> {
+    let wrong = path.is_empty()
         || path.starts_with('/')
         || path.contains('\\')
         || path.split('/').any(|part| part.is_empty() || part == "." || part == "..");
-    if bad { Err(format!("{path:?} is not a relative path inside the project")) } else { Ok(()) }
+    if wrong { Err(bad("files", format!("{path:?} is not a relative path inside the project"))) } else { Ok(()) }
 }
 
 /// `over` merged into `base`, objects key by key at every depth, as Cortex

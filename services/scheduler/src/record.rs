@@ -3,7 +3,7 @@
 
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::time::{duration_ms, timestamp};
-use batchmill_core::{JobId, JobState, S3Selection};
+use batchmill_core::{FailureReason, JobId, JobState, S3Selection};
 use batchmill_proto::jobs::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -24,12 +24,6 @@ pub fn ledger_prefix(id: &JobId) -> String {
 
 /// Pending for longer than this counts a job's missing workers as stalled.
 const STALLED_AFTER_MS: u64 = 10 * 60 * 1000;
-
-/// Why a job failed, as in the contract.
-pub mod reason {
-    pub const ENQUEUE_FAILED: &str = "enqueue_failed";
-    pub const WORKER_ERROR: &str = "worker_error";
-}
 
 /// Where a job's items are read from, as the lister reads them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +73,7 @@ pub struct JobRecord {
     pub create_ms: u64,
     pub start_ms: Option<u64>,
     pub end_ms: Option<u64>,
-    pub failure_reason: Option<String>,
+    pub failure_reason: Option<FailureReason>,
     pub message: Option<String>,
     /// Workers that were assigned when the job completed.
     pub workers_succeeded: u32,
@@ -103,6 +97,14 @@ pub struct JobRecord {
     /// `finalize_attempts` when the current completion began.
     #[serde(default)]
     pub finalize_base: u32,
+    /// Whether the manifest of the job's end is written (records from
+    /// before this field existed were written at once).
+    #[serde(default = "written")]
+    pub manifest_written: bool,
+}
+
+fn written() -> bool {
+    true
 }
 
 /// Deliveries of a batch when a job names no dead-letter policy.
@@ -146,6 +148,7 @@ impl JobRecord {
             deployed: None,
             finalize_attempts: 0,
             finalize_base: 0,
+            manifest_written: false,
         }
     }
 
@@ -154,8 +157,8 @@ impl JobRecord {
         self.timeout_ms.is_some_and(|t| now_ms >= self.create_ms.saturating_add(t))
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<JobRecord, serde_json::Error> {
@@ -221,7 +224,7 @@ impl JobRecord {
             end_time: self.end_ms.map(timestamp),
             queue_time: Some(duration_ms(queue_end.saturating_sub(self.create_ms))),
             elapsed_time: Some(duration_ms(elapsed)),
-            failure_reason: self.failure_reason.clone().unwrap_or_default(),
+            failure_reason: self.failure_reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
             message: self.message.clone().unwrap_or_default(),
             enqueue_complete: enqueue.done,
             max_receive_count: self.max_receive_count as i32,
@@ -267,6 +270,10 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let r = record();
-        assert_eq!(JobRecord::decode(&r.encode()).unwrap(), r);
+        assert_eq!(JobRecord::decode(&r.encode().unwrap()).unwrap(), r);
+        let failed = JobRecord { failure_reason: Some(FailureReason::WorkerOom), ..r };
+        let text = String::from_utf8(failed.encode().unwrap()).unwrap();
+        assert!(text.contains(r#""failure_reason":"worker_oom""#), "{text}");
+        assert_eq!(JobRecord::decode(text.as_bytes()).unwrap(), failed);
     }
 }

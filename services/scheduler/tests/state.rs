@@ -4,125 +4,111 @@
 // fixture should stop the test where it happens.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use batchmill_blob::ObjectStore;
+use batchmill_blob::mem::MemBlob;
 use batchmill_coord::{Kv, MemKv};
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::finalize::Finalizing;
-use batchmill_core::{JobId, S3Uri, WorkerId};
+use batchmill_core::{BatchId, Clock, JobId, RemoteError, S3Uri, WorkerId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
-use batchmill_queue::{DeliveryPolicy, Stored};
+use batchmill_queue::mem::MemQueue;
+use batchmill_queue::{Batches, DeadLetters, DeliveryPolicy, TraceHeaders};
 use batchmill_scheduler::{
-    Capabilities, Deployed, EnqueueClient, Input, JobQueue, JobRecord, ObjectStore, Ports, PredictorSpec, Settings,
-    State,
+    Capabilities, Deployed, EnqueueClient, Input, JobRecord, Ports, PredictorSpec, Settings, State,
 };
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+/// What the enqueuer was asked.
 #[derive(Default)]
 struct Calls {
-    opened: Vec<String>,
-    closed: Vec<String>,
     enqueued: Vec<EnqueueJobRequest>,
     stopped: Vec<String>,
-    objects: BTreeMap<String, Bytes>,
-    /// The dead-letter stream: stream sequence → (job, dead letter).
-    dead: BTreeMap<u64, (String, Bytes)>,
-    /// Batches queued again: (job, seq, rerun).
-    requeued: Vec<(String, u64, u64)>,
 }
 
-impl Calls {
-    fn dead_letter(&mut self, job: &str, seq: u64, attempts: u64) {
-        let batch = qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec!["{\"n\":1}".into(); 10] };
-        let dead = qpb::DeadLetter { batch: Some(batch), attempts, last_error: "boom".into(), ..Default::default() };
-        let next = self.dead.keys().last().map_or(1, |k| k + 1);
-        self.dead.insert(next, (job.into(), Bytes::from(dead.encode_to_vec())));
-    }
+/// A fake enqueuer that records calls; the queue, S3 and etcd are the
+/// adapters' in-memory fakes.
+#[derive(Clone)]
+struct Fakes {
+    calls: Arc<Mutex<Calls>>,
+    kv: MemKv,
+    queue: MemQueue,
+    store: MemBlob,
+    /// One clock for every leader of a test.
+    clock: Clock,
 }
-
-#[derive(Clone, Default)]
-struct Fakes(Arc<Mutex<Calls>>);
 
 impl Fakes {
     fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        self.0.lock().unwrap()
+        self.calls.lock().unwrap()
     }
-}
 
-#[async_trait]
-impl JobQueue for Fakes {
-    async fn open(&self, job_id: &str, _: DeliveryPolicy) -> Result<(), String> {
-        self.calls().opened.push(job_id.into());
-        Ok(())
+    /// Stores a dead letter of batch `seq` of `job`, delivered from batch
+    /// stream position `from`, whose batch holds `items`.
+    async fn dead_letter(&self, job: &str, seq: u64, from: u64, attempts: u64, items: &str) {
+        let batch = qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec![items.into(); 10] };
+        let dead = qpb::DeadLetter { batch: Some(batch), attempts, last_error: "boom".into(), ..Default::default() };
+        let id = BatchId::new(job_id(job), seq);
+        self.queue.dead_letter(&id, from, Bytes::from(dead.encode_to_vec())).await.unwrap();
     }
-    async fn close(&self, job_id: &str) -> Result<u64, String> {
-        self.calls().closed.push(job_id.into());
-        Ok(0)
+
+    /// Whether the job's queue is open (its consumer exists).
+    async fn open(&self, job: &str) -> bool {
+        self.queue.job_consumer(job).await.is_ok()
     }
-    async fn dead_letters(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>, String> {
-        Ok(self
-            .calls()
-            .dead
-            .range(from..)
-            .filter(|(_, (job, _))| job == job_id)
-            .take(limit)
-            .map(|(seq, (_, payload))| Stored { stream_seq: *seq, payload: payload.clone() })
-            .collect())
-    }
-    async fn requeue(&self, job_id: &str, seq: u64, rerun: u64, _: Bytes) -> Result<(), String> {
-        self.calls().requeued.push((job_id.into(), seq, rerun));
-        Ok(())
-    }
-    async fn remove_dead_letter(&self, stream_seq: u64) -> Result<(), String> {
-        self.calls().dead.remove(&stream_seq).map(drop).ok_or_else(|| "no such message".to_owned())
+
+    /// The objects written to S3, once the manifests being written are.
+    async fn objects(&self, state: &mut State) -> std::collections::BTreeMap<String, Bytes> {
+        state.manifests_written(Duration::from_secs(5)).await;
+        self.store.objects()
     }
 }
 
 #[async_trait]
 impl EnqueueClient for Fakes {
-    async fn enqueue(
-        &self,
-        request: EnqueueJobRequest,
-        _: &std::collections::HashMap<String, String>,
-    ) -> Result<(), String> {
+    async fn enqueue(&self, request: EnqueueJobRequest, _: &TraceHeaders) -> Result<(), RemoteError> {
         self.calls().enqueued.push(request);
         Ok(())
     }
-    async fn stop(&self, job_id: &str) -> Result<(), String> {
+    async fn stop(&self, job_id: &str) -> Result<(), RemoteError> {
         self.calls().stopped.push(job_id.into());
         Ok(())
     }
 }
 
-#[async_trait]
-impl ObjectStore for Fakes {
-    async fn put(&self, uri: &S3Uri, body: Bytes, _: &str) -> Result<(), String> {
-        self.calls().objects.insert(uri.to_string(), body);
-        Ok(())
-    }
-}
-
-fn state(kv: &MemKv, fakes: &Fakes) -> State {
+fn state(fakes: &Fakes) -> State {
     let ports = Ports {
-        kv: Arc::new(kv.clone()),
-        queue: Arc::new(fakes.clone()),
+        kv: Arc::new(fakes.kv.clone()),
+        queue: Arc::new(fakes.queue.clone()),
         enqueuer: Arc::new(fakes.clone()),
-        store: Arc::new(fakes.clone()),
+        store: Arc::new(fakes.store.clone()),
     };
     let settings = Settings {
         policy: DeliveryPolicy { ack_wait: Duration::from_secs(30), max_deliver: 3 },
         default_output: S3Uri::parse("s3://out/results").unwrap(),
         staging: S3Uri::parse("s3://out/staging").unwrap(),
     };
-    State::new(ports, Arc::new(settings))
+    State::new(ports, Arc::new(settings), fakes.clock)
+}
+
+async fn fakes() -> Fakes {
+    let fakes = Fakes {
+        calls: Arc::default(),
+        kv: MemKv::default(),
+        queue: MemQueue::default(),
+        store: MemBlob::default(),
+        clock: Clock::starting_at(1_000),
+    };
+    fakes.store.ensure_bucket("out").await.unwrap();
+    fakes
 }
 
 fn record(id: &str, max_workers: u32) -> JobRecord {
@@ -152,27 +138,30 @@ fn outcome(job: &str, seq: u64, status: spb::BatchStatus) -> spb::BatchOutcome {
     spb::BatchOutcome { job_id: job.into(), seq, status: status as i32, items: 10, attempt: 1, ..Default::default() }
 }
 
+fn batch_ids(ids: &[BatchId]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
 fn job_id(s: &str) -> JobId {
     JobId::parse("job_id", s).unwrap()
 }
 
 #[tokio::test]
 async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let kv = fakes.kv.clone();
+    let mut state = state(&fakes);
     let mut worker = join(&mut state, "w1");
 
     let accepted = state.submit(record("j1", 2)).await.unwrap();
     assert_eq!(accepted.state(), pb::JobState::Pending);
-    assert_eq!(fakes.calls().opened, vec!["j1"]);
+    assert!(fakes.open("j1").await, "the job's queue is open");
     assert_eq!(fakes.calls().enqueued[0].batch_size, 10);
     assert!(kv.get("/batchmill/jobs/j1").await.unwrap().is_some(), "accepted jobs are durable");
     let assign = drain(&mut worker);
     assert!(matches!(&assign[..], [Out::Assign(a)] if a.job_id == "j1" && a.max_deliver == 3));
 
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() })
-        .await;
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
     for seq in [0, 1, 1, 2] {
         state.outcome(&WorkerId::new("w1"), outcome("j1", seq, spb::BatchStatus::Succeeded));
     }
@@ -189,16 +178,17 @@ async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
     let b = job.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 3, 0, 0));
     assert_eq!(job.items.unwrap().completed, 30);
-    assert_eq!(fakes.calls().closed, vec!["j1"]);
-    let manifest = fakes.calls().objects.get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
+    assert!(!fakes.open("j1").await, "the job's queue is closed");
+    let objects = fakes.objects(&mut state).await;
+    let manifest = objects.get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(manifest["results"].as_array().unwrap().len(), 3);
 }
 
 #[tokio::test]
 async fn workers_are_capped_per_job_and_freed_when_it_ends() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     let mut w2 = join(&mut state, "w2");
     state.submit(record("j1", 1)).await.unwrap();
@@ -212,15 +202,15 @@ async fn workers_are_capped_per_job_and_freed_when_it_ends() {
     let cancelled = state.cancel(&job_id("j1")).await.unwrap();
     assert_eq!(cancelled.state(), pb::JobState::Cancelled);
     assert_eq!(fakes.calls().stopped, vec!["j1"]);
-    assert_eq!(fakes.calls().closed, vec!["j1"]);
+    assert!(!fakes.open("j1").await, "the job's queue is closed");
     let revoked: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
     assert!(matches!(&revoked[..], [Out::Revoke(r)] if r.job_id == "j1"));
 }
 
 #[tokio::test]
 async fn a_lost_worker_is_counted_and_its_job_goes_on() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let _w1 = join(&mut state, "w1");
     state.submit(record("j1", 2)).await.unwrap();
     state.worker_gone(&WorkerId::new("w1"), None);
@@ -236,8 +226,8 @@ async fn a_lost_worker_is_counted_and_its_job_goes_on() {
 
 #[tokio::test]
 async fn a_worker_that_reports_a_batch_counts_as_running() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     state.submit(record("j1", 1)).await.unwrap();
     assert!(matches!(&drain(&mut w1)[..], [Out::Assign(a)] if a.job_id == "j1"));
@@ -258,8 +248,8 @@ async fn a_worker_that_reports_a_batch_counts_as_running() {
 
 #[tokio::test]
 async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut first = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut first = state(&fakes);
     let _w = join(&mut first, "w1");
     first.submit(record("j1", 1)).await.unwrap();
     first.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
@@ -267,7 +257,7 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     first.flush().await;
     drop(first);
 
-    let mut second = state(&kv, &fakes);
+    let mut second = state(&fakes);
     assert_eq!(second.load().await.unwrap(), 1);
     let job = second.get(&job_id("j1")).unwrap();
     let b = job.batches.unwrap();
@@ -276,9 +266,7 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     second.tick().await;
     assert_eq!(fakes.calls().enqueued.len(), 2, "the new leader asks the enqueuer to resume");
     // Finishing the last batch completes the job with its failure.
-    second
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() })
-        .await;
+    second.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
     let mut w = join(&mut second, "w1");
     second.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::Succeeded));
     second.settle().await;
@@ -289,13 +277,11 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
 
 #[tokio::test]
 async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let _w = join(&mut state, "w1");
     state.submit(record("j1", 1)).await.unwrap();
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() })
-        .await;
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() });
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     state.exhausted("j1", 1, 10, 3, tx);
@@ -315,18 +301,16 @@ async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
 
 #[tokio::test]
 async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let mut w = join(&mut state, "w1");
     state.submit(record("j1", 1)).await.unwrap();
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() })
-        .await;
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
     // Batch 1 is dead-lettered twice (a worker and the advisory raced), batch 2 once.
-    for (seq, attempts) in [(1, 2), (1, 2), (2, 2)] {
-        fakes.calls().dead_letter("j1", seq, attempts);
+    for (seq, from, attempts, items) in [(1, 11, 2, "old"), (1, 12, 2, "new"), (2, 13, 2, "x")] {
+        fakes.dead_letter("j1", seq, from, attempts, items).await;
     }
-    fakes.calls().dead_letter("other", 0, 1);
+    fakes.dead_letter("other", 0, 1, 1, "x").await;
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal));
     state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::FailedFinal));
@@ -350,11 +334,15 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     assert!(err.to_string().starts_with("batch_ids[0]"), "{err}");
     drain(&mut w);
     let (job, queued) = state.rerun(&job_id("j1"), &["j1-1".into()]).await.unwrap();
-    assert_eq!(queued, ["j1-1"]);
+    assert_eq!(batch_ids(&queued), ["j1-1"]);
     assert_eq!(job.state(), pb::JobState::Running, "the job runs again");
     assert_eq!(job.batches.as_ref().unwrap().failed, 1);
-    assert_eq!(fakes.calls().requeued, vec![("j1".to_owned(), 1, 2)], "the latest dead letter is re-run");
-    assert_eq!(fakes.calls().dead.values().filter(|(j, _)| j == "j1").count(), 1, "both letters of batch 1 removed");
+    let consumer = fakes.queue.job_consumer("j1").await.unwrap();
+    let requeued = consumer.next(Duration::from_millis(10)).await.unwrap().expect("batch 1 is queued again");
+    let batch = qpb::Batch::decode(requeued.payload().as_ref()).unwrap();
+    assert_eq!((batch.seq, batch.items[0].as_str()), (1, "new"), "the latest dead letter is re-run");
+    requeued.nak(Duration::ZERO).await.unwrap();
+    assert_eq!(fakes.queue.dead_letters("j1", 0, 100).await.unwrap().len(), 1, "both letters of batch 1 removed");
     assert!(matches!(&drain(&mut w)[..], [Out::Assign(a)] if a.job_id == "j1"), "a worker takes it again");
 
     state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
@@ -366,7 +354,7 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     assert_eq!((b.succeeded, b.failed, b.dead_lettered), (2, 1, 1));
 
     let (_, queued) = state.rerun(&job_id("j1"), &[]).await.unwrap();
-    assert_eq!(queued, ["j1-2"], "no ids: every dead letter");
+    assert_eq!(batch_ids(&queued), ["j1-2"], "no ids: every dead letter");
     state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::Succeeded));
     state.settle().await;
     state.flush().await;
@@ -377,41 +365,39 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     assert!(err.to_string().contains("is Succeeded"), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let _w = join(&mut state, "w1");
-    let now = batchmill_core::time::now_ms();
+    let now = fakes.clock.now_ms();
     let job = JobRecord { timeout_ms: Some(60_000), create_ms: now, ..record("j1", 1) };
     state.submit(job).await.unwrap();
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    tokio::time::advance(Duration::from_secs(59)).await;
     state.tick().await;
     state.flush().await;
     assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Running, "not yet");
 
-    let late = JobRecord { timeout_ms: Some(1), create_ms: 1, ..record("j2", 1) };
+    let late = JobRecord { timeout_ms: Some(1_000), create_ms: fakes.clock.now_ms(), ..record("j2", 1) };
     state.submit(late).await.unwrap();
-    let old = JobRecord { timeout_ms: Some(1), create_ms: 1, ..state_record(&kv, "j1").await };
-    kv.put("/batchmill/jobs/j1", old.encode()).await.unwrap();
-    let mut second = self::state(&kv, &fakes);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // A new leader times both out: one past its 60 s, one past its 1 s.
+    let mut second = self::state(&fakes);
     second.load().await.unwrap();
     second.tick().await;
     second.flush().await;
-    for id in ["j1", "j2"] {
+    for (id, timeout) in [("j1", "60s"), ("j2", "1s")] {
         let job = second.get(&job_id(id)).unwrap();
         assert_eq!(job.state(), pb::JobState::TimedOut, "{id}");
-        assert!(job.message.contains("timeout of 1ms"), "{}", job.message);
+        assert!(job.message.contains(&format!("timeout of {timeout}")), "{}", job.message);
         assert!(fakes.calls().stopped.contains(&id.to_owned()), "enqueuing of {id} stopped");
     }
-    let manifest = fakes.calls().objects.get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
+    let objects = fakes.objects(&mut second).await;
+    let manifest = objects.get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
     assert_eq!(manifest["state"], "JOB_STATE_TIMED_OUT");
     assert_eq!(manifest["results"], serde_json::json!(["s3://out/results/j1/j1-0.jsonl"]), "partial results listed");
-}
-
-async fn state_record(kv: &MemKv, id: &str) -> JobRecord {
-    JobRecord::decode(&kv.get(&format!("/batchmill/jobs/{id}")).await.unwrap().unwrap()).unwrap()
 }
 
 fn deployed_record(id: &str) -> JobRecord {
@@ -440,23 +426,28 @@ fn deployed_record(id: &str) -> JobRecord {
     }
 }
 
-fn finalizing(attempt: u32, worker: &str, done: bool, error: Option<&str>) -> Vec<u8> {
-    let f = Finalizing { attempt, worker_id: worker.into(), done, error: error.map(str::to_owned) };
-    f.encode()
+fn finalizing(attempt: u32, worker: &str, done: bool, error: Option<&str>) -> Finalizing {
+    Finalizing { attempt, worker_id: worker.into(), done, error: error.map(str::to_owned) }
+}
+
+/// A worker writes the job's finalizer claim, and the scheduler's watch of
+/// it tells the state.
+async fn claim(state: &mut State, kv: &MemKv, job: &str, claim: Finalizing) {
+    kv.put(&format!("/batchmill/finalizers/{job}"), claim.encode().unwrap()).await.unwrap();
+    state.claim_changed(&job_id(job), Some(claim));
 }
 
 #[tokio::test]
 async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let kv = fakes.kv.clone();
+    let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     let mut w2 = join(&mut state, "w2");
     state.submit(deployed_record("j1")).await.unwrap();
     assert!(drain(&mut w1).is_empty() && drain(&mut w2).is_empty(), "no worker before the batch count is known");
 
-    state
-        .enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() })
-        .await;
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() });
     state.tick().await;
     let assigned: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
     assert_eq!(assigned.len(), 2, "{assigned:?}");
@@ -487,31 +478,32 @@ async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() 
 
     // Claimed and running: the job waits, and nobody else is asked.
     let key = "/batchmill/finalizers/j1";
-    kv.put(key, finalizing(1, "w1", false, None)).await.unwrap();
+    claim(&mut state, &kv, "j1", finalizing(1, "w1", false, None)).await;
     state.tick().await;
     assert!(drain(&mut w1).iter().chain(drain(&mut w2).iter()).all(|m| !matches!(m, Out::Finalize(_))));
     assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Completing);
 
-    kv.put(key, finalizing(1, "w1", true, None)).await.unwrap();
+    claim(&mut state, &kv, "j1", finalizing(1, "w1", true, None)).await;
     state.tick().await;
     state.flush().await;
     assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
     assert_eq!(kv.get(key).await.unwrap(), None, "the finalizer key is cleaned up");
-    assert!(fakes.calls().objects.contains_key("s3://out/results/j1/manifest.json"));
+    assert!(fakes.objects(&mut state).await.contains_key("s3://out/results/j1/manifest.json"));
 }
 
 /// Submits deployed job `id`, fully enqueued as one batch of 10 items, and
 /// lets the scheduler assign it.
 async fn submit_enqueued(state: &mut State, id: &str) {
     state.submit(deployed_record(id)).await.unwrap();
-    state.enqueue_progress(id, EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() }).await;
+    state.enqueue_progress(id, EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() });
     state.tick().await;
 }
 
 #[tokio::test]
 async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let kv = fakes.kv.clone();
+    let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     submit_enqueued(&mut state, "j1").await;
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
@@ -525,7 +517,7 @@ async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
     state.tick().await;
     assert!(drain(&mut w2).iter().any(|m| matches!(m, Out::Finalize(f) if f.attempt == 2)));
     // A claim left from attempt 1 would be stale only before this completion; attempt 2 reports an error.
-    kv.put("/batchmill/finalizers/j1", finalizing(2, "w2", true, Some("ValueError: no results"))).await.unwrap();
+    claim(&mut state, &kv, "j1", finalizing(2, "w2", true, Some("ValueError: no results"))).await;
     state.tick().await;
     let job = state.get(&job_id("j1")).unwrap();
     assert_eq!(job.state(), pb::JobState::Failed);
@@ -534,13 +526,13 @@ async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
 
 #[tokio::test]
 async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     submit_enqueued(&mut state, "j1").await;
     for attempt in 1..=3 {
         assert!(drain(&mut w1).iter().any(|m| matches!(m, Out::Assign(_))), "attempt {attempt}");
-        state.released(&WorkerId::new("w1"), "j1", Some("KeyError: 'dest_s3_dir'".into())).await;
+        state.released(&WorkerId::new("w1"), "j1", Some(("KeyError: 'dest_s3_dir'".into(), false))).await;
     }
     let job = state.get(&job_id("j1")).unwrap();
     assert_eq!(job.state(), pb::JobState::Failed);
@@ -554,8 +546,8 @@ async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
 
 #[tokio::test]
 async fn jobs_are_listed_newest_first_by_pipeline_and_in_pages() {
-    let (kv, fakes) = (MemKv::default(), Fakes::default());
-    let mut state = state(&kv, &fakes);
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
     for (id, pipeline) in [("a1", "echo"), ("a2", "embed"), ("a3", "echo"), ("a4", "embed"), ("a5", "echo")] {
         state.submit(JobRecord { pipeline: pipeline.into(), ..record(id, 1) }).await.unwrap();
     }

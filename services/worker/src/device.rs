@@ -8,6 +8,17 @@
 
 use std::fmt;
 
+/// Why no device could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("BATCHMILL_DEVICE={0:?}: expected cpu, cuda or auto")]
+    Unknown(String),
+    #[error("BATCHMILL_DEVICE=cuda: no CUDA device found")]
+    NoGpu,
+    #[error("CUDA: {0}")]
+    Cuda(String),
+}
+
 /// A compute device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
@@ -17,20 +28,20 @@ pub enum Device {
 
 impl Device {
     /// The device for `choice` (`cpu`, `cuda`, `auto`).
-    pub fn select(choice: &str) -> Result<Device, String> {
+    pub fn select(choice: &str) -> Result<Device, DeviceError> {
         let cpu = Device::Cpu { threads: std::thread::available_parallelism().map_or(1, |n| n.get()) };
         match choice {
             "cpu" => Ok(cpu),
             "auto" => Ok(first_gpu()?.unwrap_or(cpu)),
-            "cuda" => first_gpu()?.ok_or_else(|| "BATCHMILL_DEVICE=cuda: no CUDA device found".to_owned()),
-            other => Err(format!("BATCHMILL_DEVICE={other:?}: expected cpu, cuda or auto")),
+            "cuda" => first_gpu()?.ok_or(DeviceError::NoGpu),
+            other => Err(DeviceError::Unknown(other.to_owned())),
         }
     }
 }
 
 /// The first CUDA device, if the driver loads and reports one.
 #[cfg(feature = "cuda")]
-fn first_gpu() -> Result<Option<Device>, String> {
+fn first_gpu() -> Result<Option<Device>, DeviceError> {
     // SAFETY: this only tries to load the CUDA driver library (dlopen); on a
     // machine without one, cudarc's later calls would panic instead of failing.
     #[allow(unsafe_code)]
@@ -38,18 +49,18 @@ fn first_gpu() -> Result<Option<Device>, String> {
     if !present {
         return Ok(None);
     }
-    let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("CUDA driver: {e}"))?;
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| DeviceError::Cuda(format!("driver: {e}")))?;
     if count < 1 {
         return Ok(None);
     }
-    let context = cudarc::driver::CudaContext::new(0).map_err(|e| format!("CUDA device 0: {e}"))?;
-    let name = context.name().map_err(|e| format!("CUDA device 0: {e}"))?;
+    let context = cudarc::driver::CudaContext::new(0).map_err(|e| DeviceError::Cuda(format!("device 0: {e}")))?;
+    let name = context.name().map_err(|e| DeviceError::Cuda(format!("device 0: {e}")))?;
     Ok(Some(Device::Cuda { ordinal: 0, name }))
 }
 
 /// Built without the `cuda` feature: no GPU is ever found.
 #[cfg(not(feature = "cuda"))]
-fn first_gpu() -> Result<Option<Device>, String> {
+fn first_gpu() -> Result<Option<Device>, DeviceError> {
     Ok(None)
 }
 
@@ -70,11 +81,11 @@ mod tests {
     fn chooses_and_refuses_devices() {
         assert!(matches!(Device::select("cpu"), Ok(Device::Cpu { .. })));
         assert!(Device::select("auto").is_ok());
-        assert!(Device::select("tpu").unwrap_err().contains("expected cpu, cuda or auto"));
+        assert!(Device::select("tpu").unwrap_err().to_string().contains("expected cpu, cuda or auto"));
         // This machine has no GPU (CI builds with the cuda feature, and the
         // driver it looks for is not there).
         if !std::path::Path::new("/dev/nvidiactl").exists() {
-            assert!(Device::select("cuda").unwrap_err().contains("no CUDA device"));
+            assert!(Device::select("cuda").unwrap_err().to_string().contains("no CUDA device"));
         }
     }
 }

@@ -49,14 +49,9 @@ impl EmbedModels {
     }
 
     /// Reads and checks the job's config.
-    pub fn config(&self, config: &Map<String, Value>) -> Result<ModelChoice, String> {
-        let c = batchmill_core::embed::EmbedConfig::parse(config).map_err(|v| v.to_string())?;
-        let model = match c.model {
-            Some(m) => m,
-            None => self.default_model.clone().ok_or(
-                "config.model is not set and this worker has no default embed model (--embed-model, BATCHMILL_EMBED_MODEL)",
-            )?,
-        };
+    pub fn config(&self, config: &Map<String, Value>) -> Result<ModelChoice, crate::LoadError> {
+        let c = batchmill_core::embed::EmbedConfig::parse(config)?;
+        let model = c.model.or_else(|| self.default_model.clone()).ok_or(crate::LoadError::NoModel)?;
         let precision = match (&self.device, c.precision) {
             (Device::Cpu { .. }, _) | (_, Some(Asked::Fp32)) => Precision::Fp32,
             (Device::Cuda { .. }, None | Some(Asked::Fp16)) => Precision::Fp16,
@@ -76,7 +71,12 @@ impl EmbedModels {
     }
 
     /// The model at `dir` (already local), loaded once.
-    pub fn load(&self, location: &str, dir: PathBuf, precision: Precision) -> Result<Arc<Embedder>, String> {
+    pub fn load(
+        &self,
+        location: &str,
+        dir: PathBuf,
+        precision: Precision,
+    ) -> Result<Arc<Embedder>, batchmill_embed::EmbedError> {
         let key = (location.to_owned(), precision);
         if let Some(e) = self.take(&key) {
             return Ok(e);
@@ -85,7 +85,7 @@ impl EmbedModels {
             Device::Cpu { .. } => DeviceChoice::Cpu,
             Device::Cuda { .. } => DeviceChoice::Cuda,
         };
-        let embedder = Arc::new(Embedder::load(&dir, choice, precision).map_err(|e| e.to_string())?);
+        let embedder = Arc::new(Embedder::load(&dir, choice, precision)?);
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loaded.push((key, embedder.clone()));
         while loaded.len() > KEPT_MODELS {
@@ -198,10 +198,10 @@ mod tests {
     #[test]
     fn config_names_what_is_wrong() {
         let m = models();
-        let err = m.config(&Map::new()).err().unwrap_or_default();
+        let err = m.config(&Map::new()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("config.model is not set"), "{err}");
         let bad = json!({"model": "/m", "precision": "int8"});
-        let err = m.config(bad.as_object().unwrap_or(&Map::new())).err().unwrap_or_default();
+        let err = m.config(bad.as_object().unwrap_or(&Map::new())).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("config.precision"), "{err}");
         let ok = json!({"model": "/m", "precision": "fp16"});
         let c = m.config(ok.as_object().unwrap_or(&Map::new())).unwrap_or_else(|e| panic!("{e}"));

@@ -8,7 +8,8 @@ many bytes of UTF-8 JSON. Requests:
   {"op": "predict", "payload": [...], "batch_id": "..."}
   {"op": "on_job_complete", "metrics": {...}}
 
-Each gets {"ok": true, ...} or {"ok": false, "error": "<traceback>"}. The
+Each gets {"ok": true, ...} or {"ok": false, "error": "<traceback>",
+"out_of_memory": <whether it was a MemoryError>}. The
 predictor's own prints go to stderr (file descriptor 1 is redirected), which
 the worker forwards to the job's log. The process exits at end of input.
 """
@@ -136,8 +137,8 @@ def main():
                 reply = {"ok": True}
             else:
                 reply = {"ok": False, "error": f"unknown request {op!r}"}
-        except Exception:
-            reply = {"ok": False, "error": traceback.format_exc()}
+        except Exception as e:
+            reply = {"ok": False, "error": traceback.format_exc(), "out_of_memory": isinstance(e, MemoryError)}
         answered += 1
         sys.stdout.flush()
         sys.stderr.flush()

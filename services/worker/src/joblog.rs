@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use batchmill_proto::jobs::v1::LogLine;
-use batchmill_queue::JetStreamQueue;
+use batchmill_queue::Logs;
 use bytes::Bytes;
 use prost::Message;
 
@@ -12,13 +12,13 @@ use crate::python::LogSink;
 /// Where one worker writes one job's log lines.
 #[derive(Clone)]
 pub struct JobLog {
-    queue: JetStreamQueue,
+    queue: Arc<dyn Logs>,
     job_id: String,
     worker_id: String,
 }
 
 impl JobLog {
-    pub fn new(queue: JetStreamQueue, job_id: &str, worker_id: &str) -> JobLog {
+    pub fn new(queue: Arc<dyn Logs>, job_id: &str, worker_id: &str) -> JobLog {
         JobLog { queue, job_id: job_id.to_owned(), worker_id: worker_id.to_owned() }
     }
 

@@ -2,21 +2,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use batchmill_blob::{Blob, S3Config};
-use batchmill_coord::Etcd;
-use batchmill_core::WorkerId;
-use batchmill_queue::JetStreamQueue;
+use batchmill_blob::S3Config;
 use batchmill_runtime::args::{EtcdArgs, ListenArgs, NatsArgs, S3Args};
-use batchmill_worker::device::Device;
-use batchmill_worker::embed::EmbedModels;
-use batchmill_worker::{Loader, Worker};
 use clap::Parser;
-use tracing::info;
 
 #[derive(Debug, Parser)]
 #[command(name = "batchmill-worker", version, about = "Runs batches of assigned jobs")]
-struct Config {
+struct Args {
     #[command(flatten)]
     listen: ListenArgs,
     #[command(flatten)]
@@ -41,41 +33,28 @@ struct Config {
     /// s3:// prefix with a sentence-transformers model (all-MiniLM-L6-v2).
     #[arg(long, env = "BATCHMILL_EMBED_MODEL")]
     embed_model: Option<String>,
-    /// Seconds the registration outlives a worker that stops renewing it.
+    /// Seconds a dead worker's completion-hook claim outlives it.
     #[arg(long, env = "BATCHMILL_LEASE_TTL_SECS", default_value_t = 10)]
     lease_ttl_secs: u64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+    let args = Args::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-worker")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    let device = Device::select(&config.device).map_err(anyhow::Error::msg)?;
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-    let id = config.worker_id.clone().map_or_else(|| WorkerId::generate(&host), WorkerId::new);
-    let patience = Duration::from_secs(30);
-    let etcd = Etcd::connect(&config.etcd.etcd_endpoints, patience).await.context("connecting to etcd")?;
-    let queue = JetStreamQueue::connect(&config.nats.nats_url, patience).await.context("connecting to NATS")?;
-    let blob = Blob::new(&S3Config::new(config.s3.s3_endpoint.clone(), config.s3.s3_region.clone())).await;
-    let listener = batchmill_runtime::bind(config.listen.listen).await?;
-    info!(addr = %listener.local_addr()?, worker_id = %id, "worker serving health");
-    // Ready once registered with the scheduler.
-    let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
-    let health = server.health();
-    let routes = server.into_routes().await;
-    let serving = batchmill_runtime::server::serve_routes(routes, listener, shutdown.clone());
-    let lease_ttl = Duration::from_secs(config.lease_ttl_secs);
-    let python = batchmill_worker::python::check_interpreter(&config.python).await;
-    let work_dir =
-        config.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("batchmill-worker-{id}")));
-    let loader = Loader::new(python, work_dir, blob.clone(), queue.clone(), id.to_string())
-        .with_s3(config.s3.s3_endpoint.as_deref(), &config.s3.s3_region)
-        .context("preparing the work directory")?
-        .with_embed(EmbedModels::new(device.clone(), config.embed_model.clone()));
-    let worker = Worker { id, device, etcd, queue, blob, lease_ttl, health, loader };
-    let (served, worked) = tokio::join!(serving, worker.run(shutdown));
-    served?;
-    worked.context("worker")?;
+    let config = batchmill_worker::Config {
+        etcd_endpoints: args.etcd.etcd_endpoints,
+        nats_url: args.nats.nats_url,
+        s3: S3Config::new(args.s3.s3_endpoint, args.s3.s3_region),
+        worker_id: args.worker_id,
+        device: args.device,
+        python: args.python,
+        work_dir: args.work_dir,
+        embed_model: args.embed_model,
+        claim_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
+    };
+    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    batchmill_worker::run(config, listener, shutdown).await?;
     Ok(())
 }

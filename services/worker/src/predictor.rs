@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use batchmill_core::FieldViolation;
 use serde_json::{Map, Value};
 
 /// A batch as a predictor sees it.
@@ -25,6 +26,17 @@ pub enum PredictError {
     /// Will fail again; no more deliveries.
     #[error("{0}")]
     Permanent(String),
+}
+
+/// Why a completion hook failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    /// The hook raised; its traceback.
+    #[error("on_job_complete raised: {0}")]
+    Raised(String),
+    /// The process running it died.
+    #[error("{0}")]
+    Died(String),
 }
 
 /// Runs a pipeline over batches. Called on a blocking thread.
@@ -58,7 +70,7 @@ pub trait Predictor: Send + Sync {
 
     /// Runs the job's completion hook with its final counts, once every
     /// batch is final; Ok(false) when the predictor has none.
-    fn on_job_complete(&self, _metrics: &Value) -> Result<bool, String> {
+    fn on_job_complete(&self, _metrics: &Value) -> Result<bool, HookError> {
         Ok(false)
     }
 }
@@ -92,10 +104,10 @@ pub const EMBED: &str = batchmill_core::embed::PIPELINE;
 pub const BUILT_IN: &[&str] = &["echo", EMBED];
 
 /// The predictor of `pipeline` with the job's `config`.
-pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predictor>, String> {
+pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predictor>, crate::LoadError> {
     match pipeline {
         "echo" => Ok(Box::new(Echo::from_config(config)?)),
-        other => Err(format!("this worker cannot run pipeline {other:?}")),
+        other => Err(crate::LoadError::UnknownPipeline(other.to_owned())),
     }
 }
 
@@ -113,30 +125,33 @@ pub struct Echo {
 }
 
 impl Echo {
-    pub fn from_config(config: &Map<String, Value>) -> Result<Echo, String> {
+    pub fn from_config(config: &Map<String, Value>) -> Result<Echo, FieldViolation> {
+        let bad = |field: &str, why: String| FieldViolation::new(format!("config.{field}"), why);
         let delay_ms = match config.get("delay_ms") {
             None => 0,
-            Some(v) => v.as_u64().ok_or("config.delay_ms must be a non-negative integer")?,
+            Some(v) => v.as_u64().ok_or_else(|| bad("delay_ms", "must be a non-negative integer".into()))?,
         };
         let fail_batches = match config.get("fail_batches") {
             None => Vec::new(),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().ok_or("config.fail_batches must hold batch sequence numbers"))
+                .map(|v| v.as_u64().ok_or_else(|| bad("fail_batches", "must hold batch sequence numbers".into())))
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err("config.fail_batches must be an array".into()),
+            Some(_) => return Err(bad("fail_batches", "must be an array".into())),
         };
         let fail_until_ms = match config.get("fail_until_ms") {
             None => None,
-            Some(v) => Some(v.as_u64().ok_or("config.fail_until_ms must be a Unix time in milliseconds")?),
+            Some(v) => {
+                Some(v.as_u64().ok_or_else(|| bad("fail_until_ms", "must be a Unix time in milliseconds".into()))?)
+            }
         };
         let lanes = match config.get("lanes") {
             None => 1,
-            Some(v) => {
-                v.as_u64()
-                    .filter(|n| (1..=MAX_LANES as u64).contains(n))
-                    .ok_or(format!("config.lanes must be an integer from 1 to {MAX_LANES}"))? as usize
-            }
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=MAX_LANES as u64).contains(n))
+                .ok_or_else(|| bad("lanes", format!("must be an integer from 1 to {MAX_LANES}")))?
+                as usize,
         };
         Ok(Echo { delay: Duration::from_millis(delay_ms), lanes, fail_batches, fail_until_ms })
     }
@@ -184,11 +199,11 @@ mod tests {
         let items = [json!(1)];
         assert!(echo.predict(&BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &items }).is_err());
         let bad = json!({"delay_ms": "soon"}).as_object().cloned().unwrap();
-        assert!(load("echo", &bad).err().is_some_and(|e| e.contains("delay_ms")));
+        assert!(load("echo", &bad).err().is_some_and(|e| e.to_string().contains("delay_ms")));
         let bad = json!({"lanes": 9}).as_object().cloned().unwrap();
-        assert!(load("echo", &bad).err().is_some_and(|e| e.contains("config.lanes")));
+        assert!(load("echo", &bad).err().is_some_and(|e| e.to_string().contains("config.lanes")));
         let two = json!({"lanes": 2}).as_object().cloned().unwrap();
         assert_eq!(load("echo", &two).map(|e| e.lanes()).ok(), Some(2));
-        assert!(load("nope", &Map::new()).err().is_some_and(|e| e.contains("nope")));
+        assert!(load("nope", &Map::new()).err().is_some_and(|e| e.to_string().contains("nope")));
     }
 }

@@ -9,14 +9,74 @@
 //! is started again (and `__init__` run again) for the next one.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::predictor::{BatchInput, PredictError, Predictor};
+use crate::predictor::{BatchInput, HookError, PredictError, Predictor};
+
+/// Longest reply frame read from the predictor's process: a larger one is
+/// refused (its process is stopped) rather than allocated.
+pub const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why the predictor's process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("starting {}: {source}", python.display())]
+    Spawn { python: PathBuf, source: std::io::Error },
+    #[error("the Python process has no pipes")]
+    NoPipes,
+    /// `__init__` (or loading the file) raised.
+    #[error("loading the PythonPredictor failed: {traceback}")]
+    Raised { traceback: String, out_of_memory: bool },
+    /// The process stopped answering.
+    #[error("{0}")]
+    Exchange(ExchangeError),
+    #[error("the Python predictor process exited during __init__ ({}): {cause}", how(status))]
+    Exited { status: ExitStatus, cause: Box<StartError> },
+}
+
+impl StartError {
+    /// Whether it ran out of memory: it raised MemoryError, or was killed by
+    /// SIGKILL, which the worker never sends it first (the kernel's OOM
+    /// killer does).
+    pub fn out_of_memory(&self) -> bool {
+        match self {
+            StartError::Raised { out_of_memory, .. } => *out_of_memory,
+            StartError::Exited { status, cause } => killed(*status) || cause.out_of_memory(),
+            _ => false,
+        }
+    }
+}
+
+/// Why one exchange of frames failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the Python predictor's pipes: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the Python predictor's reply is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the Python predictor's reply is {bytes} bytes, over the {MAX_REPLY_BYTES}-byte (64 MiB) limit")]
+    TooLarge { bytes: usize },
+}
+
+/// Whether `status` is a kill by SIGKILL.
+fn killed(status: ExitStatus) -> bool {
+    status.signal() == Some(9)
+}
+
+/// How a process ended, saying what SIGKILL most likely means.
+fn how(status: &ExitStatus) -> String {
+    if killed(*status) {
+        format!("{status}: killed, most likely for running out of memory")
+    } else {
+        status.to_string()
+    }
+}
 
 /// The harness script, written beside each pipeline's files.
 pub const HARNESS: &str = include_str!("harness.py");
@@ -82,9 +142,11 @@ impl Drop for Process {
 /// Why a call failed.
 enum CallError {
     /// The predictor raised; the process lives on.
-    Raised(String),
+    Raised { traceback: String, out_of_memory: bool },
     /// The process is gone.
     Died(String),
+    /// Its reply broke the protocol (too large); the process was stopped.
+    Refused(String),
 }
 
 pub struct PythonPredictor {
@@ -96,7 +158,7 @@ pub struct PythonPredictor {
 
 impl PythonPredictor {
     /// Starts the process and runs the predictor's `__init__`; blocking.
-    pub fn start(launch: Launch) -> Result<PythonPredictor, String> {
+    pub fn start(launch: Launch) -> Result<PythonPredictor, StartError> {
         let batch = Arc::new(Mutex::new(String::new()));
         let process = spawn(&launch, &batch)?;
         Ok(PythonPredictor { launch, process: Mutex::new(Some(process)), batch })
@@ -108,7 +170,7 @@ impl PythonPredictor {
         let mut slot = self.process.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             (self.launch.log)(batch_id, "restarting the Python predictor process".to_owned());
-            *slot = Some(spawn(&self.launch, &self.batch).map_err(CallError::Died)?);
+            *slot = Some(spawn(&self.launch, &self.batch).map_err(|e| CallError::Died(e.to_string()))?);
         }
         let Some(process) = slot.as_mut() else {
             return Err(CallError::Died("the Python predictor process is not running".into()));
@@ -116,6 +178,10 @@ impl PythonPredictor {
         *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = batch_id.to_owned();
         let result = match exchange(process, request) {
             Ok(reply) => answer(reply),
+            Err(e @ ExchangeError::TooLarge { .. }) => {
+                slot.take();
+                Err(CallError::Refused(e.to_string()))
+            }
             Err(io) => {
                 // Dropping the process reaps it; the next call starts another.
                 let mut process = slot.take();
@@ -124,7 +190,7 @@ impl PythonPredictor {
                 if let Some(p) = &process {
                     p.await_output(u64::MAX);
                 }
-                let how = status.map_or_else(|| io.to_string(), |s| s.to_string());
+                let how = status.as_ref().map_or_else(|| io.to_string(), how);
                 Err(CallError::Died(format!("the Python predictor process died ({how}); it will be restarted")))
             }
         };
@@ -137,8 +203,11 @@ impl Predictor for PythonPredictor {
     fn predict(&self, batch: &BatchInput<'_>) -> Result<Vec<Value>, PredictError> {
         let request = json!({"op": "predict", "payload": batch.items, "batch_id": batch.batch_id});
         let reply = self.call(&request, batch.batch_id).map_err(|e| match e {
-            CallError::Raised(tb) => PredictError::Retryable(format!("predict raised: {}", tail(&tb))),
+            CallError::Raised { traceback, .. } => {
+                PredictError::Retryable(format!("predict raised: {}", tail(&traceback)))
+            }
             CallError::Died(why) => PredictError::Retryable(why),
+            CallError::Refused(why) => PredictError::Permanent(why),
         })?;
         let n = batch.items.len();
         let results = match reply.get("result").cloned().unwrap_or(Value::Null) {
@@ -169,7 +238,7 @@ impl Predictor for PythonPredictor {
             .collect())
     }
 
-    fn on_job_complete(&self, metrics: &Value) -> Result<bool, String> {
+    fn on_job_complete(&self, metrics: &Value) -> Result<bool, HookError> {
         let defined = {
             let slot = self.process.lock().unwrap_or_else(|e| e.into_inner());
             slot.as_ref().map(|p| p.has_on_job_complete)
@@ -179,8 +248,8 @@ impl Predictor for PythonPredictor {
         }
         match self.call(&json!({"op": "on_job_complete", "metrics": metrics}), "") {
             Ok(_) => Ok(true),
-            Err(CallError::Raised(tb)) => Err(format!("on_job_complete raised: {}", tail(&tb))),
-            Err(CallError::Died(why)) => Err(why),
+            Err(CallError::Raised { traceback, .. }) => Err(HookError::Raised(tail(&traceback))),
+            Err(CallError::Died(why) | CallError::Refused(why)) => Err(HookError::Died(why)),
         }
     }
 }
@@ -206,7 +275,7 @@ pub async fn check_interpreter(python: &std::path::Path) -> Option<PathBuf> {
 }
 
 /// Starts the harness and runs `__init__`.
-fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, String> {
+fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, StartError> {
     let mut python_path = vec![launch.dir.to_string_lossy().into_owned()];
     python_path.extend(
         launch
@@ -228,11 +297,11 @@ fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, String>
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", launch.python.display()))?;
+        .map_err(|source| StartError::Spawn { python: launch.python.clone(), source })?;
     let (Some(requests), Some(replies), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
         let _ = child.kill();
-        return Err("the Python process has no pipes".into());
+        return Err(StartError::NoPipes);
     };
     let (log, batch) = (launch.log.clone(), batch.clone());
     let (ends_tx, ends) = mpsc::channel();
@@ -250,28 +319,38 @@ fn spawn(launch: &Launch, batch: &Arc<Mutex<String>>) -> Result<Process, String>
     let mut process =
         Process { child, requests, replies: BufReader::new(replies), has_on_job_complete: false, answered: 0, ends };
     let init = json!({"op": "init", "path": launch.path, "config": launch.config, "job_spec": launch.job_spec});
-    match exchange(&mut process, &init).map_err(|e| e.to_string()).and_then(|r| {
-        answer(r).map_err(|e| match e {
-            CallError::Raised(tb) => format!("loading the PythonPredictor failed: {}", tail(&tb)),
-            CallError::Died(why) => why,
-        })
-    }) {
+    let initialized = match exchange(&mut process, &init) {
+        Err(e) => Err(StartError::Exchange(e)),
+        Ok(reply) => answer(reply).map_err(|e| match e {
+            CallError::Raised { traceback, out_of_memory } => {
+                StartError::Raised { traceback: tail(&traceback), out_of_memory }
+            }
+            CallError::Died(why) | CallError::Refused(why) => {
+                StartError::Exchange(ExchangeError::Io(std::io::Error::other(why)))
+            }
+        }),
+    };
+    match initialized {
         Ok(reply) => {
             process.has_on_job_complete = reply.get("has_on_job_complete").and_then(Value::as_bool).unwrap_or(false);
             Ok(process)
         }
-        Err(e) => {
-            let status = process.child.try_wait().ok().flatten();
+        Err(cause) => {
+            // Give a dying process a moment to be reaped, to say how it ended.
+            let status = process.child.try_wait().ok().flatten().or_else(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                process.child.try_wait().ok().flatten()
+            });
             Err(match status {
-                Some(status) => format!("the Python predictor process exited during __init__ ({status}): {e}"),
-                None => e,
+                Some(status) => StartError::Exited { status, cause: Box::new(cause) },
+                None => cause,
             })
         }
     }
 }
 
 /// One request and its reply.
-fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
+fn exchange(process: &mut Process, request: &Value) -> Result<Value, ExchangeError> {
     let body = serde_json::to_vec(request)?;
     let length = u32::try_from(body.len()).map_err(|_| std::io::Error::other("request over 4 GiB"))?;
     process.requests.write_all(&length.to_be_bytes())?;
@@ -279,7 +358,11 @@ fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
     process.requests.flush()?;
     let mut header = [0u8; 4];
     process.replies.read_exact(&mut header)?;
-    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+    let bytes = u32::from_be_bytes(header) as usize;
+    if bytes > MAX_REPLY_BYTES {
+        return Err(ExchangeError::TooLarge { bytes });
+    }
+    let mut body = vec![0u8; bytes];
     process.replies.read_exact(&mut body)?;
     // The call's output comes through another pipe: wait until it has all
     // been logged under this call's batch before the next call retags.
@@ -290,10 +373,11 @@ fn exchange(process: &mut Process, request: &Value) -> std::io::Result<Value> {
 
 fn answer(reply: Value) -> Result<Value, CallError> {
     if reply.get("ok").and_then(Value::as_bool) == Some(true) {
-        Ok(reply)
-    } else {
-        Err(CallError::Raised(reply.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_owned()))
+        return Ok(reply);
     }
+    let traceback = reply.get("error").and_then(Value::as_str).unwrap_or("unknown error").to_owned();
+    let out_of_memory = reply.get("out_of_memory").and_then(Value::as_bool).unwrap_or(false);
+    Err(CallError::Raised { traceback, out_of_memory })
 }
 
 /// The end of a traceback, where the error is: at most 4,000 bytes.
@@ -399,10 +483,10 @@ class PythonPredictor:
         let dir = tempfile::tempdir().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let failing = "class PythonPredictor:\n    def __init__(self, config):\n        raise KeyError('dest_s3_dir')\n    def predict(self, payload):\n        pass\n";
-        let err = PythonPredictor::start(launch(dir.path(), failing, lines.clone())).err().unwrap();
+        let err = PythonPredictor::start(launch(dir.path(), failing, lines.clone())).err().unwrap().to_string();
         assert!(err.contains("PythonPredictor failed") && err.contains("KeyError: 'dest_s3_dir'"), "{err}");
         let missing = "class Other:\n    pass\n";
-        let err = PythonPredictor::start(launch(dir.path(), missing, lines.clone())).err().unwrap();
+        let err = PythonPredictor::start(launch(dir.path(), missing, lines.clone())).err().unwrap().to_string();
         assert!(err.contains("no class PythonPredictor"), "{err}");
         let wrong = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self, payload):\n        return {'a': 1}\n";
         let p = PythonPredictor::start(launch(dir.path(), wrong, lines)).expect("start");
@@ -411,5 +495,34 @@ class PythonPredictor:
             other => panic!("expected a permanent error, got {other:?}"),
         }
         assert_eq!(p.on_job_complete(&json!({})), Ok(false));
+    }
+
+    #[test]
+    fn running_out_of_memory_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let raising = "class PythonPredictor:\n    def __init__(self, config):\n        raise MemoryError()\n    def predict(self, payload):\n        pass\n";
+        let err = PythonPredictor::start(launch(dir.path(), raising, lines.clone())).err().unwrap();
+        assert!(err.out_of_memory(), "MemoryError: {err}");
+        let killed = "import os, signal\nclass PythonPredictor:\n    def __init__(self, config):\n        os.kill(os.getpid(), signal.SIGKILL)\n    def predict(self, payload):\n        pass\n";
+        let err = PythonPredictor::start(launch(dir.path(), killed, lines.clone())).err().unwrap();
+        assert!(err.out_of_memory() && err.to_string().contains("out of memory"), "SIGKILL: {err}");
+        let failing = "class PythonPredictor:\n    def __init__(self, config):\n        raise KeyError('x')\n    def predict(self, payload):\n        pass\n";
+        let err = PythonPredictor::start(launch(dir.path(), failing, lines)).err().unwrap();
+        assert!(!err.out_of_memory(), "KeyError: {err}");
+    }
+
+    #[test]
+    fn a_reply_over_the_limit_is_refused_and_the_process_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let huge = "class PythonPredictor:\n    def __init__(self, config):\n        pass\n    def predict(self, payload):\n        if payload == ['huge']:\n            return ['x' * (70 * 1024 * 1024)]\n        return payload\n";
+        let p = PythonPredictor::start(launch(dir.path(), huge, lines)).expect("start");
+        match p.predict(&batch("j1-0", &[json!("huge")])) {
+            Err(PredictError::Permanent(e)) => assert!(e.contains("over the") && e.contains("64 MiB"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let ok = p.predict(&batch("j1-1", &[json!(1)])).unwrap();
+        assert_eq!(ok, vec![json!({"index": 10, "result": 1})], "a new process serves the next batch");
     }
 }

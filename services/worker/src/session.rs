@@ -1,50 +1,94 @@
-//! The worker's end of its session with the scheduler.
+//! The worker's end of its sessions with the scheduler. One [`Outbox`]
+//! outlives every session: an outcome reported on a session that then broke
+//! (the leader died, or stepped down) is sent again on the next session, to
+//! whoever leads then, so the batch it reports is acked within seconds of a
+//! new leader, not redelivered after its ack wait.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchmill_proto::scheduler::v1::{self as pb, session_request::Message as Out};
 use tokio::sync::{mpsc, oneshot};
 
+/// A report waiting for its confirmation.
+struct Report {
+    /// Reports are sent again in the order they were first made.
+    order: u64,
+    outcome: pb::BatchOutcome,
+    confirmed: oneshot::Sender<()>,
+}
+
 /// Reports awaiting confirmation, by batch, oldest first: a worker that
 /// holds two deliveries of one batch reports it twice, and the scheduler
 /// confirms each report in the order it received them.
-type Pending = HashMap<(String, u64), VecDeque<oneshot::Sender<()>>>;
+type Pending = HashMap<(String, u64), VecDeque<Report>>;
 
-/// Sends messages to the scheduler and waits for outcome confirmations.
-#[derive(Clone)]
+#[derive(Default)]
+struct Inner {
+    /// The current session's sender; None between sessions.
+    session: Option<mpsc::UnboundedSender<pb::SessionRequest>>,
+    pending: Pending,
+    next_order: u64,
+}
+
+/// Sends messages to the scheduler and waits for outcome confirmations,
+/// across sessions; clones share it.
+#[derive(Clone, Default)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<pb::SessionRequest>,
-    pending: Arc<Mutex<Pending>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl Outbox {
-    pub fn new(tx: mpsc::UnboundedSender<pb::SessionRequest>) -> Outbox {
-        Outbox { tx, pending: Arc::default() }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    /// A new session opened (its Register already sent): later messages go
+    /// on it, and every report not yet confirmed is sent again, oldest first.
+    pub fn attach(&self, session: mpsc::UnboundedSender<pb::SessionRequest>) {
+        let mut inner = self.lock();
+        let waiting: BTreeMap<u64, &pb::BatchOutcome> =
+            inner.pending.values().flatten().map(|r| (r.order, &r.outcome)).collect();
+        for outcome in waiting.into_values() {
+            let _ = session.send(pb::SessionRequest { message: Some(Out::Outcome(outcome.clone())) });
+        }
+        inner.session = Some(session);
     }
 
+    /// The session ended: messages wait for the next one.
+    pub fn detach(&self) {
+        self.lock().session = None;
+    }
+
+    /// Sends a message on the current session; false between sessions.
     pub fn send(&self, message: Out) -> bool {
-        self.tx.send(pb::SessionRequest { message: Some(message) }).is_ok()
+        let inner = self.lock();
+        inner.session.as_ref().is_some_and(|s| s.send(pb::SessionRequest { message: Some(message) }).is_ok())
     }
 
-    /// Reports an outcome; true once the scheduler confirms it within `timeout`.
-    pub async fn report(&self, outcome: pb::BatchOutcome, timeout: Duration) -> bool {
+    /// Reports an outcome; true once the scheduler confirms it within
+    /// `patience`. A report made between sessions, or on a session that
+    /// breaks, goes out again on the next one.
+    pub async fn report(&self, outcome: pb::BatchOutcome, patience: Duration) -> bool {
         let key = (outcome.job_id.clone(), outcome.seq);
         let (tx, rx) = oneshot::channel();
-        self.pending().entry(key.clone()).or_default().push_back(tx);
-        let confirmed =
-            self.send(Out::Outcome(outcome)) && matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())));
-        // This report's receiver is gone now: forget its sender if unused.
-        let mut pending = self.pending();
-        if let Some(waiting) = pending.get_mut(&key) {
-            waiting.retain(|tx| !tx.is_closed());
+        {
+            let mut inner = self.lock();
+            let order = inner.next_order;
+            inner.next_order += 1;
+            if let Some(session) = &inner.session {
+                let _ = session.send(pb::SessionRequest { message: Some(Out::Outcome(outcome.clone())) });
+            }
+            inner.pending.entry(key.clone()).or_default().push_back(Report { order, outcome, confirmed: tx });
+        }
+        let confirmed = matches!(tokio::time::timeout(patience, rx).await, Ok(Ok(())));
+        // This report's receiver is gone now: forget it if unconfirmed.
+        let mut inner = self.lock();
+        if let Some(waiting) = inner.pending.get_mut(&key) {
+            waiting.retain(|r| !r.confirmed.is_closed());
             if waiting.is_empty() {
-                pending.remove(&key);
+                inner.pending.remove(&key);
             }
         }
         confirmed
@@ -54,22 +98,22 @@ impl Outbox {
     /// oldest report of that batch still waiting.
     pub fn confirm(&self, ack: &pb::OutcomeAck) {
         let key = (ack.job_id.clone(), ack.seq);
-        let mut pending = self.pending();
-        let Some(waiting) = pending.get_mut(&key) else { return };
-        while let Some(tx) = waiting.pop_front() {
-            if tx.send(()).is_ok() {
+        let mut inner = self.lock();
+        let Some(waiting) = inner.pending.get_mut(&key) else { return };
+        while let Some(report) = waiting.pop_front() {
+            if report.confirmed.send(()).is_ok() {
                 break;
             }
         }
         if waiting.is_empty() {
-            pending.remove(&key);
+            inner.pending.remove(&key);
         }
     }
 
     /// Gives an assignment back to the scheduler.
     pub fn release(&self, job_id: &str, reason: &str) {
         let (job_id, reason) = (job_id.to_owned(), reason.to_owned());
-        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: false }));
+        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: false, out_of_memory: false }));
     }
 
     /// Says the assignment's predictor is ready.
@@ -77,10 +121,16 @@ impl Outbox {
         self.send(Out::Started(pb::AssignmentStarted { job_id: job_id.to_owned() }));
     }
 
-    /// Gives an assignment back because the job's predictor cannot start.
-    pub fn fail_start(&self, job_id: &str, error: &str) {
+    /// Gives an assignment back because the job's predictor cannot start;
+    /// `out_of_memory` when it ran out of memory.
+    pub fn fail_start(&self, job_id: &str, error: &str, out_of_memory: bool) {
         let (job_id, reason) = (job_id.to_owned(), error.to_owned());
-        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: true }));
+        self.send(Out::Released(pb::AssignmentReleased { job_id, reason, failed: true, out_of_memory }));
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.lock().pending.values().map(VecDeque::len).sum()
     }
 }
 
@@ -92,25 +142,40 @@ mod tests {
         pb::BatchOutcome { job_id: "j".into(), seq, status: pb::BatchStatus::Succeeded as i32, ..Default::default() }
     }
 
+    fn ack(seq: u64) -> pb::OutcomeAck {
+        pb::OutcomeAck { job_id: "j".into(), seq }
+    }
+
+    fn attached() -> (Outbox, mpsc::UnboundedReceiver<pb::SessionRequest>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Outbox::default();
+        outbox.attach(tx);
+        (outbox, rx)
+    }
+
+    fn seq_of(sent: &pb::SessionRequest) -> Option<u64> {
+        match &sent.message {
+            Some(Out::Outcome(o)) => Some(o.seq),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn report_waits_for_its_own_confirmation() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let outbox = Outbox::new(tx);
+        let (outbox, mut rx) = attached();
         let waiting = tokio::spawn({
             let outbox = outbox.clone();
             async move { outbox.report(outcome(3), Duration::from_secs(5)).await }
         });
-        let sent = rx.recv().await.unwrap();
-        assert!(matches!(sent.message, Some(Out::Outcome(ref o)) if o.seq == 3));
-        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 2 });
-        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 3 });
+        assert_eq!(seq_of(&rx.recv().await.unwrap()), Some(3));
+        outbox.confirm(&ack(2));
+        outbox.confirm(&ack(3));
         assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]
     async fn two_reports_of_one_batch_are_confirmed_one_each_in_order() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let outbox = Outbox::new(tx);
+        let (outbox, mut rx) = attached();
         let report = |outbox: &Outbox| {
             let outbox = outbox.clone();
             tokio::spawn(async move { outbox.report(outcome(4), Duration::from_secs(5)).await })
@@ -119,19 +184,53 @@ mod tests {
         rx.recv().await.unwrap();
         let second = report(&outbox);
         rx.recv().await.unwrap();
-        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 4 });
+        outbox.confirm(&ack(4));
         assert!(first.await.unwrap());
         assert!(!second.is_finished());
-        outbox.confirm(&pb::OutcomeAck { job_id: "j".into(), seq: 4 });
+        outbox.confirm(&ack(4));
         assert!(second.await.unwrap());
-        assert!(outbox.pending().is_empty());
+        assert_eq!(outbox.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn reports_left_unconfirmed_by_a_broken_session_go_out_again_on_the_next() {
+        let (outbox, mut old) = attached();
+        let reports: Vec<_> = [7, 5, 6]
+            .into_iter()
+            .map(|seq| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move { outbox.report(outcome(seq), Duration::from_secs(5)).await })
+            })
+            .collect();
+        for _ in 0..3 {
+            old.recv().await.unwrap();
+        }
+        outbox.confirm(&ack(5));
+        // The leader dies; a report made meanwhile waits for the next session.
+        outbox.detach();
+        let late = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.report(outcome(8), Duration::from_secs(5)).await }
+        });
+        tokio::task::yield_now().await;
+        let (tx, mut new) = mpsc::unbounded_channel();
+        outbox.attach(tx);
+        let resent: Vec<Option<u64>> = (0..3).map(|_| new.try_recv().map(|m| seq_of(&m)).ok().flatten()).collect();
+        assert_eq!(resent, [Some(7), Some(6), Some(8)], "every unconfirmed report, oldest first");
+        for seq in [7, 6, 8] {
+            outbox.confirm(&ack(seq));
+        }
+        for report in reports {
+            assert!(report.await.unwrap());
+        }
+        assert!(late.await.unwrap());
+        assert_eq!(outbox.waiting(), 0);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn report_without_confirmation_times_out() {
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let outbox = Outbox::new(tx);
+    async fn report_without_confirmation_gives_up_after_its_patience() {
+        let (outbox, _rx) = attached();
         assert!(!outbox.report(outcome(1), Duration::from_secs(30)).await);
-        assert!(outbox.pending().is_empty());
+        assert_eq!(outbox.waiting(), 0);
     }
 }

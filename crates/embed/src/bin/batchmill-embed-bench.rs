@@ -34,7 +34,10 @@ struct Args {
     batch: usize,
 }
 
-fn args() -> Result<Args, String> {
+/// Why a command failed, as it is printed.
+type Failure = Box<dyn std::error::Error>;
+
+fn args() -> Result<Args, Failure> {
     let mut it = std::env::args().skip(1);
     let command = it.next().ok_or("usage: batchmill-embed-bench check|bench [options]")?;
     let mut a = Args {
@@ -57,7 +60,7 @@ fn args() -> Result<Args, String> {
             "--corpus" => a.corpus = Some(value()?.into()),
             "--runs" => a.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--batch" => a.batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
-            other => return Err(format!("unknown option {other}")),
+            other => return Err(format!("unknown option {other}").into()),
         }
     }
     Ok(a)
@@ -70,7 +73,7 @@ fn main() {
     }
 }
 
-fn run() -> Result<(), String> {
+fn run() -> Result<(), Failure> {
     let a = args()?;
     if a.command == "compile" {
         return compile(&a);
@@ -98,7 +101,7 @@ fn run() -> Result<(), String> {
             );
             let below = report.below(bar);
             if !below.is_empty() {
-                return Err(format!("{} below {bar}: {below:?}", below.len()));
+                return Err(format!("{} below {bar}: {below:?}", below.len()).into());
             }
             Ok(())
         }
@@ -136,13 +139,13 @@ fn run() -> Result<(), String> {
             );
             Ok(())
         }
-        other => Err(format!("unknown command {other}; check, bench, stages, compile or gemm")),
+        other => Err(format!("unknown command {other}; check, bench, stages, compile or gemm").into()),
     }
 }
 
 /// Traces 16 fixture texts on the chosen device and on the CPU (fp32) and
 /// prints each stage's distance, then each text's cosine.
-fn stages(a: &Args) -> Result<(), String> {
+fn stages(a: &Args) -> Result<(), Failure> {
     use batchmill_embed::backend;
     use batchmill_embed::reference::cosine;
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
@@ -184,7 +187,7 @@ fn stages(a: &Args) -> Result<(), String> {
 /// Ampere and Hopper: catches kernel errors where NVRTC is installed but no
 /// GPU is.
 #[cfg(feature = "cuda")]
-fn compile(a: &Args) -> Result<(), String> {
+fn compile(a: &Args) -> Result<(), Failure> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     for (major, minor) in [(8, 0), (9, 0)] {
         for precision in [Precision::Fp32, Precision::Fp16, Precision::Bf16] {
@@ -202,14 +205,14 @@ fn compile(a: &Args) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn compile(_: &Args) -> Result<(), String> {
+fn compile(_: &Args) -> Result<(), Failure> {
     Err("built without the cuda feature".into())
 }
 
 /// The model's GEMM shapes at 16,384 tokens (the CUDA backend's chunk), in
 /// TFLOP/s, one JSON line each.
 #[cfg(feature = "cuda")]
-fn gemm(a: &Args) -> Result<(), String> {
+fn gemm(a: &Args) -> Result<(), Failure> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     let t = 16_384;
     for (out, inp, tflops) in
@@ -224,6 +227,6 @@ fn gemm(a: &Args) -> Result<(), String> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gemm(_: &Args) -> Result<(), String> {
+fn gemm(_: &Args) -> Result<(), Failure> {
     Err("built without the cuda feature".into())
 }

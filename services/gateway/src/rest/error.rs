@@ -3,7 +3,7 @@
 //! with field violations under `details`.
 
 use axum::response::{IntoResponse, Response};
-use batchmill_core::ErrorCode;
+use batchmill_core::RemoteError;
 use http::StatusCode;
 use serde_json::{Value, json};
 use tonic_types::StatusExt;
@@ -21,7 +21,7 @@ pub fn status_json(status: &tonic::Status) -> Value {
 
 /// The HTTP response of a gRPC status.
 pub fn status_response(status: &tonic::Status) -> Response {
-    let http = ErrorCode::from_grpc(status.code()).http();
+    let http = RemoteError::from(status).code.http();
     (http, [(http::header::CONTENT_TYPE, "application/json")], status_json(status).to_string()).into_response()
 }
 

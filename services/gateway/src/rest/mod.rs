@@ -25,7 +25,9 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
 use tonic::service::Routes;
 
 use codec::DynamicCodec;
+use request::BadRequest;
 use rules::Route;
+pub use rules::RouteError;
 
 /// Largest REST request body.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -41,8 +43,8 @@ pub struct Rest {
 
 impl Rest {
     /// REST routes for the annotated methods of `services`, served by `grpc`.
-    pub fn new(grpc: Routes, services: &[&str]) -> Result<Rest, String> {
-        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())?;
+    pub fn new(grpc: Routes, services: &[&str]) -> Result<Rest, RouteError> {
+        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)?;
         Ok(Rest { routes: rules::load(&pool, services)?, grpc })
     }
 }
@@ -79,7 +81,7 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
     let message = match build_request(route, &vars, parts.uri.query(), &body) {
         Ok(m) => m,
         Err(e) => {
-            return error::json_error(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, &e, vec![]);
+            return error::json_error(StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument, &e.0, vec![]);
         }
     };
     // The RPC runs in this request's span, which continues the caller's trace.
@@ -99,16 +101,18 @@ fn build_request(
     vars: &[(String, String)],
     query: Option<&str>,
     body: &Bytes,
-) -> Result<DynamicMessage, String> {
+) -> Result<DynamicMessage, BadRequest> {
     let input = route.method.input();
     let mut message = match route.body.as_str() {
         "*" => from_body(input, body)?,
         "" => DynamicMessage::new(input),
         field => {
             let mut message = DynamicMessage::new(input.clone());
-            let desc = input.get_field_by_name(field).ok_or_else(|| format!("body field {field:?} does not exist"))?;
+            let desc = input
+                .get_field_by_name(field)
+                .ok_or_else(|| BadRequest(format!("body field {field:?} does not exist")))?;
             let prost_reflect::Kind::Message(inner) = desc.kind() else {
-                return Err(format!("body field {field:?} is not a message"));
+                return Err(BadRequest(format!("body field {field:?} is not a message")));
             };
             message.set_field(&desc, Value::Message(from_body(inner, body)?));
             message
@@ -119,17 +123,19 @@ fn build_request(
     }
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         if route.body == "*" {
-            return Err("query parameters are not accepted here: put every field in the JSON body".into());
+            let message = "query parameters are not accepted here: put every field in the JSON body";
+            return Err(BadRequest(message.into()));
         }
         for (key, value) in form_urlencoded(query) {
-            request::set_path(&mut message, &key, &value).map_err(|e| format!("query parameter {key:?}: {e}"))?;
+            request::set_path(&mut message, &key, &value)
+                .map_err(|e| BadRequest(format!("query parameter {key:?}: {e}")))?;
         }
     }
     Ok(message)
 }
 
 /// The JSON body as `desc`; an empty body is an empty message.
-fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, String> {
+fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, BadRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(desc));
     }
@@ -185,17 +191,16 @@ impl serde_json::ser::Formatter for ProtoJsonFormatter {
     }
 }
 
-fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, String> {
+fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, serde_json::Error> {
+    use serde::ser::Error as _;
     let options = SerializeOptions::new().skip_default_fields(false);
     let mut out = serde_json::Serializer::with_formatter(Vec::new(), ProtoJsonFormatter);
     if response_body.is_empty() {
-        message.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?;
+        message.serialize_with_options(&mut out, &options)?;
     } else {
         match message.get_field_by_name(response_body).as_deref() {
-            Some(Value::Message(inner)) => {
-                inner.serialize_with_options(&mut out, &options).map_err(|e| e.to_string())?
-            }
-            _ => return Err(format!("response field {response_body:?} is not a message")),
+            Some(Value::Message(inner)) => inner.serialize_with_options(&mut out, &options)?,
+            _ => return Err(serde_json::Error::custom(format!("response field {response_body:?} is not a message"))),
         }
     }
     Ok(out.into_inner())
@@ -227,7 +232,9 @@ async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessag
             let mut line = match item {
                 Ok(message) => match to_json(&message, &response_body) {
                     Ok(json) => [b"{\"result\":".as_slice(), &json, b"}"].concat(),
-                    Err(e) => serde_json::json!({"error": {"code": 13, "message": e}}).to_string().into_bytes(),
+                    Err(e) => {
+                        serde_json::json!({"error": {"code": 13, "message": e.to_string()}}).to_string().into_bytes()
+                    }
                 },
                 Err(status) => serde_json::json!({"error": error::status_json(&status)}).to_string().into_bytes(),
             };
@@ -240,7 +247,9 @@ async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessag
     match client.unary(request, path, codec).await {
         Ok(response) => match to_json(response.get_ref(), &route.response_body) {
             Ok(json) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], json).into_response(),
-            Err(e) => error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e, vec![]),
+            Err(e) => {
+                error::json_error(StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, &e.to_string(), vec![])
+            }
         },
         Err(status) => status_response(&status),
     }

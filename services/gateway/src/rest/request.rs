@@ -7,14 +7,16 @@ use prost_reflect::{
 };
 
 /// Why a request could not be built; becomes a 400 naming the culprit.
-pub type BadRequest = String;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
 
 /// Parses `body` as JSON of `desc`, naming what is wrong.
 pub fn from_json(desc: MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, BadRequest> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let message = DynamicMessage::deserialize_with_options(desc, &mut de, &DeserializeOptions::new())
-        .map_err(|e| format!("invalid JSON body: {e}"))?;
-    de.end().map_err(|e| format!("invalid JSON body: {e}"))?;
+        .map_err(|e| BadRequest(format!("invalid JSON body: {e}")))?;
+    de.end().map_err(|e| BadRequest(format!("invalid JSON body: {e}")))?;
     Ok(message)
 }
 
@@ -28,14 +30,14 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
     let field = desc
         .get_field_by_name(head)
         .or_else(|| desc.get_field_by_json_name(head))
-        .ok_or_else(|| format!("unknown field {path:?} in {}", desc.full_name()))?;
+        .ok_or_else(|| BadRequest(format!("unknown field {path:?} in {}", desc.full_name())))?;
     match rest {
         Some(rest) => {
             let Kind::Message(_) = field.kind() else {
-                return Err(format!("field {head:?} is not a message, so {path:?} names nothing"));
+                return Err(BadRequest(format!("field {head:?} is not a message, so {path:?} names nothing")));
             };
             let Value::Message(child) = message.get_field_mut(&field) else {
-                return Err(format!("field {head:?} is not a message"));
+                return Err(BadRequest(format!("field {head:?} is not a message")));
             };
             set_path(child, rest, text)
         }
@@ -45,7 +47,7 @@ pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<
 
 fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str) -> Result<(), BadRequest> {
     let name = field.name();
-    let bad = |what: &str| format!("{name}: {text:?} is not {what}");
+    let bad = |what: &str| BadRequest(format!("{name}: {text:?} is not {what}"));
     let value = match field.kind() {
         Kind::String => Value::String(text.to_owned()),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| bad("true or false"))?),
@@ -64,7 +66,7 @@ fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str)
             Value::EnumNumber(number)
         }
         Kind::Bytes | Kind::Message(_) => {
-            return Err(format!("{name} cannot be set from a path or query parameter"));
+            return Err(BadRequest(format!("{name} cannot be set from a path or query parameter")));
         }
     };
     if field.is_list() {
@@ -72,7 +74,7 @@ fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str)
             list.push(value);
         }
     } else {
-        message.try_set_field(field, value).map_err(|e| format!("{name}: {e}"))?;
+        message.try_set_field(field, value).map_err(|e| BadRequest(format!("{name}: {e}")))?;
     }
     Ok(())
 }
@@ -90,9 +92,9 @@ mod tests {
     fn refuses_unknown_fields_and_malformed_json() {
         let d = desc("batchmill.jobs.v1.SubmitJobRequest");
         let err = from_json(d.clone(), br#"{"pipeline":"echo","bogus":1}"#).unwrap_err();
-        assert!(err.contains("bogus"), "{err}");
+        assert!(err.0.contains("bogus"), "{err}");
         let err = from_json(d.clone(), br#"{"pipeline":"#).unwrap_err();
-        assert!(err.starts_with("invalid JSON body"), "{err}");
+        assert!(err.0.starts_with("invalid JSON body"), "{err}");
         let ok = from_json(d, br#"{"pipeline":"echo","itemList":{"items":[1,"a"],"batchSize":2}}"#).unwrap();
         assert!(ok.has_field_by_name("item_list"));
     }
@@ -105,7 +107,7 @@ mod tests {
         set_path(&mut m, "page_token", "abc").unwrap();
         assert_eq!(m.get_field_by_name("page_size").unwrap().as_i32(), Some(7));
         assert_eq!(m.get_field_by_name("page_token").unwrap().as_str(), Some("abc"));
-        assert!(set_path(&mut m, "pageSize", "seven").unwrap_err().contains("page_size"));
-        assert!(set_path(&mut m, "nope", "1").unwrap_err().contains("nope"));
+        assert!(set_path(&mut m, "pageSize", "seven").unwrap_err().0.contains("page_size"));
+        assert!(set_path(&mut m, "nope", "1").unwrap_err().0.contains("nope"));
     }
 }

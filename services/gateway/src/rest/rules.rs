@@ -7,6 +7,19 @@ use prost_reflect::{DescriptorPool, MethodDescriptor, Value};
 
 use super::template::PathTemplate;
 
+/// Why the REST routes could not be read from the descriptors.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("decoding the descriptor set: {0}")]
+    Descriptors(#[from] prost_reflect::DescriptorError),
+    #[error("the descriptor set lacks the google.api.http option")]
+    NoHttpOption,
+    #[error("no service {0} in the descriptor set")]
+    NoService(String),
+    #[error("{method}: {message}")]
+    BadRule { method: String, message: String },
+}
+
 /// One HTTP binding of an RPC.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -20,11 +33,11 @@ pub struct Route {
 }
 
 /// Every route of every annotated method of `services` in `pool`.
-pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, String> {
-    let ext = pool.get_extension_by_name("google.api.http").ok_or("descriptor set lacks google.api.http")?;
+pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, RouteError> {
+    let ext = pool.get_extension_by_name("google.api.http").ok_or(RouteError::NoHttpOption)?;
     let mut routes = Vec::new();
     for name in services {
-        let service = pool.get_service_by_name(name).ok_or_else(|| format!("no service {name} in descriptors"))?;
+        let service = pool.get_service_by_name(name).ok_or_else(|| RouteError::NoService((*name).to_owned()))?;
         for method in service.methods() {
             let options = method.options();
             if !options.has_extension(&ext) {
@@ -33,7 +46,8 @@ pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, Stri
             let Value::Message(rule) = options.get_extension(&ext).into_owned() else {
                 continue;
             };
-            let rule = HttpRule::decode(rule.encode_to_vec().as_slice()).map_err(|e| e.to_string())?;
+            let rule = HttpRule::decode(rule.encode_to_vec().as_slice())
+                .map_err(|e| RouteError::BadRule { method: method.full_name().to_owned(), message: e.to_string() })?;
             add(&mut routes, &method, &rule)?;
             for extra in &rule.additional_bindings {
                 add(&mut routes, &method, extra)?;
@@ -46,19 +60,20 @@ pub fn load(pool: &DescriptorPool, services: &[&str]) -> Result<Vec<Route>, Stri
     Ok(routes)
 }
 
-fn add(routes: &mut Vec<Route>, method: &MethodDescriptor, rule: &HttpRule) -> Result<(), String> {
+fn add(routes: &mut Vec<Route>, method: &MethodDescriptor, rule: &HttpRule) -> Result<(), RouteError> {
+    let bad = |message: String| RouteError::BadRule { method: method.full_name().to_owned(), message };
     let (verb, path) = match &rule.pattern {
         Some(Pattern::Get(p)) => (http::Method::GET, p),
         Some(Pattern::Put(p)) => (http::Method::PUT, p),
         Some(Pattern::Post(p)) => (http::Method::POST, p),
         Some(Pattern::Delete(p)) => (http::Method::DELETE, p),
         Some(Pattern::Patch(p)) => (http::Method::PATCH, p),
-        Some(Pattern::Custom(c)) => (http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| e.to_string())?, &c.path),
-        None => {
-            return Err(format!("{}: http rule without a pattern", method.full_name()));
+        Some(Pattern::Custom(c)) => {
+            (http::Method::from_bytes(c.kind.as_bytes()).map_err(|e| bad(e.to_string()))?, &c.path)
         }
+        None => return Err(bad("http rule without a pattern".into())),
     };
-    let template = PathTemplate::parse(path).map_err(|e| format!("{}: {e}", method.full_name()))?;
+    let template = PathTemplate::parse(path).map_err(|e| bad(e.to_string()))?;
     routes.push(Route {
         verb,
         template,

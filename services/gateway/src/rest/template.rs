@@ -18,6 +18,14 @@ enum Segment {
     AnyRest,
 }
 
+/// Why a path template cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("template {template:?}: {why}")]
+pub struct TemplateError {
+    pub template: String,
+    pub why: String,
+}
+
 /// A parsed path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
@@ -26,8 +34,9 @@ pub struct PathTemplate {
 }
 
 impl PathTemplate {
-    pub fn parse(template: &str) -> Result<PathTemplate, String> {
-        let path = template.strip_prefix('/').ok_or_else(|| format!("template {template:?} must start with /"))?;
+    pub fn parse(template: &str) -> Result<PathTemplate, TemplateError> {
+        let bad = |why: String| TemplateError { template: template.to_owned(), why };
+        let path = template.strip_prefix('/').ok_or_else(|| bad("must start with /".into()))?;
         // A verb is a ':' after the last '/' and outside braces.
         let (path, verb) = match path.rfind(':') {
             Some(i) if !path[i..].contains('/') && !path[i..].contains('}') => {
@@ -42,7 +51,7 @@ impl PathTemplate {
                     None | Some((_, "*")) => Segment::Var(inner.split('=').next().unwrap_or(inner).to_owned()),
                     Some((name, "**")) => Segment::Rest(name.to_owned()),
                     Some((_, pattern)) => {
-                        return Err(format!("template {template:?}: pattern {pattern:?} is not supported"));
+                        return Err(bad(format!("pattern {pattern:?} is not supported")));
                     }
                 }
             } else if raw == "*" {
@@ -50,7 +59,7 @@ impl PathTemplate {
             } else if raw == "**" {
                 Segment::AnyRest
             } else if raw.is_empty() || raw.contains(['{', '}']) {
-                return Err(format!("template {template:?}: bad segment {raw:?}"));
+                return Err(bad(format!("bad segment {raw:?}")));
             } else {
                 Segment::Literal(raw.to_owned())
             };
@@ -59,7 +68,7 @@ impl PathTemplate {
         if let Some(i) = segments.iter().position(|s| matches!(s, Segment::Rest(_) | Segment::AnyRest))
             && i + 1 != segments.len()
         {
-            return Err(format!("template {template:?}: ** must be last"));
+            return Err(bad("** must be last".into()));
         }
         Ok(PathTemplate { segments, verb })
     }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::{LogSource, Scheduler};
+use batchmill_queue::Queue;
+
+use crate::leader::Leading;
 
 /// Default and largest page of `ListJobs`.
 const DEFAULT_PAGE: usize = 50;
@@ -21,13 +23,20 @@ const MAX_PAGE: i32 = 1000;
 
 #[derive(Clone)]
 pub struct JobsGrpc {
-    scheduler: Scheduler,
-    logs: Arc<dyn LogSource>,
+    leading: Leading,
+    /// Where batch records and log lines are read.
+    logs: Arc<dyn Queue>,
 }
 
 impl JobsGrpc {
-    pub fn new(scheduler: Scheduler, logs: Arc<dyn LogSource>) -> JobsGrpc {
-        JobsGrpc { scheduler, logs }
+    pub fn new(leading: Leading, logs: Arc<dyn Queue>) -> JobsGrpc {
+        JobsGrpc { leading, logs }
+    }
+
+    /// The scheduler of the current term; UNAVAILABLE when not leading.
+    #[allow(clippy::result_large_err)]
+    fn scheduler(&self) -> Result<crate::Scheduler, Status> {
+        Ok(self.leading.current()?.scheduler)
     }
 
     pub fn into_service(self) -> pb::job_service_server::JobServiceServer<JobsGrpc> {
@@ -85,13 +94,13 @@ impl JobService for JobsGrpc {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let spec = JobSpec::try_from(request.into_inner())?;
-        let job = self.scheduler.submit(spec).await.map_err(|e| e.to_status())?;
+        let job = self.scheduler()?.submit(spec).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::SubmitJobResponse { job: Some(job) }))
     }
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let job = self.scheduler.get(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let job = self.scheduler()?.get(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
     }
 
@@ -105,7 +114,7 @@ impl JobService for JobsGrpc {
             Some(JobId::parse("page_token", &req.page_token).map_err(Status::from)?)
         };
         let pipeline = (!req.pipeline.is_empty()).then_some(req.pipeline);
-        let (jobs, next) = self.scheduler.list(after, limit, pipeline).await.map_err(|e| e.to_status())?;
+        let (jobs, next) = self.scheduler()?.list(after, limit, pipeline).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
@@ -117,7 +126,7 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let job = self.scheduler.cancel(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let job = self.scheduler()?.cancel(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
     }
 
@@ -127,7 +136,7 @@ impl JobService for JobsGrpc {
         request: Request<pb::DryRunJobRequest>,
     ) -> Result<Response<pb::DryRunJobResponse>, Status> {
         let spec = dry_run_spec(request.into_inner())?;
-        let answer = self.scheduler.dry_run(spec).await.map_err(|e| e.to_status())?;
+        let answer = self.scheduler()?.dry_run(spec).await.map_err(|e| e.to_status())?;
         Ok(Response::new(answer))
     }
 
@@ -140,7 +149,7 @@ impl JobService for JobsGrpc {
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
         let from = stream_position(&req.page_token)?;
         let (dead_letters, next) =
-            self.scheduler.dead_letters(job_id(&req.job_id)?, from, limit).await.map_err(|e| e.to_status())?;
+            self.scheduler()?.dead_letters(job_id(&req.job_id)?, from, limit).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -156,8 +165,9 @@ impl JobService for JobsGrpc {
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
         let from = stream_position(&req.page_token)?;
         // The job must exist (and be this caller's).
-        self.scheduler.get(job_id(&req.job_id)?).await.map_err(|e| e.to_status())?;
-        let stored = self.logs.records(&req.job_id, from, limit).await.map_err(Status::unavailable)?;
+        self.scheduler()?.get(job_id(&req.job_id)?).await.map_err(|e| e.to_status())?;
+        let stored =
+            self.logs.records(&req.job_id, from, limit).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let next = (stored.len() == limit).then(|| stored.last().map(|s| s.stream_seq + 1)).flatten();
         // A batch that ended twice (delivered again after its worker was lost)
         // shows once, at its latest record.
@@ -180,7 +190,8 @@ impl JobService for JobsGrpc {
     ) -> Result<Response<pb::RerunDeadLettersResponse>, Status> {
         let req = request.into_inner();
         let (job, batch_ids) =
-            self.scheduler.rerun(job_id(&req.job_id)?, req.batch_ids).await.map_err(|e| e.to_status())?;
+            self.scheduler()?.rerun(job_id(&req.job_id)?, req.batch_ids).await.map_err(|e| e.to_status())?;
+        let batch_ids = batch_ids.iter().map(ToString::to_string).collect();
         Ok(Response::new(pb::RerunDeadLettersResponse { job: Some(job), batch_ids }))
     }
 
@@ -193,12 +204,12 @@ impl JobService for JobsGrpc {
     ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
         let req = request.into_inner();
         let id = job_id(&req.job_id)?;
-        let mut job = self.scheduler.watch(id).await.map_err(|e| e.to_status())?;
-        let lines = self.logs.logs(&req.job_id, req.follow).await.map_err(Status::unavailable)?;
+        let mut job = self.scheduler()?.watch(id).await.map_err(|e| e.to_status())?;
+        let lines = self.logs.logs(&req.job_id, req.follow).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let lines = lines.ready_chunks(LOG_CHUNK).map(|chunk| {
             let mut out = Vec::with_capacity(chunk.len());
             for line in chunk {
-                let line = line.map_err(Status::unavailable)?;
+                let line = line.map_err(|e| Status::unavailable(e.to_string()))?;
                 match pb::LogLine::decode(line.as_ref()) {
                     Ok(l) => out.push(l),
                     Err(e) => tracing::warn!(error = %e, "undecodable log line"),
@@ -226,7 +237,7 @@ impl JobService for JobsGrpc {
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let rx = self.scheduler.watch(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let rx = self.scheduler()?.watch(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
         // Current state first, then each change; the stream ends after a terminal state.
         let stream = futures::stream::unfold((rx, false, false), |(mut rx, started, ended)| async move {
             if ended {

@@ -4,16 +4,22 @@ use batchmill_core::ServiceError;
 use batchmill_proto::pipelines::v1::{self as pb, pipeline_service_server::PipelineService};
 use tonic::{Request, Response, Status};
 
-use crate::Scheduler;
+use crate::leader::Leading;
 
 #[derive(Clone)]
 pub struct PipelinesGrpc {
-    scheduler: Scheduler,
+    leading: Leading,
 }
 
 impl PipelinesGrpc {
-    pub fn new(scheduler: Scheduler) -> PipelinesGrpc {
-        PipelinesGrpc { scheduler }
+    pub fn new(leading: Leading) -> PipelinesGrpc {
+        PipelinesGrpc { leading }
+    }
+
+    /// The pipelines of the current term; UNAVAILABLE when not leading.
+    #[allow(clippy::result_large_err)]
+    fn pipelines(&self) -> Result<crate::Pipelines, Status> {
+        Ok(self.leading.current()?.scheduler.pipelines().clone())
     }
 
     pub fn into_service(self) -> pb::pipeline_service_server::PipelineServiceServer<PipelinesGrpc> {
@@ -29,7 +35,7 @@ impl PipelineService for PipelinesGrpc {
         &self,
         _: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
-        Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.scheduler.pipelines().list() }))
+        Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.pipelines()?.list() }))
     }
 
     async fn get_pipeline(
@@ -37,7 +43,7 @@ impl PipelineService for PipelinesGrpc {
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
         let name = request.into_inner().name;
-        match self.scheduler.pipelines().get(&name) {
+        match self.pipelines()?.get(&name) {
             Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
             None => Err(Status::not_found(format!("pipeline {name:?} not found"))),
         }
@@ -47,7 +53,7 @@ impl PipelineService for PipelinesGrpc {
         &self,
         request: Request<pb::DeployPipelineRequest>,
     ) -> Result<Response<pb::DeployPipelineResponse>, Status> {
-        let pipeline = self.scheduler.pipelines().deploy(request.into_inner()).await.map_err(|e| e.to_status())?;
+        let pipeline = self.pipelines()?.deploy(request.into_inner()).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::DeployPipelineResponse { pipeline: Some(pipeline) }))
     }
 }

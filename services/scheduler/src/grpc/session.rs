@@ -10,20 +10,20 @@ use futures::stream::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::Scheduler;
+use crate::leader::Leading;
 
 /// The protocol version this scheduler speaks.
 pub const PROTOCOL_VERSION: pb::ProtocolVersion = pb::ProtocolVersion::ProtocolVersion1;
 
 #[derive(Clone)]
 pub struct SessionGrpc {
-    scheduler: Scheduler,
+    leading: Leading,
     sessions: Arc<AtomicU64>,
 }
 
 impl SessionGrpc {
-    pub fn new(scheduler: Scheduler) -> SessionGrpc {
-        SessionGrpc { scheduler, sessions: Arc::default() }
+    pub fn new(leading: Leading) -> SessionGrpc {
+        SessionGrpc { leading, sessions: Arc::default() }
     }
 
     pub fn into_service(self) -> pb::worker_service_server::WorkerServiceServer<SessionGrpc> {
@@ -55,10 +55,13 @@ fn check_register(first: Option<pb::SessionRequest>) -> Result<pb::Register, Sta
 impl pb::worker_service_server::WorkerService for SessionGrpc {
     type SessionStream = BoxStream<'static, Result<pb::SessionResponse, Status>>;
 
+    /// A session lasts as long as this leader's term: when the term ends
+    /// the stream ends, and the worker looks for the leader again.
     async fn session(
         &self,
         request: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let term = self.leading.current()?;
         let mut inbound = request.into_inner();
         let register = check_register(inbound.message().await?)?;
         let worker = WorkerId::new(register.worker_id);
@@ -66,23 +69,17 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
         info!(worker_id = %worker, device = %register.device, session, "worker session opened");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let runs = crate::Capabilities { built_in: register.pipelines, predictor_types: register.predictor_types };
-        self.scheduler.worker_joined(worker.clone(), session, runs, Arc::new(tx));
-        let scheduler = self.scheduler.clone();
+        let scheduler = term.scheduler.clone();
+        scheduler.worker_joined(worker.clone(), session, runs, Arc::new(tx));
+        let ended = term.ended.clone();
         tokio::spawn(async move {
             loop {
-                match inbound.message().await {
-                    Ok(Some(pb::SessionRequest { message: Some(message) })) => match message {
-                        In::Outcome(outcome) => scheduler.outcome(worker.clone(), outcome),
-                        In::Released(r) => {
-                            let failure = r.failed.then_some(r.reason);
-                            scheduler.released(worker.clone(), r.job_id, failure);
-                        }
-                        In::Started(s) => scheduler.started(worker.clone(), s.job_id),
-                        In::Heartbeat(_) => {}
-                        In::Register(_) => {
-                            warn!(worker_id = %worker, "register sent twice; ignored")
-                        }
-                    },
+                let message = tokio::select! {
+                    () = ended.cancelled() => break,
+                    message = inbound.message() => message,
+                };
+                match message {
+                    Ok(Some(pb::SessionRequest { message: Some(message) })) => forward(&scheduler, &worker, message),
                     Ok(Some(pb::SessionRequest { message: None })) => {}
                     Ok(None) => break,
                     Err(e) => {
@@ -91,10 +88,24 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
                     }
                 }
             }
-            scheduler.worker_gone(worker, Some(session));
+            scheduler.worker_gone(worker, session);
         });
         let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(Ok);
-        Ok(Response::new(outbound.boxed()))
+        Ok(Response::new(outbound.take_until(term.ended.cancelled_owned()).boxed()))
+    }
+}
+
+/// Hands one message of a worker's session to the scheduler.
+fn forward(scheduler: &crate::Scheduler, worker: &WorkerId, message: In) {
+    match message {
+        In::Outcome(outcome) => scheduler.outcome(worker.clone(), outcome),
+        In::Released(r) => {
+            let failure = r.failed.then_some((r.reason, r.out_of_memory));
+            scheduler.released(worker.clone(), r.job_id, failure);
+        }
+        In::Started(s) => scheduler.started(worker.clone(), s.job_id),
+        In::Heartbeat(_) => {}
+        In::Register(_) => warn!(worker_id = %worker, "register sent twice; ignored"),
     }
 }
 

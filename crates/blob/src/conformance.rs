@@ -1,0 +1,47 @@
+//! The conformance suite every [`ObjectStore`] passes: the in-memory one in
+//! this crate's tests, S3 in the cluster tests (`tests/tests/adapters.rs`).
+//! `prefix` keeps runs against a shared server apart.
+
+use bytes::Bytes;
+use tokio::io::AsyncBufReadExt;
+
+use crate::{BlobError, ObjectStore};
+
+/// The bucket the suite uses; it is created if missing.
+pub const BUCKET: &str = "conformance";
+
+/// Runs every check against `store`; panics naming the first that fails.
+pub async fn run(store: &dyn ObjectStore, prefix: &str) {
+    store.ensure_bucket(BUCKET).await.expect("create the bucket");
+    store.ensure_bucket(BUCKET).await.expect("creating a bucket that exists is fine");
+    let key = |k: &str| format!("{prefix}/{k}");
+
+    store.put(BUCKET, &key("a.txt"), Bytes::from_static(b"one\ntwo\n"), "text/plain").await.expect("put");
+    assert_eq!(store.get(BUCKET, &key("a.txt")).await.expect("get"), Bytes::from_static(b"one\ntwo\n"));
+    store.put(BUCKET, &key("a.txt"), Bytes::from_static(b"three\n"), "text/plain").await.expect("overwrite");
+    assert_eq!(store.get(BUCKET, &key("a.txt")).await.expect("get"), Bytes::from_static(b"three\n"), "replaced");
+    let mut reader = store.reader(BUCKET, &key("a.txt")).await.expect("reader");
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("read a line");
+    assert_eq!(line, "three\n");
+
+    match store.get(BUCKET, &key("missing")).await {
+        Err(e @ BlobError::NotFound { .. }) => assert!(!e.is_transient(), "a missing object stays missing"),
+        other => panic!("a missing object is NotFound, got {:?}", other.map(|b| b.len())),
+    }
+    let listed = store.list_page("no-such-bucket-here", "", None).await;
+    assert!(matches!(listed, Err(BlobError::NoSuchBucket { .. })), "listing a missing bucket: {listed:?}");
+
+    for i in 0..1_005 {
+        store.put(BUCKET, &key(&format!("many/{i:05}")), Bytes::from(i.to_string()), "text/plain").await.expect("put");
+    }
+    let first = store.list_page(BUCKET, &key("many/"), None).await.expect("list a page");
+    assert_eq!(first.keys.len(), 1_000, "a page holds 1,000 keys");
+    assert_eq!(first.keys[0], key("many/00000"));
+    let second = store.list_page(BUCKET, &key("many/"), first.next.clone()).await.expect("next page");
+    assert_eq!((second.keys.len(), second.next), (5, None), "the last page");
+    let all = store.list(BUCKET, &key("")).await.expect("list");
+    assert_eq!(all.len(), 1_006, "listing follows pages, in key order");
+    assert_eq!(all[0], key("a.txt"));
+    assert_eq!(store.get(BUCKET, &key("many/01004")).await.expect("get"), Bytes::from("1004"));
+}

@@ -1,0 +1,139 @@
+//! The batch contract: where a batch's result object goes, and how a
+//! batch's ending is recorded. Workers and the scheduler both end batches
+//! (the scheduler when a batch's deliveries ran out with its worker lost),
+//! and build the same three messages through [`BatchEnd`].
+
+use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
+use batchmill_proto::queue::v1::{Batch, DeadLetter};
+use batchmill_proto::scheduler::v1::{BatchOutcome, BatchStatus};
+
+use crate::time::{duration_ms, timestamp};
+use crate::{BatchId, JobId, S3Uri};
+
+/// Where a job's objects go: `<output_uri>/<job_id>`.
+pub fn job_output(output_uri: &S3Uri, job: &JobId) -> S3Uri {
+    output_uri.join(job.as_str())
+}
+
+/// A batch's result object: `<output_uri>/<job_id>/<batch_id>.jsonl`. A
+/// batch delivered twice overwrites its own object.
+pub fn result_uri(output_uri: &S3Uri, batch: &BatchId) -> S3Uri {
+    job_output(output_uri, &batch.job_id).join(&format!("{batch}.jsonl"))
+}
+
+/// A job's manifest, written at its end: `<output_uri>/<job_id>/manifest.json`.
+pub fn manifest_uri(output_uri: &S3Uri, job: &JobId) -> S3Uri {
+    job_output(output_uri, job).join("manifest.json")
+}
+
+/// How one delivery of a batch ended, as whoever ran it (or lost it) saw it.
+#[derive(Debug, Clone)]
+pub struct BatchEnd<'a> {
+    pub id: &'a BatchId,
+    pub batch: &'a Batch,
+    pub status: BatchStatus,
+    /// Which delivery, from 1.
+    pub attempt: u64,
+    /// The worker that ran it; empty when it was lost.
+    pub worker_id: &'a str,
+    pub duration_ms: u64,
+    /// Why it failed; empty when it succeeded.
+    pub error: String,
+    /// When it ended, in Unix milliseconds.
+    pub end_ms: u64,
+}
+
+/// What a batch's ending makes durable: the dead letter of a batch that
+/// failed for good, the record of a final batch, then the outcome the ledger
+/// counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    pub outcome: BatchOutcome,
+    pub dead_letter: Option<DeadLetter>,
+    pub record: Option<BatchRecord>,
+}
+
+impl BatchEnd<'_> {
+    /// The messages this ending makes durable.
+    pub fn build(self) -> Ending {
+        let BatchEnd { id, batch, status, attempt, worker_id, duration_ms: ms, error, end_ms } = self;
+        let items = batch.items.len() as i64;
+        let dead_letter = (status == BatchStatus::FailedFinal).then(|| DeadLetter {
+            attempts: attempt,
+            last_error: error.clone(),
+            worker_id: worker_id.to_owned(),
+            time_ms: end_ms,
+            duration_ms: ms,
+            batch: Some(batch.clone()),
+        });
+        let state = match status {
+            BatchStatus::Succeeded => Some(BatchState::Succeeded),
+            BatchStatus::FailedFinal => Some(BatchState::Failed),
+            BatchStatus::FailedRetryable | BatchStatus::Unspecified => None,
+        };
+        let record = state.map(|state| BatchRecord {
+            batch_id: id.to_string(),
+            seq: batch.seq as i64,
+            state: state as i32,
+            items,
+            attempts: attempt as i64,
+            worker_id: worker_id.to_owned(),
+            duration: Some(duration_ms(ms)),
+            last_error: error.clone(),
+            end_time: Some(timestamp(end_ms)),
+        });
+        let outcome = BatchOutcome {
+            job_id: batch.job_id.clone(),
+            seq: batch.seq,
+            status: status as i32,
+            items,
+            error,
+            duration: Some(duration_ms(ms)),
+            attempt,
+        };
+        Ending { outcome, dead_letter, record }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> Batch {
+        Batch { job_id: "j1".into(), seq: 4, first_item: 40, items: vec!["1".into(), "2".into()] }
+    }
+
+    fn end(batch: &Batch, status: BatchStatus) -> Ending {
+        let error = if status == BatchStatus::Succeeded { String::new() } else { "boom".into() };
+        let id = &BatchId::of(batch).expect("id");
+        BatchEnd { id, batch, status, attempt: 3, worker_id: "w1", duration_ms: 1500, error, end_ms: 2_000 }.build()
+    }
+
+    #[test]
+    fn result_objects_are_per_batch_under_the_job() {
+        let output = S3Uri::parse("s3://results/runs/").expect("uri");
+        let batch = BatchId::new(JobId::parse("job_id", "j1").expect("id"), 4);
+        assert_eq!(result_uri(&output, &batch).to_string(), "s3://results/runs/j1/j1-4.jsonl");
+        assert_eq!(manifest_uri(&output, &batch.job_id).to_string(), "s3://results/runs/j1/manifest.json");
+    }
+
+    #[test]
+    fn an_ending_records_what_its_status_needs() {
+        let batch = batch();
+        let ok = end(&batch, BatchStatus::Succeeded);
+        assert_eq!((ok.outcome.seq, ok.outcome.items, ok.outcome.attempt), (4, 2, 3));
+        assert!(ok.dead_letter.is_none());
+        let record = ok.record.expect("a final batch has a record");
+        assert_eq!((record.batch_id.as_str(), record.state), ("j1-4", BatchState::Succeeded as i32));
+
+        let retry = end(&batch, BatchStatus::FailedRetryable);
+        assert!(retry.dead_letter.is_none() && retry.record.is_none(), "it runs again");
+        assert_eq!(retry.outcome.error, "boom");
+
+        let dead = end(&batch, BatchStatus::FailedFinal);
+        let letter = dead.dead_letter.expect("dead letter");
+        assert_eq!((letter.attempts, letter.last_error.as_str(), letter.worker_id.as_str()), (3, "boom", "w1"));
+        assert_eq!(letter.batch, Some(batch.clone()));
+        assert_eq!(dead.record.expect("record").state, BatchState::Failed as i32);
+    }
+}

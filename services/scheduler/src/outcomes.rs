@@ -1,0 +1,60 @@
+//! How batches end, as the ledger counts them: outcomes workers report, and
+//! batches whose deliveries ran out with no outcome. Each is confirmed only
+//! once its job's ledger is durable (see `persist.rs`).
+
+use batchmill_core::{JobId, WorkerId};
+use batchmill_proto::scheduler::v1 as spb;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::ledger::Recorded;
+use crate::persist::Waiter;
+use crate::state::State;
+
+impl State {
+    /// A worker reports one delivery of a batch; it is confirmed on the
+    /// worker's session once durable. A duplicate (a batch delivered twice)
+    /// is counted once and confirmed too.
+    pub fn outcome(&mut self, worker: &WorkerId, outcome: spb::BatchOutcome) {
+        let session = self.workers.get(worker).map_or(0, |w| w.session);
+        let ack = spb::OutcomeAck { job_id: outcome.job_id.clone(), seq: outcome.seq };
+        let waiter = Waiter::Worker { worker: worker.clone(), session, ack };
+        let id = JobId::parse("job_id", &outcome.job_id).ok();
+        // An unknown or ended job has nothing to count; the worker just drops the message.
+        if let Some(id) = &id
+            && let Some(entry) = self.jobs.get_mut(id)
+            && !entry.record.state.is_terminal()
+        {
+            // A worker that reports a batch has its predictor running (its
+            // started message may have gone to a previous leader).
+            entry.start(worker);
+            let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
+            let status = outcome.status();
+            if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
+                info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
+            }
+            if status == spb::BatchStatus::FailedFinal {
+                warn!(job_id = %id, seq = outcome.seq, error = %outcome.error, "batch failed for good");
+            }
+            self.pending.mark(id);
+        }
+        self.pending.wait(id, waiter);
+    }
+
+    /// A batch ran out of deliveries with no outcome (its worker was lost on
+    /// the last one): it fails for good. `reply` is released once that is
+    /// durable.
+    pub fn exhausted(&mut self, job_id: &str, seq: u64, items: u64, deliveries: u64, reply: oneshot::Sender<()>) {
+        let id = JobId::parse("job_id", job_id).ok();
+        if let Some(id) = &id
+            && let Some(entry) = self.jobs.get_mut(id)
+            && !entry.record.state.is_terminal()
+        {
+            if entry.ledger.record(seq, spb::BatchStatus::FailedFinal, items, 0) == Recorded::Counted {
+                warn!(job_id = %id, seq, deliveries, "batch ran out of deliveries without an outcome; failed for good");
+            }
+            self.pending.mark(id);
+        }
+        self.pending.wait(id, Waiter::Reply(reply));
+    }
+}

@@ -1,0 +1,119 @@
+//! Accepting a submission, off the actor: the pipeline and config are
+//! checked, inline items are staged in S3 as NDJSON, an S3 source is probed
+//! through the lister (so a bad selection is refused now, naming its field,
+//! not failed later), and only then is the job recorded. Dry runs check the
+//! same way and list what a job would read.
+
+use batchmill_core::time::now_ms;
+use batchmill_core::{JobId, JobSpec, RemoteError, SourceSpec};
+use batchmill_proto::jobs::v1 as pb;
+use bytes::Bytes;
+
+use crate::SchedulerError;
+use crate::actor::Scheduler;
+use crate::record::{Input, JobRecord};
+
+/// Most matched files a dry run lists by name; it counts them all.
+pub const DRY_RUN_MAX_FILES: usize = 100_000;
+
+impl Scheduler {
+    /// Accepts a job: stages its inline items in S3, then records it.
+    pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
+        let deployed = self.pipelines.resolve(&spec.pipeline)?;
+        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        let create_ms = now_ms();
+        let job_id = JobId::generate(create_ms);
+        let (input, item_count) = match spec.source {
+            SourceSpec::Items(items) => {
+                let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
+                let mut body = Vec::with_capacity(items.len() * 16);
+                for item in &items {
+                    body.extend_from_slice(item.to_string().as_bytes());
+                    body.push(b'\n');
+                }
+                self.store
+                    .put(&uri.bucket, &uri.key, Bytes::from(body), "application/x-ndjson")
+                    .await
+                    .map_err(SchedulerError::Staging)?;
+                (Input::Ndjson { uris: vec![uri.to_string()] }, Some(items.len() as u64))
+            }
+            // Counted as the lister goes.
+            SourceSpec::FilePaths(selection) => {
+                (self.checked(Input::FilePaths(selection), "file_path_lister").await?, None)
+            }
+            SourceSpec::DelimitedFiles(selection) => {
+                (self.checked(Input::DelimitedFiles(selection), "delimited_files").await?, None)
+            }
+        };
+        let record = JobRecord {
+            max_receive_count: spec.max_receive_count.unwrap_or(self.settings.policy.max_deliver),
+            timeout_ms: spec.timeout_ms,
+            max_workers: spec.max_workers,
+            batch_size: spec.batch_size,
+            config: spec.config,
+            output_uri: spec.output_uri.unwrap_or_else(|| self.settings.default_output.clone()).to_string(),
+            item_count,
+            deployed,
+            trace: batchmill_runtime::trace::current(),
+            ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
+        };
+        tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
+        self.record(record).await
+    }
+
+    /// Checks a submission as [`Scheduler::submit`] would, without creating
+    /// a job, and says what it would read: the matched files (as Cortex
+    /// prints them) and the item and batch counts where they are known.
+    pub async fn dry_run(&self, spec: JobSpec) -> Result<pb::DryRunJobResponse, SchedulerError> {
+        self.pipelines.resolve(&spec.pipeline)?;
+        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
+        let (selection, field, lines) = match spec.source {
+            SourceSpec::Items(items) => {
+                return Ok(pb::DryRunJobResponse {
+                    message: "validations passed".into(),
+                    files: vec![],
+                    file_count: 0,
+                    item_count: items.len() as i64,
+                    batch_count: batches(items.len() as u64),
+                });
+            }
+            SourceSpec::FilePaths(selection) => (selection, "file_path_lister", false),
+            SourceSpec::DelimitedFiles(selection) => (selection, "delimited_files", true),
+        };
+        let source = Input::FilePaths(selection).to_source();
+        let (files, count) =
+            self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, field))?;
+        let mut message = String::with_capacity(files.iter().map(|f| f.len() + 1).sum::<usize>() + 64);
+        for file in &files {
+            message.push_str(file);
+            message.push('\n');
+        }
+        if count > files.len() as u64 {
+            message.push_str(&format!("... and {} more\n", count - files.len() as u64));
+        }
+        message.push_str("validations passed");
+        let (item_count, batch_count) = if lines { (-1, -1) } else { (count as i64, batches(count)) };
+        Ok(pb::DryRunJobResponse { message, files, file_count: count as i64, item_count, batch_count })
+    }
+
+    /// An S3 input the lister can list: no match, an unknown bucket or
+    /// refused credentials are errors now, naming `field`, not a job that
+    /// fails later.
+    async fn checked(&self, input: Input, field: &str) -> Result<Input, SchedulerError> {
+        match self.probe.probe(input.to_source()).await {
+            Ok(()) => Ok(input),
+            Err(e) => Err(bad_source(e, field)),
+        }
+    }
+}
+
+/// The lister's refusal of a source given in request field `field`: the
+/// caller's mistake names the field; anything else is the cluster's trouble.
+fn bad_source(error: RemoteError, field: &str) -> SchedulerError {
+    if error.code.is_caller_error() {
+        SchedulerError::BadSource { field: field.to_owned(), message: error.message }
+    } else {
+        SchedulerError::Probe(error)
+    }
+}

@@ -1,0 +1,177 @@
+//! A job run against fakes: the in-memory queue and S3, and a scheduler
+//! that confirms outcomes on the outbox's session (or does not, for a while).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use batchmill_blob::ObjectStore;
+use batchmill_blob::mem::MemBlob;
+use batchmill_core::BatchId;
+use batchmill_proto::queue::v1::Batch;
+use batchmill_proto::scheduler::v1::{self as pb, session_request::Message as Out};
+use batchmill_queue::mem::MemQueue;
+use batchmill_queue::{Batches, DeadLetters, DeliveryPolicy, TraceHeaders};
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::joblog::JobLog;
+use crate::loader::Loader;
+use crate::runner::JobRun;
+use crate::session::Outbox;
+
+const JOB: &str = "j1";
+
+/// A job's world: its queue, S3, and the outcomes the scheduler received.
+struct World {
+    queue: MemQueue,
+    blob: MemBlob,
+    outbox: Outbox,
+    outcomes: Arc<Mutex<Vec<pb::BatchOutcome>>>,
+}
+
+impl World {
+    async fn new(batches: u64, max_deliver: u32) -> World {
+        let (queue, blob) = (MemQueue::default(), MemBlob::default());
+        blob.ensure_bucket("out").await.unwrap();
+        let policy = DeliveryPolicy { ack_wait: Duration::from_secs(2), max_deliver };
+        queue.open_job(JOB, policy).await.unwrap();
+        for seq in 0..batches {
+            let batch =
+                Batch { job_id: JOB.into(), seq, first_item: seq * 2, items: vec!["\"a\"".into(), "\"b\"".into()] };
+            let id = BatchId::new(batchmill_core::JobId::parse("job_id", JOB).unwrap(), seq);
+            queue.publish_batch(&id, Bytes::from(batch.encode_to_vec()), &TraceHeaders::new()).await.unwrap();
+        }
+        World { queue, blob, outbox: Outbox::default(), outcomes: Arc::default() }
+    }
+
+    /// Opens a session whose scheduler confirms every outcome it receives.
+    fn session(&self) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.outbox.attach(tx);
+        let (outbox, outcomes) = (self.outbox.clone(), self.outcomes.clone());
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if let Some(Out::Outcome(o)) = message.message {
+                    let ack = pb::OutcomeAck { job_id: o.job_id.clone(), seq: o.seq };
+                    outcomes.lock().unwrap().push(o);
+                    outbox.confirm(&ack);
+                }
+            }
+        })
+    }
+
+    /// Runs the job with `config` until its queue is empty.
+    async fn run(&self, config: serde_json::Value, max_deliver: u32) -> CancellationToken {
+        let queue: Arc<dyn batchmill_queue::Queue> = Arc::new(self.queue.clone());
+        let blob: Arc<dyn ObjectStore> = Arc::new(self.blob.clone());
+        let dir = std::env::temp_dir().join(format!("batchmill-runner-test-{}", fastrand::u64(..)));
+        let loader = Loader::new(None, dir, blob.clone(), queue.clone(), "w1".into());
+        let assign = pb::Assign {
+            job_id: JOB.into(),
+            pipeline: "echo".into(),
+            config: config.as_object().map(batchmill_core::json::json_to_struct),
+            output_uri: "s3://out/results".into(),
+            max_deliver,
+            ack_wait: Some(batchmill_core::time::duration_ms(2_000)),
+            ..Default::default()
+        };
+        let stop = CancellationToken::new();
+        let run = JobRun {
+            log: JobLog::new(queue.clone(), JOB, "w1"),
+            assign,
+            queue,
+            blob,
+            outbox: self.outbox.clone(),
+            worker_id: "w1".into(),
+            loader,
+            revoked: CancellationToken::new(),
+        };
+        tokio::spawn(run.run(stop.clone()));
+        stop
+    }
+
+    async fn until_empty(&self, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.queue.batches_left(JOB) > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "batches left: {}", self.queue.batches_left(JOB));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// (seq, status, attempt) of every outcome received, in seq order.
+    fn outcomes(&self) -> Vec<(u64, pb::BatchStatus, u64)> {
+        let mut seen: Vec<_> = self.outcomes.lock().unwrap().iter().map(|o| (o.seq, o.status(), o.attempt)).collect();
+        seen.sort_by_key(|(seq, _, attempt)| (*seq, *attempt));
+        seen
+    }
+}
+
+#[tokio::test]
+async fn every_batch_is_written_reported_and_acked_once() {
+    let world = World::new(3, 3).await;
+    let _session = world.session();
+    let stop = world.run(serde_json::json!({}), 3).await;
+    world.until_empty(Duration::from_secs(10)).await;
+    stop.cancel();
+    let succeeded = pb::BatchStatus::Succeeded;
+    assert_eq!(world.outcomes(), [(0, succeeded, 1), (1, succeeded, 1), (2, succeeded, 1)]);
+    let objects = world.blob.objects();
+    let body = String::from_utf8(objects["s3://out/results/j1/j1-1.jsonl"].to_vec()).unwrap();
+    assert_eq!(body, "{\"index\":2,\"result\":\"a\"}\n{\"index\":3,\"result\":\"b\"}\n");
+    assert_eq!(objects.len(), 3);
+}
+
+#[tokio::test]
+async fn an_s3_outage_is_waited_out_without_spending_a_delivery() {
+    let world = World::new(2, 3).await;
+    let _session = world.session();
+    world.blob.fail_puts(5);
+    let stop = world.run(serde_json::json!({}), 3).await;
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let succeeded = pb::BatchStatus::Succeeded;
+    assert_eq!(world.outcomes(), [(0, succeeded, 1), (1, succeeded, 1)], "each on its first delivery");
+    assert_eq!(world.blob.puts(), 7, "5 failed writes, then one each");
+    assert_eq!(world.blob.objects().len(), 2);
+}
+
+#[tokio::test]
+async fn a_nats_outage_while_dead_lettering_is_waited_out() {
+    let world = World::new(1, 1).await;
+    let _session = world.session();
+    world.queue.fail_publishes(3);
+    let stop = world.run(serde_json::json!({"fail_batches": [0]}), 1).await;
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    assert_eq!(world.outcomes(), [(0, pb::BatchStatus::FailedFinal, 1)]);
+    let letters = world.queue.dead_letters(JOB, 0, 10).await.unwrap();
+    assert_eq!(letters.len(), 1, "dead-lettered once, after NATS came back");
+}
+
+#[tokio::test]
+async fn an_outcome_unconfirmed_when_the_leader_died_is_confirmed_by_the_next_one() {
+    let world = World::new(2, 3).await;
+    // A leader that receives outcomes and dies before confirming any.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    world.outbox.attach(tx);
+    let stop = world.run(serde_json::json!({}), 3).await;
+    let mut sent = 0;
+    while sent < 2 {
+        if let Some(pb::SessionRequest { message: Some(Out::Outcome(_)) }) = rx.recv().await {
+            sent += 1;
+        }
+    }
+    drop(rx);
+    world.outbox.detach();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(world.queue.batches_left(JOB), 2, "unconfirmed: not acked");
+    // The next leader gets them again at once, not after the ack wait.
+    let _session = world.session();
+    world.until_empty(Duration::from_secs(1)).await;
+    stop.cancel();
+    let succeeded = pb::BatchStatus::Succeeded;
+    assert_eq!(world.outcomes(), [(0, succeeded, 1), (1, succeeded, 1)], "no delivery spent");
+}

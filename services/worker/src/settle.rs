@@ -1,0 +1,176 @@
+//! Settling a batch that ran: its ending is made durable (the dead letter of
+//! a batch that failed for good, the record of a final one, then the
+//! outcome, confirmed by the scheduler once its ledger is written), and only
+//! then is the message acked, nak'ed with backoff, or term'ed. Meanwhile the
+//! message stays this worker's (progress is reported well within its ack
+//! wait): slowness or an outage of NATS or of the scheduler is no reason to
+//! run the batch again elsewhere and spend one of its deliveries.
+
+use std::time::Duration;
+
+use batchmill_core::BatchId;
+use batchmill_core::batch::Ending;
+use batchmill_proto::scheduler::v1::BatchStatus;
+use batchmill_queue::Delivery;
+use bytes::Bytes;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::runner::JobRun;
+
+/// How long an outcome may wait for the scheduler's confirmation, across
+/// sessions and leaders, before the batch is left to be redelivered.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(600);
+/// The longest wait between two tries of a call that failed for a reason
+/// outside the batch.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// A batch that ran and whose ending is still to be settled.
+pub(crate) struct Ran {
+    pub delivery: Box<dyn Delivery>,
+    pub id: BatchId,
+    pub ending: Ending,
+}
+
+impl Ran {
+    /// Makes the ending durable and, once the scheduler confirms it, acks
+    /// the message (nak with backoff for a retry, term when final). Without
+    /// a confirmation the batch is redelivered and counted once.
+    pub async fn settle(self, run: &JobRun) {
+        let Ran { delivery, id, ending } = self;
+        let (status, attempt) = (ending.outcome.status(), ending.outcome.attempt);
+        let stored = store(run, &id, delivery.stream_seq(), ending);
+        if !keep_in_progress(delivery.as_ref(), run.ack_wait(), stored).await {
+            return;
+        }
+        let settled = match status {
+            BatchStatus::Succeeded => delivery.ack().await,
+            BatchStatus::FailedFinal => delivery.term().await,
+            _ => delivery.nak(backoff(attempt)).await,
+        };
+        if let Err(e) = settled {
+            warn!(batch_id = %id, error = %e, "settling the message failed");
+        }
+    }
+}
+
+/// Stores the dead letter (of a batch that failed for good) and the record
+/// (of a final one), then reports the outcome; true once the scheduler
+/// confirms it. `stream_seq` is where the batch is in the batch stream.
+async fn store(run: &JobRun, id: &BatchId, stream_seq: u64, ending: Ending) -> bool {
+    let Ending { outcome, dead_letter, record } = ending;
+    let transient = |e: &batchmill_queue::QueueError| e.is_transient();
+    if let Some(dead) = dead_letter {
+        let body = Bytes::from(dead.encode_to_vec());
+        let put = || run.queue.dead_letter(id, stream_seq, body.clone());
+        match retry_in_place("dead-lettering", &run.revoked, put, transient).await {
+            Some(Ok(())) => info!(batch_id = %id, attempt = outcome.attempt, "batch dead-lettered"),
+            // Left alone: once its deliveries run out the scheduler
+            // dead-letters it from the advisory.
+            other => {
+                warn!(batch_id = %id, error = ?other.and_then(Result::err), "dead-lettering failed; leaving the batch");
+                return false;
+            }
+        }
+    }
+    // Stored before the outcome, so that a job that has ended has every
+    // batch's record.
+    if let Some(record) = record {
+        let body = Bytes::from(record.encode_to_vec());
+        let put = || run.queue.publish_record(id.job_id.as_str(), body.clone());
+        if let Some(Err(e)) = retry_in_place("storing the batch record", &run.revoked, put, transient).await {
+            warn!(batch_id = %id, error = %e, "storing the batch record failed");
+        }
+    }
+    let confirmed = run.outbox.report(outcome, CONFIRM_PATIENCE).await;
+    if !confirmed {
+        warn!(batch_id = %id, "outcome not confirmed; leaving the batch for redelivery");
+    }
+    confirmed
+}
+
+/// Calls `call` until it succeeds or fails for good (`transient` says which
+/// errors are worth waiting out), with exponential backoff and jitter; None
+/// if `give_up` is cancelled first.
+pub(crate) async fn retry_in_place<T, E, F, Fut>(
+    what: &str,
+    give_up: &CancellationToken,
+    call: F,
+    transient: impl Fn(&E) -> bool,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    for tries in 1u32.. {
+        match call().await {
+            Err(e) if transient(&e) => {
+                warn!(what, tries, error = %e, "unreachable; retrying in place");
+                // Up to a quarter more, so workers do not retry in step.
+                let jitter = delay.mul_f64(fastrand::f64() / 4.0);
+                tokio::select! {
+                    () = give_up.cancelled() => return None,
+                    () = tokio::time::sleep(delay + jitter) => {}
+                }
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+            done => return Some(done),
+        }
+    }
+    None
+}
+
+/// Runs `work` while keeping `delivery` ours: progress is reported well
+/// within `ack_wait` so the message is not redelivered to another worker.
+pub(crate) async fn keep_in_progress<T>(
+    delivery: &dyn Delivery,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => break r,
+            _ = tick.tick() => { let _ = delivery.in_progress().await; }
+        }
+    }
+}
+
+/// Delay before redelivering a failed batch: 1s, 2s, 4s, ... up to 30s.
+pub fn backoff(attempt: u64) -> Duration {
+    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_until_a_result_or_giving_up() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let give_up = CancellationToken::new();
+        let call = || {
+            let n = tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { if n < 5 { Err(format!("down ({n})")) } else { Ok(n) } }
+        };
+        assert_eq!(retry_in_place("x", &give_up, call, |_| true).await, Some(Ok(5)));
+        let permanent = || async { Err::<u32, _>("refused".to_owned()) };
+        assert_eq!(retry_in_place("x", &give_up, permanent, |_| false).await, Some(Err("refused".into())));
+        give_up.cancel();
+        let down = || async { Err::<u32, _>("down".to_owned()) };
+        assert_eq!(retry_in_place("x", &give_up, down, |_| true).await, None);
+    }
+}
