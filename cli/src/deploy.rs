@@ -70,9 +70,7 @@ pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::Dep
     let yaml_path = dir.join(config_file);
     let text = std::fs::read_to_string(&yaml_path).with_context(|| format!("reading {}", yaml_path.display()))?;
     let apis = parse(&text)?;
-    let ignored = ignored(dir)?;
-    let mut files = BTreeMap::new();
-    collect(dir, dir, &ignored, &mut files)?;
+    let files = collect(dir)?;
     let total: u64 = files.values().map(|b: &Vec<u8>| b.len() as u64).sum();
     if total > MAX_PROJECT_BYTES {
         let mut largest: Vec<(&String, usize)> = files.iter().map(|(k, v)| (k, v.len())).collect();
@@ -102,42 +100,44 @@ pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::Dep
         .collect())
 }
 
-/// Paths (relative, `/`-separated) that `.cortexignore` names.
-fn ignored(dir: &Path) -> anyhow::Result<Vec<String>> {
-    match std::fs::read_to_string(dir.join(".cortexignore")) {
-        Ok(text) => Ok(text
-            .lines()
-            .map(|l| l.trim().trim_start_matches("./").trim_end_matches('/').to_owned())
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).context(".cortexignore"),
+/// The project's files as Cortex sends them, by relative `/`-separated
+/// path: every file under `dir` but hidden ones, Python bytecode
+/// (`__pycache__/`, `*.pyc`, `*.pyo`, `*.pyd`) and what `.cortexignore`
+/// files name (gitignore syntax, through the `ignore` crate); the `.env` at
+/// the root goes too, unless `.cortexignore` names it.
+fn collect(dir: &Path) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+    let mut walk = ignore::WalkBuilder::new(dir);
+    walk.standard_filters(false).hidden(true).add_custom_ignore_filename(".cortexignore");
+    let mut files = BTreeMap::new();
+    for entry in walk.build() {
+        let entry = entry.context("listing the project")?;
+        if !entry.file_type().is_some_and(|t| t.is_file()) {
+            continue;
+        }
+        let relative = relative(dir, entry.path());
+        let bytecode = relative.split('/').any(|part| part == "__pycache__")
+            || [".pyc", ".pyo", ".pyd"].iter().any(|ext| relative.ends_with(ext));
+        if !bytecode {
+            files.insert(relative, read(entry.path())?);
+        }
     }
+    let env = dir.join(".env");
+    if env.is_file() {
+        let (rules, _) = ignore::gitignore::Gitignore::new(dir.join(".cortexignore"));
+        if !rules.matched(&env, false).is_ignore() {
+            files.insert(".env".to_owned(), read(&env)?);
+        }
+    }
+    Ok(files)
 }
 
-fn collect(root: &Path, dir: &Path, ignored: &[String], files: &mut BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyc") {
-            continue;
-        }
-        let path = entry.path();
-        let relative = path
-            .strip_prefix(root)
-            .map(|p| p.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
-            .unwrap_or(name);
-        if ignored.contains(&relative) {
-            continue;
-        }
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            collect(root, &path, ignored, files)?;
-        } else if kind.is_file() {
-            files.insert(relative, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
-        }
-    }
-    Ok(())
+fn relative(root: &Path, path: &Path) -> String {
+    let inner = path.strip_prefix(root).unwrap_or(path);
+    inner.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 #[cfg(test)]
@@ -165,6 +165,38 @@ mod tests {
         let mut files: Vec<&String> = r.files.keys().collect();
         files.sort();
         assert_eq!(files, ["cortex.yaml", "predictor.py", "requirements.txt"]);
+    }
+
+    #[test]
+    fn cortexignore_follows_gitignore_syntax_and_dot_env_goes_along() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |path: &str, body: &str| {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, body).unwrap();
+        };
+        write("cortex.yaml", TUTORIAL);
+        write("predictor.py", "class PythonPredictor: pass\n");
+        write(".env", "MODEL=small\n");
+        write(".secret", "x");
+        write("weights/a.bin", "x");
+        write("weights/keep.bin", "x");
+        write("notes.md", "x");
+        write("docs/notes.md", "x");
+        write("lib/util.pyo", "x");
+        write("lib/util.py", "x");
+        write("lib/.cortexignore", "local.txt\n");
+        write("lib/local.txt", "x");
+        write(".cortexignore", "# big files stay in S3\n*.bin\n!keep.bin\n/notes.md\n");
+        let requests = read_project(dir.path(), "cortex.yaml").unwrap();
+        let mut files: Vec<&String> = requests[0].files.keys().collect();
+        files.sort();
+        let expected = [".env", "cortex.yaml", "docs/notes.md", "lib/util.py", "predictor.py", "weights/keep.bin"];
+        assert_eq!(files, expected);
+
+        write(".cortexignore", ".env\n");
+        let requests = read_project(dir.path(), "cortex.yaml").unwrap();
+        assert!(!requests[0].files.contains_key(".env"), "a .env that .cortexignore names stays");
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// connection (this sandbox's processes connect to each other while the
 /// others start), and the process meant to listen on it then fails with
 /// "address in use". The deploy_local test's clusters take 20000 to 31999.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()

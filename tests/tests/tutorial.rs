@@ -1,15 +1,17 @@
 //! Cortex's BatchAPI image-classifier tutorial, walked end to end against
 //! the cluster: `batchmill deploy` of examples/image-classifier (cortex.yaml
-//! and a PythonPredictor of the tutorial's shape, boto3 included), 16 sample
-//! images under a prefix, the three ways to submit, dry runs, the aggregated
-//! results file that `on_job_complete` writes, and stopping a job.
+//! and a PythonPredictor of the tutorial's shape, its imports as Cortex
+//! shipped them: requests and PIL, unlisted in requirements.txt, and boto3),
+//! 16 sample PNG images under a prefix and over HTTP, the three ways to
+//! submit, dry runs, the aggregated results file that `on_job_complete`
+//! writes, and stopping a job.
 
 use batchmill_blob::ObjectStore;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use batchmill_tests::{BUCKET, Options, Sandbox, binary};
+use batchmill_tests::{BUCKET, Options, Sandbox, binary, free_port, tool};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -37,9 +39,63 @@ async fn wait_status(http: &reqwest::Client, base: &str, job_id: &str, want: &st
     }
 }
 
+/// The 16 sample pictures, made with Pillow (the workers' Python runtime has
+/// it) as tiny PNGs whose red channel is 40 × their label's index, in `dir`
+/// as `img_<i>.png`.
+fn make_images(dir: &Path) -> anyhow::Result<()> {
+    let script = "import sys; from PIL import Image\n\
+        for i in range(16): Image.new('RGB', (8, 8), (40 * (i % 5), i, 7)).save(f'{sys.argv[1]}/img_{i:02}.png')";
+    let made = Command::new(tool("python3")?).args(["-c", script]).arg(dir).output()?;
+    anyhow::ensure!(made.status.success(), "making images: {}", String::from_utf8_lossy(&made.stderr));
+    Ok(())
+}
+
+/// An HTTP server of `dir` (Python's http.server), stopped when dropped.
+struct HttpServer {
+    child: std::process::Child,
+    base: String,
+}
+
+impl HttpServer {
+    async fn start(dir: &Path) -> anyhow::Result<HttpServer> {
+        let port = free_port()?;
+        let child = Command::new(tool("python3")?)
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let server = HttpServer { child, base: format!("http://127.0.0.1:{port}") };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the HTTP server did not listen on {port}")
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Submits `body` to the tutorial API, waits for it to succeed and checks
 /// the aggregated results: all 16 images, each with its class.
 async fn run_and_check(sandbox: &Sandbox, http: &reqwest::Client, body: &Value) -> anyhow::Result<String> {
+    run_and_check_urls(sandbox, http, body, image_url).await
+}
+
+/// [`run_and_check`] for images at `url(i)`.
+async fn run_and_check_urls(
+    sandbox: &Sandbox,
+    http: &reqwest::Client,
+    body: &Value,
+    url: impl Fn(usize) -> String,
+) -> anyhow::Result<String> {
     let base = sandbox.rest_url();
     let response = http.post(format!("{base}/image-classifier")).json(body).send().await?;
     anyhow::ensure!(response.status() == 200, "submit: {}", response.text().await?);
@@ -55,7 +111,8 @@ async fn run_and_check(sandbox: &Sandbox, http: &reqwest::Client, body: &Value) 
         .map(|r| (r["url"].as_str().unwrap_or_default().to_owned(), r["class"].as_str().unwrap_or_default().to_owned()))
         .collect();
     by_url.sort();
-    let expected: Vec<(String, String)> = (0..16).map(|i| (image_url(i), LABELS[i % 5].to_owned())).collect();
+    let mut expected: Vec<(String, String)> = (0..16).map(|i| (url(i), LABELS[i % 5].to_owned())).collect();
+    expected.sort();
     assert_eq!(by_url, expected, "every image once, with its class");
     Ok(job_id)
 }
@@ -66,12 +123,17 @@ async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result
     let http = reqwest::Client::new();
     let base = sandbox.rest_url();
 
-    // 16 sample images under a prefix, and the URL lists delimited_files reads.
+    // 16 sample images under a prefix and over HTTP, and the URL lists
+    // delimited_files reads.
+    let images = sandbox.dir().join("images");
+    std::fs::create_dir_all(&images)?;
+    make_images(&images)?;
     for i in 0..16 {
-        let picture = format!("\u{fffd}PNG a photo of a {}", LABELS[i % 5]);
+        let picture = std::fs::read(images.join(format!("img_{i:02}.png")))?;
         let key = format!("image-classifier/samples/img_{i:02}.jpg");
-        sandbox.blob.put(BUCKET, &key, Bytes::from(picture), "image/jpeg").await?;
+        sandbox.blob.put(BUCKET, &key, Bytes::from(picture), "image/png").await?;
     }
+    let web = HttpServer::start(&images).await?;
     sandbox
         .blob
         .put(BUCKET, "image-classifier/samples/README.txt", Bytes::from_static(b"not an image"), "text/plain")
@@ -106,6 +168,12 @@ async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result
     for seq in 0..8 {
         assert!(logs.contains(&format!("classified 2 images in batch {first}-{seq}")), "{logs}");
     }
+
+    // The same images over HTTP, which the predictor fetches with requests.
+    let web_url = |i: usize| format!("{}/img_{i:02}.png", web.base);
+    let over_http = json!({"workers": 2, "item_list": {"items": (0..16).map(web_url).collect::<Vec<_>>(),
+        "batch_size": 4}, "config": dest});
+    run_and_check_urls(&sandbox, &http, &over_http, web_url).await?;
 
     // 2. file_path_lister: a dry run lists the 16 images, then the job.
     let lister = json!({"workers": 2, "file_path_lister": {"s3_paths": [format!("s3://{BUCKET}/image-classifier/samples/")],

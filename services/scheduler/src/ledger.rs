@@ -172,27 +172,28 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from its keys, given relative to its prefix.
-    pub fn decode<'a>(keys: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Ledger, String> {
+    pub fn decode<'a>(keys: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<Ledger, LedgerError> {
         let mut ledger = Ledger::default();
         let mut summary = None;
         for (key, bytes) in keys {
             if key == SUMMARY {
                 summary = Some(bytes);
             } else if let Some(hex) = key.strip_prefix(CHUNK) {
-                let index = u64::from_str_radix(hex, 16).map_err(|_| format!("bad ledger key {key:?}"))?;
+                let index = u64::from_str_radix(hex, 16).map_err(|_| corrupt(format!("bad ledger key {key:?}")))?;
                 ledger.chunks.insert(index, decode_chunk(bytes)?);
             } else {
-                return Err(format!("unknown ledger key {key:?}"));
+                return Err(corrupt(format!("unknown ledger key {key:?}")));
             }
         }
-        let mut r = Reader { bytes: summary.ok_or("ledger summary missing")?, at: 0 };
+        let mut r = Reader { bytes: summary.ok_or_else(|| corrupt("ledger summary missing".into()))?, at: 0 };
         version(&mut r)?;
         let mut n = || r.u64();
         (ledger.succeeded, ledger.failed, ledger.items_completed) = (n()?, n()?, n()?);
         (ledger.items_failed, ledger.failed_attempts, ledger.succeeded_ms) = (n()?, n()?, n()?);
         let (s, f) = ledger.chunks.values().fold((0, 0), |(s, f), c| (s + c.succeeded.len(), f + c.failed.len()));
         if (s, f) != (ledger.succeeded, ledger.failed) {
-            return Err(format!("ledger summary says {}/{} but chunks hold {s}/{f}", ledger.succeeded, ledger.failed));
+            let (succeeded, failed) = (ledger.succeeded, ledger.failed);
+            return Err(corrupt(format!("ledger summary says {succeeded}/{failed} but chunks hold {s}/{f}")));
         }
         Ok(ledger)
     }
@@ -212,20 +213,29 @@ fn encode_chunk(chunk: &Chunk) -> Vec<u8> {
     out
 }
 
-fn decode_chunk(bytes: &[u8]) -> Result<Chunk, String> {
+/// Why persisted ledger keys cannot be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("corrupt ledger: {0}")]
+pub struct LedgerError(String);
+
+fn corrupt(why: String) -> LedgerError {
+    LedgerError(why)
+}
+
+fn decode_chunk(bytes: &[u8]) -> Result<Chunk, LedgerError> {
     let mut r = Reader { bytes, at: 0 };
     version(&mut r)?;
-    let mut bitmap = || -> Result<RoaringBitmap, String> {
+    let mut bitmap = || -> Result<RoaringBitmap, LedgerError> {
         let len = r.u64()? as usize;
-        RoaringBitmap::deserialize_from(r.take(len)?).map_err(|e| format!("ledger bitmap: {e}"))
+        RoaringBitmap::deserialize_from(r.take(len)?).map_err(|e| corrupt(format!("bitmap: {e}")))
     };
     Ok(Chunk { succeeded: bitmap()?, failed: bitmap()? })
 }
 
-fn version(r: &mut Reader<'_>) -> Result<(), String> {
+fn version(r: &mut Reader<'_>) -> Result<(), LedgerError> {
     match r.take(1)?[0] {
         VERSION => Ok(()),
-        v => Err(format!("ledger version {v} is not {VERSION}")),
+        v => Err(corrupt(format!("version {v} is not {VERSION}"))),
     }
 }
 
@@ -235,14 +245,15 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("ledger truncated")?;
+    fn take(&mut self, n: usize) -> Result<&'a [u8], LedgerError> {
+        let end =
+            self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| corrupt("truncated".into()))?;
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, LedgerError> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
@@ -253,7 +264,7 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
-    fn round_trip(l: &Ledger, keys: &[(String, Vec<u8>)]) -> Result<Ledger, String> {
+    fn round_trip(l: &Ledger, keys: &[(String, Vec<u8>)]) -> Result<Ledger, LedgerError> {
         let mut decoded = Ledger::decode(keys.iter().map(|(k, v)| (k.trim_start_matches("p/"), v.as_slice())))?;
         decoded.dirty = l.dirty.clone();
         Ok(decoded)
@@ -324,6 +335,6 @@ mod tests {
         keys[1].1.truncate(5);
         assert!(round_trip(&l, &keys).is_err());
         let summary_only = vec![l.changes("p/").remove(0)];
-        assert!(round_trip(&l, &summary_only).unwrap_err().contains("chunks hold"));
+        assert!(round_trip(&l, &summary_only).unwrap_err().to_string().contains("chunks hold"));
     }
 }

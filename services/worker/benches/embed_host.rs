@@ -18,7 +18,7 @@ use batchmill_worker::embed::{Embed, result_lines};
 use batchmill_worker::predictor::{BatchInput, ndjson};
 use serde_json::{Value, json};
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut corpus, mut batch, mut model) = (None, 256, batchmill_embed::reference::default_model_dir());
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -28,7 +28,7 @@ fn main() -> Result<(), String> {
             "--batch" => batch = value()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--model" => model = value()?.into(),
             "--bench" => {}
-            other => return Err(format!("unknown option {other}")),
+            other => return Err(format!("unknown option {other}").into()),
         }
     }
     let corpus = corpus.ok_or("--corpus FILE is needed")?;

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::joblog::JobLog;
 use crate::loader::Loader;
+use crate::predictor::HookError;
 
 /// What running a hook needs.
 pub(crate) struct Hook {
@@ -55,12 +56,11 @@ impl Hook {
             finalize.metrics.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
         );
         let started = std::time::Instant::now();
-        let ran: Result<bool, String> = match self.loader.load(&job).await {
+        let ran: Result<bool, HookError> = match self.loader.load(&job).await {
             Ok(predictor) => tokio::task::spawn_blocking(move || predictor.on_job_complete(&metrics))
                 .await
-                .map_err(|e| format!("on_job_complete panicked: {e}"))
-                .and_then(|hooked| hooked.map_err(|e| e.to_string())),
-            Err(e) => Err(e.to_string()),
+                .unwrap_or_else(|e| Err(HookError::Died(format!("on_job_complete panicked: {e}")))),
+            Err(e) => Err(HookError::Died(e.to_string())),
         };
         self.loader.forget(&job.job_id);
         let elapsed = started.elapsed().as_millis();
@@ -71,7 +71,7 @@ impl Hook {
         }
         info!(job_id = %job.job_id, ok = ran.is_ok(), "completion hook done");
         state.done = true;
-        state.error = ran.err();
+        state.error = ran.err().map(|e| e.to_string());
         let finished = match state.encode() {
             Ok(value) => claim.finish(value).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
