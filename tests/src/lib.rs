@@ -301,8 +301,9 @@ impl Sandbox {
         Ok(sandbox)
     }
 
-    /// Every process is still running (none lost its port, say).
-    fn check_all_alive(&self) -> anyhow::Result<()> {
+    /// Every process is still running (none lost its port, and none exited
+    /// when something it depends on went away).
+    pub fn check_all_alive(&self) -> anyhow::Result<()> {
         self.processes.iter().try_for_each(Process::check_alive)
     }
 
@@ -405,6 +406,54 @@ impl Sandbox {
                 bail!("job {job_id}: no {what} after {timeout:?}: {job:?}\nscheduler: {}", self.log_tail("scheduler"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every batch record of a job, as ListBatches pages them: (seq,
+    /// deliveries), in seq order.
+    pub async fn batch_attempts(&self, job_id: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+        let mut client = self.jobs().await?;
+        let (mut out, mut token) = (Vec::new(), String::new());
+        loop {
+            let request = pb::ListBatchesRequest { job_id: job_id.into(), page_size: 1000, page_token: token };
+            let page = client.list_batches(request).await?.into_inner();
+            out.extend(page.batches.iter().map(|b| (b.seq, b.attempts)));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Polls `GetJob` until the job is terminal, through outages: an answer
+    /// that the cluster is unavailable (no leader, etcd down) is waited out.
+    pub async fn wait_terminal_through(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "job {job_id}: no terminal state after {timeout:?}; last answer: {last}\nscheduler: {}",
+                self.log_tail("scheduler")
+            );
+            let answer = match self.jobs().await {
+                Ok(mut client) => client.get_job(pb::GetJobRequest { job_id: job_id.into() }).await,
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match answer {
+                Ok(r) => {
+                    let job = r.into_inner().job.context("no job")?;
+                    if is_terminal(job.state()) {
+                        return Ok(job);
+                    }
+                    last = format!("{:?}", job.state());
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => last = format!("{status:?}"),
+                Err(status) => anyhow::bail!("job {job_id}: {status:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

@@ -49,6 +49,34 @@ async fn a_job_survives_its_scheduler_being_killed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The batches workers held when their leader died (run, reported, not yet
+/// confirmed) are confirmed by the next leader as soon as the workers find
+/// it, not redelivered after their ack wait: with a 30 s ack wait the job
+/// once stalled for about 50 s after a new leader led.
+#[tokio::test]
+async fn a_new_leader_settles_the_batches_in_flight_at_once() -> anyhow::Result<()> {
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 30, standby_scheduler: true, ..Options::default() })
+            .await?;
+    let items: Vec<Value> = (0..200).map(|i| json!({"i": i})).collect();
+    let mut jobs = sandbox.jobs().await?;
+    let job = jobs.submit_job(echo_job(&items, 5, 2, json!({"delay_ms": 100}))).await?.into_inner().job.unwrap();
+    sandbox.wait_succeeded(&job.job_id, 6, Duration::from_secs(30)).await?;
+    sandbox.signal("scheduler", "KILL")?;
+    let killed = tokio::time::Instant::now();
+    let done = sandbox.wait_terminal_through(&job.job_id, Duration::from_secs(120)).await?;
+    let took = killed.elapsed();
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
+    assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
+    let attempts = sandbox.batch_attempts(&job.job_id).await?;
+    let again: Vec<&(i64, i64)> = attempts.iter().filter(|(_, a)| *a != 1).collect();
+    assert!(again.is_empty(), "batches redelivered after the failover: {again:?}");
+    // The old leader's lease (10 s) lapses, the standby leads, the workers
+    // find it: well under one ack wait (30 s) from the kill to the end.
+    assert!(took < Duration::from_secs(30), "the job took {took:?} after its leader died");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_batch_exhausted_while_no_scheduler_leads_is_dead_lettered_by_the_next_leader() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options {

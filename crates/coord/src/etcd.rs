@@ -123,6 +123,16 @@ impl Etcd {
         }
     }
 
+    /// Revokes `lease` (and deletes the keys under it); one that has
+    /// expired already counts as revoked.
+    pub async fn revoke(&self, lease: i64) -> Result<()> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The value the current leader of election `name` campaigned with:
     /// the value of its oldest candidate key.
     pub async fn leader(&self, name: &str) -> Result<String> {
@@ -302,11 +312,14 @@ impl Leadership {
         self.lost.clone()
     }
 
-    /// Gives leadership up so a standby takes over at once.
-    pub async fn resign(mut self) {
+    /// Gives leadership up so a standby takes over at once. Returns the
+    /// lease if it could not be revoked (etcd unreachable): etcd may keep it
+    /// (and the candidate key under it) for up to its TTL after it is back,
+    /// unless [`Etcd::revoke`] revokes it then.
+    pub async fn resign(mut self) -> Option<i64> {
         self.stop.cancel();
         let _ = (&mut self.keeper).await;
-        let _ = self.client.lease_revoke(self.lease).await;
+        self.client.lease_revoke(self.lease).await.err().map(|_| self.lease)
     }
 }
 

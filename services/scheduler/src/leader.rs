@@ -173,14 +173,23 @@ async fn campaign(
     ttl: Duration,
     shutdown: &CancellationToken,
 ) {
+    // The lease of a term that ended while etcd was unreachable: etcd may
+    // keep it (and this scheduler's old candidacy, ahead of the new one)
+    // for its TTL once back, unless it is revoked first.
+    let mut stale: Option<i64> = None;
     while !shutdown.is_cancelled() {
+        if let Some(lease) = stale
+            && deps.etcd.revoke(lease).await.is_ok()
+        {
+            stale = None;
+        }
         info!(%url, "campaigning for leadership");
         let won = tokio::select! {
             won = deps.etcd.campaign(SCHEDULER_ELECTION, url, ttl) => won,
             () = shutdown.cancelled() => return,
         };
         match won {
-            Ok(leadership) => lead(deps, url, leadership, leading, health, shutdown).await,
+            Ok(leadership) => stale = lead(deps, url, leadership, leading, health, shutdown).await,
             Err(e) => {
                 warn!(error = %e, "campaign failed; trying again");
                 tokio::select! {
@@ -193,7 +202,7 @@ async fn campaign(
 }
 
 /// One term: loads the jobs, serves them until leadership is lost or the
-/// process stops, then hands over.
+/// process stops, then hands over; the lease, if it could not be revoked.
 async fn lead(
     deps: &Deps,
     url: &str,
@@ -201,7 +210,7 @@ async fn lead(
     leading: &Leading,
     health: &HealthReporter,
     shutdown: &CancellationToken,
-) {
+) -> Option<i64> {
     let lost = leadership.lost();
     let kv: Arc<dyn Kv> = Arc::new(deps.etcd.clone());
     let ports = Ports {
@@ -221,8 +230,7 @@ async fn lead(
         Ok(loaded) => loaded,
         Err(e) => {
             warn!(error = %e, "loading jobs failed; stepping down");
-            leadership.resign().await;
-            return;
+            return leadership.resign().await;
         }
     };
     let ended = CancellationToken::new();
@@ -243,5 +251,5 @@ async fn lead(
     if let Err(e) = actor.await {
         warn!(error = %e, "the scheduler task failed");
     }
-    leadership.resign().await;
+    leadership.resign().await
 }
