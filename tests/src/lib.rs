@@ -152,6 +152,17 @@ impl Sandbox {
             s3_url: String::new(),
             blob: Blob::new(&S3Config::default()).await,
         };
+        let env = sandbox.start_dependencies(&root, &options).await?;
+        if options.services {
+            sandbox.start_services(&root, &options, &env).await?;
+        }
+        sandbox.check_all_alive()?;
+        Ok(sandbox)
+    }
+
+    /// Starts etcd, NATS and the S3 server; the environment the services get.
+    async fn start_dependencies(&mut self, root: &Path, options: &Options) -> anyhow::Result<Vec<(String, String)>> {
+        let sandbox = self;
         let (etcd, etcd_peer, nats, s3) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
@@ -206,14 +217,27 @@ impl Sandbox {
         for (name, port) in [("etcd", etcd), ("nats", nats), ("s3", s3)] {
             sandbox.wait_port(name, port).await?;
         }
-        sandbox.etcd_url = etcd_url.clone();
+        sandbox.etcd_url = etcd_url;
         sandbox.nats_url = format!("nats://127.0.0.1:{nats}");
         let s3_url = format!("http://127.0.0.1:{s3}");
         sandbox.s3_url = s3_url.clone();
-        let env: Vec<(String, String)> = vec![
-            ("BATCHMILL_ETCD_ENDPOINTS".into(), etcd_url),
-            ("BATCHMILL_NATS_URL".into(), sandbox.nats_url.clone()),
-            ("AWS_ENDPOINT_URL".into(), s3_url.clone()),
+        let env = sandbox.service_env(options)?;
+        sandbox.blob = Blob::new(&S3Config {
+            endpoint: Some(s3_url),
+            region: "us-east-1".into(),
+            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        })
+        .await;
+        Ok(env)
+    }
+
+    /// The environment every service gets: where etcd, NATS and S3 are, and
+    /// the cluster's settings.
+    fn service_env(&self, options: &Options) -> anyhow::Result<Vec<(String, String)>> {
+        Ok(vec![
+            ("BATCHMILL_ETCD_ENDPOINTS".into(), self.etcd_url.clone()),
+            ("BATCHMILL_NATS_URL".into(), self.nats_url.clone()),
+            ("AWS_ENDPOINT_URL".into(), self.s3_url.clone()),
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
@@ -229,27 +253,22 @@ impl Sandbox {
             ("BATCHMILL_EMBED_MODEL".into(), embed_model().to_string_lossy().into_owned()),
             // Errors, not backtraces, in the logs tests show on failure.
             ("RUST_BACKTRACE".into(), "0".into()),
-        ];
-        sandbox.blob = Blob::new(&S3Config {
-            endpoint: Some(s3_url),
-            region: "us-east-1".into(),
-            credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-        })
-        .await;
-        if !options.services {
-            sandbox.check_all_alive()?;
-            return Ok(sandbox);
-        }
+        ])
+    }
+
+    /// Starts batchmill's services and workers, and waits until each is healthy.
+    async fn start_services(&mut self, root: &Path, options: &Options, env: &[(String, String)]) -> anyhow::Result<()> {
+        let sandbox = self;
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
         let mut services = vec![
-            ("lister".to_owned(), "batchmill-lister", lister, vec![], &env),
+            ("lister".to_owned(), "batchmill-lister", lister, vec![], env),
             (
                 "enqueuer".to_owned(),
                 "batchmill-enqueuer",
                 enqueuer,
                 vec![format!("--lister-url=http://127.0.0.1:{lister}")],
-                &env,
+                env,
             ),
             (
                 "scheduler".to_owned(),
@@ -259,9 +278,9 @@ impl Sandbox {
                     format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
                     format!("--lister-url=http://127.0.0.1:{lister}"),
                 ],
-                &env,
+                env,
             ),
-            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![], &env),
+            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![], env),
         ];
         for i in 0..options.workers {
             services.push((
@@ -293,12 +312,11 @@ impl Sandbox {
                 format!("--lister-url=http://127.0.0.1:{lister}"),
             ];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, &env)?;
+            sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, env)?;
             sandbox.grpc_ports.push(("scheduler-standby".into(), port));
         }
         sandbox.gateway = format!("127.0.0.1:{gateway}");
-        sandbox.check_all_alive()?;
-        Ok(sandbox)
+        Ok(())
     }
 
     /// Every process is still running (none lost its port, and none exited

@@ -366,8 +366,7 @@ impl<T: Input> Cuda<T> {
         let eps = c.layer_norm_eps as f32;
         let s = self.stream.clone();
         let staged = b.stage(batch, &s).map_err(|e| self.err(e))?;
-        let (ids, pos, offs) =
-            (b.staged_dev.slice(..t), b.staged_dev.slice(t..2 * t), b.staged_dev.slice(2 * t..staged));
+        let (ids, pos) = (b.staged_dev.slice(..t), b.staged_dev.slice(t..2 * t));
         let rows = t as i32;
         let k = &self.kernels;
         // SAFETY (every launch): arguments match the kernel's signature in
@@ -392,52 +391,7 @@ impl<T: Input> Cuda<T> {
             trace.push(("embeddings".to_owned(), self.download(&b.x, t * h)?));
         }
         for (n, l) in self.layers.iter().enumerate() {
-            gemm(&self.blas, &s, &b.xin, &l.qkv, &mut b.qkv, t).map_err(|e| self.err(e))?;
-            let attn_cfg = LaunchConfig {
-                grid_dim: (seqs as u32, c.num_attention_heads as u32, 1),
-                block_dim: (32, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe {
-                s.launch_builder(&k.attention)
-                    .arg(&b.qkv)
-                    .arg(&l.qkv.b)
-                    .arg(&offs)
-                    .arg(&mut b.ctx)
-                    .launch(attn_cfg)
-                    .map_err(|e| self.err(e))?;
-            }
-            if let Some(trace) = trace.as_deref_mut() {
-                trace.push((format!("layer {n} attention"), self.download(&b.ctx, t * h)?));
-            }
-            gemm(&self.blas, &s, &b.ctx, &l.attn_out, &mut b.tmp, t).map_err(|e| self.err(e))?;
-            self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.attn_out.b, (&l.attn_gamma, &l.attn_beta), t)?;
-            if let Some(trace) = trace.as_deref_mut() {
-                trace.push((format!("layer {n} attention norm"), self.download(&b.x, t * h)?));
-            }
-            gemm(&self.blas, &s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
-            let values = t * l.up.out;
-            let cols = l.up.out as i32;
-            let gelu_cfg = LaunchConfig {
-                grid_dim: (values.div_ceil(256).min(65_535) as u32, 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            unsafe {
-                s.launch_builder(&k.bias_gelu)
-                    .arg(&b.up)
-                    .arg(&l.up.b)
-                    .arg(&cols)
-                    .arg(&values)
-                    .arg(&mut b.upin)
-                    .launch(gelu_cfg)
-                    .map_err(|e| self.err(e))?;
-            }
-            gemm(&self.blas, &s, &b.upin, &l.down, &mut b.tmp, t).map_err(|e| self.err(e))?;
-            self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.down.b, (&l.out_gamma, &l.out_beta), t)?;
-            if let Some(trace) = trace.as_deref_mut() {
-                trace.push((format!("layer {n} output"), self.download(&b.x, t * h)?));
-            }
+            self.layer(n, l, b, 2 * t..staged, (t, seqs), trace.as_deref_mut())?;
         }
         let pool_cfg = LaunchConfig {
             grid_dim: (seqs as u32, 1, 1),
@@ -445,9 +399,74 @@ impl<T: Input> Cuda<T> {
             shared_mem_bytes: 0,
         };
         unsafe {
+            let offs = b.staged_dev.slice(2 * t..staged);
             s.launch_builder(&k.pool).arg(&b.x).arg(&offs).arg(&mut b.out).launch(pool_cfg).map_err(|e| self.err(e))?;
         }
         b.fetch(seqs * h, &s).map_err(|e| self.err(e))
+    }
+
+    /// Encoder layer `n` over the `t` tokens of `seqs` sequences in `b`
+    /// (`offsets`: where in the staged values each sequence's start is), in
+    /// place in `b.x` and `b.xin`.
+    fn layer(
+        &self,
+        n: usize,
+        l: &DeviceLayer<T>,
+        b: &mut Buffers<T>,
+        offsets: std::ops::Range<usize>,
+        (t, seqs): (usize, usize),
+        mut trace: Option<&mut Trace>,
+    ) -> Result<(), EmbedError> {
+        let (c, s, k) = (&self.config, &self.stream, &self.kernels);
+        let h = c.hidden_size;
+        let offs = b.staged_dev.slice(offsets);
+        gemm(&self.blas, s, &b.xin, &l.qkv, &mut b.qkv, t).map_err(|e| self.err(e))?;
+        let attn_cfg = LaunchConfig {
+            grid_dim: (seqs as u32, c.num_attention_heads as u32, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            s.launch_builder(&k.attention)
+                .arg(&b.qkv)
+                .arg(&l.qkv.b)
+                .arg(&offs)
+                .arg(&mut b.ctx)
+                .launch(attn_cfg)
+                .map_err(|e| self.err(e))?;
+        }
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push((format!("layer {n} attention"), self.download(&b.ctx, t * h)?));
+        }
+        gemm(&self.blas, s, &b.ctx, &l.attn_out, &mut b.tmp, t).map_err(|e| self.err(e))?;
+        self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.attn_out.b, (&l.attn_gamma, &l.attn_beta), t)?;
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push((format!("layer {n} attention norm"), self.download(&b.x, t * h)?));
+        }
+        gemm(&self.blas, s, &b.xin, &l.up, &mut b.up, t).map_err(|e| self.err(e))?;
+        let values = t * l.up.out;
+        let cols = l.up.out as i32;
+        let gelu_cfg = LaunchConfig {
+            grid_dim: (values.div_ceil(256).min(65_535) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        unsafe {
+            s.launch_builder(&k.bias_gelu)
+                .arg(&b.up)
+                .arg(&l.up.b)
+                .arg(&cols)
+                .arg(&values)
+                .arg(&mut b.upin)
+                .launch(gelu_cfg)
+                .map_err(|e| self.err(e))?;
+        }
+        gemm(&self.blas, s, &b.upin, &l.down, &mut b.tmp, t).map_err(|e| self.err(e))?;
+        self.residual_norm((&mut b.x, &b.tmp, &mut b.xin), &l.down.b, (&l.out_gamma, &l.out_beta), t)?;
+        if let Some(trace) = trace {
+            trace.push((format!("layer {n} output"), self.download(&b.x, t * h)?));
+        }
+        Ok(())
     }
 }
 
