@@ -511,7 +511,18 @@ impl IntoResponse for CortexError {
 
 /// Compact JSON and a newline, as Go's `json.Encoder` writes.
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
-    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    let mut body = match serde_json::to_vec(value) {
+        Ok(body) => body,
+        Err(e) => {
+            let error = CortexError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                kind: "err_internal",
+                message: format!("encoding the response: {e}"),
+            };
+            // The error's own body is two strings, which always encode.
+            return json(error.status, &serde_json::json!({"kind": error.kind, "message": error.message}));
+        }
+    };
     body.push(b'\n');
     Response::builder()
         .status(status)

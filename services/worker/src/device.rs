@@ -1,7 +1,7 @@
 //! The device a worker runs predictors on. `BATCHMILL_DEVICE=cpu|cuda|auto`
 //! chooses; `auto` takes the first CUDA device when the build has the `cuda`
 //! feature and the machine has a driver and a GPU, and the CPU otherwise. The
-//! device is reported in the worker's registration. On a CUDA device the
+//! device is reported when the worker opens its session. On a CUDA device the
 //! `embed` predictor runs its encoder there (`batchmill_embed`'s CUDA
 //! backend: a thread owning the context, NVRTC kernels, cuBLAS); Python
 //! predictors choose their own device.
