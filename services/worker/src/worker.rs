@@ -147,7 +147,7 @@ impl Worker {
     async fn handle(&self, message: In, outbox: &Outbox, current: &mut Option<Current>) {
         match message {
             In::Registered(r) => {
-                info!(protocol_version = r.protocol_version, "session open");
+                info!(protocol_version = r.protocol_version, device = %self.device, "registered with the scheduler");
                 self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
             }
             In::Assign(assign) => {
