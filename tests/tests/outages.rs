@@ -41,22 +41,23 @@ async fn check(sandbox: &Sandbox, done: &pb::Job, items: &[Value]) -> anyhow::Re
     sandbox.check_all_alive()
 }
 
-#[tokio::test]
-async fn a_job_rides_out_an_s3_outage_without_spending_deliveries() -> anyhow::Result<()> {
+/// Takes `dependency` down mid-job for `BATCHMILL_OUTAGE_SECS` (or
+/// `default_secs`), then checks the job.
+async fn ride_out(dependency: &str, default_secs: u64) -> anyhow::Result<()> {
     let mut sandbox = Sandbox::start(Options { workers: 2, ack_wait_secs: 3, ..Options::default() }).await?;
     let items: Vec<Value> = (0..600).map(|i| json!({"i": i})).collect();
     let job_id = start_job(&sandbox, &items).await?;
-    sandbox.outage("s3", outage(8)).await?;
+    sandbox.outage(dependency, outage(default_secs)).await?;
     let done = sandbox.wait_terminal_through(&job_id, Duration::from_secs(180)).await?;
     check(&sandbox, &done, &items).await
 }
 
 #[tokio::test]
+async fn a_job_rides_out_an_s3_outage_without_spending_deliveries() -> anyhow::Result<()> {
+    ride_out("s3", 8).await
+}
+
+#[tokio::test]
 async fn a_job_rides_out_an_etcd_outage_longer_than_the_leader_lease() -> anyhow::Result<()> {
-    let mut sandbox = Sandbox::start(Options { workers: 2, ack_wait_secs: 3, ..Options::default() }).await?;
-    let items: Vec<Value> = (0..600).map(|i| json!({"i": i})).collect();
-    let job_id = start_job(&sandbox, &items).await?;
-    sandbox.outage("etcd", outage(15)).await?;
-    let done = sandbox.wait_terminal_through(&job_id, Duration::from_secs(180)).await?;
-    check(&sandbox, &done, &items).await
+    ride_out("etcd", 15).await
 }

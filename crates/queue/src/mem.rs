@@ -109,13 +109,15 @@ struct Advisory {
 }
 
 impl Inner {
-    /// Marks held messages whose last delivery's wait has passed as
-    /// exhausted, with an advisory each.
+    /// Marks messages due for another delivery that have had their last
+    /// (held past its ack wait, or nak'ed) as exhausted, with an advisory each.
     fn sweep(&mut self, now: Instant) {
         for tracking in self.consumers.values_mut() {
             let max = u64::from(tracking.policy.max_deliver.max(1));
             for (seq, track) in &mut tracking.deliveries {
-                if matches!(track.state, TrackState::Held { until } if until <= now) && track.delivered >= max {
+                let due =
+                    matches!(track.state, TrackState::Held { until } | TrackState::Delayed { until } if until <= now);
+                if due && track.delivered >= max {
                     track.state = TrackState::Exhausted;
                     self.next_advisory += 1;
                     let advisory = Advisory { stream_seq: *seq, deliveries: track.delivered, taken_until: None };
