@@ -66,6 +66,7 @@ async fn a_new_leader_settles_the_batches_in_flight_at_once() -> anyhow::Result<
     let killed = tokio::time::Instant::now();
     let done = sandbox.wait_terminal_through(&job.job_id, Duration::from_secs(120)).await?;
     let took = killed.elapsed();
+    println!("from the leader's SIGKILL to the job's end: {took:?}");
     assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
     assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
     let attempts = sandbox.batch_attempts(&job.job_id).await?;
