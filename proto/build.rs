@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "batchmill/accounts/v1/accounts.proto",
     "batchmill/jobs/v1/jobs.proto",
     "batchmill/pipelines/v1/pipelines.proto",
     "batchmill/lister/v1/lister.proto",

@@ -16,6 +16,13 @@ pub mod google {
     }
 }
 
+/// Public account and API-key API.
+pub mod accounts {
+    pub mod v1 {
+        tonic::include_proto!("batchmill.accounts.v1");
+    }
+}
+
 /// Public job API.
 pub mod jobs {
     pub mod v1 {

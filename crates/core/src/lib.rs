@@ -9,6 +9,7 @@ pub mod enqueue;
 pub mod error;
 pub mod finalize;
 pub mod glob;
+pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod json;
@@ -18,6 +19,7 @@ pub mod time;
 pub mod uri;
 
 pub use error::{ErrorCode, FieldViolation, RemoteError, ServiceError};
+pub use identity::{Caller, Owner, Role};
 pub use ids::{BatchId, JobId, WorkerId};
 pub use job::{FailureReason, JobSpec, JobState, S3Selection, SourceSpec};
 pub use time::Clock;
