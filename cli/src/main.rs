@@ -1,5 +1,7 @@
 //! `batchmill`: the command-line client of the public gRPC API.
 
+mod accounts;
+mod connect;
 mod deploy;
 
 use std::time::Instant;
@@ -8,9 +10,9 @@ use anyhow::{Context, bail};
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
 use batchmill_proto::pipelines::v1::pipeline_service_client::PipelineServiceClient;
 use clap::{Parser, Subcommand};
+use connect::Api;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
-use tonic::transport::Channel;
 
 #[derive(Debug, Parser)]
 #[command(name = "batchmill", version, about = "Submit and follow batchmill jobs")]
@@ -18,6 +20,9 @@ struct Cli {
     /// Gateway gRPC address (host:port).
     #[arg(long, env = "BATCHMILL_GRPC_ADDR", default_value = "127.0.0.1:7410", global = true)]
     addr: String,
+    /// API key, as `<key_id>.<secret>`.
+    #[arg(long, env = "BATCHMILL_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +83,14 @@ enum Command {
     },
     /// Lists the pipelines jobs may name.
     Pipelines,
+    /// Manages accounts.
+    #[command(subcommand)]
+    Accounts(accounts::Accounts),
+    /// Manages API keys.
+    #[command(subcommand)]
+    Keys(accounts::Keys),
+    /// Shows the key in use: its id, account and role.
+    Whoami,
 }
 
 #[derive(Debug, clap::Args)]
@@ -117,10 +130,7 @@ struct Submit {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cli.addr))?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", cli.addr))?;
+    let channel = connect::connect(&cli.addr, cli.api_key.as_deref()).await?;
     let mut client = JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
     match cli.command {
         Command::Submit(submit) => run_submit(&mut client, submit).await?,
@@ -181,6 +191,9 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
         }
+        Command::Accounts(command) => accounts::accounts(channel, command).await?,
+        Command::Keys(command) => accounts::keys(channel, command).await?,
+        Command::Whoami => accounts::whoami(channel).await?,
         Command::Watch { job_id } => {
             let job = watch(&mut client, &job_id, true).await?;
             print_job(&job)?;
@@ -189,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow::Result<()> {
+async fn run_submit(client: &mut JobServiceClient<Api>, s: Submit) -> anyhow::Result<()> {
     let items: Vec<serde_json::Value> = match (&s.items_file, s.count) {
         (Some(path), _) => {
             let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -240,7 +253,7 @@ async fn run_submit(client: &mut JobServiceClient<Channel>, s: Submit) -> anyhow
 }
 
 /// Follows a job to its end; returns its last state.
-async fn watch(client: &mut JobServiceClient<Channel>, job_id: &str, print: bool) -> anyhow::Result<pb::Job> {
+async fn watch(client: &mut JobServiceClient<Api>, job_id: &str, print: bool) -> anyhow::Result<pb::Job> {
     let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job_id.to_owned() }).await?.into_inner();
     let mut last = None;
     while let Some(update) = stream.message().await? {

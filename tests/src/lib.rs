@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use batchmill_blob::{Blob, ObjectStore, S3Config};
+use batchmill_proto::accounts::v1::account_service_client::AccountServiceClient;
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
+use batchmill_proto::pipelines::v1::pipeline_service_client::PipelineServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use process::Process;
@@ -65,7 +68,29 @@ pub struct Sandbox {
     pub nats_url: String,
     pub s3_url: String,
     pub blob: Blob,
+    /// A cluster admin key (account "admin"), as `deploy/local/up` makes.
+    pub api_key: String,
 }
+
+/// Sends an API key with every gRPC call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(key: &str) -> anyhow::Result<Bearer> {
+        Ok(Bearer(format!("Bearer {key}").parse()?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel to the gateway that sends an API key.
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -151,6 +176,7 @@ impl Sandbox {
             nats_url: String::new(),
             s3_url: String::new(),
             blob: Blob::new(&S3Config::default()).await,
+            api_key: String::new(),
         };
         let env = sandbox.start_dependencies(&root, &options).await?;
         if options.services {
@@ -217,6 +243,7 @@ impl Sandbox {
         for (name, port) in [("etcd", etcd), ("nats", nats), ("s3", s3)] {
             sandbox.wait_port(name, port).await?;
         }
+        sandbox.api_key = admin_key(&etcd_url).await?;
         sandbox.etcd_url = etcd_url;
         sandbox.nats_url = format!("nats://127.0.0.1:{nats}");
         let s3_url = format!("http://127.0.0.1:{s3}");
@@ -374,10 +401,37 @@ impl Sandbox {
         format!("http://{}", self.gateway)
     }
 
-    /// A gRPC client of the public job API, through the gateway.
-    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    /// A gRPC channel to the gateway that sends `key`.
+    pub async fn channel_as(&self, key: &str) -> anyhow::Result<Authed> {
         let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?.connect().await?;
-        Ok(JobServiceClient::new(channel).max_encoding_message_size(16 * 1024 * 1024))
+        Ok(InterceptedService::new(channel, Bearer::new(key)?))
+    }
+
+    /// A gRPC client of the public job API, through the gateway, with the
+    /// cluster admin key.
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
+        self.jobs_as(&self.api_key).await
+    }
+
+    /// A gRPC client of the public job API that sends `key`.
+    pub async fn jobs_as(&self, key: &str) -> anyhow::Result<JobServiceClient<Authed>> {
+        Ok(JobServiceClient::new(self.channel_as(key).await?).max_encoding_message_size(16 * 1024 * 1024))
+    }
+
+    /// A gRPC client of the public pipeline API, with the cluster admin key.
+    pub async fn pipelines(&self) -> anyhow::Result<PipelineServiceClient<Authed>> {
+        Ok(PipelineServiceClient::new(self.channel_as(&self.api_key).await?)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    /// A gRPC client of the account API that sends `key`.
+    pub async fn accounts_as(&self, key: &str) -> anyhow::Result<AccountServiceClient<Authed>> {
+        Ok(AccountServiceClient::new(self.channel_as(key).await?))
+    }
+
+    /// An HTTP client that sends the cluster admin key.
+    pub fn http(&self) -> reqwest::Client {
+        http_as(&self.api_key)
     }
 
     fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
@@ -513,7 +567,7 @@ impl Sandbox {
     /// Submits `body` as `POST /v1/jobs` through the gateway's REST and
     /// waits for the job to end.
     pub async fn submit_rest(&self, body: serde_json::Value, timeout: Duration) -> anyhow::Result<pb::Job> {
-        let response = reqwest::Client::new().post(format!("{}/v1/jobs", self.rest_url())).json(&body).send().await?;
+        let response = self.http().post(format!("{}/v1/jobs", self.rest_url())).json(&body).send().await?;
         anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
         let job: serde_json::Value = response.json().await?;
         self.wait_terminal(job["jobId"].as_str().unwrap_or_default(), timeout).await
@@ -610,4 +664,29 @@ pub async fn assert_echo_results(
         anyhow::ensure!(lines == expected, "{key} holds {lines:?}, expected {expected:?}");
     }
     Ok(())
+}
+
+/// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
+pub fn http_as(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().default_headers(headers).build().unwrap_or_default()
+}
+
+/// Creates the first cluster admin key in the sandbox's etcd, as
+/// `deploy/local/up` does with `batchmill-gateway admin-key`.
+async fn admin_key(etcd_url: &str) -> anyhow::Result<String> {
+    let etcd = batchmill_coord::Etcd::connect(&[etcd_url.to_owned()], Duration::from_secs(30)).await?;
+    let accounts = batchmill_accounts::Accounts::new(std::sync::Arc::new(etcd));
+    // A just-started etcd may take a moment to accept writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match accounts.bootstrap("admin", "sandbox").await {
+            Ok(key) => return Ok(key.reveal()),
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }

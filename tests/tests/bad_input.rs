@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let url = format!("{}/v1/jobs", sandbox.rest_url());
     let item_list = |items: Value, batch: i64| json!({"items": items, "batchSize": batch});
     let cases: Vec<(String, &str)> = vec![

@@ -18,7 +18,7 @@ async fn queued_batches(sandbox: &Sandbox) -> anyhow::Result<u64> {
 #[tokio::test]
 async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let base = sandbox.rest_url();
     let items: Vec<Value> = (0..200).map(|i| json!(i)).collect();
     let body = json!({"pipeline": "echo", "workers": 2, "itemList": {"items": items, "batchSize": 5}, "config": {"delay_ms": 300}});
@@ -67,7 +67,7 @@ async fn cancel_stops_a_running_job_and_withdraws_its_batches() -> anyhow::Resul
 #[tokio::test]
 async fn a_job_past_its_timeout_ends_timed_out_keeping_its_results() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let base = sandbox.rest_url();
     let items: Vec<Value> = (0..40).map(|i| json!(i)).collect();
     let body = json!({"pipeline": "echo", "workers": 1, "timeout": "3s",

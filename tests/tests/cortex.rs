@@ -30,7 +30,7 @@ async fn wait_status(http: &reqwest::Client, base: &str, job_id: &str, want: &st
 #[tokio::test]
 async fn cortex_routes_submit_report_stop_and_list_jobs() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let base = sandbox.rest_url();
     for i in 0..3 {
         let key = format!("cortex/images/img_{i}.jpg");

@@ -54,11 +54,12 @@ fn up_source_curl_down() {
     let job = sh(
         r#"set -e
         . "$BATCHMILL_STATE_DIR/env"
-        id=$(curl -sS --fail-with-body -X POST "$BATCHMILL_GATEWAY_URL/v1/jobs" \
+        auth="Authorization: Bearer $BATCHMILL_API_KEY"
+        id=$(curl -sS --fail-with-body -X POST "$BATCHMILL_GATEWAY_URL/v1/jobs" -H "$auth" \
           -d '{"pipeline":"echo","workers":1,"itemList":{"items":[1,2,3,4,5],"batchSize":2}}' \
           | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
         for _ in $(seq 1 300); do
-          state=$(curl -sS "$BATCHMILL_GATEWAY_URL/v1/jobs/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+          state=$(curl -sS -H "$auth" "$BATCHMILL_GATEWAY_URL/v1/jobs/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
           [ "$state" = JOB_STATE_SUCCEEDED ] && break
           sleep 0.1
         done

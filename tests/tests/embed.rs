@@ -118,7 +118,8 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
     assert!(dead[0].last_error.contains("item 2: expected a string"), "{:?}", dead[0]);
 
     // A config the pipeline cannot use is refused at submission, naming the field.
-    let response = reqwest::Client::new()
+    let response = sandbox
+        .http()
         .post(format!("{}/v1/jobs", sandbox.rest_url()))
         .json(&json!({"pipeline": "embed", "workers": 1, "config": {"precision": "int8"},
                       "itemList": {"items": ["x"], "batchSize": 1}}))

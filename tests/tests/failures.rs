@@ -107,7 +107,7 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     assert_eq!(manifest["failed_batches"], json!([format!("{}-3", done.job_id)]));
 
     // The dead-letter stream holds it after exactly 3 deliveries, with its items and error.
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let url = format!("{}/v1/jobs/{}/deadLetters", sandbox.rest_url(), done.job_id);
     let listed: Value = http.get(&url).send().await?.json().await?;
     let letters = listed["deadLetters"].as_array().cloned().unwrap_or_default();

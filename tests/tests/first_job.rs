@@ -84,7 +84,7 @@ async fn grpc_job_succeeds_with_every_result() -> anyhow::Result<()> {
 #[tokio::test]
 async fn rest_job_succeeds_and_lists_newest_first() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let base = sandbox.rest_url();
     let items = items(40);
     let mut ids = Vec::new();

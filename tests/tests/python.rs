@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 
 /// Deploys `source` as pipeline `name`.
 async fn deploy(sandbox: &Sandbox, name: &str, source: &str) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(sandbox.rest_url())?.connect().await?;
     let request = ppb::DeployPipelineRequest {
         name: name.into(),
         kind: "BatchAPI".into(),
@@ -20,7 +19,7 @@ async fn deploy(sandbox: &Sandbox, name: &str, source: &str) -> anyhow::Result<(
         files: [("predictor.py".to_owned(), source.as_bytes().to_vec())].into_iter().collect(),
         ..Default::default()
     };
-    ppb::pipeline_service_client::PipelineServiceClient::new(channel).deploy_pipeline(request).await?;
+    sandbox.pipelines().await?.deploy_pipeline(request).await?;
     Ok(())
 }
 
@@ -39,7 +38,7 @@ fn job(pipeline: &str, items: Vec<Value>, batch_size: i32, config: Value) -> pb:
 
 /// The job's log lines so far, through REST.
 async fn log_lines(sandbox: &Sandbox, job_id: &str) -> anyhow::Result<Vec<Value>> {
-    let body = reqwest::get(format!("{}/v1/jobs/{job_id}/logs", sandbox.rest_url())).await?.text().await?;
+    let body = sandbox.http().get(format!("{}/v1/jobs/{job_id}/logs", sandbox.rest_url())).send().await?.text().await?;
     let mut lines = Vec::new();
     for chunk in body.lines() {
         let chunk: Value = serde_json::from_str(chunk)?;

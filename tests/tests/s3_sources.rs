@@ -81,7 +81,7 @@ async fn delimited_files_stream_every_line_across_files() -> anyhow::Result<()> 
 async fn bad_selections_and_empty_matches_are_refused_at_submission() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
     let url = format!("{}/v1/jobs", sandbox.rest_url());
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     for (source, field) in [
         (
             json!({"delimitedFiles": {"s3Paths": ["s3://batchmill/x/"], "includes": ["[bad"], "batchSize": 1}}),
@@ -122,7 +122,7 @@ async fn dry_runs_list_the_matched_files_and_create_no_job() -> anyhow::Result<(
     for key in ["dry/a/1.json", "dry/a/2.json", "dry/b/3.json", "dry/b/skip.txt"] {
         put(&sandbox, key, "{\"x\": 1}\n{\"x\": 2}\n").await?;
     }
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let url = format!("{}/v1/jobs:dryRun", sandbox.rest_url());
     let selection = json!({"s3Paths": [format!("s3://{BUCKET}/dry/")], "includes": ["**.json"], "batchSize": 2});
     let files: Vec<String> =

@@ -27,12 +27,23 @@ async fn every_service_answers_grpcurl_and_stops_cleanly_on_sigterm() -> anyhow:
             std::process::Command::new(&grpcurl).args(["-plaintext", &addr, "grpc.health.v1.Health/Check"]).output()?;
         assert!(String::from_utf8(out.stdout)?.contains("SERVING"), "{name} is not SERVING");
     }
-    // grpcurl can also describe and call the public API through reflection.
+    // grpcurl can also describe and call the public API through reflection,
+    // with an API key; without one the call is refused.
     let gateway = sandbox.gateway.clone();
+    let authorization = format!("authorization: Bearer {}", sandbox.api_key);
+    let out = std::process::Command::new(&grpcurl)
+        .args(["-plaintext", "-H", &authorization, "-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = std::process::Command::new(&grpcurl)
         .args(["-plaintext", "-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // batchmill's own processes exit 0 (etcd and nats-server are not ours to judge).
     for (name, clean) in sandbox.stop_all().await {

@@ -122,7 +122,7 @@ async fn run_and_check_urls(
 #[tokio::test]
 async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options::default()).await?;
-    let http = reqwest::Client::new();
+    let http = sandbox.http();
     let base = sandbox.rest_url();
 
     // 16 sample images under a prefix and over HTTP, and the URL lists
@@ -149,6 +149,7 @@ async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result
     // `batchmill deploy` of the tutorial's project directory.
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-classifier");
     let deployed = Command::new(binary("batchmill")?)
+        .env("BATCHMILL_API_KEY", &sandbox.api_key)
         .args(["--addr", sandbox.rest_url().trim_start_matches("http://"), "deploy"])
         .arg(&project)
         .output()?;

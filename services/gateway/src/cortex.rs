@@ -18,13 +18,14 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use batchmill_core::subjects::{batch_subject, dead_subject};
-use batchmill_core::{ErrorCode, FailureReason, RemoteError};
+use batchmill_core::{Caller, ErrorCode, FailureReason, RemoteError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use batchmill_proto::pipelines::v1::{GetPipelineRequest, pipeline_service_server::PipelineService};
 use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::auth::as_caller;
 use crate::forward::{JobsForwarder, PipelinesForwarder};
 use crate::rest::MAX_BODY_BYTES;
 
@@ -64,25 +65,30 @@ impl Cortex {
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
         let endpoint = format!("http://{host}/{api}");
-        self.known_api(&api).await?;
+        let caller = crate::auth::caller_of(&parts.extensions)?;
+        self.known_api(&caller, &api).await?;
         match (parts.method, param("jobID")) {
             (Method::POST, _) => {
                 let dry_run = param("dryRun").is_some_and(|v| v == "true");
                 let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| CortexError::too_large())?;
-                if dry_run { Ok(self.dry_run(&api, &body).await) } else { self.submit(&api, &body).await }
+                if dry_run {
+                    Ok(self.dry_run(&caller, &api, &body).await)
+                } else {
+                    self.submit(&caller, &api, &body).await
+                }
             }
             (Method::GET, Some(job_id)) => {
-                let job = self.job(&api, &job_id).await?;
+                let job = self.job(&caller, &api, &job_id).await?;
                 let status = JobStatus::of(&job);
                 Ok(json(
                     StatusCode::OK,
                     &StatusResponse { job_status: status, endpoint: job_endpoint(&endpoint, &job_id) },
                 ))
             }
-            (Method::GET, None) => self.list(&api, &endpoint).await,
+            (Method::GET, None) => self.list(&caller, &api, &endpoint).await,
             (Method::DELETE, Some(job_id)) => {
-                self.job(&api, &job_id).await?;
-                let request = tonic::Request::new(pb::CancelJobRequest { job_id: job_id.clone() });
+                self.job(&caller, &api, &job_id).await?;
+                let request = as_caller(&caller, pb::CancelJobRequest { job_id: job_id.clone() });
                 JobService::cancel_job(&self.jobs, request).await.map_err(CortexError::from)?;
                 Ok(json(StatusCode::OK, &Message { message: format!("stopped job {job_id}") }))
             }
@@ -95,8 +101,8 @@ impl Cortex {
         }
     }
 
-    async fn known_api(&self, api: &str) -> Result<(), CortexError> {
-        let request = tonic::Request::new(GetPipelineRequest { name: api.to_owned() });
+    async fn known_api(&self, caller: &Caller, api: &str) -> Result<(), CortexError> {
+        let request = as_caller(caller, GetPipelineRequest { name: api.to_owned() });
         match PipelineService::get_pipeline(&self.pipelines, request).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == tonic::Code::NotFound => Err(CortexError {
@@ -109,13 +115,13 @@ impl Cortex {
     }
 
     /// The job, if it is a job of `api`.
-    async fn job(&self, api: &str, job_id: &str) -> Result<pb::Job, CortexError> {
+    async fn job(&self, caller: &Caller, api: &str, job_id: &str) -> Result<pb::Job, CortexError> {
         let not_found = || CortexError {
             status: StatusCode::NOT_FOUND,
             kind: "err_job_not_found",
             message: format!("{job_id} job not found for api {api}"),
         };
-        let request = tonic::Request::new(pb::GetJobRequest { job_id: job_id.to_owned() });
+        let request = as_caller(caller, pb::GetJobRequest { job_id: job_id.to_owned() });
         let job = match JobService::get_job(&self.jobs, request).await {
             Ok(response) => response.into_inner().job.unwrap_or_default(),
             Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {
@@ -129,20 +135,20 @@ impl Cortex {
         Ok(job)
     }
 
-    async fn submit(&self, api: &str, body: &[u8]) -> Result<Response, CortexError> {
+    async fn submit(&self, caller: &Caller, api: &str, body: &[u8]) -> Result<Response, CortexError> {
         let submission = Submission::parse(body)?;
         let arn = submission.sqs_dead_letter_queue.as_ref().map(|q| q.arn.clone());
-        let request = tonic::Request::new(submission.into_request(api)?);
+        let request = as_caller(caller, submission.into_request(api)?);
         let job = JobService::submit_job(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
         let job = job.job.unwrap_or_default();
         Ok(json(StatusCode::OK, &JobSpec::of(&job, arn)))
     }
 
     /// Plain text, as Cortex answers a dry run, errors included.
-    async fn dry_run(&self, api: &str, body: &[u8]) -> Response {
+    async fn dry_run(&self, caller: &Caller, api: &str, body: &[u8]) -> Response {
         let answer = async {
             let request =
-                tonic::Request::new(pb::DryRunJobRequest { job: Some(Submission::parse(body)?.into_request(api)?) });
+                as_caller(caller, pb::DryRunJobRequest { job: Some(Submission::parse(body)?.into_request(api)?) });
             let answer = JobService::dry_run_job(&self.jobs, request).await.map_err(CortexError::from)?;
             Ok::<_, CortexError>(answer.into_inner().message)
         };
@@ -153,13 +159,12 @@ impl Cortex {
         (status, [(http::header::CONTENT_TYPE, "text/plain")], text).into_response()
     }
 
-    async fn list(&self, api: &str, endpoint: &str) -> Result<Response, CortexError> {
+    async fn list(&self, caller: &Caller, api: &str, endpoint: &str) -> Result<Response, CortexError> {
         // This api's newest jobs, filtered by the scheduler.
-        let request = tonic::Request::new(pb::ListJobsRequest {
-            page_size: LIST_LIMIT,
-            page_token: String::new(),
-            pipeline: api.to_owned(),
-        });
+        let request = as_caller(
+            caller,
+            pb::ListJobsRequest { page_size: LIST_LIMIT, page_token: String::new(), pipeline: api.to_owned() },
+        );
         let page = JobService::list_jobs(&self.jobs, request).await.map_err(CortexError::from)?.into_inner();
         let statuses: Vec<JobStatus> = page.jobs.iter().map(JobStatus::of).collect();
         Ok(json(StatusCode::OK, &ListResponse { endpoint: endpoint.to_owned(), batch_job_statuses: statuses }))

@@ -84,17 +84,19 @@ impl JobsForwarder {
     }
 }
 
-/// The request message alone, with the metadata worth passing on and the
-/// current trace (this call's span, a child of the caller's trace).
-fn onward<T>(request: Request<T>) -> Request<T> {
+/// The request message alone, with the caller's identity, the metadata
+/// worth passing on and the current trace (this call's span, a child of the
+/// caller's trace). A request no key was checked for goes nowhere.
+#[allow(clippy::result_large_err)]
+fn onward<T>(request: Request<T>) -> Result<Request<T>, Status> {
+    let caller = crate::auth::caller(&request)?;
     let (metadata, _, message) = request.into_parts();
     let mut onward = batchmill_runtime::trace::request(message);
-    for key in ["authorization", "x-request-id"] {
-        if let Some(v) = metadata.get(key) {
-            onward.metadata_mut().insert(key, v.clone());
-        }
+    if let Some(v) = metadata.get("x-request-id") {
+        onward.metadata_mut().insert("x-request-id", v.clone());
     }
-    onward
+    caller.write(onward.metadata_mut());
+    Ok(onward)
 }
 
 #[tonic::async_trait]
@@ -107,19 +109,19 @@ impl JobService for JobsForwarder {
         // Refuse bad input here, before it crosses the cluster.
         check_size(&request)?;
         JobSpec::try_from(request.get_ref().clone())?;
-        let result = self.client().await?.submit_job(onward(request)).await;
+        let result = self.client().await?.submit_job(onward(request)?).await;
         self.check(result).await
     }
 
     #[instrument(skip_all)]
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let result = self.client().await?.get_job(onward(request)).await;
+        let result = self.client().await?.get_job(onward(request)?).await;
         self.check(result).await
     }
 
     #[instrument(skip_all)]
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let result = self.client().await?.list_jobs(onward(request)).await;
+        let result = self.client().await?.list_jobs(onward(request)?).await;
         self.check(result).await
     }
 
@@ -128,7 +130,7 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let result = self.client().await?.cancel_job(onward(request)).await;
+        let result = self.client().await?.cancel_job(onward(request)?).await;
         self.check(result).await
     }
 
@@ -140,7 +142,7 @@ impl JobService for JobsForwarder {
         check_size(&request)?;
         let job = request.get_ref().job.clone().ok_or_else(|| FieldViolation::new("job", "must be set"))?;
         JobSpec::try_from(job)?;
-        let result = self.client().await?.dry_run_job(onward(request)).await;
+        let result = self.client().await?.dry_run_job(onward(request)?).await;
         self.check(result).await
     }
 
@@ -149,7 +151,7 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        let result = self.client().await?.list_dead_letters(onward(request)).await;
+        let result = self.client().await?.list_dead_letters(onward(request)?).await;
         self.check(result).await
     }
 
@@ -158,7 +160,7 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
-        let result = self.client().await?.list_batches(onward(request)).await;
+        let result = self.client().await?.list_batches(onward(request)?).await;
         self.check(result).await
     }
 
@@ -167,7 +169,7 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::RerunDeadLettersRequest>,
     ) -> Result<Response<pb::RerunDeadLettersResponse>, Status> {
-        let result = self.client().await?.rerun_dead_letters(onward(request)).await;
+        let result = self.client().await?.rerun_dead_letters(onward(request)?).await;
         self.check(result).await
     }
 
@@ -178,7 +180,7 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::StreamJobLogsRequest>,
     ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
-        let result = self.client().await?.stream_job_logs(onward(request)).await;
+        let result = self.client().await?.stream_job_logs(onward(request)?).await;
         let stream = self.check(result).await?.into_inner();
         Ok(Response::new(stream.boxed()))
     }
@@ -187,7 +189,7 @@ impl JobService for JobsForwarder {
 
     #[instrument(skip_all)]
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let result = self.client().await?.watch_job(onward(request)).await;
+        let result = self.client().await?.watch_job(onward(request)?).await;
         let stream = self.check(result).await?.into_inner();
         Ok(Response::new(stream.boxed()))
     }
@@ -225,7 +227,7 @@ impl PipelineService for PipelinesForwarder {
         request: Request<ppb::DeployPipelineRequest>,
     ) -> Result<Response<ppb::DeployPipelineResponse>, Status> {
         check_size(&request)?;
-        let result = self.client().await?.deploy_pipeline(onward(request)).await;
+        let result = self.client().await?.deploy_pipeline(onward(request)?).await;
         self.jobs.check(result).await
     }
 
@@ -234,7 +236,7 @@ impl PipelineService for PipelinesForwarder {
         &self,
         request: Request<ppb::ListPipelinesRequest>,
     ) -> Result<Response<ppb::ListPipelinesResponse>, Status> {
-        let result = self.client().await?.list_pipelines(onward(request)).await;
+        let result = self.client().await?.list_pipelines(onward(request)?).await;
         self.jobs.check(result).await
     }
 
@@ -243,7 +245,7 @@ impl PipelineService for PipelinesForwarder {
         &self,
         request: Request<ppb::GetPipelineRequest>,
     ) -> Result<Response<ppb::GetPipelineResponse>, Status> {
-        let result = self.client().await?.get_pipeline(onward(request)).await;
+        let result = self.client().await?.get_pipeline(onward(request)?).await;
         self.jobs.check(result).await
     }
 }

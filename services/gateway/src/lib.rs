@@ -6,6 +6,8 @@
 //! annotations (see [`rest`]), and Cortex's BatchAPI routes (see [`cortex`]). Depends on: etcd (to find the scheduler
 //! leader) and the scheduler (which owns jobs). Stateless.
 
+mod accounts;
+mod auth;
 pub mod cortex;
 mod forward;
 pub mod rest;
@@ -29,6 +31,8 @@ pub enum GatewayError {
     Routes(#[from] rest::RouteError),
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
+    #[error("creating the key: {0}")]
+    Accounts(#[from] batchmill_accounts::AccountError),
 }
 
 /// How a gateway runs.
@@ -38,16 +42,19 @@ pub struct Config {
 }
 
 /// The public services, served over gRPC and REST.
-pub const PUBLIC_SERVICES: &[&str] = &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService"];
+pub const PUBLIC_SERVICES: &[&str] =
+    &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService", "batchmill.accounts.v1.AccountService"];
 
 /// The gateway's router: gRPC (with health and reflection) and REST.
 pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
+    let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
     let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
     let routes = batchmill_runtime::ServerBuilder::new()?
         .add_service(jobs.into_service())
         .add_service(pipelines.into_service())
+        .add_service(accounts::AccountsGrpc::new(store.clone()).into_service())
         .into_routes()
         .await;
     let rest = Arc::new(rest::Rest::new(routes.clone(), PUBLIC_SERVICES)?);
@@ -66,11 +73,20 @@ pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
                 }
             }
         })
+        .layer(axum::middleware::from_fn_with_state(store, auth::authenticate))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(batchmill_runtime::trace::request_span::<axum::body::Body> as fn(&_) -> _)
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         ))
+}
+
+/// Creates a cluster admin key in `account` (created if new), for the
+/// deployment's first key; returns the key, shown this once.
+pub async fn admin_key(etcd_endpoints: &[String], account: &str, description: &str) -> Result<String, GatewayError> {
+    let etcd = Etcd::connect(etcd_endpoints, Duration::from_secs(30)).await?;
+    let key = batchmill_accounts::Accounts::new(Arc::new(etcd)).bootstrap(account, description).await?;
+    Ok(key.reveal())
 }
 
 /// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.

@@ -10,11 +10,32 @@ struct Args {
     listen: ListenArgs,
     #[command(flatten)]
     etcd: EtcdArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Creates a cluster admin key (and its account, if new), prints it on
+    /// stdout and exits. The key is shown this once; only its hash is kept.
+    AdminKey {
+        /// The account of the key.
+        #[arg(long, default_value = "admin")]
+        account: String,
+        /// What the key is for.
+        #[arg(long, default_value = "created by batchmill-gateway admin-key")]
+        description: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::AdminKey { account, description }) = args.command {
+        let key = batchmill_gateway::admin_key(&args.etcd.etcd_endpoints, &account, &description).await?;
+        println!("{key}");
+        return Ok(());
+    }
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-gateway")?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_gateway::Config { etcd_endpoints: args.etcd.etcd_endpoints };

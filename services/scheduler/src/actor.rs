@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use batchmill_accounts::{Accounts, Limits};
 use batchmill_blob::ObjectStore;
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::finalize::Finalizing;
-use batchmill_core::{BatchId, JobId, WorkerId};
+use batchmill_core::{BatchId, Caller, JobId, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::scheduler::v1::BatchOutcome;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,11 +33,13 @@ type Reply<T> = oneshot::Sender<T>;
 
 /// A page of dead letters and where the next one starts.
 pub type DeadLetterPage = Result<(Vec<pb::DeadLetter>, Option<u64>), SchedulerError>;
+/// A page of jobs and the id the next one starts after.
+pub type JobPage = (Vec<pb::Job>, Option<JobId>);
 
 enum Command {
-    Submit { record: Box<JobRecord>, reply: Reply<Result<pb::Job, SchedulerError>> },
+    Submit { record: Box<JobRecord>, limits: Limits, reply: Reply<Result<pb::Job, SchedulerError>> },
     Get { id: JobId, reply: Reply<Option<pb::Job>> },
-    List { after: Option<JobId>, limit: usize, pipeline: Option<String>, reply: Reply<(Vec<pb::Job>, Option<JobId>)> },
+    List { caller: Caller, after: Option<JobId>, limit: usize, pipeline: Option<String>, reply: Reply<JobPage> },
     Cancel { id: JobId, reply: Reply<Option<pb::Job>> },
     Watch { id: JobId, reply: Reply<Option<watch::Receiver<pb::Job>>> },
     WorkerJoined { id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink> },
@@ -59,6 +62,7 @@ pub struct Scheduler {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) probe: Arc<dyn SourceProbe>,
     pub(crate) pipelines: Pipelines,
+    pub(crate) accounts: Accounts,
 }
 
 impl Scheduler {
@@ -72,6 +76,7 @@ impl Scheduler {
     ) -> (Scheduler, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (settings, store) = (state.settings.clone(), state.ports.store.clone());
+        let accounts = Accounts::new(state.ports.kv.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,7 +101,7 @@ impl Scheduler {
             state.manifests_written(MANIFEST_PATIENCE).await;
             state.flush().await;
         });
-        (Scheduler { tx, settings, store, probe, pipelines }, task)
+        (Scheduler { tx, settings, store, probe, pipelines, accounts }, task)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedulerError> {
@@ -110,8 +115,9 @@ impl Scheduler {
     }
 
     /// Records an accepted job (see `submission.rs`).
-    pub(crate) async fn record(&self, record: JobRecord) -> Result<pb::Job, SchedulerError> {
-        self.ask(|reply| Command::Submit { record: Box::new(record), reply }).await?
+    /// `limits` are the submitting account's, checked against its other jobs.
+    pub(crate) async fn record(&self, record: JobRecord, limits: Limits) -> Result<pb::Job, SchedulerError> {
+        self.ask(|reply| Command::Submit { record: Box::new(record), limits, reply }).await?
     }
 
     /// The pipelines jobs may name.
@@ -134,13 +140,15 @@ impl Scheduler {
         self.ask(|reply| Command::Get { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
+    /// The jobs `caller` sees, newest first (of `pipeline` only, if given).
     pub async fn list(
         &self,
+        caller: Caller,
         after: Option<JobId>,
         limit: usize,
         pipeline: Option<String>,
-    ) -> Result<(Vec<pb::Job>, Option<JobId>), SchedulerError> {
-        self.ask(|reply| Command::List { after, limit, pipeline, reply }).await
+    ) -> Result<JobPage, SchedulerError> {
+        self.ask(|reply| Command::List { caller, after, limit, pipeline, reply }).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<pb::Job, SchedulerError> {
@@ -195,10 +203,10 @@ impl Scheduler {
 
 async fn handle(state: &mut State, command: Command) {
     match command {
-        Command::Submit { record, reply } => drop(reply.send(state.submit(*record).await)),
+        Command::Submit { record, limits, reply } => drop(reply.send(state.submit(*record, limits).await)),
         Command::Get { id, reply } => drop(reply.send(state.get(&id))),
-        Command::List { after, limit, pipeline, reply } => {
-            drop(reply.send(state.list(after.as_ref(), limit, pipeline.as_deref())));
+        Command::List { caller, after, limit, pipeline, reply } => {
+            drop(reply.send(state.list(&caller, after.as_ref(), limit, pipeline.as_deref())));
         }
         Command::Cancel { id, reply } => drop(reply.send(state.cancel(&id).await)),
         Command::Watch { id, reply } => drop(reply.send(state.watch(&id))),

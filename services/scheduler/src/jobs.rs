@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use batchmill_accounts::Limits;
 use batchmill_core::enqueue::EnqueueProgress;
-use batchmill_core::{FailureReason, JobId, JobState, WorkerId};
+use batchmill_core::{Caller, FailureReason, JobId, JobState, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_queue::DeliveryPolicy;
 use tokio::sync::watch;
@@ -120,6 +121,7 @@ impl Jobs {
     /// most `limit`; and the last id if more remain.
     pub fn list(
         &self,
+        caller: &Caller,
         after: Option<&JobId>,
         limit: usize,
         pipeline: Option<&str>,
@@ -129,12 +131,44 @@ impl Jobs {
             Some(after) => Box::new(self.entries.range(..after.clone()).rev()),
             None => Box::new(self.entries.iter().rev()),
         };
-        let mut page: Vec<(&JobId, &JobEntry)> =
-            older.filter(|(_, e)| pipeline.is_none_or(|p| e.record.pipeline == p)).take(limit + 1).collect();
+        let mut page: Vec<(&JobId, &JobEntry)> = older
+            .filter(|(_, e)| caller.sees(&e.record.owner) && pipeline.is_none_or(|p| e.record.pipeline == p))
+            .take(limit + 1)
+            .collect();
         let more = page.len() > limit;
         page.truncate(limit);
         let next = if more { page.last().map(|(id, _)| (*id).clone()) } else { None };
         (page.iter().map(|(_, e)| e.snapshot(now_ms)).collect(), next)
+    }
+}
+
+impl Jobs {
+    /// Refuses `record` if its account would go over `limits` with it,
+    /// naming the limit: its unended jobs, and their workers.
+    pub fn within(&self, record: &JobRecord, limits: Limits) -> Result<(), crate::SchedulerError> {
+        let account = &record.owner.account;
+        let (mut jobs, mut workers) = (0u32, 0u32);
+        for e in self.entries.values() {
+            if e.record.owner.account == *account && !e.record.state.is_terminal() {
+                jobs += 1;
+                workers = workers.saturating_add(e.record.max_workers);
+            }
+        }
+        let refuse = |message: String| Err(crate::SchedulerError::LimitExceeded { account: account.clone(), message });
+        if limits.max_concurrent_jobs > 0 && jobs >= limits.max_concurrent_jobs {
+            return refuse(format!(
+                "max_concurrent_jobs is {}, and {jobs} of its jobs have not ended; wait for one to end or cancel one",
+                limits.max_concurrent_jobs
+            ));
+        }
+        let asked = record.max_workers;
+        if limits.max_workers > 0 && workers.saturating_add(asked) > limits.max_workers {
+            return refuse(format!(
+                "max_workers is {}: its unended jobs have {workers} workers, and this job asks for {asked} more",
+                limits.max_workers
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -160,7 +194,8 @@ impl State {
 
     /// Accepts a job once it is durable in etcd; if it cannot be written the
     /// job is refused (UNAVAILABLE) rather than held only in memory.
-    pub async fn submit(&mut self, record: JobRecord) -> Result<pb::Job, crate::SchedulerError> {
+    pub async fn submit(&mut self, record: JobRecord, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
+        self.jobs.within(&record, limits)?;
         let id = record.job_id.clone();
         self.jobs.insert(record, Ledger::default(), self.clock.now_ms());
         self.pending.mark(&id);
@@ -182,8 +217,14 @@ impl State {
 
     /// Jobs newest first (of `pipeline` only, if given), after `after`, at
     /// most `limit`; and the last id if more remain.
-    pub fn list(&self, after: Option<&JobId>, limit: usize, pipeline: Option<&str>) -> (Vec<pb::Job>, Option<JobId>) {
-        self.jobs.list(after, limit, pipeline, self.clock.now_ms())
+    pub fn list(
+        &self,
+        caller: &Caller,
+        after: Option<&JobId>,
+        limit: usize,
+        pipeline: Option<&str>,
+    ) -> (Vec<pb::Job>, Option<JobId>) {
+        self.jobs.list(caller, after, limit, pipeline, self.clock.now_ms())
     }
 
     pub fn watch(&self, id: &JobId) -> Option<watch::Receiver<pb::Job>> {

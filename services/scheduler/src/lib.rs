@@ -90,6 +90,12 @@ pub enum SchedulerError {
     PipelineFile { path: String, source: batchmill_blob::BlobError },
     #[error("recording the pipeline: {0}")]
     PipelineRecord(batchmill_coord::CoordError),
+    #[error("account {account}: {message}")]
+    LimitExceeded { account: String, message: String },
+    #[error("{0}")]
+    NotAllowed(String),
+    #[error("reading the account: {0}")]
+    Account(batchmill_accounts::AccountError),
 }
 
 impl ServiceError for SchedulerError {
@@ -100,7 +106,11 @@ impl ServiceError for SchedulerError {
             | SchedulerError::BadPipeline { .. }
             | SchedulerError::BadSource { .. }
             | SchedulerError::NotDeadLettered { .. } => ErrorCode::InvalidArgument,
-            SchedulerError::NotRerunnable { .. } => ErrorCode::FailedPrecondition,
+            SchedulerError::NotRerunnable { .. } | SchedulerError::LimitExceeded { .. } => {
+                ErrorCode::FailedPrecondition
+            }
+            SchedulerError::Account(e) => e.code(),
+            SchedulerError::NotAllowed(_) => ErrorCode::PermissionDenied,
             SchedulerError::Probe(e) => e.code,
             SchedulerError::Staging(_)
             | SchedulerError::NotPersisted { .. }

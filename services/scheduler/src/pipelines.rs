@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use batchmill_coord::Kv;
-use batchmill_core::S3Uri;
 use batchmill_core::time::{now_ms, timestamp};
+use batchmill_core::{Caller, Role, S3Uri};
 use batchmill_proto::pipelines::v1 as pb;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,10 @@ pub struct Deployed {
     pub artifacts_uri: String,
     pub deploy_ms: u64,
     pub files: Vec<String>,
+    /// The account that deployed it; only that account (or a cluster
+    /// admin) deploys a new version. Empty for pipelines from before accounts.
+    #[serde(default)]
+    pub account: String,
 }
 
 /// The code that runs a deployed pipeline.
@@ -167,14 +171,30 @@ impl Pipelines {
 
     /// Deploys a pipeline: checks it, stores its files, then records the
     /// new version in etcd. Jobs see it only once both are durable.
-    pub async fn deploy(&self, request: pb::DeployPipelineRequest) -> Result<pb::Pipeline, SchedulerError> {
+    /// Deploys a new version of a pipeline for `caller`, an admin of its
+    /// account. A name another account deployed is refused.
+    pub async fn deploy(
+        &self,
+        request: pb::DeployPipelineRequest,
+        caller: &Caller,
+    ) -> Result<pb::Pipeline, SchedulerError> {
         if self.built_in.contains(&request.name) {
             let message = format!("{:?} is a built-in pipeline and cannot be replaced", request.name);
             return Err(bad("name", message));
         }
+        if caller.role == Role::Member {
+            return Err(SchedulerError::NotAllowed("deploying a pipeline takes an admin key of the account".into()));
+        }
         let predictor = check(&request)?.clone();
         let _one_at_a_time = self.deploying.lock().await;
-        let version = self.deployed().get(&request.name).map_or(1, |d| d.version + 1);
+        let previous = self.deployed().get(&request.name).cloned();
+        if let Some(previous) = &previous
+            && !caller.administers(&previous.account)
+        {
+            let message = format!("{:?} is deployed by another account; choose another name", request.name);
+            return Err(SchedulerError::NotAllowed(message));
+        }
+        let version = previous.map_or(1, |d| d.version + 1);
         let artifacts = self.root.join(&request.name).join(&format!("v{version}"));
         let mut files: Vec<String> = request.files.keys().cloned().collect();
         files.sort();
@@ -198,6 +218,7 @@ impl Pipelines {
             artifacts_uri: format!("{artifacts}/"),
             deploy_ms: now_ms(),
             files,
+            account: caller.account.clone(),
         };
         let key = format!("{PIPELINES_PREFIX}{}", deployed.name);
         let bytes = serde_json::to_vec(&deployed).map_err(|e| {

@@ -3,7 +3,7 @@
 
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::time::{duration_ms, timestamp};
-use batchmill_core::{FailureReason, JobId, JobState, S3Selection};
+use batchmill_core::{FailureReason, JobId, JobState, Owner, S3Selection};
 use batchmill_proto::jobs::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -101,6 +101,10 @@ pub struct JobRecord {
     /// before this field existed were written at once).
     #[serde(default = "written")]
     pub manifest_written: bool,
+    /// Who submitted the job (empty for jobs from before accounts: only a
+    /// cluster admin sees those).
+    #[serde(default)]
+    pub owner: batchmill_core::Owner,
 }
 
 fn written() -> bool {
@@ -149,6 +153,7 @@ impl JobRecord {
             finalize_attempts: 0,
             finalize_base: 0,
             manifest_written: false,
+            owner: Owner::default(),
         }
     }
 
@@ -229,6 +234,8 @@ impl JobRecord {
             enqueue_complete: enqueue.done,
             max_receive_count: self.max_receive_count as i32,
             timeout: self.timeout_ms.map(duration_ms),
+            account_id: self.owner.account.clone(),
+            submitted_by: self.owner.key_id.clone(),
         }
     }
 }

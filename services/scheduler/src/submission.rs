@@ -5,7 +5,7 @@
 //! same way and list what a job would read.
 
 use batchmill_core::time::now_ms;
-use batchmill_core::{JobId, JobSpec, RemoteError, SourceSpec};
+use batchmill_core::{Caller, JobId, JobSpec, RemoteError, SourceSpec};
 use batchmill_proto::jobs::v1 as pb;
 use bytes::Bytes;
 
@@ -17,10 +17,12 @@ use crate::record::{Input, JobRecord};
 pub const DRY_RUN_MAX_FILES: usize = 100_000;
 
 impl Scheduler {
-    /// Accepts a job: stages its inline items in S3, then records it.
-    pub async fn submit(&self, spec: JobSpec) -> Result<pb::Job, SchedulerError> {
+    /// Accepts a job for `caller`: stages its inline items in S3, then
+    /// records it, within its account's limits.
+    pub async fn submit(&self, spec: JobSpec, caller: &Caller) -> Result<pb::Job, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (input, item_count) = match spec.source {
@@ -55,10 +57,17 @@ impl Scheduler {
             item_count,
             deployed,
             trace: batchmill_runtime::trace::current(),
+            owner: caller.owner(),
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
-        tracing::info!(job_id = %record.job_id, trace_id = %batchmill_runtime::trace::trace_id(), "job submitted");
-        self.record(record).await
+        tracing::info!(
+            job_id = %record.job_id,
+            account = %caller.account,
+            key_id = %caller.key_id,
+            trace_id = %batchmill_runtime::trace::trace_id(),
+            "job submitted"
+        );
+        self.record(record, account.limits).await
     }
 
     /// Checks a submission as [`Scheduler::submit`] would, without creating

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use batchmill_accounts::Limits;
 use batchmill_blob::ObjectStore;
 use batchmill_blob::mem::MemBlob;
 use batchmill_coord::{Kv, MemKv};
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::finalize::Finalizing;
-use batchmill_core::{BatchId, Clock, JobId, RemoteError, S3Uri, WorkerId};
+use batchmill_core::{BatchId, Caller, Clock, JobId, Owner, RemoteError, Role, S3Uri, WorkerId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::queue::v1 as qpb;
@@ -122,6 +123,14 @@ fn record(id: &str, max_workers: u32) -> JobRecord {
     }
 }
 
+fn root() -> Caller {
+    Caller { account: "admin".into(), key_id: "root".into(), role: Role::ClusterAdmin }
+}
+
+fn owned(id: &str, max_workers: u32, account: &str, key_id: &str) -> JobRecord {
+    JobRecord { owner: Owner { account: account.into(), key_id: key_id.into() }, ..record(id, max_workers) }
+}
+
 fn join(state: &mut State, id: &str) -> UnboundedReceiver<spb::SessionResponse> {
     let (tx, mut rx) = unbounded_channel();
     let runs = Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()] };
@@ -153,7 +162,7 @@ async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
     let mut state = state(&fakes);
     let mut worker = join(&mut state, "w1");
 
-    let accepted = state.submit(record("j1", 2)).await.unwrap();
+    let accepted = state.submit(record("j1", 2), Limits::default()).await.unwrap();
     assert_eq!(accepted.state(), pb::JobState::Pending);
     assert!(fakes.open("j1").await, "the job's queue is open");
     assert_eq!(fakes.calls().enqueued[0].batch_size, 10);
@@ -191,11 +200,11 @@ async fn workers_are_capped_per_job_and_freed_when_it_ends() {
     let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     let mut w2 = join(&mut state, "w2");
-    state.submit(record("j1", 1)).await.unwrap();
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
     let assigned: Vec<_> = [drain(&mut w1), drain(&mut w2)].into_iter().filter(|m| !m.is_empty()).collect();
     assert_eq!(assigned.len(), 1, "max_workers 1 takes one worker");
 
-    state.submit(record("j2", 1)).await.unwrap();
+    state.submit(record("j2", 1), Limits::default()).await.unwrap();
     let j2: Vec<Out> = [drain(&mut w1), drain(&mut w2)].concat();
     assert!(matches!(&j2[..], [Out::Assign(a)] if a.job_id == "j2"), "the idle worker takes the next job");
 
@@ -212,7 +221,7 @@ async fn a_lost_worker_is_counted_and_its_job_goes_on() {
     let fakes = fakes().await;
     let mut state = state(&fakes);
     let _w1 = join(&mut state, "w1");
-    state.submit(record("j1", 2)).await.unwrap();
+    state.submit(record("j1", 2), Limits::default()).await.unwrap();
     state.worker_gone(&WorkerId::new("w1"), None);
     let mut w2 = join(&mut state, "w2");
     assert!(matches!(&drain(&mut w2)[..], [Out::Assign(a)] if a.job_id == "j1"));
@@ -229,7 +238,7 @@ async fn a_worker_that_reports_a_batch_counts_as_running() {
     let fakes = fakes().await;
     let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
-    state.submit(record("j1", 1)).await.unwrap();
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
     assert!(matches!(&drain(&mut w1)[..], [Out::Assign(a)] if a.job_id == "j1"));
     assert_eq!(state.get(&job_id("j1")).unwrap().workers.unwrap().initializing, 1);
     // Its started message went to a previous leader; its first outcome tells.
@@ -251,7 +260,7 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     let fakes = fakes().await;
     let mut first = state(&fakes);
     let _w = join(&mut first, "w1");
-    first.submit(record("j1", 1)).await.unwrap();
+    first.submit(record("j1", 1), Limits::default()).await.unwrap();
     first.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     first.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal));
     first.flush().await;
@@ -280,7 +289,7 @@ async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
     let fakes = fakes().await;
     let mut state = state(&fakes);
     let _w = join(&mut state, "w1");
-    state.submit(record("j1", 1)).await.unwrap();
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
     state.enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() });
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -304,7 +313,7 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     let fakes = fakes().await;
     let mut state = state(&fakes);
     let mut w = join(&mut state, "w1");
-    state.submit(record("j1", 1)).await.unwrap();
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
     state.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
     // Batch 1 is dead-lettered twice (a worker and the advisory raced), batch 2 once.
     for (seq, from, attempts, items) in [(1, 11, 2, "old"), (1, 12, 2, "new"), (2, 13, 2, "x")] {
@@ -372,7 +381,7 @@ async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
     let _w = join(&mut state, "w1");
     let now = fakes.clock.now_ms();
     let job = JobRecord { timeout_ms: Some(60_000), create_ms: now, ..record("j1", 1) };
-    state.submit(job).await.unwrap();
+    state.submit(job, Limits::default()).await.unwrap();
     state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
     tokio::time::advance(Duration::from_secs(59)).await;
     state.tick().await;
@@ -380,7 +389,7 @@ async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
     assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Running, "not yet");
 
     let late = JobRecord { timeout_ms: Some(1_000), create_ms: fakes.clock.now_ms(), ..record("j2", 1) };
-    state.submit(late).await.unwrap();
+    state.submit(late, Limits::default()).await.unwrap();
     tokio::time::advance(Duration::from_secs(2)).await;
     // A new leader times both out: one past its 60 s, one past its 1 s.
     let mut second = self::state(&fakes);
@@ -417,6 +426,7 @@ fn deployed_record(id: &str) -> JobRecord {
         artifacts_uri: "s3://out/pipelines/classifier/v2/".into(),
         deploy_ms: 1,
         files: vec!["predictor.py".into()],
+        account: "acme".into(),
     };
     JobRecord {
         pipeline: "classifier".into(),
@@ -444,7 +454,7 @@ async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() 
     let mut state = state(&fakes);
     let mut w1 = join(&mut state, "w1");
     let mut w2 = join(&mut state, "w2");
-    state.submit(deployed_record("j1")).await.unwrap();
+    state.submit(deployed_record("j1"), Limits::default()).await.unwrap();
     assert!(drain(&mut w1).is_empty() && drain(&mut w2).is_empty(), "no worker before the batch count is known");
 
     state.enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() });
@@ -494,7 +504,7 @@ async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() 
 /// Submits deployed job `id`, fully enqueued as one batch of 10 items, and
 /// lets the scheduler assign it.
 async fn submit_enqueued(state: &mut State, id: &str) {
-    state.submit(deployed_record(id)).await.unwrap();
+    state.submit(deployed_record(id), Limits::default()).await.unwrap();
     state.enqueue_progress(id, EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() });
     state.tick().await;
 }
@@ -549,16 +559,53 @@ async fn jobs_are_listed_newest_first_by_pipeline_and_in_pages() {
     let fakes = fakes().await;
     let mut state = state(&fakes);
     for (id, pipeline) in [("a1", "echo"), ("a2", "embed"), ("a3", "echo"), ("a4", "embed"), ("a5", "echo")] {
-        state.submit(JobRecord { pipeline: pipeline.into(), ..record(id, 1) }).await.unwrap();
+        state.submit(JobRecord { pipeline: pipeline.into(), ..record(id, 1) }, Limits::default()).await.unwrap();
     }
     let ids = |jobs: &[pb::Job]| jobs.iter().map(|j| j.job_id.clone()).collect::<Vec<_>>();
-    let (all, next) = state.list(None, 10, None);
+    let (all, next) = state.list(&root(), None, 10, None);
     assert_eq!((ids(&all), next), (vec!["a5", "a4", "a3", "a2", "a1"].into_iter().map(String::from).collect(), None));
-    let (echo, next) = state.list(None, 2, Some("echo"));
+    let (echo, next) = state.list(&root(), None, 2, Some("echo"));
     assert_eq!(ids(&echo), ["a5", "a3"]);
-    let (rest, last) = state.list(next.as_ref(), 2, Some("echo"));
+    let (rest, last) = state.list(&root(), next.as_ref(), 2, Some("echo"));
     assert_eq!((ids(&rest), last), (vec!["a1".to_owned()], None), "the next page keeps the filter");
-    let (embed, _) = state.list(None, 10, Some("embed"));
+    let (embed, _) = state.list(&root(), None, 10, Some("embed"));
     assert_eq!(ids(&embed), ["a4", "a2"]);
-    assert!(state.list(None, 10, Some("nope")).0.is_empty());
+    assert!(state.list(&root(), None, 10, Some("nope")).0.is_empty());
+}
+
+#[tokio::test]
+async fn each_caller_lists_only_what_its_role_lets_it_see() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    for (id, account, key) in [("b1", "acme", "k1"), ("b2", "acme", "k2"), ("b3", "globex", "k3")] {
+        state.submit(owned(id, 1, account, key), Limits::default()).await.unwrap();
+    }
+    let ids = |caller: Caller| state.list(&caller, None, 10, None).0.into_iter().map(|j| j.job_id).collect::<Vec<_>>();
+    let member = |account: &str, key: &str| Caller { account: account.into(), key_id: key.into(), role: Role::Member };
+    assert_eq!(ids(member("acme", "k1")), ["b1"]);
+    assert_eq!(ids(member("acme", "k2")), ["b2"]);
+    assert_eq!(ids(Caller { role: Role::AccountAdmin, ..member("acme", "k9") }), ["b2", "b1"]);
+    assert_eq!(ids(member("globex", "k3")), ["b3"]);
+    assert_eq!(ids(root()), ["b3", "b2", "b1"]);
+    let job = state.get(&job_id("b3")).unwrap();
+    assert_eq!((job.account_id.as_str(), job.submitted_by.as_str()), ("globex", "k3"));
+}
+
+#[tokio::test]
+async fn a_submission_over_an_account_limit_is_refused_naming_it() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let limits = Limits { max_concurrent_jobs: 2, max_workers: 5 };
+    state.submit(owned("c1", 2, "acme", "k1"), limits).await.unwrap();
+    state.submit(owned("c2", 2, "acme", "k2"), limits).await.unwrap();
+    let refused = state.submit(owned("c3", 1, "acme", "k1"), limits).await.unwrap_err().to_string();
+    assert!(refused.contains("max_concurrent_jobs is 2"), "{refused}");
+    assert!(state.get(&job_id("c3")).is_none(), "a refused job is not kept");
+    // Another account is not counted against this one.
+    state.submit(owned("d1", 4, "globex", "k3"), limits).await.unwrap();
+    // Once a job ends, its slot and its workers are free again.
+    state.cancel(&job_id("c1")).await.unwrap();
+    let refused = state.submit(owned("c4", 4, "acme", "k1"), limits).await.unwrap_err().to_string();
+    assert!(refused.contains("max_workers is 5") && refused.contains("asks for 4"), "{refused}");
+    state.submit(owned("c5", 3, "acme", "k1"), limits).await.unwrap();
 }

@@ -32,8 +32,9 @@ pub use rules::RouteError;
 /// Largest REST request body.
 pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 
-/// Request headers passed on to the RPC as metadata.
-const FORWARDED_HEADERS: &[&str] = &["authorization", "x-request-id"];
+/// Request headers passed on to the RPC as metadata. The API key is not:
+/// the caller it was checked to be rides in the request's extensions.
+const FORWARDED_HEADERS: &[&str] = &["x-request-id"];
 
 /// The REST face of a set of gRPC services.
 pub struct Rest {
@@ -92,6 +93,9 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
         {
             grpc_request.metadata_mut().insert(*name, value);
         }
+    }
+    if let Some(caller) = parts.extensions.get::<batchmill_core::Caller>() {
+        grpc_request.extensions_mut().insert(caller.clone());
     }
     call(rest.grpc.clone(), route, grpc_request).await
 }

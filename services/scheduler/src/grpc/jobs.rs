@@ -1,7 +1,7 @@
 //! `JobService` on the scheduler: converts requests, calls [`Scheduler`].
 
 use batchmill_core::job::is_terminal;
-use batchmill_core::{JobId, JobSpec, ServiceError};
+use batchmill_core::{Caller, JobId, JobSpec, Owner, ServiceError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -37,6 +37,18 @@ impl JobsGrpc {
     #[allow(clippy::result_large_err)]
     fn scheduler(&self) -> Result<crate::Scheduler, Status> {
         Ok(self.leading.current()?.scheduler)
+    }
+
+    /// The job, if `caller` may see it; NOT_FOUND, as for no such job, if
+    /// not, so that another tenant's job does not show it exists.
+    async fn visible(&self, caller: &Caller, id: &JobId) -> Result<pb::Job, Status> {
+        let job = self.scheduler()?.get(id.clone()).await.map_err(|e| e.to_status())?;
+        let owner = Owner { account: job.account_id.clone(), key_id: job.submitted_by.clone() };
+        if caller.sees(&owner) {
+            Ok(job)
+        } else {
+            Err(crate::SchedulerError::JobNotFound { job_id: id.to_string() }.to_status())
+        }
     }
 
     pub fn into_service(self) -> pb::job_service_server::JobServiceServer<JobsGrpc> {
@@ -82,6 +94,12 @@ fn stream_position(token: &str) -> Result<u64, Status> {
     })
 }
 
+/// The caller the gateway passed on.
+#[allow(clippy::result_large_err)]
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    Ok(Caller::read(request.metadata())?)
+}
+
 fn job_id(s: &str) -> Result<JobId, Status> {
     JobId::parse("job_id", s).map_err(Status::from)
 }
@@ -93,19 +111,22 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = caller(&request)?;
         let spec = JobSpec::try_from(request.into_inner())?;
-        let job = self.scheduler()?.submit(spec).await.map_err(|e| e.to_status())?;
+        let job = self.scheduler()?.submit(spec, &caller).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::SubmitJobResponse { job: Some(job) }))
     }
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        let job = self.scheduler()?.get(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let caller = caller(&request)?;
+        let job = self.visible(&caller, &job_id(&request.get_ref().job_id)?).await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
     }
 
     #[instrument(skip_all)]
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, DEFAULT_PAGE)?;
         let after = if req.page_token.is_empty() {
@@ -114,7 +135,7 @@ impl JobService for JobsGrpc {
             Some(JobId::parse("page_token", &req.page_token).map_err(Status::from)?)
         };
         let pipeline = (!req.pipeline.is_empty()).then_some(req.pipeline);
-        let (jobs, next) = self.scheduler()?.list(after, limit, pipeline).await.map_err(|e| e.to_status())?;
+        let (jobs, next) = self.scheduler()?.list(caller, after, limit, pipeline).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs,
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
@@ -126,7 +147,10 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let job = self.scheduler()?.cancel(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let caller = caller(&request)?;
+        let id = job_id(&request.get_ref().job_id)?;
+        self.visible(&caller, &id).await?;
+        let job = self.scheduler()?.cancel(id).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
     }
 
@@ -135,6 +159,7 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::DryRunJobRequest>,
     ) -> Result<Response<pb::DryRunJobResponse>, Status> {
+        caller(&request)?;
         let spec = dry_run_spec(request.into_inner())?;
         let answer = self.scheduler()?.dry_run(spec).await.map_err(|e| e.to_status())?;
         Ok(Response::new(answer))
@@ -145,11 +170,13 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
         let from = stream_position(&req.page_token)?;
-        let (dead_letters, next) =
-            self.scheduler()?.dead_letters(job_id(&req.job_id)?, from, limit).await.map_err(|e| e.to_status())?;
+        let id = job_id(&req.job_id)?;
+        self.visible(&caller, &id).await?;
+        let (dead_letters, next) = self.scheduler()?.dead_letters(id, from, limit).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters,
             next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
@@ -161,11 +188,12 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::ListBatchesRequest>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
         let from = stream_position(&req.page_token)?;
-        // The job must exist (and be this caller's).
-        self.scheduler()?.get(job_id(&req.job_id)?).await.map_err(|e| e.to_status())?;
+        // The job must exist and be this caller's.
+        self.visible(&caller, &job_id(&req.job_id)?).await?;
         let stored =
             self.logs.records(&req.job_id, from, limit).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let next = (stored.len() == limit).then(|| stored.last().map(|s| s.stream_seq + 1)).flatten();
@@ -188,9 +216,11 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::RerunDeadLettersRequest>,
     ) -> Result<Response<pb::RerunDeadLettersResponse>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
-        let (job, batch_ids) =
-            self.scheduler()?.rerun(job_id(&req.job_id)?, req.batch_ids).await.map_err(|e| e.to_status())?;
+        let id = job_id(&req.job_id)?;
+        self.visible(&caller, &id).await?;
+        let (job, batch_ids) = self.scheduler()?.rerun(id, req.batch_ids).await.map_err(|e| e.to_status())?;
         let batch_ids = batch_ids.iter().map(ToString::to_string).collect();
         Ok(Response::new(pb::RerunDeadLettersResponse { job: Some(job), batch_ids }))
     }
@@ -202,8 +232,10 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::StreamJobLogsRequest>,
     ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let caller = caller(&request)?;
         let req = request.into_inner();
         let id = job_id(&req.job_id)?;
+        self.visible(&caller, &id).await?;
         let mut job = self.scheduler()?.watch(id).await.map_err(|e| e.to_status())?;
         let lines = self.logs.logs(&req.job_id, req.follow).await.map_err(|e| Status::unavailable(e.to_string()))?;
         let lines = lines.ready_chunks(LOG_CHUNK).map(|chunk| {
@@ -237,7 +269,10 @@ impl JobService for JobsGrpc {
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
-        let rx = self.scheduler()?.watch(job_id(&request.get_ref().job_id)?).await.map_err(|e| e.to_status())?;
+        let caller = caller(&request)?;
+        let id = job_id(&request.get_ref().job_id)?;
+        self.visible(&caller, &id).await?;
+        let rx = self.scheduler()?.watch(id).await.map_err(|e| e.to_status())?;
         // Current state first, then each change; the stream ends after a terminal state.
         let stream = futures::stream::unfold((rx, false, false), |(mut rx, started, ended)| async move {
             if ended {

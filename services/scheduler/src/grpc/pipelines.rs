@@ -1,6 +1,6 @@
 //! `PipelineService` on the scheduler: the pipelines jobs may name.
 
-use batchmill_core::ServiceError;
+use batchmill_core::{Caller, ServiceError};
 use batchmill_proto::pipelines::v1::{self as pb, pipeline_service_server::PipelineService};
 use tonic::{Request, Response, Status};
 
@@ -33,8 +33,9 @@ impl PipelinesGrpc {
 impl PipelineService for PipelinesGrpc {
     async fn list_pipelines(
         &self,
-        _: Request<pb::ListPipelinesRequest>,
+        request: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        Caller::read(request.metadata())?;
         Ok(Response::new(pb::ListPipelinesResponse { pipelines: self.pipelines()?.list() }))
     }
 
@@ -42,6 +43,7 @@ impl PipelineService for PipelinesGrpc {
         &self,
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        Caller::read(request.metadata())?;
         let name = request.into_inner().name;
         match self.pipelines()?.get(&name) {
             Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
@@ -53,7 +55,8 @@ impl PipelineService for PipelinesGrpc {
         &self,
         request: Request<pb::DeployPipelineRequest>,
     ) -> Result<Response<pb::DeployPipelineResponse>, Status> {
-        let pipeline = self.pipelines()?.deploy(request.into_inner()).await.map_err(|e| e.to_status())?;
+        let caller = Caller::read(request.metadata())?;
+        let pipeline = self.pipelines()?.deploy(request.into_inner(), &caller).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::DeployPipelineResponse { pipeline: Some(pipeline) }))
     }
 }
