@@ -453,6 +453,11 @@ impl Sandbox {
     }
 
     /// The last lines of a process's log, for failure messages.
+    /// Everything process `name` has logged.
+    pub fn log(&self, name: &str) -> String {
+        self.process(name).map(Process::log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self, name: &str) -> String {
         self.process(name).map(Process::log_tail).unwrap_or_default()
     }
