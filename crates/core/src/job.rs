@@ -184,7 +184,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             None => {
                 return Err(FieldViolation::new(
                     "source",
-                    "one source must be set: item_list, file_path_lister or delimited_files",
+                    "one source must be set: item_list, named_inputs, file_path_lister or delimited_files",
                 ));
             }
             Some(pb::submit_job_request::Source::FilePathLister(s)) => {
@@ -203,6 +203,12 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
                     return Err(FieldViolation::new("item_list.items", "must not be empty"));
                 }
                 let items: Vec<Value> = list.items.iter().map(crate::json::value_to_json).collect();
+                check_batch_bytes(&items, batch_size)?;
+                (SourceSpec::Items(items), batch_size)
+            }
+            Some(pb::submit_job_request::Source::NamedInputs(named)) => {
+                let batch_size = validate_batch_size("named_inputs.batch_size", named.batch_size)?;
+                let items = named_items(&named.inputs)?;
                 check_batch_bytes(&items, batch_size)?;
                 (SourceSpec::Items(items), batch_size)
             }
@@ -235,6 +241,38 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             timeout_ms,
         })
     }
+}
+
+/// Named inputs as the items predictors get ([`crate::named`]): at least
+/// one, each named uniquely and with at least one input.
+fn named_items(inputs: &[pb::NamedInput]) -> Result<Vec<Value>, FieldViolation> {
+    if inputs.is_empty() {
+        return Err(FieldViolation::new("named_inputs.inputs", "must not be empty"));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(inputs.len());
+    let mut items = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let field = |f: &str| format!("named_inputs.inputs[{i}].{f}");
+        let length = input.name.chars().count();
+        if length == 0 || length > crate::named::MAX_NAME {
+            return Err(FieldViolation::new(
+                field("name"),
+                format!("must be 1 to {} characters", crate::named::MAX_NAME),
+            ));
+        }
+        if !seen.insert(input.name.as_str()) {
+            return Err(FieldViolation::new(
+                field("name"),
+                format!("{:?} is given twice; names are unique", input.name),
+            ));
+        }
+        if input.inputs.is_empty() {
+            return Err(FieldViolation::new(field("inputs"), "must hold at least one input"));
+        }
+        let values = input.inputs.iter().map(|(k, v)| (k.clone(), crate::json::value_to_json(v))).collect();
+        items.push(crate::named::item(&input.name, values));
+    }
+    Ok(items)
 }
 
 /// Longest timeout a job may ask for: a year.
@@ -419,5 +457,39 @@ mod tests {
         for state in [JobState::Pending, JobState::Running, JobState::TimedOut, JobState::Cancelled] {
             assert_eq!(is_terminal(pb::JobState::from(state)), state.is_terminal(), "{state:?}");
         }
+    }
+
+    fn named(inputs: &[(&str, &[(&str, Value)])]) -> pb::SubmitJobRequest {
+        let inputs = inputs
+            .iter()
+            .map(|(name, values)| pb::NamedInput {
+                name: (*name).into(),
+                inputs: values.iter().map(|(k, v)| ((*k).to_owned(), crate::json::json_to_value(v))).collect(),
+            })
+            .collect();
+        pb::SubmitJobRequest {
+            pipeline: "echo".into(),
+            workers: 1,
+            source: Some(pb::submit_job_request::Source::NamedInputs(pb::NamedInputs { inputs, batch_size: 2 })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn named_inputs_become_named_items_and_bad_ones_are_named() {
+        let spec =
+            JobSpec::try_from(named(&[("a", &[("input.txt", json!("hi"))]), ("b", &[("input.txt", json!("yo"))])]))
+                .expect("valid");
+        let SourceSpec::Items(items) = spec.source else { panic!("inline items") };
+        assert_eq!(items[0], json!({"name": "a", "inputs": {"input.txt": "hi"}}));
+        assert_eq!(crate::named::name_of(&items[1]), Some("b"));
+        let field = |r: pb::SubmitJobRequest| JobSpec::try_from(r).err().map(|e| e.field);
+        assert_eq!(field(named(&[])), Some("named_inputs.inputs".into()));
+        assert_eq!(
+            field(named(&[("a", &[("x", json!(1))]), ("a", &[("x", json!(2))])])),
+            Some("named_inputs.inputs[1].name".into())
+        );
+        assert_eq!(field(named(&[("", &[("x", json!(1))])])), Some("named_inputs.inputs[0].name".into()));
+        assert_eq!(field(named(&[("a", &[])])), Some("named_inputs.inputs[0].inputs".into()));
     }
 }

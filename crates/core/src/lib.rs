@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod json;
+pub mod named;
 pub mod project;
 pub mod subjects;
 pub mod time;

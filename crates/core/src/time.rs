@@ -13,6 +13,24 @@ pub fn timestamp(ms: u64) -> prost_types::Timestamp {
 }
 
 /// A protobuf duration of milliseconds.
+/// Unix milliseconds as RFC 3339 in UTC with milliseconds:
+/// `2021-06-01T18:34:42.345Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (rest / 3_600_000, rest / 60_000 % 60, rest / 1000 % 60, rest % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
 pub fn duration_ms(ms: u64) -> prost_types::Duration {
     prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
@@ -102,6 +120,14 @@ mod tests {
         let clock = Clock::starting_at(1_000);
         tokio::time::advance(std::time::Duration::from_millis(2_500)).await;
         assert_eq!(clock.now_ms(), 3_500);
+    }
+
+    #[test]
+    fn rfc3339_dates_are_civil_dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_622_572_482_345), "2021-06-01T18:34:42.345Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_798_761_599_999), "2026-12-31T23:59:59.999Z");
     }
 
     #[test]

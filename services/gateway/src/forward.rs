@@ -173,6 +173,15 @@ impl JobService for JobsForwarder {
         self.check(result).await
     }
 
+    #[instrument(skip_all)]
+    async fn list_job_results(
+        &self,
+        request: Request<pb::ListJobResultsRequest>,
+    ) -> Result<Response<pb::ListJobResultsResponse>, Status> {
+        let result = self.client().await?.list_job_results(onward(request)?).await;
+        self.check(result).await
+    }
+
     type StreamJobLogsStream = BoxStream<'static, Result<pb::StreamJobLogsResponse, Status>>;
 
     #[instrument(skip_all)]

@@ -10,6 +10,7 @@ mod accounts;
 mod auth;
 pub mod cortex;
 mod forward;
+pub mod modzy;
 pub mod rest;
 
 pub use forward::{JobsForwarder, PipelinesForwarder};
@@ -51,6 +52,7 @@ pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
     let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
+    let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone());
     let routes = batchmill_runtime::ServerBuilder::new()?
         .add_service(jobs.into_service())
         .add_service(pipelines.into_service())
@@ -64,9 +66,11 @@ pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
     Ok(routes
         .into_axum_router()
         .fallback(move |request: axum::extract::Request| {
-            let (rest, cortex) = (rest.clone(), cortex.clone());
+            let (rest, cortex, modzy) = (rest.clone(), cortex.clone(), modzy.clone());
             async move {
-                if cortex::is_cortex_path(request.uri().path()) {
+                if modzy::is_modzy_path(request.uri().path()) {
+                    modzy.handle(request).await
+                } else if cortex::is_cortex_path(request.uri().path()) {
                     cortex.handle(request).await
                 } else {
                     rest::handle(axum::extract::State(rest), request).await

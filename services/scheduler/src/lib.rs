@@ -41,6 +41,7 @@ mod persist;
 mod pipelines;
 mod ports;
 mod record;
+mod results;
 mod state;
 mod submission;
 mod workers;
@@ -94,6 +95,10 @@ pub enum SchedulerError {
     LimitExceeded { account: String, message: String },
     #[error("{0}")]
     NotAllowed(String),
+    #[error("reading results: {0}")]
+    Results(batchmill_blob::BlobError),
+    #[error("{0}")]
+    BadRequest(#[from] batchmill_core::FieldViolation),
     #[error("reading the account: {0}")]
     Account(batchmill_accounts::AccountError),
 }
@@ -111,6 +116,8 @@ impl ServiceError for SchedulerError {
             }
             SchedulerError::Account(e) => e.code(),
             SchedulerError::NotAllowed(_) => ErrorCode::PermissionDenied,
+            SchedulerError::Results(_) => ErrorCode::Unavailable,
+            SchedulerError::BadRequest(_) => ErrorCode::InvalidArgument,
             SchedulerError::Probe(e) => e.code,
             SchedulerError::Staging(_)
             | SchedulerError::NotPersisted { .. }

@@ -105,7 +105,16 @@ pub struct JobRecord {
     /// cluster admin sees those).
     #[serde(default)]
     pub owner: batchmill_core::Owner,
+    /// Bytes of the items given inline.
+    #[serde(default)]
+    pub input_bytes: u64,
+    /// The first [`INPUT_NAMES`] names of named inputs.
+    #[serde(default)]
+    pub input_names: Vec<String>,
 }
+
+/// Most input names a job record keeps: the record stays small.
+pub const INPUT_NAMES: usize = 100;
 
 fn written() -> bool {
     true
@@ -154,6 +163,8 @@ impl JobRecord {
             finalize_base: 0,
             manifest_written: false,
             owner: Owner::default(),
+            input_bytes: 0,
+            input_names: Vec::new(),
         }
     }
 
@@ -236,6 +247,9 @@ impl JobRecord {
             timeout: self.timeout_ms.map(duration_ms),
             account_id: self.owner.account.clone(),
             submitted_by: self.owner.key_id.clone(),
+            input_bytes: self.input_bytes as i64,
+            input_names: self.input_names.clone(),
+            pipeline_version: self.deployed.as_ref().map_or(1, |d| d.version),
         }
     }
 }

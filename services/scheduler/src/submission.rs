@@ -25,14 +25,21 @@ impl Scheduler {
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
+        let (mut input_bytes, mut input_names) = (0, Vec::new());
         let (input, item_count) = match spec.source {
             SourceSpec::Items(items) => {
+                input_names = items
+                    .iter()
+                    .map_while(|item| batchmill_core::named::name_of(item).map(str::to_owned))
+                    .take(crate::record::INPUT_NAMES)
+                    .collect();
                 let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
                 let mut body = Vec::with_capacity(items.len() * 16);
                 for item in &items {
                     body.extend_from_slice(item.to_string().as_bytes());
                     body.push(b'\n');
                 }
+                input_bytes = body.len() as u64;
                 self.store
                     .put(&uri.bucket, &uri.key, Bytes::from(body), "application/x-ndjson")
                     .await
@@ -58,6 +65,8 @@ impl Scheduler {
             deployed,
             trace: batchmill_runtime::trace::current(),
             owner: caller.owner(),
+            input_bytes,
+            input_names,
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(

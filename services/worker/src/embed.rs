@@ -113,12 +113,24 @@ pub struct Embed {
 }
 
 impl Embed {
-    /// Each item's id (a string item's is its index in the job) and text.
+    /// Each item's id and text. A string item's id is its index in the job;
+    /// a named input's ([`batchmill_core::named`]) is its name, and its text
+    /// its one input.
     pub fn items<'a>(batch: &BatchInput<'a>) -> Result<(Vec<Value>, Vec<&'a str>), PredictError> {
         let mut ids = Vec::with_capacity(batch.items.len());
         let mut texts = Vec::with_capacity(batch.items.len());
         for (i, item) in batch.items.iter().enumerate() {
             let index = batch.first_item + i as u64;
+            if let Some(name) = batchmill_core::named::name_of(item) {
+                let inputs = batchmill_core::named::inputs_of(item).into_iter().flat_map(|i| i.values());
+                let strings: Vec<&str> = inputs.filter_map(Value::as_str).collect();
+                let [text] = strings[..] else {
+                    return Err(bad_item(index, "a named input for embed needs exactly one text input"));
+                };
+                ids.push(json!(name));
+                texts.push(text);
+                continue;
+            }
             let (id, text) = match item {
                 Value::String(s) => (json!(index), s.as_str()),
                 Value::Object(o) => match o.get("text") {
@@ -245,6 +257,12 @@ mod tests {
         let (ids, texts) = Embed::items(&batch).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ids, [json!(10), json!("x"), json!(12)]);
         assert_eq!(texts, ["plain", "t", "no id"]);
+        let named = [json!({"name": "item-1", "inputs": {"input.txt": "hello"}})];
+        let batch = BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &named };
+        assert_eq!(Embed::items(&batch).ok(), Some((vec![json!("item-1")], vec!["hello"])));
+        let two = [json!({"name": "item-1", "inputs": {"a": "x", "b": "y"}})];
+        let batch = BatchInput { batch_id: "j-1", seq: 1, first_item: 0, items: &two };
+        assert!(Embed::items(&batch).is_err());
         let bad = [json!("ok"), json!({"id": 1})];
         let batch = BatchInput { batch_id: "j-1", seq: 1, first_item: 10, items: &bad };
         let err = Embed::items(&batch).err().map(|e| e.to_string()).unwrap_or_default();

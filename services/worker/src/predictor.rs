@@ -111,7 +111,8 @@ pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predi
     }
 }
 
-/// `echo`: each result is `{"index": <item index in the job>, "result": <item>}`.
+/// `echo`: each result is `{"index": <item index in the job>, "result": <item>}`
+/// (with the item's `"name"` too, for a named input).
 ///
 /// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch),
 /// `fail_batches` (sequence numbers of batches that fail) and
@@ -174,7 +175,7 @@ impl Predictor for Echo {
             .items
             .iter()
             .enumerate()
-            .map(|(i, item)| serde_json::json!({"index": batch.first_item + i as u64, "result": item}))
+            .map(|(i, item)| batchmill_core::named::result_line(batch.first_item + i as u64, item, item.clone()))
             .collect())
     }
 }

@@ -233,8 +233,9 @@ impl Predictor for PythonPredictor {
         };
         Ok(results
             .into_iter()
+            .zip(batch.items)
             .enumerate()
-            .map(|(i, result)| json!({"index": batch.first_item + i as u64, "result": result}))
+            .map(|(i, (result, item))| batchmill_core::named::result_line(batch.first_item + i as u64, item, result))
             .collect())
     }
 

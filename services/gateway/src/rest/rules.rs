@@ -107,7 +107,8 @@ mod tests {
         assert!(find("RerunDeadLetters").template.matches("/v1/jobs/abc/deadLetters").is_none());
         assert!(find("StreamJobLogs").template.matches("/v1/jobs/abc/logs").is_some());
         assert!(find("ListBatches").template.matches("/v1/jobs/abc/batches").is_some());
-        assert_eq!(routes.len(), 10);
+        assert!(find("ListJobResults").template.matches("/v1/jobs/abc/results").is_some());
+        assert_eq!(routes.len(), 11);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

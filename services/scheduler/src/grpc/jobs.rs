@@ -265,6 +265,24 @@ impl JobService for JobsGrpc {
         Ok(Response::new(lines.take_until(ended).boxed()))
     }
 
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_job_results(
+        &self,
+        request: Request<pb::ListJobResultsRequest>,
+    ) -> Result<Response<pb::ListJobResultsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
+        let job = self.visible(&caller, &job_id(&req.job_id)?).await?;
+        let store = self.scheduler()?.store.clone();
+        let (results, next) =
+            crate::results::page(&store, &job, &req.page_token, limit).await.map_err(|e| match e {
+                crate::SchedulerError::BadRequest(v) => Status::from(v),
+                other => other.to_status(),
+            })?;
+        Ok(Response::new(pb::ListJobResultsResponse { results, next_page_token: next.unwrap_or_default() }))
+    }
+
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
