@@ -96,7 +96,8 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn tools_dir() -> PathBuf {
+/// Where install-deps puts its tools (venvs, models).
+pub fn tools_dir() -> PathBuf {
     std::env::var_os("BATCHMILL_TOOLS_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".batchmill/tools"))
 }
 

@@ -92,6 +92,10 @@ pub async fn route(
             let name = query.iter().find(|(k, _)| k == "name" || k == "modelId").map(|(_, v)| v.as_str());
             ok(&Value::Array(all.iter().filter(|p| name.is_none_or(|n| n == p.name)).map(model).collect()))
         }
+        // The SDK reads this when it starts. Modzy users pick hardware for a
+        // model here; batchmill's scheduler assigns workers itself, so there
+        // are none to pick.
+        ["requirements", "account"] => ok(&Value::Array(Vec::new())),
         [name] => ok(&model(&pipeline(pipelines, caller, name).await?.ok_or_else(|| missing(name))?)),
         [name, "versions"] => {
             let p = pipeline(pipelines, caller, name).await?.ok_or_else(|| missing(name))?;

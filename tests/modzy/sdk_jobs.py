@@ -1,0 +1,126 @@
+"""Modzy's Python SDK (modzy-sdk 0.11.6, unchanged) against batchmill's
+Modzy routes, as a Modzy user's code calls them. Run by tests/tests/modzy.rs
+with BATCHMILL_MODZY_URL (<gateway>/api), BATCHMILL_API_KEY (an account's
+member key), BATCHMILL_OTHER_KEY (another account's) and
+BATCHMILL_SLOW_MODEL (a deployed pipeline whose batches take seconds).
+Prints one line per check; exits non-zero on the first that fails."""
+
+import os
+import sys
+
+from modzy import ApiClient
+from modzy.error import BadRequestError, NotFoundError
+
+URL = os.environ["BATCHMILL_MODZY_URL"]
+client = ApiClient(base_url=URL, api_key=os.environ["BATCHMILL_API_KEY"])
+other = ApiClient(base_url=URL, api_key=os.environ["BATCHMILL_OTHER_KEY"])
+SLOW = os.environ["BATCHMILL_SLOW_MODEL"]
+
+
+def check(what, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + (f": {detail}" if detail and not ok else ""), flush=True)
+    if not ok:
+        sys.exit(1)
+
+
+def wait(job):
+    job = client.jobs.block_until_complete(job, timeout=120, poll_interval=0.3)
+    result = client.results.block_until_complete(job, timeout=120, poll_interval=0.3)
+    return job, result
+
+
+# Models: pipelines and their versions.
+echo = client.models.get("echo")
+check("models.get", echo.modelId == "echo" and echo.latest_version == "1", echo)
+check("models.get_versions", [v.version for v in client.models.get_versions("echo")] == ["1"])
+check("models.get_version", client.models.get_version("echo", "1").version == "1")
+check("models.get_all lists echo and embed", {"echo", "embed"} <= {m.modelId for m in client.models.get_all()})
+
+# Text: each source is an input item, its results keyed by its name.
+sources = {f"item-{i}": {"input.txt": f"text {i}"} for i in range(25)}
+job = client.jobs.submit_text("echo", "1", sources)
+check("submit_text answers SUBMITTED or later", job.status in ("SUBMITTED", "IN_PROGRESS", "COMPLETED"), job)
+job, result = wait(job)
+check("text job COMPLETED", job.status == "COMPLETED", job)
+check("text job counts", (job.total, job.completed, job.failed, job.pending) == (25, 25, 0, 0), job)
+check("text job fields", job.submitted_by and job.account_identifier and job.model.identifier == "echo"
+      and job.model.version == "1" and job.input_byte_amount > 0 and job.elapsed_time >= 0
+      and job.queue_time >= 0 and job.created_at and job.updated_at and job.submitted_at, job)
+check("text job inputs", job.job_inputs.identifier[:3] == ["item-0", "item-1", "item-10"]
+      or sorted(job.job_inputs.identifier) == sorted(sources), job.job_inputs)
+check("results finished", result.finished and result.total == 25 and result.completed == 25 and result.failed == 0)
+for name, inputs in sources.items():
+    out = result.get_source_outputs(name)["results.json"]
+    check(f"result of {name}", out == {"name": name, "inputs": inputs}, out)
+
+# Embedded: base64 data URIs; UTF-8 data reaches the model as its text.
+job = client.jobs.submit_embedded("echo", "1", {"a": {"input.txt": b"bytes here"}, "b": {"blob": bytes([0, 255, 7])}})
+job, result = wait(job)
+check("embedded job COMPLETED", job.status == "COMPLETED" and job.completed == 2, job)
+check("embedded text", result.get_source_outputs("a")["results.json"]["inputs"]["input.txt"] == "bytes here")
+check("embedded binary", result.get_source_outputs("b")["results.json"]["inputs"]["blob"]
+      == "data:application/octet-stream;base64,AP8H")
+
+# The embed model: one vector per input item, keyed by its name.
+job = client.jobs.submit_text("embed", "1", {"s1": {"input.txt": "A cat sits on the mat."}, "s2": {"input.txt": "Stocks fell."}})
+job, result = wait(job)
+vector = result.get_source_outputs("s1")["results.json"]["embedding"]
+check("embed results", job.status == "COMPLETED" and len(vector) == 384, job)
+
+# Cancel a job that is still running.
+job = client.jobs.submit_text(SLOW, "1", {f"slow-{i}": {"input.txt": str(i)} for i in range(40)})
+cancelled = client.jobs.cancel(job)
+check("cancel answers CANCELED", cancelled.status == "CANCELED", cancelled)
+check("a cancelled job stays CANCELED", client.jobs.get(job).status == "CANCELED")
+result = client.results.get(job)
+check("a cancelled job's results are finished", result.finished)
+
+# History: filters and paging.
+history = client.jobs.get_history(status="terminated", model="echo", per_page=1, page=1)
+check("history page 1 of echo", len(history) == 1 and history[0].model.identifier == "echo", history)
+second = client.jobs.get_history(status="terminated", model="echo", per_page=1, page=2)
+check("history page 2 differs", len(second) == 1 and second[0].job_identifier != history[0].job_identifier)
+everything = client.jobs.get_history(per_page=100)
+check("history lists every job", len(everything) == 4, [j.job_identifier for j in everything])
+check("history newest first", everything[0].job_identifier == job.job_identifier)
+check("history pending", client.jobs.get_history(status="pending") == [])
+check("history by model", [j.model.identifier for j in client.jobs.get_history(model=SLOW)] == [SLOW])
+check("history by start date", client.jobs.get_history(start_date="2999-01-01T00:00:00.000") == [])
+
+# Bad input is a 400 naming the field.
+for what, call, field in [
+    ("unknown model", lambda: client.jobs.submit_text("no-such-model", "1", {"a": {"input.txt": "x"}}), "model.identifier"),
+    ("unknown version", lambda: client.jobs.submit_text("echo", "7", {"a": {"input.txt": "x"}}), "model.version"),
+    ("malformed data URI", lambda: client.http.post("/jobs", {"model": {"identifier": "echo", "version": "1"},
+        "input": {"type": "embedded", "sources": {"a": {"input.txt": "data:text/plain;base64,@@"}}}}), "input.sources.a.input.txt"),
+]:
+    try:
+        call()
+        check(what, False, "accepted")
+    except BadRequestError as e:
+        check(f"{what} names {field}", field in str(e), str(e))
+
+# Another account sees none of it; a wrong key is refused.
+try:
+    other.jobs.get(job)
+    check("another account's job", False, "visible")
+except NotFoundError:
+    check("another account gets 404 for the job", True)
+try:
+    other.results.get(job)
+    check("another account's results", False, "visible")
+except NotFoundError:
+    check("another account gets 404 for the results", True)
+check("another account's history is its own", other.jobs.get_history() == [])
+try:
+    ApiClient(base_url=URL, api_key="not-a-key")
+    check("a wrong key", False, "accepted")
+except ValueError as e:
+    # The SDK checks its key when it starts (GET /models) and refuses it so.
+    check("a wrong key is refused when the client starts", "api_key should be a valid key" in str(e), str(e))
+try:
+    client.http.session.get(URL + "/jobs/history", headers={"Authorization": "ApiKey not-a-key"}).raise_for_status()
+    check("a wrong key", False, "accepted")
+except Exception as e:  # noqa: BLE001 - requests' HTTPError
+    check("a wrong key gets 401", "401" in str(e), str(e))
+print("all checks passed")

@@ -1,0 +1,64 @@
+//! Modzy's Jobs API as Modzy users reach it: their public Python SDK
+//! (modzy-sdk 0.11.6 from PyPI, unchanged) runs `tests/modzy/sdk_jobs.py`
+//! against the cluster's `/api` routes with an account's member key: text,
+//! embedded and embed jobs, `block_until_complete`, results by input name,
+//! history with filters and paging, cancel, models, bad input named, and
+//! another account seeing nothing.
+
+use std::path::Path;
+
+use batchmill_proto::accounts::v1 as apb;
+use batchmill_proto::pipelines::v1 as ppb;
+use batchmill_tests::{Options, Sandbox, tools_dir};
+
+/// A pipeline whose batches take two seconds each: jobs on it are still
+/// running when they are cancelled.
+const SLOW: &str = "import time\n\nclass PythonPredictor:\n    def __init__(self, config, job_spec):\n        pass\n\n    def predict(self, payload, batch_id):\n        time.sleep(2)\n        return payload\n";
+
+async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> {
+    let mut accounts = sandbox.accounts_as(&sandbox.api_key).await?;
+    accounts.create_account(apb::CreateAccountRequest { account_id: account.into(), limits: None }).await?;
+    let request =
+        apb::CreateKeyRequest { account_id: account.into(), role: apb::Role::Member as i32, description: "sdk".into() };
+    Ok(accounts.create_key(request).await?.into_inner().secret_key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options::default()).await?;
+    let key = member_key(&sandbox, "acme").await?;
+    let other = member_key(&sandbox, "globex").await?;
+    let request = ppb::DeployPipelineRequest {
+        name: "slow-model".into(),
+        kind: "BatchAPI".into(),
+        predictor: Some(ppb::Predictor { r#type: "python".into(), path: "predictor.py".into(), ..Default::default() }),
+        files: [("predictor.py".to_owned(), SLOW.as_bytes().to_vec())].into_iter().collect(),
+        ..Default::default()
+    };
+    sandbox.pipelines().await?.deploy_pipeline(request).await?;
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("modzy/sdk_jobs.py");
+    let python = tools_dir().join("modzy-venv/bin/python3");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("BATCHMILL_MODZY_URL", format!("{}/api", sandbox.rest_url()))
+        .env("BATCHMILL_API_KEY", &key)
+        .env("BATCHMILL_OTHER_KEY", &other)
+        .env("BATCHMILL_SLOW_MODEL", "slow-model")
+        .output()
+        .await
+        .map_err(|e| anyhow::anyhow!("running {} (deploy/local/install-deps installs it): {e}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "the SDK script failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sandbox.log_tail("gateway")
+    );
+    // The keys were never written anywhere in clear.
+    let logs: String = ["gateway", "scheduler", "worker-0", "worker-1"].iter().map(|s| sandbox.log(s)).collect();
+    for k in [&key, &other] {
+        assert!(!logs.contains(&k[k.find('.').unwrap_or_default() + 1..]), "a key's secret is in a log");
+    }
+    Ok(())
+}
