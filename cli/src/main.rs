@@ -230,6 +230,7 @@ async fn run_submit(client: &mut JobServiceClient<Api>, s: Submit) -> anyhow::Re
         output_uri: s.output_uri,
         dead_letter: s.max_receive_count.map(|max_receive_count| pb::DeadLetterPolicy { max_receive_count }),
         timeout: s.timeout_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        s3_credentials: None,
     };
     let started = Instant::now();
     let job = client.submit_job(request).await?.into_inner().job.unwrap_or_default();

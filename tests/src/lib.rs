@@ -55,6 +55,10 @@ impl Default for Options {
 
 pub const ACCESS_KEY: &str = "sandbox";
 pub const SECRET_KEY: &str = "sandbox-secret";
+/// A second identity of the S3 server: a tenant's own keys, which jobs
+/// bring as their credentials. Its secret is one no service is given.
+pub const TENANT_ACCESS_KEY: &str = "tenant";
+pub const TENANT_SECRET_KEY: &str = "tenant-own-secret-7f3a9c";
 pub const BUCKET: &str = "batchmill";
 
 /// A running cluster; everything it started is stopped when dropped.
@@ -238,6 +242,8 @@ impl Sandbox {
                 ACCESS_KEY,
                 "--secret-key",
                 SECRET_KEY,
+                "--extra-key",
+                &format!("{TENANT_ACCESS_KEY}:{TENANT_SECRET_KEY}"),
             ],
             &[],
         )?;
@@ -281,6 +287,8 @@ impl Sandbox {
             ("BATCHMILL_EMBED_MODEL".into(), embed_model().to_string_lossy().into_owned()),
             // Errors, not backtraces, in the logs tests show on failure.
             ("RUST_BACKTRACE".into(), "0".into()),
+            // Seals jobs' own credentials (deploy/local/up makes one the same way).
+            ("BATCHMILL_SECRET_KEY".into(), batchmill_core::sealed::ClusterKey::generate()?),
         ])
     }
 

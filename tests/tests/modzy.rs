@@ -7,9 +7,11 @@
 
 use std::path::Path;
 
+use batchmill_blob::ObjectStore;
 use batchmill_proto::accounts::v1 as apb;
 use batchmill_proto::pipelines::v1 as ppb;
-use batchmill_tests::{Options, Sandbox, tools_dir};
+use batchmill_tests::{BUCKET, Options, Sandbox, TENANT_ACCESS_KEY, TENANT_SECRET_KEY, tools_dir};
+use bytes::Bytes;
 
 /// A pipeline whose batches take two seconds each: jobs on it are still
 /// running when they are cancelled.
@@ -36,6 +38,13 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         ..Default::default()
     };
     sandbox.pipelines().await?.deploy_pipeline(request).await?;
+    for (key, body) in [
+        ("tenant/docs/a.txt", &b"alpha"[..]),
+        ("tenant/docs/b.txt", &b"beta"[..]),
+        ("tenant/docs/sub/c.bin", &[0u8, 1, 2, 255][..]),
+    ] {
+        sandbox.blob.put(BUCKET, key, Bytes::copy_from_slice(body), "application/octet-stream").await?;
+    }
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("modzy/sdk_jobs.py");
     let python = tools_dir().join("modzy-venv/bin/python3");
@@ -45,6 +54,8 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         .env("BATCHMILL_API_KEY", &key)
         .env("BATCHMILL_OTHER_KEY", &other)
         .env("BATCHMILL_SLOW_MODEL", "slow-model")
+        .env("BATCHMILL_TENANT_S3", format!("{TENANT_ACCESS_KEY}:{TENANT_SECRET_KEY}"))
+        .env("BATCHMILL_BUCKET", BUCKET)
         .output()
         .await
         .map_err(|e| anyhow::anyhow!("running {} (deploy/local/install-deps installs it): {e}", python.display()))?;
@@ -55,10 +66,24 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         String::from_utf8_lossy(&out.stderr),
         sandbox.log_tail("gateway")
     );
-    // The keys were never written anywhere in clear.
-    let logs: String = ["gateway", "scheduler", "worker-0", "worker-1"].iter().map(|s| sandbox.log(s)).collect();
-    for k in [&key, &other] {
-        assert!(!logs.contains(&k[k.find('.').unwrap_or_default() + 1..]), "a key's secret is in a log");
+    // Neither the API keys nor the jobs' own S3 secret were written
+    // anywhere in clear: not in etcd, not in any service's log.
+    let logs: String =
+        ["gateway", "scheduler", "enqueuer", "lister", "worker-0", "worker-1"].iter().map(|s| sandbox.log(s)).collect();
+    let etcd =
+        batchmill_coord::Etcd::connect(std::slice::from_ref(&sandbox.etcd_url), std::time::Duration::from_secs(10))
+            .await?;
+    let stored = batchmill_coord::Kv::list(&etcd, "/batchmill/").await?;
+    let stored: String = stored.iter().map(|(k, v)| format!("{k}={}\n", String::from_utf8_lossy(v))).collect();
+    assert!(stored.contains("input_access"), "the jobs' sealed credentials are stored");
+    for secret in [
+        &key[key.find('.').unwrap_or_default() + 1..],
+        &other[other.find('.').unwrap_or_default() + 1..],
+        TENANT_SECRET_KEY,
+    ] {
+        assert!(!logs.contains(secret), "a secret is in a log");
+        let found: Vec<&str> = stored.lines().filter(|l| l.contains(secret)).collect();
+        assert!(found.is_empty(), "a secret is in etcd: {found:?}");
     }
     Ok(())
 }

@@ -27,6 +27,16 @@ impl S3Config {
     pub fn new(endpoint: Option<String>, region: String) -> S3Config {
         S3Config { endpoint, region, credentials: None }
     }
+
+    /// Another identity over this store: its own keys, and its region and
+    /// endpoint where it names them (empty: this config's).
+    pub fn with_credentials(&self, key: &str, secret: &str, region: &str, endpoint: &str) -> S3Config {
+        S3Config {
+            endpoint: if endpoint.is_empty() { self.endpoint.clone() } else { Some(endpoint.to_owned()) },
+            region: if region.is_empty() { self.region.clone() } else { region.to_owned() },
+            credentials: Some((key.to_owned(), secret.to_owned())),
+        }
+    }
 }
 
 /// An S3 client; clones share connections.

@@ -16,6 +16,12 @@ pub fn request_key(job_id: &str) -> String {
     format!("{PREFIX}{job_id}/request")
 }
 
+/// Where the request's source access (a job's own credentials) is kept,
+/// sealed, apart from the request.
+pub fn access_key(job_id: &str) -> String {
+    format!("{PREFIX}{job_id}/access")
+}
+
 /// The job id of a progress key, or `None` for another key.
 pub fn job_of_progress_key(key: &str) -> Option<&str> {
     key.strip_prefix(PREFIX)?.strip_suffix("/progress")

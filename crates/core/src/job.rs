@@ -119,6 +119,8 @@ pub enum SourceSpec {
     FilePaths(S3Selection),
     /// One item per line of every selected object.
     DelimitedFiles(S3Selection),
+    /// One named item per object under each folder.
+    Folders(Vec<Folder>),
 }
 
 /// S3 objects under prefixes, filtered by globs (see [`crate::glob`]).
@@ -131,7 +133,7 @@ pub struct S3Selection {
 
 impl S3Selection {
     /// Validates a selection given in request field `field`.
-    fn parse(
+    pub fn parse(
         field: &str,
         s3_paths: &[String],
         includes: &[String],
@@ -167,6 +169,16 @@ pub struct JobSpec {
     pub max_receive_count: Option<u32>,
     /// Milliseconds from submission after which the job times out.
     pub timeout_ms: Option<u64>,
+    /// How to read the job's own S3 objects.
+    pub s3_access: Option<crate::access::S3Access>,
+}
+
+/// A prefix whose every object is one named item (see [`crate::named`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Folder {
+    pub name: String,
+    pub input: String,
+    pub s3_path: S3Uri,
 }
 
 impl TryFrom<pb::SubmitJobRequest> for JobSpec {
@@ -180,39 +192,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
                 format!("must be between 1 and {MAX_WORKERS}, got {}", req.workers),
             ));
         }
-        let (source, batch_size) = match req.source {
-            None => {
-                return Err(FieldViolation::new(
-                    "source",
-                    "one source must be set: item_list, named_inputs, file_path_lister or delimited_files",
-                ));
-            }
-            Some(pb::submit_job_request::Source::FilePathLister(s)) => {
-                let batch_size = validate_batch_size("file_path_lister.batch_size", s.batch_size)?;
-                let selection = S3Selection::parse("file_path_lister", &s.s3_paths, &s.includes, &s.excludes)?;
-                (SourceSpec::FilePaths(selection), batch_size)
-            }
-            Some(pb::submit_job_request::Source::DelimitedFiles(s)) => {
-                let batch_size = validate_batch_size("delimited_files.batch_size", s.batch_size)?;
-                let selection = S3Selection::parse("delimited_files", &s.s3_paths, &s.includes, &s.excludes)?;
-                (SourceSpec::DelimitedFiles(selection), batch_size)
-            }
-            Some(pb::submit_job_request::Source::ItemList(list)) => {
-                let batch_size = validate_batch_size("item_list.batch_size", list.batch_size)?;
-                if list.items.is_empty() {
-                    return Err(FieldViolation::new("item_list.items", "must not be empty"));
-                }
-                let items: Vec<Value> = list.items.iter().map(crate::json::value_to_json).collect();
-                check_batch_bytes(&items, batch_size)?;
-                (SourceSpec::Items(items), batch_size)
-            }
-            Some(pb::submit_job_request::Source::NamedInputs(named)) => {
-                let batch_size = validate_batch_size("named_inputs.batch_size", named.batch_size)?;
-                let items = named_items(&named.inputs)?;
-                check_batch_bytes(&items, batch_size)?;
-                (SourceSpec::Items(items), batch_size)
-            }
-        };
+        let (source, batch_size) = source_spec(req.source, req.s3_credentials.is_some())?;
         let output_uri = if req.output_uri.is_empty() {
             None
         } else {
@@ -230,6 +210,11 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             }
         };
         let timeout_ms = req.timeout.as_ref().map(check_timeout).transpose()?;
+        let s3_access = req
+            .s3_credentials
+            .as_ref()
+            .map(|c| crate::access::S3Access::from_request("s3_credentials", c))
+            .transpose()?;
         Ok(JobSpec {
             pipeline,
             max_workers: req.workers as u32,
@@ -239,8 +224,66 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             output_uri,
             max_receive_count,
             timeout_ms,
+            s3_access,
         })
     }
+}
+
+/// The source of a submission, and its batch size; errors name the field.
+fn source_spec(
+    source: Option<pb::submit_job_request::Source>,
+    has_credentials: bool,
+) -> Result<(SourceSpec, u32), FieldViolation> {
+    let (source, batch_size) = match source {
+        None => {
+            return Err(FieldViolation::new(
+                "source",
+                "one source must be set: item_list, named_inputs, s3_folders, file_path_lister or delimited_files",
+            ));
+        }
+        Some(pb::submit_job_request::Source::FilePathLister(s)) => {
+            let batch_size = validate_batch_size("file_path_lister.batch_size", s.batch_size)?;
+            let selection = S3Selection::parse("file_path_lister", &s.s3_paths, &s.includes, &s.excludes)?;
+            (SourceSpec::FilePaths(selection), batch_size)
+        }
+        Some(pb::submit_job_request::Source::DelimitedFiles(s)) => {
+            let batch_size = validate_batch_size("delimited_files.batch_size", s.batch_size)?;
+            let selection = S3Selection::parse("delimited_files", &s.s3_paths, &s.includes, &s.excludes)?;
+            (SourceSpec::DelimitedFiles(selection), batch_size)
+        }
+        Some(pb::submit_job_request::Source::ItemList(list)) => {
+            let batch_size = validate_batch_size("item_list.batch_size", list.batch_size)?;
+            if list.items.is_empty() {
+                return Err(FieldViolation::new("item_list.items", "must not be empty"));
+            }
+            let items: Vec<Value> = list.items.iter().map(crate::json::value_to_json).collect();
+            check_batch_bytes(&items, batch_size)?;
+            (SourceSpec::Items(items), batch_size)
+        }
+        Some(pb::submit_job_request::Source::NamedInputs(named)) => {
+            let batch_size = validate_batch_size("named_inputs.batch_size", named.batch_size)?;
+            let items = named_items(&named.inputs)?;
+            if !has_credentials && items.iter().any(|i| !crate::named::objects_of(i).is_empty()) {
+                return Err(FieldViolation::new(
+                    "s3_credentials",
+                    "must be set: named inputs with objects are read with the job's own credentials",
+                ));
+            }
+            check_batch_bytes(&items, batch_size)?;
+            (SourceSpec::Items(items), batch_size)
+        }
+        Some(pb::submit_job_request::Source::S3Folders(f)) => {
+            let batch_size = validate_batch_size("s3_folders.batch_size", f.batch_size)?;
+            if !has_credentials {
+                return Err(FieldViolation::new(
+                    "s3_credentials",
+                    "must be set: S3 folders are read with the job's own credentials",
+                ));
+            }
+            (SourceSpec::Folders(folders(&f.folders)?), batch_size)
+        }
+    };
+    Ok((source, batch_size))
 }
 
 /// Named inputs as the items predictors get ([`crate::named`]): at least
@@ -266,13 +309,50 @@ fn named_items(inputs: &[pb::NamedInput]) -> Result<Vec<Value>, FieldViolation> 
                 format!("{:?} is given twice; names are unique", input.name),
             ));
         }
-        if input.inputs.is_empty() {
-            return Err(FieldViolation::new(field("inputs"), "must hold at least one input"));
+        if input.inputs.is_empty() && input.objects.is_empty() {
+            return Err(FieldViolation::new(field("inputs"), "must hold at least one input (or object)"));
         }
         let values = input.inputs.iter().map(|(k, v)| (k.clone(), crate::json::value_to_json(v))).collect();
-        items.push(crate::named::item(&input.name, values));
+        let mut objects = Map::new();
+        for (k, uri) in &input.objects {
+            let parsed =
+                S3Uri::parse(uri).map_err(|e| FieldViolation::new(field(&format!("objects.{k}")), e.to_string()))?;
+            if parsed.key.is_empty() || parsed.key.ends_with('/') {
+                return Err(FieldViolation::new(
+                    field(&format!("objects.{k}")),
+                    "must name an object, s3://bucket/key",
+                ));
+            }
+            objects.insert(k.clone(), Value::String(parsed.to_string()));
+        }
+        items.push(crate::named::item(&input.name, values, objects));
     }
     Ok(items)
+}
+
+/// S3 folders, checked: at least one, each named, with an input and a prefix.
+fn folders(folders: &[pb::S3Folder]) -> Result<Vec<Folder>, FieldViolation> {
+    if folders.is_empty() {
+        return Err(FieldViolation::new("s3_folders.folders", "must not be empty"));
+    }
+    folders
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let field = |name: &str| format!("s3_folders.folders[{i}].{name}");
+            if f.name.is_empty() || f.name.chars().count() > crate::named::MAX_NAME {
+                return Err(FieldViolation::new(
+                    field("name"),
+                    format!("must be 1 to {} characters", crate::named::MAX_NAME),
+                ));
+            }
+            if f.input.is_empty() {
+                return Err(FieldViolation::new(field("input"), "must name the model input each object is"));
+            }
+            let s3_path = S3Uri::parse(&f.s3_path).map_err(|e| FieldViolation::new(field("s3_path"), e.to_string()))?;
+            Ok(Folder { name: f.name.clone(), input: f.input.clone(), s3_path })
+        })
+        .collect()
 }
 
 /// Longest timeout a job may ask for: a year.
@@ -465,6 +545,7 @@ mod tests {
             .map(|(name, values)| pb::NamedInput {
                 name: (*name).into(),
                 inputs: values.iter().map(|(k, v)| ((*k).to_owned(), crate::json::json_to_value(v))).collect(),
+                objects: Default::default(),
             })
             .collect();
         pb::SubmitJobRequest {

@@ -3,6 +3,7 @@
 //! JetStream names), S3 URIs, the clock, and the one error-code enum that
 //! maps to gRPC and HTTP status.
 
+pub mod access;
 pub mod batch;
 pub mod embed;
 pub mod enqueue;
@@ -15,6 +16,7 @@ pub mod job;
 pub mod json;
 pub mod named;
 pub mod project;
+pub mod sealed;
 pub mod subjects;
 pub mod time;
 pub mod uri;

@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchmill_coord::Kv;
-use batchmill_core::enqueue::{self as progress, EnqueueProgress, progress_key, request_key};
+use batchmill_core::enqueue::{self as progress, EnqueueProgress, access_key, progress_key, request_key};
+use batchmill_core::sealed::{ClusterKey, SealError, Sealed};
 use batchmill_core::{BatchId, JobId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::lister::v1::ListItemsRequest;
+use batchmill_proto::lister::v1::S3Access;
 use batchmill_queue::Batches;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -44,6 +46,8 @@ pub struct Enqueuer {
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Seals a source's own access before it is stored for resuming.
+    secret_key: Option<ClusterKey>,
 }
 
 impl Enqueuer {
@@ -53,7 +57,44 @@ impl Enqueuer {
         lister: Arc<dyn ItemSource>,
         shutdown: CancellationToken,
     ) -> Enqueuer {
-        Enqueuer { kv, queue, lister, running: Arc::default(), tasks: TaskTracker::new(), shutdown }
+        Enqueuer { kv, queue, lister, running: Arc::default(), tasks: TaskTracker::new(), shutdown, secret_key: None }
+    }
+
+    /// An enqueuer that keeps sources' own access sealed with `key`.
+    #[must_use]
+    pub fn with_secret_key(mut self, key: Option<ClusterKey>) -> Enqueuer {
+        self.secret_key = key;
+        self
+    }
+
+    /// What is stored to resume `request`: the request without its
+    /// source's own access, and that access sealed.
+    fn stored(&self, request: &EnqueueJobRequest) -> Result<Vec<(String, Vec<u8>)>, EnqueueError> {
+        let job_id = &request.job_id;
+        let mut bare = request.clone();
+        let access = bare.source.as_mut().and_then(|s| s.access.take());
+        let mut pairs = vec![(request_key(job_id), bare.encode_to_vec())];
+        if let Some(access) = access {
+            let refuse = |message: String| EnqueueError::InvalidRequest { field: "source.access", message };
+            let key = self.secret_key.as_ref().ok_or_else(|| refuse(SealError::NoKey.to_string()))?;
+            let sealed = key.seal(&access.encode_to_vec()).map_err(|e| refuse(e.to_string()))?;
+            let json = serde_json::to_vec(&sealed).map_err(|e| refuse(e.to_string()))?;
+            pairs.push((access_key(job_id), json));
+        }
+        Ok(pairs)
+    }
+
+    /// A stored request with its source's access opened again.
+    async fn restored(&self, job_id: &str, mut request: EnqueueJobRequest) -> Result<EnqueueJobRequest, EnqueueError> {
+        let Some(raw) = self.kv.get(&access_key(job_id)).await? else { return Ok(request) };
+        let sealed: Sealed = serde_json::from_slice(&raw).map_err(|e| corrupt(job_id, e))?;
+        let key = self.secret_key.as_ref().ok_or_else(|| corrupt(job_id, SealError::NoKey))?;
+        let plain = key.open(&sealed).map_err(|e| corrupt(job_id, e))?;
+        let access = S3Access::decode(plain.as_slice()).map_err(|e| corrupt(job_id, e))?;
+        if let Some(source) = request.source.as_mut() {
+            source.access = Some(access);
+        }
+        Ok(request)
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
@@ -79,10 +120,8 @@ impl Enqueuer {
             Some(bytes) => EnqueueProgress::decode(&bytes).map_err(|e| corrupt(&job_id, e))?,
             None => {
                 let fresh = EnqueueProgress::default();
-                let pairs = vec![
-                    (request_key(&job_id), request.encode_to_vec()),
-                    (progress_key(&job_id), encoded(&job_id, &fresh)?),
-                ];
+                let mut pairs = self.stored(&request)?;
+                pairs.push((progress_key(&job_id), encoded(&job_id, &fresh)?));
                 self.kv.put_all(pairs).await?;
                 fresh
             }
@@ -133,6 +172,7 @@ impl Enqueuer {
                 continue;
             };
             let request = EnqueueJobRequest::decode(raw.as_slice()).map_err(|e| corrupt(job_id, e))?;
+            let request = self.restored(job_id, request).await?;
             info!(job_id, next_seq = progress.next_seq, "resuming enqueue");
             self.spawn(request, progress, tracing::Span::none());
             resumed += 1;

@@ -84,6 +84,9 @@ pub struct Config {
     pub nats_url: String,
     /// gRPC URL of the lister.
     pub lister_url: String,
+    /// The cluster's secret key, which seals a job's own credentials while
+    /// they are kept for resuming.
+    pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
 }
 
 /// Errors that stop an enqueuer.
@@ -110,7 +113,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let endpoint = tonic::transport::Endpoint::from_shared(config.lister_url.clone())
         .map_err(|e| RunError::ListerUrl { url: config.lister_url.clone(), message: e.to_string() })?;
     let lister = ListerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(16 * 1024 * 1024);
-    let enqueuer = Enqueuer::new(Arc::new(etcd), Arc::new(queue), Arc::new(lister), shutdown.clone());
+    let enqueuer = Enqueuer::new(Arc::new(etcd), Arc::new(queue), Arc::new(lister), shutdown.clone())
+        .with_secret_key(config.secret_key.clone());
     let resumed = enqueuer.resume_all().await?;
     info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, resumed, "enqueuer serving");
     batchmill_runtime::ServerBuilder::new()?

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
         etcd_endpoints: args.etcd.etcd_endpoints,
         nats_url: args.nats.nats_url,
         lister_url: args.lister_url,
+        secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
     };
     let listener = batchmill_runtime::bind(args.listen.listen).await?;
     batchmill_enqueuer::run(config, listener, shutdown).await?;

@@ -27,12 +27,16 @@ struct Lister {
     fail_after: Arc<Mutex<Option<usize>>>,
     /// The `skip` of each call.
     calls: Arc<Mutex<Vec<u64>>>,
+    /// The secret of the source's own access, in each call.
+    secrets: Arc<Mutex<Vec<Option<String>>>>,
 }
 
 #[async_trait]
 impl ItemSource for Lister {
     async fn items(&self, request: ListItemsRequest) -> Result<Chunks, RemoteError> {
         self.calls.lock().unwrap().push(request.skip);
+        let secret = request.source.as_ref().and_then(|s| s.access.as_ref()).map(|a| a.secret_access_key.clone());
+        self.secrets.lock().unwrap().push(secret);
         let rest: Vec<String> = self.items.iter().skip(request.skip as usize).cloned().collect();
         let fail_after = self.fail_after.lock().unwrap().take();
         let mut chunks: Vec<Result<Vec<String>, RemoteError>> = Vec::new();
@@ -49,7 +53,8 @@ impl ItemSource for Lister {
 }
 
 fn request(job: &str, batch_size: i32) -> EnqueueJobRequest {
-    let source = Source { kind: Some(Kind::NdjsonObjects(NdjsonObjects { uris: vec!["s3://b/items".into()] })) };
+    let source =
+        Source { kind: Some(Kind::NdjsonObjects(NdjsonObjects { uris: vec!["s3://b/items".into()] })), access: None };
     EnqueueJobRequest { job_id: job.into(), source: Some(source), batch_size }
 }
 
@@ -170,4 +175,36 @@ async fn a_bad_job_id_is_refused_and_a_stopped_job_publishes_nothing_more() {
     assert!(progress(&kv, "j3").await.stopped);
     assert!(!enqueuer.enqueue(request("j3", 5)).await.unwrap());
     assert!(take_batches(&queue, "j3").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_sources_own_access_is_kept_sealed_and_resumes_with_the_job() {
+    let (kv, queue) = (MemKv::default(), MemQueue::default());
+    let lister = Lister { items: items(9), ..Default::default() };
+    let key =
+        batchmill_core::sealed::ClusterKey::parse(&batchmill_core::sealed::ClusterKey::generate().unwrap()).unwrap();
+    let mut with_access = request("j1", 3);
+    if let Some(source) = with_access.source.as_mut() {
+        source.access = Some(batchmill_proto::lister::v1::S3Access {
+            access_key_id: "AK".into(),
+            secret_access_key: "own-secret-123".into(),
+            ..Default::default()
+        });
+    }
+    // Without the cluster's key it is refused, naming the field.
+    let refused = enqueuer(&kv, &queue, &lister).enqueue(with_access.clone()).await.unwrap_err();
+    assert!(refused.to_string().contains("source.access"), "{refused}");
+    let sealed = enqueuer(&kv, &queue, &lister).with_secret_key(Some(key.clone()));
+    assert!(sealed.enqueue(with_access).await.unwrap());
+    finished(&kv, "j1").await;
+    for (k, v) in kv.list("/batchmill/").await.unwrap() {
+        assert!(!String::from_utf8_lossy(&v).contains("own-secret-123"), "{k} holds the secret");
+    }
+    // A restarted enqueuer resumes the job with its access opened again.
+    kv.put(&progress_key("j1"), EnqueueProgress::default().encode().unwrap()).await.unwrap();
+    let restarted = enqueuer(&kv, &queue, &lister).with_secret_key(Some(key));
+    assert_eq!(restarted.resume_all().await.unwrap(), 1);
+    finished(&kv, "j1").await;
+    let secrets = lister.secrets.lock().unwrap().clone();
+    assert_eq!(secrets, [Some("own-secret-123".to_owned()), Some("own-secret-123".to_owned())]);
 }

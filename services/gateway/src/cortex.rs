@@ -286,6 +286,7 @@ impl Submission {
             output_uri: String::new(),
             dead_letter: max_receive_count.map(|n| pb::DeadLetterPolicy { max_receive_count: int32(n) }),
             timeout: self.timeout.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            s3_credentials: None,
         })
     }
 }

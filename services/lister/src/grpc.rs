@@ -1,5 +1,6 @@
 //! The gRPC adapter of [`Lister`].
 
+use batchmill_core::access::S3Access;
 use batchmill_core::{S3Uri, ServiceError};
 use batchmill_proto::lister::v1::{self as pb, source};
 use futures::StreamExt;
@@ -37,6 +38,7 @@ impl TryFrom<pb::Source> for Source {
             }
             Some(source::Kind::FilePaths(s)) => Ok(Source::FilePaths(selection(s)?)),
             Some(source::Kind::DelimitedFiles(s)) => Ok(Source::DelimitedFiles(selection(s)?)),
+            Some(source::Kind::NamedFolders(f)) => Ok(Source::Folders(folders(f)?)),
             None => Err(ListerError::BadSource("source.kind must be set".into())),
         }
     }
@@ -45,6 +47,20 @@ impl TryFrom<pb::Source> for Source {
 fn selection(s: pb::S3Selection) -> Result<batchmill_core::S3Selection, ListerError> {
     let s3_paths = parse_uris("s3_paths", &s.s3_paths)?;
     Ok(batchmill_core::S3Selection { s3_paths, includes: s.includes, excludes: s.excludes })
+}
+
+fn folders(f: pb::NamedFolders) -> Result<Vec<batchmill_core::job::Folder>, ListerError> {
+    if f.folders.is_empty() {
+        return Err(ListerError::BadSource("named_folders.folders must not be empty".into()));
+    }
+    f.folders
+        .into_iter()
+        .map(|f| {
+            let s3_path =
+                S3Uri::parse(&f.s3_path).map_err(|e| ListerError::BadSource(format!("named_folders: {e}")))?;
+            Ok(batchmill_core::job::Folder { name: f.name, input: f.input, s3_path })
+        })
+        .collect()
 }
 
 /// A non-empty list of s3:// URIs, given in field `field`.
@@ -65,13 +81,13 @@ impl pb::lister_service_server::ListerService for ListerGrpc {
         request: Request<pb::ListItemsRequest>,
     ) -> Result<Response<Self::ListItemsStream>, Status> {
         let req = request.into_inner();
-        let source = req
-            .source
-            .ok_or_else(|| Status::invalid_argument("source: must be set"))
-            .and_then(|s| Source::try_from(s).map_err(|e| e.to_status()))?;
+        let source = req.source.ok_or_else(|| Status::invalid_argument("source: must be set"))?;
+        let access = source.access.as_ref().map(S3Access::from_pb);
+        let source = Source::try_from(source).map_err(|e| e.to_status())?;
         let stream = self
             .lister
-            .list(source, req.skip)
+            .list(source, access.as_ref(), req.skip)
+            .await
             .map(|chunk| chunk.map(|items| pb::ListItemsResponse { items }).map_err(|e| e.to_status()))
             .boxed();
         Ok(Response::new(stream))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use batchmill_blob::ObjectStore;
 use batchmill_core::glob::Filter;
+use batchmill_core::job::Folder;
 use batchmill_core::{S3Selection, S3Uri};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -31,6 +32,7 @@ pub fn stream(
             Source::NdjsonObjects(uris) => ndjson(blob.as_ref(), &uris, &mut out).await,
             Source::FilePaths(selection) => selected(blob.as_ref(), &selection, Mode::Paths, &mut out).await,
             Source::DelimitedFiles(selection) => selected(blob.as_ref(), &selection, Mode::Lines, &mut out).await,
+            Source::Folders(folders) => named_folders(blob.as_ref(), &folders, &mut out).await,
         };
         match result {
             Ok(()) => out.finish().await,
@@ -110,18 +112,38 @@ async fn lines(blob: &dyn ObjectStore, uri: &S3Uri, out: &mut Emitter) -> Result
     }
 }
 
-enum Mode {
+enum Mode<'a> {
     /// Each selected object is an item: its path.
     Paths,
     /// Each line of each selected object is an item.
     Lines,
+    /// Each selected object is a named item of the folder.
+    Named(&'a Folder),
+}
+
+/// Every object of each folder, as a named item whose input is the object.
+async fn named_folders(blob: &dyn ObjectStore, folders: &[Folder], out: &mut Emitter) -> Result<(), ListerError> {
+    for folder in folders {
+        let selection = S3Selection { s3_paths: vec![folder.s3_path.clone()], includes: vec![], excludes: vec![] };
+        selected(blob, &selection, Mode::Named(folder), out).await?;
+    }
+    Ok(())
+}
+
+/// The item of `uri` in `folder`: named `<folder name>/<key after the prefix>`.
+fn folder_item(folder: &Folder, uri: &S3Uri) -> String {
+    let rest = uri.key.strip_prefix(&folder.s3_path.key).unwrap_or(&uri.key).trim_start_matches('/');
+    let name = if rest.is_empty() { folder.name.clone() } else { format!("{}/{rest}", folder.name) };
+    let mut objects = serde_json::Map::new();
+    objects.insert(folder.input.clone(), serde_json::Value::String(uri.to_string()));
+    batchmill_core::named::item(&name, serde_json::Map::new(), objects).to_string()
 }
 
 /// Lists the selection a page at a time and emits what it selects.
 async fn selected(
     blob: &dyn ObjectStore,
     selection: &S3Selection,
-    mode: Mode,
+    mode: Mode<'_>,
     out: &mut Emitter,
 ) -> Result<(), ListerError> {
     let filter = Filter::new(&selection.includes, &selection.excludes)
@@ -144,6 +166,7 @@ async fn selected(
                 let more = match mode {
                     Mode::Paths => out.push(serde_json::Value::String(path).to_string()).await,
                     Mode::Lines => lines(blob, &uri, out).await?,
+                    Mode::Named(folder) => out.push(folder_item(folder, &uri)).await,
                 };
                 if !more {
                     return Ok(());

@@ -12,6 +12,7 @@ pub use grpc::ListerGrpc;
 use std::sync::Arc;
 
 use batchmill_blob::ObjectStore;
+use batchmill_core::access::S3Access;
 use batchmill_core::{ErrorCode, ServiceError};
 use futures::stream::BoxStream;
 
@@ -30,7 +31,7 @@ pub async fn run(
     let blob = batchmill_blob::Blob::new(&config.s3).await;
     tracing::info!(addr = %listener.local_addr()?, "lister serving");
     batchmill_runtime::ServerBuilder::new()?
-        .add_service(ListerGrpc::new(Lister::new(Arc::new(blob))).into_service())
+        .add_service(ListerGrpc::new(Lister::with_s3(Arc::new(blob), config.s3.clone())).into_service())
         .serve(listener, shutdown)
         .await?;
     tracing::info!("lister stopped");
@@ -92,21 +93,50 @@ pub enum Source {
     FilePaths(batchmill_core::S3Selection),
     /// Each line of each selected object is one item.
     DelimitedFiles(batchmill_core::S3Selection),
+    /// Each object under each folder is one named item.
+    Folders(Vec<batchmill_core::job::Folder>),
 }
 
 /// The lister's domain: sources in, chunks of items (JSON texts) out.
 #[derive(Clone)]
 pub struct Lister {
     blob: Arc<dyn ObjectStore>,
+    /// The cluster's S3 settings, from which a job's own access is built;
+    /// None (unit tests) reads every source through `blob`.
+    s3: Option<batchmill_blob::S3Config>,
 }
 
 impl Lister {
     pub fn new(blob: Arc<dyn ObjectStore>) -> Lister {
-        Lister { blob }
+        Lister { blob, s3: None }
     }
 
-    /// The items of `source` after the first `skip`, in chunks.
-    pub fn list(&self, source: Source, skip: u64) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
-        items::stream(self.blob.clone(), source, skip)
+    /// A lister over the cluster's S3, which reads sources that bring their
+    /// own access with it.
+    pub fn with_s3(blob: Arc<dyn ObjectStore>, s3: batchmill_blob::S3Config) -> Lister {
+        Lister { blob, s3: Some(s3) }
+    }
+
+    /// The store to read a source with: the job's own access over the
+    /// cluster's endpoint and region where it names none.
+    async fn store(&self, access: Option<&S3Access>) -> Arc<dyn ObjectStore> {
+        match (access, &self.s3) {
+            (Some(a), Some(base)) => {
+                let own = base.with_credentials(&a.access_key_id, &a.secret_access_key, &a.region, &a.endpoint);
+                Arc::new(batchmill_blob::Blob::new(&own).await)
+            }
+            _ => self.blob.clone(),
+        }
+    }
+
+    /// The items of `source` (read with `access` if given) after the first
+    /// `skip`, in chunks.
+    pub async fn list(
+        &self,
+        source: Source,
+        access: Option<&S3Access>,
+        skip: u64,
+    ) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
+        items::stream(self.store(access).await, source, skip)
     }
 }

@@ -25,7 +25,7 @@ async fn store(objects: &[(&str, String)]) -> MemBlob {
 /// Every item `source` lists after `skip`, or the first error.
 async fn items(blob: &MemBlob, source: Source, skip: u64) -> Result<Vec<String>, ListerError> {
     let lister = Lister::new(Arc::new(blob.clone()));
-    let mut chunks = lister.list(source, skip);
+    let mut chunks = lister.list(source, None, skip).await;
     let mut out = Vec::new();
     while let Some(chunk) = chunks.next().await {
         out.extend(chunk?);
@@ -83,4 +83,29 @@ async fn a_bad_line_names_its_object_and_line_and_an_outage_is_one() {
     blob.set_down(true);
     let down = items(&blob, source(), 0).await.unwrap_err();
     assert_eq!(down.code(), ErrorCode::Unavailable, "S3 unreachable is worth a retry: {down}");
+}
+
+#[tokio::test]
+async fn every_object_of_a_folder_is_a_named_item_reading_it() {
+    let blob = store(&[("docs/a.txt", "A".into()), ("docs/sub/b.txt", "B".into()), ("more/c.txt", "C".into())]).await;
+    let folder = |name: &str, path: &str| batchmill_core::job::Folder {
+        name: name.into(),
+        input: "input.txt".into(),
+        s3_path: S3Uri::parse(path).unwrap(),
+    };
+    let listed =
+        items(&blob, Source::Folders(vec![folder("docs", "s3://data/docs/"), folder("more", "s3://data/more")]), 0)
+            .await
+            .unwrap();
+    let listed: Vec<serde_json::Value> = listed.iter().map(|i| serde_json::from_str(i).unwrap()).collect();
+    assert_eq!(
+        listed,
+        [
+            serde_json::json!({"name": "docs/a.txt", "inputs": {}, "objects": {"input.txt": "s3://data/docs/a.txt"}}),
+            serde_json::json!({"name": "docs/sub/b.txt", "inputs": {}, "objects": {"input.txt": "s3://data/docs/sub/b.txt"}}),
+            serde_json::json!({"name": "more/c.txt", "inputs": {}, "objects": {"input.txt": "s3://data/more/c.txt"}}),
+        ]
+    );
+    let empty = items(&blob, Source::Folders(vec![folder("none", "s3://data/nothing/")]), 0).await;
+    assert!(matches!(empty, Err(ListerError::NoMatch { .. })), "an empty folder is named: {empty:?}");
 }

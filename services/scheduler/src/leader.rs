@@ -50,6 +50,9 @@ pub struct Config {
     pub policy: DeliveryPolicy,
     /// TTL of the leadership lease: how long a dead leader keeps a standby waiting.
     pub lease_ttl: Duration,
+    /// The cluster's secret key, which seals jobs' own credentials; None
+    /// refuses jobs that bring any.
+    pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
 }
 
 /// Errors that stop a scheduler.
@@ -129,6 +132,7 @@ impl Deps {
             policy: config.policy,
             default_output: config.output_uri.clone(),
             staging: config.staging_uri.clone(),
+            secret_key: config.secret_key.clone(),
         });
         let deps = Deps {
             etcd,

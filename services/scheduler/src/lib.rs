@@ -99,6 +99,8 @@ pub enum SchedulerError {
     Results(batchmill_blob::BlobError),
     #[error("{0}")]
     BadRequest(#[from] batchmill_core::FieldViolation),
+    #[error("s3_credentials: {0}")]
+    Seal(batchmill_core::sealed::SealError),
     #[error("reading the account: {0}")]
     Account(batchmill_accounts::AccountError),
 }
@@ -118,6 +120,7 @@ impl ServiceError for SchedulerError {
             SchedulerError::NotAllowed(_) => ErrorCode::PermissionDenied,
             SchedulerError::Results(_) => ErrorCode::Unavailable,
             SchedulerError::BadRequest(_) => ErrorCode::InvalidArgument,
+            SchedulerError::Seal(_) => ErrorCode::FailedPrecondition,
             SchedulerError::Probe(e) => e.code,
             SchedulerError::Staging(_)
             | SchedulerError::NotPersisted { .. }

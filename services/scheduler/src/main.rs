@@ -66,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
         pipelines_uri: S3Uri::parse(&args.pipelines_uri).context("--pipelines-uri")?,
         policy: DeliveryPolicy { ack_wait: Duration::from_secs(args.ack_wait_secs), max_deliver: args.max_deliver },
         lease_ttl: Duration::from_secs(args.leader_ttl_secs.max(1)),
+        // BATCHMILL_SECRET_KEY: 64 hex digits; without it, jobs that bring
+        // their own credentials are refused.
+        secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
     };
     let listener = batchmill_runtime::bind(args.listen.listen).await?;
     batchmill_scheduler::run(config, listener, shutdown).await?;

@@ -1,7 +1,10 @@
 //! A job as the scheduler persists it (`/batchmill/jobs/<job_id>`, JSON) and
 //! its snapshot in the public contract.
 
+use batchmill_core::access::S3Access;
 use batchmill_core::enqueue::EnqueueProgress;
+use batchmill_core::job::Folder;
+use batchmill_core::sealed::{ClusterKey, SealError, Sealed};
 use batchmill_core::time::{duration_ms, timestamp};
 use batchmill_core::{FailureReason, JobId, JobState, Owner, S3Selection};
 use batchmill_proto::jobs::v1 as pb;
@@ -35,11 +38,14 @@ pub enum Input {
     FilePaths(S3Selection),
     /// Each line of each selected object.
     DelimitedFiles(S3Selection),
+    /// Each object under each folder, as a named item.
+    Folders { folders: Vec<Folder> },
 }
 
 impl Input {
-    /// The lister's description of this input.
-    pub fn to_source(&self) -> batchmill_proto::lister::v1::Source {
+    /// The lister's description of this input, read with `access` (the
+    /// job's own) or the cluster's S3.
+    pub fn to_source(&self, access: Option<&S3Access>) -> batchmill_proto::lister::v1::Source {
         use batchmill_proto::lister::v1::{self as lister, source::Kind};
         let selection = |s: &S3Selection| lister::S3Selection {
             s3_paths: s.s3_paths.iter().map(ToString::to_string).collect(),
@@ -50,8 +56,18 @@ impl Input {
             Input::Ndjson { uris } => Kind::NdjsonObjects(lister::NdjsonObjects { uris: uris.clone() }),
             Input::FilePaths(s) => Kind::FilePaths(selection(s)),
             Input::DelimitedFiles(s) => Kind::DelimitedFiles(selection(s)),
+            Input::Folders { folders } => Kind::NamedFolders(lister::NamedFolders {
+                folders: folders
+                    .iter()
+                    .map(|f| lister::NamedFolder {
+                        name: f.name.clone(),
+                        input: f.input.clone(),
+                        s3_path: f.s3_path.to_string(),
+                    })
+                    .collect(),
+            }),
         };
-        lister::Source { kind: Some(kind) }
+        lister::Source { kind: Some(kind), access: access.map(S3Access::to_pb) }
     }
 }
 
@@ -111,6 +127,9 @@ pub struct JobRecord {
     /// The first [`INPUT_NAMES`] names of named inputs.
     #[serde(default)]
     pub input_names: Vec<String>,
+    /// The job's own S3 access, sealed with the cluster's key.
+    #[serde(default)]
+    pub input_access: Option<Sealed>,
 }
 
 /// Most input names a job record keeps: the record stays small.
@@ -165,7 +184,16 @@ impl JobRecord {
             owner: Owner::default(),
             input_bytes: 0,
             input_names: Vec::new(),
+            input_access: None,
         }
+    }
+
+    /// The job's own S3 access, opened with the cluster's key.
+    pub fn access(&self, key: Option<&ClusterKey>) -> Result<Option<S3Access>, SealError> {
+        let Some(sealed) = &self.input_access else { return Ok(None) };
+        let key = key.ok_or(SealError::NoKey)?;
+        let plain = key.open(sealed)?;
+        serde_json::from_slice(&plain).map(Some).map_err(|_| SealError::Unopenable)
     }
 
     /// Whether the job has run past its timeout at `now_ms`.

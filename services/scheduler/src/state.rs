@@ -37,6 +37,8 @@ pub struct Settings {
     pub default_output: S3Uri,
     /// Where inline inputs are staged.
     pub staging: S3Uri,
+    /// Seals and opens jobs' own credentials.
+    pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
 }
 
 pub struct State {

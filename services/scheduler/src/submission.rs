@@ -4,8 +4,10 @@
 //! not failed later), and only then is the job recorded. Dry runs check the
 //! same way and list what a job would read.
 
+use batchmill_core::access::S3Access;
+use batchmill_core::sealed::{SealError, Sealed};
 use batchmill_core::time::now_ms;
-use batchmill_core::{Caller, JobId, JobSpec, RemoteError, SourceSpec};
+use batchmill_core::{Caller, JobId, JobSpec, RemoteError, S3Selection, SourceSpec};
 use batchmill_proto::jobs::v1 as pb;
 use bytes::Bytes;
 
@@ -23,11 +25,21 @@ impl Scheduler {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
+        let access = spec.s3_access.clone();
+        let input_access = access.as_ref().map(|a| self.seal(a)).transpose()?;
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (mut input_bytes, mut input_names) = (0, Vec::new());
         let (input, item_count) = match spec.source {
             SourceSpec::Items(items) => {
+                if let Some(uri) =
+                    items.iter().find_map(|i| batchmill_core::named::objects_of(i).first().map(|(_, u)| u.to_string()))
+                {
+                    // The first object, read with the job's credentials: wrong
+                    // credentials or a missing object are refused now.
+                    let selection = S3Selection::parse("s3_credentials", &[uri], &[], &[])?;
+                    self.checked(Input::FilePaths(selection), "s3_credentials", access.as_ref()).await?;
+                }
                 input_names = items
                     .iter()
                     .map_while(|item| batchmill_core::named::name_of(item).map(str::to_owned))
@@ -48,10 +60,13 @@ impl Scheduler {
             }
             // Counted as the lister goes.
             SourceSpec::FilePaths(selection) => {
-                (self.checked(Input::FilePaths(selection), "file_path_lister").await?, None)
+                (self.checked(Input::FilePaths(selection), "file_path_lister", access.as_ref()).await?, None)
             }
             SourceSpec::DelimitedFiles(selection) => {
-                (self.checked(Input::DelimitedFiles(selection), "delimited_files").await?, None)
+                (self.checked(Input::DelimitedFiles(selection), "delimited_files", access.as_ref()).await?, None)
+            }
+            SourceSpec::Folders(folders) => {
+                (self.checked(Input::Folders { folders }, "s3_folders", access.as_ref()).await?, None)
             }
         };
         let record = JobRecord {
@@ -67,6 +82,7 @@ impl Scheduler {
             owner: caller.owner(),
             input_bytes,
             input_names,
+            input_access,
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(
@@ -98,8 +114,23 @@ impl Scheduler {
             }
             SourceSpec::FilePaths(selection) => (selection, "file_path_lister", false),
             SourceSpec::DelimitedFiles(selection) => (selection, "delimited_files", true),
+            SourceSpec::Folders(folders) => {
+                let source = Input::Folders { folders }.to_source(spec.s3_access.as_ref());
+                let (files, count) =
+                    self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, "s3_folders"))?;
+                let batch_count = batches(count);
+                let mut message: String = files.iter().map(|f| format!("{f}\n")).collect();
+                message.push_str("validations passed");
+                return Ok(pb::DryRunJobResponse {
+                    message,
+                    files,
+                    file_count: count as i64,
+                    item_count: count as i64,
+                    batch_count,
+                });
+            }
         };
-        let source = Input::FilePaths(selection).to_source();
+        let source = Input::FilePaths(selection).to_source(spec.s3_access.as_ref());
         let (files, count) =
             self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, field))?;
         let mut message = String::with_capacity(files.iter().map(|f| f.len() + 1).sum::<usize>() + 64);
@@ -118,11 +149,20 @@ impl Scheduler {
     /// An S3 input the lister can list: no match, an unknown bucket or
     /// refused credentials are errors now, naming `field`, not a job that
     /// fails later.
-    async fn checked(&self, input: Input, field: &str) -> Result<Input, SchedulerError> {
-        match self.probe.probe(input.to_source()).await {
+    async fn checked(&self, input: Input, field: &str, access: Option<&S3Access>) -> Result<Input, SchedulerError> {
+        match self.probe.probe(input.to_source(access)).await {
             Ok(()) => Ok(input),
             Err(e) => Err(bad_source(e, field)),
         }
+    }
+}
+
+impl Scheduler {
+    /// The job's own access, sealed for its record.
+    fn seal(&self, access: &S3Access) -> Result<Sealed, SchedulerError> {
+        let key = self.settings.secret_key.as_ref().ok_or(SchedulerError::Seal(SealError::NoKey))?;
+        let plain = serde_json::to_vec(access).map_err(|_| SchedulerError::Seal(SealError::Unopenable))?;
+        key.seal(&plain).map_err(SchedulerError::Seal)
     }
 }
 

@@ -232,6 +232,8 @@ impl State {
             predictor: record.deployed.as_ref().map(crate::pipelines::Deployed::to_assigned),
             workers: record.max_workers,
             total_batch_count: if entry.enqueue.done { entry.enqueue.next_seq as i64 } else { -1 },
+            // A job whose credentials cannot be opened fails at admission.
+            input_access: record.access(self.settings.secret_key.as_ref()).ok().flatten().map(|a| a.to_pb()),
         }
     }
 }

@@ -96,6 +96,7 @@ fn state(fakes: &Fakes) -> State {
         policy: DeliveryPolicy { ack_wait: Duration::from_secs(30), max_deliver: 3 },
         default_output: S3Uri::parse("s3://out/results").unwrap(),
         staging: S3Uri::parse("s3://out/staging").unwrap(),
+        secret_key: None,
     };
     State::new(ports, Arc::new(settings), fakes.clock)
 }

@@ -19,6 +19,7 @@ pub mod embed;
 mod finalize;
 mod joblog;
 pub mod loader;
+mod objects;
 pub mod predictor;
 pub mod python;
 pub mod requirements;
@@ -104,7 +105,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         .with_s3(config.s3.endpoint.as_deref(), &config.s3.region)
         .map_err(RunError::WorkDir)?
         .with_embed(EmbedModels::new(device.clone(), config.embed_model.clone()));
-    let worker = Worker { id, device, etcd, queue, blob, claim_ttl: config.claim_ttl, health, loader };
+    let s3 = config.s3.clone();
+    let worker = Worker { id, device, etcd, queue, blob, claim_ttl: config.claim_ttl, health, loader, s3 };
     let (served, ()) = tokio::join!(serving, worker.run(shutdown));
     served?;
     Ok(())

@@ -44,13 +44,41 @@ pub struct JobRun {
     /// Cancelled when the job is taken from this worker (it ended, or was
     /// cancelled): batches in hand stop waiting out failures of S3 or NATS.
     pub revoked: CancellationToken,
+    /// Where the job's own input objects are read.
+    pub inputs: Inputs,
+}
+
+/// Where a job's own input objects (named inputs' objects) are read.
+pub enum Inputs {
+    /// The job has none.
+    None,
+    /// The job's own access; opened when the job starts.
+    Config(batchmill_blob::S3Config),
+    Store(Arc<dyn ObjectStore>),
+}
+
+impl Inputs {
+    async fn open(self) -> Inputs {
+        match self {
+            Inputs::Config(config) => Inputs::Store(Arc::new(batchmill_blob::Blob::new(&config).await)),
+            other => other,
+        }
+    }
+
+    fn store(&self) -> Option<&Arc<dyn ObjectStore>> {
+        match self {
+            Inputs::Store(store) => Some(store),
+            Inputs::None | Inputs::Config(_) => None,
+        }
+    }
 }
 
 impl JobRun {
     /// Takes batches until `stop` (revoked, drained, session lost); the
     /// batches in hand are finished first.
     #[instrument(skip_all, fields(job_id = %self.assign.job_id))]
-    pub async fn run(self, stop: CancellationToken) {
+    pub async fn run(mut self, stop: CancellationToken) {
+        self.inputs = std::mem::replace(&mut self.inputs, Inputs::None).open().await;
         let loading = self.loader.load(&self.assign);
         let loaded = tokio::select! {
             () = stop.cancelled() => return,
@@ -167,6 +195,13 @@ impl JobRun {
             }
         };
         tracing::Span::current().record("batch_id", tracing::field::display(&id));
+        let mut batch = batch;
+        if crate::objects::has_objects(&batch) {
+            let reading = crate::objects::resolve(self.inputs.store(), &mut batch, &self.revoked);
+            if let Err(e) = self.in_progress(delivery.as_ref(), reading).await {
+                return Some(Predicted { delivery, batch, id, started, result: Err(e) });
+            }
+        }
         let result = self.in_progress(delivery.as_ref(), run_predictor(predictor, &batch, &id)).await;
         Some(Predicted { delivery, batch, id, started, result })
     }

@@ -88,6 +88,7 @@ impl World {
             worker_id: "w1".into(),
             loader,
             revoked: CancellationToken::new(),
+            inputs: crate::runner::Inputs::None,
         };
         tokio::spawn(run.run(stop.clone()));
         stop

@@ -18,7 +18,7 @@ use crate::device::Device;
 use crate::joblog::JobLog;
 use crate::loader::Loader;
 use crate::predictor;
-use crate::runner::JobRun;
+use crate::runner::{Inputs, JobRun};
 use crate::session::Outbox;
 
 /// How long a batch in hand may take to finish when draining.
@@ -48,6 +48,8 @@ pub struct Worker {
     pub health: tonic_health::server::HealthReporter,
     /// Loads (and keeps) the assigned job's predictor.
     pub loader: Loader,
+    /// The cluster's S3 settings, over which a job's own access is built.
+    pub s3: batchmill_blob::S3Config,
 }
 
 /// The job this worker runs now.
@@ -188,6 +190,7 @@ impl Worker {
     fn start(&self, assign: pb::Assign, outbox: &Outbox) -> Current {
         let (stop, revoked) = (CancellationToken::new(), CancellationToken::new());
         let job_id = assign.job_id.clone();
+        let assign_access = assign.input_access.clone();
         let run = JobRun {
             log: JobLog::new(self.queue.clone(), &assign.job_id, self.id.as_str()),
             assign,
@@ -197,6 +200,15 @@ impl Worker {
             worker_id: self.id.to_string(),
             loader: self.loader.clone(),
             revoked: revoked.clone(),
+            inputs: match &assign_access {
+                Some(a) => Inputs::Config(self.s3.with_credentials(
+                    &a.access_key_id,
+                    &a.secret_access_key,
+                    &a.region,
+                    &a.endpoint,
+                )),
+                None => Inputs::None,
+            },
         };
         let task = tokio::spawn(run.run(stop.clone()));
         Current { job_id, stop, revoked, task }

@@ -32,6 +32,10 @@ struct Config {
     /// Buckets to create at start.
     #[arg(long, value_delimiter = ',')]
     buckets: Vec<String>,
+    /// More identities, as ACCESS_KEY:SECRET_KEY (repeatable): users of the
+    /// store other than the cluster, such as a job's own credentials.
+    #[arg(long = "extra-key")]
+    extra_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -42,6 +46,7 @@ impl std::fmt::Debug for Config {
             .field("access_key", &self.access_key)
             .field("secret_key", &"<redacted>")
             .field("buckets", &self.buckets)
+            .field("extra_keys", &self.extra_keys.len())
             .finish()
     }
 }
@@ -58,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
     let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let service = {
         let mut builder = S3ServiceBuilder::new(fs);
-        builder.set_auth(SimpleAuth::from_single(config.access_key.clone(), config.secret_key.clone()));
+        let mut auth = SimpleAuth::from_single(config.access_key.clone(), config.secret_key.clone());
+        for pair in &config.extra_keys {
+            let (access, secret) = pair.split_once(':').context("--extra-key takes ACCESS_KEY:SECRET_KEY")?;
+            auth.register(access.to_owned(), secret.to_owned().into());
+        }
+        builder.set_auth(auth);
         builder.build()
     };
     let listener =

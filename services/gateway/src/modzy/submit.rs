@@ -5,6 +5,17 @@
 //! - `text`: each value is the input's text.
 //! - `embedded`: each value is a `data:<type>;base64,<data>` URI. Data that
 //!   is UTF-8 reaches the predictor as its text; other data as the URI.
+//! - `aws-s3`: each value is `{"bucket", "key"}`, an object the worker reads
+//!   when the item runs.
+//! - `aws-s3-folder`: each source has one input, `{"bucket", "path"}` (or
+//!   `"prefix"`/`"key"`), and every object under it is an item, named
+//!   `<source>/<key after the prefix>`.
+//!
+//! Both S3 types are read with the job's own `accessKeyID`,
+//! `secretAccessKey` and `region`, and `endpoint` (not in Modzy's SDK) for
+//! an S3-compatible store; without it, the cluster's S3 endpoint. The
+//! credentials go to the scheduler, which seals them before storing them;
+//! they are never returned or logged.
 //!
 //! Besides Modzy's fields, `workers` (default 1) and `batchSize` (default
 //! 10) may be given.
@@ -26,7 +37,7 @@ struct Body {
     explain: bool,
     /// Milliseconds.
     timeout: Option<i64>,
-    input: Option<Input>,
+    input: Option<InputBody>,
     workers: Option<i32>,
     batch_size: Option<i32>,
 }
@@ -37,22 +48,41 @@ struct ModelRef {
     version: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Input {
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InputBody {
     #[serde(rename = "type")]
     kind: Option<String>,
     sources: Option<Map<String, Value>>,
+    #[serde(rename = "accessKeyID")]
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
 }
 
-/// A submission, checked.
+impl std::fmt::Debug for InputBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Input").field("kind", &self.kind).field("sources", &self.sources).finish_non_exhaustive()
+    }
+}
+
+/// What a job reads.
 #[derive(Debug)]
+enum Source {
+    Named(Vec<pb::NamedInput>),
+    Folders(Vec<pb::S3Folder>),
+}
+
+/// A submission, checked. Its Debug leaves the credentials out.
 pub struct Submission {
     pub model: String,
     pub version: String,
     timeout_ms: Option<i64>,
     workers: i32,
     batch_size: i32,
-    inputs: Vec<pb::NamedInput>,
+    source: Source,
+    credentials: Option<pb::S3Credentials>,
 }
 
 /// Reads and checks a submission; errors name the field.
@@ -72,27 +102,33 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
     let input = body.input.ok_or_else(|| {
         FieldViolation::new("input", "must be set; jobs whose files are uploaded in chunks are not supported yet")
     })?;
-    let kind = input.kind.unwrap_or_default();
+    let kind = input.kind.clone().unwrap_or_default();
     let sources = input
         .sources
+        .as_ref()
         .filter(|s| !s.is_empty())
         .ok_or_else(|| FieldViolation::new("input.sources", "must hold at least one input item"))?;
-    let inputs = match kind.as_str() {
-        "text" => named(&sources, |field, v| match v {
-            Value::String(s) => Ok(Value::String(s.clone())),
-            _ => Err(FieldViolation::new(field, "must be a string")),
-        })?,
-        "embedded" => named(&sources, embedded)?,
-        "aws-s3" | "aws-s3-folder" | "jdbc" => {
-            return Err(FieldViolation::new(
-                "input.type",
-                format!("{kind:?} is not supported yet; use \"text\" or \"embedded\""),
-            ));
+    let (source, credentials) = match kind.as_str() {
+        "text" => (
+            Source::Named(named(sources, |field, v| match v {
+                Value::String(s) => Ok(Given::Inline(Value::String(s.clone()))),
+                _ => Err(FieldViolation::new(field, "must be a string")),
+            })?),
+            None,
+        ),
+        "embedded" => (Source::Named(named(sources, |f, v| embedded(f, v).map(Given::Inline))?), None),
+        "aws-s3" => (
+            Source::Named(named(sources, |f, v| object(f, v, &["key"]).map(Given::Object))?),
+            Some(credentials(&input)?),
+        ),
+        "aws-s3-folder" => (Source::Folders(folders(sources)?), Some(credentials(&input)?)),
+        "jdbc" => {
+            return Err(FieldViolation::new("input.type", "\"jdbc\" is not supported yet"));
         }
         other => {
             return Err(FieldViolation::new(
                 "input.type",
-                format!("{other:?} is not an input type; use \"text\" or \"embedded\""),
+                format!("{other:?} is not an input type; use text, embedded, aws-s3 or aws-s3-folder"),
             ));
         }
     };
@@ -110,14 +146,32 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
         timeout_ms: body.timeout,
         workers: body.workers.unwrap_or(1),
         batch_size: body.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        inputs,
+        source,
+        credentials,
     })
 }
 
+/// One model input of a source: a value, or an S3 object read later.
+enum Given {
+    Inline(Value),
+    Object(String),
+}
+
 /// Each source as a named input, its values converted by `value`.
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("model", &self.model)
+            .field("version", &self.version)
+            .field("source", &self.source)
+            .field("credentials", &self.credentials.as_ref().map(|c| &c.access_key_id))
+            .finish_non_exhaustive()
+    }
+}
+
 fn named(
     sources: &Map<String, Value>,
-    value: impl Fn(&str, &Value) -> Result<Value, FieldViolation>,
+    value: impl Fn(&str, &Value) -> Result<Given, FieldViolation>,
 ) -> Result<Vec<pb::NamedInput>, FieldViolation> {
     let mut out = Vec::with_capacity(sources.len());
     for (name, files) in sources {
@@ -125,14 +179,55 @@ fn named(
         let files = files
             .as_object()
             .ok_or_else(|| FieldViolation::new(&field, "must map the model's input names to values"))?;
-        let mut inputs = std::collections::HashMap::with_capacity(files.len());
+        let mut item = pb::NamedInput { name: name.clone(), ..Default::default() };
         for (input, v) in files {
-            let v = value(&format!("{field}.{input}"), v)?;
-            inputs.insert(input.clone(), batchmill_core::json::json_to_value(&v));
+            match value(&format!("{field}.{input}"), v)? {
+                Given::Inline(v) => drop(item.inputs.insert(input.clone(), batchmill_core::json::json_to_value(&v))),
+                Given::Object(uri) => drop(item.objects.insert(input.clone(), uri)),
+            }
         }
-        out.push(pb::NamedInput { name: name.clone(), inputs });
+        out.push(item);
     }
     Ok(out)
+}
+
+/// `{"bucket", <the first of keys>}` as s3://bucket/key.
+fn object(field: &str, v: &Value, keys: &[&str]) -> Result<String, FieldViolation> {
+    let bucket = v.get("bucket").and_then(Value::as_str).filter(|b| !b.is_empty());
+    let bucket = bucket.ok_or_else(|| FieldViolation::new(format!("{field}.bucket"), "must be set"))?;
+    let key = keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str));
+    let key = key.ok_or_else(|| FieldViolation::new(format!("{field}.{}", keys[0]), "must be set"))?;
+    Ok(format!("s3://{bucket}/{}", key.trim_start_matches('/')))
+}
+
+/// Each `aws-s3-folder` source: one input, a bucket and a prefix.
+fn folders(sources: &Map<String, Value>) -> Result<Vec<pb::S3Folder>, FieldViolation> {
+    let mut out = Vec::with_capacity(sources.len());
+    for (name, files) in sources {
+        let field = format!("input.sources.{name}");
+        let one = files.as_object().filter(|f| f.len() == 1).and_then(|f| f.iter().next());
+        let (input, v) = one.ok_or_else(|| {
+            FieldViolation::new(&field, "must map exactly one model input to a folder {\"bucket\", \"path\"}")
+        })?;
+        let s3_path = object(&format!("{field}.{input}"), v, &["path", "prefix", "key"])?;
+        out.push(pb::S3Folder { name: name.clone(), input: input.clone(), s3_path });
+    }
+    Ok(out)
+}
+
+/// The job's own S3 credentials, for the S3 input types.
+fn credentials(input: &InputBody) -> Result<pb::S3Credentials, FieldViolation> {
+    let need = |field: &str, v: &Option<String>| {
+        v.clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| FieldViolation::new(format!("input.{field}"), "must be set for S3 inputs"))
+    };
+    Ok(pb::S3Credentials {
+        access_key_id: need("accessKeyID", &input.access_key_id)?,
+        secret_access_key: need("secretAccessKey", &input.secret_access_key)?,
+        region: input.region.clone().unwrap_or_default(),
+        endpoint: input.endpoint.clone().unwrap_or_default(),
+    })
 }
 
 /// An embedded value: a base64 data URI. UTF-8 data becomes its text.
@@ -157,14 +252,18 @@ fn embedded(field: &str, v: &Value) -> Result<Value, FieldViolation> {
 impl Submission {
     /// The native submission.
     pub fn into_request(self) -> pb::SubmitJobRequest {
+        use pb::submit_job_request::Source as S;
+        let batch_size = self.batch_size;
+        let source = match self.source {
+            Source::Named(inputs) => S::NamedInputs(pb::NamedInputs { inputs, batch_size }),
+            Source::Folders(folders) => S::S3Folders(pb::S3Folders { folders, batch_size }),
+        };
         pb::SubmitJobRequest {
             pipeline: self.model,
             workers: self.workers,
-            source: Some(pb::submit_job_request::Source::NamedInputs(pb::NamedInputs {
-                inputs: self.inputs,
-                batch_size: self.batch_size,
-            })),
+            source: Some(source),
             timeout: self.timeout_ms.map(|t| batchmill_core::time::duration_ms(t.unsigned_abs())),
+            s3_credentials: self.credentials,
             ..Default::default()
         }
     }
@@ -184,13 +283,40 @@ mod tests {
         let body = json!({"model": {"identifier": "echo", "version": "1"}, "explain": false,
             "input": {"type": "text", "sources": {"a": {"input.txt": "hi"}, "b": {"input.txt": "yo"}}}});
         let s = parse(body.to_string().as_bytes()).expect("valid");
-        assert_eq!((s.model.as_str(), s.version.as_str(), s.inputs.len()), ("echo", "1", 2));
+        assert!(matches!(&s.source, Source::Named(inputs) if inputs.len() == 2));
+        assert_eq!((s.model.as_str(), s.version.as_str()), ("echo", "1"));
         let embedded = json!({"model": {"identifier": "echo", "version": 1},
             "input": {"type": "embedded", "sources": {"a": {"input.txt": "data:text/plain;base64,aGVsbG8="}, "b": {"x": "data:application/octet-stream;base64,/w=="}}}});
         let s = parse(embedded.to_string().as_bytes()).expect("valid");
-        let value = |i: usize, k: &str| s.inputs[i].inputs.get(k).map(batchmill_core::json::value_to_json);
+        let Source::Named(inputs) = &s.source else { panic!("named inputs") };
+        let value = |i: usize, k: &str| inputs[i].inputs.get(k).map(batchmill_core::json::value_to_json);
         assert_eq!(value(0, "input.txt"), Some(json!("hello")));
         assert_eq!(value(1, "x"), Some(json!("data:application/octet-stream;base64,/w==")), "binary stays a data URI");
+    }
+
+    #[test]
+    fn s3_sources_become_objects_and_folders_with_the_jobs_credentials() {
+        let body = json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "aws-s3",
+            "accessKeyID": "AK", "secretAccessKey": "SK", "region": "us-east-1", "endpoint": "http://127.0.0.1:9000",
+            "sources": {"a": {"input.txt": {"bucket": "b", "key": "/docs/a.txt"}}}}});
+        let s = parse(body.to_string().as_bytes()).expect("valid");
+        assert!(!format!("{s:?}").contains("SK"), "the secret is never printed");
+        let request = s.into_request();
+        let Some(pb::submit_job_request::Source::NamedInputs(named)) = &request.source else { panic!("named") };
+        assert_eq!(named.inputs[0].objects.get("input.txt").map(String::as_str), Some("s3://b/docs/a.txt"));
+        assert_eq!(
+            request.s3_credentials.map(|c| (c.secret_access_key, c.endpoint)),
+            Some(("SK".into(), "http://127.0.0.1:9000".into()))
+        );
+        let body = json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "aws-s3-folder",
+            "accessKeyID": "AK", "secretAccessKey": "SK", "region": "us-east-1",
+            "sources": {"docs": {"input.txt": {"bucket": "b", "path": "/docs/"}}}}});
+        let request = parse(body.to_string().as_bytes()).expect("valid").into_request();
+        let Some(pb::submit_job_request::Source::S3Folders(f)) = &request.source else { panic!("folders") };
+        assert_eq!(
+            (f.folders[0].name.as_str(), f.folders[0].input.as_str(), f.folders[0].s3_path.as_str()),
+            ("docs", "input.txt", "s3://b/docs/")
+        );
     }
 
     #[test]
