@@ -19,6 +19,8 @@ SLOW = os.environ["BATCHMILL_SLOW_MODEL"]
 # tenant/docs/sub/c.bin in it.
 S3_KEY, S3_SECRET = os.environ["BATCHMILL_TENANT_S3"].split(":")
 BUCKET = os.environ["BATCHMILL_BUCKET"]
+# A PostgreSQL with table docs (id, body): 30 rows, body 'doc <id>'.
+PG_URL, PG_USER, PG_PASSWORD = os.environ["BATCHMILL_PG"].split(" ")
 
 
 def check(what, ok, detail=""):
@@ -161,4 +163,28 @@ try:
     check("wrong S3 credentials for a folder", False, "accepted")
 except BadRequestError as e:
     check("wrong S3 credentials for a folder name s3_folders", "s3_folders" in str(e), str(e))
+# jdbc: each row of the query is one input, its columns the model's inputs.
+job = client.jobs.submit_jdbc("echo", "1", PG_URL, PG_USER, PG_PASSWORD, "org.postgresql.Driver",
+                              'SELECT body AS "input.txt", id FROM docs ORDER BY id')
+job, result = wait(job)
+check("jdbc job COMPLETED", job.status == "COMPLETED" and (job.total, job.completed, job.failed) == (30, 30, 0), job)
+check("jdbc rows by name", result.get_source_outputs("0")["results.json"]["inputs"] == {"input.txt": "doc 1", "id": 1}
+      and result.get_source_outputs("29")["results.json"]["inputs"]["input.txt"] == "doc 30")
+check("the database password is never shown", PG_PASSWORD not in str(client.jobs.get(job)) and PG_PASSWORD not in str(result))
+for what, args, field in [
+    ("a JDBC URL that is not jdbc:postgresql://", ("jdbc:mysql://127.0.0.1/x", PG_USER, PG_PASSWORD, 'SELECT 1'), "input.url"),
+    ("a wrong database password", (PG_URL, PG_USER, "not-the-password", 'SELECT 1'), "sql_query"),
+    ("a query over no such table", (PG_URL, PG_USER, PG_PASSWORD, 'SELECT * FROM no_such_table'), "42P01"),
+]:
+    try:
+        client.jobs.submit_jdbc("echo", "1", args[0], args[1], args[2], "org.postgresql.Driver", args[3])
+        check(what, False, "accepted")
+    except BadRequestError as e:
+        check(f"{what} is a 400 naming {field}", field in str(e), str(e))
+# A query that fails past its first rows: the job ends, with the database's error.
+job = client.jobs.submit_jdbc("echo", "1", PG_URL, PG_USER, PG_PASSWORD, "org.postgresql.Driver",
+                              'SELECT 1 / (n - 2000) AS "input.txt" FROM generate_series(1, 3000) AS n')
+job = client.jobs.block_until_complete(job, timeout=120, poll_interval=0.3)
+check("a query failing mid-way ends the job with the database's error",
+      job.status == "COMPLETED" and "22012" in job.message and "division by zero" in job.message, job)
 print("all checks passed")

@@ -7,6 +7,7 @@
 //! `.batchmill/tools`, filled by `deploy/local/install-deps`); service
 //! binaries in `$BATCHMILL_BIN_DIR` (default `target/debug`).
 
+pub mod postgres;
 mod process;
 
 use std::net::TcpListener;
@@ -38,6 +39,8 @@ pub struct Options {
     pub standby_scheduler: bool,
     /// Environment variables the workers get on top of the sandbox's.
     pub worker_env: Vec<(String, String)>,
+    /// Start a PostgreSQL too (Debian's), for SQL sources.
+    pub postgres: bool,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             services: true,
             standby_scheduler: false,
             worker_env: Vec::new(),
+            postgres: false,
         }
     }
 }
@@ -63,7 +67,9 @@ pub const BUCKET: &str = "batchmill";
 
 /// A running cluster; everything it started is stopped when dropped.
 pub struct Sandbox {
-    // Processes drop (and die) before their directory is removed.
+    /// The PostgreSQL started with `Options::postgres`; stopped first.
+    pub postgres: Option<postgres::Postgres>,
+    // Processes drop (and die) before their directories are removed.
     processes: Vec<Process>,
     dir: tempfile::TempDir,
     pub gateway: String,
@@ -174,6 +180,7 @@ impl Sandbox {
         let root = dir.path().to_path_buf();
         let mut sandbox = Sandbox {
             processes: Vec::new(),
+            postgres: None,
             dir,
             gateway: String::new(),
             grpc_ports: Vec::new(),
@@ -184,6 +191,11 @@ impl Sandbox {
             api_key: String::new(),
         };
         let env = sandbox.start_dependencies(&root, &options).await?;
+        if options.postgres {
+            let (postgres, process) = postgres::start(&root.join("postgres.log")).await?;
+            sandbox.processes.push(process);
+            sandbox.postgres = Some(postgres);
+        }
         if options.services {
             sandbox.start_services(&root, &options, &env).await?;
         }

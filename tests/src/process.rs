@@ -30,6 +30,11 @@ impl Process {
         Ok(Process { name: name.to_owned(), child, log: log.to_path_buf(), exited: None, command })
     }
 
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills it with SIGKILL and waits for it to die, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -150,3 +150,24 @@ async fn s3_passes_the_object_store_conformance_suite_and_checks_signatures() ->
     assert!(!err.is_transient(), "refused credentials are no outage: {err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn postgres_passes_the_database_conformance_suite() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { services: false, workers: 0, postgres: true, ..Options::default() }).await?;
+    let pg = sandbox.postgres.as_ref().expect("postgres started");
+    pg.client()
+        .await?
+        .batch_execute(
+            "CREATE TABLE batchmill_conformance (n int, word text);
+             INSERT INTO batchmill_conformance SELECT n, 'w' || n FROM generate_series(1200, 1, -1) AS n;",
+        )
+        .await?;
+    let query = batchmill_lister::sql::Query {
+        url: pg.url(),
+        username: batchmill_tests::postgres::USER.into(),
+        password: pg.password.clone(),
+        query: batchmill_lister::sql::conformance::QUERY.into(),
+    };
+    batchmill_lister::sql::conformance::run(&batchmill_lister::sql::Postgres, query).await;
+    Ok(())
+}

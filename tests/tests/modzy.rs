@@ -27,7 +27,15 @@ async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options::default()).await?;
+    let sandbox = Sandbox::start(Options { postgres: true, ..Options::default() }).await?;
+    let pg = sandbox.postgres.as_ref().expect("postgres started");
+    pg.client()
+        .await?
+        .batch_execute(
+            "CREATE TABLE docs (id int PRIMARY KEY, body text);
+             INSERT INTO docs SELECT n, 'doc ' || n FROM generate_series(1, 30) AS n;",
+        )
+        .await?;
     let key = member_key(&sandbox, "acme").await?;
     let other = member_key(&sandbox, "globex").await?;
     let request = ppb::DeployPipelineRequest {
@@ -56,6 +64,7 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         .env("BATCHMILL_SLOW_MODEL", "slow-model")
         .env("BATCHMILL_TENANT_S3", format!("{TENANT_ACCESS_KEY}:{TENANT_SECRET_KEY}"))
         .env("BATCHMILL_BUCKET", BUCKET)
+        .env("BATCHMILL_PG", format!("{} {} {}", pg.jdbc_url(), batchmill_tests::postgres::USER, pg.password))
         .output()
         .await
         .map_err(|e| anyhow::anyhow!("running {} (deploy/local/install-deps installs it): {e}", python.display()))?;
@@ -80,6 +89,7 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         &key[key.find('.').unwrap_or_default() + 1..],
         &other[other.find('.').unwrap_or_default() + 1..],
         TENANT_SECRET_KEY,
+        &pg.password,
     ] {
         assert!(!logs.contains(secret), "a secret is in a log");
         let found: Vec<&str> = stored.lines().filter(|l| l.contains(secret)).collect();

@@ -66,9 +66,97 @@ impl S3Access {
     }
 }
 
+/// What of a job's input is secret: its own S3 access and its database
+/// password. Sealed together in the job's record.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secrets {
+    #[serde(default)]
+    pub s3: Option<S3Access>,
+    #[serde(default)]
+    pub sql_password: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("s3", &self.s3)
+            .field("sql_password", &self.sql_password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub fn is_empty(&self) -> bool {
+        self.s3.is_none() && self.sql_password.is_none()
+    }
+}
+
+/// A PostgreSQL source: where, as whom, and what (the password is in
+/// [`Secrets`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlSource {
+    /// postgresql://host:port/database.
+    pub url: String,
+    pub username: String,
+    pub query: String,
+}
+
+impl SqlSource {
+    /// A submission's SQL source and password, checked; errors name the
+    /// field under `field`.
+    pub fn from_request(field: &str, q: &pb::SqlQuery) -> Result<(SqlSource, String), FieldViolation> {
+        let url = q.url.strip_prefix("jdbc:").unwrap_or(&q.url);
+        let Some(rest) = url.strip_prefix("postgresql://") else {
+            return Err(FieldViolation::new(
+                format!("{field}.url"),
+                format!("{:?} is not a PostgreSQL URL: use jdbc:postgresql://host:port/database", q.url),
+            ));
+        };
+        if rest.contains('@') || rest.is_empty() || rest.starts_with('/') {
+            return Err(FieldViolation::new(
+                format!("{field}.url"),
+                "must be jdbc:postgresql://host:port/database, with the user and password in their own fields",
+            ));
+        }
+        if q.username.is_empty() {
+            return Err(FieldViolation::new(format!("{field}.username"), "must be set"));
+        }
+        if q.query.trim().is_empty() {
+            return Err(FieldViolation::new(format!("{field}.query"), "must be set"));
+        }
+        Ok((
+            SqlSource { url: url.to_owned(), username: q.username.clone(), query: q.query.clone() },
+            q.password.clone(),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_sources_take_postgresql_urls_only_and_name_what_is_wrong() {
+        let q = |url: &str| pb::SqlQuery {
+            url: url.into(),
+            username: "u".into(),
+            password: "pw".into(),
+            query: "select 1".into(),
+            batch_size: 1,
+        };
+        let (source, password) =
+            SqlSource::from_request("sql_query", &q("jdbc:postgresql://db:5432/app")).expect("valid");
+        assert_eq!((source.url.as_str(), password.as_str()), ("postgresql://db:5432/app", "pw"));
+        for bad in ["jdbc:mysql://db/app", "postgres://db/app", "jdbc:postgresql://u:p@db/app", "jdbc:postgresql://"] {
+            assert_eq!(
+                SqlSource::from_request("sql_query", &q(bad)).err().map(|e| e.field),
+                Some("sql_query.url".into()),
+                "{bad}"
+            );
+        }
+        let secrets = Secrets { s3: None, sql_password: Some("pw-123".into()) };
+        assert!(!format!("{secrets:?}").contains("pw-123"));
+    }
 
     #[test]
     fn the_secret_is_never_printed_and_both_keys_are_needed() {

@@ -121,6 +121,8 @@ pub enum SourceSpec {
     DelimitedFiles(S3Selection),
     /// One named item per object under each folder.
     Folders(Vec<Folder>),
+    /// One named item per row of a query.
+    Sql(crate::access::SqlSource),
 }
 
 /// S3 objects under prefixes, filtered by globs (see [`crate::glob`]).
@@ -171,6 +173,8 @@ pub struct JobSpec {
     pub timeout_ms: Option<u64>,
     /// How to read the job's own S3 objects.
     pub s3_access: Option<crate::access::S3Access>,
+    /// The password of a SQL source.
+    pub sql_password: Option<String>,
 }
 
 /// A prefix whose every object is one named item (see [`crate::named`]).
@@ -192,6 +196,10 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
                 format!("must be between 1 and {MAX_WORKERS}, got {}", req.workers),
             ));
         }
+        let sql_password = match &req.source {
+            Some(pb::submit_job_request::Source::SqlQuery(q)) => Some(q.password.clone()),
+            _ => None,
+        };
         let (source, batch_size) = source_spec(req.source, req.s3_credentials.is_some())?;
         let output_uri = if req.output_uri.is_empty() {
             None
@@ -225,6 +233,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             max_receive_count,
             timeout_ms,
             s3_access,
+            sql_password,
         })
     }
 }
@@ -238,7 +247,7 @@ fn source_spec(
         None => {
             return Err(FieldViolation::new(
                 "source",
-                "one source must be set: item_list, named_inputs, s3_folders, file_path_lister or delimited_files",
+                "one source must be set: item_list, named_inputs, s3_folders, sql_query, file_path_lister or delimited_files",
             ));
         }
         Some(pb::submit_job_request::Source::FilePathLister(s)) => {
@@ -271,6 +280,10 @@ fn source_spec(
             }
             check_batch_bytes(&items, batch_size)?;
             (SourceSpec::Items(items), batch_size)
+        }
+        Some(pb::submit_job_request::Source::SqlQuery(q)) => {
+            let batch_size = validate_batch_size("sql_query.batch_size", q.batch_size)?;
+            (SourceSpec::Sql(crate::access::SqlSource::from_request("sql_query", &q)?.0), batch_size)
         }
         Some(pb::submit_job_request::Source::S3Folders(f)) => {
             let batch_size = validate_batch_size("s3_folders.batch_size", f.batch_size)?;

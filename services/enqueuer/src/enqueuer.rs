@@ -11,7 +11,8 @@ use batchmill_core::sealed::{ClusterKey, SealError, Sealed};
 use batchmill_core::{BatchId, JobId};
 use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::lister::v1::ListItemsRequest;
-use batchmill_proto::lister::v1::S3Access;
+use batchmill_proto::lister::v1::SourceSecrets;
+use batchmill_proto::lister::v1::source::Kind;
 use batchmill_queue::Batches;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -68,16 +69,23 @@ impl Enqueuer {
     }
 
     /// What is stored to resume `request`: the request without its
-    /// source's own access, and that access sealed.
+    /// source's secrets (its own S3 access, its database password), and
+    /// those sealed.
     fn stored(&self, request: &EnqueueJobRequest) -> Result<Vec<(String, Vec<u8>)>, EnqueueError> {
         let job_id = &request.job_id;
         let mut bare = request.clone();
-        let access = bare.source.as_mut().and_then(|s| s.access.take());
+        let mut secrets = SourceSecrets::default();
+        if let Some(source) = bare.source.as_mut() {
+            secrets.access = source.access.take();
+            if let Some(Kind::SqlRows(q)) = source.kind.as_mut() {
+                secrets.sql_password = std::mem::take(&mut q.password);
+            }
+        }
         let mut pairs = vec![(request_key(job_id), bare.encode_to_vec())];
-        if let Some(access) = access {
+        if secrets != SourceSecrets::default() {
             let refuse = |message: String| EnqueueError::InvalidRequest { field: "source.access", message };
             let key = self.secret_key.as_ref().ok_or_else(|| refuse(SealError::NoKey.to_string()))?;
-            let sealed = key.seal(&access.encode_to_vec()).map_err(|e| refuse(e.to_string()))?;
+            let sealed = key.seal(&secrets.encode_to_vec()).map_err(|e| refuse(e.to_string()))?;
             let json = serde_json::to_vec(&sealed).map_err(|e| refuse(e.to_string()))?;
             pairs.push((access_key(job_id), json));
         }
@@ -90,9 +98,12 @@ impl Enqueuer {
         let sealed: Sealed = serde_json::from_slice(&raw).map_err(|e| corrupt(job_id, e))?;
         let key = self.secret_key.as_ref().ok_or_else(|| corrupt(job_id, SealError::NoKey))?;
         let plain = key.open(&sealed).map_err(|e| corrupt(job_id, e))?;
-        let access = S3Access::decode(plain.as_slice()).map_err(|e| corrupt(job_id, e))?;
+        let secrets = SourceSecrets::decode(plain.as_slice()).map_err(|e| corrupt(job_id, e))?;
         if let Some(source) = request.source.as_mut() {
-            source.access = Some(access);
+            source.access = secrets.access;
+            if let Some(Kind::SqlRows(q)) = source.kind.as_mut() {
+                q.password = secrets.sql_password;
+            }
         }
         Ok(request)
     }

@@ -39,6 +39,12 @@ impl TryFrom<pb::Source> for Source {
             Some(source::Kind::FilePaths(s)) => Ok(Source::FilePaths(selection(s)?)),
             Some(source::Kind::DelimitedFiles(s)) => Ok(Source::DelimitedFiles(selection(s)?)),
             Some(source::Kind::NamedFolders(f)) => Ok(Source::Folders(folders(f)?)),
+            Some(source::Kind::SqlRows(q)) => Ok(Source::Sql(crate::sql::Query {
+                url: q.url,
+                username: q.username,
+                password: q.password,
+                query: q.query,
+            })),
             None => Err(ListerError::BadSource("source.kind must be set".into())),
         }
     }

@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+use crate::sql::{Database, Query};
 use crate::{CHUNK_BYTES, CHUNK_ITEMS, ListerError, Source};
 
 type Chunks = mpsc::Sender<Result<Vec<String>, ListerError>>;
@@ -22,17 +23,21 @@ type Chunks = mpsc::Sender<Result<Vec<String>, ListerError>>;
 /// Streams the items of `source` after the first `skip`.
 pub fn stream(
     blob: Arc<dyn ObjectStore>,
+    db: Arc<dyn Database>,
     source: Source,
     skip: u64,
 ) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let mut out = Emitter { tx: tx.clone(), chunk: Vec::new(), bytes: 0, skip };
+        // The database skips a query's rows itself.
+        let emitter_skip = if matches!(source, Source::Sql(_)) { 0 } else { skip };
+        let mut out = Emitter { tx: tx.clone(), chunk: Vec::new(), bytes: 0, skip: emitter_skip };
         let result = match source {
             Source::NdjsonObjects(uris) => ndjson(blob.as_ref(), &uris, &mut out).await,
             Source::FilePaths(selection) => selected(blob.as_ref(), &selection, Mode::Paths, &mut out).await,
             Source::DelimitedFiles(selection) => selected(blob.as_ref(), &selection, Mode::Lines, &mut out).await,
             Source::Folders(folders) => named_folders(blob.as_ref(), &folders, &mut out).await,
+            Source::Sql(query) => rows(db.as_ref(), &query, skip, &mut out).await,
         };
         match result {
             Ok(()) => out.finish().await,
@@ -119,6 +124,23 @@ enum Mode<'a> {
     Lines,
     /// Each selected object is a named item of the folder.
     Named(&'a Folder),
+}
+
+/// Every row of a query after the first `skip`, as the named item `<index>`
+/// whose inputs are its columns.
+async fn rows(db: &dyn Database, query: &Query, skip: u64, out: &mut Emitter) -> Result<(), ListerError> {
+    let mut pages = db.rows(query, skip).await?;
+    let mut index = skip;
+    while let Some(page) = pages.next().await {
+        for row in page? {
+            let item = batchmill_core::named::item(&index.to_string(), row, serde_json::Map::new());
+            if !out.push(item.to_string()).await {
+                return Ok(());
+            }
+            index += 1;
+        }
+    }
+    Ok(())
 }
 
 /// Every object of each folder, as a named item whose input is the object.

@@ -6,6 +6,7 @@
 
 mod grpc;
 mod items;
+pub mod sql;
 
 pub use grpc::ListerGrpc;
 
@@ -58,6 +59,8 @@ pub enum ListerError {
     List { uri: String, source: batchmill_blob::BlobError },
     #[error("no S3 object matches the selection under {paths}")]
     NoMatch { paths: String },
+    #[error("{0}")]
+    Sql(#[from] sql::SqlError),
 }
 
 impl ServiceError for ListerError {
@@ -67,7 +70,8 @@ impl ServiceError for ListerError {
                 ErrorCode::InvalidArgument
             }
             ListerError::List { source: e, .. } | ListerError::Blob(e) => blob_code(e),
-            ListerError::Read { .. } => ErrorCode::Unavailable,
+            ListerError::Read { .. } | ListerError::Sql(sql::SqlError::Unreachable(_)) => ErrorCode::Unavailable,
+            ListerError::Sql(_) => ErrorCode::InvalidArgument,
         }
     }
 }
@@ -95,12 +99,15 @@ pub enum Source {
     DelimitedFiles(batchmill_core::S3Selection),
     /// Each object under each folder is one named item.
     Folders(Vec<batchmill_core::job::Folder>),
+    /// Each row of a query is one named item.
+    Sql(sql::Query),
 }
 
 /// The lister's domain: sources in, chunks of items (JSON texts) out.
 #[derive(Clone)]
 pub struct Lister {
     blob: Arc<dyn ObjectStore>,
+    db: Arc<dyn sql::Database>,
     /// The cluster's S3 settings, from which a job's own access is built;
     /// None (unit tests) reads every source through `blob`.
     s3: Option<batchmill_blob::S3Config>,
@@ -108,13 +115,20 @@ pub struct Lister {
 
 impl Lister {
     pub fn new(blob: Arc<dyn ObjectStore>) -> Lister {
-        Lister { blob, s3: None }
+        Lister { blob, db: Arc::new(sql::Postgres), s3: None }
+    }
+
+    /// This lister, reading SQL sources from `db`.
+    #[must_use]
+    pub fn with_database(mut self, db: Arc<dyn sql::Database>) -> Lister {
+        self.db = db;
+        self
     }
 
     /// A lister over the cluster's S3, which reads sources that bring their
     /// own access with it.
     pub fn with_s3(blob: Arc<dyn ObjectStore>, s3: batchmill_blob::S3Config) -> Lister {
-        Lister { blob, s3: Some(s3) }
+        Lister { blob, db: Arc::new(sql::Postgres), s3: Some(s3) }
     }
 
     /// The store to read a source with: the job's own access over the
@@ -137,6 +151,6 @@ impl Lister {
         access: Option<&S3Access>,
         skip: u64,
     ) -> BoxStream<'static, Result<Vec<String>, ListerError>> {
-        items::stream(self.store(access).await, source, skip)
+        items::stream(self.store(access).await, self.db.clone(), source, skip)
     }
 }

@@ -255,18 +255,18 @@ impl State {
         let Some(entry) = self.jobs.get(id) else {
             return;
         };
-        let access = match entry.record.access(self.settings.secret_key.as_ref()) {
-            Ok(access) => access,
+        let secrets = match entry.record.secrets(self.settings.secret_key.as_ref()) {
+            Ok(secrets) => secrets,
             Err(e) => {
                 warn!(job_id = %id, error = %e, "the job's own credentials cannot be opened");
-                let end = End::failed(FailureReason::EnqueueFailed, format!("its S3 credentials cannot be read: {e}"));
+                let end = End::failed(FailureReason::EnqueueFailed, format!("its credentials cannot be read: {e}"));
                 self.end(id, end).await;
                 return;
             }
         };
         let request = batchmill_proto::enqueuer::v1::EnqueueJobRequest {
             job_id: id.to_string(),
-            source: Some(entry.record.input.to_source(access.as_ref())),
+            source: Some(entry.record.input.to_source(&secrets)),
             batch_size: entry.record.batch_size as i32,
         };
         let trace = entry.record.trace.clone();

@@ -1,7 +1,7 @@
 //! A job as the scheduler persists it (`/batchmill/jobs/<job_id>`, JSON) and
 //! its snapshot in the public contract.
 
-use batchmill_core::access::S3Access;
+use batchmill_core::access::{S3Access, Secrets, SqlSource};
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::job::Folder;
 use batchmill_core::sealed::{ClusterKey, SealError, Sealed};
@@ -40,12 +40,14 @@ pub enum Input {
     DelimitedFiles(S3Selection),
     /// Each object under each folder, as a named item.
     Folders { folders: Vec<Folder> },
+    /// Each row of a query, as a named item.
+    Sql(SqlSource),
 }
 
 impl Input {
-    /// The lister's description of this input, read with `access` (the
-    /// job's own) or the cluster's S3.
-    pub fn to_source(&self, access: Option<&S3Access>) -> batchmill_proto::lister::v1::Source {
+    /// The lister's description of this input, with the job's `secrets`
+    /// (its own S3 access, else the cluster's S3; its database password).
+    pub fn to_source(&self, secrets: &Secrets) -> batchmill_proto::lister::v1::Source {
         use batchmill_proto::lister::v1::{self as lister, source::Kind};
         let selection = |s: &S3Selection| lister::S3Selection {
             s3_paths: s.s3_paths.iter().map(ToString::to_string).collect(),
@@ -56,6 +58,12 @@ impl Input {
             Input::Ndjson { uris } => Kind::NdjsonObjects(lister::NdjsonObjects { uris: uris.clone() }),
             Input::FilePaths(s) => Kind::FilePaths(selection(s)),
             Input::DelimitedFiles(s) => Kind::DelimitedFiles(selection(s)),
+            Input::Sql(sql) => Kind::SqlRows(lister::SqlRows {
+                url: sql.url.clone(),
+                username: sql.username.clone(),
+                password: secrets.sql_password.clone().unwrap_or_default(),
+                query: sql.query.clone(),
+            }),
             Input::Folders { folders } => Kind::NamedFolders(lister::NamedFolders {
                 folders: folders
                     .iter()
@@ -67,7 +75,7 @@ impl Input {
                     .collect(),
             }),
         };
-        lister::Source { kind: Some(kind), access: access.map(S3Access::to_pb) }
+        lister::Source { kind: Some(kind), access: secrets.s3.as_ref().map(S3Access::to_pb) }
     }
 }
 
@@ -127,7 +135,8 @@ pub struct JobRecord {
     /// The first [`INPUT_NAMES`] names of named inputs.
     #[serde(default)]
     pub input_names: Vec<String>,
-    /// The job's own S3 access, sealed with the cluster's key.
+    /// The job's own secrets ([`Secrets`]: its S3 access, its database
+    /// password), sealed with the cluster's key.
     #[serde(default)]
     pub input_access: Option<Sealed>,
 }
@@ -188,12 +197,12 @@ impl JobRecord {
         }
     }
 
-    /// The job's own S3 access, opened with the cluster's key.
-    pub fn access(&self, key: Option<&ClusterKey>) -> Result<Option<S3Access>, SealError> {
-        let Some(sealed) = &self.input_access else { return Ok(None) };
+    /// The job's own secrets, opened with the cluster's key.
+    pub fn secrets(&self, key: Option<&ClusterKey>) -> Result<Secrets, SealError> {
+        let Some(sealed) = &self.input_access else { return Ok(Secrets::default()) };
         let key = key.ok_or(SealError::NoKey)?;
         let plain = key.open(sealed)?;
-        serde_json::from_slice(&plain).map(Some).map_err(|_| SealError::Unopenable)
+        serde_json::from_slice(&plain).map_err(|_| SealError::Unopenable)
     }
 
     /// Whether the job has run past its timeout at `now_ms`.

@@ -4,7 +4,7 @@
 //! not failed later), and only then is the job recorded. Dry runs check the
 //! same way and list what a job would read.
 
-use batchmill_core::access::S3Access;
+use batchmill_core::access::Secrets;
 use batchmill_core::sealed::{SealError, Sealed};
 use batchmill_core::time::now_ms;
 use batchmill_core::{Caller, JobId, JobSpec, RemoteError, S3Selection, SourceSpec};
@@ -25,8 +25,8 @@ impl Scheduler {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
-        let access = spec.s3_access.clone();
-        let input_access = access.as_ref().map(|a| self.seal(a)).transpose()?;
+        let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
+        let input_access = if secrets.is_empty() { None } else { Some(self.seal(&secrets)?) };
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
         let (mut input_bytes, mut input_names) = (0, Vec::new());
@@ -38,7 +38,7 @@ impl Scheduler {
                     // The first object, read with the job's credentials: wrong
                     // credentials or a missing object are refused now.
                     let selection = S3Selection::parse("s3_credentials", &[uri], &[], &[])?;
-                    self.checked(Input::FilePaths(selection), "s3_credentials", access.as_ref()).await?;
+                    self.checked(Input::FilePaths(selection), "s3_credentials", &secrets).await?;
                 }
                 input_names = items
                     .iter()
@@ -60,14 +60,15 @@ impl Scheduler {
             }
             // Counted as the lister goes.
             SourceSpec::FilePaths(selection) => {
-                (self.checked(Input::FilePaths(selection), "file_path_lister", access.as_ref()).await?, None)
+                (self.checked(Input::FilePaths(selection), "file_path_lister", &secrets).await?, None)
             }
             SourceSpec::DelimitedFiles(selection) => {
-                (self.checked(Input::DelimitedFiles(selection), "delimited_files", access.as_ref()).await?, None)
+                (self.checked(Input::DelimitedFiles(selection), "delimited_files", &secrets).await?, None)
             }
             SourceSpec::Folders(folders) => {
-                (self.checked(Input::Folders { folders }, "s3_folders", access.as_ref()).await?, None)
+                (self.checked(Input::Folders { folders }, "s3_folders", &secrets).await?, None)
             }
+            SourceSpec::Sql(sql) => (self.checked(Input::Sql(sql), "sql_query", &secrets).await?, None),
         };
         let record = JobRecord {
             max_receive_count: spec.max_receive_count.unwrap_or(self.settings.policy.max_deliver),
@@ -102,7 +103,21 @@ impl Scheduler {
         self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
+        let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let (selection, field, lines) = match spec.source {
+            SourceSpec::Sql(sql) => {
+                // The query runs (through a cursor, its first rows only):
+                // a bad URL, credentials or query is refused now.
+                self.checked(Input::Sql(sql), "sql_query", &secrets).await?;
+                let message = "validations passed".into();
+                return Ok(pb::DryRunJobResponse {
+                    message,
+                    files: vec![],
+                    file_count: 0,
+                    item_count: -1,
+                    batch_count: -1,
+                });
+            }
             SourceSpec::Items(items) => {
                 return Ok(pb::DryRunJobResponse {
                     message: "validations passed".into(),
@@ -115,7 +130,7 @@ impl Scheduler {
             SourceSpec::FilePaths(selection) => (selection, "file_path_lister", false),
             SourceSpec::DelimitedFiles(selection) => (selection, "delimited_files", true),
             SourceSpec::Folders(folders) => {
-                let source = Input::Folders { folders }.to_source(spec.s3_access.as_ref());
+                let source = Input::Folders { folders }.to_source(&secrets);
                 let (files, count) =
                     self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, "s3_folders"))?;
                 let batch_count = batches(count);
@@ -130,7 +145,7 @@ impl Scheduler {
                 });
             }
         };
-        let source = Input::FilePaths(selection).to_source(spec.s3_access.as_ref());
+        let source = Input::FilePaths(selection).to_source(&secrets);
         let (files, count) =
             self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, field))?;
         let mut message = String::with_capacity(files.iter().map(|f| f.len() + 1).sum::<usize>() + 64);
@@ -149,8 +164,8 @@ impl Scheduler {
     /// An S3 input the lister can list: no match, an unknown bucket or
     /// refused credentials are errors now, naming `field`, not a job that
     /// fails later.
-    async fn checked(&self, input: Input, field: &str, access: Option<&S3Access>) -> Result<Input, SchedulerError> {
-        match self.probe.probe(input.to_source(access)).await {
+    async fn checked(&self, input: Input, field: &str, secrets: &Secrets) -> Result<Input, SchedulerError> {
+        match self.probe.probe(input.to_source(secrets)).await {
             Ok(()) => Ok(input),
             Err(e) => Err(bad_source(e, field)),
         }
@@ -158,10 +173,10 @@ impl Scheduler {
 }
 
 impl Scheduler {
-    /// The job's own access, sealed for its record.
-    fn seal(&self, access: &S3Access) -> Result<Sealed, SchedulerError> {
+    /// The job's own secrets, sealed for its record.
+    fn seal(&self, secrets: &Secrets) -> Result<Sealed, SchedulerError> {
         let key = self.settings.secret_key.as_ref().ok_or(SchedulerError::Seal(SealError::NoKey))?;
-        let plain = serde_json::to_vec(access).map_err(|_| SchedulerError::Seal(SealError::Unopenable))?;
+        let plain = serde_json::to_vec(secrets).map_err(|_| SchedulerError::Seal(SealError::Unopenable))?;
         key.seal(&plain).map_err(SchedulerError::Seal)
     }
 }

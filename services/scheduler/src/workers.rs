@@ -233,7 +233,7 @@ impl State {
             workers: record.max_workers,
             total_batch_count: if entry.enqueue.done { entry.enqueue.next_seq as i64 } else { -1 },
             // A job whose credentials cannot be opened fails at admission.
-            input_access: record.access(self.settings.secret_key.as_ref()).ok().flatten().map(|a| a.to_pb()),
+            input_access: record.secrets(self.settings.secret_key.as_ref()).ok().and_then(|s| s.s3).map(|a| a.to_pb()),
         }
     }
 }

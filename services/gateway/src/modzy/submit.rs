@@ -59,19 +59,29 @@ struct InputBody {
     secret_access_key: Option<String>,
     region: Option<String>,
     endpoint: Option<String>,
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    driver: Option<String>,
+    query: Option<String>,
 }
 
 impl std::fmt::Debug for InputBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Input").field("kind", &self.kind).field("sources", &self.sources).finish_non_exhaustive()
+        f.debug_struct("Input")
+            .field("kind", &self.kind)
+            .field("sources", &self.sources)
+            .field("url", &self.url)
+            .field("query", &self.query)
+            .finish_non_exhaustive()
     }
 }
 
 /// What a job reads.
-#[derive(Debug)]
 enum Source {
     Named(Vec<pb::NamedInput>),
     Folders(Vec<pb::S3Folder>),
+    Sql(pb::SqlQuery),
 }
 
 /// A submission, checked. Its Debug leaves the credentials out.
@@ -103,6 +113,17 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
         FieldViolation::new("input", "must be set; jobs whose files are uploaded in chunks are not supported yet")
     })?;
     let kind = input.kind.clone().unwrap_or_default();
+    if kind == "jdbc" {
+        return jdbc(&input).map(|q| Submission {
+            model: identifier.clone(),
+            version: version.clone(),
+            timeout_ms: body.timeout,
+            workers: body.workers.unwrap_or(1),
+            batch_size: body.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+            source: Source::Sql(q),
+            credentials: None,
+        });
+    }
     let sources = input
         .sources
         .as_ref()
@@ -122,13 +143,10 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
             Some(credentials(&input)?),
         ),
         "aws-s3-folder" => (Source::Folders(folders(sources)?), Some(credentials(&input)?)),
-        "jdbc" => {
-            return Err(FieldViolation::new("input.type", "\"jdbc\" is not supported yet"));
-        }
         other => {
             return Err(FieldViolation::new(
                 "input.type",
-                format!("{other:?} is not an input type; use text, embedded, aws-s3 or aws-s3-folder"),
+                format!("{other:?} is not an input type; use text, embedded, aws-s3, aws-s3-folder or jdbc"),
             ));
         }
     };
@@ -163,7 +181,14 @@ impl std::fmt::Debug for Submission {
         f.debug_struct("Submission")
             .field("model", &self.model)
             .field("version", &self.version)
-            .field("source", &self.source)
+            .field(
+                "source",
+                &match &self.source {
+                    Source::Named(inputs) => format!("{} named inputs", inputs.len()),
+                    Source::Folders(folders) => format!("{} folders", folders.len()),
+                    Source::Sql(q) => format!("query over {}", q.url),
+                },
+            )
             .field("credentials", &self.credentials.as_ref().map(|c| &c.access_key_id))
             .finish_non_exhaustive()
     }
@@ -215,6 +240,31 @@ fn folders(sources: &Map<String, Value>) -> Result<Vec<pb::S3Folder>, FieldViola
     Ok(out)
 }
 
+/// A `jdbc` input: PostgreSQL only (`jdbc:postgresql://`, driver
+/// `org.postgresql.Driver`); the URL is checked again, natively.
+fn jdbc(input: &InputBody) -> Result<pb::SqlQuery, FieldViolation> {
+    let need = |field: &str, v: &Option<String>| {
+        v.clone().filter(|s| !s.is_empty()).ok_or_else(|| FieldViolation::new(format!("input.{field}"), "must be set"))
+    };
+    let url = need("url", &input.url)?;
+    if !url.starts_with("jdbc:postgresql://") {
+        return Err(FieldViolation::new(
+            "input.url",
+            format!("{url:?} is not a jdbc:postgresql:// URL; batchmill reads PostgreSQL"),
+        ));
+    }
+    if let Some(driver) = input.driver.as_deref().filter(|d| !d.is_empty() && *d != "org.postgresql.Driver") {
+        return Err(FieldViolation::new("input.driver", format!("{driver:?}: only org.postgresql.Driver is served")));
+    }
+    Ok(pb::SqlQuery {
+        url,
+        username: need("username", &input.username)?,
+        password: input.password.clone().unwrap_or_default(),
+        query: need("query", &input.query)?,
+        batch_size: 0,
+    })
+}
+
 /// The job's own S3 credentials, for the S3 input types.
 fn credentials(input: &InputBody) -> Result<pb::S3Credentials, FieldViolation> {
     let need = |field: &str, v: &Option<String>| {
@@ -257,6 +307,7 @@ impl Submission {
         let source = match self.source {
             Source::Named(inputs) => S::NamedInputs(pb::NamedInputs { inputs, batch_size }),
             Source::Folders(folders) => S::S3Folders(pb::S3Folders { folders, batch_size }),
+            Source::Sql(query) => S::SqlQuery(pb::SqlQuery { batch_size, ..query }),
         };
         pb::SubmitJobRequest {
             pipeline: self.model,
@@ -317,6 +368,21 @@ mod tests {
             (f.folders[0].name.as_str(), f.folders[0].input.as_str(), f.folders[0].s3_path.as_str()),
             ("docs", "input.txt", "s3://b/docs/")
         );
+    }
+
+    #[test]
+    fn jdbc_becomes_a_sql_query_of_postgresql_only() {
+        let jdbc = |url: &str, driver: &str| {
+            json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "jdbc",
+            "url": url, "username": "u", "password": "pw-9", "driver": driver, "query": "select 1"}})
+        };
+        let s = parse(jdbc("jdbc:postgresql://db:5432/app", "org.postgresql.Driver").to_string().as_bytes())
+            .expect("valid");
+        assert!(!format!("{s:?}").contains("pw-9"), "the password is never printed");
+        let Some(pb::submit_job_request::Source::SqlQuery(q)) = s.into_request().source else { panic!("sql") };
+        assert_eq!((q.url.as_str(), q.password.as_str(), q.batch_size), ("jdbc:postgresql://db:5432/app", "pw-9", 10));
+        assert_eq!(field(jdbc("jdbc:mysql://db/app", "")), "input.url");
+        assert_eq!(field(jdbc("jdbc:postgresql://db/app", "com.mysql.Driver")), "input.driver");
     }
 
     #[test]
