@@ -31,6 +31,7 @@ ETCD_PORT=$((PORT_BASE + 0))
 ETCD_PEER_PORT=$((PORT_BASE + 1))
 NATS_PORT=$((PORT_BASE + 2))
 S3_PORT=$((PORT_BASE + 3))
+PG_PORT=$((PORT_BASE + 4))
 GATEWAY_PORT=$((PORT_BASE + 10))
 LISTER_PORT=$((PORT_BASE + 11))
 ENQUEUER_PORT=$((PORT_BASE + 12))
@@ -40,6 +41,16 @@ WORKER_PORT_BASE=$((PORT_BASE + 20))
 S3_ACCESS_KEY=${BATCHMILL_S3_ACCESS_KEY:-batchmill}
 S3_SECRET_KEY=${BATCHMILL_S3_SECRET_KEY:-batchmill-local-secret}
 BUCKET=${BATCHMILL_BUCKET:-batchmill}
+
+# PostgreSQL's programs (Debian's, newest version) and how to run them:
+# PostgreSQL refuses root, so as root it runs as the postgres user (setpriv
+# execs, so the recorded pid is PostgreSQL's own).
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+if [ "$(id -u)" -eq 0 ]; then
+  AS_PG=(setpriv --reuid=postgres --regid=postgres --init-groups)
+else
+  AS_PG=()
+fi
 
 log() { printf '[batchmill] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -61,8 +72,15 @@ start() {
     return 0
   fi
   mkdir -p "$STATE/pids" "$STATE/logs"
+  # The program the pid runs: through setpriv (which execs it), its own.
+  local exe=$1 arg
+  if [ "$exe" = setpriv ]; then
+    for arg in "${@:2}"; do
+      case $arg in -*) ;; *) exe=$arg; break ;; esac
+    done
+  fi
   nohup "$@" >>"$STATE/logs/$name.log" 2>&1 </dev/null &
-  echo "$! $1" >"$STATE/pids/$name.pid"
+  echo "$! $exe" >"$STATE/pids/$name.pid"
   log "started $name (pid $!)"
 }
 

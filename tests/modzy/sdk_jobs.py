@@ -5,11 +5,13 @@ member key), BATCHMILL_OTHER_KEY (another account's) and
 BATCHMILL_SLOW_MODEL (a deployed pipeline whose batches take seconds).
 Prints one line per check; exits non-zero on the first that fails."""
 
+import io
 import os
 import sys
+import tempfile
 
 from modzy import ApiClient
-from modzy.error import BadRequestError, NotFoundError
+from modzy.error import BadRequestError, NotFoundError, RequestEntityTooLargeError
 
 URL = os.environ["BATCHMILL_MODZY_URL"]
 client = ApiClient(base_url=URL, api_key=os.environ["BATCHMILL_API_KEY"])
@@ -27,6 +29,15 @@ def check(what, ok, detail=""):
     print(("ok   " if ok else "FAIL ") + what + (f": {detail}" if detail and not ok else ""), flush=True)
     if not ok:
         sys.exit(1)
+
+
+def refused(what, call, error, text):
+    """`call` fails with `error`, whose message says `text`."""
+    try:
+        call()
+        check(what, False, "accepted")
+    except error as e:
+        check(f"{what} is refused: {text}", text in str(e), str(e))
 
 
 def wait(job):
@@ -187,4 +198,35 @@ job = client.jobs.submit_jdbc("echo", "1", PG_URL, PG_USER, PG_PASSWORD, "org.po
 job = client.jobs.block_until_complete(job, timeout=120, poll_interval=0.3)
 check("a query failing mid-way ends the job with the database's error",
       job.status == "COMPLETED" and "22012" in job.message and "division by zero" in job.message, job)
+
+# Files: submit_file opens a job, appends each input in chunks (1M, as
+# GET /jobs/features says), then closes it; each input is read back whole.
+check("features", client.jobs.get_features()["input_chunk_maximum_size"] == "1M")
+big = "".join(f"line {i:07d} of a file sent in chunks\n" for i in range(70_000))  # about 2.8 MB: 3 chunks
+with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    f.write(big)
+job = client.jobs.submit_file("echo", "1", {
+    "big": {"input.txt": f.name},
+    "small": {"input.txt": io.BytesIO(b"a file-like object"), "blob": bytes([0, 1, 2, 255])},
+})
+job, result = wait(job)
+os.unlink(f.name)
+check("file job COMPLETED", job.status == "COMPLETED" and (job.total, job.completed) == (2, 2), job)
+check("a file in 3 chunks is read whole", result.get_source_outputs("big")["results.json"]["inputs"]["input.txt"] == big)
+small = result.get_source_outputs("small")["results.json"]["inputs"]
+check("file-like and bytes inputs", small == {"input.txt": "a file-like object",
+                                              "blob": "data:application/octet-stream;base64,AAEC/w=="}, small)
+# The open job underneath, as Modzy's API shows it.
+opened = client.http.post("/jobs", {"model": {"identifier": "echo", "version": "1"}, "explain": False})
+upload = opened["jobIdentifier"]
+check("an opened job is OPEN", opened["status"] == "OPEN" and client.jobs.get(upload).status == "OPEN", opened)
+refused("another account's open job", lambda: other.jobs.get(upload), NotFoundError, "not found")
+refused("closing a job with no inputs", lambda: client.http.post(f"/jobs/{upload}/close"), BadRequestError, "no inputs")
+refused("a chunk over the limit", lambda: client.http.post(f"/jobs/{upload}/a/input.txt", None,
+        {"input": b"x" * (1024 * 1024 + 1)}), RequestEntityTooLargeError, "input_chunk_maximum_size")
+check("cancelling an open job", client.jobs.cancel(upload).status == "CANCELED")
+refused("appending to a cancelled job", lambda: client.http.post(f"/jobs/{upload}/a/input.txt", None, {"input": b"late"}),
+        BadRequestError, "closed")
+refused("opening a job of an unknown version",
+        lambda: client.http.post("/jobs", {"model": {"identifier": "echo", "version": "9"}}), BadRequestError, "model.version")
 print("all checks passed")

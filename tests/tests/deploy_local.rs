@@ -49,11 +49,12 @@ fn up_source_curl_down() {
     assert!(up.status.success(), "up failed:\n{log}");
     assert!(log.contains("etcd already running"), "a second up starts nothing new:\n{log}");
     let started = pids(state.path());
-    assert_eq!(started.len(), 8, "etcd, nats, s3, 4 services, 1 worker: {started:?}");
+    assert_eq!(started.len(), 9, "etcd, nats, s3, postgres, 4 services, 1 worker: {started:?}");
 
     let job = sh(
         r#"set -e
         . "$BATCHMILL_STATE_DIR/env"
+        psql "$BATCHMILL_POSTGRES_URL" -qtAc 'select 1' >/dev/null
         auth="Authorization: Bearer $BATCHMILL_API_KEY"
         id=$(curl -sS --fail-with-body -X POST "$BATCHMILL_GATEWAY_URL/v1/jobs" -H "$auth" \
           -d '{"pipeline":"echo","workers":1,"itemList":{"items":[1,2,3,4,5],"batchSize":2}}' \
@@ -77,6 +78,36 @@ print(len(keys), sorted(l["result"] for l in lines))
     let out = String::from_utf8_lossy(&job.stdout);
     assert!(job.status.success(), "job failed: {out}\n{}", String::from_utf8_lossy(&job.stderr));
     assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED\n4 [1, 2, 3, 4, 5]", "3 batch objects and the manifest");
+
+    // The README's SQL job over the database `up` made, from the env file.
+    let sql = sh(
+        r#"set -e
+        . "$BATCHMILL_STATE_DIR/env"
+        cd "$BATCHMILL_STATE_DIR"
+        psql "$BATCHMILL_POSTGRES_URL" -qc "create table docs as select i as id, 'doc ' || i as body from generate_series(1, 12) i"
+        python3 - >job.json <<'PY'
+import json, os
+print(json.dumps({"pipeline": "echo", "workers": 1, "sqlQuery": {
+    "url": os.environ["BATCHMILL_POSTGRES_JDBC_URL"], "username": os.environ["BATCHMILL_POSTGRES_USER"],
+    "password": os.environ["BATCHMILL_POSTGRES_PASSWORD"], "batchSize": 10,
+    "query": 'SELECT body AS "input.txt" FROM docs ORDER BY id'}}))
+PY
+        id=$(curl -sS --fail-with-body -H "$BATCHMILL_AUTH" $BATCHMILL_GATEWAY_URL/v1/jobs -d @job.json \
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
+        for _ in $(seq 1 300); do
+          job=$(curl -sS -H "$BATCHMILL_AUTH" "$BATCHMILL_GATEWAY_URL/v1/jobs/$id")
+          state=$(echo "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
+          [ "$state" = JOB_STATE_SUCCEEDED ] && break
+          sleep 0.1
+        done
+        echo "$job" | python3 -c 'import json,sys; j = json.load(sys.stdin); print(j["state"], j["items"]["completed"])'
+        "#,
+        state.path(),
+        base,
+    );
+    let out = String::from_utf8_lossy(&sql.stdout);
+    assert!(sql.status.success(), "SQL job failed: {out}\n{}", String::from_utf8_lossy(&sql.stderr));
+    assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED 12", "every row an item");
 
     let down = sh("deploy/local/down", state.path(), base);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));

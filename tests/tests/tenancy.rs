@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use batchmill_proto::accounts::v1 as apb;
 use batchmill_proto::jobs::v1 as pb;
-use batchmill_tests::{Options, Sandbox, echo_job, http_as};
+use batchmill_tests::{BUCKET, Options, Sandbox, echo_job, http_as};
 use serde_json::json;
 use tonic::Code;
 
@@ -231,6 +231,52 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
         tonic::transport::Endpoint::from_shared(base.clone())?.connect().await?,
     );
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
+
+    // The cluster's own places in S3 are fenced off from jobs that read with
+    // the cluster's credentials: other jobs' results, staged inputs and
+    // uploads, pipelines' files.
+    let acme_items = format!("s3://{BUCKET}/staging/{}/items.ndjson", member_job.job_id);
+    for (body, field, place) in [
+        (
+            json!({"delimitedFiles": {"s3Paths": [format!("s3://{BUCKET}/results/")], "batchSize": 1}}),
+            "delimited_files.s3_paths",
+            "results/",
+        ),
+        (
+            json!({"filePathLister": {"s3Paths": [format!("s3://{BUCKET}/")], "batchSize": 1}}),
+            "file_path_lister.s3_paths",
+            "/results/",
+        ),
+        (
+            json!({"namedInputs": {"inputs": [{"name": "a", "objects": {"x": acme_items}}], "batchSize": 1}}),
+            "named_inputs.inputs.objects",
+            "staging/",
+        ),
+        (
+            json!({"namedInputs": {"inputs": [{"name": "a", "objects": {"x": format!("s3://{BUCKET}/staging/uploads/acme/upload-1/a/x/")}}], "batchSize": 1}}),
+            "named_inputs.inputs.objects",
+            "staging/",
+        ),
+        (
+            json!({"s3Folders": {"folders": [{"name": "p", "input": "x", "s3Path": format!("s3://{BUCKET}/pipelines/")}], "batchSize": 1}}),
+            "s3_folders.folders.s3_path",
+            "pipelines/",
+        ),
+        (
+            json!({"itemList": {"items": [1], "batchSize": 1}, "outputUri": format!("s3://{BUCKET}/pipelines/mine")}),
+            "output_uri",
+            "pipelines/",
+        ),
+    ] {
+        let mut body = body;
+        body["pipeline"] = json!("echo");
+        body["workers"] = json!(1);
+        let response = http_as(&globex.key).post(format!("{base}/v1/jobs")).json(&body).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(field) && text.contains(place), "{body}: the error names {field} and {place}: {text}");
+    }
 
     // Revocation: the next call with the key is refused.
     sandbox

@@ -200,7 +200,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             Some(pb::submit_job_request::Source::SqlQuery(q)) => Some(q.password.clone()),
             _ => None,
         };
-        let (source, batch_size) = source_spec(req.source, req.s3_credentials.is_some())?;
+        let (source, batch_size) = source_spec(req.source)?;
         let output_uri = if req.output_uri.is_empty() {
             None
         } else {
@@ -239,10 +239,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
 }
 
 /// The source of a submission, and its batch size; errors name the field.
-fn source_spec(
-    source: Option<pb::submit_job_request::Source>,
-    has_credentials: bool,
-) -> Result<(SourceSpec, u32), FieldViolation> {
+fn source_spec(source: Option<pb::submit_job_request::Source>) -> Result<(SourceSpec, u32), FieldViolation> {
     let (source, batch_size) = match source {
         None => {
             return Err(FieldViolation::new(
@@ -272,12 +269,6 @@ fn source_spec(
         Some(pb::submit_job_request::Source::NamedInputs(named)) => {
             let batch_size = validate_batch_size("named_inputs.batch_size", named.batch_size)?;
             let items = named_items(&named.inputs)?;
-            if !has_credentials && items.iter().any(|i| !crate::named::objects_of(i).is_empty()) {
-                return Err(FieldViolation::new(
-                    "s3_credentials",
-                    "must be set: named inputs with objects are read with the job's own credentials",
-                ));
-            }
             check_batch_bytes(&items, batch_size)?;
             (SourceSpec::Items(items), batch_size)
         }
@@ -287,12 +278,6 @@ fn source_spec(
         }
         Some(pb::submit_job_request::Source::S3Folders(f)) => {
             let batch_size = validate_batch_size("s3_folders.batch_size", f.batch_size)?;
-            if !has_credentials {
-                return Err(FieldViolation::new(
-                    "s3_credentials",
-                    "must be set: S3 folders are read with the job's own credentials",
-                ));
-            }
             (SourceSpec::Folders(folders(&f.folders)?), batch_size)
         }
     };
@@ -330,10 +315,11 @@ fn named_items(inputs: &[pb::NamedInput]) -> Result<Vec<Value>, FieldViolation> 
         for (k, uri) in &input.objects {
             let parsed =
                 S3Uri::parse(uri).map_err(|e| FieldViolation::new(field(&format!("objects.{k}")), e.to_string()))?;
-            if parsed.key.is_empty() || parsed.key.ends_with('/') {
+            // A key that ends in "/" is an object stored in parts.
+            if parsed.key.trim_end_matches('/').is_empty() {
                 return Err(FieldViolation::new(
                     field(&format!("objects.{k}")),
-                    "must name an object, s3://bucket/key",
+                    "must name an object, s3://bucket/key, or an object in parts, s3://bucket/prefix/",
                 ));
             }
             objects.insert(k.clone(), Value::String(parsed.to_string()));

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod embed;
 pub mod enqueue;
 pub mod error;
+pub mod fence;
 pub mod finalize;
 pub mod glob;
 pub mod identity;

@@ -3,8 +3,10 @@
 //! RPCs: `batchmill.jobs.v1.JobService` and
 //! `batchmill.pipelines.v1.PipelineService` over gRPC, the same RPCs as
 //! REST/JSON on the same port, routed from their `google.api.http`
-//! annotations (see [`rest`]), and Cortex's BatchAPI routes (see [`cortex`]). Depends on: etcd (to find the scheduler
-//! leader) and the scheduler (which owns jobs). Stateless.
+//! annotations (see [`rest`]), Cortex's BatchAPI routes (see [`cortex`]) and
+//! Modzy's Jobs API (see [`modzy`]). Depends on: etcd (keys, and the
+//! scheduler leader), the scheduler (which owns jobs) and S3 (Modzy's file
+//! uploads, kept under the staging location). Stateless.
 
 mod accounts;
 mod auth;
@@ -40,6 +42,9 @@ pub enum GatewayError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
+    pub s3: batchmill_blob::S3Config,
+    /// Where inputs are staged; uploads go under `<staging>/uploads/`.
+    pub staging_uri: batchmill_core::S3Uri,
 }
 
 /// The public services, served over gRPC and REST.
@@ -47,12 +52,12 @@ pub const PUBLIC_SERVICES: &[&str] =
     &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService", "batchmill.accounts.v1.AccountService"];
 
 /// The gateway's router: gRPC (with health and reflection) and REST.
-pub async fn router(etcd: Etcd) -> Result<axum::Router, GatewayError> {
+pub async fn router(etcd: Etcd, uploads: modzy::Uploads) -> Result<axum::Router, GatewayError> {
     let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
     let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
-    let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone());
+    let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone(), uploads);
     let routes = batchmill_runtime::ServerBuilder::new()?
         .add_service(jobs.into_service())
         .add_service(pipelines.into_service())
@@ -96,7 +101,8 @@ pub async fn admin_key(etcd_endpoints: &[String], account: &str, description: &s
 /// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let etcd = Etcd::connect(&config.etcd_endpoints, Duration::from_secs(30)).await?;
-    let app = router(etcd).await?;
+    let blob = batchmill_blob::Blob::new(&config.s3).await;
+    let app = router(etcd, modzy::Uploads::new(Arc::new(blob), config.staging_uri)).await?;
     tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, "gateway serving gRPC and REST");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(RuntimeError::Io)?;
     tracing::info!("gateway stopped");

@@ -1,6 +1,7 @@
 //! batchmill-gateway: the public gRPC and REST API.
 
-use batchmill_runtime::args::{EtcdArgs, ListenArgs};
+use anyhow::Context;
+use batchmill_runtime::args::{EtcdArgs, ListenArgs, S3Args};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -10,6 +11,11 @@ struct Args {
     listen: ListenArgs,
     #[command(flatten)]
     etcd: EtcdArgs,
+    #[command(flatten)]
+    s3: S3Args,
+    /// Where inputs are staged; Modzy's uploads go under <staging>/uploads/.
+    #[arg(long, env = "BATCHMILL_STAGING_URI", default_value = "s3://batchmill/staging")]
+    staging_uri: String,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -38,7 +44,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-gateway")?;
     let shutdown = batchmill_runtime::shutdown_token();
-    let config = batchmill_gateway::Config { etcd_endpoints: args.etcd.etcd_endpoints };
+    let config = batchmill_gateway::Config {
+        etcd_endpoints: args.etcd.etcd_endpoints,
+        s3: batchmill_blob::S3Config::new(args.s3.s3_endpoint, args.s3.s3_region),
+        staging_uri: batchmill_core::S3Uri::parse(&args.staging_uri).context("--staging-uri")?,
+    };
     let listener = batchmill_runtime::bind(args.listen.listen).await?;
     batchmill_gateway::run(config, listener, shutdown).await?;
     Ok(())

@@ -133,6 +133,11 @@ impl Deps {
             default_output: config.output_uri.clone(),
             staging: config.staging_uri.clone(),
             secret_key: config.secret_key.clone(),
+            fence: batchmill_core::fence::Fence::new(
+                config.output_uri.clone(),
+                config.staging_uri.clone(),
+                config.pipelines_uri.clone(),
+            ),
         });
         let deps = Deps {
             etcd,

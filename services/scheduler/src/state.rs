@@ -39,6 +39,8 @@ pub struct Settings {
     pub staging: S3Uri,
     /// Seals and opens jobs' own credentials.
     pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
+    /// The cluster's own places in S3, which jobs may not name.
+    pub fence: batchmill_core::fence::Fence,
 }
 
 pub struct State {

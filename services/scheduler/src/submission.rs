@@ -5,9 +5,10 @@
 //! same way and list what a job would read.
 
 use batchmill_core::access::Secrets;
+use batchmill_core::fence::Fence;
 use batchmill_core::sealed::{SealError, Sealed};
 use batchmill_core::time::now_ms;
-use batchmill_core::{Caller, JobId, JobSpec, RemoteError, S3Selection, SourceSpec};
+use batchmill_core::{Caller, FieldViolation, JobId, JobSpec, RemoteError, S3Selection, S3Uri, SourceSpec};
 use batchmill_proto::jobs::v1 as pb;
 use bytes::Bytes;
 
@@ -24,6 +25,7 @@ impl Scheduler {
     pub async fn submit(&self, spec: JobSpec, caller: &Caller) -> Result<pb::Job, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        fenced(&self.settings.fence, &spec, &caller.account)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let input_access = if secrets.is_empty() { None } else { Some(self.seal(&secrets)?) };
@@ -99,9 +101,10 @@ impl Scheduler {
     /// Checks a submission as [`Scheduler::submit`] would, without creating
     /// a job, and says what it would read: the matched files (as Cortex
     /// prints them) and the item and batch counts where they are known.
-    pub async fn dry_run(&self, spec: JobSpec) -> Result<pb::DryRunJobResponse, SchedulerError> {
+    pub async fn dry_run(&self, spec: JobSpec, caller: &Caller) -> Result<pb::DryRunJobResponse, SchedulerError> {
         self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        fenced(&self.settings.fence, &spec, &caller.account)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let (selection, field, lines) = match spec.source {
@@ -178,6 +181,38 @@ impl Scheduler {
         let key = self.settings.secret_key.as_ref().ok_or(SchedulerError::Seal(SealError::NoKey))?;
         let plain = serde_json::to_vec(secrets).map_err(|_| SchedulerError::Seal(SealError::Unopenable))?;
         key.seal(&plain).map_err(SchedulerError::Seal)
+    }
+}
+
+/// Refuses a results location inside the cluster's staging or pipelines
+/// places, and, for a job that brings no S3 credentials (so reads with the
+/// cluster's), a source that reaches into any of the cluster's own places
+/// but `account`'s uploads.
+fn fenced(fence: &Fence, spec: &JobSpec, account: &str) -> Result<(), FieldViolation> {
+    if let Some(output) = &spec.output_uri {
+        fence.check_output("output_uri", output)?;
+    }
+    if spec.s3_access.is_some() {
+        return Ok(());
+    }
+    match &spec.source {
+        SourceSpec::FilePaths(selection) => {
+            selection.s3_paths.iter().try_for_each(|p| fence.check_read("file_path_lister.s3_paths", p, account))
+        }
+        SourceSpec::DelimitedFiles(selection) => {
+            selection.s3_paths.iter().try_for_each(|p| fence.check_read("delimited_files.s3_paths", p, account))
+        }
+        SourceSpec::Folders(folders) => {
+            folders.iter().try_for_each(|f| fence.check_read("s3_folders.folders.s3_path", &f.s3_path, account))
+        }
+        SourceSpec::Items(items) => {
+            items.iter().flat_map(batchmill_core::named::objects_of).try_for_each(|(_, uri)| {
+                let field = "named_inputs.inputs.objects";
+                let uri = S3Uri::parse(uri).map_err(|e| FieldViolation::new(field, e.to_string()))?;
+                fence.check_read(field, &uri, account)
+            })
+        }
+        SourceSpec::Sql(_) => Ok(()),
     }
 }
 

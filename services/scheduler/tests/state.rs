@@ -97,6 +97,11 @@ fn state(fakes: &Fakes) -> State {
         default_output: S3Uri::parse("s3://out/results").unwrap(),
         staging: S3Uri::parse("s3://out/staging").unwrap(),
         secret_key: None,
+        fence: batchmill_core::fence::Fence::new(
+            S3Uri::parse("s3://out/results").unwrap(),
+            S3Uri::parse("s3://out/staging").unwrap(),
+            S3Uri::parse("s3://out/pipelines").unwrap(),
+        ),
     };
     State::new(ports, Arc::new(settings), fakes.clock)
 }

@@ -40,9 +40,8 @@ pub async fn resolve(
             continue;
         }
         let name = batchmill_core::named::name_of(&item).unwrap_or_default().to_owned();
-        let store = store.ok_or_else(|| {
-            PredictError::Permanent(format!("item {name}: its objects need the job's S3 credentials, and it has none"))
-        })?;
+        let store = store
+            .ok_or_else(|| PredictError::Retryable(format!("item {name}: the job's S3 access is not open yet")))?;
         let read = objects.into_iter().map(|(input, uri)| {
             let (store, name) = (store.clone(), name.clone());
             async move { read(store.as_ref(), &name, &uri, give_up).await.map(|value| (input, value)) }
@@ -59,6 +58,9 @@ pub async fn resolve(
     Ok(())
 }
 
+/// Reads one input: the object at `uri`, or, for a URI that ends in `/`,
+/// an object stored in parts (as Modzy's chunked uploads are kept): every
+/// object under that prefix, in key order, concatenated.
 async fn read(
     store: &dyn ObjectStore,
     name: &str,
@@ -66,21 +68,36 @@ async fn read(
     give_up: &CancellationToken,
 ) -> Result<Value, PredictError> {
     let fail = |why: String| PredictError::Permanent(format!("item {name}: reading {uri}: {why}"));
+    let taken = || PredictError::Retryable(format!("item {name}: reading {uri}: the job was taken from this worker"));
     let parsed = S3Uri::parse(uri).map_err(|e| fail(e.to_string()))?;
-    let get = || store.get(&parsed.bucket, &parsed.key);
-    let bytes = match retry_in_place(&format!("reading {uri}"), give_up, get, BlobError::is_transient).await {
-        Some(Ok(bytes)) => bytes,
-        Some(Err(e)) => return Err(fail(e.to_string())),
-        None => {
-            return Err(PredictError::Retryable(format!(
-                "item {name}: reading {uri}: the job was taken from this worker"
+    let keys = if parsed.key.ends_with('/') {
+        let list = || store.list(&parsed.bucket, &parsed.key);
+        match retry_in_place(&format!("listing {uri}"), give_up, list, BlobError::is_transient).await {
+            Some(Ok(keys)) if keys.is_empty() => return Err(fail("no objects under it".into())),
+            Some(Ok(keys)) => keys,
+            Some(Err(e)) => return Err(fail(e.to_string())),
+            None => return Err(taken()),
+        }
+    } else {
+        vec![parsed.key.clone()]
+    };
+    let mut bytes = Vec::new();
+    for key in &keys {
+        let get = || store.get(&parsed.bucket, key);
+        let part = match retry_in_place(&format!("reading {uri}"), give_up, get, BlobError::is_transient).await {
+            Some(Ok(part)) => part,
+            Some(Err(e)) => return Err(fail(e.to_string())),
+            None => return Err(taken()),
+        };
+        if bytes.len() + part.len() > MAX_OBJECT_BYTES {
+            return Err(fail(format!(
+                "over {} bytes, the {MAX_OBJECT_BYTES}-byte limit of one input",
+                bytes.len() + part.len()
             )));
         }
-    };
-    if bytes.len() > MAX_OBJECT_BYTES {
-        return Err(fail(format!("{} bytes, over the {MAX_OBJECT_BYTES}-byte limit of one input", bytes.len())));
+        bytes.extend_from_slice(&part);
     }
-    Ok(batchmill_core::named::content(bytes.to_vec(), "application/octet-stream"))
+    Ok(batchmill_core::named::content(bytes, "application/octet-stream"))
 }
 
 #[cfg(test)]
@@ -111,7 +128,25 @@ mod tests {
         let mut missing = Batch { items: vec![item("c", "s3://inputs/none.txt")], ..Default::default() };
         let err = resolve(Some(&store), &mut missing, &CancellationToken::new()).await.err().map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| e.contains("item c") && e.contains("s3://inputs/none.txt")), "{err:?}");
-        let mut no_access = Batch { items: vec![item("d", "s3://inputs/a.txt")], ..Default::default() };
-        assert!(resolve(None, &mut no_access, &CancellationToken::new()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_object_in_parts_is_read_whole_in_key_order() {
+        let blob = MemBlob::default();
+        blob.ensure_bucket("ups").await.unwrap_or_default();
+        for (key, part) in [("f/doc/000002", "lo, "), ("f/doc/000001", "hel"), ("f/doc/000003", "parts"), ("g/x", "-")]
+        {
+            blob.put("ups", key, bytes::Bytes::from(part), "x").await.unwrap_or_default();
+        }
+        let store: Arc<dyn ObjectStore> = Arc::new(blob);
+        let item = json!({"name": "f", "inputs": {}, "objects": {"doc": "s3://ups/f/doc/"}}).to_string();
+        let mut batch = Batch { items: vec![item], ..Default::default() };
+        resolve(Some(&store), &mut batch, &CancellationToken::new()).await.unwrap_or_else(|e| panic!("{e}"));
+        let read: Value = serde_json::from_str(&batch.items[0]).unwrap_or_default();
+        assert_eq!(read, json!({"name": "f", "inputs": {"doc": "hello, parts"}}));
+        let empty = json!({"name": "e", "inputs": {}, "objects": {"doc": "s3://ups/none/"}}).to_string();
+        let mut batch = Batch { items: vec![empty], ..Default::default() };
+        let err = resolve(Some(&store), &mut batch, &CancellationToken::new()).await.err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("item e") && e.contains("no objects under it")), "{err:?}");
     }
 }

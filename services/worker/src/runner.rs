@@ -50,10 +50,11 @@ pub struct JobRun {
 
 /// Where a job's own input objects (named inputs' objects) are read.
 pub enum Inputs {
-    /// The job has none.
-    None,
     /// The job's own access; opened when the job starts.
     Config(batchmill_blob::S3Config),
+    /// An open store: the job's own, or the cluster's for a job that brings
+    /// no credentials (the scheduler fenced off the cluster's own places in
+    /// S3 from what such a job may name).
     Store(Arc<dyn ObjectStore>),
 }
 
@@ -68,7 +69,7 @@ impl Inputs {
     fn store(&self) -> Option<&Arc<dyn ObjectStore>> {
         match self {
             Inputs::Store(store) => Some(store),
-            Inputs::None | Inputs::Config(_) => None,
+            Inputs::Config(_) => None,
         }
     }
 }
@@ -78,7 +79,7 @@ impl JobRun {
     /// batches in hand are finished first.
     #[instrument(skip_all, fields(job_id = %self.assign.job_id))]
     pub async fn run(mut self, stop: CancellationToken) {
-        self.inputs = std::mem::replace(&mut self.inputs, Inputs::None).open().await;
+        self.inputs = std::mem::replace(&mut self.inputs, Inputs::Store(self.blob.clone())).open().await;
         let loading = self.loader.load(&self.assign);
         let loaded = tokio::select! {
             () = stop.cancelled() => return,

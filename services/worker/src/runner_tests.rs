@@ -83,12 +83,12 @@ impl World {
             log: JobLog::new(queue.clone(), JOB, "w1"),
             assign,
             queue,
-            blob,
+            blob: blob.clone(),
             outbox: self.outbox.clone(),
             worker_id: "w1".into(),
             loader,
             revoked: CancellationToken::new(),
-            inputs: crate::runner::Inputs::None,
+            inputs: crate::runner::Inputs::Store(blob.clone()),
         };
         tokio::spawn(run.run(stop.clone()));
         stop

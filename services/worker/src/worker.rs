@@ -207,7 +207,7 @@ impl Worker {
                     &a.region,
                     &a.endpoint,
                 )),
-                None => Inputs::None,
+                None => Inputs::Store(self.blob.clone()),
             },
         };
         let task = tokio::spawn(run.run(stop.clone()));

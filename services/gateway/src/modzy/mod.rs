@@ -4,7 +4,10 @@
 //! every call is a call of the native job and pipeline services, as the
 //! caller.
 //!
-//! - `POST /api/jobs`: `text` and `embedded` inputs become named inputs.
+//! - `POST /api/jobs`: `text`, `embedded`, `aws-s3`, `aws-s3-folder` and
+//!   `jdbc` inputs (see `submit`); with no input, an upload is opened, to
+//!   which `POST /api/jobs/{id}/{item}/{input}` appends chunks and which
+//!   `POST /api/jobs/{id}/close` submits (see `upload`).
 //! - `GET /api/jobs/{id}`, `DELETE /api/jobs/{id}` (cancel),
 //!   `GET /api/jobs/history`, `GET /api/jobs/features`.
 //! - `GET /api/results/{id}`: results keyed by input name.
@@ -16,7 +19,10 @@
 mod history;
 mod models;
 mod submit;
+mod upload;
 mod view;
+
+pub use upload::Uploads;
 
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
@@ -42,6 +48,7 @@ pub fn is_modzy_path(path: &str) -> bool {
 pub struct Modzy {
     jobs: JobsForwarder,
     pipelines: PipelinesForwarder,
+    uploads: Uploads,
 }
 
 /// An error in Modzy's shape.
@@ -91,8 +98,8 @@ fn ok(body: &Value) -> Result<Response, ModzyError> {
 }
 
 impl Modzy {
-    pub fn new(jobs: JobsForwarder, pipelines: PipelinesForwarder) -> Modzy {
-        Modzy { jobs, pipelines }
+    pub fn new(jobs: JobsForwarder, pipelines: PipelinesForwarder, uploads: Uploads) -> Modzy {
+        Modzy { jobs, pipelines, uploads }
     }
 
     /// Serves one request under `/api`.
@@ -104,33 +111,59 @@ impl Modzy {
     }
 
     async fn route(&self, request: Request) -> Result<Response, ModzyError> {
-        let (parts, body) = request.into_parts();
-        let caller = crate::auth::caller_of(&parts.extensions)?;
-        let path = parts.uri.path().trim_start_matches(PREFIX).trim_end_matches('/').to_owned();
-        let query = crate::rest::form_urlencoded(parts.uri.query().unwrap_or_default());
+        let caller = crate::auth::caller_of(request.extensions())?;
+        let method = request.method().clone();
+        let path = request.uri().path().trim_start_matches(PREFIX).trim_end_matches('/').to_owned();
+        let query = crate::rest::form_urlencoded(request.uri().query().unwrap_or_default());
         let segments: Vec<&str> = path.split('/').collect();
-        match (&parts.method, segments.as_slice()) {
+        match (&method, segments.as_slice()) {
             (&Method::POST, ["jobs"]) => {
-                let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| ModzyError {
+                let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await.map_err(|_| ModzyError {
                     status: StatusCode::PAYLOAD_TOO_LARGE,
                     message: format!("the request body is over the {MAX_BODY_BYTES}-byte (10 MiB) limit"),
                 })?;
-                let request = submit::parse(&body)?;
-                let job = self.submit(&caller, request).await?;
-                ok(&view::job(&job))
+                match submit::parse(&body)? {
+                    submit::Parsed::Submit(submission) => ok(&view::job(&self.submit(&caller, submission).await?)),
+                    submit::Parsed::Open(head) => {
+                        models::check_version(&self.pipelines, &caller, &head.model, &head.version).await?;
+                        ok(&self.uploads.open(&caller, head).await?)
+                    }
+                }
             }
-            (&Method::GET, ["jobs", "features"]) => ok(&json!({"input_chunk_maximum_size": "1M"})),
+            (&Method::GET, ["jobs", "features"]) => ok(&json!({"input_chunk_maximum_size": upload::CHUNK_MAX_TEXT})),
             (&Method::GET, ["jobs", "history"]) => {
                 let filter = history::Filter::parse(&query)?;
                 let jobs = self.all_jobs(&caller).await?;
                 ok(&Value::Array(filter.apply(jobs).iter().map(view::job).collect()))
             }
+            (&Method::GET, ["jobs", id]) if upload::is_upload_id(id) => match self.uploads.get(&caller, id).await? {
+                upload::Upload::Shown(view) => ok(&view),
+                upload::Upload::Became(job_id) => ok(&view::job(&self.job(&caller, &job_id).await?)),
+            },
             (&Method::GET, ["jobs", id]) => ok(&view::job(&self.job(&caller, id).await?)),
-            (&Method::DELETE, ["jobs", id]) => {
-                self.job(&caller, id).await?;
-                let request = as_caller(&caller, pb::CancelJobRequest { job_id: (*id).to_owned() });
-                let job = JobService::cancel_job(&self.jobs, request).await?.into_inner().job.unwrap_or_default();
-                ok(&view::job(&job))
+            (&Method::DELETE, ["jobs", id]) if upload::is_upload_id(id) => {
+                match self.uploads.cancel(&caller, id).await? {
+                    upload::Upload::Shown(view) => ok(&view),
+                    upload::Upload::Became(job_id) => ok(&view::job(&self.cancel(&caller, &job_id).await?)),
+                }
+            }
+            (&Method::DELETE, ["jobs", id]) => ok(&view::job(&self.cancel(&caller, id).await?)),
+            (&Method::POST, ["jobs", id, "close"]) if upload::is_upload_id(id) => {
+                match self.uploads.closing(&caller, id).await? {
+                    upload::Closing::Submit(submission) => {
+                        let job = self.submit(&caller, submission).await?;
+                        self.uploads.submitted(&caller, id, &job.job_id).await?;
+                        ok(&view::job(&job))
+                    }
+                    upload::Closing::Ended(upload::Upload::Shown(view)) => ok(&view),
+                    upload::Closing::Ended(upload::Upload::Became(job_id)) => {
+                        ok(&view::job(&self.job(&caller, &job_id).await?))
+                    }
+                }
+            }
+            (&Method::POST, ["jobs", id, item, input]) if upload::is_upload_id(id) => {
+                let (id, item, input) = ((*id).to_owned(), (*item).to_owned(), (*input).to_owned());
+                ok(&self.uploads.append(&caller, &id, &item, &input, request).await?)
             }
             (&Method::GET, ["results", id]) => {
                 let job = self.job(&caller, id).await?;
@@ -154,8 +187,15 @@ impl Modzy {
         }
     }
 
+    /// Cancels a job the caller sees.
+    async fn cancel(&self, caller: &Caller, id: &str) -> Result<pb::Job, ModzyError> {
+        self.job(caller, id).await?;
+        let request = as_caller(caller, pb::CancelJobRequest { job_id: id.to_owned() });
+        Ok(JobService::cancel_job(&self.jobs, request).await?.into_inner().job.unwrap_or_default())
+    }
+
     async fn submit(&self, caller: &Caller, submission: submit::Submission) -> Result<pb::Job, ModzyError> {
-        models::check_version(&self.pipelines, caller, &submission.model, &submission.version).await?;
+        models::check_version(&self.pipelines, caller, &submission.head.model, &submission.head.version).await?;
         let request = as_caller(caller, submission.into_request());
         match JobService::submit_job(&self.jobs, request).await {
             Ok(response) => Ok(response.into_inner().job.unwrap_or_default()),

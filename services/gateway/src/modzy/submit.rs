@@ -84,19 +84,33 @@ enum Source {
     Sql(pb::SqlQuery),
 }
 
-/// A submission, checked. Its Debug leaves the credentials out.
-pub struct Submission {
+/// What every submission says besides its input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct Head {
     pub model: String,
     pub version: String,
-    timeout_ms: Option<i64>,
-    workers: i32,
-    batch_size: i32,
+    pub timeout_ms: Option<i64>,
+    pub workers: i32,
+    pub batch_size: i32,
+}
+
+/// A submission, checked. Its Debug leaves the credentials out.
+pub struct Submission {
+    pub head: Head,
     source: Source,
     credentials: Option<pb::S3Credentials>,
 }
 
+/// A `POST /api/jobs`: a job to submit, or, with no input, a job to open
+/// for uploads (see `upload`).
+#[derive(Debug)]
+pub enum Parsed {
+    Submit(Submission),
+    Open(Head),
+}
+
 /// Reads and checks a submission; errors name the field.
-pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
+pub fn parse(body: &[u8]) -> Result<Parsed, FieldViolation> {
     let body: Body =
         serde_json::from_slice(body).map_err(|e| FieldViolation::new("body", format!("is not a Modzy job: {e}")))?;
     let model = body.model.ok_or_else(|| FieldViolation::new("model", "must be set: {\"identifier\", \"version\"}"))?;
@@ -109,20 +123,25 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
         Some(Value::Number(n)) => n.to_string(),
         _ => return Err(FieldViolation::new("model.version", "must be set, such as \"1\"")),
     };
-    let input = body.input.ok_or_else(|| {
-        FieldViolation::new("input", "must be set; jobs whose files are uploaded in chunks are not supported yet")
-    })?;
+    if body.explain {
+        return Err(FieldViolation::new("explain", "batchmill's pipelines give no explanations; send false"));
+    }
+    if let Some(t) = body.timeout
+        && t <= 0
+    {
+        return Err(FieldViolation::new("timeout", "must be a positive number of milliseconds"));
+    }
+    let head = Head {
+        model: identifier,
+        version,
+        timeout_ms: body.timeout,
+        workers: body.workers.unwrap_or(1),
+        batch_size: body.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
+    };
+    let Some(input) = body.input else { return Ok(Parsed::Open(head)) };
     let kind = input.kind.clone().unwrap_or_default();
     if kind == "jdbc" {
-        return jdbc(&input).map(|q| Submission {
-            model: identifier.clone(),
-            version: version.clone(),
-            timeout_ms: body.timeout,
-            workers: body.workers.unwrap_or(1),
-            batch_size: body.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-            source: Source::Sql(q),
-            credentials: None,
-        });
+        return jdbc(&input).map(|q| Parsed::Submit(Submission { head, source: Source::Sql(q), credentials: None }));
     }
     let sources = input
         .sources
@@ -150,23 +169,7 @@ pub fn parse(body: &[u8]) -> Result<Submission, FieldViolation> {
             ));
         }
     };
-    if body.explain {
-        return Err(FieldViolation::new("explain", "batchmill's pipelines give no explanations; send false"));
-    }
-    if let Some(t) = body.timeout
-        && t <= 0
-    {
-        return Err(FieldViolation::new("timeout", "must be a positive number of milliseconds"));
-    }
-    Ok(Submission {
-        model: identifier,
-        version,
-        timeout_ms: body.timeout,
-        workers: body.workers.unwrap_or(1),
-        batch_size: body.batch_size.unwrap_or(DEFAULT_BATCH_SIZE),
-        source,
-        credentials,
-    })
+    Ok(Parsed::Submit(Submission { head, source, credentials }))
 }
 
 /// One model input of a source: a value, or an S3 object read later.
@@ -179,8 +182,7 @@ enum Given {
 impl std::fmt::Debug for Submission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Submission")
-            .field("model", &self.model)
-            .field("version", &self.version)
+            .field("head", &self.head)
             .field(
                 "source",
                 &match &self.source {
@@ -300,20 +302,25 @@ fn embedded(field: &str, v: &Value) -> Result<Value, FieldViolation> {
 }
 
 impl Submission {
+    /// A job over named inputs that are read as they are (uploads).
+    pub fn named(head: Head, inputs: Vec<pb::NamedInput>) -> Submission {
+        Submission { head, source: Source::Named(inputs), credentials: None }
+    }
+
     /// The native submission.
     pub fn into_request(self) -> pb::SubmitJobRequest {
         use pb::submit_job_request::Source as S;
-        let batch_size = self.batch_size;
+        let batch_size = self.head.batch_size;
         let source = match self.source {
             Source::Named(inputs) => S::NamedInputs(pb::NamedInputs { inputs, batch_size }),
             Source::Folders(folders) => S::S3Folders(pb::S3Folders { folders, batch_size }),
             Source::Sql(query) => S::SqlQuery(pb::SqlQuery { batch_size, ..query }),
         };
         pb::SubmitJobRequest {
-            pipeline: self.model,
-            workers: self.workers,
+            pipeline: self.head.model,
+            workers: self.head.workers,
             source: Some(source),
-            timeout: self.timeout_ms.map(|t| batchmill_core::time::duration_ms(t.unsigned_abs())),
+            timeout: self.head.timeout_ms.map(|t| batchmill_core::time::duration_ms(t.unsigned_abs())),
             s3_credentials: self.credentials,
             ..Default::default()
         }
@@ -329,16 +336,24 @@ mod tests {
         parse(body.to_string().as_bytes()).err().map(|e| e.field).unwrap_or_default()
     }
 
+    /// A submission to submit.
+    fn submission(body: &Value) -> Submission {
+        match parse(body.to_string().as_bytes()) {
+            Ok(Parsed::Submit(s)) => s,
+            other => panic!("not a submission: {other:?}"),
+        }
+    }
+
     #[test]
     fn text_and_embedded_sources_become_named_inputs() {
         let body = json!({"model": {"identifier": "echo", "version": "1"}, "explain": false,
             "input": {"type": "text", "sources": {"a": {"input.txt": "hi"}, "b": {"input.txt": "yo"}}}});
-        let s = parse(body.to_string().as_bytes()).expect("valid");
+        let s = submission(&body);
         assert!(matches!(&s.source, Source::Named(inputs) if inputs.len() == 2));
-        assert_eq!((s.model.as_str(), s.version.as_str()), ("echo", "1"));
+        assert_eq!((s.head.model.as_str(), s.head.version.as_str()), ("echo", "1"));
         let embedded = json!({"model": {"identifier": "echo", "version": 1},
             "input": {"type": "embedded", "sources": {"a": {"input.txt": "data:text/plain;base64,aGVsbG8="}, "b": {"x": "data:application/octet-stream;base64,/w=="}}}});
-        let s = parse(embedded.to_string().as_bytes()).expect("valid");
+        let s = submission(&embedded);
         let Source::Named(inputs) = &s.source else { panic!("named inputs") };
         let value = |i: usize, k: &str| inputs[i].inputs.get(k).map(batchmill_core::json::value_to_json);
         assert_eq!(value(0, "input.txt"), Some(json!("hello")));
@@ -350,7 +365,7 @@ mod tests {
         let body = json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "aws-s3",
             "accessKeyID": "AK", "secretAccessKey": "SK", "region": "us-east-1", "endpoint": "http://127.0.0.1:9000",
             "sources": {"a": {"input.txt": {"bucket": "b", "key": "/docs/a.txt"}}}}});
-        let s = parse(body.to_string().as_bytes()).expect("valid");
+        let s = submission(&body);
         assert!(!format!("{s:?}").contains("SK"), "the secret is never printed");
         let request = s.into_request();
         let Some(pb::submit_job_request::Source::NamedInputs(named)) = &request.source else { panic!("named") };
@@ -362,7 +377,7 @@ mod tests {
         let body = json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "aws-s3-folder",
             "accessKeyID": "AK", "secretAccessKey": "SK", "region": "us-east-1",
             "sources": {"docs": {"input.txt": {"bucket": "b", "path": "/docs/"}}}}});
-        let request = parse(body.to_string().as_bytes()).expect("valid").into_request();
+        let request = submission(&body).into_request();
         let Some(pb::submit_job_request::Source::S3Folders(f)) = &request.source else { panic!("folders") };
         assert_eq!(
             (f.folders[0].name.as_str(), f.folders[0].input.as_str(), f.folders[0].s3_path.as_str()),
@@ -376,13 +391,26 @@ mod tests {
             json!({"model": {"identifier": "echo", "version": "1"}, "input": {"type": "jdbc",
             "url": url, "username": "u", "password": "pw-9", "driver": driver, "query": "select 1"}})
         };
-        let s = parse(jdbc("jdbc:postgresql://db:5432/app", "org.postgresql.Driver").to_string().as_bytes())
-            .expect("valid");
+        let s = submission(&jdbc("jdbc:postgresql://db:5432/app", "org.postgresql.Driver"));
         assert!(!format!("{s:?}").contains("pw-9"), "the password is never printed");
         let Some(pb::submit_job_request::Source::SqlQuery(q)) = s.into_request().source else { panic!("sql") };
         assert_eq!((q.url.as_str(), q.password.as_str(), q.batch_size), ("jdbc:postgresql://db:5432/app", "pw-9", 10));
         assert_eq!(field(jdbc("jdbc:mysql://db/app", "")), "input.url");
         assert_eq!(field(jdbc("jdbc:postgresql://db/app", "com.mysql.Driver")), "input.driver");
+    }
+
+    #[test]
+    fn no_input_opens_a_job_for_uploads() {
+        let body = json!({"model": {"identifier": "echo", "version": "1"}, "explain": false, "timeout": 5000});
+        let head = match parse(body.to_string().as_bytes()) {
+            Ok(Parsed::Open(head)) => head,
+            other => panic!("not an opening: {other:?}"),
+        };
+        assert_eq!(
+            head,
+            Head { model: "echo".into(), version: "1".into(), timeout_ms: Some(5000), workers: 1, batch_size: 10 }
+        );
+        assert_eq!(field(json!({"model": {"identifier": "echo", "version": "1"}, "explain": true})), "explain");
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod codec;
 pub(crate) mod error;
 mod request;
 mod rules;
-mod template;
+pub(crate) mod template;
 
 pub use error::status_response;
 

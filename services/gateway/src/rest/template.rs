@@ -128,7 +128,7 @@ fn next<'a>(parts: &[&'a str], i: &mut usize) -> Option<&'a str> {
 }
 
 /// Percent-decodes a path segment; `None` if it is malformed.
-fn decode(s: &str) -> Option<String> {
+pub(crate) fn decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

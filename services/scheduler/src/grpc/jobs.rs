@@ -159,9 +159,9 @@ impl JobService for JobsGrpc {
         &self,
         request: Request<pb::DryRunJobRequest>,
     ) -> Result<Response<pb::DryRunJobResponse>, Status> {
-        caller(&request)?;
+        let caller = caller(&request)?;
         let spec = dry_run_spec(request.into_inner())?;
-        let answer = self.scheduler()?.dry_run(spec).await.map_err(|e| e.to_status())?;
+        let answer = self.scheduler()?.dry_run(spec, &caller).await.map_err(|e| e.to_status())?;
         Ok(Response::new(answer))
     }
 
