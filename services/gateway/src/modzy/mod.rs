@@ -151,7 +151,7 @@ impl Modzy {
             (&Method::POST, ["jobs", id, "close"]) if upload::is_upload_id(id) => {
                 match self.uploads.closing(&caller, id).await? {
                     upload::Closing::Submit(submission) => {
-                        let job = self.submit(&caller, submission).await?;
+                        let job = self.submit(&caller, *submission).await?;
                         self.uploads.submitted(&caller, id, &job.job_id).await?;
                         ok(&view::job(&job))
                     }

@@ -72,7 +72,7 @@ pub enum Upload {
 /// What closing an upload does.
 pub enum Closing {
     /// Submit this job, then record it with [`Uploads::submitted`].
-    Submit(Submission),
+    Submit(Box<Submission>),
     /// Nothing: it ended before.
     Ended(Upload),
 }
@@ -237,7 +237,7 @@ impl Uploads {
                 "job {id} has no inputs: append them with POST /api/jobs/{id}/<input item>/<model input> first"
             )));
         }
-        Ok(Closing::Submit(Submission::named(opened.head, items.into_values().collect())))
+        Ok(Closing::Submit(Box::new(Submission::named(opened.head, items.into_values().collect()))))
     }
 
     /// Records that upload `id` became job `job_id`.
@@ -302,4 +302,92 @@ fn open_view(id: &str, opened: &Opened) -> Value {
     view["status"] = Value::from("OPEN");
     view["model"]["version"] = Value::from(opened.head.version.clone());
     view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use batchmill_blob::mem::MemBlob;
+    use batchmill_core::Role;
+
+    fn caller(key_id: &str, role: Role) -> Caller {
+        Caller { account: "acme".into(), key_id: key_id.into(), role }
+    }
+
+    fn head() -> Head {
+        Head { model: "echo".into(), version: "1".into(), timeout_ms: None, workers: 1, batch_size: 10 }
+    }
+
+    fn chunk_request(data: &[u8]) -> Request {
+        let mut body = b"--XyZ\r\nContent-Disposition: form-data; name=\"input\"; filename=\"input\"\r\n\r\n".to_vec();
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n--XyZ--\r\n");
+        http::Request::builder()
+            .method("POST")
+            .header(http::header::CONTENT_TYPE, "multipart/form-data; boundary=XyZ")
+            .body(axum::body::Body::from(body))
+            .unwrap_or_default()
+    }
+
+    async fn uploads() -> Uploads {
+        let blob = MemBlob::default();
+        blob.ensure_bucket("batchmill").await.unwrap_or_default();
+        Uploads::new(Arc::new(blob), S3Uri::parse("s3://batchmill/staging").expect("uri"))
+    }
+
+    #[tokio::test]
+    async fn chunks_become_parts_and_closing_names_each_input_by_its_parts() {
+        let uploads = uploads().await;
+        let member = caller("k1", Role::Member);
+        let view = uploads.open(&member, head()).await.unwrap_or_else(|e| panic!("{e:?}"));
+        let id = view["jobIdentifier"].as_str().unwrap_or_default().to_owned();
+        assert!(is_upload_id(&id) && view["status"] == "OPEN", "{view}");
+        for (item, input, data) in [("doc%201", "input.txt", "hel"), ("doc%201", "input.txt", "lo"), ("b", "x", "z")] {
+            uploads
+                .append(&member, &id, item, input, chunk_request(data.as_bytes()))
+                .await
+                .unwrap_or_else(|e| panic!("{e:?}"));
+        }
+        let Ok(Closing::Submit(submission)) = uploads.closing(&member, &id).await else { panic!("a job to submit") };
+        let request = submission.into_request();
+        let Some(pb::submit_job_request::Source::NamedInputs(named)) = request.source else { panic!("named inputs") };
+        let objects: Vec<(String, Vec<(String, String)>)> = named
+            .inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.objects.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .collect();
+        let at = format!("s3://batchmill/staging/uploads/acme/{id}/inputs");
+        assert_eq!(
+            objects,
+            [
+                ("b".to_owned(), vec![("x".to_owned(), format!("{at}/b/x/"))]),
+                ("doc 1".to_owned(), vec![("input.txt".to_owned(), format!("{at}/doc 1/input.txt/"))]),
+            ]
+        );
+        let parts =
+            uploads.store.list("batchmill", &format!("staging/uploads/acme/{id}/inputs/doc 1/input.txt/")).await;
+        assert_eq!(parts.unwrap_or_default().len(), 2, "one part object a chunk");
+        uploads.submitted(&member, &id, "j1").await.unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(matches!(uploads.get(&member, &id).await, Ok(Upload::Became(job)) if job == "j1"));
+        let late = uploads.append(&member, &id, "b", "x", chunk_request(b"late")).await.err();
+        assert!(late.is_some_and(|e| e.status == StatusCode::BAD_REQUEST && e.message.contains("closed")));
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_seen_by_its_key_and_its_accounts_admins_only() {
+        let uploads = uploads().await;
+        let view = uploads.open(&caller("k1", Role::Member), head()).await.unwrap_or_else(|e| panic!("{e:?}"));
+        let id = view["jobIdentifier"].as_str().unwrap_or_default().to_owned();
+        let other_key = uploads.get(&caller("k2", Role::Member), &id).await.err().map(|e| e.status);
+        assert_eq!(other_key, Some(StatusCode::NOT_FOUND));
+        let other_account = Caller { account: "globex".into(), key_id: "k1".into(), role: Role::AccountAdmin };
+        assert_eq!(uploads.get(&other_account, &id).await.err().map(|e| e.status), Some(StatusCode::NOT_FOUND));
+        assert!(matches!(uploads.get(&caller("k3", Role::AccountAdmin), &id).await, Ok(Upload::Shown(_))));
+        let empty = uploads.closing(&caller("k1", Role::Member), &id).await.err();
+        assert!(empty.is_some_and(|e| e.message.contains("no inputs")));
+        for (item, why) in [("..", "not . or .."), ("a%2Fb", "without '/'")] {
+            let bad = uploads.append(&caller("k1", Role::Member), &id, item, "x", chunk_request(b"d")).await.err();
+            assert!(bad.is_some_and(|e| e.status == StatusCode::BAD_REQUEST && e.message.contains(why)), "{item}");
+        }
+    }
 }
