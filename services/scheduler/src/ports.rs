@@ -4,6 +4,7 @@
 //! worker's session.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use batchmill_blob::ObjectStore;
@@ -51,17 +52,37 @@ pub struct Ports {
     pub store: Arc<dyn ObjectStore>,
 }
 
+/// Longest wait for the enqueuer's answer. The scheduler's actor awaits it,
+/// so a slow enqueuer must not hold every job up; admission is retried on
+/// the next tick. Stopping takes up to the enqueuer's own 10 s patience.
+const ENQUEUER_PATIENCE: Duration = Duration::from_secs(15);
+
+/// `call`, or UNAVAILABLE after [`ENQUEUER_PATIENCE`].
+async fn patiently<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, RemoteError> {
+    match tokio::time::timeout(ENQUEUER_PATIENCE, call).await {
+        Ok(answer) => answer.map_err(RemoteError::from),
+        Err(_) => Err(RemoteError::from(&tonic::Status::unavailable(format!(
+            "the enqueuer did not answer {what} within {ENQUEUER_PATIENCE:?}"
+        )))),
+    }
+}
+
 #[async_trait]
 impl EnqueueClient for EnqueuerServiceClient<Channel> {
     async fn enqueue(&self, request: EnqueueJobRequest, trace: &TraceHeaders) -> Result<(), RemoteError> {
         let mut request = tonic::Request::new(request);
         batchmill_runtime::trace::inject(&mut request, trace);
-        self.clone().enqueue_job(request).await.map(drop).map_err(RemoteError::from)
+        let mut client = self.clone();
+        patiently("EnqueueJob", client.enqueue_job(request)).await.map(drop)
     }
 
     async fn stop(&self, job_id: &str) -> Result<(), RemoteError> {
         let request = StopEnqueueRequest { job_id: job_id.to_owned() };
-        self.clone().stop_enqueue(request).await.map(drop).map_err(RemoteError::from)
+        let mut client = self.clone();
+        patiently("StopEnqueue", client.stop_enqueue(request)).await.map(drop)
     }
 }
 
