@@ -96,6 +96,10 @@ pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::Dep
             }),
             compute: api.compute.as_ref().map(batchmill_core::json::json_to_struct),
             files: files.clone().into_iter().collect(),
+            // cortex.yaml has no config schema: the pipeline is open.
+            config_schema: None,
+            overridable: vec![],
+            defaults: None,
         })
         .collect())
 }

@@ -81,8 +81,16 @@ enum Command {
         #[arg(long, default_value = "cortex.yaml")]
         config: String,
     },
-    /// Lists the pipelines jobs may name.
-    Pipelines,
+    /// Lists the pipelines jobs may name, or shows one (at its latest
+    /// version, or at --version): predictor, config schema, the fields a
+    /// job may set, defaults.
+    Pipelines {
+        /// The pipeline to show; every pipeline if unset.
+        name: Option<String>,
+        /// Its version, from 1; the latest if unset.
+        #[arg(long, requires = "name")]
+        version: Option<u32>,
+    },
     /// Manages accounts.
     #[command(subcommand)]
     Accounts(accounts::Accounts),
@@ -184,13 +192,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
             }
         }
-        Command::Pipelines => {
-            let all = PipelineServiceClient::new(channel.clone())
-                .list_pipelines(batchmill_proto::pipelines::v1::ListPipelinesRequest {})
-                .await?
-                .into_inner();
-            println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
-        }
+        Command::Pipelines { name, version } => show_pipelines(channel.clone(), name, version).await?,
         Command::Accounts(command) => accounts::accounts(channel, command).await?,
         Command::Keys(command) => accounts::keys(channel, command).await?,
         Command::Whoami => accounts::whoami(channel).await?,
@@ -294,5 +296,23 @@ fn compact_json(job: &pb::Job) -> anyhow::Result<String> {
 
 fn print_job(job: &pb::Job) -> anyhow::Result<()> {
     println!("{}", to_json(job, "batchmill.jobs.v1.Job")?);
+    Ok(())
+}
+
+/// Prints every pipeline, or one at its latest version or at `version`.
+async fn show_pipelines(channel: connect::Api, name: Option<String>, version: Option<u32>) -> anyhow::Result<()> {
+    use batchmill_proto::pipelines::v1 as ppb;
+    let mut client = PipelineServiceClient::new(channel);
+    let Some(name) = name else {
+        let all = client.list_pipelines(ppb::ListPipelinesRequest {}).await?.into_inner();
+        println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
+        return Ok(());
+    };
+    let answer = match version {
+        Some(version) => client.get_pipeline_version(ppb::GetPipelineVersionRequest { name, version }).await?,
+        None => client.get_pipeline(ppb::GetPipelineRequest { name }).await?,
+    };
+    let pipeline = answer.into_inner().pipeline.unwrap_or_default();
+    println!("{}", to_json(&pipeline, "batchmill.pipelines.v1.Pipeline")?);
     Ok(())
 }

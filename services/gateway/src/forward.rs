@@ -257,4 +257,13 @@ impl PipelineService for PipelinesForwarder {
         let result = self.client().await?.get_pipeline(onward(request)?).await;
         self.jobs.check(result).await
     }
+
+    #[instrument(skip_all)]
+    async fn get_pipeline_version(
+        &self,
+        request: Request<ppb::GetPipelineVersionRequest>,
+    ) -> Result<Response<ppb::GetPipelineResponse>, Status> {
+        let result = self.client().await?.get_pipeline_version(onward(request)?).await;
+        self.jobs.check(result).await
+    }
 }

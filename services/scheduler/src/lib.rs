@@ -38,6 +38,7 @@ mod ledger;
 mod manifest;
 mod outcomes;
 mod persist;
+mod pipeline_config;
 mod pipelines;
 mod ports;
 mod record;
@@ -130,5 +131,18 @@ impl ServiceError for SchedulerError {
             | SchedulerError::PipelineFile { .. }
             | SchedulerError::PipelineRecord(_) => ErrorCode::Unavailable,
         }
+    }
+
+    /// The status, with a `google.rpc.BadRequest` detail naming the field
+    /// where the error is about one.
+    fn to_status(&self) -> tonic::Status {
+        let violation = match self {
+            SchedulerError::BadRequest(v) => v.clone(),
+            SchedulerError::BadSource { field, message } | SchedulerError::BadPipeline { field, message } => {
+                batchmill_core::FieldViolation::new(field, message)
+            }
+            _ => return tonic::Status::new(self.code().grpc(), self.to_string()),
+        };
+        violation.into()
     }
 }

@@ -1,6 +1,8 @@
 //! The pipelines jobs may name: the built-in ones, and deployed ones kept in
-//! etcd at `/batchmill/pipelines/<name>` (JSON, the latest version) with
-//! their files in S3 under `<artifacts root>/<name>/v<version>/`.
+//! etcd at `/batchmill/pipelines/<name>` (JSON, the latest version) and
+//! `/batchmill/pipeline-versions/<name>/<version>` (every version, never
+//! changed), with their files in S3 under `<artifacts root>/<name>/v<version>/`.
+//! A version carries its config contract (see `pipeline_config`).
 //!
 //! A job pins the version it was submitted against: its record carries the
 //! [`Deployed`] pipeline, so a later deploy changes only later jobs.
@@ -21,8 +23,15 @@ use batchmill_blob::ObjectStore;
 use batchmill_core::project::{CONDA_PACKAGES, DOTENV};
 
 use crate::SchedulerError;
+use crate::pipeline_config::ConfigContract;
 
 pub const PIPELINES_PREFIX: &str = "/batchmill/pipelines/";
+/// Where every version of every deployed pipeline is kept.
+pub const VERSIONS_PREFIX: &str = "/batchmill/pipeline-versions/";
+
+fn version_key(name: &str, version: u32) -> String {
+    format!("{VERSIONS_PREFIX}{name}/{version:010}")
+}
 
 /// The only kind of deployed pipeline, as cortex.yaml names it.
 pub const KIND: &str = "BatchAPI";
@@ -46,6 +55,9 @@ pub struct Deployed {
     /// admin) deploys a new version. Empty for pipelines from before accounts.
     #[serde(default)]
     pub account: String,
+    /// What a job's config may be; open for a cortex.yaml deploy.
+    #[serde(default)]
+    pub config: ConfigContract,
 }
 
 /// The code that runs a deployed pipeline.
@@ -80,6 +92,15 @@ impl Deployed {
             artifacts_uri: self.artifacts_uri.clone(),
             deploy_time: Some(timestamp(self.deploy_ms)),
             files: self.files.clone(),
+            config_schema: self
+                .config
+                .schema
+                .as_ref()
+                .and_then(Value::as_object)
+                .map(batchmill_core::json::json_to_struct),
+            overridable: self.config.overridable.clone(),
+            defaults: (!self.config.defaults.is_empty())
+                .then(|| batchmill_core::json::json_to_struct(&self.config.defaults)),
         }
     }
 
@@ -156,6 +177,22 @@ impl Pipelines {
         self.list().into_iter().find(|p| p.name == name)
     }
 
+    /// Version `version` of deployed pipeline `name`, as it was deployed.
+    /// Versions from before every version was kept are found only while
+    /// they are the latest.
+    pub async fn version(&self, name: &str, version: u32) -> Result<Option<pb::Pipeline>, SchedulerError> {
+        let latest = self.deployed().get(name).filter(|d| d.version == version).map(Deployed::to_proto);
+        if latest.is_some() {
+            return Ok(latest);
+        }
+        let key = version_key(name, version);
+        let Some(bytes) = self.kv.get(&key).await.map_err(SchedulerError::PipelineRecord)? else { return Ok(None) };
+        let deployed: Deployed = serde_json::from_slice(&bytes).map_err(|e| {
+            SchedulerError::PipelineRecord(batchmill_coord::CoordError::Encode { key, message: e.to_string() })
+        })?;
+        Ok(Some(deployed.to_proto()))
+    }
+
     /// What a job naming `name` runs: None for a built-in pipeline, the
     /// latest version of a deployed one, or an error listing what exists.
     pub fn resolve(&self, name: &str) -> Result<Option<Deployed>, SchedulerError> {
@@ -186,6 +223,12 @@ impl Pipelines {
             return Err(SchedulerError::NotAllowed("deploying a pipeline takes an admin key of the account".into()));
         }
         let predictor = check(&request)?.clone();
+        let config = ConfigContract::new(
+            request.config_schema.as_ref().map(|s| Value::Object(batchmill_core::json::struct_to_json(s))),
+            request.overridable.clone(),
+            request.defaults.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
+        )
+        .map_err(|v| bad(&v.field, v.description))?;
         let _one_at_a_time = self.deploying.lock().await;
         let previous = self.deployed().get(&request.name).cloned();
         if let Some(previous) = &previous
@@ -219,6 +262,7 @@ impl Pipelines {
             deploy_ms: now_ms(),
             files,
             account: caller.account.clone(),
+            config,
         };
         let key = format!("{PIPELINES_PREFIX}{}", deployed.name);
         let bytes = serde_json::to_vec(&deployed).map_err(|e| {
@@ -227,7 +271,9 @@ impl Pipelines {
                 message: e.to_string(),
             })
         })?;
-        self.kv.put(&key, bytes).await.map_err(SchedulerError::PipelineRecord)?;
+        // The latest version and the immutable record of this one, at once.
+        let pairs = vec![(key, bytes.clone()), (version_key(&deployed.name, version), bytes)];
+        self.kv.put_all(pairs).await.map_err(SchedulerError::PipelineRecord)?;
         info!(pipeline = %deployed.name, version, files = deployed.files.len(), "pipeline deployed");
         let answer = deployed.to_proto();
         self.deployed.write().unwrap_or_else(|e| e.into_inner()).insert(deployed.name.clone(), deployed);

@@ -22,9 +22,12 @@ pub const DRY_RUN_MAX_FILES: usize = 100_000;
 impl Scheduler {
     /// Accepts a job for `caller`: stages its inline items in S3, then
     /// records it, within its account's limits.
-    pub async fn submit(&self, spec: JobSpec, caller: &Caller) -> Result<pb::Job, SchedulerError> {
+    pub async fn submit(&self, mut spec: JobSpec, caller: &Caller) -> Result<pb::Job, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        if let Some(deployed) = &deployed {
+            spec.config = deployed.config.config_for(&spec.config)?;
+        }
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
@@ -102,8 +105,11 @@ impl Scheduler {
     /// a job, and says what it would read: the matched files (as Cortex
     /// prints them) and the item and batch counts where they are known.
     pub async fn dry_run(&self, spec: JobSpec, caller: &Caller) -> Result<pb::DryRunJobResponse, SchedulerError> {
-        self.pipelines.resolve(&spec.pipeline)?;
+        let deployed = self.pipelines.resolve(&spec.pipeline)?;
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        if let Some(deployed) = &deployed {
+            deployed.config.config_for(&spec.config)?;
+        }
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };

@@ -433,6 +433,7 @@ fn deployed_record(id: &str) -> JobRecord {
         deploy_ms: 1,
         files: vec!["predictor.py".into()],
         account: "acme".into(),
+        config: Default::default(),
     };
     JobRecord {
         pipeline: "classifier".into(),

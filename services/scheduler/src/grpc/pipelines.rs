@@ -51,6 +51,18 @@ impl PipelineService for PipelinesGrpc {
         }
     }
 
+    async fn get_pipeline_version(
+        &self,
+        request: Request<pb::GetPipelineVersionRequest>,
+    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        Caller::read(request.metadata())?;
+        let pb::GetPipelineVersionRequest { name, version } = request.into_inner();
+        match self.pipelines()?.version(&name, version).await.map_err(|e| e.to_status())? {
+            Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
+            None => Err(Status::not_found(format!("pipeline {name:?} has no version {version}"))),
+        }
+    }
+
     async fn deploy_pipeline(
         &self,
         request: Request<pb::DeployPipelineRequest>,
