@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use batchmill_blob::ObjectStore;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_tests::{Options, Sandbox, assert_echo_results, echo_job};
 use serde_json::{Value, json};
@@ -123,5 +124,55 @@ async fn rest_job_succeeds_and_lists_newest_first() -> anyhow::Result<()> {
     let text = http.get(format!("{base}/v1/jobs/{}:watch", ids[0])).send().await?.text().await?;
     let last: Value = serde_json::from_str(text.lines().last().unwrap())?;
     assert_eq!(last["result"]["job"]["state"], "JOB_STATE_SUCCEEDED", "{text}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn outputs_download_through_presigned_urls_until_they_expire() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let (http, base) = (sandbox.http(), sandbox.rest_url());
+    let body = json!({"pipeline": "echo", "workers": 1, "itemList": {"items": items(10), "batchSize": 3}});
+    let job = sandbox.submit_rest(body, Duration::from_secs(60)).await?;
+    assert_eq!(job.state(), pb::JobState::Succeeded);
+
+    // Every output, two a page: 4 result objects and the manifest.
+    let (mut outputs, mut token) = (Vec::new(), String::new());
+    loop {
+        let url = format!("{base}/v1/jobs/{}/outputs?pageSize=2&pageToken={token}", job.job_id);
+        let page: Value = http.get(url).send().await?.json().await?;
+        outputs.extend(page["outputs"].as_array().cloned().unwrap_or_default());
+        token = page["nextPageToken"].as_str().unwrap_or_default().to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
+    let id = &job.job_id;
+    let expected = [format!("{id}-0.jsonl"), format!("{id}-1.jsonl"), format!("{id}-2.jsonl"), format!("{id}-3.jsonl")];
+    assert_eq!(names[..4], expected.iter().map(String::as_str).collect::<Vec<_>>()[..], "{outputs:?}");
+    assert_eq!(names.get(4).copied(), Some("manifest.json"));
+    assert_eq!(names.len(), 5);
+    // Each URL downloads its object, byte for byte, with no credentials.
+    let anonymous = reqwest::Client::new();
+    for output in &outputs {
+        let key = output["uri"].as_str().unwrap_or_default().trim_start_matches("s3://batchmill/").to_owned();
+        let stored = sandbox.blob.get("batchmill", &key).await?;
+        assert_eq!(output["sizeBytes"], stored.len().to_string(), "{output}");
+        let url = output["downloadUrl"].as_str().unwrap_or_default();
+        let downloaded = anonymous.get(url).send().await.map_err(|e| anyhow::anyhow!("{url}: {e:?}: {output}"))?;
+        assert_eq!(downloaded.status(), 200, "{url}");
+        assert_eq!(downloaded.bytes().await?, stored, "{url}");
+    }
+    // A URL made to last one second stops working after it.
+    let url = format!("{base}/v1/jobs/{}/outputs?expiresIn=1s&pageSize=1", job.job_id);
+    let page: Value = http.get(url).send().await?.json().await?;
+    let short = page["outputs"][0]["downloadUrl"].as_str().unwrap_or_default().to_owned();
+    assert!(!short.is_empty(), "{page}");
+    assert_eq!(anonymous.get(&short).send().await?.status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(anonymous.get(&short).send().await?.status(), 403, "an expired URL is refused");
+    let bad = http.get(format!("{base}/v1/jobs/{}/outputs?expiresIn=30d", job.job_id)).send().await?;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await?.contains("expires_in"));
     Ok(())
 }

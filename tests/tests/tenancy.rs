@@ -71,6 +71,16 @@ async fn job_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Result
         ),
         ("WatchJob", code(jobs.watch_job(pb::WatchJobRequest { job_id: id() }).await.map(drop))),
         (
+            "ListJobResults",
+            code(
+                jobs.list_job_results(pb::ListJobResultsRequest { job_id: id(), ..Default::default() }).await.map(drop),
+            ),
+        ),
+        (
+            "ListOutputs",
+            code(jobs.list_outputs(pb::ListOutputsRequest { job_id: id(), ..Default::default() }).await.map(drop)),
+        ),
+        (
             "RerunDeadLetters",
             code(
                 jobs.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id: id(), batch_ids: vec![] })
@@ -92,6 +102,8 @@ async fn http_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Resul
         format!("/v1/jobs/{job_id}/batches"),
         format!("/v1/jobs/{job_id}/deadLetters"),
         format!("/v1/jobs/{job_id}/logs"),
+        format!("/v1/jobs/{job_id}/results"),
+        format!("/v1/jobs/{job_id}/outputs"),
         format!("/echo?jobID={job_id}"),
     ] {
         out.push((format!("GET {path}"), http.get(format!("{base}{path}")).send().await?.status().as_u16()));
@@ -158,7 +170,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
             }
         }
     }
-    assert_eq!(tried, 5 * 15, "each key tried every call on each job it may not see");
+    assert_eq!(tried, 5 * 19, "each key tried every call on each job it may not see");
     assert!(succeeded.is_empty(), "calls across tenants that did not answer 404 / NOT_FOUND: {succeeded:#?}");
     // Every job is still as submitted: nothing across tenants cancelled it.
     for job in all {

@@ -44,4 +44,10 @@ pub async fn run(store: &dyn ObjectStore, prefix: &str) {
     assert_eq!(all.len(), 1_006, "listing follows pages, in key order");
     assert_eq!(all[0], key("a.txt"));
     assert_eq!(store.get(BUCKET, &key("many/01004")).await.expect("get"), Bytes::from("1004"));
+    assert_eq!(second.sizes, [4, 4, 4, 4, 4], "each key's size in bytes");
+    let top = store.list_page(BUCKET, &key("a.txt"), None).await.expect("list one");
+    assert_eq!((top.keys, top.sizes), (vec![key("a.txt")], vec![6]));
+
+    let url = store.presign_get(BUCKET, &key("a.txt"), std::time::Duration::from_secs(300)).await.expect("presign");
+    assert!(url.contains(&key("a.txt")) && url.contains("300"), "a presigned URL names the object and expiry: {url}");
 }

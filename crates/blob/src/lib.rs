@@ -48,10 +48,13 @@ pub type Result<T, E = BlobError> = std::result::Result<T, E>;
 /// A streaming reader of one object.
 pub type Reader = Box<dyn tokio::io::AsyncBufRead + Send + Unpin>;
 
-/// One page of a listing: keys in order, and where the next page starts.
+/// One page of a listing: keys in order, each one's size, and where the
+/// next page starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
     pub keys: Vec<String>,
+    /// Bytes of each object, in the order of `keys`.
+    pub sizes: Vec<u64>,
     /// Pass it back to get the next page; None after the last.
     pub next: Option<String>,
 }
@@ -69,6 +72,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list_page(&self, bucket: &str, prefix: &str, page: Option<String>) -> Result<Page>;
     /// Creates `bucket` unless it exists.
     async fn ensure_bucket(&self, bucket: &str) -> Result<()>;
+    /// A URL that GETs the object without credentials until `expires`
+    /// from now (S3's presigned URL). Signing needs no call to the store.
+    async fn presign_get(&self, bucket: &str, key: &str, expires: std::time::Duration) -> Result<String>;
 
     /// Every key under `prefix`, following pages.
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {

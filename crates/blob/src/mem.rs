@@ -104,18 +104,18 @@ impl ObjectStore for MemBlob {
         self.with("list", bucket, prefix, |inner| {
             let objects = objects(&mut inner.buckets, bucket)?;
             let after = page.unwrap_or_default();
-            let mut keys: Vec<String> = objects
+            let mut listed: Vec<(String, u64)> = objects
                 .range::<String, _>((std::ops::Bound::Excluded(&after), std::ops::Bound::Unbounded))
-                .map(|(k, _)| k)
-                .filter(|k| k.starts_with(prefix))
+                .filter(|(k, _)| k.starts_with(prefix))
                 .take(PAGE + 1)
-                .cloned()
+                .map(|(k, body)| (k.clone(), body.len() as u64))
                 .collect();
-            let next = (keys.len() > PAGE).then(|| {
-                keys.truncate(PAGE);
-                keys.last().cloned().unwrap_or_default()
+            let next = (listed.len() > PAGE).then(|| {
+                listed.truncate(PAGE);
+                listed.last().map(|(k, _)| k.clone()).unwrap_or_default()
             });
-            Ok(Page { keys, next })
+            let (keys, sizes) = listed.into_iter().unzip();
+            Ok(Page { keys, sizes, next })
         })
     }
 
@@ -124,6 +124,12 @@ impl ObjectStore for MemBlob {
             inner.buckets.entry(bucket.to_owned()).or_default();
             Ok(())
         })
+    }
+
+    /// `mem://bucket/key?expires=<seconds>`: nothing serves it, but it
+    /// names the object and the expiry as a presigned URL does.
+    async fn presign_get(&self, bucket: &str, key: &str, expires: std::time::Duration) -> Result<String> {
+        Ok(format!("mem://{bucket}/{key}?expires={}", expires.as_secs()))
     }
 }
 

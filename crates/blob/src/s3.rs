@@ -153,10 +153,35 @@ impl ObjectStore for Blob {
             .send()
             .await
             .map_err(|e| classify("list", bucket, prefix, &e))?;
-        let keys = out.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+        let (keys, sizes) = out
+            .contents()
+            .iter()
+            .filter_map(|o| Some((o.key()?.to_owned(), o.size().unwrap_or(0).max(0) as u64)))
+            .unzip();
         let next =
             if out.is_truncated() == Some(true) { out.next_continuation_token().map(str::to_owned) } else { None };
-        Ok(Page { keys, next })
+        Ok(Page { keys, sizes, next })
+    }
+
+    async fn presign_get(&self, bucket: &str, key: &str, expires: std::time::Duration) -> Result<String> {
+        let refused = |message: String| BlobError::S3 {
+            op: "presign",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message,
+            transient: false,
+        };
+        let config =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(expires).map_err(|e| refused(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| refused(describe(&e)))?;
+        Ok(request.uri().to_owned())
     }
 
     async fn ensure_bucket(&self, bucket: &str) -> Result<()> {

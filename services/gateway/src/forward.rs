@@ -182,6 +182,15 @@ impl JobService for JobsForwarder {
         self.check(result).await
     }
 
+    #[instrument(skip_all)]
+    async fn list_outputs(
+        &self,
+        request: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        let result = self.client().await?.list_outputs(onward(request)?).await;
+        self.check(result).await
+    }
+
     type StreamJobLogsStream = BoxStream<'static, Result<pb::StreamJobLogsResponse, Status>>;
 
     #[instrument(skip_all)]

@@ -37,6 +37,7 @@ pub mod leader;
 mod ledger;
 mod manifest;
 mod outcomes;
+mod outputs;
 mod persist;
 mod pipeline_config;
 mod pipelines;

@@ -31,6 +31,42 @@ fn parse_token(token: &str) -> Result<(usize, Option<String>), FieldViolation> {
     Ok((skip, (!listing.is_empty()).then(|| listing.to_owned())))
 }
 
+/// One listing page of a job's output objects, and where a page of
+/// `wanted` of them, from the page token, starts and ends in it.
+pub(crate) struct Listed {
+    pub bucket: String,
+    /// `<output key>/<job_id>/`.
+    pub prefix: String,
+    pub page: batchmill_blob::Page,
+    listing: Option<String>,
+}
+
+impl Listed {
+    /// Lists the page `token` points into.
+    pub async fn read(
+        store: &Arc<dyn ObjectStore>,
+        job: &pb::Job,
+        token: &str,
+    ) -> Result<(Listed, usize), SchedulerError> {
+        let (skip, listing) = parse_token(token)?;
+        let output = S3Uri::parse(&job.output_uri)
+            .map_err(|e| SchedulerError::BadSource { field: "output_uri".into(), message: e.to_string() })?
+            .join(&job.job_id);
+        let prefix = format!("{}/", output.key);
+        let page = store.list_page(&output.bucket, &prefix, listing.clone()).await.map_err(SchedulerError::Results)?;
+        Ok((Listed { bucket: output.bucket, prefix, page, listing }, skip))
+    }
+
+    /// The token of the page after one that ended at `end` of `of` entries.
+    pub fn next(self, end: usize, of: usize) -> Option<String> {
+        if end < of {
+            Some(format!("{end}:{}", self.listing.unwrap_or_default()))
+        } else {
+            self.page.next.map(|n| format!("0:{n}"))
+        }
+    }
+}
+
 /// One page of `job`'s results: at most `objects` result objects read.
 pub async fn page(
     store: &Arc<dyn ObjectStore>,
@@ -38,17 +74,12 @@ pub async fn page(
     token: &str,
     objects: usize,
 ) -> Result<(Vec<pb::ItemResult>, Option<String>), SchedulerError> {
-    let (skip, listing) = parse_token(token)?;
-    let output = S3Uri::parse(&job.output_uri)
-        .map_err(|e| SchedulerError::BadSource { field: "output_uri".into(), message: e.to_string() })?
-        .join(&job.job_id);
-    let prefix = format!("{}/", output.key);
-    let page = store.list_page(&output.bucket, &prefix, listing.clone()).await.map_err(SchedulerError::Results)?;
-    let keys: Vec<&String> = page.keys.iter().filter(|k| k.ends_with(".jsonl")).collect();
-    let end = (skip + objects).min(keys.len());
+    let (listed, skip) = Listed::read(store, job, token).await?;
+    let keys: Vec<&String> = listed.page.keys.iter().filter(|k| k.ends_with(".jsonl")).collect();
+    let (end, of) = ((skip + objects).min(keys.len()), keys.len());
     let chosen: Vec<String> = keys.get(skip..end).unwrap_or_default().iter().map(|k| (*k).clone()).collect();
     let reads = chosen.into_iter().map(|key| {
-        let (store, bucket) = (store.clone(), output.bucket.clone());
+        let (store, bucket) = (store.clone(), listed.bucket.clone());
         async move {
             let body = store.get(&bucket, &key).await.map_err(SchedulerError::Results)?;
             Ok::<_, SchedulerError>((batch_id_of(&key), body))
@@ -62,12 +93,7 @@ pub async fn page(
             results.push(item_result(batch_id, line));
         }
     }
-    let next = if end < keys.len() {
-        Some(format!("{end}:{}", listing.unwrap_or_default()))
-    } else {
-        page.next.map(|n| format!("0:{n}"))
-    };
-    Ok((results, next))
+    Ok((results, listed.next(end, of)))
 }
 
 /// `<prefix>/<job>/<batch_id>.jsonl` → `<batch_id>`.

@@ -65,6 +65,14 @@ fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str)
                 .ok_or_else(|| bad(&format!("a value of {}", e.full_name())))?;
             Value::EnumNumber(number)
         }
+        // Well-known types have a JSON string form (a Duration is "90s", a
+        // Timestamp RFC 3339), which a query parameter may carry.
+        Kind::Message(m) if m.full_name().starts_with("google.protobuf.") => {
+            let json = serde_json::Value::String(text.to_owned());
+            let parsed = DynamicMessage::deserialize(m.clone(), json)
+                .map_err(|e| bad(&format!("a {} in its JSON form: {e}", m.full_name())))?;
+            Value::Message(parsed)
+        }
         Kind::Bytes | Kind::Message(_) => {
             return Err(BadRequest(format!("{name} cannot be set from a path or query parameter")));
         }

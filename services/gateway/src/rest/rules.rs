@@ -108,7 +108,8 @@ mod tests {
         assert!(find("StreamJobLogs").template.matches("/v1/jobs/abc/logs").is_some());
         assert!(find("ListBatches").template.matches("/v1/jobs/abc/batches").is_some());
         assert!(find("ListJobResults").template.matches("/v1/jobs/abc/results").is_some());
-        assert_eq!(routes.len(), 11);
+        assert!(find("ListOutputs").template.matches("/v1/jobs/abc/outputs").is_some());
+        assert_eq!(routes.len(), 12);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

@@ -283,6 +283,22 @@ impl JobService for JobsGrpc {
         Ok(Response::new(pb::ListJobResultsResponse { results, next_page_token: next.unwrap_or_default() }))
     }
 
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_outputs(
+        &self,
+        request: Request<pb::ListOutputsRequest>,
+    ) -> Result<Response<pb::ListOutputsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
+        let expires = crate::outputs::expiry(req.expires_in.as_ref()).map_err(Status::from)?;
+        let job = self.visible(&caller, &job_id(&req.job_id)?).await?;
+        let store = self.scheduler()?.store.clone();
+        let (outputs, next) =
+            crate::outputs::page(&store, &job, &req.page_token, limit, expires).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ListOutputsResponse { outputs, next_page_token: next.unwrap_or_default() }))
+    }
+
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
