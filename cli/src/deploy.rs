@@ -100,6 +100,7 @@ pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::Dep
             config_schema: None,
             overridable: vec![],
             defaults: None,
+            ..Default::default()
         })
         .collect())
 }

@@ -44,6 +44,10 @@ async fn deploy(sandbox: &Sandbox, defaults: Value) -> anyhow::Result<ppb::Pipel
         config_schema: schema.as_object().map(batchmill_core::json::json_to_struct),
         overridable: vec!["threshold".into(), "label".into(), "model.precision".into()],
         defaults: defaults.as_object().map(batchmill_core::json::json_to_struct),
+        resources: Some(ppb::Resources { cpu: "500m".into(), memory: "1Gi".into(), ..Default::default() }),
+        queue: "batch".into(),
+        timeout: Some(batchmill_core::time::duration_ms(600_000)),
+        retry: Some(ppb::RetryPolicy { max_deliveries: 5 }),
         compute: None,
     };
     let deployed = sandbox.pipelines().await?.deploy_pipeline(request).await?.into_inner();
@@ -81,6 +85,12 @@ async fn versions_keep_their_contract_and_jobs_get_defaults_with_their_overrides
         .map(|i| json!({"index": i - 1, "result": {"item": i, "threshold": 0.5, "precision": "fp16", "label": "cats"}}))
         .collect();
     assert_eq!(lines, expected);
+    // It inherits the version's timeout and retries.
+    assert_eq!(
+        (done.timeout.as_ref().map(|t| t.seconds), done.max_receive_count),
+        (Some(600), 5),
+        "the version's timeout and deliveries"
+    );
     let recorded = done.config.map(|c| Value::Object(batchmill_core::json::struct_to_json(&c)));
     assert_eq!(
         recorded,
@@ -113,6 +123,15 @@ async fn versions_keep_their_contract_and_jobs_get_defaults_with_their_overrides
     assert_eq!(first["defaults"], json!({"threshold": 0.5, "model": {"name": "resnet", "precision": "fp32"}}));
     assert_eq!(first["overridable"], json!(["threshold", "label", "model.precision"]));
     assert_eq!(first["configSchema"]["required"], json!(["threshold", "label", "model"]));
+    let resources = &first["resources"];
+    assert_eq!(
+        (&resources["cpu"], &resources["memory"], &resources["gpuCount"]),
+        (&json!("500m"), &json!("1Gi"), &json!(0))
+    );
+    assert_eq!(
+        (&first["queue"], &first["timeout"], &first["retry"]),
+        (&json!("batch"), &json!("600s"), &json!({"maxDeliveries": 5}))
+    );
     let second: Value = get(2).await?.json().await?;
     assert_eq!(second["defaults"]["label"], "dogs");
     assert_eq!(get(3).await?.status(), 404);

@@ -358,7 +358,8 @@ fn folders(folders: &[pb::S3Folder]) -> Result<Vec<Folder>, FieldViolation> {
 pub const MAX_TIMEOUT_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// A job's `timeout` in milliseconds: positive, at most [`MAX_TIMEOUT_MS`].
-fn check_timeout(d: &prost_types::Duration) -> Result<u64, FieldViolation> {
+/// A `timeout` as milliseconds: positive, at most a year.
+pub fn check_timeout(d: &prost_types::Duration) -> Result<u64, FieldViolation> {
     let refuse = |why: &str| FieldViolation::new("timeout", format!("{why}, got {}s {}ns", d.seconds, d.nanos));
     if !(-999_999_999..=999_999_999).contains(&d.nanos) {
         return Err(refuse("is not a duration: nanos must be within ±999999999"));

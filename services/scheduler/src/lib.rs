@@ -44,6 +44,7 @@ mod pipelines;
 mod ports;
 mod record;
 mod results;
+mod run_policy;
 mod state;
 mod submission;
 mod workers;

@@ -24,6 +24,7 @@ use batchmill_core::project::{CONDA_PACKAGES, DOTENV};
 
 use crate::SchedulerError;
 use crate::pipeline_config::ConfigContract;
+use crate::run_policy::RunPolicy;
 
 pub const PIPELINES_PREFIX: &str = "/batchmill/pipelines/";
 /// Where every version of every deployed pipeline is kept.
@@ -58,6 +59,9 @@ pub struct Deployed {
     /// What a job's config may be; open for a cortex.yaml deploy.
     #[serde(default)]
     pub config: ConfigContract,
+    /// Resources, queue, and a job's default timeout and retries.
+    #[serde(default)]
+    pub run: RunPolicy,
 }
 
 /// The code that runs a deployed pipeline.
@@ -101,6 +105,10 @@ impl Deployed {
             overridable: self.config.overridable.clone(),
             defaults: (!self.config.defaults.is_empty())
                 .then(|| batchmill_core::json::json_to_struct(&self.config.defaults)),
+            resources: Some(self.run.resources_proto()),
+            queue: self.run.queue().to_owned(),
+            timeout: self.run.timeout_ms.map(batchmill_core::time::duration_ms),
+            retry: self.run.max_deliveries.map(|n| pb::RetryPolicy { max_deliveries: n as i32 }),
         }
     }
 
@@ -229,6 +237,7 @@ impl Pipelines {
             request.defaults.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
         )
         .map_err(|v| bad(&v.field, v.description))?;
+        let run = RunPolicy::from_request(&request).map_err(|v| bad(&v.field, v.description))?;
         let _one_at_a_time = self.deploying.lock().await;
         let previous = self.deployed().get(&request.name).cloned();
         if let Some(previous) = &previous
@@ -263,6 +272,7 @@ impl Pipelines {
             files,
             account: caller.account.clone(),
             config,
+            run,
         };
         let key = format!("{PIPELINES_PREFIX}{}", deployed.name);
         let bytes = serde_json::to_vec(&deployed).map_err(|e| {

@@ -27,6 +27,9 @@ impl Scheduler {
         crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
         if let Some(deployed) = &deployed {
             spec.config = deployed.config.config_for(&spec.config)?;
+            // The version's timeout and retries, unless the job names its own.
+            spec.timeout_ms = spec.timeout_ms.or(deployed.run.timeout_ms);
+            spec.max_receive_count = spec.max_receive_count.or(deployed.run.max_deliveries);
         }
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;

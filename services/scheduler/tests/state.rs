@@ -434,6 +434,7 @@ fn deployed_record(id: &str) -> JobRecord {
         files: vec!["predictor.py".into()],
         account: "acme".into(),
         config: Default::default(),
+        run: Default::default(),
     };
     JobRecord {
         pipeline: "classifier".into(),

@@ -1,0 +1,237 @@
+//! What a pipeline version says about running its jobs, besides its code
+//! and config: the resources each worker needs, the queue its jobs are
+//! admitted through, and the timeout and retries a job gets unless it
+//! names its own. Checked at deploy, each mistake naming its field.
+//!
+//! Resources are written as Kubernetes writes them (`cpu: "500m"`,
+//! `memory: "4Gi"`); a GPU type is `any` or a model such as `h100`.
+
+use batchmill_core::FieldViolation;
+use batchmill_proto::pipelines::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+/// The queue of a pipeline that names none.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Most GPUs one worker may ask for.
+const MOST_GPUS: u32 = 16;
+
+/// The resources each worker of a pipeline needs; empty fields ask for
+/// nothing in particular.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub memory: String,
+    #[serde(default)]
+    pub gpu_count: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gpu_memory: String,
+}
+
+/// A pipeline version's run policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPolicy {
+    #[serde(default)]
+    pub resources: Resources,
+    /// The admission queue; empty in records from before queues (read as
+    /// [`DEFAULT_QUEUE`]).
+    #[serde(default)]
+    pub queue: String,
+    /// A job's timeout unless it names one.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// A batch's deliveries unless the job names them.
+    #[serde(default)]
+    pub max_deliveries: Option<u32>,
+}
+
+impl RunPolicy {
+    /// Checks a deploy request's run policy.
+    pub fn from_request(request: &pb::DeployPipelineRequest) -> Result<RunPolicy, FieldViolation> {
+        let resources = request.resources.as_ref().map(Resources::from_request).transpose()?.unwrap_or_default();
+        let queue = if request.queue.is_empty() { DEFAULT_QUEUE.to_owned() } else { request.queue.clone() };
+        if !is_name(&queue) {
+            return Err(FieldViolation::new(
+                "queue",
+                format!("{queue:?} is not a queue name: lower-case letters, digits and dashes, at most 63"),
+            ));
+        }
+        let timeout_ms = request.timeout.as_ref().map(batchmill_core::job::check_timeout).transpose()?;
+        let max_deliveries = match &request.retry {
+            None => None,
+            Some(r) if (1..=batchmill_core::job::MAX_RECEIVE_COUNT).contains(&r.max_deliveries) => {
+                Some(r.max_deliveries as u32)
+            }
+            Some(r) => {
+                return Err(FieldViolation::new(
+                    "retry.max_deliveries",
+                    format!(
+                        "must be between 1 and {}, got {}",
+                        batchmill_core::job::MAX_RECEIVE_COUNT,
+                        r.max_deliveries
+                    ),
+                ));
+            }
+        };
+        Ok(RunPolicy { resources, queue, timeout_ms, max_deliveries })
+    }
+
+    /// The queue its jobs go through.
+    pub fn queue(&self) -> &str {
+        if self.queue.is_empty() { DEFAULT_QUEUE } else { &self.queue }
+    }
+
+    pub fn resources_proto(&self) -> pb::Resources {
+        let r = &self.resources;
+        pb::Resources {
+            cpu: r.cpu.clone(),
+            memory: r.memory.clone(),
+            gpu_count: r.gpu_count,
+            gpu_type: r.gpu_type.clone(),
+            gpu_memory: r.gpu_memory.clone(),
+        }
+    }
+}
+
+impl Resources {
+    fn from_request(r: &pb::Resources) -> Result<Resources, FieldViolation> {
+        if !r.cpu.is_empty() && !is_cpu(&r.cpu) {
+            return Err(FieldViolation::new(
+                "resources.cpu",
+                format!("{:?} is not a CPU quantity such as \"2\" or \"500m\"", r.cpu),
+            ));
+        }
+        for (field, value) in [("resources.memory", &r.memory), ("resources.gpu_memory", &r.gpu_memory)] {
+            if !value.is_empty() && !is_memory(value) {
+                return Err(FieldViolation::new(
+                    field,
+                    format!("{value:?} is not a memory quantity such as \"4Gi\" or \"512Mi\""),
+                ));
+            }
+        }
+        if r.gpu_count > MOST_GPUS {
+            return Err(FieldViolation::new(
+                "resources.gpu_count",
+                format!("must be at most {MOST_GPUS}, got {}", r.gpu_count),
+            ));
+        }
+        let gpu_asked = !r.gpu_type.is_empty() || !r.gpu_memory.is_empty();
+        if gpu_asked && r.gpu_count == 0 {
+            return Err(FieldViolation::new(
+                "resources.gpu_count",
+                "must be at least 1 when a GPU type or memory is set",
+            ));
+        }
+        if !r.gpu_type.is_empty() && !is_name(&r.gpu_type) {
+            return Err(FieldViolation::new(
+                "resources.gpu_type",
+                format!("{:?} is not a GPU type such as \"any\" or \"h100\"", r.gpu_type),
+            ));
+        }
+        Ok(Resources {
+            cpu: r.cpu.clone(),
+            memory: r.memory.clone(),
+            gpu_count: r.gpu_count,
+            gpu_type: if r.gpu_count > 0 && r.gpu_type.is_empty() { "any".into() } else { r.gpu_type.clone() },
+            gpu_memory: r.gpu_memory.clone(),
+        })
+    }
+}
+
+/// Lower-case letters, digits and dashes, starting with a letter, at most 63.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// `2`, `0.5` or `500m`.
+fn is_cpu(s: &str) -> bool {
+    let number = s.strip_suffix('m').unwrap_or(s);
+    !number.is_empty() && number.parse::<f64>().is_ok_and(|n| n > 0.0) && !(s.ends_with('m') && number.contains('.'))
+}
+
+/// A byte count with an optional suffix: `4Gi`, `512Mi`, `1G`, `1048576`.
+fn is_memory(s: &str) -> bool {
+    const SUFFIXES: [&str; 10] = ["Ki", "Mi", "Gi", "Ti", "Pi", "K", "M", "G", "T", "P"];
+    let number = SUFFIXES.iter().find_map(|suffix| s.strip_suffix(suffix)).unwrap_or(s);
+    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && number.parse::<u64>().is_ok_and(|n| n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(resources: pb::Resources, queue: &str, retry: i32) -> pb::DeployPipelineRequest {
+        pb::DeployPipelineRequest {
+            resources: Some(resources),
+            queue: queue.into(),
+            retry: (retry != 0).then_some(pb::RetryPolicy { max_deliveries: retry }),
+            timeout: Some(prost_types::Duration { seconds: 90, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_run_policy_is_read_from_a_deploy() {
+        let gpu = pb::Resources {
+            cpu: "500m".into(),
+            memory: "4Gi".into(),
+            gpu_count: 1,
+            gpu_memory: "40Gi".into(),
+            ..Default::default()
+        };
+        let policy = RunPolicy::from_request(&request(gpu, "", 5)).expect("valid");
+        assert_eq!(policy.queue(), "default");
+        assert_eq!((policy.timeout_ms, policy.max_deliveries), (Some(90_000), Some(5)));
+        assert_eq!(policy.resources.gpu_type, "any", "a GPU of any type unless one is named");
+        let none = RunPolicy::from_request(&pb::DeployPipelineRequest::default()).expect("valid");
+        assert_eq!((none.queue(), none.timeout_ms, none.max_deliveries), ("default", None, None));
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let r = |f: fn(&mut pb::Resources)| {
+            let mut resources = pb::Resources::default();
+            f(&mut resources);
+            resources
+        };
+        for (req, field) in [
+            (request(r(|r| r.cpu = "two".into()), "", 0), "resources.cpu"),
+            (request(r(|r| r.cpu = "1.5m".into()), "", 0), "resources.cpu"),
+            (request(r(|r| r.memory = "4GB".into()), "", 0), "resources.memory"),
+            (request(r(|r| r.gpu_count = 17), "", 0), "resources.gpu_count"),
+            (request(r(|r| r.gpu_type = "h100".into()), "", 0), "resources.gpu_count"),
+            (
+                request(
+                    r(|r| {
+                        r.gpu_count = 1;
+                        r.gpu_type = "H100!".into()
+                    }),
+                    "",
+                    0,
+                ),
+                "resources.gpu_type",
+            ),
+            (
+                request(
+                    r(|r| {
+                        r.gpu_count = 1;
+                        r.gpu_memory = "lots".into()
+                    }),
+                    "",
+                    0,
+                ),
+                "resources.gpu_memory",
+            ),
+            (request(pb::Resources::default(), "Batch Queue", 0), "queue"),
+            (request(pb::Resources::default(), "", 101), "retry.max_deliveries"),
+        ] {
+            assert_eq!(RunPolicy::from_request(&req).map_err(|e| e.field), Err(field.to_owned()), "{req:?}");
+        }
+    }
+}
