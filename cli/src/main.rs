@@ -308,11 +308,13 @@ async fn show_pipelines(channel: connect::Api, name: Option<String>, version: Op
         println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
         return Ok(());
     };
-    let answer = match version {
-        Some(version) => client.get_pipeline_version(ppb::GetPipelineVersionRequest { name, version }).await?,
-        None => client.get_pipeline(ppb::GetPipelineRequest { name }).await?,
-    };
-    let pipeline = answer.into_inner().pipeline.unwrap_or_default();
+    let pipeline = match version {
+        Some(version) => {
+            client.get_pipeline_version(ppb::GetPipelineVersionRequest { name, version }).await?.into_inner().pipeline
+        }
+        None => client.get_pipeline(ppb::GetPipelineRequest { name }).await?.into_inner().pipeline,
+    }
+    .unwrap_or_default();
     println!("{}", to_json(&pipeline, "batchmill.pipelines.v1.Pipeline")?);
     Ok(())
 }

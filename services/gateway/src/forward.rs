@@ -271,7 +271,7 @@ impl PipelineService for PipelinesForwarder {
     async fn get_pipeline_version(
         &self,
         request: Request<ppb::GetPipelineVersionRequest>,
-    ) -> Result<Response<ppb::GetPipelineResponse>, Status> {
+    ) -> Result<Response<ppb::GetPipelineVersionResponse>, Status> {
         let result = self.client().await?.get_pipeline_version(onward(request)?).await;
         self.jobs.check(result).await
     }

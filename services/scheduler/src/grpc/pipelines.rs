@@ -54,11 +54,11 @@ impl PipelineService for PipelinesGrpc {
     async fn get_pipeline_version(
         &self,
         request: Request<pb::GetPipelineVersionRequest>,
-    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+    ) -> Result<Response<pb::GetPipelineVersionResponse>, Status> {
         Caller::read(request.metadata())?;
         let pb::GetPipelineVersionRequest { name, version } = request.into_inner();
         match self.pipelines()?.version(&name, version).await.map_err(|e| e.to_status())? {
-            Some(pipeline) => Ok(Response::new(pb::GetPipelineResponse { pipeline: Some(pipeline) })),
+            Some(pipeline) => Ok(Response::new(pb::GetPipelineVersionResponse { pipeline: Some(pipeline) })),
             None => Err(Status::not_found(format!("pipeline {name:?} has no version {version}"))),
         }
     }
