@@ -205,44 +205,47 @@ impl Modzy {
 
     /// Every job the caller sees, newest first, up to [`history::MOST`].
     async fn all_jobs(&self, caller: &Caller) -> Result<Vec<pb::Job>, ModzyError> {
-        let mut jobs = Vec::new();
-        let mut page_token = String::new();
-        loop {
+        all_pages(history::MOST, |page_token| async move {
             let request = pb::ListJobsRequest { page_size: 1000, page_token, pipeline: String::new() };
             let page = JobService::list_jobs(&self.jobs, as_caller(caller, request)).await?.into_inner();
-            jobs.extend(page.jobs);
-            if page.next_page_token.is_empty() || jobs.len() >= history::MOST {
-                return Ok(jobs);
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.jobs, page.next_page_token))
+        })
+        .await
     }
 
     /// The results object of a job: every result by input name, and the
     /// failures (items of batches that failed for good) with their error.
     async fn results(&self, caller: &Caller, job: &pb::Job) -> Result<Value, ModzyError> {
-        let mut results = Vec::new();
-        let mut page_token = String::new();
-        loop {
+        let results = all_pages(view::MOST_RESULTS, |page_token| async move {
             let request = pb::ListJobResultsRequest { job_id: job.job_id.clone(), page_size: 1000, page_token };
             let page = JobService::list_job_results(&self.jobs, as_caller(caller, request)).await?.into_inner();
-            results.extend(page.results);
-            if page.next_page_token.is_empty() || results.len() >= view::MOST_RESULTS {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        let mut dead = Vec::new();
-        let mut page_token = String::new();
-        loop {
+            Ok((page.results, page.next_page_token))
+        })
+        .await?;
+        let dead = all_pages(view::MOST_RESULTS, |page_token| async move {
             let request = pb::ListDeadLettersRequest { job_id: job.job_id.clone(), page_size: 1000, page_token };
             let page = JobService::list_dead_letters(&self.jobs, as_caller(caller, request)).await?.into_inner();
-            dead.extend(page.dead_letters);
-            if page.next_page_token.is_empty() || dead.len() >= view::MOST_RESULTS {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.dead_letters, page.next_page_token))
+        })
+        .await?;
         Ok(view::results(job, &results, &dead))
+    }
+}
+
+/// Every entry of a paged listing, page after page until the last or until
+/// `most` are in hand: `page(token)` answers a page and the next token.
+async fn all_pages<T, F, Fut>(most: usize, mut page: F) -> Result<Vec<T>, ModzyError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), ModzyError>>,
+{
+    let (mut all, mut token) = (Vec::new(), String::new());
+    loop {
+        let (entries, next) = page(token).await?;
+        all.extend(entries);
+        if next.is_empty() || all.len() >= most {
+            return Ok(all);
+        }
+        token = next;
     }
 }
