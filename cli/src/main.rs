@@ -45,6 +45,9 @@ enum Command {
     },
     /// Cancels a job.
     Cancel { job_id: String },
+    /// Continues a FAILED, CANCELLED or TIMED_OUT job from its ledger: the
+    /// same job, its final batches not run again.
+    Retry { job_id: String },
     /// Follows a job until it ends, one JSON line per change.
     Watch { job_id: String },
     /// Lists a job's dead-lettered batches.
@@ -151,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Cancel { job_id } => {
             print_job(&client.cancel_job(pb::CancelJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
+        }
+        Command::Retry { job_id } => {
+            print_job(&client.retry_job(pb::RetryJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
         }
         Command::DeadLetters { job_id, page_size, page_token } => {
             let page = client

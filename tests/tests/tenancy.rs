@@ -88,6 +88,7 @@ async fn job_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Result
                     .map(drop),
             ),
         ),
+        ("RetryJob", code(jobs.retry_job(pb::RetryJobRequest { job_id: id() }).await.map(drop))),
         // Last: on the job's owner it ends the job.
         ("CancelJob", code(jobs.cancel_job(pb::CancelJobRequest { job_id: id() }).await.map(drop))),
     ])
@@ -108,7 +109,11 @@ async fn http_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Resul
     ] {
         out.push((format!("GET {path}"), http.get(format!("{base}{path}")).send().await?.status().as_u16()));
     }
-    for path in [format!("/v1/jobs/{job_id}/deadLetters:rerun"), format!("/v1/jobs/{job_id}:cancel")] {
+    for path in [
+        format!("/v1/jobs/{job_id}/deadLetters:rerun"),
+        format!("/v1/jobs/{job_id}:retry"),
+        format!("/v1/jobs/{job_id}:cancel"),
+    ] {
         let status = http.post(format!("{base}{path}")).json(&json!({})).send().await?.status().as_u16();
         out.push((format!("POST {path}"), status));
     }
@@ -170,7 +175,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
             }
         }
     }
-    assert_eq!(tried, 5 * 19, "each key tried every call on each job it may not see");
+    assert_eq!(tried, 5 * 21, "each key tried every call on each job it may not see");
     assert!(succeeded.is_empty(), "calls across tenants that did not answer 404 / NOT_FOUND: {succeeded:#?}");
     // Every job is still as submitted: nothing across tenants cancelled it.
     for job in all {
@@ -183,7 +188,9 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
     assert_eq!(listed(&sandbox, &root).await?, everything, "the cluster admin sees every job");
     // An account admin's own calls work on its member's job.
     for (call, code) in job_calls(&sandbox, &acme_admin.key, &member_job.job_id).await? {
-        assert_eq!(code, Code::Ok, "acme admin {call} on its member's job");
+        // A job that has not ended is not retried: the call reached it.
+        let expected = if call == "RetryJob" { Code::FailedPrecondition } else { Code::Ok };
+        assert_eq!(code, expected, "acme admin {call} on its member's job");
     }
 
     // Accounts and keys across tenants: not found, or not allowed in one's own.

@@ -42,6 +42,10 @@ pub struct EnqueueProgress {
     /// Enqueuing failed for good, and why.
     #[serde(default)]
     pub error: Option<String>,
+    /// The job's round this progress is of: 0 when first run, n after its
+    /// nth retry.
+    #[serde(default)]
+    pub round: u32,
 }
 
 impl EnqueueProgress {
@@ -71,7 +75,7 @@ mod tests {
 
     #[test]
     fn progress_round_trips() {
-        let p = EnqueueProgress { next_seq: 3, next_item: 30, done: true, stopped: false, error: None };
+        let p = EnqueueProgress { next_seq: 3, next_item: 30, done: true, stopped: false, error: None, round: 2 };
         assert_eq!(EnqueueProgress::decode(&p.encode().unwrap()).unwrap(), p);
         assert!(p.is_final());
     }

@@ -57,10 +57,12 @@ pub fn consumer_name(job_id: &str) -> String {
     format!("job-{job_id}")
 }
 
-/// The message id of a batch's first publication: its batch id, so a
-/// republished batch (a restarted enqueuer) is dropped as a duplicate.
-pub fn batch_msg_id(batch: &BatchId) -> String {
-    batch.to_string()
+/// The message id of a batch's publication in its job's `round` (0 when
+/// first run, n after its nth retry): its batch id, and the round after it
+/// once retried, so a batch republished in the same round (a restarted
+/// enqueuer) is dropped as a duplicate while a retry's is not.
+pub fn batch_msg_id(batch: &BatchId, round: u32) -> String {
+    if round == 0 { batch.to_string() } else { format!("{batch}-round{round}") }
 }
 
 /// The message id of a dead-lettered batch queued again; `rerun` (the dead
@@ -85,7 +87,8 @@ mod tests {
     fn names_are_per_job() {
         let batch = BatchId::new(JobId::parse("job_id", "j1").expect("id"), 3);
         assert_eq!(batch_subject("j1"), "batchmill.batches.j1");
-        assert_eq!(batch_msg_id(&batch), "j1-3");
+        assert_eq!(batch_msg_id(&batch, 0), "j1-3");
+        assert_eq!(batch_msg_id(&batch, 2), "j1-3-round2");
         assert_eq!(rerun_msg_id(&batch, 9), "j1-3-r9");
         assert_eq!(dead_letter_msg_id(&batch, 12), "j1-3-dead-12");
         assert_eq!(consumer_name("j1"), "job-j1");

@@ -35,7 +35,7 @@ async fn dedups_and_delivers_in_order(queue: &dyn Queue, prefix: &str) {
     let trace: TraceHeaders =
         [("traceparent".to_owned(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned())].into();
     for seq in [0, 1, 1, 0, 2] {
-        queue.publish_batch(&batch(&job, seq), Bytes::from(format!("batch {seq}")), &trace).await.expect("publish");
+        queue.publish_batch(&batch(&job, seq), 0, Bytes::from(format!("batch {seq}")), &trace).await.expect("publish");
     }
     let consumer = queue.job_consumer(&job).await.expect("consumer");
     let mut got = Vec::new();
@@ -46,12 +46,23 @@ async fn dedups_and_delivers_in_order(queue: &dyn Queue, prefix: &str) {
         delivery.ack().await.expect("ack");
     }
     assert_eq!(got, ["batch 0", "batch 1", "batch 2"], "republished batches are dropped");
+    // A retried job publishes its batches again in a new round: kept once each.
+    for seq in [1, 1] {
+        queue.publish_batch(&batch(&job, seq), 1, Bytes::from("retried 1"), &trace).await.expect("publish");
+    }
+    let retried = consumer.next(Duration::from_millis(500)).await.expect("next").expect("a new round is kept");
+    assert_eq!(retried.payload().as_ref(), b"retried 1");
+    retried.ack().await.expect("ack");
+    assert!(consumer.next(Duration::from_millis(300)).await.expect("next").is_none(), "dropped within the round");
 }
 
 async fn redelivers_what_is_nakd_or_left(queue: &dyn Queue, prefix: &str) {
     let job = format!("{prefix}redeliver");
     queue.open_job(&job, policy(1_000, 3)).await.expect("open");
-    queue.publish_batch(&batch(&job, 0), Bytes::from_static(b"nak me"), &TraceHeaders::new()).await.expect("publish");
+    queue
+        .publish_batch(&batch(&job, 0), 0, Bytes::from_static(b"nak me"), &TraceHeaders::new())
+        .await
+        .expect("publish");
     let consumer = queue.job_consumer(&job).await.expect("consumer");
     let first = consumer.next(Duration::from_secs(2)).await.expect("next").expect("a delivery");
     first.nak(Duration::from_millis(10)).await.expect("nak");
@@ -61,7 +72,7 @@ async fn redelivers_what_is_nakd_or_left(queue: &dyn Queue, prefix: &str) {
     assert!(consumer.next(Duration::from_millis(300)).await.expect("next").is_none(), "a term'ed batch stays away");
     assert_eq!(queue.read(first.stream_seq()).await.expect("read"), None, "a term'ed batch leaves the stream");
 
-    queue.publish_batch(&batch(&job, 1), Bytes::from_static(b"left"), &TraceHeaders::new()).await.expect("publish");
+    queue.publish_batch(&batch(&job, 1), 0, Bytes::from_static(b"left"), &TraceHeaders::new()).await.expect("publish");
     let held = consumer.next(Duration::from_secs(2)).await.expect("next").expect("a delivery");
     assert!(consumer.next(Duration::from_millis(200)).await.expect("next").is_none(), "held: not given twice");
     let back = consumer.next(Duration::from_secs(5)).await.expect("next").expect("redelivered after the ack wait");
@@ -73,7 +84,7 @@ async fn redelivers_what_is_nakd_or_left(queue: &dyn Queue, prefix: &str) {
 async fn advises_of_exhausted_batches(queue: &dyn Queue, prefix: &str) {
     let job = format!("{prefix}exhaust");
     queue.open_job(&job, policy(1_000, 1)).await.expect("open");
-    queue.publish_batch(&batch(&job, 0), Bytes::from_static(b"lost"), &TraceHeaders::new()).await.expect("publish");
+    queue.publish_batch(&batch(&job, 0), 0, Bytes::from_static(b"lost"), &TraceHeaders::new()).await.expect("publish");
     let consumer = queue.job_consumer(&job).await.expect("consumer");
     // Taken and never settled, as by a worker killed on its last delivery.
     let held = consumer.next(Duration::from_secs(2)).await.expect("next").expect("a delivery");
@@ -99,7 +110,10 @@ async fn closing_withdraws_batches(queue: &dyn Queue, prefix: &str) {
     queue.open_job(&job, policy(30_000, 3)).await.expect("open");
     let consumer = queue.job_consumer(&job).await.expect("consumer");
     for seq in 0..5 {
-        queue.publish_batch(&batch(&job, seq), Bytes::from_static(b"left"), &TraceHeaders::new()).await.expect("pub");
+        queue
+            .publish_batch(&batch(&job, seq), 0, Bytes::from_static(b"left"), &TraceHeaders::new())
+            .await
+            .expect("pub");
     }
     assert_eq!(queue.close_job(&job).await.expect("close"), 5, "close withdraws the remaining batches");
     assert!(matches!(queue.job_consumer(&job).await, Err(QueueError::NoConsumer { .. })), "the consumer is gone");

@@ -109,8 +109,8 @@ impl JetStreamQueue {
 
 #[async_trait]
 impl Batches for JetStreamQueue {
-    async fn publish_batch(&self, batch: &BatchId, body: Bytes, trace: &TraceHeaders) -> Result<()> {
-        self.publish(batch_subject(batch.job_id.as_str()), batch_msg_id(batch), body, trace).await
+    async fn publish_batch(&self, batch: &BatchId, round: u32, body: Bytes, trace: &TraceHeaders) -> Result<()> {
+        self.publish(batch_subject(batch.job_id.as_str()), batch_msg_id(batch, round), body, trace).await
     }
 
     async fn requeue_batch(&self, batch: &BatchId, rerun: u64, body: Bytes) -> Result<()> {

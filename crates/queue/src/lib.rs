@@ -89,10 +89,11 @@ pub struct Stored {
 /// job's consumer, withdrawn by the scheduler.
 #[async_trait]
 pub trait Batches: Send + Sync + 'static {
-    /// Publishes a batch and waits for it to be stored; one published
-    /// already (within the 2-minute window) is dropped. `trace` travels in
-    /// the message headers.
-    async fn publish_batch(&self, batch: &BatchId, body: Bytes, trace: &TraceHeaders) -> Result<()>;
+    /// Publishes a batch of the job's `round` (0 until it is retried) and
+    /// waits for it to be stored; one published already in the same round
+    /// (within the 2-minute window) is dropped. `trace` travels in the
+    /// message headers.
+    async fn publish_batch(&self, batch: &BatchId, round: u32, body: Bytes, trace: &TraceHeaders) -> Result<()>;
     /// Publishes a dead-lettered batch again; `rerun` (its dead letter's
     /// stream sequence) tells this publication apart from earlier ones.
     async fn requeue_batch(&self, batch: &BatchId, rerun: u64, body: Bytes) -> Result<()>;

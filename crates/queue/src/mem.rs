@@ -233,8 +233,8 @@ impl MemQueue {
 
 #[async_trait]
 impl Batches for MemQueue {
-    async fn publish_batch(&self, batch: &BatchId, body: Bytes, trace: &TraceHeaders) -> Result<()> {
-        let msg_id = batch_msg_id(batch);
+    async fn publish_batch(&self, batch: &BatchId, round: u32, body: Bytes, trace: &TraceHeaders) -> Result<()> {
+        let msg_id = batch_msg_id(batch, round);
         self.change(|q| {
             q.publish_fault(&msg_id)?;
             q.batches.append(batch.job_id.as_str(), Some(msg_id.clone()), body, trace.clone());

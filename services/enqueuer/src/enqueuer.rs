@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, instrument, warn};
 
-use crate::{Batcher, EnqueueError, ItemSource};
+use crate::{Batcher, EnqueueError, ItemSource, Skip};
 
 /// How long `stop` waits for a job's task to end.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
@@ -127,13 +127,22 @@ impl Enqueuer {
         if self.running().contains_key(&job_id) {
             return Ok(false);
         }
-        let progress = match self.kv.get(&progress_key(&job_id)).await? {
-            Some(bytes) => EnqueueProgress::decode(&bytes).map_err(|e| corrupt(&job_id, e))?,
-            None => {
-                let fresh = EnqueueProgress::default();
+        let stored = match self.kv.get(&progress_key(&job_id)).await? {
+            Some(bytes) => Some(EnqueueProgress::decode(&bytes).map_err(|e| corrupt(&job_id, e))?),
+            None => None,
+        };
+        let progress = match stored {
+            Some(progress) if progress.round > request.round => return Ok(false), // a stale request
+            Some(progress) if progress.round == request.round => progress,
+            // A new job, or a retried one: from its first item, in the request's round.
+            _ => {
+                let fresh = EnqueueProgress { round: request.round, ..EnqueueProgress::default() };
                 let mut pairs = self.stored(&request)?;
                 pairs.push((progress_key(&job_id), encoded(&job_id, &fresh)?));
                 self.kv.put_all(pairs).await?;
+                if request.round > 0 {
+                    info!(job_id, round = request.round, skip = Skip::new(&request.skip).len(), "enqueuing a retry");
+                }
                 fresh
             }
         };
@@ -289,6 +298,7 @@ impl Enqueuer {
         let mut batcher = Batcher::new(request.batch_size as usize, batchmill_core::job::MAX_BATCH_BYTES);
         let mut last_checkpoint = tokio::time::Instant::now();
         let mut item_index = progress.next_item;
+        let skip = Skip::new(&request.skip);
         loop {
             let chunk = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
@@ -303,7 +313,7 @@ impl Enqueuer {
                 })?;
                 item_index += 1;
                 if let Some(items) = full {
-                    self.publish(&job_id, progress, items, &trace).await?;
+                    self.publish(&job_id, progress, items, &skip, request.round, &trace).await?;
                 }
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -312,7 +322,7 @@ impl Enqueuer {
             }
         }
         if let Some(items) = batcher.finish() {
-            self.publish(&job_id, progress, items, &trace).await?;
+            self.publish(&job_id, progress, items, &skip, request.round, &trace).await?;
         }
         Ok(())
     }
@@ -322,9 +332,17 @@ impl Enqueuer {
         job_id: &JobId,
         progress: &mut EnqueueProgress,
         items: Vec<String>,
+        skip: &Skip,
+        round: u32,
         trace: &batchmill_runtime::trace::TraceHeaders,
     ) -> Result<(), EnqueueError> {
         let count = items.len() as u64;
+        if skip.contains(progress.next_seq) {
+            // Final already (a retried job): its items count, it is not run again.
+            progress.next_seq += 1;
+            progress.next_item += count;
+            return Ok(());
+        }
         let batch = batchmill_proto::queue::v1::Batch {
             job_id: job_id.to_string(),
             seq: progress.next_seq,
@@ -332,7 +350,7 @@ impl Enqueuer {
             items,
         };
         let id = BatchId::new(job_id.clone(), progress.next_seq);
-        self.queue.publish_batch(&id, Bytes::from(batch.encode_to_vec()), trace).await?;
+        self.queue.publish_batch(&id, round, Bytes::from(batch.encode_to_vec()), trace).await?;
         progress.next_seq += 1;
         progress.next_item += count;
         Ok(())

@@ -9,16 +9,24 @@
 //! window. A failure of what it depends on (etcd, NATS, the lister
 //! unreachable) is retried from the checkpoint; a bad input ends the job's
 //! enqueuing with the error in its checkpoint, where the scheduler reads it.
+//!
+//! A retried job comes back in a later round: its items are listed again
+//! from the first and batched the same way, and the batches its ledger
+//! holds as final are skipped (their sequence numbers and items still
+//! count), so only the rest run again. Each round's batches have their own
+//! message ids, so the duplicate window does not drop them.
 
 mod batcher;
 mod enqueuer;
 mod grpc;
 mod items;
+mod skip;
 
 pub use batcher::Batcher;
 pub use enqueuer::Enqueuer;
 pub use grpc::EnqueuerGrpc;
 pub use items::{Chunks, ItemSource};
+pub use skip::Skip;
 
 use std::sync::Arc;
 use std::time::Duration;

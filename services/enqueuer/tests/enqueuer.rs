@@ -55,7 +55,7 @@ impl ItemSource for Lister {
 fn request(job: &str, batch_size: i32) -> EnqueueJobRequest {
     let source =
         Source { kind: Some(Kind::NdjsonObjects(NdjsonObjects { uris: vec!["s3://b/items".into()] })), access: None };
-    EnqueueJobRequest { job_id: job.into(), source: Some(source), batch_size }
+    EnqueueJobRequest { job_id: job.into(), source: Some(source), batch_size, ..Default::default() }
 }
 
 fn items(n: usize) -> Vec<String> {
@@ -146,6 +146,32 @@ async fn a_restarted_enqueuer_resumes_unfinished_jobs_and_republished_batches_ar
     let batches = take_batches(&queue, "j1").await;
     assert_eq!(batches.iter().map(|b| b.seq).collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5], "batch 2 once");
     assert_eq!(batches.iter().flat_map(|b| b.items.clone()).collect::<Vec<_>>(), items(30));
+}
+
+#[tokio::test]
+async fn a_retry_round_publishes_only_the_batches_not_final_and_a_stale_round_is_ignored() {
+    use batchmill_proto::enqueuer::v1::SeqRange;
+    let (kv, queue) = (MemKv::default(), MemQueue::default());
+    let lister = Lister { items: items(23), ..Default::default() };
+    let first = enqueuer(&kv, &queue, &lister);
+    assert!(first.enqueue(request("j1", 5)).await.unwrap());
+    finished(&kv, "j1").await;
+    assert_eq!(take_batches(&queue, "j1").await.len(), 5);
+
+    // Retried: batches 0, 1 and 3 are final in the ledger.
+    let skip = vec![SeqRange { start: 0, end: 2 }, SeqRange { start: 3, end: 4 }];
+    let retry = EnqueueJobRequest { round: 1, skip, ..request("j1", 5) };
+    assert!(enqueuer(&kv, &queue, &lister).enqueue(retry.clone()).await.unwrap(), "a new round enqueues again");
+    let done = finished(&kv, "j1").await;
+    assert_eq!((done.next_seq, done.next_item, done.round), (5, 23, 1), "skipped batches still count");
+    let batches = take_batches(&queue, "j1").await;
+    let shape: Vec<(u64, u64, usize)> = batches.iter().map(|b| (b.seq, b.first_item, b.items.len())).collect();
+    assert_eq!(shape, [(2, 10, 5), (4, 20, 3)], "the same batches, only those not final");
+
+    assert!(!enqueuer(&kv, &queue, &lister).enqueue(retry).await.unwrap(), "the same round is not redone");
+    assert!(!enqueuer(&kv, &queue, &lister).enqueue(request("j1", 5)).await.unwrap(), "an older round is stale");
+    assert!(take_batches(&queue, "j1").await.is_empty());
+    assert_eq!(progress(&kv, "j1").await.round, 1);
 }
 
 #[tokio::test]

@@ -135,6 +135,12 @@ impl JobService for JobsForwarder {
     }
 
     #[instrument(skip_all)]
+    async fn retry_job(&self, request: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let result = self.client().await?.retry_job(onward(request)?).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
     async fn dry_run_job(
         &self,
         request: Request<pb::DryRunJobRequest>,

@@ -41,6 +41,7 @@ enum Command {
     Get { id: JobId, reply: Reply<Option<pb::Job>> },
     List { caller: Caller, after: Option<JobId>, limit: usize, pipeline: Option<String>, reply: Reply<JobPage> },
     Cancel { id: JobId, reply: Reply<Option<pb::Job>> },
+    Retry { id: JobId, limits: Limits, reply: Reply<Result<pb::Job, SchedulerError>> },
     Watch { id: JobId, reply: Reply<Option<watch::Receiver<pb::Job>>> },
     WorkerJoined { id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink> },
     WorkerGone { id: WorkerId, session: u64 },
@@ -156,6 +157,13 @@ impl Scheduler {
         self.ask(|reply| Command::Cancel { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
     }
 
+    /// Continues a FAILED, CANCELLED or TIMED_OUT job from its ledger,
+    /// within its account's limits (those of the account that owns it).
+    pub async fn retry(&self, id: JobId, account: &str) -> Result<pb::Job, SchedulerError> {
+        let limits = self.accounts.limits_of(account).await.map_err(SchedulerError::Account)?.limits;
+        self.ask(|reply| Command::Retry { id, limits, reply }).await?
+    }
+
     pub async fn watch(&self, id: JobId) -> Result<watch::Receiver<pb::Job>, SchedulerError> {
         let job_id = id.to_string();
         self.ask(|reply| Command::Watch { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
@@ -209,6 +217,7 @@ async fn handle(state: &mut State, command: Command) {
             drop(reply.send(state.list(&caller, after.as_ref(), limit, pipeline.as_deref())));
         }
         Command::Cancel { id, reply } => drop(reply.send(state.cancel(&id).await)),
+        Command::Retry { id, limits, reply } => drop(reply.send(state.retry(&id, limits).await)),
         Command::Watch { id, reply } => drop(reply.send(state.watch(&id))),
         Command::WorkerJoined { id, session, runs, link } => state.worker_joined(id, session, runs, link),
         Command::WorkerGone { id, session } => state.worker_gone(&id, Some(session)),

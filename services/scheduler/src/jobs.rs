@@ -243,6 +243,49 @@ impl State {
         self.snapshot(id)
     }
 
+    /// Continues a FAILED, CANCELLED or TIMED_OUT job from its ledger, in
+    /// its next round: it is PENDING again with its counts as they are, and
+    /// admission enqueues only the batches its ledger does not hold as
+    /// final. Refused, naming the limit, if its account is at its limits.
+    pub async fn retry(&mut self, id: &JobId, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
+        let entry = self.jobs.get(id).ok_or_else(|| crate::SchedulerError::JobNotFound { job_id: id.to_string() })?;
+        let state = entry.record.state;
+        if !matches!(state, JobState::Failed | JobState::Cancelled | JobState::TimedOut) {
+            let state = pb::JobState::from(state).as_str_name().to_owned();
+            return Err(crate::SchedulerError::NotRetryable { job_id: id.to_string(), state });
+        }
+        self.jobs.within(&entry.record, limits)?;
+        // Its enqueuing of the last round is over (stopped, failed or done):
+        // make sure, so that nothing of it is published after the new round starts.
+        self.stop_enqueue(id).await;
+        let now = self.clock.now_ms();
+        let Some(entry) = self.jobs.get_mut(id) else {
+            return Err(crate::SchedulerError::JobNotFound { job_id: id.to_string() });
+        };
+        let before = entry.record.clone();
+        let record = &mut entry.record;
+        record.state = JobState::Pending;
+        record.retries += 1;
+        record.retry_ms = Some(now);
+        (record.end_ms, record.failure_reason, record.message) = (None, None, None);
+        record.manifest_written = true; // nothing to write until it ends again
+        entry.enqueue = EnqueueProgress { round: record.retries, ..EnqueueProgress::default() };
+        (entry.admitted, entry.start_failures) = (false, 0);
+        self.pending.mark(id);
+        self.flush().await;
+        if self.pending.forget(id) {
+            // Not durable: the job stays as it was.
+            if let Some(entry) = self.jobs.get_mut(id) {
+                entry.record = before;
+            }
+            return Err(crate::SchedulerError::NotPersisted { job_id: id.to_string() });
+        }
+        info!(job_id = %id, retries = before.retries + 1, from = ?state, "job retried");
+        let retried = self.snapshot(id).unwrap_or_default();
+        self.admit(id).await;
+        Ok(retried)
+    }
+
     async fn stop_enqueue(&self, id: &JobId) {
         if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
             warn!(job_id = %id, error = %e, "stopping enqueue failed");
@@ -264,10 +307,13 @@ impl State {
                 return;
             }
         };
+        let skip = if entry.record.retries == 0 { Vec::new() } else { entry.ledger.final_ranges() };
         let request = batchmill_proto::enqueuer::v1::EnqueueJobRequest {
             job_id: id.to_string(),
             source: Some(entry.record.input.to_source(&secrets)),
             batch_size: entry.record.batch_size as i32,
+            round: entry.record.retries,
+            skip: skip.into_iter().map(|(start, end)| batchmill_proto::enqueuer::v1::SeqRange { start, end }).collect(),
         };
         let trace = entry.record.trace.clone();
         if let Err(e) = self.ports.queue.open_job(id.as_str(), entry.policy(&self.settings.policy)).await {
@@ -362,7 +408,8 @@ impl State {
         self.end(id, end).await;
     }
 
-    /// How far enqueuing a job has come, from its checkpoint in etcd.
+    /// How far enqueuing a job has come, from its checkpoint in etcd; a
+    /// checkpoint of an earlier round is stale.
     pub fn enqueue_progress(&mut self, job_id: &str, progress: EnqueueProgress) {
         let Ok(id) = JobId::parse("job_id", job_id) else {
             return;
@@ -370,6 +417,9 @@ impl State {
         let Some(entry) = self.jobs.get_mut(&id) else {
             return;
         };
+        if progress.round < entry.record.retries {
+            return; // of a round before the job's last retry
+        }
         entry.enqueue = progress;
         self.pending.mark(&id);
     }

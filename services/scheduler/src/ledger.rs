@@ -143,6 +143,23 @@ impl Ledger {
         self.chunks.iter().flat_map(|(i, c)| c.failed.iter().map(move |o| (i << CHUNK_BITS) | u64::from(o)))
     }
 
+    /// The final batches (succeeded or failed), as sorted, disjoint
+    /// `[start, end)` ranges of sequence numbers.
+    pub fn final_ranges(&self) -> Vec<(u64, u64)> {
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (index, chunk) in &self.chunks {
+            let base = index << CHUNK_BITS;
+            for offset in &chunk.succeeded | &chunk.failed {
+                let seq = base | u64::from(offset);
+                match ranges.last_mut() {
+                    Some(last) if last.1 == seq => last.1 += 1,
+                    _ => ranges.push((seq, seq + 1)),
+                }
+            }
+        }
+        ranges
+    }
+
     /// The keys (under `prefix`) to write: the summary and every chunk
     /// changed since [`Ledger::written`].
     pub fn changes(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
@@ -277,6 +294,17 @@ mod tests {
         assert_eq!(l.record(0, BatchStatus::Succeeded, 10, 7), Recorded::Duplicate);
         assert_eq!(l.record(0, BatchStatus::FailedFinal, 10, 7), Recorded::Duplicate);
         assert_eq!((l.succeeded(), l.items_completed(), l.finished()), (1, 10, 1));
+    }
+
+    #[test]
+    fn final_batches_come_as_ranges_across_chunks() {
+        let mut l = Ledger::default();
+        for seq in [0, 1, 2, 5, 65_535, 65_536, 65_537, 70_000] {
+            l.record(seq, BatchStatus::Succeeded, 1, 1);
+        }
+        l.record(3, BatchStatus::FailedFinal, 1, 1);
+        l.record(4, BatchStatus::FailedRetryable, 1, 1);
+        assert_eq!(l.final_ranges(), [(0, 4), (5, 6), (65_535, 65_538), (70_000, 70_001)]);
     }
 
     #[test]

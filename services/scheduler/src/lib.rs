@@ -84,6 +84,8 @@ pub enum SchedulerError {
     Rerun { job_id: String },
     #[error("job {job_id} is {state}; only a running job or one completed with failures can re-run dead letters")]
     NotRerunnable { job_id: String, state: String },
+    #[error("job {job_id} is {state}; only a FAILED, CANCELLED or TIMED_OUT job can be retried")]
+    NotRetryable { job_id: String, state: String },
     #[error("{field}: {batch_id:?} is not a dead-lettered batch of this job")]
     NotDeadLettered { field: String, batch_id: String },
     #[error("{field}: {message}")]
@@ -116,9 +118,9 @@ impl ServiceError for SchedulerError {
             | SchedulerError::BadPipeline { .. }
             | SchedulerError::BadSource { .. }
             | SchedulerError::NotDeadLettered { .. } => ErrorCode::InvalidArgument,
-            SchedulerError::NotRerunnable { .. } | SchedulerError::LimitExceeded { .. } => {
-                ErrorCode::FailedPrecondition
-            }
+            SchedulerError::NotRerunnable { .. }
+            | SchedulerError::NotRetryable { .. }
+            | SchedulerError::LimitExceeded { .. } => ErrorCode::FailedPrecondition,
             SchedulerError::Account(e) => e.code(),
             SchedulerError::NotAllowed(_) => ErrorCode::PermissionDenied,
             SchedulerError::Results(_) => ErrorCode::Unavailable,

@@ -139,6 +139,12 @@ pub struct JobRecord {
     /// password), sealed with the cluster's key.
     #[serde(default)]
     pub input_access: Option<Sealed>,
+    /// Times the job was retried (its round: see the enqueuer).
+    #[serde(default)]
+    pub retries: u32,
+    /// When it was last retried; its timeout counts from then.
+    #[serde(default)]
+    pub retry_ms: Option<u64>,
 }
 
 /// Most input names a job record keeps: the record stays small.
@@ -194,6 +200,8 @@ impl JobRecord {
             input_bytes: 0,
             input_names: Vec::new(),
             input_access: None,
+            retries: 0,
+            retry_ms: None,
         }
     }
 
@@ -205,9 +213,11 @@ impl JobRecord {
         serde_json::from_slice(&plain).map_err(|_| SealError::Unopenable)
     }
 
-    /// Whether the job has run past its timeout at `now_ms`.
+    /// Whether the job has run past its timeout at `now_ms`, counted from
+    /// its submission or its last retry.
     pub fn timed_out(&self, now_ms: u64) -> bool {
-        self.timeout_ms.is_some_and(|t| now_ms >= self.create_ms.saturating_add(t))
+        let since = self.retry_ms.unwrap_or(self.create_ms);
+        self.timeout_ms.is_some_and(|t| now_ms >= since.saturating_add(t))
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, serde_json::Error> {
@@ -287,6 +297,8 @@ impl JobRecord {
             input_bytes: self.input_bytes as i64,
             input_names: self.input_names.clone(),
             pipeline_version: self.deployed.as_ref().map_or(1, |d| d.version),
+            retries: self.retries,
+            retry_time: self.retry_ms.map(timestamp),
         }
     }
 }

@@ -617,3 +617,55 @@ async fn a_submission_over_an_account_limit_is_refused_naming_it() {
     assert!(refused.contains("max_workers is 5") && refused.contains("asks for 4"), "{refused}");
     state.submit(owned("c5", 3, "acme", "k1"), limits).await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_job_retried_enqueues_only_what_is_not_final_and_times_out_from_the_retry() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let mut worker = join(&mut state, "w1");
+    let job = JobRecord { timeout_ms: Some(60_000), create_ms: fakes.clock.now_ms(), ..record("j1", 1) };
+    state.submit(job, Limits::default()).await.unwrap();
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
+    for (seq, status) in [(0, spb::BatchStatus::Succeeded), (2, spb::BatchStatus::FailedFinal)] {
+        state.outcome(&WorkerId::new("w1"), outcome("j1", seq, status));
+    }
+    state.flush().await;
+    let refused = state.retry(&job_id("j1"), Limits::default()).await.unwrap_err().to_string();
+    assert!(refused.contains("JOB_STATE_RUNNING") && refused.contains("can be retried"), "{refused}");
+
+    tokio::time::advance(Duration::from_secs(61)).await;
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::TimedOut);
+    drain(&mut worker);
+
+    let retried = state.retry(&job_id("j1"), Limits::default()).await.unwrap();
+    assert_eq!((retried.state(), retried.retries), (pb::JobState::Pending, 1));
+    let request = fakes.calls().enqueued.last().cloned().unwrap();
+    let skip: Vec<(u64, u64)> = request.skip.iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!((request.round, skip), (1, vec![(0, 1), (2, 3)]), "its final batches are skipped");
+    assert!(fakes.open("j1").await, "its queue is open again");
+    assert!(matches!(&drain(&mut worker)[..], [Out::Assign(a)] if a.job_id == "j1"), "a worker is assigned");
+    let durable = JobRecord::decode(&fakes.kv.get("/batchmill/jobs/j1").await.unwrap().unwrap()).unwrap();
+    assert_eq!((durable.retries, durable.end_ms), (1, None), "the retry is durable");
+
+    // The last round's checkpoint, arriving late, does not complete it.
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 3, next_item: 30, done: true, ..Default::default() });
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Running, "stale progress ignored");
+    // 59 s after the retry (120 s after submission) it has not timed out.
+    tokio::time::advance(Duration::from_secs(59)).await;
+    state.tick().await;
+    let round = EnqueueProgress { next_seq: 3, next_item: 30, done: true, round: 1, ..Default::default() };
+    state.enqueue_progress("j1", round);
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    let done = state.get(&job_id("j1")).unwrap();
+    assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
+    let b = done.batches.unwrap();
+    assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 2, 1, 0), "counts exact, nothing twice");
+    assert_eq!(done.items.unwrap().completed, 20);
+}

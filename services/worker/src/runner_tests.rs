@@ -42,7 +42,7 @@ impl World {
             let batch =
                 Batch { job_id: JOB.into(), seq, first_item: seq * 2, items: vec!["\"a\"".into(), "\"b\"".into()] };
             let id = BatchId::new(batchmill_core::JobId::parse("job_id", JOB).unwrap(), seq);
-            queue.publish_batch(&id, Bytes::from(batch.encode_to_vec()), &TraceHeaders::new()).await.unwrap();
+            queue.publish_batch(&id, 0, Bytes::from(batch.encode_to_vec()), &TraceHeaders::new()).await.unwrap();
         }
         World { queue, blob, outbox: Outbox::default(), outcomes: Arc::default() }
     }

@@ -109,7 +109,9 @@ mod tests {
         assert!(find("ListBatches").template.matches("/v1/jobs/abc/batches").is_some());
         assert!(find("ListJobResults").template.matches("/v1/jobs/abc/results").is_some());
         assert!(find("ListOutputs").template.matches("/v1/jobs/abc/outputs").is_some());
-        assert_eq!(routes.len(), 12);
+        assert!(find("RetryJob").template.matches("/v1/jobs/abc:retry").is_some());
+        assert!(find("RetryJob").template.matches("/v1/jobs/abc:cancel").is_none());
+        assert_eq!(routes.len(), 13);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

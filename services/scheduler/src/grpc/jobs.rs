@@ -154,6 +154,15 @@ impl JobService for JobsGrpc {
         Ok(Response::new(pb::CancelJobResponse { job: Some(job) }))
     }
 
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn retry_job(&self, request: Request<pb::RetryJobRequest>) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let caller = caller(&request)?;
+        let id = job_id(&request.get_ref().job_id)?;
+        let job = self.visible(&caller, &id).await?;
+        let job = self.scheduler()?.retry(id, &job.account_id).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RetryJobResponse { job: Some(job) }))
+    }
+
     #[instrument(skip_all)]
     async fn dry_run_job(
         &self,
