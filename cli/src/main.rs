@@ -3,6 +3,7 @@
 mod accounts;
 mod connect;
 mod deploy;
+mod events;
 
 use std::time::Instant;
 
@@ -73,6 +74,9 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Prints a job's event log, one event a line: time, level, type, cursor,
+    /// batch and what happened.
+    Events(events::EventsArgs),
     /// Runs a job's dead-lettered batches again (all of them, or those named).
     Rerun { job_id: String, batch_ids: Vec<String> },
     /// Deploys a Cortex project (cortex.yaml and its files) as pipelines.
@@ -180,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Events(args) => events::run(&mut client, args).await?,
         Command::Rerun { job_id, batch_ids } => {
             let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();
             println!("{}", to_json(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);

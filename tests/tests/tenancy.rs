@@ -88,6 +88,16 @@ async fn job_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Result
                     .map(drop),
             ),
         ),
+        (
+            "ListJobEvents",
+            code(jobs.list_job_events(pb::ListJobEventsRequest { job_id: id(), ..Default::default() }).await.map(drop)),
+        ),
+        (
+            "WatchJobEvents",
+            code(
+                jobs.watch_job_events(pb::WatchJobEventsRequest { job_id: id(), ..Default::default() }).await.map(drop),
+            ),
+        ),
         ("RetryJob", code(jobs.retry_job(pb::RetryJobRequest { job_id: id() }).await.map(drop))),
         // Last: on the job's owner it ends the job.
         ("CancelJob", code(jobs.cancel_job(pb::CancelJobRequest { job_id: id() }).await.map(drop))),
@@ -105,6 +115,8 @@ async fn http_calls(sandbox: &Sandbox, key: &str, job_id: &str) -> anyhow::Resul
         format!("/v1/jobs/{job_id}/logs"),
         format!("/v1/jobs/{job_id}/results"),
         format!("/v1/jobs/{job_id}/outputs"),
+        format!("/v1/jobs/{job_id}/events"),
+        format!("/v1/jobs/{job_id}/events:watch"),
         format!("/echo?jobID={job_id}"),
     ] {
         out.push((format!("GET {path}"), http.get(format!("{base}{path}")).send().await?.status().as_u16()));
@@ -175,7 +187,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
             }
         }
     }
-    assert_eq!(tried, 5 * 21, "each key tried every call on each job it may not see");
+    assert_eq!(tried, 5 * 25, "each key tried every call on each job it may not see");
     assert!(succeeded.is_empty(), "calls across tenants that did not answer 404 / NOT_FOUND: {succeeded:#?}");
     // Every job is still as submitted: nothing across tenants cancelled it.
     for job in all {

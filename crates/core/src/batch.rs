@@ -82,6 +82,8 @@ impl BatchEnd<'_> {
             last_error: error.clone(),
             end_time: Some(timestamp(end_ms)),
         });
+        // A failure names the batch's named inputs, for the job's event log.
+        let inputs = if status == BatchStatus::Succeeded { Vec::new() } else { input_names(batch) };
         let outcome = BatchOutcome {
             job_id: batch.job_id.clone(),
             seq: batch.seq,
@@ -90,9 +92,23 @@ impl BatchEnd<'_> {
             error,
             duration: Some(duration_ms(ms)),
             attempt,
+            first_item: batch.first_item,
+            inputs,
         };
         Ending { outcome, dead_letter, record }
     }
+}
+
+/// The names of a batch's named inputs, in order (none for plain items).
+fn input_names(batch: &Batch) -> Vec<String> {
+    batch
+        .items
+        .iter()
+        .filter_map(|item| {
+            let value: serde_json::Value = serde_json::from_str(item).ok()?;
+            crate::named::name_of(&value).map(str::to_owned)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -135,5 +151,15 @@ mod tests {
         assert_eq!((letter.attempts, letter.last_error.as_str(), letter.worker_id.as_str()), (3, "boom", "w1"));
         assert_eq!(letter.batch, Some(batch.clone()));
         assert_eq!(dead.record.expect("record").state, BatchState::Failed as i32);
+    }
+
+    #[test]
+    fn a_failure_names_the_batchs_named_inputs() {
+        let named = |name: &str| format!(r#"{{"name":"{name}","inputs":{{"input.txt":"hi"}}}}"#);
+        let batch = Batch { items: vec![named("alpha"), named("beta")], ..batch() };
+        let failed = end(&batch, BatchStatus::FailedRetryable).outcome;
+        assert_eq!((failed.inputs, failed.first_item), (vec!["alpha".to_owned(), "beta".to_owned()], 40));
+        assert!(end(&batch, BatchStatus::Succeeded).outcome.inputs.is_empty(), "a success stays small");
+        assert!(end(&self::batch(), BatchStatus::FailedFinal).outcome.inputs.is_empty(), "plain items have no names");
     }
 }

@@ -24,6 +24,8 @@ pub const EXHAUSTED_STREAM: &str = "BATCHMILL_EXHAUSTED";
 pub const RECORD_STREAM: &str = "BATCHMILL_RECORDS";
 /// The stream of job log lines.
 pub const LOG_STREAM: &str = "BATCHMILL_LOGS";
+/// The stream of jobs' event logs.
+pub const EVENT_STREAM: &str = "BATCHMILL_EVENTS";
 /// The durable consumer of the advisory stream.
 pub const EXHAUSTED_CONSUMER: &str = "scheduler";
 
@@ -45,6 +47,11 @@ pub fn record_subject(job_id: &str) -> String {
 /// A job's log lines; `*` for every job's.
 pub fn log_subject(job_id: &str) -> String {
     format!("batchmill.logs.{job_id}")
+}
+
+/// A job's events; `*` for every job's.
+pub fn event_subject(job_id: &str) -> String {
+    format!("batchmill.events.{job_id}")
 }
 
 /// The batch stream's MAX_DELIVERIES advisories.

@@ -18,6 +18,7 @@ pub async fn run(queue: &dyn Queue, prefix: &str) {
     advises_of_exhausted_batches(queue, prefix).await;
     closing_withdraws_batches(queue, prefix).await;
     keeps_dead_letters_records_and_logs_per_job(queue, prefix).await;
+    keeps_event_logs_per_job_readable_from_any_position(queue, prefix).await;
 }
 
 fn batch(job: &str, seq: u64) -> BatchId {
@@ -178,4 +179,33 @@ async fn keeps_dead_letters_records_and_logs_per_job(queue: &dyn Queue, prefix: 
     queue.publish_log(&job, Bytes::from("four")).await.expect("log");
     let line = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("a later line in time");
     assert_eq!(line.expect("a line").expect("line"), "four");
+}
+
+async fn keeps_event_logs_per_job_readable_from_any_position(queue: &dyn Queue, prefix: &str) {
+    let (job, other) = (format!("{prefix}events"), format!("{prefix}eventsother"));
+    let mut positions = Vec::new();
+    for i in 0..12u32 {
+        positions.push(queue.publish_event(&job, Bytes::from(format!("e{i}"))).await.expect("event"));
+        if i % 4 == 0 {
+            queue.publish_event(&other, Bytes::from("other")).await.expect("event");
+        }
+    }
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "positions grow: {positions:?}");
+    let all = queue.events(&job, 0, 100).await.expect("events");
+    let seqs: Vec<u64> = all.iter().map(|s| s.stream_seq).collect();
+    assert_eq!(seqs, positions, "each event once, at the position its publish returned");
+    let after = queue.events(&job, positions[4] + 1, 3).await.expect("a page");
+    let bodies: Vec<&[u8]> = after.iter().map(|s| s.payload.as_ref()).collect();
+    assert_eq!(bodies, [&b"e5"[..], b"e6", b"e7"], "a page from just after a position");
+
+    let mut follow = queue.follow_events(&job, positions[9] + 1).await.expect("follow");
+    for want in ["e10", "e11"] {
+        let event = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("in time");
+        assert_eq!(event.expect("an event").expect("event").payload, want);
+    }
+    let later = queue.publish_event(&job, Bytes::from("e12")).await.expect("event");
+    queue.publish_event(&other, Bytes::from("other")).await.expect("event");
+    let event = tokio::time::timeout(Duration::from_secs(5), follow.next()).await.expect("a later event in time");
+    let event = event.expect("an event").expect("event");
+    assert_eq!((event.stream_seq, event.payload.as_ref()), (later, &b"e12"[..]));
 }

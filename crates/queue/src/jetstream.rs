@@ -10,9 +10,9 @@ use async_nats::jetstream::{self as js, Message};
 use async_trait::async_trait;
 use batchmill_core::BatchId;
 use batchmill_core::subjects::{
-    BATCH_STREAM, DEAD_STREAM, EXHAUSTED_CONSUMER, EXHAUSTED_STREAM, LOG_STREAM, RECORD_STREAM, batch_msg_id,
-    batch_subject, consumer_name, dead_letter_msg_id, dead_subject, log_subject, max_deliveries_subject,
-    record_subject, rerun_msg_id,
+    BATCH_STREAM, DEAD_STREAM, EVENT_STREAM, EXHAUSTED_CONSUMER, EXHAUSTED_STREAM, LOG_STREAM, RECORD_STREAM,
+    batch_msg_id, batch_subject, consumer_name, dead_letter_msg_id, dead_subject, event_subject, log_subject,
+    max_deliveries_subject, record_subject, rerun_msg_id,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -20,8 +20,8 @@ use futures::stream::BoxStream;
 use tracing::debug;
 
 use crate::{
-    Advisories, Batches, Consumer, DeadLetters, Delivery, DeliveryPolicy, Exhausted, Handled, LogLines, Logs,
-    QueueError, Records, Result, Stored, TraceHeaders,
+    Advisories, Batches, Consumer, DeadLetters, Delivery, DeliveryPolicy, Events, Exhausted, Handled, LogLines, Logs,
+    QueueError, Records, Result, Stored, StoredStream, TraceHeaders,
 };
 
 /// A connection to JetStream with the batch stream in place.
@@ -76,11 +76,13 @@ impl JetStreamQueue {
             ..Default::default()
         };
         context.create_or_update_stream(advisories).await.map_err(|e| QueueError::js("create advisory stream", e))?;
-        // Kept by age: log lines a week, batch records a month.
+        // Kept by age: log lines a week, batch records and job events a month.
         let logs = kept_for(LOG_STREAM, log_subject("*"), 7);
         context.create_or_update_stream(logs).await.map_err(|e| QueueError::js("create log stream", e))?;
         let records = kept_for(RECORD_STREAM, record_subject("*"), 30);
         context.create_or_update_stream(records).await.map_err(|e| QueueError::js("create record stream", e))?;
+        let events = kept_for(EVENT_STREAM, event_subject("*"), 30);
+        context.create_or_update_stream(events).await.map_err(|e| QueueError::js("create event stream", e))?;
         Ok(JetStreamQueue { context })
     }
 
@@ -206,6 +208,44 @@ impl Records for JetStreamQueue {
         let stream =
             self.context.get_stream(RECORD_STREAM).await.map_err(|e| QueueError::js("get record stream", e))?;
         read_subject(&stream, &record_subject(job_id), from, limit, "read batch records").await
+    }
+}
+
+#[async_trait]
+impl Events for JetStreamQueue {
+    async fn publish_event(&self, job_id: &str, event: Bytes) -> Result<u64> {
+        let err = |e: &dyn std::fmt::Display| QueueError::Publish {
+            msg_id: format!("event of {job_id}"),
+            message: e.to_string(),
+        };
+        let ack = self.context.publish(event_subject(job_id), event).await.map_err(|e| err(&e))?;
+        Ok(ack.await.map_err(|e| err(&e))?.sequence)
+    }
+
+    async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+        let stream = self.context.get_stream(EVENT_STREAM).await.map_err(|e| QueueError::js("get event stream", e))?;
+        read_subject(&stream, &event_subject(job_id), from, limit, "read events").await
+    }
+
+    /// Through an ordered consumer from `from`, which follows the stream
+    /// and goes away once the returned stream is dropped.
+    async fn follow_events(&self, job_id: &str, from: u64) -> Result<StoredStream> {
+        const OP: &str = "follow events";
+        let stream = self.context.get_stream(EVENT_STREAM).await.map_err(|e| QueueError::js("get event stream", e))?;
+        let config = pull::OrderedConfig {
+            filter_subject: event_subject(job_id),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ..Default::default()
+        };
+        let consumer = stream.create_consumer(config).await.map_err(|e| QueueError::js(OP, e))?;
+        let messages = consumer.messages().await.map_err(|e| QueueError::js(OP, e))?;
+        Ok(messages
+            .map(|m| {
+                let m = m.map_err(|e| QueueError::js(OP, e))?;
+                let info = m.info().map_err(|e| QueueError::JetStream { op: OP, message: e.to_string() })?;
+                Ok(Stored { stream_seq: info.stream_sequence, payload: m.payload.clone() })
+            })
+            .boxed())
     }
 }
 

@@ -178,6 +178,22 @@ pub trait Logs: Send + Sync + 'static {
     async fn logs(&self, job_id: &str, follow: bool) -> Result<LogLines>;
 }
 
+/// A stream of stored messages with their positions.
+pub type StoredStream = BoxStream<'static, Result<Stored>>;
+
+/// Jobs' event logs.
+#[async_trait]
+pub trait Events: Send + Sync + 'static {
+    /// Appends an event of the job and waits for it to be stored; returns
+    /// its position, which only grows.
+    async fn publish_event(&self, job_id: &str, event: Bytes) -> Result<u64>;
+    /// Up to `limit` events of the job from position `from` on, oldest first.
+    async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>>;
+    /// The job's events from position `from` on: those stored, then each
+    /// new one as it is stored (the stream never ends by itself).
+    async fn follow_events(&self, job_id: &str, from: u64) -> Result<StoredStream>;
+}
+
 /// A batch whose deliveries ran out without being settled.
 pub struct Exhausted {
     /// Where the batch is stored in the batch stream (0 if the advisory
@@ -215,6 +231,6 @@ pub trait Advisories: Send + Sync + 'static {
 }
 
 /// Everything batchmill keeps in the queue.
-pub trait Queue: Batches + DeadLetters + Records + Logs + Advisories {}
+pub trait Queue: Batches + DeadLetters + Records + Logs + Events + Advisories {}
 
-impl<T: Batches + DeadLetters + Records + Logs + Advisories> Queue for T {}
+impl<T: Batches + DeadLetters + Records + Logs + Events + Advisories> Queue for T {}

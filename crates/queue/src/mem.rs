@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{
-    Advisories, Batches, Consumer, DeadLetters, Delivery, DeliveryPolicy, Exhausted, Handled, LogLines, Logs,
-    QueueError, Records, Result, Stored, TraceHeaders,
+    Advisories, Batches, Consumer, DeadLetters, Delivery, DeliveryPolicy, Events, Exhausted, Handled, LogLines, Logs,
+    QueueError, Records, Result, Stored, StoredStream, TraceHeaders,
 };
 
 /// How long a taken advisory waits to be handled before it is given out again.
@@ -39,6 +39,7 @@ struct Inner {
     dead: Log,
     records: Log,
     logs: Log,
+    events: Log,
     consumers: HashMap<String, Tracking>,
     advisories: BTreeMap<u64, Advisory>,
     next_advisory: u64,
@@ -444,6 +445,42 @@ impl Logs for MemQueue {
             }
         });
         Ok(stored.chain(later).boxed())
+    }
+}
+
+#[async_trait]
+impl Events for MemQueue {
+    async fn publish_event(&self, job_id: &str, event: Bytes) -> Result<u64> {
+        self.change(|q| {
+            q.publish_fault("event")?;
+            q.events.append(job_id, None, event, TraceHeaders::new());
+            Ok(q.events.last)
+        })
+    }
+
+    async fn events(&self, job_id: &str, from: u64, limit: usize) -> Result<Vec<Stored>> {
+        Ok(self.lock().events.page(job_id, from, limit))
+    }
+
+    async fn follow_events(&self, job_id: &str, from: u64) -> Result<StoredStream> {
+        let (queue, job) = (self.clone(), job_id.to_owned());
+        Ok(futures::stream::unfold(from.max(1), move |from| {
+            let (queue, job) = (queue.clone(), job.clone());
+            async move {
+                loop {
+                    let next = |q: &mut Inner, _: Instant| Ok(q.events.page(&job, from, 1).pop());
+                    match queue.wait_for(Duration::from_secs(3600), next).await {
+                        Ok(Some(event)) => {
+                            let after = event.stream_seq + 1;
+                            return Some((Ok(event), after));
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Some((Err(e), from)),
+                    }
+                }
+            }
+        })
+        .boxed())
     }
 }
 

@@ -209,6 +209,27 @@ impl JobService for JobsForwarder {
         Ok(Response::new(stream.boxed()))
     }
 
+    #[instrument(skip_all)]
+    async fn list_job_events(
+        &self,
+        request: Request<pb::ListJobEventsRequest>,
+    ) -> Result<Response<pb::ListJobEventsResponse>, Status> {
+        let result = self.client().await?.list_job_events(onward(request)?).await;
+        self.check(result).await
+    }
+
+    type WatchJobEventsStream = BoxStream<'static, Result<pb::WatchJobEventsResponse, Status>>;
+
+    #[instrument(skip_all)]
+    async fn watch_job_events(
+        &self,
+        request: Request<pb::WatchJobEventsRequest>,
+    ) -> Result<Response<Self::WatchJobEventsStream>, Status> {
+        let result = self.client().await?.watch_job_events(onward(request)?).await;
+        let stream = self.check(result).await?.into_inner();
+        Ok(Response::new(stream.boxed()))
+    }
+
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
 
     #[instrument(skip_all)]

@@ -101,6 +101,7 @@ impl Scheduler {
             }
             state.manifests_written(MANIFEST_PATIENCE).await;
             state.flush().await;
+            state.events_written(MANIFEST_PATIENCE).await;
         });
         (Scheduler { tx, settings, store, probe, pipelines, accounts }, task)
     }

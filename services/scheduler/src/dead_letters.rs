@@ -85,7 +85,7 @@ impl State {
             // Its queue was closed at the end; reopen it and run again.
             self.ports.queue.open_job(id.as_str(), entry.policy(&self.settings.policy)).await.map_err(E::Queue)?;
             if let Some(entry) = self.jobs.get_mut(id) {
-                entry.record.state = JobState::Running;
+                entry.enter(JobState::Running);
                 entry.record.end_ms = None;
                 entry.admitted = true;
             }
@@ -124,6 +124,17 @@ impl State {
         if let Some(entry) = self.jobs.get_mut(id) {
             entry.ledger.revive(seq, items);
         }
+        let event = batchmill_proto::jobs::v1::JobEvent {
+            batch_id: batch_id.to_string(),
+            first_item: batch.first_item as i64,
+            items: items as i64,
+            ..crate::events::event(
+                batchmill_proto::jobs::v1::EventLevel::Info,
+                "batch_rerun",
+                "dead letter queued again",
+            )
+        };
+        self.event(id, event);
         for (stream_seq, _) in versions {
             if let Err(e) = self.ports.queue.remove_dead_letter(*stream_seq).await {
                 warn!(batch_id = %batch_id, error = %e, "removing a re-run dead letter failed");

@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 use batchmill_coord::Kv;
 use batchmill_core::finalize::{FINALIZERS_PREFIX, Finalizing, finalizer_key};
 use batchmill_core::{FailureReason, JobId, JobState, WorkerId};
-use batchmill_proto::jobs::v1 as pb;
+use batchmill_proto::jobs::v1::{self as pb, EventLevel};
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use tracing::{info, warn};
 
+use crate::events::event;
 use crate::jobs::End;
 use crate::state::State;
 
@@ -77,7 +78,7 @@ impl State {
     /// Every batch is final: the job completes once its hook has run.
     pub(crate) async fn begin_finalizing(&mut self, id: &JobId) {
         let Some(entry) = self.jobs.get_mut(id) else { return };
-        entry.record.state = JobState::Completing;
+        entry.enter(JobState::Completing);
         entry.record.finalize_base = entry.record.finalize_attempts;
         entry.finalizer.asked = None;
         let assigned = std::mem::take(&mut entry.assigned);
@@ -144,6 +145,10 @@ impl State {
             return;
         }
         info!(job_id = %id, worker_id = %worker_id, attempt, "finalize sent");
+        let message = format!("on_job_complete sent to worker {worker_id} (attempt {attempt})");
+        let event =
+            pb::JobEvent { worker_id: worker_id.to_string(), ..event(EventLevel::Info, "hook_started", message) };
+        self.event(id, event);
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.job = Some(id.clone());
         }
@@ -160,16 +165,23 @@ impl State {
         if let Err(e) = self.ports.kv.delete(&finalizer_key(id.as_str())).await {
             warn!(job_id = %id, error = %e, "removing the finalizer key failed");
         }
-        let end = match claim.error {
+        let worker_id = claim.worker_id.clone();
+        let (end, hook) = match claim.error {
             None => {
                 info!(job_id = %id, worker_id = %claim.worker_id, "on_job_complete finished");
-                End { state: self.completed_state(id), reason: None, message: None, why: "completed" }
+                let message = format!("on_job_complete finished on worker {worker_id}");
+                let end = End { state: self.completed_state(id), reason: None, message: None, why: "completed" };
+                (end, event(EventLevel::Success, "hook_succeeded", message))
             }
             Some(error) => {
                 let message = format!("on_job_complete failed on worker {}: {error}", claim.worker_id);
-                End::failed(FailureReason::WorkerError, message)
+                (
+                    End::failed(FailureReason::WorkerError, message.clone()),
+                    event(EventLevel::Error, "hook_failed", message),
+                )
             }
         };
+        self.event(id, pb::JobEvent { worker_id, ..hook });
         self.end(id, end).await;
     }
 }

@@ -31,6 +31,12 @@ pub(crate) struct JobEntry {
     pub finalizer: Finalizer,
     /// Workers that could not start the job's predictor, under this leader.
     pub start_failures: u32,
+    /// What its event log does not have yet, in order; recorded once the
+    /// job's change is durable.
+    pub unsaid: Vec<crate::events::Unsaid>,
+    /// Loaded by this leader from etcd, its enqueue progress not yet seen:
+    /// what that progress says an earlier leader has told already.
+    pub loaded: bool,
 }
 
 impl JobEntry {
@@ -48,6 +54,12 @@ impl JobEntry {
     fn workers(&self) -> Assigned {
         let running = self.assigned.values().filter(|started| **started).count() as u32;
         Assigned { initializing: self.assigned.len() as u32 - running, running }
+    }
+
+    /// Puts the job in `state`, to be recorded in its event log once durable.
+    pub fn enter(&mut self, state: JobState) {
+        self.record.state = state;
+        self.unsaid.push(crate::events::Unsaid::State(state));
     }
 
     /// Marks `worker`'s predictor started; false if it already was or the
@@ -87,6 +99,8 @@ impl Jobs {
             admitted: false,
             finalizer: Finalizer::default(),
             start_failures: 0,
+            unsaid: Vec::new(),
+            loaded: false,
         };
         self.entries.insert(entry.record.job_id.clone(), entry);
     }
@@ -197,7 +211,11 @@ impl State {
     pub async fn submit(&mut self, record: JobRecord, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
         self.jobs.within(&record, limits)?;
         let id = record.job_id.clone();
+        let state = record.state;
         self.jobs.insert(record, Ledger::default(), self.clock.now_ms());
+        if let Some(entry) = self.jobs.get_mut(&id) {
+            entry.unsaid.push(crate::events::Unsaid::State(state));
+        }
         self.pending.mark(&id);
         self.flush().await;
         if self.pending.forget(&id) {
@@ -263,8 +281,8 @@ impl State {
             return Err(crate::SchedulerError::JobNotFound { job_id: id.to_string() });
         };
         let before = entry.record.clone();
+        entry.enter(JobState::Pending);
         let record = &mut entry.record;
-        record.state = JobState::Pending;
         record.retries += 1;
         record.retry_ms = Some(now);
         (record.end_ms, record.failure_reason, record.message) = (None, None, None);
@@ -277,10 +295,18 @@ impl State {
             // Not durable: the job stays as it was.
             if let Some(entry) = self.jobs.get_mut(id) {
                 entry.record = before;
+                entry.unsaid.clear();
             }
             return Err(crate::SchedulerError::NotPersisted { job_id: id.to_string() });
         }
         info!(job_id = %id, retries = before.retries + 1, from = ?state, "job retried");
+        let kept = self.jobs.get(id).map_or(0, |e| e.ledger.finished());
+        let message = format!(
+            "retry {} of a {} job: its {kept} final batches are kept, the rest run again",
+            before.retries + 1,
+            pb::JobState::from(state).as_str_name()
+        );
+        self.event(id, crate::events::event(pb::EventLevel::Info, "job_retried", message));
         let retried = self.snapshot(id).unwrap_or_default();
         self.admit(id).await;
         Ok(retried)
@@ -327,7 +353,7 @@ impl State {
         if let Some(entry) = self.jobs.get_mut(id) {
             entry.admitted = true;
             if entry.record.state == JobState::Pending {
-                entry.record.state = JobState::Admitted;
+                entry.enter(JobState::Admitted);
                 self.pending.mark(id);
             }
         }
@@ -341,7 +367,7 @@ impl State {
         let Some(entry) = self.jobs.get_mut(id) else {
             return;
         };
-        entry.record.state = end.state;
+        entry.enter(end.state);
         entry.record.end_ms = Some(now);
         entry.record.failure_reason = end.reason;
         entry.record.message = end.message;
@@ -420,7 +446,23 @@ impl State {
         if progress.round < entry.record.retries {
             return; // of a round before the job's last retry
         }
+        let told = std::mem::take(&mut entry.loaded);
+        let news = match (&progress.error, &entry.enqueue.error) {
+            _ if told => None,
+            (Some(error), None) => {
+                Some((pb::EventLevel::Error, "enqueue_failed", format!("enqueuing failed: {error}")))
+            }
+            _ if progress.done && !entry.enqueue.done => Some((
+                pb::EventLevel::Info,
+                "enqueue_complete",
+                format!("every item is enqueued: {} batches, {} items", progress.next_seq, progress.next_item),
+            )),
+            _ => None,
+        };
         entry.enqueue = progress;
+        if let Some((level, kind, message)) = news {
+            self.event(&id, crate::events::event(level, kind, message));
+        }
         self.pending.mark(&id);
     }
 }

@@ -23,11 +23,13 @@
 //!   concern of it.
 //! - `follow.rs` (etcd watches) and `exhausted.rs` (max-deliveries
 //!   advisories): what a leader follows besides its sessions.
-//! - `ledger.rs`, `record.rs`, `pipelines.rs`: what is persisted.
+//! - `ledger.rs`, `record.rs`, `pipelines.rs`: what is persisted;
+//!   `events.rs`: jobs' event logs, written and read.
 //! - `ports.rs`: what it talks to, as traits; `grpc/`: the adapters.
 
 mod actor;
 mod dead_letters;
+mod events;
 mod exhausted;
 mod finalize;
 mod follow;

@@ -7,9 +7,12 @@ use batchmill_proto::scheduler::v1 as spb;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::events::event;
 use crate::ledger::Recorded;
 use crate::persist::Waiter;
 use crate::state::State;
+use batchmill_core::BatchId;
+use batchmill_proto::jobs::v1::{self as pb, EventLevel};
 
 impl State {
     /// A worker reports one delivery of a batch; it is confirmed on the
@@ -30,13 +33,18 @@ impl State {
             entry.start(worker);
             let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
-            if entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Duplicate {
+            let counted =
+                entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Counted;
+            if !counted {
                 info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
             }
             if status == spb::BatchStatus::FailedFinal {
                 warn!(job_id = %id, seq = outcome.seq, error = %outcome.error, "batch failed for good");
             }
             self.pending.mark(id);
+            if counted && status != spb::BatchStatus::Succeeded {
+                self.event(id, failure_event(id, worker, &outcome));
+            }
         }
         self.pending.wait(id, waiter);
     }
@@ -50,11 +58,42 @@ impl State {
             && let Some(entry) = self.jobs.get_mut(id)
             && !entry.record.state.is_terminal()
         {
-            if entry.ledger.record(seq, spb::BatchStatus::FailedFinal, items, 0) == Recorded::Counted {
-                warn!(job_id = %id, seq, deliveries, "batch ran out of deliveries without an outcome; failed for good");
-            }
+            let counted = entry.ledger.record(seq, spb::BatchStatus::FailedFinal, items, 0) == Recorded::Counted;
             self.pending.mark(id);
+            if counted {
+                warn!(job_id = %id, seq, deliveries, "batch ran out of deliveries without an outcome; failed for good");
+                let message = format!(
+                    "ran out of its {deliveries} deliveries without an outcome (its worker was lost on the last); dead-lettered"
+                );
+                let event = pb::JobEvent {
+                    batch_id: BatchId::new(id.clone(), seq).to_string(),
+                    attempt: deliveries as i64,
+                    items: items as i64,
+                    ..event(EventLevel::Error, "batch_dead_lettered", message)
+                };
+                self.event(id, event);
+            }
         }
         self.pending.wait(id, Waiter::Reply(reply));
+    }
+}
+
+/// The event of a failed delivery: retried (WARN), or failed for good and
+/// dead-lettered (ERROR).
+fn failure_event(id: &JobId, worker: &WorkerId, outcome: &spb::BatchOutcome) -> pb::JobEvent {
+    let (level, kind, what) = if outcome.status() == spb::BatchStatus::FailedFinal {
+        (EventLevel::Error, "batch_dead_lettered", "failed for good and was dead-lettered")
+    } else {
+        (EventLevel::Warn, "batch_failed", "failed and will be delivered again")
+    };
+    let message = format!("delivery {} {what}: {}", outcome.attempt, outcome.error);
+    pb::JobEvent {
+        batch_id: BatchId::new(id.clone(), outcome.seq).to_string(),
+        worker_id: worker.to_string(),
+        attempt: outcome.attempt as i64,
+        first_item: outcome.first_item as i64,
+        items: outcome.items,
+        inputs: outcome.inputs.clone(),
+        ..event(level, kind, message)
     }
 }

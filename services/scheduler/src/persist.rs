@@ -1,7 +1,8 @@
 //! Persistence: which jobs changed since they were last written, who waits
 //! for those changes to be durable, and the flush that writes each changed
 //! job (its record and its ledger's changed keys) to etcd and only then
-//! releases its waiters. [`Pending`] owns both.
+//! releases its waiters. [`Pending`] owns both. A job's state change is
+//! recorded in its event log once it is durable.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +12,7 @@ use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as O
 use tokio::sync::oneshot;
 use tracing::warn;
 
+use crate::events::{EventLog, Unsaid};
 use crate::jobs::Jobs;
 use crate::record::{job_key, ledger_prefix};
 use crate::workers::Workers;
@@ -63,7 +65,7 @@ impl Pending {
     /// Writes each dirty job, tells its watchers, then releases the waiters
     /// of every job written. A job whose write failed stays dirty, its
     /// waiters held.
-    pub async fn flush(&mut self, jobs: &mut Jobs, workers: &Workers, kv: &dyn Kv, now_ms: u64) {
+    pub async fn flush(&mut self, jobs: &mut Jobs, workers: &Workers, kv: &dyn Kv, events: &EventLog, now_ms: u64) {
         if self.dirty.is_empty() && self.waiting.is_empty() {
             return;
         }
@@ -72,7 +74,21 @@ impl Pending {
         for id in &dirty {
             let Some(entry) = jobs.get_mut(id) else { continue };
             match write(kv, id, entry).await {
-                Ok(()) => entry.ledger.written(),
+                Ok(()) => {
+                    entry.ledger.written();
+                    // Its events go into its event log once durable.
+                    let r = &entry.record;
+                    for unsaid in std::mem::take(&mut entry.unsaid) {
+                        let event = match unsaid {
+                            Unsaid::Event(event) => event,
+                            Unsaid::State(state) => {
+                                let why = if state == r.state { r.message.as_deref() } else { None };
+                                crate::events::state_changed(state, r.retries, why)
+                            }
+                        };
+                        events.record(id, now_ms, event);
+                    }
+                }
                 Err(e) => {
                     warn!(job_id = %id, error = %e, "persisting job failed; will retry");
                     failed.insert(id.clone());

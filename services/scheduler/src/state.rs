@@ -20,6 +20,7 @@ use batchmill_core::{Clock, JobId, JobState, S3Uri};
 use batchmill_queue::DeliveryPolicy;
 use tracing::warn;
 
+use crate::events::EventLog;
 use crate::finalize::Claims;
 use crate::jobs::Jobs;
 use crate::ledger::Ledger;
@@ -51,11 +52,13 @@ pub struct State {
     pub(crate) workers: Workers,
     pub(crate) pending: Pending,
     pub(crate) manifests: Manifests,
+    pub(crate) events: EventLog,
 }
 
 impl State {
     pub fn new(ports: Ports, settings: Arc<Settings>, clock: Clock) -> State {
         State {
+            events: EventLog::start(ports.queue.clone()),
             ports,
             settings,
             clock,
@@ -89,6 +92,9 @@ impl State {
             let id = record.job_id.clone();
             let unwritten = record.state.is_terminal() && !record.manifest_written;
             self.jobs.insert(record, ledger, now);
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.loaded = true;
+            }
             if let Some(claim) = claims.get(&id) {
                 self.claim_changed(&id, Some(claim.clone()));
             }
@@ -150,10 +156,27 @@ impl State {
         }
     }
 
+    /// Records `event` in job `id`'s event log, once the job's change is
+    /// durable (the caller marks it changed).
+    pub(crate) fn event(&mut self, id: &JobId, mut event: batchmill_proto::jobs::v1::JobEvent) {
+        let now = self.clock.now_ms();
+        if let Some(entry) = self.jobs.get_mut(id) {
+            event.time = Some(batchmill_core::time::timestamp(now));
+            entry.unsaid.push(crate::events::Unsaid::Event(event));
+            self.pending.mark(id);
+        }
+    }
+
+    /// Waits until every event recorded so far is written (for tests, and
+    /// a leader stepping down), at most `patience`.
+    pub async fn events_written(&self, patience: std::time::Duration) {
+        self.events.written(patience).await;
+    }
+
     /// Persists dirty jobs, then acknowledges outcomes and notifies watchers.
     /// A job whose write failed stays dirty and its outcomes unacknowledged.
     pub async fn flush(&mut self) {
         let now = self.clock.now_ms();
-        self.pending.flush(&mut self.jobs, &self.workers, self.ports.kv.as_ref(), now).await;
+        self.pending.flush(&mut self.jobs, &self.workers, self.ports.kv.as_ref(), &self.events, now).await;
     }
 }

@@ -12,11 +12,13 @@ use batchmill_core::{FailureReason, JobId, JobState, WorkerId};
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
 use tracing::{info, warn};
 
+use crate::events::event;
 use crate::jobs::{End, JobEntry};
 use crate::pipelines::merge_config;
 use crate::ports::WorkerLink;
 use crate::record::JobRecord;
 use crate::state::State;
+use batchmill_proto::jobs::v1::{EventLevel, JobEvent};
 
 /// Predictor start failures before a job fails.
 const START_FAILURES: u32 = 3;
@@ -125,6 +127,8 @@ impl State {
             entry.assigned.remove(id);
             entry.record.workers_failed += 1;
             self.pending.mark(&job);
+            let message = format!("worker {id} was lost (its session ended); the batches it held are delivered again");
+            self.event(&job, worker_event(EventLevel::Warn, "worker_lost", id, message));
         }
         self.assign();
     }
@@ -156,6 +160,18 @@ impl State {
         let mut give_up = None;
         if let Some(entry) = self.jobs.get_mut(&job) {
             entry.assigned.remove(worker);
+            let (level, kind, message) = match &failure {
+                Some((error, oom)) => {
+                    let oom = if *oom { " (out of memory)" } else { "" };
+                    (
+                        EventLevel::Error,
+                        "worker_start_failed",
+                        format!("the predictor could not start on worker {worker}{oom}: {error}"),
+                    )
+                }
+                None => (EventLevel::Info, "worker_released", format!("worker {worker} gave the job back")),
+            };
+            let released = worker_event(level, kind, worker, message);
             if let Some((error, oom)) = failure {
                 warn!(job_id = %job, worker_id = %worker, %error, oom, "the job's predictor could not start");
                 entry.record.workers_failed += 1;
@@ -169,6 +185,7 @@ impl State {
                 }
             }
             self.pending.mark(&job);
+            self.event(&job, released);
         }
         if let Some(end) = give_up {
             if let Err(e) = self.ports.enqueuer.stop(job.as_str()).await {
@@ -197,6 +214,8 @@ impl State {
                 continue;
             }
             info!(job_id = %job_id, worker_id = %worker_id, "worker assigned");
+            let message = format!("worker {worker_id} assigned");
+            self.event(&job_id, worker_event(EventLevel::Info, "worker_assigned", &worker_id, message));
             let now = self.clock.now_ms();
             if let Some(worker) = self.workers.get_mut(&worker_id) {
                 worker.job = Some(job_id.clone());
@@ -204,7 +223,7 @@ impl State {
             if let Some(entry) = self.jobs.get_mut(&job_id) {
                 entry.assigned.insert(worker_id.clone(), false);
                 if entry.record.state == JobState::Admitted {
-                    entry.record.state = JobState::Running;
+                    entry.enter(JobState::Running);
                     entry.record.start_ms = Some(now);
                 }
             }
@@ -236,4 +255,9 @@ impl State {
             input_access: record.secrets(self.settings.secret_key.as_ref()).ok().and_then(|s| s.s3).map(|a| a.to_pb()),
         }
     }
+}
+
+/// An event about worker `worker`.
+fn worker_event(level: EventLevel, kind: &str, worker: &WorkerId, message: String) -> JobEvent {
+    JobEvent { worker_id: worker.to_string(), ..event(level, kind, message) }
 }

@@ -669,3 +669,67 @@ async fn a_timed_out_job_retried_enqueues_only_what_is_not_final_and_times_out_f
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 2, 1, 0), "counts exact, nothing twice");
     assert_eq!(done.items.unwrap().completed, 20);
 }
+
+/// The job's events as its log holds them: (type, level, batch id, state).
+async fn events(state: &State, fakes: &Fakes, job: &str) -> Vec<(String, pb::EventLevel, String, pb::JobState)> {
+    use batchmill_queue::Events;
+    state.events_written(Duration::from_secs(5)).await;
+    let stored = fakes.queue.events(job, 0, 1000).await.unwrap();
+    stored
+        .iter()
+        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
+        .map(|e| (e.r#type.clone(), e.level(), e.batch_id.clone(), e.state()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_jobs_event_log_records_its_course_in_order() {
+    use pb::EventLevel::{Error, Info, Success, Warn};
+    use pb::JobState::{Admitted, Pending, Running, Succeeded, Unspecified};
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let mut w1 = join(&mut state, "w1");
+    state.submit(record("j1", 2), Limits::default()).await.unwrap();
+    drain(&mut w1);
+    let _w2 = join(&mut state, "w2");
+    state.flush().await;
+    let failed = spb::BatchOutcome {
+        error: "boom".into(),
+        first_item: 10,
+        ..outcome("j1", 1, spb::BatchStatus::FailedRetryable)
+    };
+    state.outcome(&WorkerId::new("w1"), failed);
+    state.worker_gone(&WorkerId::new("w2"), Some(1));
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal));
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::FailedFinal)); // a duplicate
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 2, next_item: 20, done: true, ..Default::default() });
+    state.settle().await;
+    state.flush().await;
+    fakes.dead_letter("j1", 1, 5, 3, "x").await;
+    state.rerun(&job_id("j1"), &[]).await.unwrap();
+
+    let seen = events(&state, &fakes, "j1").await;
+    let got: Vec<(&str, pb::EventLevel, &str, pb::JobState)> =
+        seen.iter().map(|(t, l, b, s)| (t.as_str(), *l, b.as_str(), *s)).collect();
+    assert_eq!(
+        got,
+        [
+            ("job_state", Info, "", Pending),
+            ("job_state", Info, "", Admitted),
+            ("worker_assigned", Info, "", Unspecified),
+            ("job_state", Info, "", Running),
+            ("worker_assigned", Info, "", Unspecified),
+            ("batch_failed", Warn, "j1-1", Unspecified),
+            ("worker_lost", Warn, "", Unspecified),
+            ("batch_dead_lettered", Error, "j1-1", Unspecified),
+            ("enqueue_complete", Info, "", Unspecified),
+            ("job_state", Warn, "", pb::JobState::CompletedWithFailures),
+            ("job_state", Info, "", Running),
+            ("batch_rerun", Info, "j1-1", Unspecified),
+        ],
+        "every step once, in order"
+    );
+    assert!(!got.iter().any(|(_, l, _, _)| *l == Success));
+    assert_eq!(Succeeded as i32, 5, "the enum the log uses is the public one");
+}

@@ -58,8 +58,11 @@ fn set_scalar(message: &mut DynamicMessage, field: &FieldDescriptor, text: &str)
         Kind::Float => Value::F32(text.parse().map_err(|_| bad("a number"))?),
         Kind::Double => Value::F64(text.parse().map_err(|_| bad("a number"))?),
         Kind::Enum(e) => {
+            // By name, full (EVENT_LEVEL_ERROR) or short (ERROR), or by number.
+            let prefix = e.values().next().map(|v| v.name().trim_end_matches("UNSPECIFIED").to_owned());
             let number = e
                 .get_value_by_name(text)
+                .or_else(|| prefix.and_then(|p| e.get_value_by_name(&format!("{p}{}", text.to_uppercase()))))
                 .map(|v| v.number())
                 .or_else(|| text.parse().ok().filter(|n| e.get_value(*n).is_some()))
                 .ok_or_else(|| bad(&format!("a value of {}", e.full_name())))?;
@@ -117,5 +120,18 @@ mod tests {
         assert_eq!(m.get_field_by_name("page_token").unwrap().as_str(), Some("abc"));
         assert!(set_path(&mut m, "pageSize", "seven").unwrap_err().0.contains("page_size"));
         assert!(set_path(&mut m, "nope", "1").unwrap_err().0.contains("nope"));
+    }
+
+    #[test]
+    fn takes_repeated_enums_by_full_or_short_name() {
+        let mut m = DynamicMessage::new(desc("batchmill.jobs.v1.ListJobEventsRequest"));
+        for level in ["EVENT_LEVEL_ERROR", "warn", "5"] {
+            set_path(&mut m, "levels", level).unwrap();
+        }
+        let levels = m.get_field_by_name("levels").unwrap();
+        let numbers: Vec<i32> = levels.as_list().unwrap().iter().filter_map(|v| v.as_enum_number()).collect();
+        assert_eq!(numbers, [3, 2, 5]);
+        let err = set_path(&mut m, "levels", "LOUD").unwrap_err().0;
+        assert!(err.contains("levels") && err.contains("EventLevel"), "{err}");
     }
 }

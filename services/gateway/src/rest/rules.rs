@@ -111,7 +111,10 @@ mod tests {
         assert!(find("ListOutputs").template.matches("/v1/jobs/abc/outputs").is_some());
         assert!(find("RetryJob").template.matches("/v1/jobs/abc:retry").is_some());
         assert!(find("RetryJob").template.matches("/v1/jobs/abc:cancel").is_none());
-        assert_eq!(routes.len(), 13);
+        assert!(find("ListJobEvents").template.matches("/v1/jobs/abc/events").is_some());
+        assert!(find("ListJobEvents").template.matches("/v1/jobs/abc/events:watch").is_none());
+        assert!(find("WatchJobEvents").template.matches("/v1/jobs/abc/events:watch").is_some());
+        assert_eq!(routes.len(), 15);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

@@ -15,6 +15,7 @@ use prost::Message;
 
 use batchmill_queue::Queue;
 
+use crate::events;
 use crate::leader::Leading;
 
 /// Default and largest page of `ListJobs`.
@@ -92,6 +93,10 @@ fn stream_position(token: &str) -> Result<u64, Status> {
             "is not a token this API returned; pass next_page_token as it was",
         ))
     })
+}
+
+fn watched(event: pb::JobEvent) -> pb::WatchJobEventsResponse {
+    pb::WatchJobEventsResponse { event: Some(event) }
 }
 
 /// The caller the gateway passed on.
@@ -306,6 +311,89 @@ impl JobService for JobsGrpc {
         let (outputs, next) =
             crate::outputs::page(&store, &job, &req.page_token, limit, expires).await.map_err(|e| e.to_status())?;
         Ok(Response::new(pb::ListOutputsResponse { outputs, next_page_token: next.unwrap_or_default() }))
+    }
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn list_job_events(
+        &self,
+        request: Request<pb::ListJobEventsRequest>,
+    ) -> Result<Response<pb::ListJobEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
+        let id = job_id(&req.job_id)?;
+        self.visible(&caller, &id).await?;
+        let from = events::after("page_token", &req.page_token)?;
+        let filter = events::Filter::new(req.levels, req.types, &req.input);
+        let (events, next) = events::page(self.logs.as_ref(), id.as_str(), from, limit, &filter)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ListJobEventsResponse {
+            events,
+            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    type WatchJobEventsStream = BoxStream<'static, Result<pb::WatchJobEventsResponse, Status>>;
+
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn watch_job_events(
+        &self,
+        request: Request<pb::WatchJobEventsRequest>,
+    ) -> Result<Response<Self::WatchJobEventsStream>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = job_id(&req.job_id)?;
+        let job = self.visible(&caller, &id).await?;
+        let from = events::after("cursor", &req.cursor)?;
+        let filter = events::Filter::new(req.levels, req.types, &req.input);
+        let unavailable = |e: batchmill_queue::QueueError| Status::unavailable(e.to_string());
+        if is_terminal(job.state()) {
+            // An ended job: what its log holds after the cursor, then the end.
+            let queue = self.logs.clone();
+            let pages = futures::stream::unfold(Some(from), move |from| {
+                let (queue, filter, id) = (queue.clone(), filter.clone(), id.clone());
+                async move {
+                    let from = from?;
+                    match events::page(queue.as_ref(), id.as_str(), from, MAX_PAGE as usize, &filter).await {
+                        Ok((found, next)) => Some((Ok(found), next.map(|n| n + 1))),
+                        Err(e) => Some((Err(unavailable(e)), None)),
+                    }
+                }
+            });
+            let events = pages
+                .map(|page| match page {
+                    Ok(found) => futures::stream::iter(found.into_iter().map(|e| Ok(watched(e)))).boxed(),
+                    Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+                })
+                .flatten();
+            return Ok(Response::new(events.boxed()));
+        }
+        let stored = self.logs.follow_events(id.as_str(), from).await.map_err(unavailable)?;
+        // Each event the filter picks, until one that ends the job's run.
+        let stream = futures::stream::unfold((stored, false), move |(mut stored, ended)| {
+            let filter = filter.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let event = match stored.next().await? {
+                        Ok(s) => events::decode(&s),
+                        Err(e) => return Some((Err(unavailable(e)), (stored, true))),
+                    };
+                    let Some(event) = event else { continue };
+                    let end = events::is_end(&event);
+                    if filter.matches(&event) {
+                        return Some((Ok(watched(event)), (stored, end)));
+                    }
+                    if end {
+                        return None;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream.boxed()))
     }
 
     type WatchJobStream = BoxStream<'static, Result<pb::WatchJobResponse, Status>>;
