@@ -49,6 +49,17 @@ enum Command {
     /// Continues a FAILED, CANCELLED or TIMED_OUT job from its ledger: the
     /// same job, its final batches not run again.
     Retry { job_id: String },
+    /// Runs the items of a job's batches that failed for good again, as a
+    /// child job that the parent's manifest lists.
+    RetryFailed {
+        job_id: String,
+        /// Items per batch of the child; default: the parent's (1 isolates each item).
+        #[arg(long, default_value_t = 0)]
+        batch_size: i32,
+        /// Most workers of the child; default: the parent's.
+        #[arg(long, default_value_t = 0)]
+        workers: i32,
+    },
     /// Follows a job until it ends, one JSON line per change.
     Watch { job_id: String },
     /// Lists a job's dead-lettered batches.
@@ -183,6 +194,10 @@ async fn main() -> anyhow::Result<()> {
                     println!("{time} {} {batch} {} {}", line.worker_id, line.level, line.message);
                 }
             }
+        }
+        Command::RetryFailed { job_id, batch_size, workers } => {
+            let request = pb::RetryFailedItemsRequest { job_id, batch_size, workers };
+            print_job(&client.retry_failed_items(request).await?.into_inner().job.unwrap_or_default())?;
         }
         Command::Events(args) => events::run(&mut client, args).await?,
         Command::Rerun { job_id, batch_ids } => {

@@ -223,3 +223,57 @@ async fn check_filters(sandbox: &Sandbox, id: &str) -> anyhow::Result<()> {
     assert!(bad.text().await?.contains("page_token"));
     Ok(())
 }
+
+#[tokio::test]
+async fn failed_items_run_again_as_a_child_job_that_the_parents_manifest_lists() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let (http, base) = (sandbox.http(), sandbox.rest_url());
+    let items: Vec<Value> = (0..12).map(|i| json!({"n": i})).collect();
+    // Batches 4 and 5 (items 8 to 11) fail on their only delivery.
+    let body = json!({"pipeline": "echo", "workers": 1, "itemList": {"items": items, "batchSize": 2},
+        "deadLetter": {"maxReceiveCount": 1}, "config": {"fail_batches": [4, 5]}});
+    let parent = sandbox.submit_rest(body, Duration::from_secs(10)).await?;
+    let parent = sandbox.wait_terminal(&parent.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(parent.state(), pb::JobState::CompletedWithFailures, "{parent:?}");
+    assert_eq!(parent.items.as_ref().map(|i| i.failed), Some(4));
+    let id = parent.job_id.clone();
+
+    let response =
+        http.post(format!("{base}/v1/jobs/{id}:retryFailedItems")).json(&json!({"batchSize": 1})).send().await?;
+    assert_eq!(response.status(), 200);
+    let child: Value = response.json().await?;
+    assert_eq!(child["parentJobId"], id.as_str(), "{child}");
+    assert_eq!((child["batchSize"].as_i64(), child["items"]["total"].as_str()), (Some(1), Some("4")), "{child}");
+    let child_id = child["jobId"].as_str().unwrap_or_default().to_owned();
+    // The child runs the parent's pipeline and config over items 8 to 11, in order.
+    let done = sandbox.wait_terminal(&child_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
+    batchmill_tests::assert_echo_results(&sandbox, &done, &items[8..], 1, &[]).await?;
+
+    // The parent lists the child, in its record and in its manifest.
+    let got = sandbox.jobs().await?.get_job(pb::GetJobRequest { job_id: id.clone() }).await?.into_inner();
+    assert_eq!(got.job.unwrap_or_default().child_job_ids, std::slice::from_ref(&child_id));
+    let manifest = loop {
+        let results = sandbox.results(&parent).await?;
+        let manifest = results.iter().find(|(k, _)| k.ends_with("manifest.json")).map(|(_, b)| b.clone());
+        let manifest: Value = serde_json::from_str(&manifest.unwrap_or_default())?;
+        if manifest["children"].as_array().is_some_and(|c| !c.is_empty()) {
+            break manifest;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(manifest["children"], json!([child_id]), "{manifest}");
+    assert_eq!(manifest["failed_batches"], json!([format!("{id}-4"), format!("{id}-5")]), "{manifest}");
+    let events = listed_events(&sandbox, &id, "", "&types=failed_items_retried", 10).await?;
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    // A job without failed items has none to retry, and says so.
+    let refused = http.post(format!("{base}/v1/jobs/{child_id}:retryFailedItems")).json(&json!({})).send().await?;
+    assert_eq!(refused.status(), 409);
+    let text = refused.text().await?;
+    assert!(text.contains("no failed items"), "{text}");
+    let bad = http.post(format!("{base}/v1/jobs/{id}:retryFailedItems")).json(&json!({"workers": -1})).send().await?;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await?.contains("workers"));
+    Ok(())
+}

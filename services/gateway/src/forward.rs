@@ -141,6 +141,15 @@ impl JobService for JobsForwarder {
     }
 
     #[instrument(skip_all)]
+    async fn retry_failed_items(
+        &self,
+        request: Request<pb::RetryFailedItemsRequest>,
+    ) -> Result<Response<pb::RetryFailedItemsResponse>, Status> {
+        let result = self.client().await?.retry_failed_items(onward(request)?).await;
+        self.check(result).await
+    }
+
+    #[instrument(skip_all)]
     async fn dry_run_job(
         &self,
         request: Request<pb::DryRunJobRequest>,

@@ -42,6 +42,8 @@ enum Command {
     List { caller: Caller, after: Option<JobId>, limit: usize, pipeline: Option<String>, reply: Reply<JobPage> },
     Cancel { id: JobId, reply: Reply<Option<pb::Job>> },
     Retry { id: JobId, limits: Limits, reply: Reply<Result<pb::Job, SchedulerError>> },
+    FailedItems { id: JobId, reply: Reply<Result<(JobRecord, Vec<String>), SchedulerError>> },
+    Adopt { parent: JobId, child: JobId },
     Watch { id: JobId, reply: Reply<Option<watch::Receiver<pb::Job>>> },
     WorkerJoined { id: WorkerId, session: u64, runs: Capabilities, link: Arc<dyn WorkerLink> },
     WorkerGone { id: WorkerId, session: u64 },
@@ -165,6 +167,16 @@ impl Scheduler {
         self.ask(|reply| Command::Retry { id, limits, reply }).await?
     }
 
+    /// The job's record and the items of its batches that failed for good.
+    pub(crate) async fn failed_items(&self, id: JobId) -> Result<(JobRecord, Vec<String>), SchedulerError> {
+        self.ask(|reply| Command::FailedItems { id, reply }).await?
+    }
+
+    /// Links an accepted child job to its parent.
+    pub(crate) fn adopt(&self, parent: JobId, child: JobId) {
+        self.tell(Command::Adopt { parent, child });
+    }
+
     pub async fn watch(&self, id: JobId) -> Result<watch::Receiver<pb::Job>, SchedulerError> {
         let job_id = id.to_string();
         self.ask(|reply| Command::Watch { id, reply }).await?.ok_or(SchedulerError::JobNotFound { job_id })
@@ -219,6 +231,8 @@ async fn handle(state: &mut State, command: Command) {
         }
         Command::Cancel { id, reply } => drop(reply.send(state.cancel(&id).await)),
         Command::Retry { id, limits, reply } => drop(reply.send(state.retry(&id, limits).await)),
+        Command::FailedItems { id, reply } => drop(reply.send(state.failed_items(&id).await)),
+        Command::Adopt { parent, child } => state.adopt(&parent, &child),
         Command::Watch { id, reply } => drop(reply.send(state.watch(&id))),
         Command::WorkerJoined { id, session, runs, link } => state.worker_joined(id, session, runs, link),
         Command::WorkerGone { id, session } => state.worker_gone(&id, Some(session)),

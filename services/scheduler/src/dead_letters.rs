@@ -44,7 +44,7 @@ impl State {
 
     /// The job's dead letters from dead-letter stream sequence `from` on,
     /// of the batches its ledger counts as failed.
-    async fn failed_letters(&self, id: &JobId, from: u64) -> Result<Letters, E> {
+    pub(crate) async fn failed_letters(&self, id: &JobId, from: u64) -> Result<Letters, E> {
         let entry = self.jobs.get(id).ok_or_else(|| E::JobNotFound { job_id: id.to_string() })?;
         let mut letters = Letters::new();
         let mut next = from;

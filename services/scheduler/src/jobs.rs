@@ -261,58 +261,7 @@ impl State {
         self.snapshot(id)
     }
 
-    /// Continues a FAILED, CANCELLED or TIMED_OUT job from its ledger, in
-    /// its next round: it is PENDING again with its counts as they are, and
-    /// admission enqueues only the batches its ledger does not hold as
-    /// final. Refused, naming the limit, if its account is at its limits.
-    pub async fn retry(&mut self, id: &JobId, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
-        let entry = self.jobs.get(id).ok_or_else(|| crate::SchedulerError::JobNotFound { job_id: id.to_string() })?;
-        let state = entry.record.state;
-        if !matches!(state, JobState::Failed | JobState::Cancelled | JobState::TimedOut) {
-            let state = pb::JobState::from(state).as_str_name().to_owned();
-            return Err(crate::SchedulerError::NotRetryable { job_id: id.to_string(), state });
-        }
-        self.jobs.within(&entry.record, limits)?;
-        // Its enqueuing of the last round is over (stopped, failed or done):
-        // make sure, so that nothing of it is published after the new round starts.
-        self.stop_enqueue(id).await;
-        let now = self.clock.now_ms();
-        let Some(entry) = self.jobs.get_mut(id) else {
-            return Err(crate::SchedulerError::JobNotFound { job_id: id.to_string() });
-        };
-        let before = entry.record.clone();
-        entry.enter(JobState::Pending);
-        let record = &mut entry.record;
-        record.retries += 1;
-        record.retry_ms = Some(now);
-        (record.end_ms, record.failure_reason, record.message) = (None, None, None);
-        record.manifest_written = true; // nothing to write until it ends again
-        entry.enqueue = EnqueueProgress { round: record.retries, ..EnqueueProgress::default() };
-        (entry.admitted, entry.start_failures) = (false, 0);
-        self.pending.mark(id);
-        self.flush().await;
-        if self.pending.forget(id) {
-            // Not durable: the job stays as it was.
-            if let Some(entry) = self.jobs.get_mut(id) {
-                entry.record = before;
-                entry.unsaid.clear();
-            }
-            return Err(crate::SchedulerError::NotPersisted { job_id: id.to_string() });
-        }
-        info!(job_id = %id, retries = before.retries + 1, from = ?state, "job retried");
-        let kept = self.jobs.get(id).map_or(0, |e| e.ledger.finished());
-        let message = format!(
-            "retry {} of a {} job: its {kept} final batches are kept, the rest run again",
-            before.retries + 1,
-            pb::JobState::from(state).as_str_name()
-        );
-        self.event(id, crate::events::event(pb::EventLevel::Info, "job_retried", message));
-        let retried = self.snapshot(id).unwrap_or_default();
-        self.admit(id).await;
-        Ok(retried)
-    }
-
-    async fn stop_enqueue(&self, id: &JobId) {
+    pub(crate) async fn stop_enqueue(&self, id: &JobId) {
         if let Err(e) = self.ports.enqueuer.stop(id.as_str()).await {
             warn!(job_id = %id, error = %e, "stopping enqueue failed");
         }

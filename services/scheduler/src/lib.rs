@@ -23,6 +23,7 @@
 //!   concern of it.
 //! - `follow.rs` (etcd watches) and `exhausted.rs` (max-deliveries
 //!   advisories): what a leader follows besides its sessions.
+//! - `retry.rs`: RetryJob and RetryFailedItems.
 //! - `ledger.rs`, `record.rs`, `pipelines.rs`: what is persisted;
 //!   `events.rs`: jobs' event logs, written and read.
 //! - `ports.rs`: what it talks to, as traits; `grpc/`: the adapters.
@@ -46,6 +47,7 @@ mod pipelines;
 mod ports;
 mod record;
 mod results;
+mod retry;
 mod run_policy;
 mod state;
 mod submission;
@@ -88,6 +90,8 @@ pub enum SchedulerError {
     NotRerunnable { job_id: String, state: String },
     #[error("job {job_id} is {state}; only a FAILED, CANCELLED or TIMED_OUT job can be retried")]
     NotRetryable { job_id: String, state: String },
+    #[error("job {job_id} is {state}; its failed items cannot be retried: {why}")]
+    NoFailedItems { job_id: String, state: String, why: &'static str },
     #[error("{field}: {batch_id:?} is not a dead-lettered batch of this job")]
     NotDeadLettered { field: String, batch_id: String },
     #[error("{field}: {message}")]
@@ -122,6 +126,7 @@ impl ServiceError for SchedulerError {
             | SchedulerError::NotDeadLettered { .. } => ErrorCode::InvalidArgument,
             SchedulerError::NotRerunnable { .. }
             | SchedulerError::NotRetryable { .. }
+            | SchedulerError::NoFailedItems { .. }
             | SchedulerError::LimitExceeded { .. } => ErrorCode::FailedPrecondition,
             SchedulerError::Account(e) => e.code(),
             SchedulerError::NotAllowed(_) => ErrorCode::PermissionDenied,

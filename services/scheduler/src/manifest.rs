@@ -44,6 +44,9 @@ fn manifest(entry: &JobEntry, output: &S3Uri, now_ms: u64) -> serde_json::Value 
         },
         "results": entry.ledger.succeeded_seqs().map(|s| result_uri(output, &batch(s)).to_string()).collect::<Vec<_>>(),
         "failed_batches": entry.ledger.failed_seqs().map(|s| batch(s).to_string()).collect::<Vec<_>>(),
+        // Jobs over this job's failed items (RetryFailedItems), and the job this one retries.
+        "children": entry.record.children.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "parent": entry.record.parent.as_ref().map(ToString::to_string),
     })
 }
 

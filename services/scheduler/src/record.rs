@@ -145,6 +145,12 @@ pub struct JobRecord {
     /// When it was last retried; its timeout counts from then.
     #[serde(default)]
     pub retry_ms: Option<u64>,
+    /// The job whose failed items this one retries.
+    #[serde(default)]
+    pub parent: Option<JobId>,
+    /// The jobs made from this one's failed items, oldest first.
+    #[serde(default)]
+    pub children: Vec<JobId>,
 }
 
 /// Most input names a job record keeps: the record stays small.
@@ -202,6 +208,8 @@ impl JobRecord {
             input_access: None,
             retries: 0,
             retry_ms: None,
+            parent: None,
+            children: Vec::new(),
         }
     }
 
@@ -299,6 +307,8 @@ impl JobRecord {
             pipeline_version: self.deployed.as_ref().map_or(1, |d| d.version),
             retries: self.retries,
             retry_time: self.retry_ms.map(timestamp),
+            parent_job_id: self.parent.as_ref().map(ToString::to_string).unwrap_or_default(),
+            child_job_ids: self.children.iter().map(ToString::to_string).collect(),
         }
     }
 }

@@ -53,18 +53,10 @@ impl Scheduler {
                     .map_while(|item| batchmill_core::named::name_of(item).map(str::to_owned))
                     .take(crate::record::INPUT_NAMES)
                     .collect();
-                let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
-                let mut body = Vec::with_capacity(items.len() * 16);
-                for item in &items {
-                    body.extend_from_slice(item.to_string().as_bytes());
-                    body.push(b'\n');
-                }
-                input_bytes = body.len() as u64;
-                self.store
-                    .put(&uri.bucket, &uri.key, Bytes::from(body), "application/x-ndjson")
-                    .await
-                    .map_err(SchedulerError::Staging)?;
-                (Input::Ndjson { uris: vec![uri.to_string()] }, Some(items.len() as u64))
+                let lines: Vec<String> = items.iter().map(ToString::to_string).collect();
+                let (input, bytes) = self.stage(&job_id, &lines).await?;
+                input_bytes = bytes;
+                (input, Some(items.len() as u64))
             }
             // Counted as the lister goes.
             SourceSpec::FilePaths(selection) => {
@@ -102,6 +94,68 @@ impl Scheduler {
             "job submitted"
         );
         self.record(record, account.limits).await
+    }
+
+    /// Stages a job's items (JSON text, one per line) as NDJSON in S3;
+    /// returns the job's input and its size in bytes.
+    async fn stage(&self, job_id: &JobId, lines: &[String]) -> Result<(Input, u64), SchedulerError> {
+        let uri = self.settings.staging.join(job_id.as_str()).join("items.ndjson");
+        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            body.extend_from_slice(line.as_bytes());
+            body.push(b'\n');
+        }
+        let bytes = body.len() as u64;
+        self.store
+            .put(&uri.bucket, &uri.key, Bytes::from(body), "application/x-ndjson")
+            .await
+            .map_err(SchedulerError::Staging)?;
+        Ok((Input::Ndjson { uris: vec![uri.to_string()] }, bytes))
+    }
+
+    /// Makes a child job over the items of the parent's batches that failed
+    /// for good, with the parent's pipeline version, config, output, owner
+    /// and policies (`batch_size` and `workers` when not 0), and links the
+    /// two. The child counts against the parent's account's limits.
+    pub async fn retry_failed_items(
+        &self,
+        parent: JobId,
+        batch_size: u32,
+        workers: u32,
+    ) -> Result<pb::Job, SchedulerError> {
+        let (record, items) = self.failed_items(parent.clone()).await?;
+        let account = self.accounts.limits_of(&record.owner.account).await.map_err(SchedulerError::Account)?;
+        let create_ms = now_ms();
+        let job_id = JobId::generate(create_ms);
+        let (input, input_bytes) = self.stage(&job_id, &items).await?;
+        let input_names: Vec<String> = items
+            .iter()
+            .filter_map(|item| serde_json::from_str::<serde_json::Value>(item).ok())
+            .map_while(|item| batchmill_core::named::name_of(&item).map(str::to_owned))
+            .take(crate::record::INPUT_NAMES)
+            .collect();
+        let child = JobRecord {
+            max_workers: if workers == 0 { record.max_workers } else { workers },
+            batch_size: if batch_size == 0 { record.batch_size } else { batch_size },
+            config: record.config.clone(),
+            output_uri: record.output_uri.clone(),
+            item_count: Some(items.len() as u64),
+            trace: batchmill_runtime::trace::current(),
+            max_receive_count: record.max_receive_count,
+            timeout_ms: record.timeout_ms,
+            deployed: record.deployed.clone(),
+            owner: record.owner.clone(),
+            input_bytes,
+            input_names,
+            input_access: record.input_access.clone(),
+            parent: Some(parent.clone()),
+            ..JobRecord::pending(job_id, record.pipeline.clone(), input, create_ms)
+        };
+        let child_id = child.job_id.clone();
+        let job = self.record(child, account.limits).await?;
+        tracing::info!(job_id = %child_id, parent = %parent, items = items.len(), "failed items retried as a child job");
+        self.adopt(parent, child_id);
+        Ok(job)
     }
 
     /// Checks a submission as [`Scheduler::submit`] would, without creating

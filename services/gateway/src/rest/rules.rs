@@ -114,7 +114,8 @@ mod tests {
         assert!(find("ListJobEvents").template.matches("/v1/jobs/abc/events").is_some());
         assert!(find("ListJobEvents").template.matches("/v1/jobs/abc/events:watch").is_none());
         assert!(find("WatchJobEvents").template.matches("/v1/jobs/abc/events:watch").is_some());
-        assert_eq!(routes.len(), 15);
+        assert!(find("RetryFailedItems").template.matches("/v1/jobs/abc:retryFailedItems").is_some());
+        assert_eq!(routes.len(), 16);
         let first = routes.iter().find(|r| r.template.matches("/v1/jobs/abc:watch").is_some()).unwrap();
         assert_eq!(first.method.name(), "WatchJob");
     }

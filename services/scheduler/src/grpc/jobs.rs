@@ -168,6 +168,26 @@ impl JobService for JobsGrpc {
         Ok(Response::new(pb::RetryJobResponse { job: Some(job) }))
     }
 
+    #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
+    async fn retry_failed_items(
+        &self,
+        request: Request<pb::RetryFailedItemsRequest>,
+    ) -> Result<Response<pb::RetryFailedItemsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let id = job_id(&req.job_id)?;
+        self.visible(&caller, &id).await?;
+        let field = |name: &str, n: i32, max: i32| {
+            u32::try_from(n).ok().filter(|n| *n as i32 <= max).ok_or_else(|| {
+                Status::from(batchmill_core::FieldViolation::new(name, format!("must be between 0 and {max}")))
+            })
+        };
+        let batch_size = field("batch_size", req.batch_size, i32::MAX)?;
+        let workers = field("workers", req.workers, batchmill_core::job::MAX_WORKERS)?;
+        let job = self.scheduler()?.retry_failed_items(id, batch_size, workers).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::RetryFailedItemsResponse { job: Some(job) }))
+    }
+
     #[instrument(skip_all)]
     async fn dry_run_job(
         &self,
