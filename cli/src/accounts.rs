@@ -37,11 +37,28 @@ pub struct LimitArgs {
     /// Most workers over all unended jobs; 0 for no limit.
     #[arg(long, default_value_t = 0)]
     max_workers: i32,
+    /// The highest priority its jobs may ask for.
+    #[arg(long, default_value_t = 0)]
+    max_priority: u32,
+    /// A quota on an admission queue, QUEUE=UNITS (workers, or GPUs for a GPU queue); repeatable.
+    #[arg(long = "queue-quota", value_parser = parse_quota)]
+    queue_quotas: Vec<(String, u32)>,
+}
+
+fn parse_quota(text: &str) -> Result<(String, u32), String> {
+    let (queue, units) = text.split_once('=').ok_or_else(|| format!("{text:?} is not QUEUE=UNITS"))?;
+    let units = units.parse().map_err(|_| format!("{units:?} is not a whole number"))?;
+    Ok((queue.to_owned(), units))
 }
 
 impl LimitArgs {
     fn to_pb(&self) -> pb::Limits {
-        pb::Limits { max_concurrent_jobs: self.max_concurrent_jobs, max_workers: self.max_workers }
+        pb::Limits {
+            max_concurrent_jobs: self.max_concurrent_jobs,
+            max_workers: self.max_workers,
+            max_priority: self.max_priority,
+            queue_quotas: self.queue_quotas.iter().cloned().collect(),
+        }
     }
 }
 

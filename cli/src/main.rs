@@ -148,6 +148,12 @@ struct Submit {
     /// Seconds after submission at which the job times out.
     #[arg(long)]
     timeout_secs: Option<i64>,
+    /// The job's priority in its queue (at most the account's max_priority).
+    #[arg(long, default_value_t = 0)]
+    priority: u32,
+    /// The admission queue; default: the pipeline's, else "default".
+    #[arg(long, default_value = "")]
+    queue: String,
     /// Wait for the job to end and print how long it took.
     #[arg(long)]
     wait: bool,
@@ -259,6 +265,8 @@ async fn run_submit(client: &mut JobServiceClient<Api>, s: Submit) -> anyhow::Re
         dead_letter: s.max_receive_count.map(|max_receive_count| pb::DeadLetterPolicy { max_receive_count }),
         timeout: s.timeout_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
         s3_credentials: None,
+        priority: s.priority,
+        queue: s.queue,
     };
     let started = Instant::now();
     let job = client.submit_job(request).await?.into_inner().job.unwrap_or_default();

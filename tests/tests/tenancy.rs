@@ -334,7 +334,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
     accounts
         .set_account_limits(apb::SetAccountLimitsRequest {
             account_id: "globex".into(),
-            limits: Some(apb::Limits { max_concurrent_jobs: 1, max_workers: 0 }),
+            limits: Some(apb::Limits { max_concurrent_jobs: 1, ..Default::default() }),
         })
         .await?;
     let err = sandbox.jobs_as(&globex.key).await?.submit_job(echo_job(&[json!(1)], 1, 1, json!({}))).await.unwrap_err();
@@ -349,7 +349,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
     accounts
         .set_account_limits(apb::SetAccountLimitsRequest {
             account_id: "globex".into(),
-            limits: Some(apb::Limits { max_concurrent_jobs: 0, max_workers: 3 }),
+            limits: Some(apb::Limits { max_workers: 3, ..Default::default() }),
         })
         .await?;
     let err = sandbox.jobs_as(&globex.key).await?.submit_job(echo_job(&[json!(1)], 1, 3, json!({}))).await.unwrap_err();

@@ -19,7 +19,7 @@ pub fn key_key(key_id: &str) -> String {
 }
 
 /// What an account may use at once; 0 is no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Unended jobs.
     #[serde(default)]
@@ -27,6 +27,13 @@ pub struct Limits {
     /// Workers over all unended jobs, each job counted at its `workers`.
     #[serde(default)]
     pub max_workers: u32,
+    /// The highest priority its jobs may ask for.
+    #[serde(default)]
+    pub max_priority: u32,
+    /// Per admission queue, the most capacity its admitted jobs may hold
+    /// (0 or absent: no quota).
+    #[serde(default)]
+    pub queue_quotas: std::collections::BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -365,7 +365,7 @@ mod tests {
     async fn revoking_an_account_revokes_its_keys_and_refuses_new_ones() {
         let (accounts, root, _) = setup().await;
         accounts
-            .create_account(&root, "acme", Limits { max_concurrent_jobs: 2, max_workers: 4 })
+            .create_account(&root, "acme", Limits { max_concurrent_jobs: 2, max_workers: 4, ..Limits::default() })
             .await
             .expect("account");
         let (key, _) = accounts.create_key(&root, "acme", Role::AccountAdmin, "").await.expect("key");

@@ -27,6 +27,7 @@ pub enum JobState {
     Failed,
     TimedOut,
     Cancelled,
+    Preempted,
 }
 
 impl JobState {
@@ -55,6 +56,7 @@ impl From<JobState> for pb::JobState {
             JobState::Failed => pb::JobState::Failed,
             JobState::TimedOut => pb::JobState::TimedOut,
             JobState::Cancelled => pb::JobState::Cancelled,
+            JobState::Preempted => pb::JobState::Preempted,
         }
     }
 }
@@ -175,6 +177,10 @@ pub struct JobSpec {
     pub s3_access: Option<crate::access::S3Access>,
     /// The password of a SQL source.
     pub sql_password: Option<String>,
+    /// Its priority in its queue.
+    pub priority: u32,
+    /// Its admission queue, if it names one.
+    pub queue: Option<String>,
 }
 
 /// A prefix whose every object is one named item (see [`crate::named`]).
@@ -223,7 +229,15 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             .as_ref()
             .map(|c| crate::access::S3Access::from_request("s3_credentials", c))
             .transpose()?;
+        let queue = if req.queue.is_empty() {
+            None
+        } else {
+            crate::queues::check_name("queue", &req.queue)?;
+            Some(req.queue.clone())
+        };
         Ok(JobSpec {
+            priority: req.priority,
+            queue,
             pipeline,
             max_workers: req.workers as u32,
             batch_size,

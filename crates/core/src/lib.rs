@@ -17,6 +17,7 @@ pub mod job;
 pub mod json;
 pub mod named;
 pub mod project;
+pub mod queues;
 pub mod sealed;
 pub mod subjects;
 pub mod time;

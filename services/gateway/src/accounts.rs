@@ -47,9 +47,14 @@ fn limits_from_pb(limits: Option<pb::Limits>) -> Result<Limits, FieldViolation> 
     let count = |field: &str, n: i32| {
         u32::try_from(n).map_err(|_| FieldViolation::new(format!("limits.{field}"), "must be 0 (no limit) or more"))
     };
+    for name in limits.queue_quotas.keys() {
+        batchmill_core::queues::check_name(&format!("limits.queue_quotas[{name:?}]"), name)?;
+    }
     Ok(Limits {
         max_concurrent_jobs: count("max_concurrent_jobs", limits.max_concurrent_jobs)?,
         max_workers: count("max_workers", limits.max_workers)?,
+        max_priority: limits.max_priority,
+        queue_quotas: limits.queue_quotas.into_iter().collect(),
     })
 }
 
@@ -60,6 +65,8 @@ fn account_to_pb(a: AccountRecord) -> pb::Account {
         limits: Some(pb::Limits {
             max_concurrent_jobs: clamp(a.limits.max_concurrent_jobs),
             max_workers: clamp(a.limits.max_workers),
+            max_priority: a.limits.max_priority,
+            queue_quotas: a.limits.queue_quotas.into_iter().collect(),
         }),
         create_time: Some(timestamp(a.create_ms)),
         revoke_time: a.revoke_ms.map(timestamp),

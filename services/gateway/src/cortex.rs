@@ -287,6 +287,7 @@ impl Submission {
             dead_letter: max_receive_count.map(|n| pb::DeadLetterPolicy { max_receive_count: int32(n) }),
             timeout: self.timeout.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
             s3_credentials: None,
+            ..Default::default()
         })
     }
 }
@@ -422,7 +423,9 @@ impl JobStatus {
 /// Cortex's status code of a job.
 fn status(job: &pb::Job) -> &'static str {
     match job.state() {
-        pb::JobState::Unspecified | pb::JobState::Pending | pb::JobState::Admitted => "pending",
+        pb::JobState::Unspecified | pb::JobState::Pending | pb::JobState::Admitted | pb::JobState::Preempted => {
+            "pending"
+        }
         pb::JobState::Running | pb::JobState::Completing if !job.enqueue_complete => "enqueuing",
         pb::JobState::Running | pb::JobState::Completing => "running",
         pb::JobState::Succeeded => "succeeded",

@@ -123,7 +123,7 @@ pub(crate) fn event(level: EventLevel, r#type: &str, message: impl Into<String>)
 pub(crate) fn state_changed(state: JobState, retries: u32, message: Option<&str>) -> pb::JobEvent {
     let level = match state {
         JobState::Succeeded => EventLevel::Success,
-        JobState::CompletedWithFailures | JobState::Cancelled => EventLevel::Warn,
+        JobState::CompletedWithFailures | JobState::Cancelled | JobState::Preempted => EventLevel::Warn,
         JobState::Failed | JobState::TimedOut => EventLevel::Failed,
         JobState::Pending | JobState::Admitted | JobState::Running | JobState::Completing => EventLevel::Info,
     };
@@ -138,6 +138,7 @@ pub(crate) fn state_changed(state: JobState, retries: u32, message: Option<&str>
         JobState::Failed => "failed".to_owned(),
         JobState::TimedOut => "timed out".to_owned(),
         JobState::Cancelled => "cancelled".to_owned(),
+        JobState::Preempted => "preempted".to_owned(),
     };
     // With a reason: what became of it, then why.
     let word = match state {

@@ -225,7 +225,7 @@ impl State {
         info!(job_id = %id, "job accepted");
         // The reply is the job as accepted (durable, PENDING); admission follows.
         let accepted = self.snapshot(&id).unwrap_or_default();
-        self.admit(&id).await;
+        self.admission().await;
         Ok(accepted)
     }
 
@@ -267,8 +267,10 @@ impl State {
         }
     }
 
-    /// Admits a pending job: prepares its consumer and starts enqueuing.
-    /// On failure the job stays as it is and the next tick tries again.
+    /// Admits a job that admission chose (or prepares one admitted under an
+    /// earlier leader): prepares its consumer and starts enqueuing (both
+    /// idempotent). On failure the job stays as it is and the next round
+    /// tries again.
     pub(crate) async fn admit(&mut self, id: &JobId) {
         let Some(entry) = self.jobs.get(id) else {
             return;

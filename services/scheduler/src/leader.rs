@@ -53,6 +53,8 @@ pub struct Config {
     /// The cluster's secret key, which seals jobs' own credentials; None
     /// refuses jobs that bring any.
     pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
+    /// The admission queues.
+    pub queues: batchmill_core::queues::Queues,
 }
 
 /// Errors that stop a scheduler.
@@ -138,6 +140,7 @@ impl Deps {
                 config.staging_uri.clone(),
                 config.pipelines_uri.clone(),
             ),
+            queues: config.queues.clone(),
         });
         let deps = Deps {
             etcd,

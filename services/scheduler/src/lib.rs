@@ -23,12 +23,15 @@
 //!   concern of it.
 //! - `follow.rs` (etcd watches) and `exhausted.rs` (max-deliveries
 //!   advisories): what a leader follows besides its sessions.
+//! - `admission.rs` (the plan) and `preempt.rs` (carrying it out):
+//!   queues, priorities, quotas, fair share and preemption.
 //! - `retry.rs`: RetryJob and RetryFailedItems.
 //! - `ledger.rs`, `record.rs`, `pipelines.rs`: what is persisted;
 //!   `events.rs`: jobs' event logs, written and read.
 //! - `ports.rs`: what it talks to, as traits; `grpc/`: the adapters.
 
 mod actor;
+mod admission;
 mod dead_letters;
 mod events;
 mod exhausted;
@@ -45,6 +48,7 @@ mod persist;
 mod pipeline_config;
 mod pipelines;
 mod ports;
+mod preempt;
 mod record;
 mod results;
 mod retry;

@@ -47,6 +47,10 @@ struct Args {
     /// Seconds a dead leader keeps the standbys waiting (its lease's TTL).
     #[arg(long, env = "BATCHMILL_LEADER_TTL_SECS", default_value_t = 10)]
     leader_ttl_secs: u64,
+    /// Admission queues, `name=capacity[:workers|gpus]` separated by commas
+    /// (capacity 0: no limit); `default` always exists.
+    #[arg(long, env = "BATCHMILL_QUEUES", default_value = "")]
+    queues: String,
 }
 
 #[tokio::main]
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         // BATCHMILL_SECRET_KEY: 64 hex digits; without it, jobs that bring
         // their own credentials are refused.
         secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
+        queues: batchmill_core::queues::Queues::parse(&args.queues).map_err(|v| anyhow::anyhow!("{v}"))?,
     };
     let listener = batchmill_runtime::bind(args.listen.listen).await?;
     batchmill_scheduler::run(config, listener, shutdown).await?;

@@ -151,6 +151,33 @@ pub struct JobRecord {
     /// The jobs made from this one's failed items, oldest first.
     #[serde(default)]
     pub children: Vec<JobId>,
+    /// Its admission queue.
+    #[serde(default = "default_queue")]
+    pub queue: String,
+    /// Its priority in its queue.
+    #[serde(default)]
+    pub priority: u32,
+    /// What it holds of its queue's capacity once admitted (workers, or GPUs).
+    #[serde(default = "one")]
+    pub demand: u32,
+    /// When it was last preempted.
+    #[serde(default)]
+    pub preempted_ms: Option<u64>,
+    /// Times it was preempted.
+    #[serde(default)]
+    pub preemptions: u32,
+    /// Its account's quota on its queue when it was submitted (0: none);
+    /// the newest job of an account says the account's quota.
+    #[serde(default)]
+    pub quota: u32,
+}
+
+fn default_queue() -> String {
+    batchmill_core::queues::DEFAULT_QUEUE.to_owned()
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Most input names a job record keeps: the record stays small.
@@ -210,6 +237,12 @@ impl JobRecord {
             retry_ms: None,
             parent: None,
             children: Vec::new(),
+            queue: default_queue(),
+            priority: 0,
+            demand: 1,
+            preempted_ms: None,
+            preemptions: 0,
+            quota: 0,
         }
     }
 
@@ -309,6 +342,9 @@ impl JobRecord {
             retry_time: self.retry_ms.map(timestamp),
             parent_job_id: self.parent.as_ref().map(ToString::to_string).unwrap_or_default(),
             child_job_ids: self.children.iter().map(ToString::to_string).collect(),
+            priority: self.priority,
+            queue: self.queue.clone(),
+            preemptions: self.preemptions,
         }
     }
 }

@@ -67,7 +67,7 @@ impl State {
         );
         self.event(id, crate::events::event(pb::EventLevel::Info, "job_retried", message));
         let retried = self.get(id).unwrap_or_default();
-        self.admit(id).await;
+        self.admission().await;
         Ok(retried)
     }
 

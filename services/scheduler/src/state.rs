@@ -42,6 +42,8 @@ pub struct Settings {
     pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
     /// The cluster's own places in S3, which jobs may not name.
     pub fence: batchmill_core::fence::Fence,
+    /// The admission queues.
+    pub queues: batchmill_core::queues::Queues,
 }
 
 pub struct State {
@@ -126,17 +128,16 @@ impl State {
         Ok(ledgers)
     }
 
-    /// Periodic work: admit jobs this leader has not admitted yet (new
-    /// ones, ones whose admission failed, and ones a previous leader left
-    /// running; admission is idempotent), drive completion hooks, time out
+    /// Periodic work: prepare the admitted jobs this leader has not (ones a
+    /// previous leader left running; preparing is idempotent), admit waiting
+    /// jobs as capacity allows (see `preempt.rs`), drive completion hooks, time out
     /// jobs past their timeout, retry unwritten manifests, then assign idle
     /// workers.
     pub async fn tick(&mut self) {
-        for id in self.jobs.ids(|e| {
-            !e.admitted && matches!(e.record.state, JobState::Pending | JobState::Admitted | JobState::Running)
-        }) {
+        for id in self.jobs.ids(|e| !e.admitted && matches!(e.record.state, JobState::Admitted | JobState::Running)) {
             self.admit(&id).await;
         }
+        self.admission().await;
         for id in self.jobs.ids(|e| e.record.state == JobState::Completing) {
             self.finalize(&id).await;
         }

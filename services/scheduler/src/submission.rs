@@ -33,6 +33,7 @@ impl Scheduler {
         }
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
+        let admission = self.admission(&spec, deployed.as_ref(), &account.limits, caller)?;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let input_access = if secrets.is_empty() { None } else { Some(self.seal(&secrets)?) };
         let create_ms = now_ms();
@@ -84,6 +85,10 @@ impl Scheduler {
             input_bytes,
             input_names,
             input_access,
+            quota: account.limits.queue_quotas.get(&admission.queue).copied().unwrap_or(0),
+            queue: admission.queue,
+            priority: spec.priority,
+            demand: admission.demand,
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(
@@ -94,6 +99,33 @@ impl Scheduler {
             "job submitted"
         );
         self.record(record, account.limits).await
+    }
+
+    /// The queue a submission is admitted through and what it holds of the
+    /// queue's capacity; its priority checked against its account's ceiling
+    /// (a cluster admin's is not bounded).
+    fn admission(
+        &self,
+        spec: &JobSpec,
+        deployed: Option<&crate::pipelines::Deployed>,
+        limits: &batchmill_accounts::Limits,
+        caller: &Caller,
+    ) -> Result<Admission, SchedulerError> {
+        let queue = spec
+            .queue
+            .clone()
+            .or_else(|| deployed.map(|d| d.run.queue.clone()).filter(|q| !q.is_empty()))
+            .unwrap_or_else(|| batchmill_core::queues::DEFAULT_QUEUE.to_owned());
+        let Some(spec_of_queue) = self.settings.queues.get(&queue) else {
+            let message = format!("no queue {queue:?}; this cluster has: {}", self.settings.queues.names());
+            return Err(batchmill_core::FieldViolation::new("queue", message).into());
+        };
+        if spec.priority > limits.max_priority && caller.role != batchmill_core::Role::ClusterAdmin {
+            let message = format!("must be at most {}, its account's max_priority", limits.max_priority);
+            return Err(batchmill_core::FieldViolation::new("priority", message).into());
+        }
+        let gpus = deployed.map_or(0, |d| d.run.resources.gpu_count).max(1);
+        Ok(Admission { demand: demand(spec_of_queue.unit, spec.max_workers, gpus), queue })
     }
 
     /// Stages a job's items (JSON text, one per line) as NDJSON in S3;
@@ -149,6 +181,10 @@ impl Scheduler {
             input_names,
             input_access: record.input_access.clone(),
             parent: Some(parent.clone()),
+            quota: account.limits.queue_quotas.get(&record.queue).copied().unwrap_or(0),
+            queue: record.queue.clone(),
+            priority: record.priority,
+            demand: if workers == 0 { record.demand } else { record.demand / record.max_workers.max(1) * workers },
             ..JobRecord::pending(job_id, record.pipeline.clone(), input, create_ms)
         };
         let child_id = child.job_id.clone();
@@ -286,5 +322,20 @@ fn bad_source(error: RemoteError, field: &str) -> SchedulerError {
         SchedulerError::BadSource { field: field.to_owned(), message: error.message }
     } else {
         SchedulerError::Probe(error)
+    }
+}
+
+/// Where a submission is admitted, and what it holds there.
+struct Admission {
+    queue: String,
+    demand: u32,
+}
+
+/// What a job of `workers` workers, each with `gpus` GPUs, holds of a
+/// queue whose capacity counts `unit`.
+fn demand(unit: batchmill_core::queues::Unit, workers: u32, gpus: u32) -> u32 {
+    match unit {
+        batchmill_core::queues::Unit::Workers => workers,
+        batchmill_core::queues::Unit::Gpus => workers.saturating_mul(gpus),
     }
 }

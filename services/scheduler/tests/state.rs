@@ -4,162 +4,23 @@
 // fixture should stop the test where it happens.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
-use async_trait::async_trait;
 use batchmill_accounts::Limits;
-use batchmill_blob::ObjectStore;
-use batchmill_blob::mem::MemBlob;
 use batchmill_coord::{Kv, MemKv};
 use batchmill_core::enqueue::EnqueueProgress;
 use batchmill_core::finalize::Finalizing;
-use batchmill_core::{BatchId, Caller, Clock, JobId, Owner, RemoteError, Role, S3Uri, WorkerId};
-use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
+use batchmill_core::{Caller, Role, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_proto::queue::v1 as qpb;
 use batchmill_proto::scheduler::v1::{self as spb, session_response::Message as Out};
-use batchmill_queue::mem::MemQueue;
-use batchmill_queue::{Batches, DeadLetters, DeliveryPolicy, TraceHeaders};
-use batchmill_scheduler::{
-    Capabilities, Deployed, EnqueueClient, Input, JobRecord, Ports, PredictorSpec, Settings, State,
-};
-use bytes::Bytes;
+use batchmill_queue::{Batches, DeadLetters};
+use batchmill_scheduler::{Deployed, JobRecord, PredictorSpec, State};
 use prost::Message;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
-/// What the enqueuer was asked.
-#[derive(Default)]
-struct Calls {
-    enqueued: Vec<EnqueueJobRequest>,
-    stopped: Vec<String>,
-}
-
-/// A fake enqueuer that records calls; the queue, S3 and etcd are the
-/// adapters' in-memory fakes.
-#[derive(Clone)]
-struct Fakes {
-    calls: Arc<Mutex<Calls>>,
-    kv: MemKv,
-    queue: MemQueue,
-    store: MemBlob,
-    /// One clock for every leader of a test.
-    clock: Clock,
-}
-
-impl Fakes {
-    fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap()
-    }
-
-    /// Stores a dead letter of batch `seq` of `job`, delivered from batch
-    /// stream position `from`, whose batch holds `items`.
-    async fn dead_letter(&self, job: &str, seq: u64, from: u64, attempts: u64, items: &str) {
-        let batch = qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec![items.into(); 10] };
-        let dead = qpb::DeadLetter { batch: Some(batch), attempts, last_error: "boom".into(), ..Default::default() };
-        let id = BatchId::new(job_id(job), seq);
-        self.queue.dead_letter(&id, from, Bytes::from(dead.encode_to_vec())).await.unwrap();
-    }
-
-    /// Whether the job's queue is open (its consumer exists).
-    async fn open(&self, job: &str) -> bool {
-        self.queue.job_consumer(job).await.is_ok()
-    }
-
-    /// The objects written to S3, once the manifests being written are.
-    async fn objects(&self, state: &mut State) -> std::collections::BTreeMap<String, Bytes> {
-        state.manifests_written(Duration::from_secs(5)).await;
-        self.store.objects()
-    }
-}
-
-#[async_trait]
-impl EnqueueClient for Fakes {
-    async fn enqueue(&self, request: EnqueueJobRequest, _: &TraceHeaders) -> Result<(), RemoteError> {
-        self.calls().enqueued.push(request);
-        Ok(())
-    }
-    async fn stop(&self, job_id: &str) -> Result<(), RemoteError> {
-        self.calls().stopped.push(job_id.into());
-        Ok(())
-    }
-}
-
-fn state(fakes: &Fakes) -> State {
-    let ports = Ports {
-        kv: Arc::new(fakes.kv.clone()),
-        queue: Arc::new(fakes.queue.clone()),
-        enqueuer: Arc::new(fakes.clone()),
-        store: Arc::new(fakes.store.clone()),
-    };
-    let settings = Settings {
-        policy: DeliveryPolicy { ack_wait: Duration::from_secs(30), max_deliver: 3 },
-        default_output: S3Uri::parse("s3://out/results").unwrap(),
-        staging: S3Uri::parse("s3://out/staging").unwrap(),
-        secret_key: None,
-        fence: batchmill_core::fence::Fence::new(
-            S3Uri::parse("s3://out/results").unwrap(),
-            S3Uri::parse("s3://out/staging").unwrap(),
-            S3Uri::parse("s3://out/pipelines").unwrap(),
-        ),
-    };
-    State::new(ports, Arc::new(settings), fakes.clock)
-}
-
-async fn fakes() -> Fakes {
-    let fakes = Fakes {
-        calls: Arc::default(),
-        kv: MemKv::default(),
-        queue: MemQueue::default(),
-        store: MemBlob::default(),
-        clock: Clock::starting_at(1_000),
-    };
-    fakes.store.ensure_bucket("out").await.unwrap();
-    fakes
-}
-
-fn record(id: &str, max_workers: u32) -> JobRecord {
-    let input = Input::Ndjson { uris: vec![format!("s3://out/staging/{id}/items.ndjson")] };
-    JobRecord {
-        max_workers,
-        batch_size: 10,
-        output_uri: "s3://out/results".into(),
-        item_count: Some(30),
-        ..JobRecord::pending(JobId::parse("job_id", id).unwrap(), "echo".into(), input, 1)
-    }
-}
-
-fn root() -> Caller {
-    Caller { account: "admin".into(), key_id: "root".into(), role: Role::ClusterAdmin }
-}
-
-fn owned(id: &str, max_workers: u32, account: &str, key_id: &str) -> JobRecord {
-    JobRecord { owner: Owner { account: account.into(), key_id: key_id.into() }, ..record(id, max_workers) }
-}
-
-fn join(state: &mut State, id: &str) -> UnboundedReceiver<spb::SessionResponse> {
-    let (tx, mut rx) = unbounded_channel();
-    let runs = Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()] };
-    state.worker_joined(WorkerId::new(id), 1, runs, Arc::new(tx));
-    assert!(matches!(rx.try_recv().unwrap().message, Some(Out::Registered(_))));
-    rx
-}
-
-fn drain(rx: &mut UnboundedReceiver<spb::SessionResponse>) -> Vec<Out> {
-    std::iter::from_fn(|| rx.try_recv().ok()).filter_map(|m| m.message).collect()
-}
-
-fn outcome(job: &str, seq: u64, status: spb::BatchStatus) -> spb::BatchOutcome {
-    spb::BatchOutcome { job_id: job.into(), seq, status: status as i32, items: 10, attempt: 1, ..Default::default() }
-}
-
-fn batch_ids(ids: &[BatchId]) -> Vec<String> {
-    ids.iter().map(ToString::to_string).collect()
-}
-
-fn job_id(s: &str) -> JobId {
-    JobId::parse("job_id", s).unwrap()
-}
+use common::*;
 
 #[tokio::test]
 async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
@@ -603,19 +464,19 @@ async fn each_caller_lists_only_what_its_role_lets_it_see() {
 async fn a_submission_over_an_account_limit_is_refused_naming_it() {
     let fakes = fakes().await;
     let mut state = state(&fakes);
-    let limits = Limits { max_concurrent_jobs: 2, max_workers: 5 };
-    state.submit(owned("c1", 2, "acme", "k1"), limits).await.unwrap();
-    state.submit(owned("c2", 2, "acme", "k2"), limits).await.unwrap();
-    let refused = state.submit(owned("c3", 1, "acme", "k1"), limits).await.unwrap_err().to_string();
+    let limits = Limits { max_concurrent_jobs: 2, max_workers: 5, ..Limits::default() };
+    state.submit(owned("c1", 2, "acme", "k1"), limits.clone()).await.unwrap();
+    state.submit(owned("c2", 2, "acme", "k2"), limits.clone()).await.unwrap();
+    let refused = state.submit(owned("c3", 1, "acme", "k1"), limits.clone()).await.unwrap_err().to_string();
     assert!(refused.contains("max_concurrent_jobs is 2"), "{refused}");
     assert!(state.get(&job_id("c3")).is_none(), "a refused job is not kept");
     // Another account is not counted against this one.
-    state.submit(owned("d1", 4, "globex", "k3"), limits).await.unwrap();
+    state.submit(owned("d1", 4, "globex", "k3"), limits.clone()).await.unwrap();
     // Once a job ends, its slot and its workers are free again.
     state.cancel(&job_id("c1")).await.unwrap();
-    let refused = state.submit(owned("c4", 4, "acme", "k1"), limits).await.unwrap_err().to_string();
+    let refused = state.submit(owned("c4", 4, "acme", "k1"), limits.clone()).await.unwrap_err().to_string();
     assert!(refused.contains("max_workers is 5") && refused.contains("asks for 4"), "{refused}");
-    state.submit(owned("c5", 3, "acme", "k1"), limits).await.unwrap();
+    state.submit(owned("c5", 3, "acme", "k1"), limits.clone()).await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -169,7 +169,12 @@ impl Worker {
                 {
                     info!(job_id = %revoke.job_id, reason = %revoke.reason, "revoked");
                     c.stop.cancel();
-                    c.revoked.cancel();
+                    // A preempted job's batches in hand are finished and
+                    // reported (the job goes on later); an ended job's stop
+                    // waiting out failures.
+                    if revoke.reason != "preempted" {
+                        c.revoked.cancel();
+                    }
                 }
             }
             In::OutcomeAck(ack) => outbox.confirm(&ack),

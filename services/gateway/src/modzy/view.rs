@@ -16,7 +16,7 @@ pub const MOST_RESULTS: usize = 100_000;
 /// Modzy's status of a native state.
 pub fn status(state: JobState) -> &'static str {
     match state {
-        JobState::Unspecified | JobState::Pending | JobState::Admitted => "SUBMITTED",
+        JobState::Unspecified | JobState::Pending | JobState::Admitted | JobState::Preempted => "SUBMITTED",
         JobState::Running | JobState::Completing => "IN_PROGRESS",
         JobState::Succeeded | JobState::CompletedWithFailures | JobState::Failed => "COMPLETED",
         JobState::TimedOut => "TIMEDOUT",
