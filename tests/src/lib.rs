@@ -41,6 +41,8 @@ pub struct Options {
     pub worker_env: Vec<(String, String)>,
     /// Start a PostgreSQL too (Debian's), for SQL sources.
     pub postgres: bool,
+    /// The schedulers' admission queues (`BATCHMILL_QUEUES`).
+    pub queues: String,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             standby_scheduler: false,
             worker_env: Vec::new(),
             postgres: false,
+            queues: String::new(),
         }
     }
 }
@@ -325,6 +328,7 @@ impl Sandbox {
                 vec![
                     format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
                     format!("--lister-url=http://127.0.0.1:{lister}"),
+                    format!("--queues={}", options.queues),
                 ],
                 env,
             ),
@@ -358,6 +362,7 @@ impl Sandbox {
                 format!("--listen=127.0.0.1:{port}"),
                 format!("--enqueuer-url=http://127.0.0.1:{enqueuer}"),
                 format!("--lister-url=http://127.0.0.1:{lister}"),
+                format!("--queues={}", options.queues),
             ];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, env)?;
@@ -593,10 +598,16 @@ impl Sandbox {
     /// Submits `body` as `POST /v1/jobs` through the gateway's REST and
     /// waits for the job to end.
     pub async fn submit_rest(&self, body: serde_json::Value, timeout: Duration) -> anyhow::Result<pb::Job> {
+        let id = self.post_job(body).await?;
+        self.wait_terminal(&id, timeout).await
+    }
+
+    /// Submits a job through REST and returns its id at once.
+    pub async fn post_job(&self, body: serde_json::Value) -> anyhow::Result<String> {
         let response = self.http().post(format!("{}/v1/jobs", self.rest_url())).json(&body).send().await?;
         anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
         let job: serde_json::Value = response.json().await?;
-        self.wait_terminal(job["jobId"].as_str().unwrap_or_default(), timeout).await
+        Ok(job["jobId"].as_str().unwrap_or_default().to_owned())
     }
 
     /// Result objects of a job: (key, body), sorted by key.

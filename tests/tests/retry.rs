@@ -123,8 +123,7 @@ async fn a_jobs_events_are_listed_filtered_paged_and_watched_from_any_cursor() -
     // Batch 1 (items 2 and 3) fails on each of its 2 deliveries.
     let body = json!({"pipeline": "echo", "workers": 1, "itemList": {"items": items, "batchSize": 2},
         "deadLetter": {"maxReceiveCount": 2}, "config": {"delay_ms": 200, "fail_batches": [1]}});
-    let job = sandbox.submit_rest(body, Duration::from_secs(10)).await?;
-    let id = job.job_id.clone();
+    let id = sandbox.post_job(body).await?;
     // Watch it live from the start.
     let mut jobs = sandbox.jobs().await?;
     let mut live = jobs
