@@ -64,6 +64,7 @@ pub use ledger::{Ledger, Recorded};
 pub use pipelines::{Deployed, Pipelines, PredictorSpec, merge_config};
 pub use ports::{EnqueueClient, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};
+pub use run_policy::{Resources, RunPolicy};
 pub use state::{Settings, State};
 pub use workers::Capabilities;
 

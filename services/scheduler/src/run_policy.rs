@@ -10,8 +10,7 @@ use batchmill_core::FieldViolation;
 use batchmill_proto::pipelines::v1 as pb;
 use serde::{Deserialize, Serialize};
 
-/// The queue of a pipeline that names none.
-pub const DEFAULT_QUEUE: &str = "default";
+use batchmill_core::queues::DEFAULT_QUEUE;
 /// Most GPUs one worker may ask for.
 const MOST_GPUS: u32 = 16;
 
@@ -53,12 +52,7 @@ impl RunPolicy {
     pub fn from_request(request: &pb::DeployPipelineRequest) -> Result<RunPolicy, FieldViolation> {
         let resources = request.resources.as_ref().map(Resources::from_request).transpose()?.unwrap_or_default();
         let queue = if request.queue.is_empty() { DEFAULT_QUEUE.to_owned() } else { request.queue.clone() };
-        if !is_name(&queue) {
-            return Err(FieldViolation::new(
-                "queue",
-                format!("{queue:?} is not a queue name: lower-case letters, digits and dashes, at most 63"),
-            ));
-        }
+        batchmill_core::queues::check_name("queue", &queue)?;
         let timeout_ms = request.timeout.as_ref().map(batchmill_core::job::check_timeout).transpose()?;
         let max_deliveries = match &request.retry {
             None => None,
@@ -157,9 +151,47 @@ fn is_cpu(s: &str) -> bool {
 
 /// A byte count with an optional suffix: `4Gi`, `512Mi`, `1G`, `1048576`.
 fn is_memory(s: &str) -> bool {
-    const SUFFIXES: [&str; 10] = ["Ki", "Mi", "Gi", "Ti", "Pi", "K", "M", "G", "T", "P"];
-    let number = SUFFIXES.iter().find_map(|suffix| s.strip_suffix(suffix)).unwrap_or(s);
-    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) && number.parse::<u64>().is_ok_and(|n| n > 0)
+    memory_bytes(s).is_some()
+}
+
+/// The bytes of a memory quantity (`4Gi`, `512Mi`, `1G`, `1048576`).
+pub fn memory_bytes(s: &str) -> Option<u64> {
+    const SUFFIXES: [(&str, u64); 10] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+    ];
+    let (number, scale) =
+        SUFFIXES.iter().find_map(|(suffix, scale)| s.strip_suffix(suffix).map(|n| (n, *scale))).unwrap_or((s, 1));
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse::<u64>().ok().filter(|n| *n > 0).and_then(|n| n.checked_mul(scale))
+}
+
+impl Resources {
+    /// Whether a worker with `gpus` GPUs named `gpu_name`, each of
+    /// `gpu_memory` bytes, has what these resources ask: enough GPUs, of the
+    /// type asked (`any`, or a word of the GPU's name such as `h100` in
+    /// "NVIDIA H100 80GB HBM3"), with at least the memory asked.
+    pub fn met_by(&self, gpus: u32, gpu_name: &str, gpu_memory: u64) -> bool {
+        if self.gpu_count == 0 {
+            return true;
+        }
+        let name = gpu_name.to_lowercase();
+        let typed = self.gpu_type.is_empty()
+            || self.gpu_type == "any"
+            || name.split(|c: char| !c.is_ascii_alphanumeric()).any(|word| word == self.gpu_type);
+        let memory = memory_bytes(&self.gpu_memory).is_none_or(|least| gpu_memory >= least);
+        gpus >= self.gpu_count && typed && memory
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +206,23 @@ mod tests {
             timeout: Some(prost_types::Duration { seconds: 90, nanos: 0 }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_worker_meets_resources_by_count_type_and_memory() {
+        let gib = 1u64 << 30;
+        let h100 =
+            Resources { gpu_count: 1, gpu_type: "h100".into(), gpu_memory: "40Gi".into(), ..Resources::default() };
+        assert!(h100.met_by(1, "NVIDIA H100 80GB HBM3", 80 * gib));
+        assert!(!h100.met_by(0, "", 0), "no GPU");
+        assert!(!h100.met_by(1, "NVIDIA A100-SXM4-80GB", 80 * gib), "another type");
+        assert!(!h100.met_by(1, "NVIDIA H100 PCIe", 24 * gib), "too little memory");
+        let any = Resources { gpu_count: 2, gpu_type: "any".into(), ..Resources::default() };
+        assert!(any.met_by(2, "NVIDIA H200", 141 * gib) && !any.met_by(1, "NVIDIA H200", 141 * gib));
+        assert!(Resources::default().met_by(0, "", 0), "a CPU pipeline runs anywhere");
+        assert_eq!(memory_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(memory_bytes("1G"), Some(1_000_000_000));
+        assert_eq!(memory_bytes("x"), None);
     }
 
     #[test]

@@ -30,13 +30,25 @@ pub struct Capabilities {
     pub built_in: Vec<String>,
     /// Predictor types of deployed pipelines, such as "python".
     pub predictor_types: Vec<String>,
+    /// GPUs its predictors may use (0 on a CPU worker).
+    pub gpu_count: u32,
+    /// The GPU's name, as its driver reports it.
+    pub gpu_name: String,
+    /// Memory of each GPU, in bytes.
+    pub gpu_memory_bytes: u64,
 }
 
 impl Capabilities {
+    /// Whether this worker can run `record`'s pipeline: a built-in one it
+    /// has, or a deployed version whose predictor type it runs and whose
+    /// GPU needs (count, type, memory) it meets.
     pub(crate) fn can_run(&self, record: &JobRecord) -> bool {
         match &record.deployed {
             None => self.built_in.contains(&record.pipeline),
-            Some(d) => self.predictor_types.contains(&d.predictor.kind),
+            Some(d) => {
+                self.predictor_types.contains(&d.predictor.kind)
+                    && d.run.resources.met_by(self.gpu_count, &self.gpu_name, self.gpu_memory_bytes)
+            }
         }
     }
 }

@@ -594,3 +594,47 @@ async fn a_jobs_event_log_records_its_course_in_order() {
     assert!(!got.iter().any(|(_, l, _, _)| *l == Success));
     assert_eq!(Succeeded as i32, 5, "the enum the log uses is the public one");
 }
+
+#[tokio::test]
+async fn a_gpu_pipeline_runs_only_on_workers_with_the_gpu_it_asks_for() {
+    use batchmill_scheduler::{Capabilities, Resources, RunPolicy};
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let worker = |name: &str, gpus: u32, gpu_name: &str, gib: u64| {
+        let runs = Capabilities {
+            built_in: vec!["echo".into()],
+            predictor_types: vec!["python".into()],
+            gpu_count: gpus,
+            gpu_name: gpu_name.into(),
+            gpu_memory_bytes: gib << 30,
+        };
+        (name.to_owned(), runs)
+    };
+    let mut channels = Vec::new();
+    for (name, runs) in [
+        worker("cpu", 0, "", 0),
+        worker("a100", 1, "NVIDIA A100-SXM4-80GB", 80),
+        worker("small-h100", 1, "NVIDIA H100 PCIe", 24),
+        worker("h100", 1, "NVIDIA H100 80GB HBM3", 80),
+    ] {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        state.worker_joined(WorkerId::new(&name), 1, runs, std::sync::Arc::new(tx));
+        channels.push((name, rx));
+    }
+    let mut job = deployed_record("g1");
+    if let Some(d) = job.deployed.as_mut() {
+        let resources =
+            Resources { gpu_count: 1, gpu_type: "h100".into(), gpu_memory: "40Gi".into(), ..Resources::default() };
+        d.run = RunPolicy { resources, ..RunPolicy::default() };
+    }
+    state.submit(job, Limits::default()).await.unwrap();
+    state.enqueue_progress("g1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() });
+    state.tick().await;
+    let mut assigned = Vec::new();
+    for (name, rx) in &mut channels {
+        if drain(rx).iter().any(|m| matches!(m, Out::Assign(a) if a.job_id == "g1")) {
+            assigned.push(name.clone());
+        }
+    }
+    assert_eq!(assigned, ["h100"], "only the H100 with 40 GiB or more");
+}

@@ -23,7 +23,7 @@ pub enum DeviceError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
     Cpu { threads: usize },
-    Cuda { ordinal: usize, name: String },
+    Cuda { ordinal: usize, name: String, memory_bytes: u64 },
 }
 
 impl Device {
@@ -55,7 +55,8 @@ fn first_gpu() -> Result<Option<Device>, DeviceError> {
     }
     let context = cudarc::driver::CudaContext::new(0).map_err(|e| DeviceError::Cuda(format!("device 0: {e}")))?;
     let name = context.name().map_err(|e| DeviceError::Cuda(format!("device 0: {e}")))?;
-    Ok(Some(Device::Cuda { ordinal: 0, name }))
+    let memory_bytes = context.total_mem().map_err(|e| DeviceError::Cuda(format!("device 0: {e}")))? as u64;
+    Ok(Some(Device::Cuda { ordinal: 0, name, memory_bytes }))
 }
 
 /// Built without the `cuda` feature: no GPU is ever found.
@@ -64,11 +65,22 @@ fn first_gpu() -> Result<Option<Device>, DeviceError> {
     Ok(None)
 }
 
+impl Device {
+    /// What the scheduler matches jobs' GPU needs against: (GPUs, name,
+    /// memory of each in bytes); none on the CPU.
+    pub fn gpus(&self) -> (u32, String, u64) {
+        match self {
+            Device::Cpu { .. } => (0, String::new(), 0),
+            Device::Cuda { name, memory_bytes, .. } => (1, name.clone(), *memory_bytes),
+        }
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu { threads } => write!(f, "cpu ({threads} threads)"),
-            Device::Cuda { ordinal, name } => write!(f, "cuda:{ordinal} {name}"),
+            Device::Cuda { ordinal, name, .. } => write!(f, "cuda:{ordinal} {name}"),
         }
     }
 }

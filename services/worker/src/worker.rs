@@ -94,6 +94,9 @@ impl Worker {
                 device: self.device.to_string(),
                 pipelines: predictor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect(),
                 predictor_types: self.loader.predictor_types(),
+                gpu_count: self.device.gpus().0,
+                gpu_name: self.device.gpus().1,
+                gpu_memory_bytes: self.device.gpus().2,
             })),
         }
     }

@@ -68,7 +68,13 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         info!(worker_id = %worker, device = %register.device, session, "worker session opened");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let runs = crate::Capabilities { built_in: register.pipelines, predictor_types: register.predictor_types };
+        let runs = crate::Capabilities {
+            built_in: register.pipelines,
+            predictor_types: register.predictor_types,
+            gpu_count: register.gpu_count,
+            gpu_name: register.gpu_name,
+            gpu_memory_bytes: register.gpu_memory_bytes,
+        };
         let scheduler = term.scheduler.clone();
         scheduler.worker_joined(worker.clone(), session, runs, Arc::new(tx));
         let ended = term.ended.clone();
@@ -120,7 +126,7 @@ mod tests {
                 protocol_version: version,
                 device: "cpu".into(),
                 pipelines: vec!["echo".into()],
-                predictor_types: vec![],
+                ..Default::default()
             })),
         })
     }

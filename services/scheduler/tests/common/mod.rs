@@ -138,7 +138,8 @@ pub fn owned(id: &str, max_workers: u32, account: &str, key_id: &str) -> JobReco
 
 pub fn join(state: &mut State, id: &str) -> UnboundedReceiver<spb::SessionResponse> {
     let (tx, mut rx) = unbounded_channel();
-    let runs = Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()] };
+    let runs =
+        Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()], ..Default::default() };
     state.worker_joined(WorkerId::new(id), 1, runs, Arc::new(tx));
     assert!(matches!(rx.try_recv().unwrap().message, Some(Out::Registered(_))));
     rx
