@@ -222,7 +222,10 @@ mod tests {
 
     #[test]
     fn a_gpu_defaults_to_fp16_and_runs_what_the_job_asks() {
-        let gpu = EmbedModels::new(Device::Cuda { ordinal: 0, name: "test".into(), memory_bytes: 0 }, Some("/default".into()));
+        let gpu = EmbedModels::new(
+            Device::Cuda { ordinal: 0, name: "test".into(), memory_bytes: 0 },
+            Some("/default".into()),
+        );
         let precision = |config: Value| {
             gpu.config(config.as_object().unwrap_or(&Map::new()))
                 .map(|c| (c.model, c.precision))
