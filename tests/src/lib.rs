@@ -474,6 +474,16 @@ impl Sandbox {
     }
 
     /// Sends `signal` (such as "KILL" or "TERM") to process `name`.
+    /// The peak resident memory of process `name` so far, in bytes
+    /// (`VmHWM` of `/proc/<pid>/status`).
+    pub fn peak_rss(&self, name: &str) -> anyhow::Result<u64> {
+        let pid = self.process(name)?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+        let kib: u64 = line.split_whitespace().nth(1).context("VmHWM value")?.parse()?;
+        Ok(kib * 1024)
+    }
+
     pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
         self.process(name)?.signal(signal)
     }

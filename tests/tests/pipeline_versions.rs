@@ -60,7 +60,7 @@ fn job(config: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_keep_their_contract_and_jobs_get_defaults_with_their_overrides() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let sandbox = Sandbox::start(Options { workers: 1, queues: "batch=2".into(), ..Options::default() }).await?;
     let (http, base) = (sandbox.http(), sandbox.rest_url());
     let v1 = deploy(&sandbox, json!({"threshold": 0.5, "model": {"name": "resnet", "precision": "fp32"}})).await?;
     assert_eq!((v1.version, v1.overridable.len()), (1, 3));

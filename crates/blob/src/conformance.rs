@@ -50,4 +50,31 @@ pub async fn run(store: &dyn ObjectStore, prefix: &str) {
 
     let url = store.presign_get(BUCKET, &key("a.txt"), std::time::Duration::from_secs(300)).await.expect("presign");
     assert!(url.contains(&key("a.txt")) && url.contains("300"), "a presigned URL names the object and expiry: {url}");
+
+    multipart_uploads_make_one_object_and_deletes_remove_it(store, &key("big.bin")).await;
+}
+
+async fn multipart_uploads_make_one_object_and_deletes_remove_it(store: &dyn ObjectStore, key: &str) {
+    let first = Bytes::from(vec![7u8; crate::MIN_PART]);
+    let last = Bytes::from_static(b"the end");
+    let upload = store.start_upload(BUCKET, key, "application/octet-stream").await.expect("start");
+    let one = store.upload_part(BUCKET, key, &upload, 1, first.clone()).await.expect("part 1");
+    let two = store.upload_part(BUCKET, key, &upload, 2, last.clone()).await.expect("part 2");
+    assert!(matches!(store.get(BUCKET, key).await, Err(BlobError::NotFound { .. })), "not there before it completes");
+    store.complete_upload(BUCKET, key, &upload, vec![(1, one), (2, two)]).await.expect("complete");
+    let whole = store.get(BUCKET, key).await.expect("get");
+    assert_eq!((whole.len(), &whole[crate::MIN_PART..]), (crate::MIN_PART + 7, &b"the end"[..]), "the parts, in order");
+
+    let abandoned = format!("{key}.abandoned");
+    let upload = store.start_upload(BUCKET, &abandoned, "application/octet-stream").await.expect("start");
+    store.upload_part(BUCKET, &abandoned, &upload, 1, last).await.expect("part");
+    store.abort_upload(BUCKET, &abandoned, &upload).await.expect("abort");
+    assert!(
+        matches!(store.get(BUCKET, &abandoned).await, Err(BlobError::NotFound { .. })),
+        "an aborted upload leaves nothing"
+    );
+
+    store.delete(BUCKET, key).await.expect("delete");
+    assert!(matches!(store.get(BUCKET, key).await, Err(BlobError::NotFound { .. })), "deleted");
+    store.delete(BUCKET, key).await.expect("deleting what is not there succeeds");
 }

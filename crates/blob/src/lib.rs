@@ -48,6 +48,9 @@ pub type Result<T, E = BlobError> = std::result::Result<T, E>;
 /// A streaming reader of one object.
 pub type Reader = Box<dyn tokio::io::AsyncBufRead + Send + Unpin>;
 
+/// The smallest part of a multipart upload but the last (S3's limit).
+pub const MIN_PART: usize = 5 * 1024 * 1024;
+
 /// One page of a listing: keys in order, each one's size, and where the
 /// next page starts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,6 +78,18 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// A URL that GETs the object without credentials until `expires`
     /// from now (S3's presigned URL). Signing needs no call to the store.
     async fn presign_get(&self, bucket: &str, key: &str, expires: std::time::Duration) -> Result<String>;
+    /// Deletes an object; deleting one that is not there succeeds (as in S3).
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()>;
+    /// Starts a multipart upload of an object; returns its upload id.
+    async fn start_upload(&self, bucket: &str, key: &str, content_type: &str) -> Result<String>;
+    /// Uploads part `number` (from 1; every part but the last at least
+    /// [`MIN_PART`]); returns its ETag.
+    async fn upload_part(&self, bucket: &str, key: &str, upload: &str, number: i32, body: Bytes) -> Result<String>;
+    /// Completes an upload from its parts, (number, ETag) in order: the
+    /// object appears whole.
+    async fn complete_upload(&self, bucket: &str, key: &str, upload: &str, parts: Vec<(i32, String)>) -> Result<()>;
+    /// Abandons an upload; its parts are dropped.
+    async fn abort_upload(&self, bucket: &str, key: &str, upload: &str) -> Result<()>;
 
     /// Every key under `prefix`, following pages.
     async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {

@@ -28,6 +28,9 @@ struct Inner {
     down: bool,
     failing_puts: u32,
     puts: u64,
+    /// Multipart uploads in progress: (bucket, key, parts by number).
+    uploads: BTreeMap<String, (String, String, BTreeMap<i32, Bytes>)>,
+    next_upload: u64,
 }
 
 impl MemBlob {
@@ -74,6 +77,68 @@ fn objects<'a>(buckets: &'a mut Buckets, bucket: &str) -> Result<&'a mut BTreeMa
 
 #[async_trait]
 impl ObjectStore for MemBlob {
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        self.with("delete", bucket, key, |inner| {
+            objects(&mut inner.buckets, bucket)?.remove(key);
+            Ok(())
+        })
+    }
+
+    async fn start_upload(&self, bucket: &str, key: &str, _content_type: &str) -> Result<String> {
+        self.with("start upload", bucket, key, |inner| {
+            objects(&mut inner.buckets, bucket)?;
+            inner.next_upload += 1;
+            let id = format!("upload-{}", inner.next_upload);
+            inner.uploads.insert(id.clone(), (bucket.to_owned(), key.to_owned(), BTreeMap::new()));
+            Ok(id)
+        })
+    }
+
+    async fn upload_part(&self, bucket: &str, key: &str, upload: &str, number: i32, body: Bytes) -> Result<String> {
+        self.with("upload part", bucket, key, |inner| {
+            let missing = || BlobError::S3 {
+                op: "upload part",
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                message: format!("no upload {upload}"),
+                transient: false,
+            };
+            let (_, _, parts) = inner.uploads.get_mut(upload).ok_or_else(missing)?;
+            parts.insert(number, body);
+            Ok(format!("\"{upload}-{number}\""))
+        })
+    }
+
+    async fn complete_upload(&self, bucket: &str, key: &str, upload: &str, parts: Vec<(i32, String)>) -> Result<()> {
+        self.with("complete upload", bucket, key, |inner| {
+            let refuse = |message: String| BlobError::S3 {
+                op: "complete upload",
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                message,
+                transient: false,
+            };
+            let (_, _, stored) = inner.uploads.remove(upload).ok_or_else(|| refuse(format!("no upload {upload}")))?;
+            let mut body = Vec::new();
+            for (i, (number, _)) in parts.iter().enumerate() {
+                let part = stored.get(number).ok_or_else(|| refuse(format!("no part {number}")))?;
+                if i + 1 < parts.len() && part.len() < crate::MIN_PART {
+                    return Err(refuse(format!("part {number} is smaller than 5 MiB and not the last")));
+                }
+                body.extend_from_slice(part);
+            }
+            objects(&mut inner.buckets, bucket)?.insert(key.to_owned(), Bytes::from(body));
+            Ok(())
+        })
+    }
+
+    async fn abort_upload(&self, bucket: &str, key: &str, upload: &str) -> Result<()> {
+        self.with("abort upload", bucket, key, |inner| {
+            inner.uploads.remove(upload);
+            Ok(())
+        })
+    }
+
     async fn put(&self, bucket: &str, key: &str, body: Bytes, _content_type: &str) -> Result<()> {
         self.with("put", bucket, key, |inner| {
             inner.puts += 1;

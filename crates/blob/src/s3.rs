@@ -184,6 +184,79 @@ impl ObjectStore for Blob {
         Ok(request.uri().to_owned())
     }
 
+    async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
+        match self.client.delete_object().bucket(bucket).key(key).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match classify("delete", bucket, key, &e) {
+                BlobError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn start_upload(&self, bucket: &str, key: &str, content_type: &str) -> Result<String> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| classify("start upload", bucket, key, &e))?;
+        out.upload_id.ok_or_else(|| BlobError::S3 {
+            op: "start upload",
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            message: "no upload id in the answer".into(),
+            transient: false,
+        })
+    }
+
+    async fn upload_part(&self, bucket: &str, key: &str, upload: &str, number: i32, body: Bytes) -> Result<String> {
+        let out = self
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| classify("upload part", bucket, key, &e))?;
+        Ok(out.e_tag.unwrap_or_default())
+    }
+
+    async fn complete_upload(&self, bucket: &str, key: &str, upload: &str, parts: Vec<(i32, String)>) -> Result<()> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let parts =
+            parts.into_iter().map(|(number, e_tag)| CompletedPart::builder().part_number(number).e_tag(e_tag).build());
+        let upload_parts = CompletedMultipartUpload::builder().set_parts(Some(parts.collect())).build();
+        self.client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .multipart_upload(upload_parts)
+            .send()
+            .await
+            .map_err(|e| classify("complete upload", bucket, key, &e))?;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, bucket: &str, key: &str, upload: &str) -> Result<()> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .send()
+            .await
+            .map_err(|e| classify("abort upload", bucket, key, &e))?;
+        Ok(())
+    }
+
     async fn ensure_bucket(&self, bucket: &str) -> Result<()> {
         if self.client.head_bucket().bucket(bucket).send().await.is_ok() {
             return Ok(());

@@ -125,6 +125,8 @@ pub enum SourceSpec {
     Folders(Vec<Folder>),
     /// One named item per row of a query.
     Sql(crate::access::SqlSource),
+    /// One item per line of each of the account's files, by id.
+    Files(Vec<String>),
 }
 
 /// S3 objects under prefixes, filtered by globs (see [`crate::glob`]).
@@ -258,7 +260,7 @@ fn source_spec(source: Option<pb::submit_job_request::Source>) -> Result<(Source
         None => {
             return Err(FieldViolation::new(
                 "source",
-                "one source must be set: item_list, named_inputs, s3_folders, sql_query, file_path_lister or delimited_files",
+                "one source must be set: item_list, named_inputs, s3_folders, sql_query, file_path_lister, delimited_files or files",
             ));
         }
         Some(pb::submit_job_request::Source::FilePathLister(s)) => {
@@ -289,6 +291,16 @@ fn source_spec(source: Option<pb::submit_job_request::Source>) -> Result<(Source
         Some(pb::submit_job_request::Source::SqlQuery(q)) => {
             let batch_size = validate_batch_size("sql_query.batch_size", q.batch_size)?;
             (SourceSpec::Sql(crate::access::SqlSource::from_request("sql_query", &q)?.0), batch_size)
+        }
+        Some(pb::submit_job_request::Source::Files(f)) => {
+            let batch_size = validate_batch_size("files.batch_size", f.batch_size)?;
+            if f.file_ids.is_empty() {
+                return Err(FieldViolation::new("files.file_ids", "must name at least one file"));
+            }
+            for (i, id) in f.file_ids.iter().enumerate() {
+                crate::files::check_id(&format!("files.file_ids[{i}]"), id)?;
+            }
+            (SourceSpec::Files(f.file_ids), batch_size)
         }
         Some(pb::submit_job_request::Source::S3Folders(f)) => {
             let batch_size = validate_batch_size("s3_folders.batch_size", f.batch_size)?;

@@ -9,6 +9,7 @@ pub mod embed;
 pub mod enqueue;
 pub mod error;
 pub mod fence;
+pub mod files;
 pub mod finalize;
 pub mod glob;
 pub mod identity;

@@ -11,6 +11,7 @@
 mod accounts;
 mod auth;
 pub mod cortex;
+pub mod files;
 mod forward;
 pub mod modzy;
 pub mod rest;
@@ -52,7 +53,7 @@ pub const PUBLIC_SERVICES: &[&str] =
     &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService", "batchmill.accounts.v1.AccountService"];
 
 /// The gateway's router: gRPC (with health and reflection) and REST.
-pub async fn router(etcd: Etcd, uploads: modzy::Uploads) -> Result<axum::Router, GatewayError> {
+pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) -> Result<axum::Router, GatewayError> {
     let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
     let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
     let pipelines = PipelinesForwarder::new(jobs.clone());
@@ -71,9 +72,11 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads) -> Result<axum::Router,
     Ok(routes
         .into_axum_router()
         .fallback(move |request: axum::extract::Request| {
-            let (rest, cortex, modzy) = (rest.clone(), cortex.clone(), modzy.clone());
+            let (rest, cortex, modzy, files) = (rest.clone(), cortex.clone(), modzy.clone(), files.clone());
             async move {
-                if modzy::is_modzy_path(request.uri().path()) {
+                if files::is_files_path(request.uri().path()) {
+                    files.handle(request).await
+                } else if modzy::is_modzy_path(request.uri().path()) {
                     modzy.handle(request).await
                 } else if cortex::is_cortex_path(request.uri().path()) {
                     cortex.handle(request).await
@@ -101,8 +104,9 @@ pub async fn admin_key(etcd_endpoints: &[String], account: &str, description: &s
 /// Serves gRPC (h2c) and REST (HTTP/1.1) on `listener` until `shutdown`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let etcd = Etcd::connect(&config.etcd_endpoints, Duration::from_secs(30)).await?;
-    let blob = batchmill_blob::Blob::new(&config.s3).await;
-    let app = router(etcd, modzy::Uploads::new(Arc::new(blob), config.staging_uri)).await?;
+    let blob: Arc<dyn batchmill_blob::ObjectStore> = Arc::new(batchmill_blob::Blob::new(&config.s3).await);
+    let files = files::Files::new(blob.clone(), Arc::new(etcd.clone()), config.staging_uri.clone());
+    let app = router(etcd, modzy::Uploads::new(blob, config.staging_uri), files).await?;
     tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, "gateway serving gRPC and REST");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(RuntimeError::Io)?;
     tracing::info!("gateway stopped");

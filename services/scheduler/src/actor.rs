@@ -66,6 +66,8 @@ pub struct Scheduler {
     pub(crate) probe: Arc<dyn SourceProbe>,
     pub(crate) pipelines: Pipelines,
     pub(crate) accounts: Accounts,
+    /// etcd, where the Files API's records are read.
+    pub(crate) kv: Arc<dyn batchmill_coord::Kv>,
 }
 
 impl Scheduler {
@@ -80,6 +82,7 @@ impl Scheduler {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (settings, store) = (state.settings.clone(), state.ports.store.clone());
         let accounts = Accounts::new(state.ports.kv.clone());
+        let kv = state.ports.kv.clone();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,7 +108,7 @@ impl Scheduler {
             state.flush().await;
             state.events_written(MANIFEST_PATIENCE).await;
         });
-        (Scheduler { tx, settings, store, probe, pipelines, accounts }, task)
+        (Scheduler { tx, settings, store, probe, pipelines, accounts, kv }, task)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedulerError> {

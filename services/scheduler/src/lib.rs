@@ -117,6 +117,8 @@ pub enum SchedulerError {
     BadRequest(#[from] batchmill_core::FieldViolation),
     #[error("s3_credentials: {0}")]
     Seal(batchmill_core::sealed::SealError),
+    #[error("reading the job's files: {0}")]
+    Files(batchmill_coord::CoordError),
     #[error("reading the account: {0}")]
     Account(batchmill_accounts::AccountError),
 }
@@ -145,7 +147,8 @@ impl ServiceError for SchedulerError {
             | SchedulerError::Queue(_)
             | SchedulerError::Rerun { .. }
             | SchedulerError::PipelineFile { .. }
-            | SchedulerError::PipelineRecord(_) => ErrorCode::Unavailable,
+            | SchedulerError::PipelineRecord(_)
+            | SchedulerError::Files(_) => ErrorCode::Unavailable,
         }
     }
 

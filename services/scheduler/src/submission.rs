@@ -32,6 +32,7 @@ impl Scheduler {
             spec.max_receive_count = spec.max_receive_count.or(deployed.run.max_deliveries);
         }
         fenced(&self.settings.fence, &spec, &caller.account)?;
+        spec.source = self.own_files(spec.source, &caller.account).await?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let admission = self.admission(&spec, deployed.as_ref(), &account.limits, caller)?;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
@@ -70,6 +71,8 @@ impl Scheduler {
                 (self.checked(Input::Folders { folders }, "s3_folders", &secrets).await?, None)
             }
             SourceSpec::Sql(sql) => (self.checked(Input::Sql(sql), "sql_query", &secrets).await?, None),
+            // Resolved above by `own_files`.
+            SourceSpec::Files(_) => return Err(FieldViolation::new("files", "could not be resolved").into()),
         };
         let record = JobRecord {
             max_receive_count: spec.max_receive_count.unwrap_or(self.settings.policy.max_deliver),
@@ -126,6 +129,26 @@ impl Scheduler {
         }
         let gpus = deployed.map_or(0, |d| d.run.resources.gpu_count).max(1);
         Ok(Admission { demand: demand(spec_of_queue.unit, spec.max_workers, gpus), queue })
+    }
+
+    /// A source of files by id as the lines of those files of `account`
+    /// (any other source as it is); an id that is not the account's file is
+    /// a 400 naming it.
+    async fn own_files(&self, source: SourceSpec, account: &str) -> Result<SourceSpec, SchedulerError> {
+        let SourceSpec::Files(ids) = source else { return Ok(source) };
+        let mut s3_paths = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let field = format!("files.file_ids[{i}]");
+            let record = self
+                .kv
+                .get(&batchmill_core::files::file_key(account, id))
+                .await
+                .map_err(SchedulerError::Files)?
+                .and_then(|bytes| batchmill_core::files::FileRecord::decode(&bytes).ok())
+                .ok_or_else(|| FieldViolation::new(&field, format!("no file {id} in this account")))?;
+            s3_paths.push(S3Uri::parse(&record.uri).map_err(|e| FieldViolation::new(&field, e.to_string()))?);
+        }
+        Ok(SourceSpec::DelimitedFiles(S3Selection { s3_paths, includes: Vec::new(), excludes: Vec::new() }))
     }
 
     /// Stages a job's items (JSON text, one per line) as NDJSON in S3;
@@ -204,6 +227,8 @@ impl Scheduler {
             deployed.config.config_for(&spec.config)?;
         }
         fenced(&self.settings.fence, &spec, &caller.account)?;
+        let mut spec = spec;
+        spec.source = self.own_files(spec.source, &caller.account).await?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let (selection, field, lines) = match spec.source {
@@ -231,6 +256,7 @@ impl Scheduler {
             }
             SourceSpec::FilePaths(selection) => (selection, "file_path_lister", false),
             SourceSpec::DelimitedFiles(selection) => (selection, "delimited_files", true),
+            SourceSpec::Files(_) => return Err(FieldViolation::new("files", "could not be resolved").into()),
             SourceSpec::Folders(folders) => {
                 let source = Input::Folders { folders }.to_source(&secrets);
                 let (files, count) =
@@ -311,7 +337,8 @@ fn fenced(fence: &Fence, spec: &JobSpec, account: &str) -> Result<(), FieldViola
                 fence.check_read(field, &uri, account)
             })
         }
-        SourceSpec::Sql(_) => Ok(()),
+        // Resolved to the account's own files after this check.
+        SourceSpec::Sql(_) | SourceSpec::Files(_) => Ok(()),
     }
 }
 
