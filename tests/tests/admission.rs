@@ -95,6 +95,14 @@ async fn a_queue_or_priority_a_job_may_not_use_is_refused_naming_the_field() -> 
     assert_eq!(over.status(), 400);
     let text = over.text().await?;
     assert!(text.contains("priority") && text.contains("at most 3"), "{text}");
+    // A dry run checks them as a submission does.
+    let dry = http_as(&key)
+        .post(format!("{base}/v1/jobs:dryRun"))
+        .json(&json!({"pipeline": "echo", "workers": 1, "priority": 4, "itemList": {"items": [1], "batchSize": 1}}))
+        .send()
+        .await?;
+    assert_eq!(dry.status(), 400);
+    assert!(dry.text().await?.contains("priority"));
     let unknown = submit(json!({"queue": "gpu"})).await?;
     assert_eq!(unknown.status(), 400);
     let text = unknown.text().await?;

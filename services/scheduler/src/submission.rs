@@ -229,6 +229,9 @@ impl Scheduler {
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let mut spec = spec;
         spec.source = self.own_files(spec.source, &caller.account).await?;
+        // The queue and priority, as SubmitJob would check them.
+        let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
+        self.admission(&spec, deployed.as_ref(), &account.limits, caller)?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let (selection, field, lines) = match spec.source {
