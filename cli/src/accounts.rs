@@ -45,9 +45,9 @@ pub struct LimitArgs {
     queue_quotas: Vec<(String, u32)>,
 }
 
-fn parse_quota(text: &str) -> Result<(String, u32), String> {
-    let (queue, units) = text.split_once('=').ok_or_else(|| format!("{text:?} is not QUEUE=UNITS"))?;
-    let units = units.parse().map_err(|_| format!("{units:?} is not a whole number"))?;
+fn parse_quota(text: &str) -> anyhow::Result<(String, u32)> {
+    let (queue, units) = text.split_once('=').ok_or_else(|| anyhow::anyhow!("{text:?} is not QUEUE=UNITS"))?;
+    let units = units.parse().map_err(|_| anyhow::anyhow!("{units:?} is not a whole number"))?;
     Ok((queue.to_owned(), units))
 }
 

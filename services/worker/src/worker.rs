@@ -87,6 +87,7 @@ impl Worker {
 
     /// The Register message this worker opens a session with.
     fn register(&self) -> pb::SessionRequest {
+        let (gpu_count, gpu_name, gpu_memory_bytes) = self.device.gpus();
         pb::SessionRequest {
             message: Some(pb::session_request::Message::Register(pb::Register {
                 worker_id: self.id.to_string(),
@@ -94,9 +95,9 @@ impl Worker {
                 device: self.device.to_string(),
                 pipelines: predictor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect(),
                 predictor_types: self.loader.predictor_types(),
-                gpu_count: self.device.gpus().0,
-                gpu_name: self.device.gpus().1,
-                gpu_memory_bytes: self.device.gpus().2,
+                gpu_count,
+                gpu_name,
+                gpu_memory_bytes,
             })),
         }
     }
