@@ -1,5 +1,10 @@
 //! `batchmill deploy <dir>`: a Cortex project (a `cortex.yaml` and the files
 //! beside it) deployed as pipelines, one per BatchAPI in the file.
+//!
+//! Beside Cortex's fields, an API may carry what a batchmill pipeline
+//! version records: its config contract (`config_schema`, `overridable`,
+//! `defaults`) and run policy (`resources`, `queue`, `timeout`, `retry`).
+//! The scheduler checks them, naming the field.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,6 +29,55 @@ pub struct Api {
     /// Accepted for compatibility; batchmill's gateway serves every pipeline.
     #[serde(default, rename = "networking")]
     _networking: Option<serde::de::IgnoredAny>,
+    /// batchmill's: a JSON Schema of a job's config.
+    #[serde(default)]
+    pub config_schema: Option<Map<String, Value>>,
+    /// batchmill's: the dotted config paths a job may set (`*` for any).
+    #[serde(default)]
+    pub overridable: Vec<String>,
+    /// batchmill's: the config a job starts from.
+    #[serde(default)]
+    pub defaults: Option<Map<String, Value>>,
+    /// batchmill's: what each worker needs.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// batchmill's: the queue its jobs are admitted through.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// batchmill's: a job's timeout unless it names one (`90s`, `10m`, `2h`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// batchmill's: deliveries of a batch and the backoff between them.
+    #[serde(default)]
+    pub retry: Option<Retry>,
+}
+
+/// What each worker of a pipeline needs, as Kubernetes writes it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpu: Option<String>,
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub gpu_count: u32,
+    #[serde(default)]
+    pub gpu_type: Option<String>,
+    #[serde(default)]
+    pub gpu_memory: Option<String>,
+}
+
+/// A pipeline's retry policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    #[serde(default)]
+    pub max_deliveries: i32,
+    #[serde(default)]
+    pub initial_backoff: Option<String>,
+    #[serde(default)]
+    pub max_backoff: Option<String>,
 }
 
 /// A cortex.yaml `predictor` section.
@@ -82,27 +136,71 @@ pub fn read_project(dir: &Path, config_file: &str) -> anyhow::Result<Vec<pb::Dep
             names.join(", ")
         );
     }
-    Ok(apis
-        .into_iter()
-        .map(|api| pb::DeployPipelineRequest {
-            name: api.name,
-            kind: api.kind,
-            predictor: Some(pb::Predictor {
-                r#type: api.predictor.kind,
-                path: api.predictor.path.trim_start_matches("./").to_owned(),
-                config: api.predictor.config.as_ref().map(batchmill_core::json::json_to_struct),
-                env: api.predictor.env.into_iter().collect(),
-                python_path: api.predictor.python_path.unwrap_or_default(),
-            }),
-            compute: api.compute.as_ref().map(batchmill_core::json::json_to_struct),
-            files: files.clone().into_iter().collect(),
-            // cortex.yaml has no config schema: the pipeline is open.
-            config_schema: None,
-            overridable: vec![],
-            defaults: None,
-            ..Default::default()
-        })
-        .collect())
+    apis.into_iter().map(|api| request(api, &files)).collect()
+}
+
+/// The deploy request of one API, with the project's files.
+fn request(api: Api, files: &BTreeMap<String, Vec<u8>>) -> anyhow::Result<pb::DeployPipelineRequest> {
+    let name = api.name.clone();
+    let duration = |field: &str, text: &Option<String>| {
+        text.as_deref().map(parse_duration).transpose().with_context(|| format!("cortex.yaml: API {name:?}: {field}"))
+    };
+    let retry = match &api.retry {
+        None => None,
+        Some(r) => Some(pb::RetryPolicy {
+            max_deliveries: r.max_deliveries,
+            initial_backoff: duration("retry.initial_backoff", &r.initial_backoff)?,
+            max_backoff: duration("retry.max_backoff", &r.max_backoff)?,
+        }),
+    };
+    let timeout = duration("timeout", &api.timeout)?;
+    let resources = api.resources.map(|r| pb::Resources {
+        cpu: r.cpu.unwrap_or_default(),
+        memory: r.memory.unwrap_or_default(),
+        gpu_count: r.gpu_count,
+        gpu_type: r.gpu_type.unwrap_or_default(),
+        gpu_memory: r.gpu_memory.unwrap_or_default(),
+    });
+    Ok(pb::DeployPipelineRequest {
+        name: api.name,
+        kind: api.kind,
+        predictor: Some(pb::Predictor {
+            r#type: api.predictor.kind,
+            path: api.predictor.path.trim_start_matches("./").to_owned(),
+            config: api.predictor.config.as_ref().map(batchmill_core::json::json_to_struct),
+            env: api.predictor.env.into_iter().collect(),
+            python_path: api.predictor.python_path.unwrap_or_default(),
+        }),
+        compute: api.compute.as_ref().map(batchmill_core::json::json_to_struct),
+        files: files.clone().into_iter().collect(),
+        // Without a config schema the pipeline is open, as Cortex's are.
+        config_schema: api.config_schema.as_ref().map(batchmill_core::json::json_to_struct),
+        overridable: api.overridable,
+        defaults: api.defaults.as_ref().map(batchmill_core::json::json_to_struct),
+        resources,
+        queue: api.queue.unwrap_or_default(),
+        timeout,
+        retry,
+    })
+}
+
+/// A duration as `500ms`, `90s`, `10m` or `2h`.
+fn parse_duration(text: &str) -> anyhow::Result<prost_types::Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => bail!("{text:?} is not a duration such as \"500ms\", \"90s\", \"10m\" or \"2h\""),
+    };
+    let ms = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .with_context(|| format!("{text:?} is not a duration such as \"90s\""))?;
+    Ok(batchmill_core::time::duration_ms(ms))
 }
 
 /// The project's files as Cortex sends them, by relative `/`-separated
@@ -150,6 +248,43 @@ mod tests {
     use super::*;
 
     const TUTORIAL: &str = "# cortex.yaml\n\n- name: image-classifier\n  kind: BatchAPI\n  predictor:\n    type: python\n    path: predictor.py\n  compute:\n    cpu: 1\n";
+
+    #[test]
+    fn an_api_may_carry_a_config_contract_and_run_policy() {
+        let yaml = r#"
+- name: scored
+  kind: BatchAPI
+  predictor: {type: python, path: predictor.py}
+  config_schema:
+    type: object
+    properties: {threshold: {type: number}}
+  overridable: [threshold]
+  defaults: {threshold: 0.5}
+  resources: {cpu: "1", gpu_count: 1, gpu_type: h100}
+  queue: gpu
+  timeout: 10m
+  retry: {max_deliveries: 4, initial_backoff: 500ms, max_backoff: 1m}
+"#;
+        let api = parse(yaml).unwrap().remove(0);
+        let r = request(api, &BTreeMap::new()).unwrap();
+        let defaults = r.defaults.as_ref().map(batchmill_core::json::struct_to_json);
+        assert_eq!(defaults.and_then(|d| d.get("threshold").cloned()), Some(serde_json::json!(0.5)));
+        assert!(r.config_schema.is_some());
+        assert_eq!((r.overridable.as_slice(), r.queue.as_str()), (&["threshold".to_owned()][..], "gpu"));
+        let resources = r.resources.unwrap_or_default();
+        assert_eq!((resources.gpu_count, resources.gpu_type.as_str(), resources.cpu.as_str()), (1, "h100", "1"));
+        assert_eq!(r.timeout.map(|t| t.seconds), Some(600));
+        let retry = r.retry.unwrap_or_default();
+        assert_eq!(retry.max_deliveries, 4);
+        assert_eq!(retry.initial_backoff.map(|d| (d.seconds, d.nanos)), Some((0, 500_000_000)));
+        assert_eq!(retry.max_backoff.map(|d| d.seconds), Some(60));
+
+        let bad = yaml.replace("timeout: 10m", "timeout: ten minutes");
+        let err = request(parse(&bad).unwrap().remove(0), &BTreeMap::new()).expect_err("refused");
+        assert!(format!("{err:#}").contains("timeout"), "{err:#}");
+        let unknown = yaml.replace("queue: gpu", "queue: gpu\n  priority: 3");
+        assert!(parse(&unknown).is_err(), "an unknown field is still refused");
+    }
 
     #[test]
     fn reads_the_tutorial_project() {

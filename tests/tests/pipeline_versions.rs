@@ -47,7 +47,11 @@ async fn deploy(sandbox: &Sandbox, defaults: Value) -> anyhow::Result<ppb::Pipel
         resources: Some(ppb::Resources { cpu: "500m".into(), memory: "1Gi".into(), ..Default::default() }),
         queue: "batch".into(),
         timeout: Some(batchmill_core::time::duration_ms(600_000)),
-        retry: Some(ppb::RetryPolicy { max_deliveries: 5 }),
+        retry: Some(ppb::RetryPolicy {
+            max_deliveries: 5,
+            initial_backoff: Some(batchmill_core::time::duration_ms(2_000)),
+            max_backoff: Some(batchmill_core::time::duration_ms(20_000)),
+        }),
         compute: None,
     };
     let deployed = sandbox.pipelines().await?.deploy_pipeline(request).await?.into_inner();
@@ -130,7 +134,7 @@ async fn versions_keep_their_contract_and_jobs_get_defaults_with_their_overrides
     );
     assert_eq!(
         (&first["queue"], &first["timeout"], &first["retry"]),
-        (&json!("batch"), &json!("600s"), &json!({"maxDeliveries": 5}))
+        (&json!("batch"), &json!("600s"), &json!({"maxDeliveries": 5, "initialBackoff": "2s", "maxBackoff": "20s"}))
     );
     let second: Value = get(2).await?.json().await?;
     assert_eq!(second["defaults"]["label"], "dogs");
@@ -139,6 +143,49 @@ async fn versions_keep_their_contract_and_jobs_get_defaults_with_their_overrides
     assert_eq!(latest["version"], 2);
     // A job now needs no label: version 2 has a default for it.
     let done = sandbox.submit_rest(job(json!({})), Duration::from_secs(90)).await?;
+    assert_eq!(done.state(), batchmill_proto::jobs::v1::JobState::Succeeded, "{done:?}");
+    Ok(())
+}
+
+/// The built-in pipelines are versioned templates too: each shows its
+/// version, what it does and its config schema, and a job's config is
+/// checked against it at submission.
+#[tokio::test(flavor = "multi_thread")]
+async fn built_in_pipelines_show_their_template_and_check_a_jobs_config() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    let (http, base) = (sandbox.http(), sandbox.rest_url());
+    let embed: Value = http.get(format!("{base}/v1/pipelines/embed/versions/1")).send().await?.json().await?;
+    assert_eq!((&embed["builtIn"], &embed["version"], &embed["kind"]), (&json!(true), &json!(1), &json!("BuiltIn")));
+    assert!(embed["description"].as_str().is_some_and(|d| d.contains("sentence encoder")), "{embed}");
+    assert_eq!(embed["configSchema"]["properties"]["precision"]["enum"], json!(["fp32", "fp16", "bf16"]));
+    assert_eq!(embed["overridable"], json!(["model", "precision"]));
+    assert_eq!(http.get(format!("{base}/v1/pipelines/embed/versions/2")).send().await?.status(), 404);
+    let listed: Value = http.get(format!("{base}/v1/pipelines")).send().await?.json().await?;
+    let echo = listed["pipelines"].as_array().and_then(|all| all.iter().find(|p| p["name"] == "echo")).cloned();
+    let echo = echo.unwrap_or_default();
+    assert_eq!((&echo["version"], &echo["overridable"]), (&json!(1), &json!(["*"])), "{listed}");
+
+    for (pipeline, config, field, why) in [
+        ("embed", json!({"batch": 8}), "config.batch", "is locked"),
+        ("embed", json!({"precision": "int8"}), "config.precision", "is not one of"),
+        ("echo", json!({"lanes": 9}), "config.lanes", "greater than the maximum"),
+    ] {
+        let body =
+            json!({"pipeline": pipeline, "workers": 1, "config": config, "itemList": {"items": [1], "batchSize": 1}});
+        let response = http.post(format!("{base}/v1/jobs")).json(&body).send().await?;
+        let status = response.status();
+        let error: Value = response.json().await?;
+        let violation = &error["details"][0]["fieldViolations"][0];
+        assert_eq!((status.as_u16(), &violation["field"]), (400, &json!(field)), "{body}: {error}");
+        assert!(violation["description"].as_str().is_some_and(|d| d.contains(why)), "{body}: {error}");
+    }
+    // echo lets through the fields it does not read, as Cortex's clients send them.
+    let done = sandbox
+        .submit_rest(
+            json!({"pipeline": "echo", "workers": 1, "config": {"k": 1}, "itemList": {"items": [1, 2], "batchSize": 1}}),
+            Duration::from_secs(60),
+        )
+        .await?;
     assert_eq!(done.state(), batchmill_proto::jobs::v1::JobState::Succeeded, "{done:?}");
     Ok(())
 }

@@ -10,6 +10,9 @@ use batchmill_proto::scheduler::v1::{BatchOutcome, BatchStatus};
 use crate::time::{duration_ms, timestamp};
 use crate::{BatchId, JobId, S3Uri};
 
+/// Most lanes a predictor may ask for: each holds a batch while it runs.
+pub const MAX_LANES: usize = 4;
+
 /// Where a job's objects go: `<output_uri>/<job_id>`.
 pub fn job_output(output_uri: &S3Uri, job: &JobId) -> S3Uri {
     output_uri.join(job.as_str())

@@ -4,6 +4,7 @@
 //! maps to gRPC and HTTP status.
 
 pub mod access;
+pub mod backoff;
 pub mod batch;
 pub mod embed;
 pub mod enqueue;

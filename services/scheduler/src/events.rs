@@ -131,7 +131,7 @@ pub(crate) fn state_changed(state: JobState, retries: u32, message: Option<&str>
         JobState::Pending if retries > 0 => format!("retried (retry {retries}): waiting for admission"),
         JobState::Pending => "accepted: waiting for admission".to_owned(),
         JobState::Admitted => "admitted: its queue is open and its items are being enqueued".to_owned(),
-        JobState::Running => "running: a worker took it".to_owned(),
+        JobState::Running => "running: a worker runs its batches".to_owned(),
         JobState::Completing => "every batch is final: running the completion hook".to_owned(),
         JobState::Succeeded => "succeeded: every batch has its results".to_owned(),
         JobState::CompletedWithFailures => "completed: some batches failed for good (see its dead letters)".to_owned(),

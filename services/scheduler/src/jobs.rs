@@ -37,6 +37,9 @@ pub(crate) struct JobEntry {
     /// Loaded by this leader from etcd, its enqueue progress not yet seen:
     /// what that progress says an earlier leader has told already.
     pub loaded: bool,
+    /// Since when no connected worker can run it (while it has none), and
+    /// whether its log says so yet.
+    pub unmatched: Option<(u64, bool)>,
 }
 
 impl JobEntry {
@@ -60,6 +63,17 @@ impl JobEntry {
     pub fn enter(&mut self, state: JobState) {
         self.record.state = state;
         self.unsaid.push(crate::events::Unsaid::State(state));
+    }
+
+    /// An admitted job runs once a worker has its predictor running (it says
+    /// so, or reports a batch); true if it has just started running.
+    pub fn running(&mut self, now_ms: u64) -> bool {
+        if self.record.state != JobState::Admitted {
+            return false;
+        }
+        self.enter(JobState::Running);
+        self.record.start_ms = Some(now_ms);
+        true
     }
 
     /// Marks `worker`'s predictor started; false if it already was or the
@@ -101,6 +115,7 @@ impl Jobs {
             start_failures: 0,
             unsaid: Vec::new(),
             loaded: false,
+            unmatched: None,
         };
         self.entries.insert(entry.record.job_id.clone(), entry);
     }

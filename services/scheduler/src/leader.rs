@@ -232,7 +232,7 @@ async fn lead(
         store: deps.store.clone(),
     };
     let mut state = State::new(ports, deps.settings.clone(), Clock::new());
-    let built_in = vec!["echo".to_owned(), batchmill_core::embed::PIPELINE.to_owned()];
+    let built_in = crate::built_in::templates();
     let loaded = async {
         let jobs = state.load().await?;
         let pipelines = Pipelines::load(built_in, kv.clone(), deps.store.clone(), deps.pipelines_uri.clone()).await?;

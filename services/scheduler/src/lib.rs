@@ -32,6 +32,7 @@
 
 mod actor;
 mod admission;
+mod built_in;
 mod dead_letters;
 mod events;
 mod exhausted;

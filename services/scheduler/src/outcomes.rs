@@ -31,6 +31,7 @@ impl State {
             // A worker that reports a batch has its predictor running (its
             // started message may have gone to a previous leader).
             entry.start(worker);
+            entry.running(self.clock.now_ms());
             let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
             let counted =

@@ -8,8 +8,9 @@
 //! - a schema violation is refused, naming the JSON path (`config.threshold`).
 //!
 //! Overridable fields are dotted paths (`threshold`, `model.precision`); a
-//! path covers everything under it. A pipeline with no schema (a
-//! `cortex.yaml` deploy) is open: every field may be set, none is checked.
+//! path covers everything under it, and `*` covers every field. A pipeline
+//! with no schema (a `cortex.yaml` deploy) is open: every field may be set,
+//! none is checked.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -17,6 +18,10 @@ use serde_json::{Map, Value};
 use batchmill_core::FieldViolation;
 
 use crate::pipelines::merge_config;
+
+/// The overridable path that lets a job set any field (the schema still
+/// checks it).
+pub const EVERY_FIELD: &str = "*";
 
 /// Most overridable paths a pipeline names.
 const MOST_PATHS: usize = 256;
@@ -112,9 +117,9 @@ impl ConfigContract {
 
     /// Whether an overridable path is `leaf` or lies above it.
     fn covers(&self, leaf: &str) -> bool {
-        self.overridable
-            .iter()
-            .any(|path| leaf == path || leaf.strip_prefix(path.as_str()).is_some_and(|r| r.starts_with('.')))
+        self.overridable.iter().any(|path| {
+            path == EVERY_FIELD || leaf == path || leaf.strip_prefix(path.as_str()).is_some_and(|r| r.starts_with('.'))
+        })
     }
 }
 

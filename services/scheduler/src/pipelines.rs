@@ -23,6 +23,7 @@ use batchmill_blob::ObjectStore;
 use batchmill_core::project::{CONDA_PACKAGES, DOTENV};
 
 use crate::SchedulerError;
+use crate::built_in::Template;
 use crate::pipeline_config::ConfigContract;
 use crate::run_policy::RunPolicy;
 
@@ -78,6 +79,21 @@ pub struct PredictorSpec {
     pub python_path: String,
 }
 
+/// What every version shows, deployed or built in: its config contract and
+/// run policy.
+pub(crate) fn version_terms(config: &ConfigContract, run: &RunPolicy) -> pb::Pipeline {
+    pb::Pipeline {
+        config_schema: config.schema.as_ref().and_then(Value::as_object).map(batchmill_core::json::json_to_struct),
+        overridable: config.overridable.clone(),
+        defaults: (!config.defaults.is_empty()).then(|| batchmill_core::json::json_to_struct(&config.defaults)),
+        resources: Some(run.resources_proto()),
+        queue: run.queue().to_owned(),
+        timeout: run.timeout_ms.map(batchmill_core::time::duration_ms),
+        retry: run.retry_proto(),
+        ..Default::default()
+    }
+}
+
 impl Deployed {
     pub fn to_proto(&self) -> pb::Pipeline {
         pb::Pipeline {
@@ -96,19 +112,7 @@ impl Deployed {
             artifacts_uri: self.artifacts_uri.clone(),
             deploy_time: Some(timestamp(self.deploy_ms)),
             files: self.files.clone(),
-            config_schema: self
-                .config
-                .schema
-                .as_ref()
-                .and_then(Value::as_object)
-                .map(batchmill_core::json::json_to_struct),
-            overridable: self.config.overridable.clone(),
-            defaults: (!self.config.defaults.is_empty())
-                .then(|| batchmill_core::json::json_to_struct(&self.config.defaults)),
-            resources: Some(self.run.resources_proto()),
-            queue: self.run.queue().to_owned(),
-            timeout: self.run.timeout_ms.map(batchmill_core::time::duration_ms),
-            retry: self.run.max_deliveries.map(|n| pb::RetryPolicy { max_deliveries: n as i32 }),
+            ..version_terms(&self.config, &self.run)
         }
     }
 
@@ -128,7 +132,7 @@ impl Deployed {
 /// Built-in and deployed pipelines; clones share them.
 #[derive(Clone)]
 pub struct Pipelines {
-    built_in: Arc<Vec<String>>,
+    built_in: Arc<Vec<Template>>,
     deployed: Arc<RwLock<BTreeMap<String, Deployed>>>,
     kv: Arc<dyn Kv>,
     store: Arc<dyn ObjectStore>,
@@ -141,7 +145,7 @@ pub struct Pipelines {
 impl Pipelines {
     /// The built-in pipelines and every deployed one in etcd.
     pub async fn load(
-        built_in: Vec<String>,
+        built_in: Vec<Template>,
         kv: Arc<dyn Kv>,
         store: Arc<dyn ObjectStore>,
         root: S3Uri,
@@ -165,17 +169,36 @@ impl Pipelines {
         })
     }
 
+    /// The template of built-in pipeline `name`.
+    fn template(&self, name: &str) -> Option<&Template> {
+        self.built_in.iter().find(|t| t.name == name)
+    }
+
+    /// A job's config: checked against the contract of the version it runs
+    /// (`deployed`, resolved from `name`) or of its built-in template, with
+    /// the defaults merged under it. Errors name the field.
+    pub fn config_for(
+        &self,
+        name: &str,
+        deployed: Option<&Deployed>,
+        config: &Map<String, Value>,
+    ) -> Result<Map<String, Value>, SchedulerError> {
+        if let Some(deployed) = deployed {
+            return Ok(deployed.config.config_for(config)?);
+        }
+        match self.template(name) {
+            Some(template) => Ok(template.config_for(config)?),
+            None => Ok(config.clone()),
+        }
+    }
+
     fn deployed(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Deployed>> {
         self.deployed.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every pipeline, by name.
     pub fn list(&self) -> Vec<pb::Pipeline> {
-        let mut all: Vec<pb::Pipeline> = self
-            .built_in
-            .iter()
-            .map(|name| pb::Pipeline { name: name.clone(), built_in: true, ..Default::default() })
-            .collect();
+        let mut all: Vec<pb::Pipeline> = self.built_in.iter().map(Template::to_proto).collect();
         all.extend(self.deployed().values().map(Deployed::to_proto));
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
@@ -189,6 +212,9 @@ impl Pipelines {
     /// Versions from before every version was kept are found only while
     /// they are the latest.
     pub async fn version(&self, name: &str, version: u32) -> Result<Option<pb::Pipeline>, SchedulerError> {
+        if let Some(template) = self.template(name) {
+            return Ok((template.version == version).then(|| template.to_proto()));
+        }
         let latest = self.deployed().get(name).filter(|d| d.version == version).map(Deployed::to_proto);
         if latest.is_some() {
             return Ok(latest);
@@ -204,7 +230,7 @@ impl Pipelines {
     /// What a job naming `name` runs: None for a built-in pipeline, the
     /// latest version of a deployed one, or an error listing what exists.
     pub fn resolve(&self, name: &str) -> Result<Option<Deployed>, SchedulerError> {
-        if self.built_in.iter().any(|p| p == name) {
+        if self.template(name).is_some() {
             return Ok(None);
         }
         if let Some(d) = self.deployed().get(name) {
@@ -223,7 +249,7 @@ impl Pipelines {
         request: pb::DeployPipelineRequest,
         caller: &Caller,
     ) -> Result<pb::Pipeline, SchedulerError> {
-        if self.built_in.contains(&request.name) {
+        if self.template(&request.name).is_some() {
             let message = format!("{:?} is a built-in pipeline and cannot be replaced", request.name);
             return Err(bad("name", message));
         }
@@ -378,18 +404,6 @@ pub fn merge_config(base: &Map<String, Value>, over: &Map<String, Value>) -> Map
     merged
 }
 
-/// Checks a job's `config` for what a built-in pipeline reads from it,
-/// so a mistake is refused at submission, naming the field, rather than
-/// failing the job on its workers.
-pub fn check_config(name: &str, config: &serde_json::Map<String, serde_json::Value>) -> Result<(), SchedulerError> {
-    if name != batchmill_core::embed::PIPELINE {
-        return Ok(());
-    }
-    batchmill_core::embed::EmbedConfig::parse(config)
-        .map(drop)
-        .map_err(|v| SchedulerError::BadPipeline { field: v.field, message: v.description })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,24 +420,6 @@ mod tests {
         for bad in ["", "/etc/passwd", "../x", "a//b", "a/./b", "a\\b"] {
             assert!(check_path(bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn embed_config_is_checked_at_submission_naming_the_field() {
-        let check = |c: Value| check_config("embed", c.as_object().unwrap()).map_err(|e| e.to_string());
-        assert!(check(json!({})).is_ok());
-        assert!(check(json!({"model": "s3://batchmill/models/minilm", "precision": "fp32"})).is_ok());
-        assert!(check(json!({"model": "/models/minilm"})).is_ok());
-        for (bad, field) in [
-            (json!({"model": 7}), "config.model"),
-            (json!({"model": ""}), "config.model"),
-            (json!({"model": "s3://"}), "config.model"),
-            (json!({"precision": "int8"}), "config.precision"),
-        ] {
-            let err = check(bad.clone()).expect_err("refused");
-            assert!(err.contains(field), "{bad}: {err}");
-        }
-        assert!(check_config("echo", json!({"model": 7}).as_object().unwrap()).is_ok(), "echo reads other keys");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! `memory: "4Gi"`); a GPU type is `any` or a model such as `h100`.
 
 use batchmill_core::FieldViolation;
+use batchmill_core::backoff::Backoff;
 use batchmill_proto::pipelines::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,9 @@ pub struct RunPolicy {
     /// A batch's deliveries unless the job names them.
     #[serde(default)]
     pub max_deliveries: Option<u32>,
+    /// The wait between a batch's deliveries; None for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
 }
 
 impl RunPolicy {
@@ -56,6 +60,7 @@ impl RunPolicy {
         let timeout_ms = request.timeout.as_ref().map(batchmill_core::job::check_timeout).transpose()?;
         let max_deliveries = match &request.retry {
             None => None,
+            Some(r) if r.max_deliveries == 0 => None,
             Some(r) if (1..=batchmill_core::job::MAX_RECEIVE_COUNT).contains(&r.max_deliveries) => {
                 Some(r.max_deliveries as u32)
             }
@@ -70,7 +75,26 @@ impl RunPolicy {
                 ));
             }
         };
-        Ok(RunPolicy { resources, queue, timeout_ms, max_deliveries })
+        let backoff = match &request.retry {
+            Some(r) if r.initial_backoff.is_some() || r.max_backoff.is_some() => {
+                Some(Backoff::checked("retry", r.initial_backoff.as_ref(), r.max_backoff.as_ref())?)
+            }
+            _ => None,
+        };
+        Ok(RunPolicy { resources, queue, timeout_ms, max_deliveries, backoff })
+    }
+
+    /// The retry policy as the API shows it; None when it sets nothing.
+    pub fn retry_proto(&self) -> Option<pb::RetryPolicy> {
+        if self.max_deliveries.is_none() && self.backoff.is_none() {
+            return None;
+        }
+        let (initial_backoff, max_backoff) = self.backoff.map(Backoff::to_proto).unzip();
+        Some(pb::RetryPolicy {
+            max_deliveries: self.max_deliveries.map_or(0, |n| n as i32),
+            initial_backoff,
+            max_backoff,
+        })
     }
 
     /// The queue its jobs go through.
@@ -202,7 +226,7 @@ mod tests {
         pb::DeployPipelineRequest {
             resources: Some(resources),
             queue: queue.into(),
-            retry: (retry != 0).then_some(pb::RetryPolicy { max_deliveries: retry }),
+            retry: (retry != 0).then_some(pb::RetryPolicy { max_deliveries: retry, ..Default::default() }),
             timeout: Some(prost_types::Duration { seconds: 90, nanos: 0 }),
             ..Default::default()
         }
@@ -238,8 +262,25 @@ mod tests {
         assert_eq!(policy.queue(), "default");
         assert_eq!((policy.timeout_ms, policy.max_deliveries), (Some(90_000), Some(5)));
         assert_eq!(policy.resources.gpu_type, "any", "a GPU of any type unless one is named");
+        assert_eq!(policy.retry_proto().map(|r| (r.max_deliveries, r.initial_backoff)), Some((5, None)));
         let none = RunPolicy::from_request(&pb::DeployPipelineRequest::default()).expect("valid");
         assert_eq!((none.queue(), none.timeout_ms, none.max_deliveries), ("default", None, None));
+        assert_eq!(none.retry_proto(), None);
+    }
+
+    #[test]
+    fn a_backoff_may_be_set_without_deliveries_and_shows_as_given() {
+        let secs = |s| prost_types::Duration { seconds: s, nanos: 0 };
+        let retry = pb::RetryPolicy { max_deliveries: 0, initial_backoff: Some(secs(2)), max_backoff: Some(secs(60)) };
+        let request = pb::DeployPipelineRequest { retry: Some(retry), ..Default::default() };
+        let policy = RunPolicy::from_request(&request).expect("valid");
+        assert_eq!(policy.max_deliveries, None, "0 deliveries: the cluster's");
+        assert_eq!(policy.backoff, Some(Backoff { initial_ms: 2_000, max_ms: 60_000 }));
+        assert_eq!(policy.retry_proto(), Some(retry));
+        let backwards =
+            pb::RetryPolicy { max_backoff: Some(secs(1)), initial_backoff: Some(secs(5)), max_deliveries: 3 };
+        let request = pb::DeployPipelineRequest { retry: Some(backwards), ..Default::default() };
+        assert_eq!(RunPolicy::from_request(&request).map_err(|e| e.field), Err("retry.max_backoff".to_owned()));
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl State {
         }
         self.note_manifests();
         self.assign();
+        self.note_unmatched();
     }
 
     /// Completes or fails the changed jobs that are done.

@@ -24,9 +24,8 @@ impl Scheduler {
     /// records it, within its account's limits.
     pub async fn submit(&self, mut spec: JobSpec, caller: &Caller) -> Result<pb::Job, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
-        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
+        spec.config = self.pipelines.config_for(&spec.pipeline, deployed.as_ref(), &spec.config)?;
         if let Some(deployed) = &deployed {
-            spec.config = deployed.config.config_for(&spec.config)?;
             // The version's timeout and retries, unless the job names its own.
             spec.timeout_ms = spec.timeout_ms.or(deployed.run.timeout_ms);
             spec.max_receive_count = spec.max_receive_count.or(deployed.run.max_deliveries);
@@ -222,10 +221,7 @@ impl Scheduler {
     /// prints them) and the item and batch counts where they are known.
     pub async fn dry_run(&self, spec: JobSpec, caller: &Caller) -> Result<pb::DryRunJobResponse, SchedulerError> {
         let deployed = self.pipelines.resolve(&spec.pipeline)?;
-        crate::pipelines::check_config(&spec.pipeline, &spec.config)?;
-        if let Some(deployed) = &deployed {
-            deployed.config.config_for(&spec.config)?;
-        }
+        self.pipelines.config_for(&spec.pipeline, deployed.as_ref(), &spec.config)?;
         fenced(&self.settings.fence, &spec, &caller.account)?;
         let mut spec = spec;
         spec.source = self.own_files(spec.source, &caller.account).await?;

@@ -22,6 +22,9 @@ use batchmill_proto::jobs::v1::{EventLevel, JobEvent};
 
 /// Predictor start failures before a job fails.
 const START_FAILURES: u32 = 3;
+/// How long an admitted job waits with no worker able to run it before its
+/// log says so (workers come and go; a moment without one is no news).
+const UNMATCHED_GRACE_MS: u64 = 5_000;
 
 /// What a worker can run.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +42,17 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What a worker offers, as an event tells it.
+    fn describe(&self) -> String {
+        let gpus = match self.gpu_count {
+            0 => "no GPU".to_owned(),
+            n => format!("{n} × {} ({} MiB)", self.gpu_name, self.gpu_memory_bytes >> 20),
+        };
+        let mut runs = self.built_in.clone();
+        runs.extend(self.predictor_types.iter().cloned());
+        format!("{gpus}; runs {}", runs.join(", "))
+    }
+
     /// Whether this worker can run `record`'s pipeline: a built-in one it
     /// has, or a deployed version whose predictor type it runs and whose
     /// GPU needs (count, type, memory) it meets.
@@ -99,6 +113,19 @@ impl Workers {
         }
     }
 
+    /// Whether any connected worker, idle or not, can run `record`'s pipeline.
+    fn any_can_run(&self, record: &JobRecord) -> bool {
+        self.entries.values().any(|w| w.runs.can_run(record))
+    }
+
+    /// What the connected workers offer, each kind once.
+    fn offers(&self) -> String {
+        let mut kinds: Vec<String> = self.entries.values().map(|w| w.runs.describe()).collect();
+        kinds.sort();
+        kinds.dedup();
+        if kinds.is_empty() { "no worker is connected".to_owned() } else { kinds.join("; ") }
+    }
+
     /// An idle worker that can run `record`'s pipeline.
     pub fn idle_for(&self, record: &JobRecord) -> Option<WorkerId> {
         self.entries.iter().find(|(_, w)| w.job.is_none() && w.runs.can_run(record)).map(|(k, _)| k.clone())
@@ -153,8 +180,12 @@ impl State {
             && entry.start(worker)
         {
             info!(job_id = %id, worker_id = %worker, "worker started the job's predictor");
-            // Worker counts are not persisted: tell the watchers, write nothing.
-            entry.publish(now);
+            if entry.running(now) {
+                self.pending.mark(&id);
+            } else {
+                // Worker counts are not persisted: tell the watchers, write nothing.
+                entry.publish(now);
+            }
         }
     }
 
@@ -208,6 +239,35 @@ impl State {
         self.assign();
     }
 
+    /// Says in the log of each admitted job that has no worker, and that no
+    /// connected worker can run, what it needs and what the workers offer:
+    /// once, after [`UNMATCHED_GRACE_MS`], and again only after a worker
+    /// has taken it.
+    pub(crate) fn note_unmatched(&mut self) {
+        let now = self.clock.now_ms();
+        let waiting = |e: &JobEntry| matches!(e.record.state, JobState::Admitted | JobState::Running);
+        for id in self.jobs.ids(|e| waiting(e) || e.unmatched.is_some()) {
+            let Some(entry) = self.jobs.get_mut(&id) else { continue };
+            if !waiting(entry) || !entry.assigned.is_empty() || self.workers.any_can_run(&entry.record) {
+                entry.unmatched = None;
+                continue;
+            }
+            match entry.unmatched {
+                None => entry.unmatched = Some((now, false)),
+                Some((since, false)) if now.saturating_sub(since) >= UNMATCHED_GRACE_MS => {
+                    entry.unmatched = Some((since, true));
+                    let message = format!(
+                        "no connected worker can run it: it needs {}; the workers offer: {}",
+                        needs(&entry.record),
+                        self.workers.offers()
+                    );
+                    self.event(&id, event(EventLevel::Warn, "no_matching_worker", message));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Gives idle workers to jobs that can take more, oldest job first.
     pub(crate) fn assign(&mut self) {
         for worker_id in self.workers.idle() {
@@ -228,16 +288,12 @@ impl State {
             info!(job_id = %job_id, worker_id = %worker_id, "worker assigned");
             let message = format!("worker {worker_id} assigned");
             self.event(&job_id, worker_event(EventLevel::Info, "worker_assigned", &worker_id, message));
-            let now = self.clock.now_ms();
             if let Some(worker) = self.workers.get_mut(&worker_id) {
                 worker.job = Some(job_id.clone());
             }
+            // RUNNING waits for the worker to have its predictor running.
             if let Some(entry) = self.jobs.get_mut(&job_id) {
                 entry.assigned.insert(worker_id.clone(), false);
-                if entry.record.state == JobState::Admitted {
-                    entry.enter(JobState::Running);
-                    entry.record.start_ms = Some(now);
-                }
             }
             self.pending.mark(&job_id);
         }
@@ -251,6 +307,8 @@ impl State {
             None => record.config.clone(),
         };
         let job_id = record.job_id.as_str();
+        let backoff = record.deployed.as_ref().and_then(|d| d.run.backoff).unwrap_or_default();
+        let (initial_backoff, max_backoff) = backoff.to_proto();
         spb::Assign {
             job_id: job_id.to_owned(),
             pipeline: record.pipeline.clone(),
@@ -265,8 +323,24 @@ impl State {
             total_batch_count: if entry.enqueue.done { entry.enqueue.next_seq as i64 } else { -1 },
             // A job whose credentials cannot be opened fails at admission.
             input_access: record.secrets(self.settings.secret_key.as_ref()).ok().and_then(|s| s.s3).map(|a| a.to_pb()),
+            initial_backoff: Some(initial_backoff),
+            max_backoff: Some(max_backoff),
         }
     }
+}
+
+/// What a job's pipeline asks of a worker, as an event tells it.
+fn needs(record: &JobRecord) -> String {
+    let Some(deployed) = &record.deployed else { return format!("the built-in pipeline {:?}", record.pipeline) };
+    let r = &deployed.run.resources;
+    let gpus = match r.gpu_count {
+        0 => String::new(),
+        n => {
+            let memory = if r.gpu_memory.is_empty() { String::new() } else { format!(" of at least {}", r.gpu_memory) };
+            format!(" and {n} GPU(s) of type {}{memory}", r.gpu_type)
+        }
+    };
+    format!("a {} predictor{gpus}", deployed.predictor.kind)
 }
 
 /// An event about worker `worker`.

@@ -107,7 +107,9 @@ async fn a_worker_that_reports_a_batch_counts_as_running() {
     let mut w1 = join(&mut state, "w1");
     state.submit(record("j1", 1), Limits::default()).await.unwrap();
     assert!(matches!(&drain(&mut w1)[..], [Out::Assign(a)] if a.job_id == "j1"));
-    assert_eq!(state.get(&job_id("j1")).unwrap().workers.unwrap().initializing, 1);
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.workers.unwrap().initializing, 1);
+    assert_eq!(job.state(), pb::JobState::Admitted, "not running until a worker runs its batches");
     // Its started message went to a previous leader; its first outcome tells.
     let outcome = spb::BatchOutcome {
         job_id: "j1".into(),
@@ -118,8 +120,27 @@ async fn a_worker_that_reports_a_batch_counts_as_running() {
         ..Default::default()
     };
     state.outcome(&WorkerId::new("w1"), outcome);
-    let workers = state.get(&job_id("j1")).unwrap().workers.unwrap();
+    let job = state.get(&job_id("j1")).unwrap();
+    let workers = job.workers.unwrap();
     assert_eq!((workers.initializing, workers.running), (0, 1));
+    assert_eq!(job.state(), pb::JobState::Running);
+}
+
+#[tokio::test]
+async fn an_admitted_job_runs_once_a_worker_has_its_predictor_running() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let mut w1 = join(&mut state, "w1");
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
+    drain(&mut w1);
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!((job.state(), job.start_time.is_some()), (pb::JobState::Admitted, false));
+    state.started(&WorkerId::new("w1"), "j1");
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!((job.state(), job.start_time.is_some()), (pb::JobState::Running, true));
+    state.flush().await;
+    let durable = JobRecord::decode(&fakes.kv.get("/batchmill/jobs/j1").await.unwrap().unwrap()).unwrap();
+    assert_eq!(durable.state, batchmill_core::JobState::Running, "and it is durable");
 }
 
 #[tokio::test]
@@ -579,8 +600,8 @@ async fn a_jobs_event_log_records_its_course_in_order() {
             ("job_state", Info, "", Pending),
             ("job_state", Info, "", Admitted),
             ("worker_assigned", Info, "", Unspecified),
-            ("job_state", Info, "", Running),
             ("worker_assigned", Info, "", Unspecified),
+            ("job_state", Info, "", Running),
             ("batch_failed", Warn, "j1-1", Unspecified),
             ("worker_lost", Warn, "", Unspecified),
             ("batch_dead_lettered", Error, "j1-1", Unspecified),
@@ -637,4 +658,55 @@ async fn a_gpu_pipeline_runs_only_on_workers_with_the_gpu_it_asks_for() {
         }
     }
     assert_eq!(assigned, ["h100"], "only the H100 with 40 GiB or more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_no_worker_can_run_says_so_in_its_log_once() {
+    use batchmill_scheduler::{Capabilities, Resources, RunPolicy};
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let cpu =
+        Capabilities { built_in: vec!["echo".into()], predictor_types: vec!["python".into()], ..Default::default() };
+    let (tx, _cpu) = tokio::sync::mpsc::unbounded_channel();
+    state.worker_joined(WorkerId::new("cpu"), 1, cpu.clone(), std::sync::Arc::new(tx));
+    let mut job = deployed_record("g1");
+    if let Some(d) = job.deployed.as_mut() {
+        let resources = Resources { gpu_count: 1, gpu_type: "h100".into(), ..Resources::default() };
+        d.run = RunPolicy { resources, ..RunPolicy::default() };
+    }
+    state.submit(job, Limits::default()).await.unwrap();
+    state.enqueue_progress("g1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() });
+    let unmatched = |seen: &[(String, pb::EventLevel, String, pb::JobState)]| {
+        seen.iter().filter(|(t, l, _, _)| t == "no_matching_worker" && *l == pb::EventLevel::Warn).count()
+    };
+    state.tick().await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(unmatched(&events(&state, &fakes, "g1").await), 0, "a moment without a worker is no news");
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_secs(4)).await;
+        state.tick().await;
+        state.flush().await;
+    }
+    let stored = {
+        use batchmill_queue::Events;
+        state.events_written(Duration::from_secs(5)).await;
+        fakes.queue.events("g1", 0, 1000).await.unwrap()
+    };
+    let said: Vec<String> = stored
+        .iter()
+        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
+        .filter(|e| e.r#type == "no_matching_worker")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {said:?}");
+    assert!(said[0].contains("1 GPU(s) of type h100") && said[0].contains("no GPU"), "{}", said[0]);
+
+    // A worker with the GPU takes it.
+    let h100 =
+        Capabilities { gpu_count: 1, gpu_name: "NVIDIA H100 80GB HBM3".into(), gpu_memory_bytes: 80 << 30, ..cpu };
+    let (tx, mut gpu) = tokio::sync::mpsc::unbounded_channel();
+    state.worker_joined(WorkerId::new("h100"), 1, h100, std::sync::Arc::new(tx));
+    assert!(drain(&mut gpu).iter().any(|m| matches!(m, Out::Assign(a) if a.job_id == "g1")));
 }

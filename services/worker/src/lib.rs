@@ -29,7 +29,6 @@ mod settle;
 pub mod worker;
 
 pub use loader::{LoadError, Loader};
-pub use settle::backoff;
 pub use worker::Worker;
 
 use std::path::PathBuf;

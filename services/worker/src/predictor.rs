@@ -94,8 +94,7 @@ pub fn ndjson<T: serde::Serialize + Sync>(outputs: &[T]) -> Vec<u8> {
     outputs.par_chunks(32).map(lines).collect::<Vec<_>>().concat()
 }
 
-/// Most lanes a predictor may ask for: each holds a batch while it runs.
-pub const MAX_LANES: usize = 4;
+pub use batchmill_core::batch::MAX_LANES;
 
 /// The built-in sentence-embedding pipeline.
 pub const EMBED: &str = batchmill_core::embed::PIPELINE;

@@ -216,6 +216,15 @@ impl JobRun {
         Duration::from_millis(self.assign.ack_wait.as_ref().map_or(30_000, batchmill_core::time::duration_to_ms))
     }
 
+    /// The wait before a failed batch is delivered again, as the job's
+    /// pipeline version sets it.
+    pub(crate) fn backoff(&self) -> batchmill_core::backoff::Backoff {
+        batchmill_core::backoff::Backoff::from_proto(
+            self.assign.initial_backoff.as_ref(),
+            self.assign.max_backoff.as_ref(),
+        )
+    }
+
     /// Writes a predicted batch's result and works out how it ended, left to
     /// settle.
     async fn finish(&self, output: &S3Uri, predicted: Predicted) -> Ran {

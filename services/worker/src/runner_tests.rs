@@ -65,19 +65,15 @@ impl World {
 
     /// Runs the job with `config` until its queue is empty.
     async fn run(&self, config: serde_json::Value, max_deliver: u32) -> CancellationToken {
+        self.start(assign(config, max_deliver))
+    }
+
+    /// Runs the job as `assign` says until its queue is empty.
+    fn start(&self, assign: pb::Assign) -> CancellationToken {
         let queue: Arc<dyn batchmill_queue::Queue> = Arc::new(self.queue.clone());
         let blob: Arc<dyn ObjectStore> = Arc::new(self.blob.clone());
         let dir = std::env::temp_dir().join(format!("batchmill-runner-test-{}", fastrand::u64(..)));
         let loader = Loader::new(None, dir, blob.clone(), queue.clone(), "w1".into());
-        let assign = pb::Assign {
-            job_id: JOB.into(),
-            pipeline: "echo".into(),
-            config: config.as_object().map(batchmill_core::json::json_to_struct),
-            output_uri: "s3://out/results".into(),
-            max_deliver,
-            ack_wait: Some(batchmill_core::time::duration_ms(2_000)),
-            ..Default::default()
-        };
         let stop = CancellationToken::new();
         let run = JobRun {
             log: JobLog::new(queue.clone(), JOB, "w1"),
@@ -92,6 +88,16 @@ impl World {
         };
         tokio::spawn(run.run(stop.clone()));
         stop
+    }
+
+    /// Waits until `n` outcomes have come, and says when.
+    async fn outcome_count(&self, n: usize, patience: Duration) -> tokio::time::Instant {
+        let deadline = tokio::time::Instant::now() + patience;
+        while self.outcomes.lock().unwrap().len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "outcomes: {:?}", self.outcomes());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::Instant::now()
     }
 
     async fn until_empty(&self, patience: Duration) {
@@ -110,6 +116,19 @@ impl World {
     }
 }
 
+/// The assignment of the echo job `JOB`.
+fn assign(config: serde_json::Value, max_deliver: u32) -> pb::Assign {
+    pb::Assign {
+        job_id: JOB.into(),
+        pipeline: "echo".into(),
+        config: config.as_object().map(batchmill_core::json::json_to_struct),
+        output_uri: "s3://out/results".into(),
+        max_deliver,
+        ack_wait: Some(batchmill_core::time::duration_ms(2_000)),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn every_batch_is_written_reported_and_acked_once() {
     let world = World::new(3, 3).await;
@@ -123,6 +142,29 @@ async fn every_batch_is_written_reported_and_acked_once() {
     let body = String::from_utf8(objects["s3://out/results/j1/j1-1.jsonl"].to_vec()).unwrap();
     assert_eq!(body, "{\"index\":2,\"result\":\"a\"}\n{\"index\":3,\"result\":\"b\"}\n");
     assert_eq!(objects.len(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_batch_waits_the_backoff_its_pipeline_version_sets() {
+    let world = World::new(1, 3).await;
+    let _session = world.session();
+    let backoff = batchmill_core::backoff::Backoff { initial_ms: 2_000, max_ms: 2_500 };
+    let (initial_backoff, max_backoff) = backoff.to_proto();
+    let assign = pb::Assign {
+        initial_backoff: Some(initial_backoff),
+        max_backoff: Some(max_backoff),
+        ..assign(serde_json::json!({"fail_batches": [0]}), 3)
+    };
+    let stop = world.start(assign);
+    let first = world.outcome_count(1, Duration::from_secs(10)).await;
+    let last = world.outcome_count(3, Duration::from_secs(20)).await;
+    stop.cancel();
+    let (retryable, fail) = (pb::BatchStatus::FailedRetryable, pb::BatchStatus::FailedFinal);
+    assert_eq!(world.outcomes(), [(0, retryable, 1), (0, retryable, 2), (0, fail, 3)]);
+    // 2 s after the first delivery, then 2.5 s (doubled, up to the ceiling);
+    // the cluster's default would have waited 1 s and 2 s.
+    let waited = last - first;
+    assert!(waited >= Duration::from_millis(4_400), "the two waits came to {waited:?}");
 }
 
 #[tokio::test]

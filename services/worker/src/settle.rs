@@ -47,7 +47,7 @@ impl Ran {
         let settled = match status {
             BatchStatus::Succeeded => delivery.ack().await,
             BatchStatus::FailedFinal => delivery.term().await,
-            _ => delivery.nak(backoff(attempt)).await,
+            _ => delivery.nak(run.backoff().delay(attempt)).await,
         };
         if let Err(e) = settled {
             warn!(batch_id = %id, error = %e, "settling the message failed");
@@ -141,22 +141,9 @@ pub(crate) async fn keep_in_progress<T>(
     }
 }
 
-/// Delay before redelivering a failed batch: 1s, 2s, 4s, ... up to 30s.
-pub fn backoff(attempt: u64) -> Duration {
-    Duration::from_secs(1u64 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(30))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(50), Duration::from_secs(30));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_until_a_result_or_giving_up() {

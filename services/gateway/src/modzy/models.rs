@@ -1,6 +1,6 @@
 //! `GET /api/models...`: pipelines as Modzy models, so the SDK can look
-//! them up. A built-in pipeline has version "1"; a deployed one has a
-//! version per deploy, of which the latest is the one jobs run.
+//! them up. A built-in pipeline has its template's version (1); a deployed
+//! one has a version per deploy, of which the latest is the one jobs run.
 
 use axum::response::Response;
 use batchmill_core::{Caller, FieldViolation};
@@ -12,7 +12,7 @@ use crate::auth::as_caller;
 use crate::forward::PipelinesForwarder;
 
 fn version_of(p: &ppb::Pipeline) -> u32 {
-    if p.built_in { 1 } else { p.version.max(1) }
+    p.version.max(1)
 }
 
 fn model(p: &ppb::Pipeline) -> Value {
@@ -26,7 +26,13 @@ fn model(p: &ppb::Pipeline) -> Value {
         "versions": (1..=latest).map(|v| v.to_string()).collect::<Vec<_>>(),
         "isActive": true,
         "author": if p.built_in { "batchmill" } else { "" },
-        "description": if p.built_in { "built-in pipeline" } else { "deployed pipeline" },
+        "description": if !p.description.is_empty() {
+            p.description.as_str()
+        } else if p.built_in {
+            "built-in pipeline"
+        } else {
+            "deployed pipeline"
+        },
     })
 }
 
