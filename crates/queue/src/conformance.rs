@@ -15,6 +15,7 @@ use crate::{DeliveryPolicy, Queue, QueueError, TraceHeaders};
 pub async fn run(queue: &dyn Queue, prefix: &str) {
     dedups_and_delivers_in_order(queue, prefix).await;
     redelivers_what_is_nakd_or_left(queue, prefix).await;
+    takes_many_at_once_each_held_once(queue, prefix).await;
     advises_of_exhausted_batches(queue, prefix).await;
     closing_withdraws_batches(queue, prefix).await;
     keeps_dead_letters_records_and_logs_per_job(queue, prefix).await;
@@ -80,6 +81,31 @@ async fn redelivers_what_is_nakd_or_left(queue: &dyn Queue, prefix: &str) {
     assert_eq!((back.attempt(), back.payload().as_ref()), (2, &b"left"[..]));
     drop(held);
     back.ack().await.expect("ack");
+}
+
+async fn takes_many_at_once_each_held_once(queue: &dyn Queue, prefix: &str) {
+    let job = format!("{prefix}many");
+    queue.open_job(&job, policy(30_000, 3)).await.expect("open");
+    let consumer = queue.job_consumer(&job).await.expect("consumer");
+    assert!(consumer.next_many(4, Duration::from_millis(200)).await.expect("next_many").is_empty(), "none yet");
+    for seq in 0..6 {
+        let body = Bytes::from(format!("batch {seq}"));
+        queue.publish_batch(&batch(&job, seq), 0, body, &TraceHeaders::new()).await.expect("publish");
+    }
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while seen.len() < 6 && tokio::time::Instant::now() < deadline {
+        let taken = consumer.next_many(4, Duration::from_secs(1)).await.expect("next_many");
+        assert!(taken.len() <= 4, "at most as many as asked: {}", taken.len());
+        for delivery in taken {
+            seen.push(String::from_utf8_lossy(delivery.payload()).into_owned());
+            delivery.ack().await.expect("ack");
+        }
+    }
+    let expected: Vec<String> = (0..6).map(|seq| format!("batch {seq}")).collect();
+    assert_eq!(seen, expected, "every batch once, in order");
+    assert!(consumer.next(Duration::from_millis(200)).await.expect("next").is_none(), "acked: gone");
+    queue.close_job(&job).await.expect("close");
 }
 
 async fn advises_of_exhausted_batches(queue: &dyn Queue, prefix: &str) {

@@ -397,13 +397,37 @@ impl Consumer for JobConsumer {
             },
             Err(e) => QueueError::js("fetch", e),
         };
-        // A fetch fails without saying why in a type: ask whether the
-        // consumer is still there (a closed job's consumer is deleted).
+        Err(self.why(error).await)
+    }
+
+    async fn next_many(&self, max: usize, wait: Duration) -> Result<Vec<Box<dyn Delivery>>> {
+        let fetched = self.consumer.fetch().max_messages(max.max(1)).expires(wait).messages().await;
+        let mut batch = match fetched {
+            Ok(batch) => batch,
+            Err(e) => return Err(self.why(QueueError::js("fetch", e)).await),
+        };
+        let mut taken: Vec<Box<dyn Delivery>> = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => taken.push(Box::new(JsDelivery { message })),
+                // What came before the error is held already: hand it out.
+                Err(_) if !taken.is_empty() => break,
+                Err(e) => return Err(self.why(QueueError::js("fetch", e)).await),
+            }
+        }
+        Ok(taken)
+    }
+}
+
+impl JobConsumer {
+    /// A fetch fails without saying why in a type: ask whether the consumer
+    /// is still there (a closed job's consumer is deleted).
+    async fn why(&self, error: QueueError) -> QueueError {
         match self.stream.consumer_info(consumer_name(&self.job_id)).await {
             Err(e) if matches!(e.kind(), async_nats::jetstream::context::ConsumerInfoErrorKind::NotFound) => {
-                Err(QueueError::ConsumerDeleted { job_id: self.job_id.clone() })
+                QueueError::ConsumerDeleted { job_id: self.job_id.clone() }
             }
-            _ => Err(error),
+            _ => error,
         }
     }
 }

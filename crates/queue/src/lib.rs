@@ -117,6 +117,11 @@ pub trait Consumer: Send + Sync + 'static {
     /// message at a time, so a busy worker never hoards batches.
     /// [`QueueError::ConsumerDeleted`] once the job's queue is closed.
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>>;
+
+    /// Up to `max` deliveries at once: what has arrived when the first does,
+    /// or none within `wait`. For a consumer that settles each quickly (one
+    /// trip to the server for many messages); every one is held from now.
+    async fn next_many(&self, max: usize, wait: Duration) -> Result<Vec<Box<dyn Delivery>>>;
 }
 
 /// One delivery of a batch, held until it is settled (acked, nak'ed or

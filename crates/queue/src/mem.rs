@@ -309,6 +309,18 @@ impl Consumer for MemConsumer {
                 as Box<dyn Delivery>
         }))
     }
+
+    async fn next_many(&self, max: usize, wait: Duration) -> Result<Vec<Box<dyn Delivery>>> {
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            let patience = if taken.is_empty() { wait } else { Duration::ZERO };
+            match self.next(patience).await? {
+                Some(delivery) => taken.push(delivery),
+                None => break,
+            }
+        }
+        Ok(taken)
+    }
 }
 
 struct MemDelivery {
