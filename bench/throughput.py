@@ -95,18 +95,26 @@ def limit(env, items, batch, workers):
     return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
 
 
+def option(name, default):
+    """`--name=1,2` as a list of ints."""
+    for a in sys.argv[1:]:
+        if a.startswith(f"--{name}="):
+            return [int(v) for v in a.split("=", 1)[1].split(",")]
+    return default
+
+
 def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     with_ray = "--no-ray" not in sys.argv
     items = int(args[0]) if args else 200_000
     rows = []
-    for workers in WORKERS:
+    for workers in option("workers", WORKERS):
         subprocess.run([os.path.join(REPO, "deploy/local/up")], env=dict(os.environ, BATCHMILL_WORKERS=str(workers)),
                        check=True, stdout=subprocess.DEVNULL)
         env = cluster_env()
         # Warm the workers and the connections.
         batchmill(env, 1_000, 100, workers)
-        for batch in BATCHES:
+        for batch in option("batches", BATCHES):
             n = items // 10 if batch == 1 else items
             row = {"workers": workers, "batch_size": batch, "items": n}
             row["batchmill_s"] = batchmill(env, n, batch, workers)

@@ -11,6 +11,7 @@
 //! between leaders) is retried in place, with backoff and jitter, while the
 //! message is kept in progress (see `settle.rs`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,10 +132,12 @@ impl JobRun {
         }
     }
 
-    /// Takes one batch at a time until `stop`, predicts it, and leaves its
-    /// write and settling to the background. A predictor with several lanes
-    /// runs this once per lane, so that one batch's work on the host overlaps
-    /// another's on the device.
+    /// Takes batches until `stop`, predicts each, and leaves its write and
+    /// settling to the background. A predictor with several lanes runs this
+    /// once per lane, so that one batch's work on the host overlaps
+    /// another's on the device. Batches that predict quickly are pulled
+    /// several per trip to the server ([`Pace`]); slow ones one at a time,
+    /// so that a busy worker never hoards them.
     async fn lane(
         self: Arc<Self>,
         predictor: Arc<dyn Predictor>,
@@ -143,41 +146,58 @@ impl JobRun {
         stop: CancellationToken,
     ) {
         let mut settling = tokio::task::JoinSet::new();
-        while !stop.is_cancelled() {
-            let delivery = tokio::select! {
-                () = stop.cancelled() => break,
-                d = consumer.next(Duration::from_secs(2)) => d,
-            };
-            match delivery {
-                // A batch once taken runs to the end, even when stopping.
-                Ok(Some(delivery)) => {
-                    let span =
-                        tracing::info_span!("batch", batch_id = tracing::field::Empty, attempt = delivery.attempt());
-                    batchmill_runtime::trace::set_parent(&span, &delivery.trace());
-                    // Writing the result, then settling (confirmation, then
-                    // ack), overlaps the next batch.
-                    if let Some(predicted) = self.predict(&predictor, delivery).instrument(span.clone()).await {
-                        let (run, output) = (self.clone(), output.clone());
-                        settling.spawn(
-                            async move { run.finish(&output, predicted).await.settle(&run).await }.instrument(span),
-                        );
-                    }
-                    while settling.len() >= MAX_UNSETTLED {
-                        settling.join_next().await;
-                    }
-                    while settling.try_join_next().is_some() {}
-                }
-                Ok(None) => {}
-                Err(QueueError::ConsumerDeleted { .. }) => {
-                    // The job ended and its queue is gone; the revoke follows.
-                    info!("job consumer deleted; stopping");
+        let mut taken: VecDeque<Box<dyn Delivery>> = VecDeque::new();
+        let mut pace = Pace::default();
+        // A batch once taken runs to the end, even when stopping.
+        loop {
+            let Some(delivery) = taken.pop_front() else {
+                if stop.is_cancelled() {
                     break;
                 }
-                Err(e) => {
-                    warn!(error = %e, "pull failed");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                let pulled = tokio::select! {
+                    () = stop.cancelled() => break,
+                    d = consumer.next_many(pace.pull(), Duration::from_secs(2)) => d,
+                };
+                match pulled {
+                    Ok(deliveries) => taken.extend(deliveries),
+                    Err(QueueError::ConsumerDeleted { .. }) => {
+                        // The job ended and its queue is gone; the revoke follows.
+                        info!("job consumer deleted; stopping");
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "pull failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                continue;
+            };
+            let span = tracing::info_span!("batch", batch_id = tracing::field::Empty, attempt = delivery.attempt());
+            batchmill_runtime::trace::set_parent(&span, &delivery.trace());
+            let started = Instant::now();
+            // Writing the result, then settling (confirmation, then ack),
+            // overlaps the next batch.
+            if let Some(predicted) = self.predict(&predictor, delivery).instrument(span.clone()).await {
+                let (run, output) = (self.clone(), output.clone());
+                settling.spawn(async move { run.finish(&output, predicted).await.settle(&run).await }.instrument(span));
+            }
+            pace.ran(started.elapsed());
+            // While the settling falls behind, the batches in hand stay ours.
+            let period = (self.ack_wait() / 3).max(Duration::from_millis(100));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            while settling.len() >= MAX_UNSETTLED {
+                tokio::select! {
+                    _ = settling.join_next() => {}
+                    _ = tick.tick() => {
+                        for delivery in &taken {
+                            if let Err(e) = delivery.in_progress().await {
+                                warn!(error = %e, "keeping a batch in hand failed");
+                            }
+                        }
+                    }
                 }
             }
+            while settling.try_join_next().is_some() {}
         }
         while settling.join_next().await.is_some() {}
     }
@@ -320,6 +340,37 @@ async fn run_predictor(predictor: &Arc<dyn Predictor>, batch: &Batch, id: &Batch
 
 /// Most batches run but not yet settled, per lane.
 const MAX_UNSETTLED: usize = 8;
+
+/// How many batches a lane pulls per trip to the server: one while batches
+/// take a while to predict, more (doubling, up to [`MOST_PULLED`]) while
+/// they are quick, since then the trip costs as much as the batch.
+#[derive(Debug)]
+pub(crate) struct Pace {
+    pull: usize,
+}
+
+/// A batch that predicts in less than this is quick.
+const QUICK: Duration = Duration::from_millis(20);
+/// Most batches pulled at once.
+const MOST_PULLED: usize = 8;
+
+impl Default for Pace {
+    fn default() -> Pace {
+        Pace { pull: 1 }
+    }
+}
+
+impl Pace {
+    /// How many to pull next.
+    pub fn pull(&self) -> usize {
+        self.pull
+    }
+
+    /// A batch predicted in `took`.
+    pub fn ran(&mut self, took: Duration) {
+        self.pull = if took < QUICK { (self.pull * 2).min(MOST_PULLED) } else { 1 };
+    }
+}
 
 #[cfg(test)]
 #[path = "runner_tests.rs"]

@@ -218,3 +218,32 @@ async fn an_outcome_unconfirmed_when_the_leader_died_is_confirmed_by_the_next_on
     let succeeded = pb::BatchStatus::Succeeded;
     assert_eq!(world.outcomes(), [(0, succeeded, 1), (1, succeeded, 1)], "no delivery spent");
 }
+
+#[test]
+fn quick_batches_are_pulled_several_at_a_time_and_slow_ones_singly() {
+    let mut pace = crate::runner::Pace::default();
+    assert_eq!(pace.pull(), 1);
+    let mut pulls = Vec::new();
+    for _ in 0..5 {
+        pace.ran(Duration::from_millis(1));
+        pulls.push(pace.pull());
+    }
+    assert_eq!(pulls, [2, 4, 8, 8, 8], "doubling up to the most");
+    pace.ran(Duration::from_millis(500));
+    assert_eq!(pace.pull(), 1, "a slow batch: one at a time again");
+}
+
+#[tokio::test]
+async fn batches_pulled_together_are_each_written_and_acked_once() {
+    let world = World::new(40, 3).await;
+    let _session = world.session();
+    let stop = world.run(serde_json::json!({}), 3).await;
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let outcomes = world.outcomes();
+    assert_eq!(outcomes.len(), 40, "{outcomes:?}");
+    assert!(outcomes.iter().enumerate().all(|(i, (seq, status, attempt))| {
+        *seq == i as u64 && *status == pb::BatchStatus::Succeeded && *attempt == 1
+    }));
+    assert_eq!(world.blob.objects().len(), 40);
+}
