@@ -388,16 +388,7 @@ struct JobConsumer {
 #[async_trait]
 impl Consumer for JobConsumer {
     async fn next(&self, wait: Duration) -> Result<Option<Box<dyn Delivery>>> {
-        let fetched = self.consumer.fetch().max_messages(1).expires(wait).messages().await;
-        let error = match fetched {
-            Ok(mut batch) => match batch.next().await {
-                Some(Ok(message)) => return Ok(Some(Box::new(JsDelivery { message }))),
-                Some(Err(e)) => QueueError::js("fetch", e),
-                None => return Ok(None),
-            },
-            Err(e) => QueueError::js("fetch", e),
-        };
-        Err(self.why(error).await)
+        Ok(self.next_many(1, wait).await?.pop())
     }
 
     async fn next_many(&self, max: usize, wait: Duration) -> Result<Vec<Box<dyn Delivery>>> {

@@ -182,24 +182,31 @@ impl JobRun {
                 settling.spawn(async move { run.finish(&output, predicted).await.settle(&run).await }.instrument(span));
             }
             pace.ran(started.elapsed());
-            // While the settling falls behind, the batches in hand stay ours.
-            let period = (self.ack_wait() / 3).max(Duration::from_millis(100));
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            while settling.len() >= MAX_UNSETTLED {
-                tokio::select! {
-                    _ = settling.join_next() => {}
-                    _ = tick.tick() => {
-                        for delivery in &taken {
-                            if let Err(e) = delivery.in_progress().await {
-                                warn!(error = %e, "keeping a batch in hand failed");
-                            }
-                        }
-                    }
-                }
+            if settling.len() >= MAX_UNSETTLED {
+                self.wait_for_settling(&mut settling, &taken).await;
             }
             while settling.try_join_next().is_some() {}
         }
         while settling.join_next().await.is_some() {}
+    }
+
+    /// Waits until fewer than [`MAX_UNSETTLED`] batches are settling; the
+    /// batches in hand (`taken`) stay ours meanwhile.
+    async fn wait_for_settling(&self, settling: &mut tokio::task::JoinSet<()>, taken: &VecDeque<Box<dyn Delivery>>) {
+        let period = (self.ack_wait() / 3).max(Duration::from_millis(100));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        while settling.len() >= MAX_UNSETTLED {
+            tokio::select! {
+                _ = settling.join_next() => {}
+                _ = tick.tick() => {
+                    for delivery in taken {
+                        if let Err(e) = delivery.in_progress().await {
+                            warn!(error = %e, "keeping a batch in hand failed");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs the predictor on one delivery, keeping the delivery ours
