@@ -1,7 +1,17 @@
-//! The batch contract: where a batch's result object goes, and how a
-//! batch's ending is recorded. Workers and the scheduler both end batches
-//! (the scheduler when a batch's deliveries ran out with its worker lost),
-//! and build the same three messages through [`BatchEnd`].
+//! The batch contract: where a batch's result object goes, how small
+//! batches travel in groups, and how a batch's ending is recorded. Workers
+//! and the scheduler both end batches (the scheduler when a batch's
+//! deliveries ran out with its worker lost), and build the same three
+//! messages through [`BatchEnd`].
+//!
+//! A group is one message holding consecutive batches of a job: they run
+//! one after another on one worker, their results go into one object
+//! (`<job_id>-<first>-<last>.jsonl`), and they settle together, so the trip
+//! through the queue and the object store is paid once for all of them. A
+//! group settles only once every batch in it is final (succeeded, or failed
+//! for good): until then nothing of it is reported and the whole group runs
+//! again, so a result object is only ever rewritten whole, with the same
+//! batches, and a redelivery never duplicates a result.
 
 use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
 use batchmill_proto::queue::v1::{Batch, DeadLetter};
@@ -24,6 +34,41 @@ pub fn result_uri(output_uri: &S3Uri, batch: &BatchId) -> S3Uri {
     job_output(output_uri, &batch.job_id).join(&format!("{batch}.jsonl"))
 }
 
+/// The result object of the batches `first..=last` of `job` that ran as
+/// one group: `<output_uri>/<job_id>/<job_id>-<first>-<last>.jsonl`.
+pub fn group_uri(output_uri: &S3Uri, job: &JobId, first: u64, last: u64) -> S3Uri {
+    job_output(output_uri, job).join(&format!("{job}-{first}-{last}.jsonl"))
+}
+
+/// The batches a message carries: its group, or itself.
+pub fn unpack(message: Batch) -> Vec<Batch> {
+    if message.group.is_empty() { vec![message] } else { message.group }
+}
+
+/// Items a group holds at most (fewer where the job is small; see
+/// [`batches_per_group`]).
+pub const GROUP_ITEMS: u64 = 1_000;
+/// Batches a group holds at most.
+pub const GROUP_BATCHES: u64 = 64;
+/// Groups each worker should have to take, at least, where a job's size is
+/// known: grouping must not leave workers idle.
+const GROUPS_PER_WORKER: u64 = 8;
+
+/// How many batches of `batch_size` items travel per message: enough to
+/// hold about [`GROUP_ITEMS`] items (at most [`GROUP_BATCHES`] batches),
+/// but, for a job of `items` items (when known) on up to `workers`
+/// workers, few enough that each worker has [`GROUPS_PER_WORKER`] groups to
+/// take. 1 for batches that fill a group alone.
+pub fn batches_per_group(batch_size: u32, items: Option<u64>, workers: u32) -> u32 {
+    let batch = u64::from(batch_size.max(1));
+    let mut group = (GROUP_ITEMS / batch).min(GROUP_BATCHES);
+    if let Some(items) = items {
+        let batches = items.div_ceil(batch);
+        group = group.min(batches / (u64::from(workers.max(1)) * GROUPS_PER_WORKER));
+    }
+    group.max(1) as u32
+}
+
 /// A job's manifest, written at its end: `<output_uri>/<job_id>/manifest.json`.
 pub fn manifest_uri(output_uri: &S3Uri, job: &JobId) -> S3Uri {
     job_output(output_uri, job).join("manifest.json")
@@ -44,6 +89,8 @@ pub struct BatchEnd<'a> {
     pub error: String,
     /// When it ended, in Unix milliseconds.
     pub end_ms: u64,
+    /// The first and last batch of the group it ran in, if it did.
+    pub group: Option<(u64, u64)>,
 }
 
 /// What a batch's ending makes durable: the dead letter of a batch that
@@ -59,7 +106,7 @@ pub struct Ending {
 impl BatchEnd<'_> {
     /// The messages this ending makes durable.
     pub fn build(self) -> Ending {
-        let BatchEnd { id, batch, status, attempt, worker_id, duration_ms: ms, error, end_ms } = self;
+        let BatchEnd { id, batch, status, attempt, worker_id, duration_ms: ms, error, end_ms, group } = self;
         let items = batch.items.len() as i64;
         let dead_letter = (status == BatchStatus::FailedFinal).then(|| DeadLetter {
             attempts: attempt,
@@ -97,6 +144,8 @@ impl BatchEnd<'_> {
             attempt,
             first_item: batch.first_item,
             inputs,
+            group_first: group.map_or(0, |g| g.0),
+            group_last: group.map_or(0, |g| g.1),
         };
         Ending { outcome, dead_letter, record }
     }
@@ -119,13 +168,24 @@ mod tests {
     use super::*;
 
     fn batch() -> Batch {
-        Batch { job_id: "j1".into(), seq: 4, first_item: 40, items: vec!["1".into(), "2".into()] }
+        Batch { job_id: "j1".into(), seq: 4, first_item: 40, items: vec!["1".into(), "2".into()], group: vec![] }
     }
 
     fn end(batch: &Batch, status: BatchStatus) -> Ending {
         let error = if status == BatchStatus::Succeeded { String::new() } else { "boom".into() };
         let id = &BatchId::of(batch).expect("id");
-        BatchEnd { id, batch, status, attempt: 3, worker_id: "w1", duration_ms: 1500, error, end_ms: 2_000 }.build()
+        BatchEnd {
+            id,
+            batch,
+            status,
+            attempt: 3,
+            worker_id: "w1",
+            duration_ms: 1500,
+            error,
+            end_ms: 2_000,
+            group: None,
+        }
+        .build()
     }
 
     #[test]
@@ -134,6 +194,50 @@ mod tests {
         let batch = BatchId::new(JobId::parse("job_id", "j1").expect("id"), 4);
         assert_eq!(result_uri(&output, &batch).to_string(), "s3://results/runs/j1/j1-4.jsonl");
         assert_eq!(manifest_uri(&output, &batch.job_id).to_string(), "s3://results/runs/j1/manifest.json");
+        let group = group_uri(&output, &batch.job_id, 40, 47).to_string();
+        assert_eq!(group, "s3://results/runs/j1/j1-40-47.jsonl");
+    }
+
+    #[test]
+    fn small_batches_are_grouped_up_to_a_thousand_items_leaving_every_worker_work() {
+        // No size known: about a thousand items, at most 64 batches.
+        assert_eq!([1, 10, 100, 400, 1000, 5000].map(|b| batches_per_group(b, None, 2)), [64, 64, 10, 2, 1, 1]);
+        // 200,000 items on 2 workers leave plenty of groups each.
+        assert_eq!(batches_per_group(10, Some(200_000), 2), 64);
+        // 1,000 items in batches of 32 on 2 workers: 32 batches, 16 groups
+        // wanted, so 2 batches per group; a tiny job is not grouped.
+        assert_eq!(batches_per_group(32, Some(1_000), 2), 2);
+        assert_eq!(batches_per_group(10, Some(30), 4), 1);
+        assert_eq!(batches_per_group(0, Some(0), 0), 1, "degenerate sizes still give one batch per message");
+    }
+
+    #[test]
+    fn a_message_unpacks_into_its_batches() {
+        let alone = batch();
+        assert_eq!(unpack(alone.clone()), vec![alone.clone()]);
+        let second = Batch { seq: 5, first_item: 42, ..batch() };
+        let group = Batch { items: vec![], group: vec![alone.clone(), second.clone()], ..batch() };
+        assert_eq!(unpack(group), vec![alone, second]);
+    }
+
+    #[test]
+    fn an_ending_in_a_group_names_the_group() {
+        let batch = batch();
+        let id = &BatchId::of(&batch).expect("id");
+        let grouped = BatchEnd {
+            id,
+            batch: &batch,
+            status: BatchStatus::Succeeded,
+            attempt: 1,
+            worker_id: "w1",
+            duration_ms: 3,
+            error: String::new(),
+            end_ms: 9,
+            group: Some((4, 9)),
+        }
+        .build();
+        assert_eq!((grouped.outcome.group_first, grouped.outcome.group_last), (4, 9));
+        assert_eq!(end(&batch, BatchStatus::Succeeded).outcome.group_last, 0);
     }
 
     #[test]

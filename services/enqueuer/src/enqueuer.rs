@@ -13,6 +13,7 @@ use batchmill_proto::enqueuer::v1::EnqueueJobRequest;
 use batchmill_proto::lister::v1::ListItemsRequest;
 use batchmill_proto::lister::v1::SourceSecrets;
 use batchmill_proto::lister::v1::source::Kind;
+use batchmill_proto::queue::v1::Batch;
 use batchmill_queue::Batches;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, instrument, warn};
 
+use crate::group::Group;
 use crate::{Batcher, EnqueueError, ItemSource, Skip};
 
 /// How long `stop` waits for a job's task to end.
@@ -296,9 +298,11 @@ impl Enqueuer {
         let trace = batchmill_runtime::trace::current();
         let mut stream = self.lister.items(list).await?;
         let mut batcher = Batcher::new(request.batch_size as usize, batchmill_core::job::MAX_BATCH_BYTES);
+        let mut group = Group::new(request.group, batchmill_core::job::MAX_BATCH_BYTES);
         let mut last_checkpoint = tokio::time::Instant::now();
         let mut item_index = progress.next_item;
         let skip = Skip::new(&request.skip);
+        let to = To { job_id: &job_id, round: request.round, skip: &skip, trace: &trace };
         loop {
             let chunk = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
@@ -313,7 +317,7 @@ impl Enqueuer {
                 })?;
                 item_index += 1;
                 if let Some(items) = full {
-                    self.publish(&job_id, progress, items, &skip, request.round, &trace).await?;
+                    self.publish(&to, progress, &mut group, items).await?;
                 }
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -322,37 +326,67 @@ impl Enqueuer {
             }
         }
         if let Some(items) = batcher.finish() {
-            self.publish(&job_id, progress, items, &skip, request.round, &trace).await?;
+            self.publish(&to, progress, &mut group, items).await?;
         }
-        Ok(())
+        self.send(&to, progress, group.take()).await
     }
 
+    /// Adds a batch to the group being filled, publishing what that
+    /// completes. `progress` counts only what is published, so a checkpoint
+    /// always falls at a group's boundary.
     async fn publish(
         &self,
-        job_id: &JobId,
+        to: &To<'_>,
         progress: &mut EnqueueProgress,
+        group: &mut Group,
         items: Vec<String>,
-        skip: &Skip,
-        round: u32,
-        trace: &batchmill_runtime::trace::TraceHeaders,
     ) -> Result<(), EnqueueError> {
         let count = items.len() as u64;
-        if skip.contains(progress.next_seq) {
-            // Final already (a retried job): its items count, it is not run again.
+        let seq = progress.next_seq + group.len();
+        if to.skip.contains(seq) {
+            // Final already (a retried job): its items count, it is not run
+            // again, and it ends the group before it.
+            self.send(to, progress, group.take()).await?;
             progress.next_seq += 1;
             progress.next_item += count;
             return Ok(());
         }
         let batch = batchmill_proto::queue::v1::Batch {
-            job_id: job_id.to_string(),
-            seq: progress.next_seq,
-            first_item: progress.next_item,
+            job_id: to.job_id.to_string(),
+            seq,
+            first_item: progress.next_item + group.items(),
             items,
+            group: Vec::new(),
         };
-        let id = BatchId::new(job_id.clone(), progress.next_seq);
-        self.queue.publish_batch(&id, round, Bytes::from(batch.encode_to_vec()), trace).await?;
-        progress.next_seq += 1;
-        progress.next_item += count;
+        let message = group.push(batch);
+        self.send(to, progress, message).await
+    }
+
+    /// Publishes one message (a batch, or a group of them) as its first
+    /// batch's id, and counts its batches and items as published.
+    async fn send(
+        &self,
+        to: &To<'_>,
+        progress: &mut EnqueueProgress,
+        message: Option<Batch>,
+    ) -> Result<(), EnqueueError> {
+        let Some(message) = message else { return Ok(()) };
+        let (batches, items) = match message.group.as_slice() {
+            [] => (1, message.items.len() as u64),
+            group => (group.len() as u64, group.iter().map(|b| b.items.len() as u64).sum()),
+        };
+        let id = BatchId::new(to.job_id.clone(), message.seq);
+        self.queue.publish_batch(&id, to.round, Bytes::from(message.encode_to_vec()), to.trace).await?;
+        progress.next_seq += batches;
+        progress.next_item += items;
         Ok(())
     }
+}
+
+/// Where a job's batches are published, and which are skipped.
+struct To<'a> {
+    job_id: &'a JobId,
+    round: u32,
+    skip: &'a Skip,
+    trace: &'a batchmill_runtime::trace::TraceHeaders,
 }

@@ -18,6 +18,7 @@
 
 mod batcher;
 mod enqueuer;
+mod group;
 mod grpc;
 mod items;
 mod skip;

@@ -234,3 +234,60 @@ async fn a_sources_own_access_is_kept_sealed_and_resumes_with_the_job() {
     let secrets = lister.secrets.lock().unwrap().clone();
     assert_eq!(secrets, [Some("own-secret-123".to_owned()), Some("own-secret-123".to_owned())]);
 }
+
+/// Each message's batches, as (seq, first item, items) of each.
+fn groups(messages: &[Batch]) -> Vec<Vec<(u64, u64, usize)>> {
+    messages
+        .iter()
+        .map(|m| {
+            let batches = batchmill_core::batch::unpack(m.clone());
+            batches.iter().map(|b| (b.seq, b.first_item, b.items.len())).collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn small_batches_travel_in_aligned_groups_that_a_resume_and_a_retry_cut_the_same_way() {
+    use batchmill_proto::enqueuer::v1::SeqRange;
+    let (kv, queue) = (MemKv::default(), MemQueue::default());
+    let lister = Lister { items: items(23), ..Default::default() };
+    let grouped = |round, skip| EnqueueJobRequest { group: 4, round, skip, ..request("j1", 2) };
+    assert!(enqueuer(&kv, &queue, &lister).enqueue(grouped(0, vec![])).await.unwrap());
+    let done = finished(&kv, "j1").await;
+    assert_eq!((done.next_seq, done.next_item), (12, 23));
+    let messages = take_batches(&queue, "j1").await;
+    let expected = vec![
+        vec![(0, 0, 2), (1, 2, 2), (2, 4, 2), (3, 6, 2)],
+        vec![(4, 8, 2), (5, 10, 2), (6, 12, 2), (7, 14, 2)],
+        vec![(8, 16, 2), (9, 18, 2), (10, 20, 2), (11, 22, 1)],
+    ];
+    assert_eq!(groups(&messages), expected);
+    let all: Vec<String> =
+        messages.iter().flat_map(|m| batchmill_core::batch::unpack(m.clone())).flat_map(|b| b.items).collect();
+    assert_eq!(all, items(23), "every item once, in order");
+
+    // A checkpoint at a group's boundary, as a killed enqueuer left it: the
+    // rest is cut the same way, so a group published twice has one message
+    // id and one content (and JetStream's duplicate window drops it).
+    let stale = EnqueueProgress { next_seq: 4, next_item: 8, ..Default::default() };
+    kv.put(&progress_key("j1"), stale.encode().unwrap()).await.unwrap();
+    let queue = MemQueue::default();
+    let restarted = enqueuer(&kv, &queue, &lister);
+    assert_eq!(restarted.resume_all().await.unwrap(), 1);
+    finished(&kv, "j1").await;
+    assert_eq!(groups(&take_batches(&queue, "j1").await), expected[1..].to_vec());
+
+    // A retry with batches 1 and 6 final: groups end before them and start after.
+    let skip = vec![SeqRange { start: 1, end: 2 }, SeqRange { start: 6, end: 7 }];
+    assert!(enqueuer(&kv, &queue, &lister).enqueue(grouped(1, skip)).await.unwrap());
+    finished(&kv, "j1").await;
+    let retried = groups(&take_batches(&queue, "j1").await);
+    let want = vec![
+        vec![(0, 0, 2)],
+        vec![(2, 4, 2), (3, 6, 2)],
+        vec![(4, 8, 2), (5, 10, 2)],
+        vec![(7, 14, 2)],
+        vec![(8, 16, 2), (9, 18, 2), (10, 20, 2), (11, 22, 1)],
+    ];
+    assert_eq!(retried, want);
+}

@@ -63,7 +63,7 @@ async fn dead_letter(queue: &dyn Queue, scheduler: &Scheduler, advisory: &Exhaus
         warn!("unreadable max-deliveries advisory dropped");
         return true;
     }
-    let batch = match queue.read(stream_seq).await {
+    let message = match queue.read(stream_seq).await {
         Ok(Some(bytes)) => match Batch::decode(bytes.as_ref()) {
             Ok(b) => b,
             Err(e) => {
@@ -77,22 +77,37 @@ async fn dead_letter(queue: &dyn Queue, scheduler: &Scheduler, advisory: &Exhaus
             return false;
         }
     };
-    let Ok(id) = BatchId::of(&batch) else {
+    // A group's batches all fail with it.
+    for batch in batchmill_core::batch::unpack(message) {
+        if !fail(queue, scheduler, &batch, stream_seq, advisory.deliveries).await {
+            return false;
+        }
+    }
+    if let Err(e) = queue.remove(stream_seq).await {
+        warn!(stream_seq, error = %e, "removing an exhausted batch failed");
+    }
+    true
+}
+
+/// Dead-letters one exhausted batch, stores its record and counts it as
+/// failed; false to try again.
+async fn fail(queue: &dyn Queue, scheduler: &Scheduler, batch: &Batch, stream_seq: u64, deliveries: u64) -> bool {
+    let Ok(id) = BatchId::of(batch) else {
         warn!(stream_seq, job_id = %batch.job_id, "exhausted batch of a malformed job id");
         return true;
     };
-    let deliveries = advisory.deliveries;
     let error =
         format!("delivered {deliveries} times; the worker running the last delivery was lost before it reported");
     let end = BatchEnd {
         id: &id,
-        batch: &batch,
+        batch,
         status: BatchStatus::FailedFinal,
         attempt: deliveries,
         worker_id: "",
         duration_ms: 0,
         error,
         end_ms: now_ms(),
+        group: None,
     }
     .build();
     if let Some(dead) = &end.dead_letter
@@ -108,11 +123,5 @@ async fn dead_letter(queue: &dyn Queue, scheduler: &Scheduler, advisory: &Exhaus
         return false;
     }
     let items = batch.items.len() as u64;
-    if scheduler.exhausted(batch.job_id.clone(), batch.seq, items, deliveries).await.is_err() {
-        return false;
-    }
-    if let Err(e) = queue.remove(stream_seq).await {
-        warn!(stream_seq, error = %e, "removing an exhausted batch failed");
-    }
-    true
+    scheduler.exhausted(batch.job_id.clone(), batch.seq, items, deliveries).await.is_ok()
 }

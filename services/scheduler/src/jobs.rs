@@ -306,6 +306,11 @@ impl State {
             batch_size: entry.record.batch_size as i32,
             round: entry.record.retries,
             skip: skip.into_iter().map(|(start, end)| batchmill_proto::enqueuer::v1::SeqRange { start, end }).collect(),
+            group: batchmill_core::batch::batches_per_group(
+                entry.record.batch_size,
+                entry.record.item_count,
+                entry.record.max_workers,
+            ),
         };
         let trace = entry.record.trace.clone();
         if let Err(e) = self.ports.queue.open_job(id.as_str(), entry.policy(&self.settings.policy)).await {

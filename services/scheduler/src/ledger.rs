@@ -7,14 +7,24 @@
 //! however large the job: `<prefix>summary` (the counters) and one key per
 //! chunk of 65,536 batches, `<prefix>chunk/<n>`, rewritten only when one of
 //! its batches changes.
+//!
+//! It also knows where each successful batch's results are: in its own
+//! object, or in the object of the group it ran in (see
+//! `batchmill_core::batch`), kept as a bitmap of the batches in groups and
+//! one of the groups' objects.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use batchmill_proto::scheduler::v1::BatchStatus;
 use roaring::RoaringBitmap;
 
-/// Format version of the persisted keys.
-const VERSION: u8 = 1;
+/// Format version of the persisted keys; chunks of version 1 (before
+/// groups) are read too.
+const VERSION: u8 = 2;
+/// A group object is kept as `(offset of its first batch << GROUP_SPAN_BITS)
+/// | (last - first)`, within the chunk of its first batch.
+const GROUP_SPAN_BITS: u32 = 6;
+const _: () = assert!(batchmill_core::batch::GROUP_BATCHES <= 1 << GROUP_SPAN_BITS);
 /// Batches per chunk key.
 const CHUNK_BITS: u32 = 16;
 const SUMMARY: &str = "summary";
@@ -34,6 +44,28 @@ pub enum Recorded {
 struct Chunk {
     succeeded: RoaringBitmap,
     failed: RoaringBitmap,
+    /// Successful batches whose results are in a group's object.
+    grouped: RoaringBitmap,
+    /// The group objects whose first batch is in this chunk.
+    groups: RoaringBitmap,
+}
+
+/// Where some successful batches' results are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ResultObject {
+    /// `<job_id>-<seq>.jsonl`: one batch's.
+    Batch(u64),
+    /// `<job_id>-<first>-<last>.jsonl`: a group's.
+    Group(u64, u64),
+}
+
+impl ResultObject {
+    /// The first batch it holds.
+    fn first(self) -> u64 {
+        match self {
+            ResultObject::Batch(seq) | ResultObject::Group(seq, _) => seq,
+        }
+    }
 }
 
 /// A job's ledger.
@@ -101,6 +133,39 @@ impl Ledger {
             BatchStatus::Unspecified => return Recorded::Duplicate,
         }
         Recorded::Counted
+    }
+
+    /// Says that successful batch `seq` has its results in the object of
+    /// the group `first..=last`; false (nothing kept) for a range no group
+    /// can have.
+    pub fn grouped(&mut self, seq: u64, first: u64, last: u64) -> bool {
+        if !(first..=last).contains(&seq) || last - first >= 1 << GROUP_SPAN_BITS {
+            return false;
+        }
+        let (index, offset) = split(seq);
+        self.chunks.entry(index).or_default().grouped.insert(offset);
+        let (head, head_offset) = split(first);
+        let span = (last - first) as u32;
+        self.chunks.entry(head).or_default().groups.insert((head_offset << GROUP_SPAN_BITS) | span);
+        self.dirty.extend([index, head]);
+        true
+    }
+
+    /// Every object holding successful batches' results, in order of the
+    /// first batch each holds.
+    pub fn result_objects(&self) -> Vec<ResultObject> {
+        let mut objects: Vec<ResultObject> = Vec::new();
+        for (index, chunk) in &self.chunks {
+            let base = index << CHUNK_BITS;
+            objects
+                .extend((&chunk.succeeded - &chunk.grouped).iter().map(|o| ResultObject::Batch(base | u64::from(o))));
+            objects.extend(chunk.groups.iter().map(|g| {
+                let first = base | u64::from(g >> GROUP_SPAN_BITS);
+                ResultObject::Group(first, first + u64::from(g & ((1 << GROUP_SPAN_BITS) - 1)))
+            }));
+        }
+        objects.sort_by_key(|o| (o.first(), *o));
+        objects
     }
 
     /// Batches that are final, succeeded or failed.
@@ -218,7 +283,7 @@ impl Ledger {
 
 fn encode_chunk(chunk: &Chunk) -> Vec<u8> {
     let mut out = vec![VERSION];
-    for bitmap in [&chunk.succeeded, &chunk.failed] {
+    for bitmap in [&chunk.succeeded, &chunk.failed, &chunk.grouped, &chunk.groups] {
         let mut bitmap = bitmap.clone();
         bitmap.optimize(); // runs of consecutive batches shrink to a few bytes
         let mut bytes = Vec::with_capacity(bitmap.serialized_size());
@@ -241,18 +306,21 @@ fn corrupt(why: String) -> LedgerError {
 
 fn decode_chunk(bytes: &[u8]) -> Result<Chunk, LedgerError> {
     let mut r = Reader { bytes, at: 0 };
-    version(&mut r)?;
+    let version = version(&mut r)?;
     let mut bitmap = || -> Result<RoaringBitmap, LedgerError> {
         let len = r.u64()? as usize;
         RoaringBitmap::deserialize_from(r.take(len)?).map_err(|e| corrupt(format!("bitmap: {e}")))
     };
-    Ok(Chunk { succeeded: bitmap()?, failed: bitmap()? })
+    let (succeeded, failed) = (bitmap()?, bitmap()?);
+    // Version 1 had no groups.
+    let (grouped, groups) = if version == 1 { Default::default() } else { (bitmap()?, bitmap()?) };
+    Ok(Chunk { succeeded, failed, grouped, groups })
 }
 
-fn version(r: &mut Reader<'_>) -> Result<(), LedgerError> {
+fn version(r: &mut Reader<'_>) -> Result<u8, LedgerError> {
     match r.take(1)?[0] {
-        VERSION => Ok(()),
-        v => Err(corrupt(format!("version {v} is not {VERSION}"))),
+        v @ (1 | VERSION) => Ok(v),
+        v => Err(corrupt(format!("version {v} is neither 1 nor {VERSION}"))),
     }
 }
 
@@ -353,6 +421,53 @@ mod tests {
         let changed: Vec<String> = l.changes("p/").into_iter().map(|(k, _)| k).collect();
         assert_eq!(changed, vec!["p/summary", "p/chunk/00000000000f"]);
         assert_eq!(l.succeeded_seqs().last(), Some(1_000_000));
+    }
+
+    #[test]
+    fn knows_which_object_holds_each_batchs_results() {
+        let mut l = Ledger::default();
+        // Group 0..=3: batch 2 failed for good, the rest are in its object.
+        for seq in [0, 1, 3] {
+            l.record(seq, BatchStatus::Succeeded, 1, 1);
+            assert!(l.grouped(seq, 0, 3));
+        }
+        l.record(2, BatchStatus::FailedFinal, 1, 1);
+        // Batch 4 ran alone; 2 is re-run alone; a group spans two chunks.
+        l.record(4, BatchStatus::Succeeded, 1, 1);
+        assert!(l.revive(2, 1));
+        l.record(2, BatchStatus::Succeeded, 1, 1);
+        for seq in 65_530..65_540 {
+            l.record(seq, BatchStatus::Succeeded, 1, 1);
+            assert!(l.grouped(seq, 65_530, 65_539));
+        }
+        let expected = vec![
+            ResultObject::Group(0, 3),
+            ResultObject::Batch(2),
+            ResultObject::Batch(4),
+            ResultObject::Group(65_530, 65_539),
+        ];
+        assert_eq!(l.result_objects(), expected);
+        assert!(!l.grouped(5, 5, 5 + 64), "no group spans 65 batches");
+        assert!(!l.grouped(9, 0, 3), "a batch outside its group");
+        let decoded = round_trip(&l, &l.changes("p/")).unwrap();
+        assert_eq!(decoded.result_objects(), expected);
+    }
+
+    #[test]
+    fn reads_a_chunk_from_before_groups() {
+        let mut l = Ledger::default();
+        l.record(3, BatchStatus::Succeeded, 1, 1);
+        let mut keys = l.changes("p/");
+        // Version 1: the same first two bitmaps, nothing after them.
+        let empty = {
+            let mut bytes = Vec::new();
+            let _ = RoaringBitmap::new().serialize_into(&mut bytes);
+            bytes.len() + 8
+        };
+        let chunk = &mut keys[1].1;
+        chunk.truncate(chunk.len() - 2 * empty);
+        chunk[0] = 1;
+        assert_eq!(round_trip(&l, &keys).unwrap().result_objects(), vec![ResultObject::Batch(3)]);
     }
 
     #[test]

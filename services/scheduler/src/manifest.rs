@@ -7,13 +7,14 @@
 use std::time::Duration;
 
 use batchmill_blob::ObjectStore;
-use batchmill_core::batch::{manifest_uri, result_uri};
+use batchmill_core::batch::{group_uri, manifest_uri, result_uri};
 use batchmill_core::{BatchId, JobId, S3Uri};
 use bytes::Bytes;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::jobs::JobEntry;
+use crate::ledger::ResultObject;
 use crate::state::State;
 
 /// Manifest writes in flight; each yields its job's id once written.
@@ -42,7 +43,11 @@ fn manifest(entry: &JobEntry, output: &S3Uri, now_ms: u64) -> serde_json::Value 
             "completed": entry.ledger.items_completed(),
             "failed": entry.ledger.items_failed(),
         },
-        "results": entry.ledger.succeeded_seqs().map(|s| result_uri(output, &batch(s)).to_string()).collect::<Vec<_>>(),
+        // Each object once: one batch's, or a group's (`<job>-<first>-<last>.jsonl`).
+        "results": entry.ledger.result_objects().into_iter().map(|o| match o {
+            ResultObject::Batch(seq) => result_uri(output, &batch(seq)).to_string(),
+            ResultObject::Group(first, last) => group_uri(output, id, first, last).to_string(),
+        }).collect::<Vec<_>>(),
         "failed_batches": entry.ledger.failed_seqs().map(|s| batch(s).to_string()).collect::<Vec<_>>(),
         // Jobs over this job's failed items (RetryFailedItems), and the job this one retries.
         "children": entry.record.children.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -39,6 +39,14 @@ impl State {
             if !counted {
                 info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
             }
+            let (first, last) = (outcome.group_first, outcome.group_last);
+            if counted
+                && status == spb::BatchStatus::Succeeded
+                && last > first
+                && !entry.ledger.grouped(outcome.seq, first, last)
+            {
+                warn!(job_id = %id, seq = outcome.seq, first, last, "an outcome names a group no batch can be in");
+            }
             if status == spb::BatchStatus::FailedFinal {
                 warn!(job_id = %id, seq = outcome.seq, error = %outcome.error, "batch failed for good");
             }

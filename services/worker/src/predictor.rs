@@ -18,7 +18,7 @@ pub struct BatchInput<'a> {
 }
 
 /// Why a batch failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PredictError {
     /// Worth another delivery.
     #[error("{0}")]

@@ -1,8 +1,14 @@
-//! Runs one assigned job: pulls its batches one at a time, runs the
-//! predictor, writes `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the
-//! outcome and, once the scheduler confirms it is in the ledger, acks the
-//! message. Only the predictor is on the critical path: the write, the
-//! report and the ack run in the background while the next batch predicts.
+//! Runs one assigned job: pulls its batches, runs the predictor, writes
+//! `<output_uri>/<job_id>/<batch_id>.jsonl`, reports the outcome and, once
+//! the scheduler confirms it is in the ledger, acks the message. Only the
+//! predictor is on the critical path: the write, the report and the ack run
+//! in the background while the next batch predicts.
+//!
+//! A message may hold a group of small batches (see
+//! `batchmill_core::batch`): they predict one after another, and their
+//! results go into one object, `<job_id>-<first>-<last>.jsonl`, written only
+//! once every batch of the group is final. Until then no success of the
+//! group is reported; its failures are, and the whole group runs again.
 //!
 //! Only the predictor's own failures spend a batch's deliveries: a failed
 //! delivery is nak'ed with backoff, and after its last one the batch goes
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use batchmill_blob::ObjectStore;
-use batchmill_core::batch::{BatchEnd, Ending, result_uri};
+use batchmill_core::batch::{BatchEnd, group_uri, result_uri};
 use batchmill_core::{BatchId, S3Uri};
 use batchmill_proto::queue::v1::Batch;
 use batchmill_proto::scheduler::v1::{self as pb, BatchStatus};
@@ -31,7 +37,7 @@ use crate::joblog::JobLog;
 use crate::loader::Loader;
 use crate::predictor::{BatchInput, MAX_LANES, PredictError, Predictor};
 use crate::session::Outbox;
-use crate::settle::{Ran, keep_in_progress, retry_in_place};
+use crate::settle::{Ran, Settle, keep_in_progress, retry_in_place};
 
 /// Everything a job run needs.
 pub struct JobRun {
@@ -209,12 +215,17 @@ impl JobRun {
         }
     }
 
-    /// Runs the predictor on one delivery, keeping the delivery ours
-    /// meanwhile; None for a message that is no batch (terminated).
+    /// Runs the predictor on one delivery's batches, keeping the delivery
+    /// ours meanwhile; None for a message that is no batch (terminated).
     async fn predict(&self, predictor: &Arc<dyn Predictor>, delivery: Box<dyn Delivery>) -> Option<Predicted> {
         let started = Instant::now();
         let decoded = Batch::decode(delivery.payload().as_ref()).map_err(|e| e.to_string());
-        let (batch, id) = match decoded.and_then(|b| BatchId::of(&b).map(|id| (b, id)).map_err(|e| e.to_string())) {
+        let batches = decoded.and_then(|message| {
+            let batches = batchmill_core::batch::unpack(message);
+            let ids: Result<Vec<BatchId>, _> = batches.iter().map(BatchId::of).collect();
+            ids.map(|ids| batches.into_iter().zip(ids).collect::<Vec<_>>()).map_err(|e| e.to_string())
+        });
+        let batches = match batches {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "undecodable batch; terminating it");
@@ -222,16 +233,24 @@ impl JobRun {
                 return None;
             }
         };
-        tracing::Span::current().record("batch_id", tracing::field::display(&id));
-        let mut batch = batch;
-        if crate::objects::has_objects(&batch) {
-            let reading = crate::objects::resolve(self.inputs.store(), &mut batch, &self.revoked);
-            if let Err(e) = self.in_progress(delivery.as_ref(), reading).await {
-                return Some(Predicted { delivery, batch, id, started, result: Err(e) });
-            }
+        if let Some((_, id)) = batches.first() {
+            tracing::Span::current().record("batch_id", tracing::field::display(id));
         }
-        let result = self.in_progress(delivery.as_ref(), run_predictor(predictor, &batch, &id)).await;
-        Some(Predicted { delivery, batch, id, started, result })
+        let mut ran = Vec::with_capacity(batches.len());
+        for (mut batch, id) in batches {
+            let began = Instant::now();
+            let mut result = Ok(());
+            if crate::objects::has_objects(&batch) {
+                let reading = crate::objects::resolve(self.inputs.store(), &mut batch, &self.revoked);
+                result = self.in_progress(delivery.as_ref(), reading).await;
+            }
+            let result = match result {
+                Ok(()) => self.in_progress(delivery.as_ref(), run_predictor(predictor, &batch, &id)).await,
+                Err(e) => Err(e),
+            };
+            ran.push(Predict { batch, id, result, ms: began.elapsed().as_millis() as u64 });
+        }
+        Some(Predicted { delivery, started, batches: ran })
     }
 
     /// [`keep_in_progress`] with the job's ack_wait.
@@ -252,50 +271,101 @@ impl JobRun {
         )
     }
 
-    /// Writes a predicted batch's result and works out how it ended, left to
-    /// settle.
+    /// Writes a predicted message's results and works out how each of its
+    /// batches ended, left to settle.
     async fn finish(&self, output: &S3Uri, predicted: Predicted) -> Ran {
-        let Predicted { delivery, batch, id, started, result } = predicted;
-        let result = match result {
-            Ok(body) => self.in_progress(delivery.as_ref(), self.write(output, &id, body)).await,
-            Err(e) => Err(e),
-        };
+        let Predicted { delivery, started, mut batches } = predicted;
         let attempt = delivery.attempt();
         let max = self.assign.max_deliver.max(1);
         let last = attempt >= u64::from(max);
-        let (status, error) = match result {
-            Ok(()) => (BatchStatus::Succeeded, String::new()),
-            Err(PredictError::Permanent(e)) => (BatchStatus::FailedFinal, e),
-            Err(PredictError::Retryable(e)) if last => (BatchStatus::FailedFinal, e),
-            Err(PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e),
+        let group = match (batches.first(), batches.last()) {
+            (Some(first), Some(end)) if batches.len() > 1 => Some((first.batch.seq, end.batch.seq)),
+            _ => None,
         };
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        let items = batch.items.len();
-        let line = match status {
-            BatchStatus::Succeeded => {
-                tracing::debug!(batch_id = %id, attempt, trace_id = %batchmill_runtime::trace::trace_id(), "batch done");
-                ("INFO", format!("succeeded: {items} items in {elapsed_ms} ms (delivery {attempt} of {max})"))
+        // A group whose failures have deliveries left runs again whole.
+        let again = |b: &Predict| matches!(b.result, Err(PredictError::Retryable(_))) && !last;
+        let settles = !batches.iter().any(again);
+        if settles && batches.iter().any(|b| b.result.is_ok()) {
+            let (uri, body) = match group {
+                Some((first, end)) => {
+                    let job = &batches[0].id.job_id;
+                    let body = batches.iter().filter_map(|b| b.result.as_ref().ok()).flatten().copied().collect();
+                    (group_uri(output, job, first, end), body)
+                }
+                None => {
+                    (result_uri(output, &batches[0].id), batches[0].result.as_ref().map(Vec::clone).unwrap_or_default())
+                }
+            };
+            let written = self.in_progress(delivery.as_ref(), self.write(&uri, body)).await;
+            if let Err(e) = written {
+                // Nothing of it is in S3: each success fails as the write did.
+                for b in batches.iter_mut().filter(|b| b.result.is_ok()) {
+                    b.result = Err(e.clone());
+                }
             }
-            _ => {
-                warn!(batch_id = %id, attempt, error = %error, ?status, "batch failed");
-                let next = if status == BatchStatus::FailedFinal { "dead-lettered" } else { "will be retried" };
-                ("ERROR", format!("failed on delivery {attempt} of {max}, {next}: {error}"))
-            }
-        };
-        self.log(&id.to_string(), line.0, line.1).await;
-        let end_ms = batchmill_core::time::now_ms();
-        let ending: Ending = BatchEnd {
-            id: &id,
-            batch: &batch,
-            status,
-            attempt,
-            worker_id: &self.worker_id,
-            duration_ms: elapsed_ms,
-            error,
-            end_ms,
         }
-        .build();
-        Ran { delivery, id, ending }
+        let settles = !batches.iter().any(again);
+        let mut endings = Vec::with_capacity(batches.len());
+        let mut logged = 0;
+        for Predict { batch, id, result, ms } in batches {
+            let (status, error) = match result {
+                // A success in a group that runs again is not reported yet.
+                Ok(_) if !settles => continue,
+                Ok(_) => (BatchStatus::Succeeded, String::new()),
+                Err(PredictError::Permanent(e)) if settles => (BatchStatus::FailedFinal, e),
+                Err(PredictError::Retryable(e)) if last => (BatchStatus::FailedFinal, e),
+                Err(PredictError::Permanent(e) | PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e),
+            };
+            if status == BatchStatus::Succeeded {
+                logged += batch.items.len();
+            } else {
+                warn!(batch_id = %id, attempt, error = %error, ?status, "batch failed");
+                let next = match status {
+                    BatchStatus::FailedFinal => "dead-lettered",
+                    _ if group.is_some() => "will be retried with its group",
+                    _ => "will be retried",
+                };
+                self.log(&id.to_string(), "ERROR", format!("failed on delivery {attempt} of {max}, {next}: {error}"))
+                    .await;
+            }
+            let end_ms = batchmill_core::time::now_ms();
+            let grouped = group.filter(|_| status == BatchStatus::Succeeded);
+            let ending = BatchEnd {
+                id: &id,
+                batch: &batch,
+                status,
+                attempt,
+                worker_id: &self.worker_id,
+                duration_ms: ms,
+                error,
+                end_ms,
+                group: grouped,
+            }
+            .build();
+            endings.push((id, ending));
+        }
+        if logged > 0 {
+            let elapsed_ms = started.elapsed().as_millis();
+            let succeeded = endings.iter().filter(|(_, e)| e.outcome.status() == BatchStatus::Succeeded).count();
+            let (name, what) = match group {
+                Some((first, end)) => (
+                    format!("{}-{first}-{end}", endings[0].0.job_id),
+                    format!("{succeeded} batches of group {first}-{end} succeeded"),
+                ),
+                None => (endings[0].0.to_string(), "succeeded".to_owned()),
+            };
+            tracing::debug!(batch_id = %name, attempt, trace_id = %batchmill_runtime::trace::trace_id(), "batch done");
+            self.log(&name, "INFO", format!("{what}: {logged} items in {elapsed_ms} ms (delivery {attempt} of {max})"))
+                .await;
+        }
+        let settle = if !settles {
+            Settle::Nak
+        } else if endings.iter().any(|(_, e)| e.outcome.status() == BatchStatus::Succeeded) {
+            Settle::Ack
+        } else {
+            Settle::Term
+        };
+        Ran { delivery, endings, settle }
     }
 
     async fn log(&self, batch_id: &str, level: &str, message: String) {
@@ -305,8 +375,7 @@ impl JobRun {
     /// Writes a batch's result object. S3 being unreachable (or slow, or
     /// failing with a 5xx) is waited out; a refusal (no such bucket, denied)
     /// fails the batch for good, since another delivery would meet it too.
-    async fn write(&self, output: &S3Uri, id: &BatchId, body: Vec<u8>) -> Result<(), PredictError> {
-        let uri = result_uri(output, id);
+    async fn write(&self, uri: &S3Uri, body: Vec<u8>) -> Result<(), PredictError> {
         let body = Bytes::from(body);
         let put = || self.blob.put(&uri.bucket, &uri.key, body.clone(), "application/x-ndjson");
         let written = retry_in_place(&format!("writing {uri}"), &self.revoked, put, |e| e.is_transient()).await;
@@ -318,14 +387,23 @@ impl JobRun {
     }
 }
 
-/// A batch whose predictor has run, its result not yet written.
+/// A delivery whose batches the predictor has run, their results not yet
+/// written.
 struct Predicted {
     delivery: Box<dyn Delivery>,
+    started: Instant,
+    /// In order: one, or a group's.
+    batches: Vec<Predict>,
+}
+
+/// One batch the predictor ran.
+struct Predict {
     batch: Batch,
     id: BatchId,
-    started: Instant,
     /// The NDJSON result, or why there is none.
     result: Result<Vec<u8>, PredictError>,
+    /// How long it took, in milliseconds.
+    ms: u64,
 }
 
 /// Runs the predictor on `batch`, returning its NDJSON result. Parsing,

@@ -34,17 +34,38 @@ struct World {
 
 impl World {
     async fn new(batches: u64, max_deliver: u32) -> World {
+        World::grouped(batches, 1, max_deliver).await
+    }
+
+    /// A job of `batches` batches of two items, `per_group` to a message.
+    async fn grouped(batches: u64, per_group: u64, max_deliver: u32) -> World {
         let (queue, blob) = (MemQueue::default(), MemBlob::default());
         blob.ensure_bucket("out").await.unwrap();
         let policy = DeliveryPolicy { ack_wait: Duration::from_secs(2), max_deliver };
         queue.open_job(JOB, policy).await.unwrap();
-        for seq in 0..batches {
-            let batch =
-                Batch { job_id: JOB.into(), seq, first_item: seq * 2, items: vec!["\"a\"".into(), "\"b\"".into()] };
-            let id = BatchId::new(batchmill_core::JobId::parse("job_id", JOB).unwrap(), seq);
-            queue.publish_batch(&id, 0, Bytes::from(batch.encode_to_vec()), &TraceHeaders::new()).await.unwrap();
+        let batch = |seq: u64| Batch {
+            job_id: JOB.into(),
+            seq,
+            first_item: seq * 2,
+            items: vec!["\"a\"".into(), "\"b\"".into()],
+            group: vec![],
+        };
+        for first in (0..batches).step_by(per_group as usize) {
+            let mut group: Vec<Batch> = (first..(first + per_group).min(batches)).map(batch).collect();
+            let message = match group.len() {
+                1 => group.remove(0),
+                _ => Batch { items: vec![], group, ..batch(first) },
+            };
+            let id = BatchId::new(batchmill_core::JobId::parse("job_id", JOB).unwrap(), first);
+            queue.publish_batch(&id, 0, Bytes::from(message.encode_to_vec()), &TraceHeaders::new()).await.unwrap();
         }
         World { queue, blob, outbox: Outbox::default(), outcomes: Arc::default() }
+    }
+
+    /// The body of result object `name` under the job's output.
+    fn object(&self, name: &str) -> Option<String> {
+        let objects = self.blob.objects();
+        objects.get(&format!("s3://out/results/j1/{name}")).map(|b| String::from_utf8_lossy(b).into_owned())
     }
 
     /// Opens a session whose scheduler confirms every outcome it receives.
@@ -246,4 +267,61 @@ async fn batches_pulled_together_are_each_written_and_acked_once() {
         *seq == i as u64 && *status == pb::BatchStatus::Succeeded && *attempt == 1
     }));
     assert_eq!(world.blob.objects().len(), 40);
+}
+
+/// Echo's result lines for batches `seqs` (two items each).
+fn lines(seqs: &[u64]) -> String {
+    seqs.iter()
+        .map(|s| format!("{{\"index\":{},\"result\":\"a\"}}\n{{\"index\":{},\"result\":\"b\"}}\n", s * 2, s * 2 + 1))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_group_writes_one_object_and_reports_each_batch_in_it() {
+    let world = World::grouped(10, 4, 3).await;
+    let _session = world.session();
+    let stop = world.run(serde_json::json!({}), 3).await;
+    world.until_empty(Duration::from_secs(10)).await;
+    stop.cancel();
+    let succeeded = pb::BatchStatus::Succeeded;
+    assert_eq!(world.outcomes(), (0..10).map(|s| (s, succeeded, 1)).collect::<Vec<_>>());
+    let groups: Vec<(u64, u64)> =
+        world.outcomes.lock().unwrap().iter().map(|o| (o.group_first, o.group_last)).collect();
+    assert_eq!(groups, [[(0, 3); 4].as_slice(), &[(4, 7); 4], &[(8, 9); 2]].concat());
+    assert_eq!(world.blob.objects().len(), 3, "one object per group");
+    assert_eq!(world.object("j1-0-3.jsonl"), Some(lines(&[0, 1, 2, 3])));
+    assert_eq!(world.object("j1-8-9.jsonl"), Some(lines(&[8, 9])));
+}
+
+#[tokio::test]
+async fn a_group_with_a_failure_runs_again_whole_and_writes_only_once_final() {
+    // Batch 5 fails on every delivery: the group 4..=7 runs twice, then is
+    // written without it, and only batch 5 is dead-lettered.
+    let world = World::grouped(8, 4, 2).await;
+    let _session = world.session();
+    let stop = world.run(serde_json::json!({"fail_batches": [5]}), 2).await;
+    world.until_empty(Duration::from_secs(10)).await;
+    stop.cancel();
+    let (ok, retry, fail) =
+        (pb::BatchStatus::Succeeded, pb::BatchStatus::FailedRetryable, pb::BatchStatus::FailedFinal);
+    let expected = [
+        (0, ok, 1),
+        (1, ok, 1),
+        (2, ok, 1),
+        (3, ok, 1),
+        (4, ok, 2),
+        (5, retry, 1),
+        (5, fail, 2),
+        (6, ok, 2),
+        (7, ok, 2),
+    ];
+    assert_eq!(world.outcomes(), expected, "the group's successes are reported once, when it is final");
+    assert_eq!(world.object("j1-4-7.jsonl"), Some(lines(&[4, 6, 7])));
+    assert_eq!(world.blob.puts(), 2, "no object written for the delivery that ran again");
+    let letters = world.queue.dead_letters(JOB, 0, 10).await.unwrap();
+    let dead: Vec<u64> = letters
+        .iter()
+        .map(|l| batchmill_proto::queue::v1::DeadLetter::decode(l.payload.as_ref()).unwrap().batch.unwrap().seq)
+        .collect();
+    assert_eq!(dead, [5]);
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use batchmill_core::BatchId;
 use batchmill_core::batch::Ending;
-use batchmill_proto::scheduler::v1::BatchStatus;
 use batchmill_queue::Delivery;
 use bytes::Bytes;
 use prost::Message;
@@ -26,31 +25,45 @@ const CONFIRM_PATIENCE: Duration = Duration::from_secs(600);
 /// outside the batch.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
-/// A batch that ran and whose ending is still to be settled.
+/// A message that ran and whose batches' endings are still to be settled.
 pub(crate) struct Ran {
     pub delivery: Box<dyn Delivery>,
-    pub id: BatchId,
-    pub ending: Ending,
+    /// The endings to make durable: each batch's (of a group, those that
+    /// are final, or the failures of one that runs again).
+    pub endings: Vec<(BatchId, Ending)>,
+    pub settle: Settle,
+}
+
+/// What becomes of a message once its endings are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Done: a batch of it succeeded.
+    Ack,
+    /// Delivered again after the backoff.
+    Nak,
+    /// Done: every batch of it failed for good.
+    Term,
 }
 
 impl Ran {
-    /// Makes the ending durable and, once the scheduler confirms it, acks
-    /// the message (nak with backoff for a retry, term when final). Without
-    /// a confirmation the batch is redelivered and counted once.
+    /// Makes the endings durable and, once the scheduler confirms them all,
+    /// acks the message (nak with backoff for a retry, term when it all
+    /// failed for good). Without a confirmation the message is redelivered
+    /// and its batches counted once.
     pub async fn settle(self, run: &JobRun) {
-        let Ran { delivery, id, ending } = self;
-        let (status, attempt) = (ending.outcome.status(), ending.outcome.attempt);
-        let stored = store(run, &id, delivery.stream_seq(), ending);
-        if !keep_in_progress(delivery.as_ref(), run.ack_wait(), stored).await {
+        let Ran { delivery, endings, settle } = self;
+        let stream_seq = delivery.stream_seq();
+        let stored = futures::future::join_all(endings.into_iter().map(|(id, e)| store(run, id, stream_seq, e)));
+        if !keep_in_progress(delivery.as_ref(), run.ack_wait(), stored).await.into_iter().all(|ok| ok) {
             return;
         }
-        let settled = match status {
-            BatchStatus::Succeeded => delivery.ack().await,
-            BatchStatus::FailedFinal => delivery.term().await,
-            _ => delivery.nak(run.backoff().delay(attempt)).await,
+        let settled = match settle {
+            Settle::Ack => delivery.ack().await,
+            Settle::Term => delivery.term().await,
+            Settle::Nak => delivery.nak(run.backoff().delay(delivery.attempt())).await,
         };
         if let Err(e) = settled {
-            warn!(batch_id = %id, error = %e, "settling the message failed");
+            warn!(stream_seq, error = %e, "settling the message failed");
         }
     }
 }
@@ -58,7 +71,8 @@ impl Ran {
 /// Stores the dead letter (of a batch that failed for good) and the record
 /// (of a final one), then reports the outcome; true once the scheduler
 /// confirms it. `stream_seq` is where the batch is in the batch stream.
-async fn store(run: &JobRun, id: &BatchId, stream_seq: u64, ending: Ending) -> bool {
+async fn store(run: &JobRun, id: BatchId, stream_seq: u64, ending: Ending) -> bool {
+    let id = &id;
     let Ending { outcome, dead_letter, record } = ending;
     let transient = |e: &batchmill_queue::QueueError| e.is_transient();
     if let Some(dead) = dead_letter {

@@ -58,6 +58,7 @@ fn batch(job: &JobId, seq: u64, size: u64) -> Batch {
         seq,
         first_item: first,
         items: (first..first + size).map(|n| format!("{{\"n\":{n}}}")).collect(),
+        group: Vec::new(),
     }
 }
 

@@ -48,7 +48,8 @@ impl Fakes {
     /// Stores a dead letter of batch `seq` of `job`, delivered from batch
     /// stream position `from`, whose batch holds `items`.
     pub async fn dead_letter(&self, job: &str, seq: u64, from: u64, attempts: u64, items: &str) {
-        let batch = qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec![items.into(); 10] };
+        let batch =
+            qpb::Batch { job_id: job.into(), seq, first_item: seq * 10, items: vec![items.into(); 10], group: vec![] };
         let dead = qpb::DeadLetter { batch: Some(batch), attempts, last_error: "boom".into(), ..Default::default() };
         let id = BatchId::new(job_id(job), seq);
         self.queue.dead_letter(&id, from, Bytes::from(dead.encode_to_vec())).await.unwrap();
