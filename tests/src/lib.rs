@@ -666,51 +666,68 @@ pub fn echo_job(
 }
 
 /// Checks that a job's result objects hold exactly `items` through the echo
-/// pipeline: one object per batch, `<job>-<seq>.jsonl`, with one line
-/// `{"index", "result"}` per item, and a manifest. Failed batches (by seq)
-/// must have no object.
+/// pipeline: one line `{"index", "result"}` per item, each item once, in
+/// objects that are a batch's (`<job>-<seq>.jsonl`) or a group's
+/// (`<job>-<first>-<last>.jsonl`, holding only batches in that range, in
+/// order), each listed once in the manifest, and no other objects. Failed
+/// batches (by seq) have no results. Returns the objects' names.
 pub async fn assert_echo_results(
     sandbox: &Sandbox,
     job: &pb::Job,
     items: &[serde_json::Value],
     batch_size: usize,
     failed: &[u64],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     let results = sandbox.results(job).await?;
     let prefix = format!("results/{}/", job.job_id);
-    let batches = items.len().div_ceil(batch_size);
-    let mut expected_keys: Vec<String> = (0..batches as u64)
-        .filter(|s| !failed.contains(s))
-        .map(|s| format!("{prefix}{}-{s}.jsonl", job.job_id))
+    let manifest = results.iter().find(|(k, _)| *k == format!("{prefix}manifest.json")).context("no manifest")?;
+    let manifest: serde_json::Value = serde_json::from_str(&manifest.1)?;
+    anyhow::ensure!(manifest["job_id"] == job.job_id.as_str(), "manifest {manifest}");
+    let mut listed: Vec<String> = manifest["results"]
+        .as_array()
+        .context("manifest results")?
+        .iter()
+        .map(|u| u.as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_owned())
         .collect();
-    expected_keys.push(format!("{prefix}manifest.json"));
-    expected_keys.sort();
-    let keys: Vec<&String> = results.iter().map(|(k, _)| k).collect();
-    anyhow::ensure!(
-        keys == expected_keys.iter().collect::<Vec<_>>(),
-        "result objects {keys:?}, expected {expected_keys:?}"
-    );
-    for (key, body) in &results {
-        if key.ends_with("manifest.json") {
-            let manifest: serde_json::Value = serde_json::from_str(body)?;
-            anyhow::ensure!(manifest["job_id"] == job.job_id.as_str(), "manifest {manifest}");
-            anyhow::ensure!(
-                manifest["results"].as_array().map(Vec::len) == Some(batches - failed.len()),
-                "manifest {manifest}"
-            );
-            continue;
+    let mut names: Vec<String> = results
+        .iter()
+        .filter(|(k, _)| !k.ends_with("manifest.json"))
+        .map(|(k, _)| k.trim_start_matches(&prefix).to_owned())
+        .collect();
+    let listed_count = listed.len();
+    listed.sort();
+    listed.dedup();
+    anyhow::ensure!(listed.len() == listed_count, "the manifest lists an object twice: {manifest}");
+    names.sort();
+    anyhow::ensure!(names == listed, "result objects {names:?}, but the manifest lists {listed:?}");
+    let mut seen = vec![0u32; items.len()];
+    for (key, body) in results.iter().filter(|(k, _)| !k.ends_with("manifest.json")) {
+        let stem = key.trim_start_matches(&prefix).trim_end_matches(".jsonl");
+        let range = stem.strip_prefix(&format!("{}-", job.job_id)).context("object name")?;
+        let (first, last): (u64, u64) = match range.split_once('-') {
+            Some((a, b)) => (a.parse()?, b.parse()?),
+            None => (range.parse()?, range.parse()?),
+        };
+        let mut previous = None;
+        for line in body.lines() {
+            let line: serde_json::Value = serde_json::from_str(line)?;
+            let index = line["index"].as_u64().with_context(|| format!("{key}: {line}"))? as usize;
+            let seq = (index / batch_size) as u64;
+            anyhow::ensure!((first..=last).contains(&seq), "{key} holds item {index}, of batch {seq}");
+            anyhow::ensure!(!failed.contains(&seq), "{key} holds item {index} of failed batch {seq}");
+            anyhow::ensure!(previous < Some(index), "{key} is out of order at item {index}");
+            previous = Some(index);
+            let expected = serde_json::json!({"index": index, "result": items.get(index)});
+            anyhow::ensure!(line == expected, "{key} holds {line}, expected {expected}");
+            seen[index] += 1;
         }
-        let seq: usize = key.trim_end_matches(".jsonl").rsplit('-').next().context("seq")?.parse()?;
-        let lines: Vec<serde_json::Value> = body.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-        let first = seq * batch_size;
-        let expected: Vec<serde_json::Value> = items[first..(first + batch_size).min(items.len())]
-            .iter()
-            .enumerate()
-            .map(|(i, item)| serde_json::json!({"index": first + i, "result": item}))
-            .collect();
-        anyhow::ensure!(lines == expected, "{key} holds {lines:?}, expected {expected:?}");
     }
-    Ok(())
+    for (index, count) in seen.iter().enumerate() {
+        let failed_item = failed.contains(&((index / batch_size) as u64));
+        let want = u32::from(!failed_item);
+        anyhow::ensure!(*count == want, "item {index} is in the results {count} times, expected {want}");
+    }
+    Ok(names)
 }
 
 /// An HTTP client that sends `key` as `Authorization: Bearer <key>`.

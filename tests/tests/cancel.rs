@@ -85,8 +85,15 @@ async fn a_job_past_its_timeout_ends_timed_out_keeping_its_results() -> anyhow::
     let manifest = results.iter().find(|(k, _)| k.ends_with("manifest.json")).map(|(_, b)| b).expect("manifest");
     let manifest: Value = serde_json::from_str(manifest)?;
     assert_eq!(manifest["state"], "JOB_STATE_TIMED_OUT");
-    let listed = manifest["results"].as_array().map_or(0, Vec::len);
-    assert!(listed as i64 >= b.succeeded, "{manifest}");
+    // The objects the manifest lists hold every completed item's result, once.
+    let listed: Vec<&str> = manifest["results"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let lines: usize = results
+        .iter()
+        .filter(|(k, _)| listed.iter().any(|u| u.ends_with(k.as_str())))
+        .map(|(_, body)| body.lines().count())
+        .sum();
+    assert_eq!(lines as i64, done.items.as_ref().unwrap().completed, "{manifest}");
+    assert_eq!(lines as i64, b.succeeded * 2, "{manifest}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(queued_batches(&sandbox).await?, 0, "remaining batches were not withdrawn");
     Ok(())

@@ -202,3 +202,54 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn small_batches_run_in_groups_and_a_failure_in_one_reruns_alone() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, ..Options::default() }).await?;
+    // 80 batches of 2 on 1 worker: groups of 10 (each worker gets 8 groups).
+    let items: Vec<Value> = (0..160).map(|i| json!(i)).collect();
+    let mut jobs = sandbox.jobs().await?;
+    let until = batchmill_core::time::now_ms() + 20_000;
+    let mut request = echo_job(&items, 2, 1, json!({"fail_batches": [13], "fail_until_ms": until}));
+    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2 });
+    let job = jobs.submit_job(request).await?.into_inner().job.unwrap();
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
+    assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
+    let b = done.batches.unwrap();
+    assert_eq!((b.total, b.succeeded, b.failed, b.dead_lettered), (80, 79, 1, 1));
+    // One object per group; group 10..=19 holds every batch but 13.
+    let objects = assert_echo_results(&sandbox, &done, &items, 2, &[13]).await?;
+    let group = |first: u64| format!("{}-{first}-{}.jsonl", done.job_id, first + 9);
+    let mut expected: Vec<String> = (0..8).map(|g| group(g * 10)).collect();
+    expected.sort();
+    assert_eq!(objects, expected);
+
+    // Re-run once it can succeed: batch 13 runs alone, into its own object.
+    let wait = until.saturating_sub(batchmill_core::time::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let url = format!("{}/v1/jobs/{}/deadLetters", sandbox.rest_url(), done.job_id);
+    let rerun: Value = sandbox.http().post(format!("{url}:rerun")).json(&json!({})).send().await?.json().await?;
+    assert_eq!(rerun["batchIds"], json!([format!("{}-13", done.job_id)]), "{rerun}");
+    let again = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(again.state(), pb::JobState::Succeeded, "{again:?}");
+    let objects = assert_echo_results(&sandbox, &again, &items, 2, &[]).await?;
+    expected.push(format!("{}-13.jsonl", done.job_id));
+    expected.sort();
+    assert_eq!(objects, expected);
+    // The results API reads every item back once.
+    let mut read = 0;
+    let mut token = String::new();
+    loop {
+        let request =
+            pb::ListJobResultsRequest { job_id: done.job_id.clone(), page_token: token, ..Default::default() };
+        let page = jobs.list_job_results(request).await?.into_inner();
+        read += page.results.len();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(read, items.len());
+    Ok(())
+}

@@ -96,7 +96,8 @@ pub async fn page(
     Ok((results, listed.next(end, of)))
 }
 
-/// `<prefix>/<job>/<batch_id>.jsonl` → `<batch_id>`.
+/// `<prefix>/<job>/<batch_id>.jsonl` → `<batch_id>` (for a group's object,
+/// `<job>-<first>-<last>`).
 fn batch_id_of(key: &str) -> String {
     let file = key.rsplit('/').next().unwrap_or(key);
     file.strip_suffix(".jsonl").unwrap_or(file).to_owned()
