@@ -193,6 +193,28 @@ pub struct Folder {
     pub s3_path: S3Uri,
 }
 
+impl JobSpec {
+    /// Checks `req` as [`JobSpec::try_from`] does, except the sizes of its
+    /// inline items' batches (checked where the job is made), without
+    /// copying its items: cheap however many it holds. `req` is left as it
+    /// was.
+    pub fn check(req: &mut pb::SubmitJobRequest) -> Result<(), FieldViolation> {
+        let items = match &mut req.source {
+            Some(pb::submit_job_request::Source::ItemList(list)) if !list.items.is_empty() => {
+                std::mem::replace(&mut list.items, vec![prost_types::Value::default()])
+            }
+            _ => Vec::new(),
+        };
+        let checked = JobSpec::try_from(req.clone()).map(drop);
+        if let Some(pb::submit_job_request::Source::ItemList(list)) = &mut req.source
+            && !items.is_empty()
+        {
+            list.items = items;
+        }
+        checked
+    }
+}
+
 impl TryFrom<pb::SubmitJobRequest> for JobSpec {
     type Error = FieldViolation;
 
@@ -443,6 +465,31 @@ fn check_batch_bytes(items: &[Value], batch_size: u32) -> Result<(), FieldViolat
 mod tests {
     use super::*;
     use crate::json::json_to_value;
+
+    #[test]
+    fn a_check_without_copying_items_finds_what_a_full_one_does_and_keeps_the_items() {
+        let items: Vec<prost_types::Value> = (0..5).map(|i| json_to_value(&serde_json::json!({"n": i}))).collect();
+        let list = |items: Vec<prost_types::Value>, batch_size| {
+            Some(pb::submit_job_request::Source::ItemList(pb::ItemList { items, batch_size }))
+        };
+        let mut ok = pb::SubmitJobRequest {
+            pipeline: "echo".into(),
+            workers: 1,
+            source: list(items.clone(), 2),
+            ..Default::default()
+        };
+        assert_eq!(JobSpec::check(&mut ok), Ok(()));
+        assert_eq!(ok.source, list(items.clone(), 2), "the items are back");
+        for (mut bad, field) in [
+            (pb::SubmitJobRequest { workers: 0, ..ok.clone() }, "workers"),
+            (pb::SubmitJobRequest { source: list(vec![], 2), ..ok.clone() }, "item_list.items"),
+            (pb::SubmitJobRequest { source: list(items.clone(), 0), ..ok.clone() }, "item_list.batch_size"),
+        ] {
+            let full = JobSpec::try_from(bad.clone()).err().map(|v| v.field);
+            assert_eq!(JobSpec::check(&mut bad).err().map(|v| v.field), full);
+            assert_eq!(full.as_deref(), Some(field));
+        }
+    }
     use serde_json::json;
 
     fn request(items: Vec<Value>, batch_size: i32, workers: i32) -> pb::SubmitJobRequest {

@@ -106,9 +106,11 @@ impl JobService for JobsForwarder {
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        // Refuse bad input here, before it crosses the cluster.
+        // Refuse bad input here, before it crosses the cluster (the sizes of
+        // inline items' batches are checked where the job is made).
         check_size(&request)?;
-        JobSpec::try_from(request.get_ref().clone())?;
+        let mut request = request;
+        JobSpec::check(request.get_mut())?;
         let result = self.client().await?.submit_job(onward(request)?).await;
         self.check(result).await
     }

@@ -1,10 +1,18 @@
 //! A tonic codec for `prost_reflect::DynamicMessage`, so REST requests call
 //! the gRPC services with messages built from JSON.
 
+use bytes::BufMut;
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// A request built from JSON: the message, and the encoding of its bulk
+/// fields, which follows it on the wire.
+pub struct Transcoded {
+    pub message: DynamicMessage,
+    pub tail: Vec<u8>,
+}
 
 /// Encodes dynamic requests and decodes responses of one message type.
 pub struct DynamicCodec {
@@ -18,7 +26,7 @@ impl DynamicCodec {
 }
 
 impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
+    type Encode = Transcoded;
     type Decode = DynamicMessage;
     type Encoder = DynamicEncoder;
     type Decoder = DynamicDecoder;
@@ -35,11 +43,13 @@ impl Codec for DynamicCodec {
 pub struct DynamicEncoder;
 
 impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
+    type Item = Transcoded;
     type Error = Status;
 
-    fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(dst).map_err(|e| Status::internal(format!("encoding request: {e}")))
+    fn encode(&mut self, item: Transcoded, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.message.encode(dst).map_err(|e| Status::internal(format!("encoding request: {e}")))?;
+        dst.put_slice(&item.tail);
+        Ok(())
     }
 }
 

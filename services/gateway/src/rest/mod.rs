@@ -3,6 +3,7 @@
 //! request message and sent through the same in-process gRPC services the
 //! gRPC port serves, so REST and gRPC share validation and every layer.
 
+mod bulk;
 mod codec;
 pub(crate) mod error;
 mod request;
@@ -24,7 +25,7 @@ use http::uri::PathAndQuery;
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value};
 use tonic::service::Routes;
 
-use codec::DynamicCodec;
+use codec::{DynamicCodec, Transcoded};
 use request::BadRequest;
 use rules::Route;
 pub use rules::RouteError;
@@ -105,11 +106,11 @@ fn build_request(
     vars: &[(String, String)],
     query: Option<&str>,
     body: &Bytes,
-) -> Result<DynamicMessage, BadRequest> {
+) -> Result<Transcoded, BadRequest> {
     let input = route.method.input();
-    let mut message = match route.body.as_str() {
+    let (mut message, tail) = match route.body.as_str() {
         "*" => from_body(input, body)?,
-        "" => DynamicMessage::new(input),
+        "" => (DynamicMessage::new(input), Vec::new()),
         field => {
             let mut message = DynamicMessage::new(input.clone());
             let desc = input
@@ -118,8 +119,13 @@ fn build_request(
             let prost_reflect::Kind::Message(inner) = desc.kind() else {
                 return Err(BadRequest(format!("body field {field:?} is not a message")));
             };
-            message.set_field(&desc, Value::Message(from_body(inner, body)?));
-            message
+            let (inner, tail) = from_body(inner, body)?;
+            message.set_field(&desc, Value::Message(inner));
+            let mut wrapped = Vec::new();
+            if !tail.is_empty() {
+                bulk::put_field(desc.number(), &tail, &mut wrapped);
+            }
+            (message, wrapped)
         }
     };
     for (name, value) in vars {
@@ -135,15 +141,24 @@ fn build_request(
                 .map_err(|e| BadRequest(format!("query parameter {key:?}: {e}")))?;
         }
     }
-    Ok(message)
+    Ok(Transcoded { message, tail })
 }
 
-/// The JSON body as `desc`; an empty body is an empty message.
-fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<DynamicMessage, BadRequest> {
+/// The JSON body as `desc`, and its bulk fields encoded apart (see
+/// `bulk.rs`); an empty body is an empty message.
+fn from_body(desc: prost_reflect::MessageDescriptor, body: &Bytes) -> Result<(DynamicMessage, Vec<u8>), BadRequest> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DynamicMessage::new(desc));
+        return Ok((DynamicMessage::new(desc), Vec::new()));
     }
-    request::from_json(desc, body)
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return request::from_json(desc, body).map(|m| (m, Vec::new())); // it names what is wrong
+    };
+    let tail = bulk::take(&desc, &mut json);
+    if tail.is_empty() {
+        // Read from the text, so that an error says where it is.
+        return request::from_json(desc, body).map(|m| (m, Vec::new()));
+    }
+    Ok((request::from_value(desc, json)?, tail))
 }
 
 /// Decodes `a=1&b=x%20y` pairs.
@@ -210,7 +225,7 @@ fn to_json(message: &DynamicMessage, response_body: &str) -> Result<Vec<u8>, ser
     Ok(out.into_inner())
 }
 
-async fn call(grpc: Routes, route: &Route, request: tonic::Request<DynamicMessage>) -> Response {
+async fn call(grpc: Routes, route: &Route, request: tonic::Request<Transcoded>) -> Response {
     let method = &route.method;
     let path = match PathAndQuery::from_str(&format!("/{}/{}", method.parent_service().full_name(), method.name())) {
         Ok(p) => p,

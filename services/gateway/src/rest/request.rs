@@ -20,6 +20,12 @@ pub fn from_json(desc: MessageDescriptor, body: &[u8]) -> Result<DynamicMessage,
     Ok(message)
 }
 
+/// `json` (already parsed) as `desc`, naming what is wrong.
+pub fn from_value(desc: MessageDescriptor, json: serde_json::Value) -> Result<DynamicMessage, BadRequest> {
+    DynamicMessage::deserialize_with_options(desc, json, &DeserializeOptions::new())
+        .map_err(|e| BadRequest(format!("invalid JSON body: {e}")))
+}
+
 /// Sets the field at dotted `path` (proto or JSON names) from text.
 pub fn set_path(message: &mut DynamicMessage, path: &str, text: &str) -> Result<(), BadRequest> {
     let (head, rest) = match path.split_once('.') {
