@@ -276,37 +276,19 @@ impl JobRun {
     async fn finish(&self, output: &S3Uri, predicted: Predicted) -> Ran {
         let Predicted { delivery, started, mut batches } = predicted;
         let attempt = delivery.attempt();
-        let max = self.assign.max_deliver.max(1);
-        let last = attempt >= u64::from(max);
+        let last = attempt >= u64::from(self.assign.max_deliver.max(1));
         let group = match (batches.first(), batches.last()) {
             (Some(first), Some(end)) if batches.len() > 1 => Some((first.batch.seq, end.batch.seq)),
             _ => None,
         };
         // A group whose failures have deliveries left runs again whole.
         let again = |b: &Predict| matches!(b.result, Err(PredictError::Retryable(_))) && !last;
-        let settles = !batches.iter().any(again);
-        if settles && batches.iter().any(|b| b.result.is_ok()) {
-            let (uri, body) = match group {
-                Some((first, end)) => {
-                    let job = &batches[0].id.job_id;
-                    let body = batches.iter().filter_map(|b| b.result.as_ref().ok()).flatten().copied().collect();
-                    (group_uri(output, job, first, end), body)
-                }
-                None => {
-                    (result_uri(output, &batches[0].id), batches[0].result.as_ref().map(Vec::clone).unwrap_or_default())
-                }
-            };
-            let written = self.in_progress(delivery.as_ref(), self.write(&uri, body)).await;
-            if let Err(e) = written {
-                // Nothing of it is in S3: each success fails as the write did.
-                for b in batches.iter_mut().filter(|b| b.result.is_ok()) {
-                    b.result = Err(e.clone());
-                }
-            }
+        if !batches.iter().any(again) && batches.iter().any(|b| b.result.is_ok()) {
+            self.write_results(output, delivery.as_ref(), &mut batches, group).await;
         }
         let settles = !batches.iter().any(again);
         let mut endings = Vec::with_capacity(batches.len());
-        let mut logged = 0;
+        let mut items = 0;
         for Predict { batch, id, result, ms } in batches {
             let (status, error) = match result {
                 // A success in a group that runs again is not reported yet.
@@ -317,26 +299,20 @@ impl JobRun {
                 Err(PredictError::Permanent(e) | PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e),
             };
             if status == BatchStatus::Succeeded {
-                logged += batch.items.len();
+                items += batch.items.len();
             } else {
-                warn!(batch_id = %id, attempt, error = %error, ?status, "batch failed");
-                let next = match status {
-                    BatchStatus::FailedFinal => "dead-lettered",
-                    _ if group.is_some() => "will be retried with its group",
-                    _ => "will be retried",
-                };
-                self.log(&id.to_string(), "ERROR", format!("failed on delivery {attempt} of {max}, {next}: {error}"))
-                    .await;
+                self.log_failure(&id, attempt, status, &error, group.is_some()).await;
             }
-            let end_ms = batchmill_core::time::now_ms();
             let grouped = group.filter(|_| status == BatchStatus::Succeeded);
+            let end_ms = batchmill_core::time::now_ms();
+            let (worker_id, duration_ms) = (self.worker_id.as_str(), ms);
             let ending = BatchEnd {
                 id: &id,
                 batch: &batch,
                 status,
                 attempt,
-                worker_id: &self.worker_id,
-                duration_ms: ms,
+                worker_id,
+                duration_ms,
                 error,
                 end_ms,
                 group: grouped,
@@ -344,28 +320,72 @@ impl JobRun {
             .build();
             endings.push((id, ending));
         }
-        if logged > 0 {
-            let elapsed_ms = started.elapsed().as_millis();
-            let succeeded = endings.iter().filter(|(_, e)| e.outcome.status() == BatchStatus::Succeeded).count();
-            let (name, what) = match group {
-                Some((first, end)) => (
-                    format!("{}-{first}-{end}", endings[0].0.job_id),
-                    format!("{succeeded} batches of group {first}-{end} succeeded"),
-                ),
-                None => (endings[0].0.to_string(), "succeeded".to_owned()),
-            };
-            tracing::debug!(batch_id = %name, attempt, trace_id = %batchmill_runtime::trace::trace_id(), "batch done");
-            self.log(&name, "INFO", format!("{what}: {logged} items in {elapsed_ms} ms (delivery {attempt} of {max})"))
-                .await;
+        let succeeded = endings.iter().filter(|(_, e)| e.outcome.status() == BatchStatus::Succeeded).count();
+        if succeeded > 0 {
+            self.log_success(&endings[0].0, group, succeeded, items, started, attempt).await;
         }
-        let settle = if !settles {
-            Settle::Nak
-        } else if endings.iter().any(|(_, e)| e.outcome.status() == BatchStatus::Succeeded) {
-            Settle::Ack
-        } else {
-            Settle::Term
+        let settle = match (settles, succeeded) {
+            (false, _) => Settle::Nak,
+            (true, 0) => Settle::Term,
+            (true, _) => Settle::Ack,
         };
         Ran { delivery, endings, settle }
+    }
+
+    /// Writes the results of a message's successful batches: the batch's
+    /// object, or the group's. Where the write fails, so does each success.
+    async fn write_results(
+        &self,
+        output: &S3Uri,
+        delivery: &dyn Delivery,
+        batches: &mut [Predict],
+        group: Option<(u64, u64)>,
+    ) {
+        let uri = match group {
+            Some((first, end)) => group_uri(output, &batches[0].id.job_id, first, end),
+            None => result_uri(output, &batches[0].id),
+        };
+        let body = batches.iter().filter_map(|b| b.result.as_ref().ok()).flatten().copied().collect();
+        if let Err(e) = self.in_progress(delivery, self.write(&uri, body)).await {
+            // Nothing of it is in S3.
+            for b in batches.iter_mut().filter(|b| b.result.is_ok()) {
+                b.result = Err(e.clone());
+            }
+        }
+    }
+
+    async fn log_failure(&self, id: &BatchId, attempt: u64, status: BatchStatus, error: &str, grouped: bool) {
+        warn!(batch_id = %id, attempt, error = %error, ?status, "batch failed");
+        let next = match status {
+            BatchStatus::FailedFinal => "dead-lettered",
+            _ if grouped => "will be retried with its group",
+            _ => "will be retried",
+        };
+        let max = self.assign.max_deliver.max(1);
+        self.log(&id.to_string(), "ERROR", format!("failed on delivery {attempt} of {max}, {next}: {error}")).await;
+    }
+
+    /// One line for a message's successes: its batch's, or its group's.
+    async fn log_success(
+        &self,
+        first: &BatchId,
+        group: Option<(u64, u64)>,
+        succeeded: usize,
+        items: usize,
+        started: Instant,
+        attempt: u64,
+    ) {
+        let elapsed_ms = started.elapsed().as_millis();
+        let (name, what) = match group {
+            Some((a, b)) => {
+                (format!("{}-{a}-{b}", first.job_id), format!("{succeeded} batches of group {a}-{b} succeeded"))
+            }
+            None => (first.to_string(), "succeeded".to_owned()),
+        };
+        tracing::debug!(batch_id = %name, attempt, trace_id = %batchmill_runtime::trace::trace_id(), "batch done");
+        let max = self.assign.max_deliver.max(1);
+        self.log(&name, "INFO", format!("{what}: {items} items in {elapsed_ms} ms (delivery {attempt} of {max})"))
+            .await;
     }
 
     async fn log(&self, batch_id: &str, level: &str, message: String) {
