@@ -23,11 +23,7 @@ def job(n):
 
 
 def wait_done(env, job_id):
-    while True:
-        state = throughput.http(env, "GET", "/v1/jobs/" + job_id)["state"]
-        if state not in ("JOB_STATE_PENDING", "JOB_STATE_ADMITTED", "JOB_STATE_RUNNING", "JOB_STATE_COMPLETING"):
-            return state
-        time.sleep(0.05)
+    return throughput.wait_done(env, job_id, poll=0.05)["state"]
 
 
 def main():

@@ -49,17 +49,22 @@ def http(env, method, path, body=None):
         return json.loads(response.read())
 
 
+def wait_done(env, job_id, poll=0.02):
+    """The job once it has ended."""
+    while True:
+        state = http(env, "GET", "/v1/jobs/" + job_id)
+        if state["state"] not in ("JOB_STATE_PENDING", "JOB_STATE_ADMITTED", "JOB_STATE_RUNNING",
+                                  "JOB_STATE_COMPLETING"):
+            return state
+        time.sleep(poll)
+
+
 def batchmill(env, items, batch, workers):
     body = {"pipeline": "echo", "workers": workers,
             "itemList": {"items": [{"n": i} for i in range(items)], "batchSize": batch}}
     started = time.monotonic()
     job = http(env, "POST", "/v1/jobs", body)
-    while True:
-        state = http(env, "GET", "/v1/jobs/" + job["jobId"])
-        if state["state"] not in ("JOB_STATE_PENDING", "JOB_STATE_ADMITTED", "JOB_STATE_RUNNING",
-                                  "JOB_STATE_COMPLETING"):
-            break
-        time.sleep(0.02)
+    state = wait_done(env, job["jobId"])
     seconds = time.monotonic() - started
     if state["state"] != "JOB_STATE_SUCCEEDED":
         raise SystemExit(f"job {job['jobId']} ended {state['state']}: {state}")
