@@ -101,7 +101,6 @@ impl Scheduler {
                         }
                     }
                 }
-                state.settle().await;
                 state.flush().await;
             }
             state.manifests_written(MANIFEST_PATIENCE).await;

@@ -175,9 +175,16 @@ impl State {
         self.events.written(patience).await;
     }
 
-    /// Persists dirty jobs, then acknowledges outcomes and notifies watchers.
-    /// A job whose write failed stays dirty and its outcomes unacknowledged.
+    /// Completes the changed jobs that are done ([`State::settle`]), then
+    /// persists dirty jobs, acknowledges outcomes and notifies watchers. A
+    /// job whose write failed stays dirty and its outcomes unacknowledged.
+    ///
+    /// Settling comes first because writing clears a job's change: a job
+    /// whose last outcome was written before it was settled would never be
+    /// looked at again (a submission in the same burst of commands used to
+    /// do that, and left such jobs RUNNING for good).
     pub async fn flush(&mut self) {
+        self.settle().await;
         let now = self.clock.now_ms();
         self.pending.flush(&mut self.jobs, &self.workers, self.ports.kv.as_ref(), &self.events, now).await;
     }

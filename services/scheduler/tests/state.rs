@@ -61,6 +61,25 @@ async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
     assert_eq!(manifest["results"].as_array().unwrap().len(), 3);
 }
 
+/// A submission handled in the same burst of commands as a job's last
+/// outcome writes every changed job; the finished one must still complete.
+#[tokio::test]
+async fn a_job_whose_last_outcome_came_just_before_a_submission_still_completes() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let _worker = join(&mut state, "w1");
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 1, done: true, ..Default::default() });
+    state.flush().await;
+
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.submit(record("j2", 1), Limits::default()).await.unwrap();
+    state.flush().await;
+
+    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    assert!(!fakes.open("j1").await, "the finished job's queue is closed");
+}
+
 #[tokio::test]
 async fn workers_are_capped_per_job_and_freed_when_it_ends() {
     let fakes = fakes().await;

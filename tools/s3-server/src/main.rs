@@ -1,7 +1,11 @@
 //! batchmill-s3-server: a real S3-compatible server for the local cluster
 //! and the test sandbox, over a directory. It is the s3s-fs library (SigV4
 //! authentication, pagination, multipart) behind a small hyper front end,
-//! built in this workspace so it shares its dependencies.
+//! built in this workspace so it shares its dependencies, with its own
+//! listing by prefix ([`listing`]).
+
+mod listing;
+mod store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,9 +64,9 @@ async fn main() -> anyhow::Result<()> {
     for bucket in &config.buckets {
         std::fs::create_dir_all(config.root.join(bucket)).with_context(|| format!("creating bucket {bucket}"))?;
     }
-    let fs = s3s_fs::FileSystem::new(&config.root).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let store = store::Store::new(&config.root).with_context(|| format!("opening {}", config.root.display()))?;
     let service = {
-        let mut builder = S3ServiceBuilder::new(fs);
+        let mut builder = S3ServiceBuilder::new(store);
         let mut auth = SimpleAuth::from_single(config.access_key.clone(), config.secret_key.clone());
         for pair in &config.extra_keys {
             let (access, secret) = pair.split_once(':').context("--extra-key takes ACCESS_KEY:SECRET_KEY")?;
