@@ -32,6 +32,10 @@ ETCD_PEER_PORT=$((PORT_BASE + 1))
 NATS_PORT=$((PORT_BASE + 2))
 S3_PORT=$((PORT_BASE + 3))
 PG_PORT=$((PORT_BASE + 4))
+# The servers' own metrics: NATS's monitoring (/varz, /jsz) and the S3
+# server's request counts (/metrics); etcd serves /metrics on its client port.
+NATS_MONITOR_PORT=$((PORT_BASE + 5))
+S3_METRICS_PORT=$((PORT_BASE + 6))
 GATEWAY_PORT=$((PORT_BASE + 10))
 LISTER_PORT=$((PORT_BASE + 11))
 ENQUEUER_PORT=$((PORT_BASE + 12))

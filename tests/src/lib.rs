@@ -525,18 +525,26 @@ impl Sandbox {
     /// Every batch record of a job, as ListBatches pages them: (seq,
     /// deliveries), in seq order.
     pub async fn batch_attempts(&self, job_id: &str) -> anyhow::Result<Vec<(i64, i64)>> {
+        let mut out: Vec<_> = self.batch_records(job_id, 1000).await?.iter().map(|b| (b.seq, b.attempts)).collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every batch record of a job in the order ListBatches gives them,
+    /// `page_size` per page.
+    pub async fn batch_records(&self, job_id: &str, page_size: i32) -> anyhow::Result<Vec<pb::BatchRecord>> {
         let mut client = self.jobs().await?;
         let (mut out, mut token) = (Vec::new(), String::new());
         loop {
-            let request = pb::ListBatchesRequest { job_id: job_id.into(), page_size: 1000, page_token: token };
+            let request = pb::ListBatchesRequest { job_id: job_id.into(), page_size, page_token: token };
             let page = client.list_batches(request).await?.into_inner();
-            out.extend(page.batches.iter().map(|b| (b.seq, b.attempts)));
+            anyhow::ensure!(page.batches.len() <= page_size as usize, "a page of {} records", page.batches.len());
+            out.extend(page.batches);
             if page.next_page_token.is_empty() {
                 break;
             }
             token = page.next_page_token;
         }
-        out.sort();
         Ok(out)
     }
 

@@ -237,6 +237,14 @@ async fn small_batches_run_in_groups_and_a_failure_in_one_reruns_alone() -> anyh
     expected.push(format!("{}-13.jsonl", done.job_id));
     expected.sort();
     assert_eq!(objects, expected);
+    // A group's records are stored in one message; pages of 7 end inside
+    // them and still list every batch, 13 last as succeeded.
+    let records = sandbox.batch_records(&done.job_id, 7).await?;
+    let mut seqs: Vec<i64> = records.iter().map(|r| r.seq).filter(|&s| s != 13).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..80).filter(|&s| s != 13).collect::<Vec<i64>>(), "each batch but 13 once");
+    let last_13 = records.iter().rev().find(|r| r.seq == 13).expect("batch 13's record");
+    assert_eq!(last_13.state(), pb::BatchState::Succeeded);
     // The results API reads every item back once.
     let mut read = 0;
     let mut token = String::new();

@@ -14,8 +14,9 @@
 //! batches, and a redelivery never duplicates a result.
 
 use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
-use batchmill_proto::queue::v1::{Batch, DeadLetter};
+use batchmill_proto::queue::v1::{Batch, BatchRecords, DeadLetter};
 use batchmill_proto::scheduler::v1::{BatchOutcome, BatchStatus};
+use prost::Message;
 
 use crate::time::{duration_ms, timestamp};
 use crate::{BatchId, JobId, S3Uri};
@@ -151,6 +152,22 @@ impl BatchEnd<'_> {
     }
 }
 
+/// The body of one message on a job's record subject: `records`, stored
+/// together (see `queue.v1.BatchRecords`).
+pub fn records_message(records: Vec<BatchRecord>) -> Vec<u8> {
+    BatchRecords { records }.encode_to_vec()
+}
+
+/// The records one message on a job's record subject holds: several
+/// (`queue.v1.BatchRecords`), or one (a `jobs.v1.BatchRecord`, as stored
+/// before records were grouped); none if it is neither.
+pub fn read_records(payload: &[u8]) -> Vec<BatchRecord> {
+    match BatchRecords::decode(payload) {
+        Ok(many) if !many.records.is_empty() => many.records,
+        _ => BatchRecord::decode(payload).ok().filter(|r| !r.batch_id.is_empty()).into_iter().collect(),
+    }
+}
+
 /// The names of a batch's named inputs, in order (none for plain items).
 fn input_names(batch: &Batch) -> Vec<String> {
     batch
@@ -238,6 +255,17 @@ mod tests {
         .build();
         assert_eq!((grouped.outcome.group_first, grouped.outcome.group_last), (4, 9));
         assert_eq!(end(&batch, BatchStatus::Succeeded).outcome.group_last, 0);
+    }
+
+    #[test]
+    fn a_record_message_reads_back_whether_it_holds_many_or_is_one_old_record() {
+        let record = |seq: i64| BatchRecord { batch_id: format!("j1-{seq}"), seq, items: 3, ..Default::default() };
+        let many = records_message(vec![record(4), record(5)]);
+        assert_eq!(read_records(&many), [record(4), record(5)]);
+        let old = record(7).encode_to_vec();
+        assert_eq!(read_records(&old), [record(7)]);
+        assert!(read_records(b"\xff\x00").is_empty());
+        assert!(read_records(&records_message(Vec::new())).is_empty());
     }
 
     #[test]

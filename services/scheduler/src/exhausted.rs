@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use batchmill_core::BatchId;
-use batchmill_core::batch::BatchEnd;
+use batchmill_core::batch::{self, BatchEnd};
 use batchmill_core::time::now_ms;
 use batchmill_proto::queue::v1::Batch;
 use batchmill_proto::scheduler::v1::BatchStatus;
@@ -116,8 +116,8 @@ async fn fail(queue: &dyn Queue, scheduler: &Scheduler, batch: &Batch, stream_se
         warn!(batch_id = %id, error = %e, "dead-lettering an exhausted batch failed");
         return false;
     }
-    if let Some(record) = &end.record
-        && let Err(e) = queue.publish_record(id.job_id.as_str(), record.encode_to_vec().into()).await
+    if let Some(record) = end.record
+        && let Err(e) = queue.publish_record(id.job_id.as_str(), batch::records_message(vec![record]).into()).await
     {
         warn!(batch_id = %id, error = %e, "storing an exhausted batch's record failed");
         return false;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use batchmill_core::BatchId;
-use batchmill_core::batch::Ending;
+use batchmill_core::batch::{self, Ending};
 use batchmill_queue::Delivery;
 use bytes::Bytes;
 use prost::Message;
@@ -53,8 +53,7 @@ impl Ran {
     pub async fn settle(self, run: &JobRun) {
         let Ran { delivery, endings, settle } = self;
         let stream_seq = delivery.stream_seq();
-        let stored = futures::future::join_all(endings.into_iter().map(|(id, e)| store(run, id, stream_seq, e)));
-        if !keep_in_progress(delivery.as_ref(), run.ack_wait(), stored).await.into_iter().all(|ok| ok) {
+        if !keep_in_progress(delivery.as_ref(), run.ack_wait(), store(run, stream_seq, endings)).await {
             return;
         }
         let settled = match settle {
@@ -68,40 +67,52 @@ impl Ran {
     }
 }
 
-/// Stores the dead letter (of a batch that failed for good) and the record
-/// (of a final one), then reports the outcome; true once the scheduler
-/// confirms it. `stream_seq` is where the batch is in the batch stream.
-async fn store(run: &JobRun, id: BatchId, stream_seq: u64, ending: Ending) -> bool {
-    let id = &id;
-    let Ending { outcome, dead_letter, record } = ending;
+/// Stores the dead letters (of batches that failed for good), then the
+/// records of the final batches, all in one message, then reports each
+/// outcome; true once the scheduler confirms them all. `stream_seq` is where
+/// the message is in the batch stream.
+async fn store(run: &JobRun, stream_seq: u64, endings: Vec<(BatchId, Ending)>) -> bool {
     let transient = |e: &batchmill_queue::QueueError| e.is_transient();
-    if let Some(dead) = dead_letter {
+    let dead = endings.iter().filter_map(|(id, e)| Some((id, e.dead_letter.as_ref()?, e.outcome.attempt)));
+    let dead = futures::future::join_all(dead.map(|(id, dead, attempt)| async move {
         let body = Bytes::from(dead.encode_to_vec());
         let put = || run.queue.dead_letter(id, stream_seq, body.clone());
         match retry_in_place("dead-lettering", &run.revoked, put, transient).await {
-            Some(Ok(())) => info!(batch_id = %id, attempt = outcome.attempt, "batch dead-lettered"),
+            Some(Ok(())) => {
+                info!(batch_id = %id, attempt, "batch dead-lettered");
+                true
+            }
             // Left alone: once its deliveries run out the scheduler
             // dead-letters it from the advisory.
             other => {
                 warn!(batch_id = %id, error = ?other.and_then(Result::err), "dead-lettering failed; leaving the batch");
-                return false;
+                false
             }
         }
+    }));
+    if !dead.await.into_iter().all(|ok| ok) {
+        return false;
     }
-    // Stored before the outcome, so that a job that has ended has every
+    // Stored before the outcomes, so that a job that has ended has every
     // batch's record.
-    if let Some(record) = record {
-        let body = Bytes::from(record.encode_to_vec());
+    let records: Vec<_> = endings.iter().filter_map(|(_, e)| e.record.clone()).collect();
+    if let Some((id, _)) = endings.first()
+        && !records.is_empty()
+    {
+        let body = Bytes::from(batch::records_message(records));
         let put = || run.queue.publish_record(id.job_id.as_str(), body.clone());
-        if let Some(Err(e)) = retry_in_place("storing the batch record", &run.revoked, put, transient).await {
-            warn!(batch_id = %id, error = %e, "storing the batch record failed");
+        if let Some(Err(e)) = retry_in_place("storing the batch records", &run.revoked, put, transient).await {
+            warn!(batch_id = %id, error = %e, "storing the batch records failed");
         }
     }
-    let confirmed = run.outbox.report(outcome, CONFIRM_PATIENCE).await;
-    if !confirmed {
-        warn!(batch_id = %id, "outcome not confirmed; leaving the batch for redelivery");
-    }
-    confirmed
+    let reported = endings.into_iter().map(|(id, ending)| async move {
+        let confirmed = run.outbox.report(ending.outcome, CONFIRM_PATIENCE).await;
+        if !confirmed {
+            warn!(batch_id = %id, "outcome not confirmed; leaving the batch for redelivery");
+        }
+        confirmed
+    });
+    futures::future::join_all(reported).await.into_iter().all(|ok| ok)
 }
 
 /// Calls `call` until it succeeds or fails for good (`transient` says which

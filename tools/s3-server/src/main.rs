@@ -5,6 +5,7 @@
 //! listing by prefix ([`listing`]).
 
 mod listing;
+mod metrics;
 mod store;
 
 use std::net::SocketAddr;
@@ -40,6 +41,10 @@ struct Config {
     /// store other than the cluster, such as a job's own credentials.
     #[arg(long = "extra-key")]
     extra_keys: Vec<String>,
+    /// Where to serve the request counts (`GET /metrics`, Prometheus text);
+    /// none when unset.
+    #[arg(long, env = "BATCHMILL_S3_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for Config {
             .field("secret_key", &"<redacted>")
             .field("buckets", &self.buckets)
             .field("extra_keys", &self.extra_keys.len())
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -74,6 +80,19 @@ async fn main() -> anyhow::Result<()> {
         }
         builder.set_auth(auth);
         builder.build()
+    };
+    let counts = metrics::Counts::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        info!(addr = %listener.local_addr()?, "metrics serving");
+        tokio::spawn(serve_metrics(listener, counts.clone()));
+    }
+    let service = {
+        let counts = counts.clone();
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            counts.count(&request);
+            hyper::service::Service::call(&service, request)
+        })
     };
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
@@ -103,4 +122,21 @@ async fn main() -> anyhow::Result<()> {
     }
     info!("s3 stopped");
     Ok(())
+}
+
+/// Answers every request on `listener` with the request counts.
+async fn serve_metrics(listener: tokio::net::TcpListener, counts: std::sync::Arc<metrics::Counts>) {
+    let http = ConnBuilder::new(TokioExecutor::new());
+    while let Ok((socket, _)) = listener.accept().await {
+        let counts = counts.clone();
+        let answer = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
+            let body = http_body_util::Full::new(bytes::Bytes::from(counts.render()));
+            let response = http::Response::builder().header("content-type", "text/plain; version=0.0.4").body(body);
+            std::future::ready(response)
+        });
+        let connection = http.serve_connection(TokioIo::new(socket), answer).into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
 }

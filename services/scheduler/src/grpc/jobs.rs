@@ -1,5 +1,6 @@
 //! `JobService` on the scheduler: converts requests, calls [`Scheduler`].
 
+use batchmill_core::batch;
 use batchmill_core::job::is_terminal;
 use batchmill_core::{Caller, JobId, JobSpec, Owner, ServiceError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
@@ -93,6 +94,19 @@ fn stream_position(token: &str) -> Result<u64, Status> {
             "is not a token this API returned; pass next_page_token as it was",
         ))
     })
+}
+
+/// A ListBatches page token: a record stream position, and how many records
+/// of the message there were already listed (`<seq>` or `<seq>.<listed>`).
+fn record_position(token: &str) -> Result<(u64, usize), Status> {
+    let (seq, listed) = token.split_once('.').unwrap_or((token, "0"));
+    let listed = listed.parse::<usize>().map_err(|_| {
+        Status::from(batchmill_core::FieldViolation::new(
+            "page_token",
+            "is not a token this API returned; pass next_page_token as it was",
+        ))
+    })?;
+    Ok((stream_position(seq)?, listed))
 }
 
 fn watched(event: pb::JobEvent) -> pb::WatchJobEventsResponse {
@@ -225,24 +239,32 @@ impl JobService for JobsGrpc {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let limit = page_size(req.page_size, DEFAULT_DEAD_LETTER_PAGE)?;
-        let from = stream_position(&req.page_token)?;
+        let (from, skip) = record_position(&req.page_token)?;
         // The job must exist and be this caller's.
         self.visible(&caller, &job_id(&req.job_id)?).await?;
+        // One message holds one record or several (a group's): `limit`
+        // messages hold enough, and a page may end inside one.
         let stored =
             self.logs.records(&req.job_id, from, limit).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let next = (stored.len() == limit).then(|| stored.last().map(|s| s.stream_seq + 1)).flatten();
+        let mut next = None;
         // A batch that ended twice (delivered again after its worker was lost)
         // shows once, at its latest record.
-        let mut batches: Vec<pb::BatchRecord> = Vec::with_capacity(stored.len());
-        for s in &stored {
-            let Ok(record) = pb::BatchRecord::decode(s.payload.as_ref()) else { continue };
-            batches.retain(|b| b.seq != record.seq);
-            batches.push(record);
+        let mut batches: Vec<pb::BatchRecord> = Vec::with_capacity(limit);
+        'page: for s in &stored {
+            let first = if s.stream_seq == from { skip } else { 0 };
+            for (i, record) in batch::read_records(&s.payload).into_iter().enumerate().skip(first) {
+                if batches.len() == limit {
+                    next = Some(format!("{}.{i}", s.stream_seq));
+                    break 'page;
+                }
+                batches.retain(|b| b.seq != record.seq);
+                batches.push(record);
+            }
         }
-        Ok(Response::new(pb::ListBatchesResponse {
-            batches,
-            next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
-        }))
+        if next.is_none() && stored.len() == limit {
+            next = stored.last().map(|s| (s.stream_seq + 1).to_string());
+        }
+        Ok(Response::new(pb::ListBatchesResponse { batches, next_page_token: next.unwrap_or_default() }))
     }
 
     #[instrument(skip_all, fields(job_id = %request.get_ref().job_id))]
