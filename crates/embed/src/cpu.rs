@@ -25,7 +25,7 @@ impl Cpu {
 
 impl Backend for Cpu {
     fn device(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        format!("cpu ({} threads, {})", rayon::current_num_threads(), crate::isa::Isa::active().name())
     }
 
     fn max_tokens(&self) -> usize {

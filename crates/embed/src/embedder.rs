@@ -35,6 +35,7 @@ impl Embedder {
     /// Loads the model in `dir` onto the device `choice` picks; a GPU
     /// stores GEMM inputs at `precision` (the CPU computes in fp32).
     pub fn load(dir: &Path, choice: DeviceChoice, precision: Precision) -> Result<Embedder, EmbedError> {
+        crate::isa::Isa::choose_from_env().map_err(EmbedError::Setting)?;
         let files = ModelFiles::open(dir)?;
         let tokens = Tokens::load(&files)?;
         let weights = Weights::load(&files)?;

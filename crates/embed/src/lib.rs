@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod cuda;
 mod embedder;
 mod gemm;
+pub mod isa;
 pub mod math;
 pub mod model;
 pub mod reference;
@@ -55,4 +56,7 @@ pub enum EmbedError {
     /// The backend thread is gone.
     #[error("the embedding thread stopped")]
     Stopped,
+    /// A setting (an environment variable) that cannot be used.
+    #[error("{0}")]
+    Setting(Invalid),
 }

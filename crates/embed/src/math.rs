@@ -1,13 +1,15 @@
 //! Element-wise kernels of the CPU backend, written so the compiler
 //! vectorizes them: no calls into libm in the hot loops, and no `mul_add`,
 //! which is a call where the build does not target FMA. The public kernels
-//! are compiled twice, for the build's baseline and for AVX2+FMA, and pick
-//! one at run time ([`fast!`]).
+//! are compiled three times, for the build's baseline, for AVX2+FMA and for
+//! AVX-512, and run the copy [`Isa::active`] names ([`fast!`]).
 #![allow(unsafe_code)]
 
-/// Defines a kernel compiled for the baseline and for AVX2+FMA, calling the
-/// second where the CPU has those (the helpers it calls are inlined into
-/// each copy).
+use crate::isa::Isa;
+
+/// Defines a kernel compiled for the baseline, for AVX2+FMA and for
+/// AVX-512, calling the copy of the instruction set in use (the helpers it
+/// calls are inlined into each copy).
 macro_rules! fast {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
@@ -20,9 +22,16 @@ macro_rules! fast {
                 fn avx2($($arg: $ty),*) {
                     generic($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    generic($($arg),*)
+                }
+                match Isa::active() {
+                    // SAFETY: `Isa::active` is never wider than the CPU's
+                    // set (`Isa::choose`), which each copy is compiled for.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Portable => {}
                 }
             }
             generic($($arg),*)

@@ -1,7 +1,8 @@
 //! The CPU backend against sentence-transformers' embeddings of the same
 //! texts (tests/fixtures/minilm.json): short and long (truncated past 256
-//! tokens), non-ASCII, empty.
+//! tokens), non-ASCII, empty; on each instruction set the CPU has.
 
+use batchmill_embed::isa::Isa;
 use batchmill_embed::reference::{Fixture, check, default_model_dir, fixture_path};
 use batchmill_embed::{DeviceChoice, Embedder, Precision};
 
@@ -18,10 +19,20 @@ fn cpu_embeddings_match_sentence_transformers() {
     assert!(fixture.items.iter().any(|i| i.text.is_empty()) && fixture.items.iter().any(|i| i.tokens > 256));
     let embedder = Embedder::load(&model, DeviceChoice::Cpu, Precision::Fp32).expect("model loads");
     assert_eq!(embedder.dim(), 384);
-    let report = check(&embedder, &fixture).expect("embeds");
-    let below = report.below(Precision::Fp32.cosine_bar());
-    assert!(below.is_empty(), "{} of {} below cosine 0.9999: {below:?}", below.len(), fixture.items.len());
-    println!("worst cosine {} over {} texts", report.worst(), fixture.items.len());
+    // Each instruction set the fused passes are compiled for, as
+    // BATCHMILL_EMBED_ISA would force it; one the CPU lacks is not run.
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if Isa::choose(isa) != isa {
+            println!("{}: not run, this CPU has only {}", isa.name(), Isa::detected().name());
+            continue;
+        }
+        let report = check(&embedder, &fixture).expect("embeds");
+        let below = report.below(Precision::Fp32.cosine_bar());
+        let n = fixture.items.len();
+        assert!(below.is_empty(), "{}: {} of {n} below cosine 0.9999: {below:?}", isa.name(), below.len());
+        println!("{}: worst cosine {} over {n} texts", isa.name(), report.worst());
+    }
+    Isa::choose_from_env().expect("BATCHMILL_EMBED_ISA");
 }
 
 /// The same check on the CUDA backend at each precision: fp32 (bar 0.9999),

@@ -226,7 +226,16 @@ impl Scheduler {
 
 async fn handle(state: &mut State, command: Command) {
     match command {
-        Command::Submit { record, limits, reply } => drop(reply.send(state.submit(*record, limits).await)),
+        Command::Submit { record, limits, reply } => {
+            // The submitter has its answer before admission's round trips
+            // (opening the job's queue, starting its enqueue).
+            let accepted = state.accept(*record, limits).await;
+            let admit = accepted.is_ok();
+            drop(reply.send(accepted));
+            if admit {
+                state.admission().await;
+            }
+        }
         Command::Get { id, reply } => drop(reply.send(state.get(&id))),
         Command::List { caller, after, limit, pipeline, reply } => {
             drop(reply.send(state.list(&caller, after.as_ref(), limit, pipeline.as_deref())));

@@ -221,9 +221,18 @@ impl State {
         Some(self.jobs.get(id)?.snapshot(self.clock.now_ms()))
     }
 
-    /// Accepts a job once it is durable in etcd; if it cannot be written the
-    /// job is refused (UNAVAILABLE) rather than held only in memory.
+    /// Accepts a job ([`State::accept`]), then admits what can be.
     pub async fn submit(&mut self, record: JobRecord, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
+        let accepted = self.accept(record, limits).await?;
+        self.admission().await;
+        Ok(accepted)
+    }
+
+    /// Accepts a job once it is durable in etcd; if it cannot be written the
+    /// job is refused (UNAVAILABLE) rather than held only in memory. The
+    /// reply is the job as accepted (durable, PENDING); admission, which
+    /// opens its queue and starts enqueuing, is the caller's to run next.
+    pub async fn accept(&mut self, record: JobRecord, limits: Limits) -> Result<pb::Job, crate::SchedulerError> {
         self.jobs.within(&record, limits)?;
         let id = record.job_id.clone();
         let state = record.state;
@@ -238,10 +247,7 @@ impl State {
             return Err(crate::SchedulerError::NotPersisted { job_id: id.to_string() });
         }
         info!(job_id = %id, "job accepted");
-        // The reply is the job as accepted (durable, PENDING); admission follows.
-        let accepted = self.snapshot(&id).unwrap_or_default();
-        self.admission().await;
-        Ok(accepted)
+        Ok(self.snapshot(&id).unwrap_or_default())
     }
 
     pub fn get(&self, id: &JobId) -> Option<pb::Job> {
