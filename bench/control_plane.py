@@ -6,11 +6,9 @@ requests by kind (from the S3 server's /metrics). Each job's counts are net of
 the cluster's idle traffic (leases, heartbeats), measured just before it for
 as long as the job took."""
 
-import datetime
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -94,16 +92,7 @@ def main():
         n = items // 10 if batch == 1 else items
         rows.append(run(env, n, batch, workers))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    record = {"bench": "control-plane", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "cpu": throughput.cpu(), "build": "release", "workers": workers, "rows": rows,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=throughput.REPO,
-                                       capture_output=True, text=True).stdout.strip()}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
-    path = os.path.join(throughput.REPO, "bench", "records", f"control-plane-{stamp}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-    cpu = record["cpu"]
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['vector'])}")
+    record, path = throughput.save_record("control-plane", {"workers": workers, "rows": rows})
     columns = ["etcd_proposals", "etcd_puts", "nats_msgs_in", "nats_msgs_out", "jetstream_api_calls", "s3_put",
                "s3_get", "s3_list"]
     print("| batch | batches | " + " | ".join(columns) + " |")

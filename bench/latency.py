@@ -2,8 +2,6 @@
 time from SubmitJob to the job's first result object in S3 with warm workers,
 on a running bench cluster (see bench/latency)."""
 
-import datetime
-import json
 import os
 import statistics
 import sys
@@ -16,6 +14,10 @@ import throughput  # noqa: E402  (its cluster and HTTP helpers)
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def summary(values):
+    return {"p50": statistics.median(values), "p99": percentile(values, 99), "max": max(values)}
 
 
 def job(n):
@@ -66,22 +68,14 @@ def main():
         first_ms.append((time.monotonic() - started) * 1000)
         wait_done(env, job_id)
 
-    record = {
-        "cpu": throughput.cpu(),
-        "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ"),
+    record, path = throughput.save_record("latency", {
         "submissions": submissions,
-        "submit_ms": {"p50": statistics.median(submit_ms), "p99": percentile(submit_ms, 99), "max": max(submit_ms)},
-        "idle_submit_ms": {"p50": statistics.median(idle_ms), "p99": percentile(idle_ms, 99), "max": max(idle_ms)},
+        "submit_ms": summary(submit_ms),
         "idle_submissions": len(idle_ms),
+        "idle_submit_ms": summary(idle_ms),
         "first_result_runs": firsts,
-        "first_result_ms": {"p50": statistics.median(first_ms), "p99": percentile(first_ms, 99),
-                            "max": max(first_ms)},
-    }
-    path = os.path.join(throughput.REPO, "bench", "records", f"latency-{record['time']}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-    cpu = record["cpu"]
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['vector'])}")
+        "first_result_ms": summary(first_ms),
+    })
     print("| measure | runs | p50 ms | p99 ms | max ms |")
     print("| --- | --- | --- | --- | --- |")
     for name, key, runs in (("SubmitJob (REST, 1 item), while the earlier jobs run", "submit_ms", submissions),

@@ -20,6 +20,16 @@ bench_cluster() {
     deploy/local/down --purge >/dev/null 2>&1 || true
   fi
   BATCHMILL_WORKERS=$1 deploy/local/up >/dev/null
+  # A scheduler that has just started answers 503 until it leads.
+  local gateway key
+  gateway=$(sed -n 's/^export BATCHMILL_GATEWAY_URL=//p' "$BATCHMILL_STATE_DIR/env")
+  key=$(sed -n 's/^export BATCHMILL_API_KEY=//p' "$BATCHMILL_STATE_DIR/env")
+  for _ in $(seq 1 120); do
+    curl -sf -o /dev/null -H "Authorization: Bearer $key" "$gateway/v1/jobs?pageSize=1" && return 0
+    sleep 0.5
+  done
+  echo "[bench] the cluster did not answer within 60 s" >&2
+  return 1
 }
 
 bench_venv() {

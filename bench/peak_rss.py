@@ -5,11 +5,9 @@ in S3: one of ITEMS lines (default 1,000,000) and one of LINES lines (default
 over the 10 MiB request limit.) Each process's peak is reset
 (/proc/<pid>/clear_refs) before each job and read once it has ended."""
 
-import datetime
 import glob
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -88,16 +86,7 @@ def main():
         uri = ndjson(env, n)
         body = {"pipeline": "echo", "workers": WORKERS, "delimitedFiles": {"s3Paths": [uri], "batchSize": BATCH}}
         rows.append(run(env, f"{n:,}-line NDJSON", body, n))
-    record = {"bench": "peak-rss", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "cpu": throughput.cpu(), "build": "release", "workers": WORKERS, "batch_size": BATCH, "rows": rows,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=throughput.REPO,
-                                       capture_output=True, text=True).stdout.strip()}
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
-    path = os.path.join(throughput.REPO, "bench", "records", f"peak-rss-{stamp}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-    cpu = record["cpu"]
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {' '.join(cpu['vector'])}")
+    record, path = throughput.save_record("peak-rss", {"workers": WORKERS, "batch_size": BATCH, "rows": rows})
     names = list(rows[0]["peak_rss_mb"])
     print("| process | " + " | ".join(f"{r['job']} ({r['seconds']} s), MB" for r in rows) + " | ratio |")
     print("| --- |" + " --- |" * (len(rows) + 1))

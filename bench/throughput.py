@@ -38,6 +38,24 @@ def cpu():
     return {"model": model, "cores": os.cpu_count(), "vector": vector}
 
 
+def save_record(bench, fields):
+    """Writes bench/records/<bench>-<time>.json: `fields` with the bench's
+    name, the time, the CPU, the build and the commit; prints the CPU line
+    and returns the record and its path."""
+    record = {"bench": bench, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu(),
+              "build": "release",
+              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                       text=True).stdout.strip(),
+              **fields}
+    os.makedirs(os.path.join(REPO, "bench/records"), exist_ok=True)
+    path = os.path.join(REPO, "bench/records", f"{bench}-{record['date'].replace(':', '')}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+    c = record["cpu"]
+    print(f"CPU: {c['model']}, {c['cores']} cores, {' '.join(c['vector'])}")
+    return record, path
+
+
 def http(env, method, path, body=None):
     request = urllib.request.Request(
         env["BATCHMILL_GATEWAY_URL"] + path,
@@ -132,17 +150,9 @@ def main():
             row["of_limit"] = row["limit_s"] / row["batchmill_s"]
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    record = {"bench": "throughput", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu(),
-              "build": "release", "rows": rows,
-              "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                       text=True).stdout.strip()}
-    os.makedirs(os.path.join(REPO, "bench/records"), exist_ok=True)
-    path = os.path.join(REPO, "bench/records", f"throughput-{record['date'].replace(':', '')}.json")
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
+    record, path = save_record("throughput", {"rows": rows})
     fmt = lambda v: "-" if v is None else f"{v:,.0f}"
     ratio = lambda v: "-" if v is None else f"{v:.2f}×"
-    print(f"CPU: {record['cpu']['model']}, {record['cpu']['cores']} cores, {' '.join(record['cpu']['vector'])}")
     print("| workers | batch | items | batchmill items/s | Ray Data items/s | limit items/s | vs Ray Data | of the limit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
