@@ -93,10 +93,14 @@ async fn store(run: &JobRun, stream_seq: u64, endings: Vec<(BatchId, Ending)>) -
     if !dead.await.into_iter().all(|ok| ok) {
         return false;
     }
+    let (mut outcomes, mut records) = (Vec::with_capacity(endings.len()), Vec::new());
+    for (id, Ending { outcome, record, .. }) in endings {
+        records.extend(record);
+        outcomes.push((id, outcome));
+    }
     // Stored before the outcomes, so that a job that has ended has every
     // batch's record.
-    let records: Vec<_> = endings.iter().filter_map(|(_, e)| e.record.clone()).collect();
-    if let Some((id, _)) = endings.first()
+    if let Some((id, _)) = outcomes.first()
         && !records.is_empty()
     {
         let body = Bytes::from(batch::records_message(records));
@@ -105,8 +109,8 @@ async fn store(run: &JobRun, stream_seq: u64, endings: Vec<(BatchId, Ending)>) -
             warn!(batch_id = %id, error = %e, "storing the batch records failed");
         }
     }
-    let reported = endings.into_iter().map(|(id, ending)| async move {
-        let confirmed = run.outbox.report(ending.outcome, CONFIRM_PATIENCE).await;
+    let reported = outcomes.into_iter().map(|(id, outcome)| async move {
+        let confirmed = run.outbox.report(outcome, CONFIRM_PATIENCE).await;
         if !confirmed {
             warn!(batch_id = %id, "outcome not confirmed; leaving the batch for redelivery");
         }
