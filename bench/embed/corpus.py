@@ -1,8 +1,15 @@
-"""Writes the benchmark corpus: 10,000 English-like sentences, one a line,
-from a fixed seed. Lengths follow a spread typical of sentence-embedding
-workloads: mostly 5 to 40 words, a tail to 120.
+"""Writes a benchmark corpus: English-like texts, one a line, from a fixed
+seed.
 
-    python3 bench/embed/corpus.py > corpus.txt
+    python3 bench/embed/corpus.py [COUNT] > short.txt         # sentences
+    python3 bench/embed/corpus.py [COUNT] --long > long.txt   # passages
+
+Sentences (the default, 10,000): lengths follow a spread typical of
+sentence-embedding workloads, mostly 5 to 40 words with a tail to 120.
+Passages (--long): several sentences each, 40 to 256 tokens for
+all-MiniLM-L6-v2's tokenizer (every word below is one WordPiece token, each
+sentence ends in one punctuation token, and [CLS] and [SEP] add two), spread
+evenly over that range.
 """
 
 import random
@@ -21,15 +28,35 @@ WORDS = (
 ).split()
 
 
-def main():
-    rng = random.Random(10_000)
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+def sentence(rng, n):
+    words = [rng.choice(WORDS) for _ in range(n)]
+    words[0] = words[0].capitalize()
+    return " ".join(words) + rng.choice([".", ".", ".", "?", "!"])
+
+
+def passage(rng, tokens):
+    """Sentences of 8 to 30 words whose tokens (a word's one, the
+    punctuation's one, plus [CLS] and [SEP]) total `tokens`."""
+    left = tokens - 2
     out = []
-    for _ in range(count):
-        n = min(120, max(3, int(rng.lognormvariate(2.7, 0.6))))
-        words = [rng.choice(WORDS) for _ in range(n)]
-        words[0] = words[0].capitalize()
-        out.append(" ".join(words) + rng.choice([".", ".", ".", "?", "!"]))
+    while left > 0:
+        n = min(left - 1, rng.randint(8, 30))
+        if left - (n + 1) < 4:  # no sentence of under three words at the end
+            n = left - 1
+        out.append(sentence(rng, n))
+        left -= n + 1
+    return " ".join(out)
+
+
+def main():
+    args = [a for a in sys.argv[1:] if a != "--long"]
+    long = "--long" in sys.argv[1:]
+    rng = random.Random(10_000)
+    count = int(args[0]) if args else 10_000
+    if long:
+        out = [passage(rng, rng.randint(40, 256)) for _ in range(count)]
+    else:
+        out = [sentence(rng, min(120, max(3, int(rng.lognormvariate(2.7, 0.6))))) for _ in range(count)]
     sys.stdout.write("\n".join(out) + "\n")
 
 

@@ -1,12 +1,15 @@
-//! The CPU backend: f32 throughout, GEMMs from the `gemm` crate on every
-//! core, element-wise work fused per row and spread with rayon, attention
-//! per sequence (no padding, so no mask).
+//! The CPU backend: f32 throughout; the dense layers on weights packed for
+//! the instruction set in use ([`crate::dense`]), attention per sequence (no
+//! padding, so no mask) with the `gemm` crate, element-wise work fused per
+//! row; all of it spread over every core with rayon.
 
 use rayon::prelude::*;
 
 use crate::EmbedError;
 use crate::backend::{Backend, Packed, Trace};
+use crate::dense::PackedWeights;
 use crate::gemm::{View, matmul};
+use crate::isa::Isa;
 use crate::math;
 use crate::weights::{Linear, Weights};
 
@@ -15,11 +18,36 @@ const ROWS_PER_TASK: usize = 16;
 
 pub struct Cpu {
     w: Weights,
+    dense: Dense,
 }
 
 impl Cpu {
     pub fn new(w: Weights) -> Cpu {
-        Cpu { w }
+        let dense = Dense::pack(&w, Isa::active());
+        Cpu { w, dense }
+    }
+
+    /// The packed weights, repacked first when the instruction set in use
+    /// has changed since (`Isa::choose`: tests and benches switch it).
+    fn dense(&mut self) -> &Dense {
+        if self.dense.isa != Isa::active() {
+            self.dense = Dense::pack(&self.w, Isa::active());
+        }
+        &self.dense
+    }
+}
+
+/// Every layer's dense weights, packed for one instruction set.
+pub struct Dense {
+    isa: Isa,
+    layers: Vec<[PackedWeights; 4]>,
+}
+
+impl Dense {
+    pub fn pack(w: &Weights, isa: Isa) -> Dense {
+        let pack = |l: &Linear| PackedWeights::new(&l.w, l.out, l.inp, isa);
+        let layers = w.layers.iter().map(|l| [pack(&l.qkv), pack(&l.attn_out), pack(&l.up), pack(&l.down)]).collect();
+        Dense { isa, layers }
     }
 }
 
@@ -35,18 +63,28 @@ impl Backend for Cpu {
     }
 
     fn embed(&mut self, batch: &Packed) -> Result<Vec<f32>, EmbedError> {
-        Ok(forward(&self.w, batch, None))
+        self.dense();
+        Ok(forward(&self.w, &self.dense, batch, None))
     }
 
     fn trace(&mut self, batch: &Packed) -> Result<(Vec<f32>, Trace), EmbedError> {
         let mut trace = Trace::new();
-        let out = forward(&self.w, batch, Some(&mut trace));
+        self.dense();
+        let out = forward(&self.w, &self.dense, batch, Some(&mut trace));
         Ok((out, trace))
     }
 }
 
 /// `x·Wᵀ` into `dst` (`[rows, out]`); the bias is left to the fused pass
 /// that follows.
+fn dense(x: &[f32], rows: usize, w: &PackedWeights, dst: &mut Vec<f32>) {
+    // Every element is written: no need to clear what a previous layer left.
+    dst.resize(rows * w.out(), 0.0);
+    w.apply(x, rows, dst);
+}
+
+/// [`dense`] through the `gemm` crate, on the unpacked weights: what the
+/// packed weights are measured against ([`dense_gflops`]).
 fn linear(x: &[f32], rows: usize, l: &Linear, dst: &mut Vec<f32>) {
     // Every element is written: no need to clear what a previous layer left.
     dst.resize(rows * l.out, 0.0);
@@ -55,7 +93,7 @@ fn linear(x: &[f32], rows: usize, l: &Linear, dst: &mut Vec<f32>) {
 
 /// The encoder over a packed batch: one pooled, normalised vector per
 /// sequence; the activations between stages go to `trace` if given.
-pub fn forward(w: &Weights, batch: &Packed, mut trace: Option<&mut Trace>) -> Vec<f32> {
+pub fn forward(w: &Weights, packed: &Dense, batch: &Packed, mut trace: Option<&mut Trace>) -> Vec<f32> {
     let c = &w.config;
     let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
     let eps = c.layer_norm_eps as f32;
@@ -75,8 +113,8 @@ pub fn forward(w: &Weights, batch: &Packed, mut trace: Option<&mut Trace>) -> Ve
     }
 
     let (mut qkv, mut ctx, mut tmp, mut up) = (Vec::new(), vec![0.0f32; t * h], Vec::new(), Vec::new());
-    for (n, layer) in w.layers.iter().enumerate() {
-        linear(&x, t, &layer.qkv, &mut qkv);
+    for (n, (layer, [qkv_w, attn_out_w, up_w, down_w])) in w.layers.iter().zip(&packed.layers).enumerate() {
+        dense(&x, t, qkv_w, &mut qkv);
         qkv.par_chunks_mut(3 * h).with_min_len(ROWS_PER_TASK).for_each(|row| math::add_bias(row, &layer.qkv.b));
         // Attention, one sequence per task; each writes its own rows of ctx.
         let mut rest: &mut [f32] = &mut ctx;
@@ -92,15 +130,15 @@ pub fn forward(w: &Weights, batch: &Packed, mut trace: Option<&mut Trace>) -> Ve
         if let Some(trace) = trace.as_deref_mut() {
             trace.push((format!("layer {n} attention"), ctx.clone()));
         }
-        linear(&ctx, t, &layer.attn_out, &mut tmp);
+        dense(&ctx, t, attn_out_w, &mut tmp);
         residual_norm(&mut x, &tmp, &layer.attn_out.b, &layer.attn_norm, eps, h);
         if let Some(trace) = trace.as_deref_mut() {
             trace.push((format!("layer {n} attention norm"), x.clone()));
         }
-        linear(&x, t, &layer.up, &mut up);
+        dense(&x, t, up_w, &mut up);
         let i = layer.up.out;
         up.par_chunks_mut(i * ROWS_PER_TASK).for_each(|rows| math::bias_gelu(rows, &layer.up.b));
-        linear(&up, t, &layer.down, &mut tmp);
+        dense(&up, t, down_w, &mut tmp);
         residual_norm(&mut x, &tmp, &layer.down.b, &layer.out_norm, eps, h);
         if let Some(trace) = trace.as_deref_mut() {
             trace.push((format!("layer {n} output"), x.clone()));
@@ -150,4 +188,35 @@ fn attention(qkv: &[f32], len: usize, heads: usize, d: usize, out: &mut [f32]) {
         let v = View { data: &qkv[v0..], rows: len, cols: d, rs: 3 * h, cs: 1 };
         matmul(View::dense(&scores, len, len), v, &mut out[head * d..], h, false);
     }
+}
+
+/// The dense layers' shapes at `tokens` rows, as GFLOP/s of the `gemm`
+/// crate and of the packed weights ([`crate::dense`]), best of `runs`:
+/// `(out, in, gemm, packed)`.
+pub fn dense_gflops(config: &crate::BertConfig, tokens: usize, runs: usize) -> Vec<(usize, usize, f64, f64)> {
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let best = |f: &mut dyn FnMut()| {
+        (0..runs.max(1))
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    [(3 * h, h), (h, h), (i, h), (h, i)]
+        .into_iter()
+        .map(|(out, inp)| {
+            let x: Vec<f32> = (0..tokens * inp).map(|v| (v % 17) as f32 * 0.01).collect();
+            let w: Vec<f32> = (0..out * inp).map(|v| (v % 13) as f32 * 0.01).collect();
+            let l = Linear { w: w.clone(), b: vec![0.0; out], out, inp };
+            let mut dst = Vec::new();
+            let flops = 2.0 * (tokens * out * inp) as f64;
+            let a = best(&mut || linear(&x, tokens, &l, &mut dst));
+            let packed = PackedWeights::new(&w, out, inp, Isa::active());
+            let mut dst = vec![0.0; tokens * out];
+            let b = best(&mut || packed.apply(&x, tokens, &mut dst));
+            (out, inp, flops / a / 1e9, flops / b / 1e9)
+        })
+        .collect()
 }

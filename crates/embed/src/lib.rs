@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dense;
 mod embedder;
 mod gemm;
 pub mod isa;

@@ -213,6 +213,9 @@ fn compile(_: &Args) -> Result<(), Failure> {
 /// TFLOP/s, one JSON line each.
 #[cfg(feature = "cuda")]
 fn gemm(a: &Args) -> Result<(), Failure> {
+    if a.device == DeviceChoice::Cpu {
+        return cpu_gemm(a);
+    }
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     let t = 16_384;
     for (out, inp, tflops) in
@@ -227,6 +230,22 @@ fn gemm(a: &Args) -> Result<(), Failure> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn gemm(_: &Args) -> Result<(), Failure> {
-    Err("built without the cuda feature".into())
+fn gemm(a: &Args) -> Result<(), Failure> {
+    cpu_gemm(a)
+}
+
+/// The dense layers' shapes on the CPU at 1,024 tokens (the CPU backend's
+/// chunk), in GFLOP/s: the `gemm` crate's and the packed weights'.
+fn cpu_gemm(a: &Args) -> Result<(), Failure> {
+    let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
+    batchmill_embed::isa::Isa::choose_from_env()?;
+    let t = 1024;
+    for (out, inp, crate_gflops, packed_gflops) in batchmill_embed::cpu::dense_gflops(&files.config, t, a.runs * 5) {
+        println!(
+            "{}",
+            serde_json::json!({"m": t, "n": out, "k": inp, "isa": batchmill_embed::isa::Isa::active().name(),
+                "gemm_crate_gflops": crate_gflops, "packed_gflops": packed_gflops})
+        );
+    }
+    Ok(())
 }
