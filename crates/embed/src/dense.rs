@@ -6,12 +6,12 @@
 //! The microkernel keeps an `MR × NR` tile of the output in registers and
 //! adds one rank-1 product per step of the inner dimension: `NR` weights (one
 //! or two vector loads) times `MR` broadcast activations. Its shape is the
-//! instruction set's (`Isa`): 6 × 16 with AVX2 (12 of the 16 vector
+//! instruction set's ([`Isa`]): 6 × 16 with AVX2 (12 of the 16 vector
 //! registers hold the tile), 12 × 32 with AVX-512 (24 of 32), 4 × 8 in the
 //! portable build. The loops around it follow BLIS: a block of `KC` steps of
 //! the inner dimension at a time, so that one weight panel (`KC × NR`) stays
-//! in L1 while the microkernel walks down `MC` rows of activations, which
-//! stay in L2; blocks of `MC` rows go to rayon's threads.
+//! in L1 while the microkernel walks down at most `MC` rows of activations,
+//! which stay in L2; such blocks of rows go to rayon's threads.
 //!
 //! The kernel is plain Rust compiled once per instruction set (as
 //! [`crate::math`]'s passes are), so every set computes the same sums in the
@@ -53,6 +53,17 @@ fn shape(isa: Isa) -> Shape {
     }
 }
 
+/// A strided view of a matrix to multiply by: element `(r, c)` is
+/// `data[r·rs + c·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
 impl PackedWeights {
     /// Packs `w` (`[out, inp]`, row-major) for `isa`'s microkernel.
     ///
@@ -60,20 +71,48 @@ impl PackedWeights {
     /// When `w` does not hold `out × inp` values.
     pub fn new(w: &[f32], out: usize, inp: usize, isa: Isa) -> PackedWeights {
         assert_eq!(w.len(), out * inp, "weights are [out, in]");
+        let mut packed = PackedWeights { panels: Vec::new(), out: 0, inp: 0, isa };
+        packed.repack(Strided { data: w, rows: out, cols: inp, rs: inp, cs: 1 }, isa);
+        packed
+    }
+
+    /// Packs `w` (`[out, inp]` as a strided view) in place of what this held,
+    /// reusing its memory: for operands packed at every call (attention's
+    /// keys and values).
+    ///
+    /// # Panics
+    /// When the view reaches past its slice.
+    pub fn repack(&mut self, w: Strided<'_>, isa: Isa) {
+        let (out, inp) = (w.rows, w.cols);
+        assert!(out == 0 || inp == 0 || (out - 1) * w.rs + (inp - 1) * w.cs < w.data.len(), "the view fits its slice");
         let nr = shape(isa).nr;
-        let count = out.div_ceil(nr);
-        let mut panels = vec![0.0f32; count * inp * nr];
-        for (p, panel) in panels.chunks_exact_mut(inp * nr).enumerate() {
-            for (k, step) in panel.chunks_exact_mut(nr).enumerate() {
-                for (j, v) in step.iter_mut().enumerate() {
-                    let o = p * nr + j;
-                    if o < out {
-                        *v = w[o * inp + k];
+        self.panels.clear();
+        self.panels.resize(out.div_ceil(nr) * inp * nr, 0.0);
+        (self.out, self.inp, self.isa) = (out, inp, isa);
+        if inp == 0 {
+            return;
+        }
+        for (p, panel) in self.panels.chunks_exact_mut(inp * nr).enumerate() {
+            let width = (out - p * nr).min(nr);
+            let first = p * nr * w.rs;
+            if w.rs == 1 {
+                // Each step's outputs lie side by side: copy runs (attention's
+                // values).
+                for (k, step) in panel.chunks_exact_mut(nr).enumerate() {
+                    step[..width].copy_from_slice(&w.data[first + k * w.cs..][..width]);
+                }
+            } else {
+                // Each output's inputs lie `cs` apart: scatter each into its
+                // column of the panel (a transpose when `cs` is 1).
+                for j in 0..width {
+                    let start = first + j * w.rs;
+                    let src = w.data[start..].iter().step_by(w.cs.max(1)).take(inp);
+                    for (step, v) in panel.chunks_exact_mut(nr).zip(src) {
+                        step[j] = *v;
                     }
                 }
             }
         }
-        PackedWeights { panels, out, inp, isa }
     }
 
     pub fn out(&self) -> usize {
@@ -95,60 +134,94 @@ impl PackedWeights {
     ///
     /// # Panics
     /// When `x` or `dst` is not of its shape.
-    pub fn apply(&self, x: &[f32], rows: usize, dst: &mut [f32]) {
+    pub fn apply(&self, x: &[f32], rows: usize, dst: &mut [f32], epilogue: Epilogue<'_>) {
         assert_eq!(x.len(), rows * self.inp, "activations are [rows, in]");
         assert_eq!(dst.len(), rows * self.out, "output is [rows, out]");
         if rows == 0 || self.out == 0 {
             return;
         }
-        dst.par_chunks_mut(MC * self.out).zip(x.par_chunks(MC * self.inp)).for_each(|(d, a)| self.block(a, d));
+        // Tasks of at most MC rows (each reads every weight panel once), as
+        // many as a multiple of the threads and of equal size (a multiple of
+        // the tile's height): no thread waits on another's extra block at the
+        // end, and one slowed by another process leaves its later tasks to
+        // the others.
+        let (mr, threads) = (shape(self.isa).mr, rayon::current_num_threads().max(1));
+        let tasks = threads * rows.div_ceil(threads * MC);
+        let share = rows.div_ceil(tasks).div_ceil(mr) * mr;
+        dst.par_chunks_mut(share * self.out).zip(x.par_chunks(share * self.inp)).for_each(|(d, a)| {
+            self.apply_here(a, self.inp, d.len() / self.out, d, self.out, epilogue);
+        });
     }
 
-    /// One block of rows on this thread.
-    fn block(&self, a: &[f32], d: &mut [f32]) {
+    /// `d ← a·Wᵀ` for `rows` rows on this thread: row `r`'s `inp` values
+    /// start at `a[r·lda]`, its `out` results at `d[r·ldc]`.
+    ///
+    /// # Panics
+    /// When `a` or `d` is too short for the rows.
+    pub fn apply_here(&self, a: &[f32], lda: usize, rows: usize, d: &mut [f32], ldc: usize, epilogue: Epilogue<'_>) {
+        if rows == 0 || self.out == 0 {
+            return;
+        }
+        assert!((rows - 1) * lda + self.inp <= a.len(), "activations fit their slice");
+        assert!((rows - 1) * ldc + self.out <= d.len(), "output fits its slice");
+        let at = Operands { a, lda, rows, ldc, epilogue };
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: weights are packed for a set no wider than the CPU's
             // (`Isa::choose` never picks a wider one).
-            Isa::Avx512 => unsafe { block_avx512(self, a, d) },
+            Isa::Avx512 => unsafe { block_avx512(self, at, d) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            Isa::Avx2 => unsafe { block_avx2(self, a, d) },
-            _ => blocks::<4, 8, false>(self, a, d),
+            Isa::Avx2 => unsafe { block_avx2(self, at, d) },
+            _ => blocks::<4, 8, false>(self, at, d),
         }
     }
 }
 
+/// The activations of one call and where its output goes.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    a: &'a [f32],
+    lda: usize,
+    rows: usize,
+    ldc: usize,
+    epilogue: Epilogue<'a>,
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn block_avx2(w: &PackedWeights, a: &[f32], d: &mut [f32]) {
-    blocks::<6, 16, true>(w, a, d)
+fn block_avx2(w: &PackedWeights, at: Operands<'_>, d: &mut [f32]) {
+    blocks::<6, 16, true>(w, at, d)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-fn block_avx512(w: &PackedWeights, a: &[f32], d: &mut [f32]) {
-    blocks::<12, 32, true>(w, a, d)
+fn block_avx512(w: &PackedWeights, at: Operands<'_>, d: &mut [f32]) {
+    blocks::<12, 32, true>(w, at, d)
 }
 
-/// `d ← a·Wᵀ` for one block of rows: for each `KC` block of the inner
-/// dimension, each weight panel, each `MR` rows.
+/// `d ← a·Wᵀ` for one block of rows, then the epilogue: for each `KC` block
+/// of the inner dimension, each weight panel, each `MR` rows.
 #[inline(always)]
-fn blocks<const MR: usize, const NR: usize, const FMA: bool>(w: &PackedWeights, a: &[f32], d: &mut [f32]) {
+fn blocks<const MR: usize, const NR: usize, const FMA: bool>(w: &PackedWeights, at: Operands<'_>, d: &mut [f32]) {
     let (inp, out) = (w.inp, w.out);
-    let rows = a.len() / inp;
     let kc = shape(w.isa).kc;
     debug_assert_eq!((shape(w.isa).mr, shape(w.isa).nr), (MR, NR));
     let mut k0 = 0;
     while k0 < inp {
         let k1 = (k0 + kc).min(inp);
+        let last = k1 == inp;
         for (p, panel) in w.panels.chunks_exact(inp * NR).enumerate() {
             let panel = &panel[k0 * NR..k1 * NR];
-            let cols = (out - p * NR).min(NR);
+            let (c0, cols) = (p * NR, (out - p * NR).min(NR));
             let mut r = 0;
-            while r < rows {
-                let take = (rows - r).min(MR);
-                tile::<MR, NR, FMA>(a, inp, r, take, k0, k1, panel, d, out, p * NR, cols, k0 > 0);
+            while r < at.rows {
+                let take = (at.rows - r).min(MR);
+                let tile = Tile { r, take, c0, cols, accumulate: k0 > 0 };
+                tile.run::<MR, NR, FMA>(at, k0, k1, panel, d);
+                if last {
+                    tile.finish(d, at.ldc, at.epilogue);
+                }
                 r += MR;
             }
         }
@@ -156,60 +229,114 @@ fn blocks<const MR: usize, const NR: usize, const FMA: bool>(w: &PackedWeights, 
     }
 }
 
-/// One `MR × NR` tile: rows `r .. r+take` of `a`, inner steps `k0 .. k1`
-/// against `panel`, into `d`'s columns `c0 .. c0+cols` (added to what is
-/// there when `accumulate`). Rows past `take` repeat the last row, so the
-/// loop has no edge case; their sums are not stored.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn tile<const MR: usize, const NR: usize, const FMA: bool>(
-    a: &[f32],
-    inp: usize,
+/// What the dense layer does to its output before it is read: its bias, and
+/// the activation that follows it, applied to each tile while it is in L1.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// `x·Wᵀ` alone (the bias is left to a later pass).
+    None,
+    /// `x·Wᵀ + b`.
+    Bias(&'a [f32]),
+    /// `gelu(x·Wᵀ + b)`, BERT's exact GELU.
+    BiasGelu(&'a [f32]),
+}
+
+/// Rows `r .. r+take` and columns `c0 .. c0+cols` of the output; the first
+/// `KC` block writes them, later ones add to them (`accumulate`).
+#[derive(Clone, Copy)]
+struct Tile {
     r: usize,
     take: usize,
-    k0: usize,
-    k1: usize,
-    panel: &[f32],
-    d: &mut [f32],
-    out: usize,
     c0: usize,
     cols: usize,
     accumulate: bool,
-) {
-    let n = k1 - k0;
-    assert!(panel.len() >= n * NR, "the panel holds the block");
-    let rows: [&[f32]; MR] = std::array::from_fn(|i| {
-        let row = r + i.min(take - 1);
-        &a[row * inp + k0..row * inp + k1]
-    });
-    let acc = micro::<MR, NR, FMA>(n, rows, panel);
-    for (i, sums) in acc.iter().enumerate().take(take) {
-        let row = &mut d[(r + i) * out + c0..][..cols];
-        if accumulate {
-            for (v, s) in row.iter_mut().zip(sums) {
-                *v += s;
+}
+
+impl Tile {
+    /// Inner steps `k0 .. k1` of the tile against `panel`, into `d`. A full
+    /// tile is stored by the microkernel; an edge one goes through a buffer,
+    /// its rows past `take` repeating the last row (so the kernel has no edge
+    /// case) and not stored.
+    #[inline(always)]
+    fn run<const MR: usize, const NR: usize, const FMA: bool>(
+        self,
+        at: Operands<'_>,
+        k0: usize,
+        k1: usize,
+        panel: &[f32],
+        d: &mut [f32],
+    ) {
+        let (a, lda, out) = (at.a, at.lda, at.ldc);
+        let n = k1 - k0;
+        assert!(panel.len() >= n * NR, "the panel holds the block");
+        let rows: [&[f32]; MR] = std::array::from_fn(|i| {
+            let row = self.r + i.min(self.take - 1);
+            &a[row * lda + k0..row * lda + k1]
+        });
+        if self.take == MR && self.cols == NR {
+            let c = &mut d[self.r * out + self.c0..(self.r + MR - 1) * out + self.c0 + NR];
+            micro::<MR, NR, FMA>(n, rows, panel, c, out, self.accumulate);
+            return;
+        }
+        let mut sums = [[0.0f32; NR]; MR];
+        micro::<MR, NR, FMA>(n, rows, panel, sums.as_flattened_mut(), NR, false);
+        for (i, sums) in sums.iter().enumerate().take(self.take) {
+            let row = &mut d[(self.r + i) * out + self.c0..][..self.cols];
+            if self.accumulate {
+                for (v, s) in row.iter_mut().zip(sums) {
+                    *v += s;
+                }
+            } else {
+                row.copy_from_slice(&sums[..self.cols]);
             }
-        } else {
-            row.copy_from_slice(&sums[..cols]);
+        }
+    }
+
+    /// The epilogue over the finished tile.
+    #[inline(always)]
+    fn finish(self, d: &mut [f32], out: usize, epilogue: Epilogue<'_>) {
+        let (bias, gelu) = match epilogue {
+            Epilogue::None => return,
+            Epilogue::Bias(b) => (b, false),
+            Epilogue::BiasGelu(b) => (b, true),
+        };
+        let bias = &bias[self.c0..self.c0 + self.cols];
+        for i in 0..self.take {
+            let row = &mut d[(self.r + i) * out + self.c0..][..self.cols];
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = if gelu { crate::math::gelu(*v + b) } else { *v + b };
+            }
         }
     }
 }
 
-/// The microkernel: `Σₖ rows[i][k] · panel[k·NR + j]` for the tile.
+/// The microkernel: `c[i·ldc + j] (+)= Σₖ rows[i][k] · panel[k·NR + j]`
+/// for the tile (`+=` when `accumulate`).
 #[inline(always)]
 fn micro<const MR: usize, const NR: usize, const FMA: bool>(
     n: usize,
     rows: [&[f32]; MR],
     panel: &[f32],
-) -> [[f32; NR]; MR] {
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(c.len() >= (MR - 1) * ldc + NR, "the tile fits its output");
     #[cfg(target_arch = "x86_64")]
-    if FMA && MR == 6 && NR == 16 {
-        let mut out = [[0.0f32; NR]; MR];
-        // SAFETY: callers pass FMA only inside a function compiled for
-        // AVX2+FMA; every row holds `n` values and the panel `n·NR`
-        // (checked by `tile`).
-        unsafe { avx2_6x16(n, std::array::from_fn(|i| rows[i].as_ptr()), panel.as_ptr(), out.as_mut_ptr().cast()) };
-        return out;
+    if FMA {
+        let ptrs: [*const f32; MR] = std::array::from_fn(|i| rows[i].as_ptr());
+        // SAFETY: callers pass FMA only inside functions compiled for
+        // AVX2+FMA (6 × 16) or AVX-512 (12 × 32); every row holds `n`
+        // values, the panel `n·NR` (checked by `Tile::run`) and `c` the
+        // tile (checked above).
+        unsafe {
+            match (MR, NR) {
+                (6, 16) => avx2_6x16(n, ptrs.as_ptr(), panel.as_ptr(), c.as_mut_ptr(), ldc, accumulate),
+                (12, 32) => avx512_12x32(n, ptrs.as_ptr(), panel.as_ptr(), c.as_mut_ptr(), ldc, accumulate),
+                _ => unreachable!("no {MR}×{NR} FMA microkernel"),
+            }
+        }
+        return;
     }
     let mut acc = [[0.0f32; NR]; MR];
     for (k, b) in panel.chunks_exact(NR).take(n).enumerate() {
@@ -220,20 +347,27 @@ fn micro<const MR: usize, const NR: usize, const FMA: bool>(
             }
         }
     }
-    acc
+    for (i, sums) in acc.iter().enumerate() {
+        let row = &mut c[i * ldc..i * ldc + NR];
+        for (v, s) in row.iter_mut().zip(sums) {
+            *v = if accumulate { *v + s } else { *s };
+        }
+    }
 }
 
 /// The AVX2 microkernel: twelve accumulators of eight lanes, per step two
 /// loads of the panel and six broadcasts.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; each row holds `n` values, `panel` `16·n`,
-/// `out` 96.
+/// The CPU has AVX2 and FMA; `rows` holds 6 pointers to `n` values each,
+/// `panel` `16·n` values, `c` a 6 × 16 tile of row stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_6x16(n: usize, rows: [*const f32; 6], panel: *const f32, out: *mut f32) {
+unsafe fn avx2_6x16(n: usize, rows: *const *const f32, panel: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
     use std::arch::x86_64::*;
-    let mut c: [[__m256; 2]; 6] = [[_mm256_setzero_ps(); 2]; 6];
+    // SAFETY: the caller's bounds.
+    let rows: [*const f32; 6] = unsafe { std::array::from_fn(|i| *rows.add(i)) };
+    let mut acc: [[__m256; 2]; 6] = [[_mm256_setzero_ps(); 2]; 6];
     for k in 0..n {
         // SAFETY: k < n (the caller's bounds).
         unsafe {
@@ -241,16 +375,69 @@ unsafe fn avx2_6x16(n: usize, rows: [*const f32; 6], panel: *const f32, out: *mu
             let b1 = _mm256_loadu_ps(panel.add(k * 16 + 8));
             for i in 0..6 {
                 let x = _mm256_broadcast_ss(&*rows[i].add(k));
-                c[i][0] = _mm256_fmadd_ps(x, b0, c[i][0]);
-                c[i][1] = _mm256_fmadd_ps(x, b1, c[i][1]);
+                acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
             }
         }
     }
-    for i in 0..6 {
-        // SAFETY: out holds 6 × 16.
+    for (i, [s0, s1]) in acc.into_iter().enumerate() {
+        // SAFETY: c holds the tile.
         unsafe {
-            _mm256_storeu_ps(out.add(i * 16), c[i][0]);
-            _mm256_storeu_ps(out.add(i * 16 + 8), c[i][1]);
+            let (p0, p1) = (c.add(i * ldc), c.add(i * ldc + 8));
+            let (s0, s1) = if accumulate {
+                (_mm256_add_ps(s0, _mm256_loadu_ps(p0)), _mm256_add_ps(s1, _mm256_loadu_ps(p1)))
+            } else {
+                (s0, s1)
+            };
+            _mm256_storeu_ps(p0, s0);
+            _mm256_storeu_ps(p1, s1);
+        }
+    }
+}
+
+/// The AVX-512 microkernel: 24 accumulators of sixteen lanes, per step two
+/// loads of the panel and twelve broadcasts (BLIS's shape for this set).
+///
+/// # Safety
+/// The CPU has AVX-512F; `rows` holds 12 pointers to `n` values each,
+/// `panel` `32·n` values, `c` a 12 × 32 tile of row stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512_12x32(
+    n: usize,
+    rows: *const *const f32,
+    panel: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's bounds.
+    let rows: [*const f32; 12] = unsafe { std::array::from_fn(|i| *rows.add(i)) };
+    let mut acc: [[__m512; 2]; 12] = [[_mm512_setzero_ps(); 2]; 12];
+    for k in 0..n {
+        // SAFETY: k < n (the caller's bounds).
+        unsafe {
+            let b0 = _mm512_loadu_ps(panel.add(k * 32));
+            let b1 = _mm512_loadu_ps(panel.add(k * 32 + 16));
+            for i in 0..12 {
+                let x = _mm512_set1_ps(*rows[i].add(k));
+                acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+            }
+        }
+    }
+    for (i, [s0, s1]) in acc.into_iter().enumerate() {
+        // SAFETY: c holds the tile.
+        unsafe {
+            let (p0, p1) = (c.add(i * ldc), c.add(i * ldc + 16));
+            let (s0, s1) = if accumulate {
+                (_mm512_add_ps(s0, _mm512_loadu_ps(p0)), _mm512_add_ps(s1, _mm512_loadu_ps(p1)))
+            } else {
+                (s0, s1)
+            };
+            _mm512_storeu_ps(p0, s0);
+            _mm512_storeu_ps(p1, s1);
         }
     }
 }
@@ -286,16 +473,70 @@ mod tests {
             let x = values(rows * inp, 1);
             let w = values(out * inp, 2);
             let want = reference(&x, &w, rows, out, inp);
-            for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
-                if isa > Isa::detected() {
-                    continue;
-                }
+            for isa in isas() {
                 let packed = PackedWeights::new(&w, out, inp, isa);
                 let mut got = vec![f32::NAN; rows * out];
-                packed.apply(&x, rows, &mut got);
+                packed.apply(&x, rows, &mut got, Epilogue::None);
                 for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                     let tol = 1e-5 * (inp as f64).sqrt();
                     assert!((f64::from(*g) - e).abs() < tol, "{isa:?} {rows}×{out}×{inp} at {i}: {g} against {e}");
+                }
+            }
+        }
+    }
+
+    fn isas() -> impl Iterator<Item = Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&isa| isa <= Isa::detected())
+    }
+
+    #[test]
+    fn the_epilogues_add_the_bias_and_apply_gelu() {
+        let (rows, out, inp) = (9, 21, 40);
+        let (x, w, bias) = (values(rows * inp, 3), values(out * inp, 4), values(out, 5));
+        let want = reference(&x, &w, rows, out, inp);
+        for isa in isas() {
+            let packed = PackedWeights::new(&w, out, inp, isa);
+            let (mut biased, mut activated) = (vec![0.0; rows * out], vec![0.0; rows * out]);
+            packed.apply(&x, rows, &mut biased, Epilogue::Bias(&bias));
+            packed.apply(&x, rows, &mut activated, Epilogue::BiasGelu(&bias));
+            for (i, e) in want.iter().enumerate() {
+                let y = *e as f32 + bias[i % out];
+                assert!((biased[i] - y).abs() < 1e-5, "{isa:?} bias at {i}: {} against {y}", biased[i]);
+                let g = crate::math::gelu(y);
+                assert!((activated[i] - g).abs() < 1e-5, "{isa:?} gelu at {i}: {} against {g}", activated[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_multiply_as_attention_uses_them() {
+        // Rows of three heads side by side (Q, K, V of one head each, 8
+        // columns, rows 24 apart), as attention reads one head: scores =
+        // Q·Kᵀ, then context = scores·V written into columns 8..16 of rows
+        // 24 apart, leaving the rest of those rows alone.
+        let (len, d, stride) = (11, 8, 24);
+        let qkv = values(len * stride, 6);
+        let at = |r: usize, c: usize| f64::from(qkv[r * stride + c]);
+        for isa in isas() {
+            let mut keys = PackedWeights::new(&[], 0, 0, isa);
+            keys.repack(Strided { data: &qkv[d..], rows: len, cols: d, rs: stride, cs: 1 }, isa);
+            let mut scores = vec![0.0; len * len];
+            keys.apply_here(&qkv, stride, len, &mut scores, len, Epilogue::None);
+            for (i, j) in (0..len).flat_map(|i| (0..len).map(move |j| (i, j))) {
+                let e: f64 = (0..d).map(|c| at(i, c) * at(j, d + c)).sum();
+                assert!((f64::from(scores[i * len + j]) - e).abs() < 1e-5, "{isa:?} score {i},{j}");
+            }
+            let mut values_ = PackedWeights::new(&[], 0, 0, isa);
+            values_.repack(Strided { data: &qkv[2 * d..], rows: d, cols: len, rs: 1, cs: stride }, isa);
+            let mut out = vec![7.0f32; len * stride];
+            values_.apply_here(&scores, len, len, &mut out[d..], stride, Epilogue::None);
+            for (i, c) in (0..len).flat_map(|i| (0..stride).map(move |c| (i, c))) {
+                let got = f64::from(out[i * stride + c]);
+                if (d..2 * d).contains(&c) {
+                    let e: f64 = (0..len).map(|j| f64::from(scores[i * len + j]) * at(j, 2 * d + c - d)).sum();
+                    assert!((got - e).abs() < 1e-4, "{isa:?} context {i},{c}: {got} against {e}");
+                } else {
+                    assert_eq!(got, 7.0, "{isa:?} wrote outside the head at {i},{c}");
                 }
             }
         }
@@ -305,7 +546,7 @@ mod tests {
     fn no_rows_is_no_work() {
         let packed = PackedWeights::new(&[1.0; 6], 2, 3, Isa::Portable);
         let mut dst: Vec<f32> = Vec::new();
-        packed.apply(&[], 0, &mut dst);
+        packed.apply(&[], 0, &mut dst, Epilogue::None);
         assert!(dst.is_empty());
     }
 }

@@ -1,11 +1,8 @@
-//! Which vector units the CPU backend's own kernels (the fused passes of
-//! [`crate::math`]: GELU, norms, softmax) use, chosen at run time: the
-//! widest the CPU has, or a narrower one that `BATCHMILL_EMBED_ISA` names
-//! (`avx512`, `avx2` or `portable`), so that each path can be tested and
-//! measured on one machine.
-//!
-//! The GEMMs are the `gemm` crate's, which picks its own kernels when first
-//! called (AVX-512 where the CPU has it, else AVX2+FMA) and has no switch.
+//! Which vector units the CPU backend's kernels use (the GEMMs of
+//! [`crate::dense`] and the fused passes of [`crate::math`]: norms,
+//! softmax), chosen at run time: the widest the CPU has, or a narrower one
+//! that `BATCHMILL_EMBED_ISA` names (`avx512`, `avx2` or `portable`), so
+//! that each path can be tested and measured on one machine.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 

@@ -14,7 +14,6 @@ pub mod cpu;
 pub mod cuda;
 pub mod dense;
 mod embedder;
-mod gemm;
 pub mod isa;
 pub mod math;
 pub mod model;

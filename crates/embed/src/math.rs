@@ -60,28 +60,10 @@ pub fn erf(x: f32) -> f32 {
     x * p / q
 }
 
-fast! {
-    /// `x ← gelu(x + bias)` over rows of `bias.len()`: BERT's exact GELU,
-    /// `x·Φ(x) = x/2·(1 + erf(x/√2))`.
-    pub fn bias_gelu(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
-            }
-        }
-    }
-}
-
-fast! {
-    /// `x ← x + bias` over rows of `bias.len()`.
-    pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-        for row in x.chunks_exact_mut(bias.len()) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v += b;
-            }
-        }
-    }
+/// BERT's exact GELU, `x·Φ(x) = x/2·(1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 fast! {
@@ -109,13 +91,10 @@ fast! {
 }
 
 fast! {
-    /// Softmax of each `n`-wide row of `x`, after scaling by `scale`.
+    /// Softmax of each `n`-wide row of `x`, after scaling by `scale` (> 0).
     pub fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
         for row in x.chunks_exact_mut(n) {
-            for v in row.iter_mut() {
-                *v *= scale;
-            }
-            softmax(row);
+            softmax_scaled(row, scale);
         }
     }
 }
@@ -187,15 +166,26 @@ pub fn exp_neg(x: f32) -> f32 {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits, without a float-to-int conversion (which
+    // does not vectorize): adding 2^23 leaves the integer n + 127 (1 to
+    // 127 here) in the low mantissa bits, and the shift moves them into
+    // the exponent, dropping the rest.
+    p * f32::from_bits((n + 127.0 + 8_388_608.0).to_bits() << 23)
 }
 
 /// Softmax of one row, in place.
 #[inline(always)]
 pub fn softmax(row: &mut [f32]) {
+    softmax_scaled(row, 1.0);
+}
+
+/// Softmax of one row scaled by `scale` (> 0, so the largest value stays
+/// the largest), in place.
+#[inline(always)]
+pub fn softmax_scaled(row: &mut [f32], scale: f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in row.iter_mut() {
-        *v = exp_neg(*v - max);
+        *v = exp_neg((*v - max) * scale);
     }
     let inv = 1.0 / sum(row);
     for v in row.iter_mut() {

@@ -235,17 +235,14 @@ fn gemm(a: &Args) -> Result<(), Failure> {
 }
 
 /// The dense layers' shapes on the CPU at 1,024 tokens (the CPU backend's
-/// chunk), in GFLOP/s: the `gemm` crate's and the packed weights'.
+/// chunk), in GFLOP/s.
 fn cpu_gemm(a: &Args) -> Result<(), Failure> {
     let files = batchmill_embed::ModelFiles::open(&a.model).map_err(|e| e.to_string())?;
     batchmill_embed::isa::Isa::choose_from_env()?;
     let t = 1024;
-    for (out, inp, crate_gflops, packed_gflops) in batchmill_embed::cpu::dense_gflops(&files.config, t, a.runs * 5) {
-        println!(
-            "{}",
-            serde_json::json!({"m": t, "n": out, "k": inp, "isa": batchmill_embed::isa::Isa::active().name(),
-                "gemm_crate_gflops": crate_gflops, "packed_gflops": packed_gflops})
-        );
+    for (out, inp, gflops) in batchmill_embed::cpu::dense_gflops(&files.config, t, a.runs * 5) {
+        let isa = batchmill_embed::isa::Isa::active().name();
+        println!("{}", serde_json::json!({"m": t, "n": out, "k": inp, "isa": isa, "gflops": gflops}));
     }
     Ok(())
 }
