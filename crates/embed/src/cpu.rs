@@ -1,7 +1,8 @@
 //! The CPU backend: f32 throughout; the dense layers on weights packed for
 //! the instruction set in use ([`crate::dense`]), attention per sequence (no
-//! padding, so no mask) with the `gemm` crate, element-wise work fused per
-//! row; all of it spread over every core with rayon.
+//! padding, so no mask) on the same kernel with each head's keys and values
+//! packed as it runs, element-wise work fused per row; all of it spread over
+//! every core with rayon.
 
 use rayon::prelude::*;
 
