@@ -119,16 +119,6 @@ impl PackedWeights {
         self.out
     }
 
-    pub fn inp(&self) -> usize {
-        self.inp
-    }
-
-    /// The instruction set the weights were packed for, and which
-    /// [`apply`](Self::apply) uses.
-    pub fn isa(&self) -> Isa {
-        self.isa
-    }
-
     /// `dst ← x·Wᵀ`: `x` is `[rows, in]`, `dst` `[rows, out]`, both
     /// row-major; blocks of rows run on rayon's threads.
     ///
@@ -266,7 +256,7 @@ impl Tile {
         panel: &[f32],
         d: &mut [f32],
     ) {
-        let (a, lda, out) = (at.a, at.lda, at.ldc);
+        let (a, lda, ldc) = (at.a, at.lda, at.ldc);
         let n = k1 - k0;
         assert!(panel.len() >= n * NR, "the panel holds the block");
         let rows: [&[f32]; MR] = std::array::from_fn(|i| {
@@ -274,14 +264,14 @@ impl Tile {
             &a[row * lda + k0..row * lda + k1]
         });
         if self.take == MR && self.cols == NR {
-            let c = &mut d[self.r * out + self.c0..(self.r + MR - 1) * out + self.c0 + NR];
-            micro::<MR, NR, FMA>(n, rows, panel, c, out, self.accumulate);
+            let c = &mut d[self.r * ldc + self.c0..(self.r + MR - 1) * ldc + self.c0 + NR];
+            micro::<MR, NR, FMA>(n, rows, panel, c, ldc, self.accumulate);
             return;
         }
         let mut sums = [[0.0f32; NR]; MR];
         micro::<MR, NR, FMA>(n, rows, panel, sums.as_flattened_mut(), NR, false);
         for (i, sums) in sums.iter().enumerate().take(self.take) {
-            let row = &mut d[(self.r + i) * out + self.c0..][..self.cols];
+            let row = &mut d[(self.r + i) * ldc + self.c0..][..self.cols];
             if self.accumulate {
                 for (v, s) in row.iter_mut().zip(sums) {
                     *v += s;
@@ -355,91 +345,67 @@ fn micro<const MR: usize, const NR: usize, const FMA: bool>(
     }
 }
 
-/// The AVX2 microkernel: twelve accumulators of eight lanes, per step two
-/// loads of the panel and six broadcasts.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA; `rows` holds 6 pointers to `n` values each,
-/// `panel` `16·n` values, `c` a 6 × 16 tile of row stride `ldc`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_6x16(n: usize, rows: *const *const f32, panel: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's bounds.
-    let rows: [*const f32; 6] = unsafe { std::array::from_fn(|i| *rows.add(i)) };
-    let mut acc: [[__m256; 2]; 6] = [[_mm256_setzero_ps(); 2]; 6];
-    for k in 0..n {
-        // SAFETY: k < n (the caller's bounds).
-        unsafe {
-            let b0 = _mm256_loadu_ps(panel.add(k * 16));
-            let b1 = _mm256_loadu_ps(panel.add(k * 16 + 8));
-            for i in 0..6 {
-                let x = _mm256_broadcast_ss(&*rows[i].add(k));
-                acc[i][0] = _mm256_fmadd_ps(x, b0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(x, b1, acc[i][1]);
+/// Defines a microkernel of `$mr` rows and two vectors of `$lanes` lanes:
+/// per step two loads of the panel, `$mr` broadcasts and `2·$mr` FMAs into
+/// accumulators held in registers; then each row is stored (added to what
+/// `c` holds when `accumulate`). The AVX2 and AVX-512 kernels differ only in
+/// their intrinsics.
+macro_rules! microkernel {
+    ($(#[$m:meta])* $name:ident, $features:literal, $mr:literal, $lanes:literal, $vec:ident,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $add:ident, $store:ident) => {
+        $(#[$m])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(n: usize, rows: *const *const f32, panel: *const f32, c: *mut f32, ldc: usize, accumulate: bool) {
+            use std::arch::x86_64::*;
+            const NR: usize = 2 * $lanes;
+            // SAFETY: the caller's bounds.
+            let rows: [*const f32; $mr] = unsafe { std::array::from_fn(|i| *rows.add(i)) };
+            let mut acc: [[$vec; 2]; $mr] = [[$zero(); 2]; $mr];
+            for k in 0..n {
+                // SAFETY: k < n (the caller's bounds).
+                unsafe {
+                    let b0 = $load(panel.add(k * NR));
+                    let b1 = $load(panel.add(k * NR + $lanes));
+                    for i in 0..$mr {
+                        let x = $splat(*rows[i].add(k));
+                        acc[i][0] = $fma(x, b0, acc[i][0]);
+                        acc[i][1] = $fma(x, b1, acc[i][1]);
+                    }
+                }
+            }
+            for (i, [s0, s1]) in acc.into_iter().enumerate() {
+                // SAFETY: c holds the tile.
+                unsafe {
+                    let (p0, p1) = (c.add(i * ldc), c.add(i * ldc + $lanes));
+                    let (s0, s1) = if accumulate { ($add(s0, $load(p0)), $add(s1, $load(p1))) } else { (s0, s1) };
+                    $store(p0, s0);
+                    $store(p1, s1);
+                }
             }
         }
-    }
-    for (i, [s0, s1]) in acc.into_iter().enumerate() {
-        // SAFETY: c holds the tile.
-        unsafe {
-            let (p0, p1) = (c.add(i * ldc), c.add(i * ldc + 8));
-            let (s0, s1) = if accumulate {
-                (_mm256_add_ps(s0, _mm256_loadu_ps(p0)), _mm256_add_ps(s1, _mm256_loadu_ps(p1)))
-            } else {
-                (s0, s1)
-            };
-            _mm256_storeu_ps(p0, s0);
-            _mm256_storeu_ps(p1, s1);
-        }
-    }
+    };
 }
 
-/// The AVX-512 microkernel: 24 accumulators of sixteen lanes, per step two
-/// loads of the panel and twelve broadcasts (BLIS's shape for this set).
-///
-/// # Safety
-/// The CPU has AVX-512F; `rows` holds 12 pointers to `n` values each,
-/// `panel` `32·n` values, `c` a 12 × 32 tile of row stride `ldc`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn avx512_12x32(
-    n: usize,
-    rows: *const *const f32,
-    panel: *const f32,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's bounds.
-    let rows: [*const f32; 12] = unsafe { std::array::from_fn(|i| *rows.add(i)) };
-    let mut acc: [[__m512; 2]; 12] = [[_mm512_setzero_ps(); 2]; 12];
-    for k in 0..n {
-        // SAFETY: k < n (the caller's bounds).
-        unsafe {
-            let b0 = _mm512_loadu_ps(panel.add(k * 32));
-            let b1 = _mm512_loadu_ps(panel.add(k * 32 + 16));
-            for i in 0..12 {
-                let x = _mm512_set1_ps(*rows[i].add(k));
-                acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
-            }
-        }
-    }
-    for (i, [s0, s1]) in acc.into_iter().enumerate() {
-        // SAFETY: c holds the tile.
-        unsafe {
-            let (p0, p1) = (c.add(i * ldc), c.add(i * ldc + 16));
-            let (s0, s1) = if accumulate {
-                (_mm512_add_ps(s0, _mm512_loadu_ps(p0)), _mm512_add_ps(s1, _mm512_loadu_ps(p1)))
-            } else {
-                (s0, s1)
-            };
-            _mm512_storeu_ps(p0, s0);
-            _mm512_storeu_ps(p1, s1);
-        }
-    }
+microkernel! {
+    /// The AVX2 microkernel: twelve accumulators of eight lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `rows` holds 6 pointers to `n` values each,
+    /// `panel` `16·n` values, `c` a 6 × 16 tile of row stride `ldc`.
+    avx2_6x16, "avx2,fma", 6, 8, __m256,
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps
+}
+
+microkernel! {
+    /// The AVX-512 microkernel: 24 accumulators of sixteen lanes (BLIS's
+    /// shape for this set).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `rows` holds 12 pointers to `n` values each,
+    /// `panel` `32·n` values, `c` a 12 × 32 tile of row stride `ldc`.
+    avx512_12x32, "avx512f,avx2,fma", 12, 16, __m512,
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps
 }
 
 #[cfg(test)]
