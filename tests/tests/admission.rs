@@ -45,8 +45,10 @@ async fn a_running_job_is_preempted_by_a_higher_priority_one_and_resumes_to_exac
     let seqs: Vec<i64> = runs.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "each batch has one record: none ran twice, none lost");
 
-    // Its event log: preempted, then waiting, admitted and running again.
-    let url = format!("{base}/v1/jobs/{}/events?types=job_state&types=preemption&pageSize=100", low);
+    // Its event log: preempted, its worker's hand-back once the batch in
+    // hand was finished, then waiting, admitted and running again.
+    let url =
+        format!("{base}/v1/jobs/{}/events?types=job_state&types=preemption&types=worker_handed_back&pageSize=100", low);
     let events: Value = http.get(url).send().await?.json().await?;
     let kinds: Vec<String> = events["events"]
         .as_array()
@@ -56,7 +58,8 @@ async fn a_running_job_is_preempted_by_a_higher_priority_one_and_resumes_to_exac
                     e["state"]
                         .as_str()
                         .filter(|s| *s != "JOB_STATE_UNSPECIFIED")
-                        .unwrap_or("preemption")
+                        .or(e["type"].as_str())
+                        .unwrap_or("?")
                         .replace("JOB_STATE_", "")
                 })
                 .collect()
@@ -64,7 +67,18 @@ async fn a_running_job_is_preempted_by_a_higher_priority_one_and_resumes_to_exac
         .unwrap_or_default();
     assert_eq!(
         kinds,
-        ["PENDING", "ADMITTED", "RUNNING", "PREEMPTED", "preemption", "PENDING", "ADMITTED", "RUNNING", "SUCCEEDED"],
+        [
+            "PENDING",
+            "ADMITTED",
+            "RUNNING",
+            "PREEMPTED",
+            "preemption",
+            "worker_handed_back",
+            "PENDING",
+            "ADMITTED",
+            "RUNNING",
+            "SUCCEEDED"
+        ],
         "{events}"
     );
     Ok(())

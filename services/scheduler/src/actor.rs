@@ -49,6 +49,7 @@ enum Command {
     WorkerGone { id: WorkerId, session: u64 },
     Outcome { worker: WorkerId, outcome: BatchOutcome },
     Released { worker: WorkerId, job_id: String, failure: Option<(String, bool)> },
+    HandedBack { worker: WorkerId, job_id: String },
     Started { worker: WorkerId, job_id: String },
     Enqueue { job_id: String, progress: EnqueueProgress },
     Claim { id: JobId, claim: Option<Finalizing> },
@@ -208,6 +209,11 @@ impl Scheduler {
         self.tell(Command::Released { worker, job_id, failure });
     }
 
+    /// A worker has finished the batches it held of a preempted job.
+    pub fn handed_back(&self, worker: WorkerId, job_id: String) {
+        self.tell(Command::HandedBack { worker, job_id });
+    }
+
     /// Fails a batch whose deliveries ran out with no outcome; returns once
     /// that is durable.
     pub async fn exhausted(&self, job_id: String, seq: u64, items: u64, deliveries: u64) -> Result<(), SchedulerError> {
@@ -249,6 +255,7 @@ async fn handle(state: &mut State, command: Command) {
         Command::WorkerGone { id, session } => state.worker_gone(&id, Some(session)),
         Command::Outcome { worker, outcome } => state.outcome(&worker, outcome),
         Command::Released { worker, job_id, failure } => state.released(&worker, &job_id, failure).await,
+        Command::HandedBack { worker, job_id } => state.handed_back(&worker, &job_id),
         Command::Started { worker, job_id } => state.started(&worker, &job_id),
         Command::Enqueue { job_id, progress } => state.enqueue_progress(&job_id, progress),
         Command::Claim { id, claim } => {

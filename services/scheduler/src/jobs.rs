@@ -2,7 +2,7 @@
 //! enqueuing started), running, completed from the ledger, or ended by
 //! cancel, timeout or failure. [`Jobs`] owns every job the leader knows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use batchmill_accounts::Limits;
 use batchmill_core::enqueue::EnqueueProgress;
@@ -40,6 +40,9 @@ pub(crate) struct JobEntry {
     /// Since when no connected worker can run it (while it has none), and
     /// whether its log says so yet.
     pub unmatched: Option<(u64, bool)>,
+    /// While preempted: the workers still finishing the batches they held
+    /// (under this leader; a new leader knows none and waits for none).
+    pub handing_back: BTreeSet<WorkerId>,
 }
 
 impl JobEntry {
@@ -116,6 +119,7 @@ impl Jobs {
             unsaid: Vec::new(),
             loaded: false,
             unmatched: None,
+            handing_back: BTreeSet::new(),
         };
         self.entries.insert(entry.record.job_id.clone(), entry);
     }

@@ -1,21 +1,24 @@
 //! Admission carried out, and preemption: each round the plan of
 //! [`crate::admission`] preempts and admits. A preempted job's workers
-//! finish the batches in hand (their outcomes still count) and leave; its
-//! batches stay queued in JetStream, and after [`PREEMPT_GRACE`] it waits
-//! (PENDING) to be admitted again, then resumes from its ledger.
+//! finish the batches in hand (their outcomes still count) and each says
+//! when it has (`AssignmentReleased.handed_back`); its batches stay queued
+//! in JetStream. Once every worker has handed it back, or left, it waits
+//! (PENDING) to be admitted again, then resumes from its ledger. A worker
+//! that never says so holds it back at most [`HAND_BACK_WAIT_MS`].
 
 use std::collections::BTreeMap;
 
-use batchmill_core::{JobId, JobState};
+use batchmill_core::{JobId, JobState, WorkerId};
 use batchmill_proto::jobs::v1 as pb;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admission::{self, Candidate};
 use crate::state::State;
+use crate::workers::worker_event;
 
-/// How long a preempted job stays PREEMPTED, while its workers finish the
-/// batches in hand, before it waits for admission again.
-pub const PREEMPT_GRACE_MS: u64 = 2_000;
+/// The longest a preempted job stays PREEMPTED waiting for its workers to
+/// hand it back (a worker finishing a long batch, or one that never says).
+pub const HAND_BACK_WAIT_MS: u64 = 60_000;
 
 impl State {
     /// The jobs admission weighs: those waiting (PENDING) and those holding
@@ -48,15 +51,20 @@ impl State {
             .collect()
     }
 
-    /// One round of admission: preempted jobs past their grace wait again,
-    /// then the plan's preemptions and admissions.
+    /// One round of admission: preempted jobs handed back wait again, then
+    /// the plan's preemptions and admissions.
     pub(crate) async fn admission(&mut self) {
         let now = self.clock.now_ms();
         for id in self.jobs.ids(|e| {
             e.record.state == JobState::Preempted
-                && e.record.preempted_ms.is_none_or(|t| now >= t.saturating_add(PREEMPT_GRACE_MS))
+                && (e.handing_back.is_empty()
+                    || e.record.preempted_ms.is_none_or(|t| now >= t.saturating_add(HAND_BACK_WAIT_MS)))
         }) {
             if let Some(entry) = self.jobs.get_mut(&id) {
+                if !entry.handing_back.is_empty() {
+                    let still = std::mem::take(&mut entry.handing_back);
+                    warn!(job_id = %id, workers = ?still, "preempted job not handed back in time; it waits for admission again");
+                }
                 entry.enter(JobState::Pending);
                 self.pending.mark(&id);
             }
@@ -81,6 +89,7 @@ impl State {
         entry.record.preemptions += 1;
         let (queue, priority) = (entry.record.queue.clone(), entry.record.priority);
         let assigned = std::mem::take(&mut entry.assigned);
+        entry.handing_back = assigned.keys().cloned().collect();
         let workers = assigned.len();
         self.workers.revoke(assigned.into_keys(), id, "preempted");
         self.pending.mark(id);
@@ -90,8 +99,35 @@ impl State {
             format!(" by job {b} (priority {p})")
         });
         let message = format!(
-            "preempted{by} in queue {queue:?} (its priority is {priority}): its {workers} workers finish the batches in hand and leave; it resumes from its ledger once admitted again"
+            "preempted{by} in queue {queue:?} (its priority is {priority}): its {workers} workers finish the batches in hand and hand it back; it resumes from its ledger once admitted again"
         );
         self.event(id, crate::events::event(pb::EventLevel::Warn, "preemption", message));
+    }
+
+    /// `worker` has finished, and reported, the batches it held of the
+    /// preempted job `job_id`; once none is left the job waits for
+    /// admission again (at the next round).
+    pub fn handed_back(&mut self, worker: &WorkerId, job_id: &str) {
+        let Ok(id) = JobId::parse("job_id", job_id) else { return };
+        let Some(entry) = self.jobs.get_mut(&id) else { return };
+        if !entry.handing_back.remove(worker) {
+            return;
+        }
+        let left = entry.handing_back.len();
+        info!(job_id = %id, worker_id = %worker, left, "worker handed the preempted job back");
+        let message = format!(
+            "worker {worker} finished the batches it held and handed the job back ({left} of its workers still finishing)"
+        );
+        self.event(&id, worker_event(pb::EventLevel::Info, "worker_handed_back", worker, message));
+    }
+
+    /// A worker that left hands back whatever it was finishing.
+    pub(crate) fn stop_waiting_for(&mut self, worker: &WorkerId) {
+        for id in self.jobs.ids(|e| e.handing_back.contains(worker)) {
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                entry.handing_back.remove(worker);
+                self.pending.mark(&id);
+            }
+        }
     }
 }

@@ -160,6 +160,7 @@ impl State {
         };
         info!(worker_id = %id, job_id = ?w.job.as_ref().map(ToString::to_string), "worker left");
         self.pending.drop_worker(id);
+        self.stop_waiting_for(id);
         if let Some(job) = w.job
             && let Some(entry) = self.jobs.get_mut(&job)
         {
@@ -344,6 +345,6 @@ fn needs(record: &JobRecord) -> String {
 }
 
 /// An event about worker `worker`.
-fn worker_event(level: EventLevel, kind: &str, worker: &WorkerId, message: String) -> JobEvent {
+pub(crate) fn worker_event(level: EventLevel, kind: &str, worker: &WorkerId, message: String) -> JobEvent {
     JobEvent { worker_id: worker.to_string(), ..event(level, kind, message) }
 }

@@ -20,12 +20,20 @@ use batchmill_scheduler::{JobRecord, State};
 use common::*;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-/// A virtual worker: the job it was given, and the batch in its hands.
+/// A virtual worker: the job it was given, the batch in its hands, and the
+/// preempted job it hands back once that batch is finished.
 struct Virtual {
     id: WorkerId,
     rx: UnboundedReceiver<spb::SessionResponse>,
     job: Option<String>,
     in_hand: Option<(String, u64)>,
+    handing_back: Option<String>,
+}
+
+impl Virtual {
+    fn new(state: &mut State, id: &str) -> Virtual {
+        Virtual { rx: join(state, id), id: WorkerId::new(id), job: None, in_hand: None, handing_back: None }
+    }
 }
 
 /// The simulated cluster: each job's batches still queued (as JetStream
@@ -73,14 +81,20 @@ async fn submit(
 }
 
 /// One step: each worker reads what it was told, finishes the batch in its
-/// hands (a preempted worker finishes it too) or takes the next one; then
-/// the leader settles, persists and runs a round of admission.
+/// hands (a preempted worker finishes it too, then hands the job back, as
+/// a real one does) or takes the next one; then the leader settles,
+/// persists and runs a round of admission.
 async fn step(state: &mut State, world: &mut World, workers: &mut [Virtual], accounts: &BTreeMap<String, String>) {
     for w in workers.iter_mut() {
         for message in drain(&mut w.rx) {
             match message {
                 Out::Assign(a) => w.job = Some(a.job_id),
-                Out::Revoke(r) if w.job.as_deref() == Some(r.job_id.as_str()) => w.job = None,
+                Out::Revoke(r) if w.job.as_deref() == Some(r.job_id.as_str()) => {
+                    w.job = None;
+                    if r.reason == "preempted" {
+                        w.handing_back = Some(r.job_id);
+                    }
+                }
                 _ => {}
             }
         }
@@ -88,6 +102,9 @@ async fn step(state: &mut State, world: &mut World, workers: &mut [Virtual], acc
             *world.results.entry((job.clone(), seq)).or_default() += 1;
             world.finished.push(accounts[&job].clone());
             state.outcome(&w.id, spb::BatchOutcome { items: 10, ..outcome(&job, seq, spb::BatchStatus::Succeeded) });
+        }
+        if let Some(job) = w.handing_back.take() {
+            state.handed_back(&w.id, &job);
         }
         if let Some(job) = w.job.clone()
             && let Some(seq) = world.take(&job)
@@ -118,12 +135,7 @@ fn holding(state: &State) -> BTreeMap<String, i32> {
 async fn two_accounts_three_priorities_quotas_fair_share_and_preemption_on_one_queue() {
     let fakes = fakes().await;
     let mut state = state_with_queues(&fakes, Queues::parse("q=4").unwrap());
-    let mut workers: Vec<Virtual> = (0..6)
-        .map(|i| {
-            let id = format!("w{i}");
-            Virtual { rx: join(&mut state, &id), id: WorkerId::new(&id), job: None, in_hand: None }
-        })
-        .collect();
+    let mut workers: Vec<Virtual> = (0..6).map(|i| Virtual::new(&mut state, &format!("w{i}"))).collect();
     let (mut world, mut accounts) = (World::default(), BTreeMap::new());
     // Priority 0: each account has 6 jobs of 1 worker and 400 batches (more
     // than either runs in the first 1,000, so the share is the policy's); a's
@@ -200,4 +212,85 @@ async fn two_accounts_three_priorities_quotas_fair_share_and_preemption_on_one_q
         let job = state.get(&JobId::parse("job_id", id).unwrap()).unwrap();
         assert!(job.preemptions >= 1, "{job:?}");
     }
+}
+
+/// A preempted job waits PREEMPTED while a worker still finishes a batch it
+/// held, however long that takes (within the limit), and for admission
+/// again (PENDING) once every worker has handed it back or left.
+#[tokio::test(start_paused = true)]
+async fn a_preempted_job_waits_until_its_workers_hand_it_back() {
+    let fakes = fakes().await;
+    let mut state = state_with_queues(&fakes, Queues::parse("q=2").unwrap());
+    let (mut w1, mut w2) = (Virtual::new(&mut state, "w1"), Virtual::new(&mut state, "w2"));
+    let mut world = World::default();
+    submit(&mut state, &mut world, "low", "a", 0, 2, 100).await;
+    state.tick().await;
+    state.flush().await;
+    let low = job_id("low");
+    let state_of = |state: &State| state.get(&low).unwrap().state();
+    assert!(matches!(state_of(&state), pb::JobState::Admitted | pb::JobState::Running), "{:?}", state_of(&state));
+    for w in [&mut w1, &mut w2] {
+        assert!(drain(&mut w.rx).iter().any(|m| matches!(m, Out::Assign(a) if a.job_id == "low")), "{} assigned", w.id);
+    }
+
+    submit(&mut state, &mut world, "high", "b", 1, 2, 10).await;
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state_of(&state), pb::JobState::Preempted);
+    for w in [&mut w1, &mut w2] {
+        let told = drain(&mut w.rx);
+        assert!(
+            told.iter().any(|m| matches!(m, Out::Revoke(r) if r.job_id == "low" && r.reason == "preempted")),
+            "{told:?}"
+        );
+    }
+
+    // w1 finishes its batch and hands the job back; w2 is still on a long
+    // one, 10 s later (past any fixed grace): the job stays PREEMPTED.
+    state.handed_back(&w1.id, "low");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state_of(&state), pb::JobState::Preempted, "waits for w2");
+    // A hand-back from a worker that never held it changes nothing.
+    state.handed_back(&WorkerId::new("w9"), "low");
+    state.tick().await;
+    assert_eq!(state_of(&state), pb::JobState::Preempted);
+
+    state.handed_back(&w2.id, "low");
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state_of(&state), pb::JobState::Pending, "every worker handed it back");
+    use batchmill_queue::Events;
+    use prost::Message;
+    state.events_written(Duration::from_secs(5)).await;
+    let stored = fakes.queue.events("low", 0, 1000).await.unwrap();
+    let handed: Vec<String> = stored
+        .iter()
+        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
+        .filter(|e| e.r#type == "worker_handed_back")
+        .map(|e| e.worker_id)
+        .collect();
+    assert_eq!(handed, ["w1", "w2"]);
+}
+
+/// A worker that leaves while finishing a preempted job's batch hands it
+/// back by leaving (its batch is delivered again).
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_leaves_hands_a_preempted_job_back() {
+    let fakes = fakes().await;
+    let mut state = state_with_queues(&fakes, Queues::parse("q=1").unwrap());
+    let w1 = Virtual::new(&mut state, "w1");
+    let mut world = World::default();
+    submit(&mut state, &mut world, "low", "a", 0, 1, 100).await;
+    state.tick().await;
+    submit(&mut state, &mut world, "high", "b", 1, 1, 10).await;
+    state.tick().await;
+    state.flush().await;
+    let low = job_id("low");
+    assert_eq!(state.get(&low).unwrap().state(), pb::JobState::Preempted);
+    state.worker_gone(&w1.id, None);
+    state.tick().await;
+    state.flush().await;
+    assert_eq!(state.get(&low).unwrap().state(), pb::JobState::Pending);
 }

@@ -174,9 +174,16 @@ impl Worker {
                     info!(job_id = %revoke.job_id, reason = %revoke.reason, "revoked");
                     c.stop.cancel();
                     // A preempted job's batches in hand are finished and
-                    // reported (the job goes on later); an ended job's stop
-                    // waiting out failures.
-                    if revoke.reason != "preempted" {
+                    // reported (the job goes on later), then its capacity is
+                    // handed back; an ended job's stop waiting out failures.
+                    if revoke.reason == "preempted" {
+                        let outbox = outbox.clone();
+                        tokio::spawn(async move {
+                            let _ = c.task.await;
+                            info!(job_id = %c.job_id, "finished the preempted job's batches in hand");
+                            outbox.hand_back(&c.job_id);
+                        });
+                    } else {
                         c.revoked.cancel();
                     }
                 }

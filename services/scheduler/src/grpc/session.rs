@@ -105,6 +105,7 @@ impl pb::worker_service_server::WorkerService for SessionGrpc {
 fn forward(scheduler: &crate::Scheduler, worker: &WorkerId, message: In) {
     match message {
         In::Outcome(outcome) => scheduler.outcome(worker.clone(), outcome),
+        In::Released(r) if r.handed_back => scheduler.handed_back(worker.clone(), r.job_id),
         In::Released(r) => {
             let failure = r.failed.then_some((r.reason, r.out_of_memory));
             scheduler.released(worker.clone(), r.job_id, failure);
