@@ -100,7 +100,13 @@ fn dense(x: &[f32], rows: usize, w: &PackedWeights, dst: &mut Vec<f32>, epilogue
 
 /// The encoder over a packed batch: one pooled, normalised vector per
 /// sequence; the activations between stages go to `trace` if given.
-pub fn forward(w: &Weights, packed: &Dense, batch: &Packed, scratch: &mut Scratch, mut trace: Option<&mut Trace>) -> Vec<f32> {
+pub fn forward(
+    w: &Weights,
+    packed: &Dense,
+    batch: &Packed,
+    scratch: &mut Scratch,
+    mut trace: Option<&mut Trace>,
+) -> Vec<f32> {
     let c = &w.config;
     let (h, heads, d) = (c.hidden_size, c.num_attention_heads, c.head_dim());
     let eps = c.layer_norm_eps as f32;
