@@ -160,8 +160,11 @@ pub(crate) async fn keep_in_progress<T>(
     work: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(work);
-    let mut tick = tokio::time::interval((ack_wait / 3).max(Duration::from_millis(100)));
-    tick.tick().await;
+    // The first tick a period from now: an interval's immediate first tick,
+    // awaited, waits for the timer's next turn (up to a millisecond), which
+    // every batch paid, one after another, in a group of small batches.
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
             r = &mut work => break r,
