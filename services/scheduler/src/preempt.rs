@@ -121,12 +121,12 @@ impl State {
         self.event(&id, worker_event(pb::EventLevel::Info, "worker_handed_back", worker, message));
     }
 
-    /// A worker that left hands back whatever it was finishing.
+    /// A worker that left hands back whatever it was finishing (the next
+    /// admission round sees it; nothing of the job's record changes).
     pub(crate) fn stop_waiting_for(&mut self, worker: &WorkerId) {
         for id in self.jobs.ids(|e| e.handing_back.contains(worker)) {
             if let Some(entry) = self.jobs.get_mut(&id) {
                 entry.handing_back.remove(worker);
-                self.pending.mark(&id);
             }
         }
     }

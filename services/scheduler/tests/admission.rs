@@ -261,13 +261,10 @@ async fn a_preempted_job_waits_until_its_workers_hand_it_back() {
     state.tick().await;
     state.flush().await;
     assert_eq!(state_of(&state), pb::JobState::Pending, "every worker handed it back");
-    use batchmill_queue::Events;
-    use prost::Message;
-    state.events_written(Duration::from_secs(5)).await;
-    let stored = fakes.queue.events("low", 0, 1000).await.unwrap();
-    let handed: Vec<String> = stored
-        .iter()
-        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
+    let handed: Vec<String> = fakes
+        .events(&state, "low")
+        .await
+        .into_iter()
         .filter(|e| e.r#type == "worker_handed_back")
         .map(|e| e.worker_id)
         .collect();

@@ -573,12 +573,10 @@ async fn a_timed_out_job_retried_enqueues_only_what_is_not_final_and_times_out_f
 
 /// The job's events as its log holds them: (type, level, batch id, state).
 async fn events(state: &State, fakes: &Fakes, job: &str) -> Vec<(String, pb::EventLevel, String, pb::JobState)> {
-    use batchmill_queue::Events;
-    state.events_written(Duration::from_secs(5)).await;
-    let stored = fakes.queue.events(job, 0, 1000).await.unwrap();
-    stored
+    fakes
+        .events(state, job)
+        .await
         .iter()
-        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
         .map(|e| (e.r#type.clone(), e.level(), e.batch_id.clone(), e.state()))
         .collect()
 }
@@ -708,14 +706,10 @@ async fn a_job_no_worker_can_run_says_so_in_its_log_once() {
         state.tick().await;
         state.flush().await;
     }
-    let stored = {
-        use batchmill_queue::Events;
-        state.events_written(Duration::from_secs(5)).await;
-        fakes.queue.events("g1", 0, 1000).await.unwrap()
-    };
-    let said: Vec<String> = stored
-        .iter()
-        .map(|s| pb::JobEvent::decode(s.payload.as_ref()).unwrap())
+    let said: Vec<String> = fakes
+        .events(&state, "g1")
+        .await
+        .into_iter()
         .filter(|e| e.r#type == "no_matching_worker")
         .map(|e| e.message)
         .collect();

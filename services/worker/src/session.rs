@@ -112,26 +112,26 @@ impl Outbox {
 
     /// Gives an assignment back to the scheduler.
     pub fn release(&self, job_id: &str, reason: &str) {
-        let (job_id, reason) = (job_id.to_owned(), reason.to_owned());
-        self.send(Out::Released(pb::AssignmentReleased {
-            job_id,
-            reason,
-            failed: false,
-            out_of_memory: false,
-            handed_back: false,
-        }));
+        self.released(pb::AssignmentReleased {
+            job_id: job_id.to_owned(),
+            reason: reason.to_owned(),
+            ..Default::default()
+        });
     }
 
     /// Says every batch held of a preempted job is finished and reported.
     pub fn hand_back(&self, job_id: &str) {
-        let (job_id, reason) = (job_id.to_owned(), "preempted: the batches in hand are finished".to_owned());
-        self.send(Out::Released(pb::AssignmentReleased {
-            job_id,
+        let reason = "preempted: the batches in hand are finished".to_owned();
+        self.released(pb::AssignmentReleased {
+            job_id: job_id.to_owned(),
             reason,
-            failed: false,
-            out_of_memory: false,
             handed_back: true,
-        }));
+            ..Default::default()
+        });
+    }
+
+    fn released(&self, released: pb::AssignmentReleased) {
+        self.send(Out::Released(released));
     }
 
     /// Says the assignment's predictor is ready.
@@ -143,13 +143,7 @@ impl Outbox {
     /// `out_of_memory` when it ran out of memory.
     pub fn fail_start(&self, job_id: &str, error: &str, out_of_memory: bool) {
         let (job_id, reason) = (job_id.to_owned(), error.to_owned());
-        self.send(Out::Released(pb::AssignmentReleased {
-            job_id,
-            reason,
-            failed: true,
-            out_of_memory,
-            handed_back: false,
-        }));
+        self.released(pb::AssignmentReleased { job_id, reason, failed: true, out_of_memory, ..Default::default() });
     }
 
     #[cfg(test)]

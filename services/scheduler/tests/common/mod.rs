@@ -60,6 +60,14 @@ impl Fakes {
         self.queue.job_consumer(job).await.is_ok()
     }
 
+    /// A job's event log as stored, once every event recorded so far is.
+    pub async fn events(&self, state: &State, job: &str) -> Vec<batchmill_proto::jobs::v1::JobEvent> {
+        use batchmill_queue::Events;
+        state.events_written(Duration::from_secs(5)).await;
+        let stored = self.queue.events(job, 0, 1000).await.unwrap();
+        stored.iter().map(|s| batchmill_proto::jobs::v1::JobEvent::decode(s.payload.as_ref()).unwrap()).collect()
+    }
+
     /// The objects written to S3, once the manifests being written are.
     pub async fn objects(&self, state: &mut State) -> std::collections::BTreeMap<String, Bytes> {
         state.manifests_written(Duration::from_secs(5)).await;
