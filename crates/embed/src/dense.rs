@@ -86,7 +86,8 @@ impl PackedWeights {
         let (out, inp) = (w.rows, w.cols);
         assert!(out == 0 || inp == 0 || (out - 1) * w.rs + (inp - 1) * w.cs < w.data.len(), "the view fits its slice");
         let nr = shape(isa).nr;
-        self.panels.clear();
+        // Only the last panel's columns past `out` are not written below:
+        // zero them (and any new memory), not the whole buffer.
         self.panels.resize(out.div_ceil(nr) * inp * nr, 0.0);
         (self.out, self.inp, self.isa) = (out, inp, isa);
         if inp == 0 {
@@ -95,18 +96,33 @@ impl PackedWeights {
         for (p, panel) in self.panels.chunks_exact_mut(inp * nr).enumerate() {
             let width = (out - p * nr).min(nr);
             let first = p * nr * w.rs;
+            if width < nr {
+                panel.fill(0.0);
+            }
             if w.rs == 1 {
                 // Each step's outputs lie side by side: copy runs (attention's
                 // values).
                 for (k, step) in panel.chunks_exact_mut(nr).enumerate() {
-                    step[..width].copy_from_slice(&w.data[first + k * w.cs..][..width]);
+                    let src = &w.data[first + k * w.cs..][..width];
+                    for (d, s) in step.iter_mut().zip(src) {
+                        *d = *s;
+                    }
+                }
+            } else if w.cs == 1 {
+                // Each output's inputs lie side by side: a transpose
+                // (attention's keys, and weights as they load).
+                for j in 0..width {
+                    let src = &w.data[first + j * w.rs..][..inp];
+                    for (step, v) in panel.chunks_exact_mut(nr).zip(src) {
+                        step[j] = *v;
+                    }
                 }
             } else {
                 // Each output's inputs lie `cs` apart: scatter each into its
-                // column of the panel (a transpose when `cs` is 1).
+                // column of the panel.
                 for j in 0..width {
                     let start = first + j * w.rs;
-                    let src = w.data[start..].iter().step_by(w.cs.max(1)).take(inp);
+                    let src = w.data[start..].iter().step_by(w.cs).take(inp);
                     for (step, v) in panel.chunks_exact_mut(nr).zip(src) {
                         step[j] = *v;
                     }
@@ -210,7 +226,7 @@ fn blocks<const MR: usize, const NR: usize, const FMA: bool>(w: &PackedWeights, 
                 let tile = Tile { r, take, c0, cols, accumulate: k0 > 0 };
                 tile.run::<MR, NR, FMA>(at, k0, k1, panel, d);
                 if last {
-                    tile.finish(d, at.ldc, at.epilogue);
+                    tile.finish::<FMA>(d, at.ldc, at.epilogue);
                 }
                 r += MR;
             }
@@ -284,7 +300,7 @@ impl Tile {
 
     /// The epilogue over the finished tile.
     #[inline(always)]
-    fn finish(self, d: &mut [f32], out: usize, epilogue: Epilogue<'_>) {
+    fn finish<const FMA: bool>(self, d: &mut [f32], out: usize, epilogue: Epilogue<'_>) {
         let (bias, gelu) = match epilogue {
             Epilogue::None => return,
             Epilogue::Bias(b) => (b, false),
@@ -294,7 +310,7 @@ impl Tile {
         for i in 0..self.take {
             let row = &mut d[(self.r + i) * out + self.c0..][..self.cols];
             for (v, b) in row.iter_mut().zip(bias) {
-                *v = if gelu { crate::math::gelu(*v + b) } else { *v + b };
+                *v = if gelu { crate::math::gelu::<FMA>(*v + b) } else { *v + b };
             }
         }
     }
@@ -468,7 +484,7 @@ mod tests {
             for (i, e) in want.iter().enumerate() {
                 let y = *e as f32 + bias[i % out];
                 assert!((biased[i] - y).abs() < 1e-5, "{isa:?} bias at {i}: {} against {y}", biased[i]);
-                let g = crate::math::gelu(y);
+                let g = crate::math::gelu::<false>(y);
                 assert!((activated[i] - g).abs() < 1e-5, "{isa:?} gelu at {i}: {} against {g}", activated[i]);
             }
         }

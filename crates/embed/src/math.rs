@@ -1,30 +1,34 @@
 //! Element-wise kernels of the CPU backend, written so the compiler
-//! vectorizes them: no calls into libm in the hot loops, and no `mul_add`,
-//! which is a call where the build does not target FMA. The public kernels
+//! vectorizes them: no calls into libm in the hot loops. The public kernels
 //! are compiled three times, for the build's baseline, for AVX2+FMA and for
-//! AVX-512, and run the copy [`Isa::active`] names ([`fast!`]).
+//! AVX-512, and run the copy [`Isa::active`] names ([`fast!`]); the helpers
+//! they inline take `FMA`, true in the two copies whose CPUs fuse a multiply
+//! and an add ([`madd`]), false in the baseline's, where `mul_add` would be
+//! a call into libm.
 #![allow(unsafe_code)]
 
 use crate::isa::Isa;
 
 /// Defines a kernel compiled for the baseline, for AVX2+FMA and for
 /// AVX-512, calling the copy of the instruction set in use (the helpers it
-/// calls are inlined into each copy).
+/// calls are inlined into each copy). Its body sees `FMA`, to pass on to
+/// the helpers.
 macro_rules! fast {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         pub fn $name($($arg: $ty),*) {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            #[allow(non_snake_case)]
+            fn generic<const FMA: bool>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) {
-                    generic($($arg),*)
+                    generic::<true>($($arg),*)
                 }
                 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
                 fn avx512($($arg: $ty),*) {
-                    generic($($arg),*)
+                    generic::<true>($($arg),*)
                 }
                 match Isa::active() {
                     // SAFETY: `Isa::active` is never wider than the CPU's
@@ -34,36 +38,45 @@ macro_rules! fast {
                     Isa::Portable => {}
                 }
             }
-            generic($($arg),*)
+            generic::<false>($($arg),*)
         }
     };
+}
+
+/// `a·b + c`, fused into one instruction (and one rounding) where `FMA`.
+#[inline(always)]
+pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `x` below `lo` raised to it, as one `max` instruction (`f32::max`'s NaN
+/// rule costs two more).
+#[inline(always)]
+fn at_least(x: f32, lo: f32) -> f32 {
+    if x < lo { lo } else { x }
 }
 
 /// erf(x) as a rational function of x on [-4, 4] (beyond, ±1 in f32): the
 /// approximation XLA and Eigen use, within a few ulp of the true value.
 #[inline(always)]
-pub fn erf(x: f32) -> f32 {
+pub fn erf<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-4.0, 4.0);
     let x2 = x * x;
     let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 + -2.101_024e-6;
-    p = p * x2 + -5.692_506_4e-5;
-    p = p * x2 + -7.349_906_3e-4;
-    p = p * x2 + -2.954_600_1e-3;
-    p = p * x2 + -1.609_603_3e-2;
+    for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = madd::<FMA>(p, x2, c);
+    }
     let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 + -2.133_740_6e-4;
-    q = q * x2 + -1.682_827e-3;
-    q = q * x2 + -7.373_329_2e-3;
-    q = q * x2 + -1.426_474e-2;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329_2e-3, -1.426_474e-2] {
+        q = madd::<FMA>(q, x2, c);
+    }
     x * p / q
 }
 
 /// BERT's exact GELU, `x·Φ(x) = x/2·(1 + erf(x/√2))`.
 #[inline(always)]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+pub fn gelu<const FMA: bool>(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf::<FMA>(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 fast! {
@@ -94,7 +107,7 @@ fast! {
     /// Softmax of each `n`-wide row of `x`, after scaling by `scale` (> 0).
     pub fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
         for row in x.chunks_exact_mut(n) {
-            softmax_scaled(row, scale);
+            softmax_scaled::<FMA>(row, scale);
         }
     }
 }
@@ -171,18 +184,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// with |r| ≤ ln2/2, e^r by its degree-6 Taylor polynomial (relative error
 /// under 2e-7), 2^n built in the exponent bits. Below -87 it is 0.
 #[inline(always)]
-pub fn exp_neg(x: f32) -> f32 {
-    let x = x.max(-87.0);
+pub fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+    let x = at_least(x, -87.0);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     // ln 2 in two parts (Cody and Waite), so n·ln2 subtracts exactly.
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let r = madd::<FMA>(n, 2.121_944_4e-4, madd::<FMA>(n, -0.693_359_4, x));
+    let mut p = 1.0f32 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd::<FMA>(p, r, c);
+    }
     // 2^n from its exponent bits, without a float-to-int conversion (which
     // does not vectorize): adding 2^23 leaves the integer n + 127 (1 to
     // 127 here) in the low mantissa bits, and the shift moves them into
@@ -193,16 +203,16 @@ pub fn exp_neg(x: f32) -> f32 {
 /// Softmax of one row, in place.
 #[inline(always)]
 pub fn softmax(row: &mut [f32]) {
-    softmax_scaled(row, 1.0);
+    softmax_scaled::<false>(row, 1.0);
 }
 
 /// Softmax of one row scaled by `scale` (> 0, so the largest value stays
 /// the largest), in place.
 #[inline(always)]
-pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+pub fn softmax_scaled<const FMA: bool>(row: &mut [f32], scale: f32) {
     let max = max(row);
     for v in row.iter_mut() {
-        *v = exp_neg((*v - max) * scale);
+        *v = exp_neg::<FMA>((*v - max) * scale);
     }
     let inv = 1.0 / sum(row);
     for v in row.iter_mut() {
@@ -253,7 +263,7 @@ mod tests {
         let mut worst = 0.0f64;
         for i in -6000..=6000 {
             let x = i as f64 / 1000.0;
-            worst = worst.max((erf(x as f32) as f64 - erf64(x)).abs());
+            worst = worst.max((erf::<false>(x as f32) as f64 - erf64(x)).abs());
         }
         assert!(worst < 2e-6, "worst error {worst}");
     }
@@ -264,10 +274,10 @@ mod tests {
         for i in 0..=87_000 {
             let x = -(i as f32) / 1000.0;
             let exact = f64::from(x).exp();
-            worst = worst.max((f64::from(exp_neg(x)) - exact).abs() / exact);
+            worst = worst.max((f64::from(exp_neg::<false>(x)) - exact).abs() / exact);
         }
         assert!(worst < 1e-6, "worst relative error {worst}");
-        assert_eq!(exp_neg(-1000.0), exp_neg(-87.0));
+        assert_eq!(exp_neg::<false>(-1000.0), exp_neg::<false>(-87.0));
     }
 
     #[test]
