@@ -13,11 +13,14 @@ use batchmill_accounts::{AccountError, Accounts};
 use batchmill_core::{Caller, ServiceError};
 use tonic::Status;
 
-/// Paths served without a key: health checks and server reflection.
+/// Paths served without a key: health checks, server reflection, and the
+/// REST API's OpenAPI document and reference page (the same facts).
 fn is_open(path: &str) -> bool {
     ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"]
         .iter()
         .any(|p| path.starts_with(p))
+        || path == crate::rest::OPENAPI_PATH
+        || path == crate::rest::REFERENCE_PATH
 }
 
 fn is_grpc(request: &Request) -> bool {

@@ -74,7 +74,11 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) ->
         .fallback(move |request: axum::extract::Request| {
             let (rest, cortex, modzy, files) = (rest.clone(), cortex.clone(), modzy.clone(), files.clone());
             async move {
-                if files::is_files_path(request.uri().path()) {
+                if request.method() == http::Method::GET
+                    && let Some(docs) = rest.docs(request.uri().path())
+                {
+                    docs
+                } else if files::is_files_path(request.uri().path()) {
                     files.handle(request).await
                 } else if modzy::is_modzy_path(request.uri().path()) {
                     modzy.handle(request).await

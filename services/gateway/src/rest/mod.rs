@@ -6,6 +6,8 @@
 mod bulk;
 mod codec;
 pub(crate) mod error;
+mod openapi;
+mod reference;
 mod request;
 mod rules;
 pub(crate) mod template;
@@ -37,17 +39,38 @@ pub const MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
 /// the caller it was checked to be rides in the request's extensions.
 const FORWARDED_HEADERS: &[&str] = &["x-request-id"];
 
+/// Where the OpenAPI document of the routes is served, and its reference
+/// page (names with a dot, which no Cortex API can have).
+pub const OPENAPI_PATH: &str = "/openapi.json";
+pub const REFERENCE_PATH: &str = "/openapi.html";
+
 /// The REST face of a set of gRPC services.
 pub struct Rest {
     routes: Vec<Route>,
     grpc: Routes,
+    /// The OpenAPI document of `routes`, and the page that shows it.
+    openapi: Bytes,
+    reference: Bytes,
 }
 
 impl Rest {
     /// REST routes for the annotated methods of `services`, served by `grpc`.
     pub fn new(grpc: Routes, services: &[&str]) -> Result<Rest, RouteError> {
         let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)?;
-        Ok(Rest { routes: rules::load(&pool, services)?, grpc })
+        let routes = rules::load(&pool, services)?;
+        let doc = openapi::document(&routes);
+        let reference = Bytes::from(reference::page(&doc));
+        Ok(Rest { routes, grpc, openapi: Bytes::from(doc.to_string()), reference })
+    }
+
+    /// The OpenAPI document (`GET /openapi.json`) or its reference page.
+    pub fn docs(&self, path: &str) -> Option<Response> {
+        let (kind, body) = match path {
+            OPENAPI_PATH => ("application/json", self.openapi.clone()),
+            REFERENCE_PATH => ("text/html; charset=utf-8", self.reference.clone()),
+            _ => return None,
+        };
+        Some(([(http::header::CONTENT_TYPE, kind)], body).into_response())
     }
 }
 

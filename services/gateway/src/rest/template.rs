@@ -78,6 +78,37 @@ impl PathTemplate {
         (self.verb.is_some(), self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count())
     }
 
+    /// The template as an OpenAPI path, `/v1/jobs/{job_id}:cancel`, and the
+    /// names of its parameters in order: each variable's field path, and
+    /// `wildcard1`, `wildcard2`… for unbound `*` and `**`.
+    pub fn openapi(&self) -> (String, Vec<String>) {
+        let (mut path, mut params) = (String::new(), Vec::new());
+        for seg in &self.segments {
+            path.push('/');
+            let name = match seg {
+                Segment::Literal(lit) => {
+                    path.push_str(lit);
+                    continue;
+                }
+                Segment::Var(name) | Segment::Rest(name) => name.clone(),
+                Segment::Any | Segment::AnyRest => format!("wildcard{}", params.len() + 1),
+            };
+            path.push_str(&format!("{{{name}}}"));
+            params.push(name);
+        }
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        (path, params)
+    }
+
+    /// Whether the variable `name` takes the rest of the path, slashes and
+    /// all (`{name=**}`).
+    pub fn spans_segments(&self, name: &str) -> bool {
+        self.segments.iter().any(|s| matches!(s, Segment::Rest(n) if n == name))
+    }
+
     /// The variables bound by `path` (percent-decoded), if it matches.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
         let path = path.strip_prefix('/')?;
@@ -170,6 +201,15 @@ mod tests {
         assert_eq!(vars("/v1/jobs/{job_id}", "/v1/jobs/a/b"), None);
         assert_eq!(vars("/v1/files/{path=**}", "/v1/files/a/b%20c"), Some(vec![("path".into(), "a/b c".into())]));
         assert_eq!(vars("/v1/*/x", "/v1/any/x"), Some(vec![]));
+    }
+
+    #[test]
+    fn writes_openapi_paths() {
+        let openapi = |t: &str| PathTemplate::parse(t).unwrap().openapi();
+        assert_eq!(openapi("/v1/jobs/{job_id}:cancel"), ("/v1/jobs/{job_id}:cancel".into(), vec!["job_id".into()]));
+        assert_eq!(openapi("/v1/files/{path=**}"), ("/v1/files/{path}".into(), vec!["path".into()]));
+        assert_eq!(openapi("/v1/*/x/{a}"), ("/v1/{wildcard1}/x/{a}".into(), vec!["wildcard1".into(), "a".into()]));
+        assert!(PathTemplate::parse("/v1/files/{path=**}").unwrap().spans_segments("path"));
     }
 
     #[test]
