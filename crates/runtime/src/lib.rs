@@ -1,8 +1,9 @@
 //! What every batchmill service shares to run: the gRPC server builder
-//! (reflection, health, tracing, limits), telemetry, shutdown, and the
+//! (reflection, health, tracing, limits, metrics), telemetry, shutdown, and the
 //! command-line arguments for the cluster's dependencies.
 
 pub mod args;
+pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

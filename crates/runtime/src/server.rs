@@ -1,6 +1,7 @@
 //! One way to serve gRPC: every service gets server reflection (v1 and
-//! v1alpha, so grpcurl 1.8 works), health checking, a tracing layer, a
-//! concurrency limit, and graceful shutdown on a token.
+//! v1alpha, so grpcurl 1.8 works), health checking, its Prometheus metrics
+//! at `GET /metrics` (HTTP/1.1 on the same port, [`crate::metrics`]), a
+//! tracing layer, a concurrency limit, and graceful shutdown on a token.
 
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ impl ServerBuilder {
             tonic_health::ServingStatus::NotServing
         };
         self.health.set_service_status("", overall).await;
-        self.routes.routes()
+        Routes::from(self.routes.routes().into_axum_router().merge(crate::metrics::router()))
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then drains.
@@ -118,6 +119,8 @@ pub async fn serve_routes(
 ) -> Result<(), crate::RuntimeError> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
+        // HTTP/1.1 too, for `GET /metrics`; gRPC stays HTTP/2.
+        .accept_http1(true)
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(trace_layer())
@@ -151,6 +154,27 @@ mod tests {
         let server = tokio::spawn(serve_routes(routes, listener, shutdown.clone()));
         assert_eq!(status(addr).await, ServingStatus::NotServing as i32);
         health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        assert_eq!(status(addr).await, ServingStatus::Serving as i32);
+        shutdown.cancel();
+        server.await.expect("join").expect("served");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_over_http1_beside_grpc() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let routes = ServerBuilder::new().expect("builder").into_routes().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_routes(routes, listener, shutdown.clone()));
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains(crate::metrics::CONTENT_TYPE), "{answer}");
+        assert!(answer.contains("# EOF"), "{answer}");
+        // gRPC still answers on the same port.
         assert_eq!(status(addr).await, ServingStatus::Serving as i32);
         shutdown.cancel();
         server.await.expect("join").expect("served");

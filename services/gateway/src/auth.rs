@@ -13,14 +13,16 @@ use batchmill_accounts::{AccountError, Accounts};
 use batchmill_core::{Caller, ServiceError};
 use tonic::Status;
 
-/// Paths served without a key: health checks, server reflection, and the
-/// REST API's OpenAPI document and reference page (the same facts).
+/// Paths served without a key: health checks, server reflection, the
+/// REST API's OpenAPI document and reference page (the same facts), and the
+/// Prometheus metrics (counts, no names or data of any account).
 fn is_open(path: &str) -> bool {
     ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"]
         .iter()
         .any(|p| path.starts_with(p))
         || path == crate::rest::OPENAPI_PATH
         || path == crate::rest::REFERENCE_PATH
+        || path == batchmill_runtime::metrics::PATH
 }
 
 fn is_grpc(request: &Request) -> bool {

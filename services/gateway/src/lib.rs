@@ -13,6 +13,7 @@ mod auth;
 pub mod cortex;
 pub mod files;
 mod forward;
+mod metrics;
 pub mod modzy;
 pub mod rest;
 
@@ -59,6 +60,7 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) ->
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
     let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone(), uploads);
+    metrics::register();
     let routes = batchmill_runtime::ServerBuilder::new()?
         .add_service(jobs.into_service())
         .add_service(pipelines.into_service())
@@ -90,6 +92,7 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) ->
             }
         })
         .layer(axum::middleware::from_fn_with_state(store, auth::authenticate))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(batchmill_runtime::trace::request_span::<axum::body::Body> as fn(&_) -> _)

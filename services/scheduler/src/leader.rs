@@ -161,6 +161,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let url =
         config.advertise_url.clone().unwrap_or(format!("http://{}", listener.local_addr().map_err(RuntimeError::Io)?));
     let leading = Leading::default();
+    // Its metrics are served from the start: no jobs until it leads.
+    std::sync::LazyLock::force(&crate::metrics::METRICS);
     // SERVING only while leading.
     let server = batchmill_runtime::ServerBuilder::new()?
         .not_ready()
@@ -263,5 +265,6 @@ async fn lead(
     if let Err(e) = actor.await {
         warn!(error = %e, "the scheduler task failed");
     }
+    crate::metrics::METRICS.set(crate::metrics::Snapshot::default());
     leadership.resign().await
 }

@@ -43,6 +43,7 @@ mod jobs;
 pub mod leader;
 mod ledger;
 mod manifest;
+pub mod metrics;
 mod outcomes;
 mod outputs;
 mod persist;

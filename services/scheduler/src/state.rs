@@ -148,6 +148,7 @@ impl State {
         self.note_manifests();
         self.assign();
         self.note_unmatched();
+        crate::metrics::METRICS.set(crate::metrics::Snapshot::of(&self.jobs));
     }
 
     /// Completes or fails the changed jobs that are done.

@@ -19,6 +19,7 @@ pub mod embed;
 mod finalize;
 mod joblog;
 pub mod loader;
+mod metrics;
 mod objects;
 pub mod predictor;
 pub mod python;
@@ -93,6 +94,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let queue = Arc::new(JetStreamQueue::connect(&config.nats_url, patience).await?);
     let blob = Arc::new(Blob::new(&config.s3).await);
     info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, worker_id = %id, "worker serving health");
+    metrics::register();
     // Ready once a session with the scheduler is open.
     let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
     let health = server.health();

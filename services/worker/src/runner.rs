@@ -239,6 +239,7 @@ impl JobRun {
         let mut ran = Vec::with_capacity(batches.len());
         for (mut batch, id) in batches {
             let began = Instant::now();
+            let running = crate::metrics::running();
             let mut result = Ok(());
             if crate::objects::has_objects(&batch) {
                 let reading = crate::objects::resolve(self.inputs.store(), &mut batch, &self.revoked);
@@ -248,6 +249,8 @@ impl JobRun {
                 Ok(()) => self.in_progress(delivery.as_ref(), run_predictor(predictor, &batch, &id)).await,
                 Err(e) => Err(e),
             };
+            drop(running);
+            crate::metrics::ran(result.is_ok(), batch.items.len(), began.elapsed());
             ran.push(Predict { batch, id, result, ms: began.elapsed().as_millis() as u64 });
         }
         Some(Predicted { delivery, started, batches: ran })
