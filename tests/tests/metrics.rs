@@ -3,7 +3,8 @@
 //! parser (the `prometheus-client` package, from PyPI) reads; after a job,
 //! the scheduler's and the workers' figures are its exact counts; while a
 //! job waits for workers, the scheduler's pending batches (what KEDA scales
-//! workers on) are exactly its enqueued batches.
+//! workers on) are exactly its enqueued batches. Workers started with
+//! `BATCHMILL_LOG_FORMAT=json` log JSON lines.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -76,7 +77,9 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options { workers: 2, ..Options::default() }).await?;
+    // The workers log JSON lines (BATCHMILL_LOG_FORMAT), checked at the end.
+    let worker_env = vec![("BATCHMILL_LOG_FORMAT".to_owned(), "json".to_owned())];
+    let sandbox = Sandbox::start(Options { workers: 2, worker_env, ..Options::default() }).await?;
     let (base, http) = (sandbox.rest_url(), http_as(&sandbox.api_key));
     // 250 items in batches of 10 (the last of them short): 25 batches.
     let items: Vec<Value> = (0..250).map(|i| json!({"n": i})).collect();
@@ -115,6 +118,13 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
     // The others serve theirs too.
     for service in ["lister", "enqueuer"] {
         scrape(&sandbox, service).await?;
+    }
+    let log = sandbox.log_tail("worker-0");
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "worker-0 logged nothing");
+    for line in lines {
+        let entry: Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{e}: {line}"))?;
+        assert!(entry["level"].is_string() && entry["timestamp"].is_string(), "{line}");
     }
     Ok(())
 }

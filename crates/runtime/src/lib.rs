@@ -3,6 +3,7 @@
 //! command-line arguments for the cluster's dependencies.
 
 pub mod args;
+pub mod logfmt;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! Logs and traces: `tracing` to stderr, filtered by `RUST_LOG` (default
-//! `info`), plus OpenTelemetry OTLP traces when `OTEL_EXPORTER_OTLP_ENDPOINT`
-//! is set.
+//! `info`), as text or, with `BATCHMILL_LOG_FORMAT=json`, JSON lines with
+//! trace ids ([`crate::logfmt`]), plus OpenTelemetry OTLP traces when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 use std::io::IsTerminal;
 
@@ -44,6 +45,13 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, crate::RuntimeError
     }
     let provider = builder.build();
     let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
-    tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init()?;
+    let (text, json) = match crate::logfmt::LogFormat::from_env() {
+        crate::logfmt::LogFormat::Text => (Some(fmt), None),
+        crate::logfmt::LogFormat::Json => (
+            None,
+            Some(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).event_format(crate::logfmt::JsonLines)),
+        ),
+    };
+    tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init()?;
     Ok(TelemetryGuard { provider: Some(provider) })
 }
