@@ -1,37 +1,56 @@
 //! `batchmill`: the command-line client of the public gRPC API.
 
 mod accounts;
+mod config;
 mod connect;
 mod deploy;
 mod events;
+mod output;
+mod progress;
+mod submit;
 
-use std::time::Instant;
+use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
 use batchmill_proto::pipelines::v1::pipeline_service_client::PipelineServiceClient;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use connect::Api;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use tonic_types::StatusExt;
+
+/// Exit statuses: a job followed to its end that did not succeed, and a
+/// command that could not do what was asked (a refused request, no
+/// connection; clap's usage errors are 2 too).
+const JOB_DID_NOT_SUCCEED: u8 = 1;
+const FAILED: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "batchmill", version, about = "Submit and follow batchmill jobs")]
 struct Cli {
-    /// Gateway gRPC address (host:port).
-    #[arg(long, env = "BATCHMILL_GRPC_ADDR", default_value = "127.0.0.1:7410", global = true)]
-    addr: String,
-    /// API key, as `<key_id>.<secret>`.
+    /// Gateway gRPC address (host:port); default: the profile's, else 127.0.0.1:7410.
+    #[arg(long, env = "BATCHMILL_GRPC_ADDR", global = true)]
+    addr: Option<String>,
+    /// API key, as `<key_id>.<secret>`; default: the profile's.
     #[arg(long, env = "BATCHMILL_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
+    /// The profile to use from the config file ($BATCHMILL_CONFIG, else
+    /// ~/.config/batchmill/config.yaml); default: its `default`.
+    #[arg(long, env = "BATCHMILL_PROFILE", global = true)]
+    profile: Option<String>,
+    /// How results print.
+    #[arg(short, long, value_enum, default_value = "json", global = true)]
+    output: output::Output,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Submits a job over inline items.
-    Submit(Submit),
+    /// Submits a job over any source: inline items, NDJSON or files in S3,
+    /// named inputs, uploaded files, or a whole request (--spec); --dry-run
+    /// checks it and counts its items without submitting.
+    Submit(Box<submit::Submit>),
     /// Shows a job.
     Get { job_id: String },
     /// Lists jobs, newest first.
@@ -60,8 +79,14 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         workers: i32,
     },
-    /// Follows a job until it ends, one JSON line per change.
-    Watch { job_id: String },
+    /// Follows a job until it ends (a progress bar on a terminal, a line per
+    /// change elsewhere), prints it, and exits 0 only if it succeeded.
+    Watch {
+        job_id: String,
+        /// Print the job as one JSON line per change on stdout instead.
+        #[arg(long)]
+        json_lines: bool,
+    },
     /// Lists a job's dead-lettered batches.
     DeadLetters {
         job_id: String,
@@ -117,55 +142,50 @@ enum Command {
     Keys(accounts::Keys),
     /// Shows the key in use: its id, account and role.
     Whoami,
-}
-
-#[derive(Debug, clap::Args)]
-struct Submit {
-    /// Pipeline to run.
-    #[arg(long, default_value = "echo")]
-    pipeline: String,
-    /// Most workers for the job.
-    #[arg(long, default_value_t = 2)]
-    workers: i32,
-    /// Items per batch.
-    #[arg(long, default_value_t = 10)]
-    batch_size: i32,
-    /// A JSON file holding an array of items.
-    #[arg(long, conflicts_with = "count")]
-    items_file: Option<std::path::PathBuf>,
-    /// Generate N items {"n": i} instead of reading a file.
-    #[arg(long)]
-    count: Option<usize>,
-    /// Predictor configuration, as a JSON object.
-    #[arg(long)]
-    config: Option<String>,
-    /// Results location (s3://bucket/prefix); default: the cluster's.
-    #[arg(long, default_value = "")]
-    output_uri: String,
-    /// Deliveries of a batch before it is dead-lettered; default: the cluster's.
-    #[arg(long)]
-    max_receive_count: Option<i32>,
-    /// Seconds after submission at which the job times out.
-    #[arg(long)]
-    timeout_secs: Option<i64>,
-    /// The job's priority in its queue (at most the account's max_priority).
-    #[arg(long, default_value_t = 0)]
-    priority: u32,
-    /// The admission queue; default: the pipeline's, else "default".
-    #[arg(long, default_value = "")]
-    queue: String,
-    /// Wait for the job to end and print how long it took.
-    #[arg(long)]
-    wait: bool,
+    /// Prints the completion script of a shell, e.g.
+    /// `batchmill completions bash > /etc/bash_completion.d/batchmill`.
+    Completions { shell: clap_complete::Shell },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let channel = connect::connect(&cli.addr, cli.api_key.as_deref()).await?;
+    output::set(cli.output);
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            report(&error);
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+/// Prints what went wrong: a refused request's message and each field it
+/// names (a google.rpc.BadRequest), else the error and its causes.
+fn report(error: &anyhow::Error) {
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) => {
+            eprintln!("error: {} ({:?})", status.message(), status.code());
+            if let Some(bad) = status.get_details_bad_request() {
+                for v in bad.field_violations {
+                    eprintln!("  {}: {}", v.field, v.description);
+                }
+            }
+        }
+        None => eprintln!("error: {error:#}"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(shell, &mut Cli::command(), "batchmill", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = config::resolve(config::path(), cli.profile.as_deref(), cli.addr, cli.api_key)?;
+    let channel = connect::connect(&target.endpoint, target.api_key.as_deref()).await?;
     let mut client = JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
     match cli.command {
-        Command::Submit(submit) => run_submit(&mut client, submit).await?,
+        Command::Submit(args) => return submit::run(&mut client, *args).await,
         Command::Get { job_id } => {
             print_job(&client.get_job(pb::GetJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
         }
@@ -191,16 +211,7 @@ async fn main() -> anyhow::Result<()> {
                 client.list_batches(pb::ListBatchesRequest { job_id, page_size, page_token }).await?.into_inner();
             println!("{}", to_json(&page, "batchmill.jobs.v1.ListBatchesResponse")?);
         }
-        Command::Logs { job_id, follow } => {
-            let mut stream = client.stream_job_logs(pb::StreamJobLogsRequest { job_id, follow }).await?.into_inner();
-            while let Some(chunk) = stream.message().await? {
-                for line in chunk.lines {
-                    let time = line.time.map(|t| t.to_string()).unwrap_or_default();
-                    let batch = if line.batch_id.is_empty() { "-" } else { line.batch_id.as_str() };
-                    println!("{time} {} {batch} {} {}", line.worker_id, line.level, line.message);
-                }
-            }
-        }
+        Command::Logs { job_id, follow } => logs(&mut client, job_id, follow).await?,
         Command::RetryFailed { job_id, batch_size, workers } => {
             let request = pb::RetryFailedItemsRequest { job_id, batch_size, workers };
             print_job(&client.retry_failed_items(request).await?.into_inner().job.unwrap_or_default())?;
@@ -210,122 +221,82 @@ async fn main() -> anyhow::Result<()> {
             let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();
             println!("{}", to_json(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);
         }
-        Command::Deploy { dir, config } => {
-            let mut pipelines = PipelineServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
-            for request in deploy::read_project(&dir, &config)? {
-                let name = request.name.clone();
-                let deployed = pipelines
-                    .deploy_pipeline(request)
-                    .await
-                    .map_err(|s| anyhow::anyhow!("deploying {name}: {}", s.message()))?
-                    .into_inner()
-                    .pipeline
-                    .unwrap_or_default();
-                println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
-            }
-        }
+        Command::Deploy { dir, config } => deploy_project(channel.clone(), &dir, &config).await?,
         Command::Pipelines { name, version } => show_pipelines(channel.clone(), name, version).await?,
         Command::Accounts(command) => accounts::accounts(channel, command).await?,
         Command::Keys(command) => accounts::keys(channel, command).await?,
         Command::Whoami => accounts::whoami(channel).await?,
-        Command::Watch { job_id } => {
-            let job = watch(&mut client, &job_id, true).await?;
-            print_job(&job)?;
+        Command::Watch { job_id, json_lines } => {
+            let job = watch(&mut client, &job_id, json_lines).await?;
+            if !json_lines {
+                print_job(&job)?;
+            }
+            return Ok(ended(&job));
+        }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a job's log lines, following them to its end if asked.
+async fn logs(client: &mut JobServiceClient<Api>, job_id: String, follow: bool) -> anyhow::Result<()> {
+    let mut stream = client.stream_job_logs(pb::StreamJobLogsRequest { job_id, follow }).await?.into_inner();
+    while let Some(chunk) = stream.message().await? {
+        for line in chunk.lines {
+            let time = line.time.map(|t| t.to_string()).unwrap_or_default();
+            let batch = if line.batch_id.is_empty() { "-" } else { line.batch_id.as_str() };
+            println!("{time} {} {batch} {} {}", line.worker_id, line.level, line.message);
         }
     }
     Ok(())
 }
 
-async fn run_submit(client: &mut JobServiceClient<Api>, s: Submit) -> anyhow::Result<()> {
-    let items: Vec<serde_json::Value> = match (&s.items_file, s.count) {
-        (Some(path), _) => {
-            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_slice(&text).with_context(|| format!("{}: expected a JSON array", path.display()))?
-        }
-        (None, Some(n)) => (0..n).map(|i| serde_json::json!({"n": i})).collect(),
-        (None, None) => bail!("give --items-file or --count"),
-    };
-    let config = match &s.config {
-        Some(text) => {
-            let value: serde_json::Value = serde_json::from_str(text).context("--config")?;
-            let object = value.as_object().context("--config must be a JSON object")?;
-            Some(batchmill_core::json::json_to_struct(object))
-        }
-        None => None,
-    };
-    let request = pb::SubmitJobRequest {
-        pipeline: s.pipeline,
-        workers: s.workers,
-        source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
-            items: items.iter().map(batchmill_core::json::json_to_value).collect(),
-            batch_size: s.batch_size,
-        })),
-        config,
-        output_uri: s.output_uri,
-        dead_letter: s.max_receive_count.map(|max_receive_count| pb::DeadLetterPolicy { max_receive_count }),
-        timeout: s.timeout_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
-        s3_credentials: None,
-        priority: s.priority,
-        queue: s.queue,
-    };
-    let started = Instant::now();
-    let job = client.submit_job(request).await?.into_inner().job.unwrap_or_default();
-    if !s.wait {
-        return print_job(&job);
-    }
-    eprintln!("submitted job {}", job.job_id);
-    let done = watch(client, &job.job_id, false).await?;
-    let elapsed = started.elapsed();
-    print_job(&done)?;
-    eprintln!(
-        "job {} ended {} in {:.3} s (submit to terminal state)",
-        done.job_id,
-        done.state().as_str_name(),
-        elapsed.as_secs_f64()
-    );
-    if done.state() != pb::JobState::Succeeded {
-        std::process::exit(1);
+/// Deploys the Cortex project in `dir` as pipelines.
+async fn deploy_project(channel: Api, dir: &std::path::Path, config: &str) -> anyhow::Result<()> {
+    let mut pipelines = PipelineServiceClient::new(channel).max_encoding_message_size(16 * 1024 * 1024);
+    for request in deploy::read_project(dir, config)? {
+        let name = request.name.clone();
+        let deployed = pipelines
+            .deploy_pipeline(request)
+            .await
+            .map_err(|s| anyhow::anyhow!("deploying {name}: {}", s.message()))?
+            .into_inner()
+            .pipeline
+            .unwrap_or_default();
+        println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
     }
     Ok(())
 }
 
-/// Follows a job to its end; returns its last state.
-async fn watch(client: &mut JobServiceClient<Api>, job_id: &str, print: bool) -> anyhow::Result<pb::Job> {
+/// Exit 0 for a job that succeeded, else [`JOB_DID_NOT_SUCCEED`].
+fn ended(job: &pb::Job) -> ExitCode {
+    if job.state() == pb::JobState::Succeeded { ExitCode::SUCCESS } else { ExitCode::from(JOB_DID_NOT_SUCCEED) }
+}
+
+/// Follows a job to its end, with [`progress::Progress`] (or, with
+/// `json_lines`, each change as a JSON line on stdout); returns its last
+/// state.
+async fn watch(client: &mut JobServiceClient<Api>, job_id: &str, json_lines: bool) -> anyhow::Result<pb::Job> {
     let mut stream = client.watch_job(pb::WatchJobRequest { job_id: job_id.to_owned() }).await?.into_inner();
+    let mut progress = (!json_lines).then(progress::Progress::new);
     let mut last = None;
     while let Some(update) = stream.message().await? {
         let job = update.job.unwrap_or_default();
-        if print {
-            println!("{}", compact_json(&job)?);
-        } else if let Some(b) = &job.batches {
-            eprintln!(
-                "  {} batches {}/{} succeeded, {} failed",
-                job.state().as_str_name(),
-                b.succeeded,
-                b.total,
-                b.failed
-            );
+        match &mut progress {
+            Some(progress) => progress.update(&job),
+            None => println!("{}", output::to_value(&job, "batchmill.jobs.v1.Job")?),
         }
         last = Some(job);
+    }
+    if let Some(progress) = &progress {
+        progress.finish();
     }
     last.context("the watch ended without a state")
 }
 
-fn pool() -> anyhow::Result<DescriptorPool> {
-    Ok(DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)?)
-}
-
+/// `message` (the proto message `name`) as `--output` asks.
 fn to_json<M: Message>(message: &M, name: &str) -> anyhow::Result<String> {
-    let desc = pool()?.get_message_by_name(name).with_context(|| format!("no message {name}"))?;
-    let dynamic = DynamicMessage::decode(desc, message.encode_to_vec().as_slice())?;
-    let mut out = serde_json::Serializer::pretty(Vec::new());
-    dynamic.serialize_with_options(&mut out, &SerializeOptions::new().skip_default_fields(false))?;
-    Ok(String::from_utf8(out.into_inner())?)
-}
-
-fn compact_json(job: &pb::Job) -> anyhow::Result<String> {
-    let pretty = to_json(job, "batchmill.jobs.v1.Job")?;
-    Ok(serde_json::from_str::<serde_json::Value>(&pretty)?.to_string())
+    output::render(message, name, output::get())
 }
 
 fn print_job(job: &pb::Job) -> anyhow::Result<()> {
