@@ -4,7 +4,8 @@
 //! the scheduler's and the workers' figures are its exact counts; while a
 //! job waits for workers, the scheduler's pending batches (what KEDA scales
 //! workers on) are exactly its enqueued batches. Workers started with
-//! `BATCHMILL_LOG_FORMAT=json` log JSON lines.
+//! `BATCHMILL_LOG_FORMAT=json` log JSON lines. Every metric the Grafana
+//! dashboard (deploy/grafana/batchmill.json) queries is served.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +14,9 @@ use batchmill_tests::{Options, Sandbox, http_as, tool};
 use serde_json::{Value, json};
 
 /// The samples of a service's metrics, `name{label="value",…}` (labels
-/// sorted) to value, read by prometheus-client's OpenMetrics parser, which
-/// refuses text that is not OpenMetrics.
+/// sorted) to value, and each family as `# name`, read by
+/// prometheus-client's OpenMetrics parser, which refuses text that is not
+/// OpenMetrics.
 async fn scrape(sandbox: &Sandbox, service: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let port = sandbox
         .grpc_ports
@@ -31,6 +33,7 @@ async fn scrape(sandbox: &Sandbox, service: &str) -> anyhow::Result<BTreeMap<Str
                  from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
                  out = {}\n\
                  for family in text_string_to_metric_families(sys.stdin.read()):\n\
+                 \x20   out[f'# {family.name}'] = 0\n\
                  \x20   for s in family.samples:\n\
                  \x20       labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n\
                  \x20       out[f'{s.name}{{{labels}}}' if labels else s.name] = s.value\n\
@@ -116,9 +119,30 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
     assert!(ok >= 2.0, "{gateway:?}");
     assert!(value(&gateway, "batchmill_gateway_request_duration_seconds_count{protocol=\"http\"}") >= ok);
     // The others serve theirs too.
-    for service in ["lister", "enqueuer"] {
-        scrape(&sandbox, service).await?;
+    let mut all: Vec<String> = [&scheduler, &gateway].iter().flat_map(|m| m.keys().cloned()).collect();
+    for service in ["lister", "enqueuer", "worker-0"] {
+        all.extend(scrape(&sandbox, service).await?.into_keys());
     }
+    // Every metric the Grafana dashboard queries is one the services serve.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/batchmill.json"))?;
+    let dashboard: Value = serde_json::from_str(&dashboard)?;
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("batchmill_"))
+            {
+                // A family ("# name"), or a counter's or histogram's series of it.
+                let served = all.iter().filter_map(|k| k.strip_prefix("# ")).any(|family| {
+                    ["", "_total", "_bucket", "_sum", "_count"].iter().any(|suffix| name == format!("{family}{suffix}"))
+                });
+                assert!(served, "the dashboard queries {name}, which no service serves");
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 10, "{queried} metrics queried");
     let log = sandbox.log_tail("worker-0");
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty(), "worker-0 logged nothing");
