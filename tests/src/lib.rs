@@ -738,6 +738,20 @@ pub async fn assert_echo_results(
     Ok(names)
 }
 
+/// Creates `account` and a member key of it (with the sandbox's admin key);
+/// returns the key.
+pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> {
+    use batchmill_proto::accounts::v1 as apb;
+    let mut accounts = sandbox.accounts_as(&sandbox.api_key).await?;
+    accounts.create_account(apb::CreateAccountRequest { account_id: account.into(), limits: None }).await?;
+    let request = apb::CreateKeyRequest {
+        account_id: account.into(),
+        role: apb::Role::Member as i32,
+        description: "test".into(),
+    };
+    Ok(accounts.create_key(request).await?.into_inner().secret_key)
+}
+
 /// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
 pub fn http_as(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();

@@ -8,22 +8,13 @@
 use std::path::Path;
 
 use batchmill_blob::ObjectStore;
-use batchmill_proto::accounts::v1 as apb;
 use batchmill_proto::pipelines::v1 as ppb;
-use batchmill_tests::{BUCKET, Options, Sandbox, TENANT_ACCESS_KEY, TENANT_SECRET_KEY, tools_dir};
+use batchmill_tests::{BUCKET, Options, Sandbox, TENANT_ACCESS_KEY, TENANT_SECRET_KEY, member_key, tools_dir};
 use bytes::Bytes;
 
 /// A pipeline whose batches take two seconds each: jobs on it are still
 /// running when they are cancelled.
 const SLOW: &str = "import time\n\nclass PythonPredictor:\n    def __init__(self, config, job_spec):\n        pass\n\n    def predict(self, payload, batch_id):\n        time.sleep(2)\n        return payload\n";
-
-async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> {
-    let mut accounts = sandbox.accounts_as(&sandbox.api_key).await?;
-    accounts.create_account(apb::CreateAccountRequest { account_id: account.into(), limits: None }).await?;
-    let request =
-        apb::CreateKeyRequest { account_id: account.into(), role: apb::Role::Member as i32, description: "sdk".into() };
-    Ok(accounts.create_key(request).await?.into_inner().secret_key)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<()> {

@@ -14,8 +14,9 @@ use batchmill_core::{Caller, ServiceError};
 use tonic::Status;
 
 /// Paths served without a key: health checks, server reflection, the
-/// REST API's OpenAPI document and reference page (the same facts), and the
-/// Prometheus metrics (counts, no names or data of any account).
+/// REST API's OpenAPI document and reference page (the same facts), the
+/// Prometheus metrics (counts, no names or data of any account), and the
+/// web console's page (which asks for a key and sends it with every call).
 fn is_open(path: &str) -> bool {
     ["/grpc.health.v1.Health/", "/grpc.reflection.v1.ServerReflection/", "/grpc.reflection.v1alpha.ServerReflection/"]
         .iter()
@@ -23,6 +24,7 @@ fn is_open(path: &str) -> bool {
         || path == crate::rest::OPENAPI_PATH
         || path == crate::rest::REFERENCE_PATH
         || path == batchmill_runtime::metrics::PATH
+        || path == crate::console::PATH
 }
 
 fn is_grpc(request: &Request) -> bool {

@@ -10,6 +10,7 @@
 
 mod accounts;
 mod auth;
+mod console;
 pub mod cortex;
 pub mod files;
 mod forward;
@@ -80,6 +81,8 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) ->
                     && let Some(docs) = rest.docs(request.uri().path())
                 {
                     docs
+                } else if request.method() == http::Method::GET && request.uri().path() == console::PATH {
+                    console::page()
                 } else if files::is_files_path(request.uri().path()) {
                     files.handle(request).await
                 } else if modzy::is_modzy_path(request.uri().path()) {
