@@ -112,6 +112,18 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
         assert_eq!(value(&samples, "batchmill_worker_running_batches"), 0.0, "{worker}: {samples:?}");
     }
     assert_eq!((batches, items, timed), (25.0, 250.0, 25.0));
+    // The adapters' round trips: the workers wrote results to S3 and acked
+    // JetStream, the scheduler wrote etcd.
+    let worker = scrape(&sandbox, "worker-0").await?;
+    let count = |m: &BTreeMap<String, f64>, name: &str| value(m, &format!("{name}_count{{op=\"put\"}}"));
+    assert!(count(&worker, "batchmill_s3_request_duration_seconds") >= 1.0, "{worker:?}");
+    assert!(value(&worker, "batchmill_nats_request_duration_seconds_count{op=\"ack\"}") >= 1.0, "{worker:?}");
+    assert_eq!(value(&worker, "batchmill_s3_request_errors_total{op=\"put\"}"), 0.0);
+    let etcd_writes: f64 = ["put", "txn"]
+        .iter()
+        .map(|op| value(&scheduler, &format!("batchmill_etcd_request_duration_seconds_count{{op=\"{op}\"}}")))
+        .sum();
+    assert!(etcd_writes >= 1.0, "{scheduler:?}");
 
     // The gateway counted the REST requests: the submission, and each poll.
     let gateway = scrape(&sandbox, "gateway").await?;

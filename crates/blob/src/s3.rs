@@ -7,6 +7,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use batchmill_core::metrics::{S3, Timed};
 use bytes::Bytes;
 
 use crate::{BlobError, ObjectStore, Page, Reader, Result};
@@ -107,7 +108,14 @@ impl Blob {
     }
 
     async fn get_object(&self, bucket: &str, key: &str) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput> {
-        self.client.get_object().bucket(bucket).key(key).send().await.map_err(|e| classify("get", bucket, key, &e))
+        self.client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .timed(&S3, "get")
+            .await
+            .map_err(|e| classify("get", bucket, key, &e))
     }
 }
 
@@ -121,6 +129,7 @@ impl ObjectStore for Blob {
             .content_type(content_type)
             .body(ByteStream::from(body))
             .send()
+            .timed(&S3, "put")
             .await
             .map_err(|e| classify("put", bucket, key, &e))?;
         Ok(())
@@ -151,6 +160,7 @@ impl ObjectStore for Blob {
             .prefix(prefix)
             .set_continuation_token(page)
             .send()
+            .timed(&S3, "list")
             .await
             .map_err(|e| classify("list", bucket, prefix, &e))?;
         let (keys, sizes) = out
@@ -185,7 +195,7 @@ impl ObjectStore for Blob {
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<()> {
-        match self.client.delete_object().bucket(bucket).key(key).send().await {
+        match self.client.delete_object().bucket(bucket).key(key).send().timed(&S3, "delete").await {
             Ok(_) => Ok(()),
             Err(e) => match classify("delete", bucket, key, &e) {
                 BlobError::NotFound { .. } => Ok(()),
@@ -202,6 +212,7 @@ impl ObjectStore for Blob {
             .key(key)
             .content_type(content_type)
             .send()
+            .timed(&S3, "start_upload")
             .await
             .map_err(|e| classify("start upload", bucket, key, &e))?;
         out.upload_id.ok_or_else(|| BlobError::S3 {
@@ -223,6 +234,7 @@ impl ObjectStore for Blob {
             .part_number(number)
             .body(ByteStream::from(body))
             .send()
+            .timed(&S3, "upload_part")
             .await
             .map_err(|e| classify("upload part", bucket, key, &e))?;
         Ok(out.e_tag.unwrap_or_default())
@@ -240,6 +252,7 @@ impl ObjectStore for Blob {
             .upload_id(upload)
             .multipart_upload(upload_parts)
             .send()
+            .timed(&S3, "complete_upload")
             .await
             .map_err(|e| classify("complete upload", bucket, key, &e))?;
         Ok(())
@@ -252,6 +265,7 @@ impl ObjectStore for Blob {
             .key(key)
             .upload_id(upload)
             .send()
+            .timed(&S3, "abort_upload")
             .await
             .map_err(|e| classify("abort upload", bucket, key, &e))?;
         Ok(())

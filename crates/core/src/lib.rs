@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod json;
+pub mod metrics;
 pub mod named;
 pub mod project;
 pub mod queues;

@@ -9,6 +9,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, Message};
 use async_trait::async_trait;
 use batchmill_core::BatchId;
+use batchmill_core::metrics::{NATS, timed};
 use batchmill_core::subjects::{
     BATCH_STREAM, DEAD_STREAM, EVENT_STREAM, EXHAUSTED_CONSUMER, EXHAUSTED_STREAM, LOG_STREAM, RECORD_STREAM,
     batch_msg_id, batch_subject, consumer_name, dead_letter_msg_id, dead_subject, event_subject, log_subject,
@@ -95,8 +96,11 @@ impl JetStreamQueue {
             headers.insert(key.as_str(), value.as_str());
         }
         let err = |e: &dyn std::fmt::Display| QueueError::Publish { msg_id: msg_id.clone(), message: e.to_string() };
-        let ack = self.context.publish_with_headers(subject, headers, body).await.map_err(|e| err(&e))?;
-        ack.await.map_err(|e| err(&e))?;
+        let stored = async {
+            let ack = self.context.publish_with_headers(subject, headers, body).await.map_err(|e| err(&e))?;
+            ack.await.map_err(|e| err(&e))
+        };
+        timed(&NATS, "publish", stored).await?;
         Ok(())
     }
 
@@ -455,11 +459,13 @@ impl Delivery for JsDelivery {
     }
 
     async fn ack(&self) -> Result<()> {
-        self.message.double_ack().await.map_err(|e| QueueError::js("ack", e))
+        timed(&NATS, "ack", self.message.double_ack()).await.map_err(|e| QueueError::js("ack", e))
     }
 
     async fn nak(&self, delay: Duration) -> Result<()> {
-        self.message.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| QueueError::js("nak", e))
+        timed(&NATS, "nak", self.message.ack_with(AckKind::Nak(Some(delay))))
+            .await
+            .map_err(|e| QueueError::js("nak", e))
     }
 
     async fn term(&self) -> Result<()> {

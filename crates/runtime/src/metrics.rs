@@ -1,13 +1,10 @@
-//! Prometheus metrics. A process has one registry, to which each module adds
-//! its metrics as the service starts ([`register`]); every service serves it
+//! Prometheus metrics. A process has one registry (`batchmill_core::metrics`),
+//! to which each module adds its metrics ([`register`]); every service serves it
 //! at `GET /metrics` on its own port (HTTP/1.1 beside its gRPC, see
 //! [`crate::server`]) in the OpenMetrics text format, each name prefixed
 //! `batchmill_`.
 
-use std::sync::{LazyLock, Mutex, PoisonError};
-
 use axum::routing::get;
-use prometheus_client::registry::Registry;
 
 /// Where every service serves its metrics.
 pub const PATH: &str = "/metrics";
@@ -15,21 +12,7 @@ pub const PATH: &str = "/metrics";
 /// The exposition's content type (OpenMetrics 1.0 text).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-static REGISTRY: LazyLock<Mutex<Registry>> = LazyLock::new(|| Mutex::new(Registry::with_prefix("batchmill")));
-
-/// Adds metrics to the process's registry.
-pub fn register(add: impl FnOnce(&mut Registry)) {
-    add(&mut REGISTRY.lock().unwrap_or_else(PoisonError::into_inner));
-}
-
-/// Every registered metric, as OpenMetrics text.
-pub fn render() -> String {
-    let mut text = String::new();
-    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-    text
-}
+pub use batchmill_core::metrics::{register, render};
 
 /// The `/metrics` route.
 pub fn router() -> axum::Router {
