@@ -90,6 +90,18 @@ def check(overlay, docs):
                 fail(f"{name}: does not tolerate the nvidia.com/gpu taint")
             if not pod.get("nodeSelector"):
                 fail(f"{name}: no nodeSelector for GPU nodes")
+    # Metrics on their own port, the one the pods are scraped on and the
+    # config tells the services to serve.
+    config = next((d for d in docs if d and d.get("kind") == "ConfigMap"), {})
+    metrics_port = config.get("data", {}).get("BATCHMILL_METRICS_LISTEN", ":").rsplit(":", 1)[1]
+    for name, workload in by_name.items():
+        if name == "batchmill-s3":
+            continue
+        template = workload["spec"]["template"]
+        ports = {p.get("name"): p["containerPort"] for p in template["spec"]["containers"][0].get("ports", [])}
+        annotated = template["metadata"].get("annotations", {}).get("prometheus.io/port")
+        if str(ports.get("metrics")) != metrics_port or annotated != metrics_port:
+            fail(f"{name}: metrics port {ports.get('metrics')}, scraped on {annotated}, config says {metrics_port!r}")
     if len(tags) > 1:
         fail(f"images of several tags: {sorted(tags)}")
 

@@ -7,9 +7,28 @@ use std::net::SocketAddr;
 /// Where a service listens.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListenArgs {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on (and `GET /metrics`).
     #[arg(long, env = "BATCHMILL_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Also serve `GET /metrics` alone on this address, so that a network
+    /// policy can let Prometheus reach the metrics and not the gRPC port.
+    #[arg(long, env = "BATCHMILL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl ListenArgs {
+    /// Binds the service's listener, and starts serving the metrics on
+    /// their own address if one is given, until `shutdown`.
+    pub async fn bind(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::net::TcpListener, crate::RuntimeError> {
+        if let Some(addr) = self.metrics_listen {
+            let listener = crate::bind(addr).await?;
+            tokio::spawn(crate::metrics::serve(listener, shutdown.clone()));
+        }
+        crate::bind(self.listen).await
+    }
 }
 
 /// How to reach etcd.

@@ -19,6 +19,13 @@ pub fn router() -> axum::Router {
     axum::Router::new().route(PATH, get(|| async { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }))
 }
 
+/// Serves `GET /metrics` alone on `listener` until `shutdown`.
+pub async fn serve(listener: tokio::net::TcpListener, shutdown: tokio_util::sync::CancellationToken) {
+    if let Err(error) = axum::serve(listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+        tracing::warn!(%error, "serving metrics failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::metrics::counter::Counter;
@@ -34,5 +41,25 @@ mod tests {
         assert!(text.contains("# TYPE batchmill_test_things counter"), "{text}");
         assert!(text.contains("batchmill_test_things_total 3"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_on_their_own_address_when_asked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let args = crate::args::ListenArgs {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            metrics_listen: Some(
+                std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port"),
+            ),
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let _grpc = args.bind(&shutdown).await.expect("bind");
+        let addr = args.metrics_listen.expect("set");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("# EOF"), "{answer}");
+        shutdown.cancel();
     }
 }

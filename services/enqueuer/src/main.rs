@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         lister_url: args.lister_url,
         secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
     };
-    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    let listener = args.listen.bind(&shutdown).await?;
     batchmill_enqueuer::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
         s3: batchmill_blob::S3Config::new(args.s3.s3_endpoint, args.s3.s3_region),
         staging_uri: batchmill_core::S3Uri::parse(&args.staging_uri).context("--staging-uri")?,
     };
-    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    let listener = args.listen.bind(&shutdown).await?;
     batchmill_gateway::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-lister")?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_lister::Config { s3: S3Config::new(args.s3.s3_endpoint, args.s3.s3_region) };
-    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    let listener = args.listen.bind(&shutdown).await?;
     batchmill_lister::run(config, listener, shutdown).await?;
     Ok(())
 }

@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
         secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
         queues: batchmill_core::queues::Queues::parse(&args.queues).map_err(|v| anyhow::anyhow!("{v}"))?,
     };
-    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    let listener = args.listen.bind(&shutdown).await?;
     batchmill_scheduler::run(config, listener, shutdown).await?;
     Ok(())
 }

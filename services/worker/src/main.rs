@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         embed_model: args.embed_model,
         claim_ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
     };
-    let listener = batchmill_runtime::bind(args.listen.listen).await?;
+    let listener = args.listen.bind(&shutdown).await?;
     batchmill_worker::run(config, listener, shutdown).await?;
     Ok(())
 }
