@@ -6,8 +6,10 @@ clicks through it (run by tests/tests/console.rs):
    reloading, and open one of its result objects through its download link;
 3. submit a slow job (its config field generated from the echo pipeline's
    schema) and cancel it from its page;
-4. the pipelines and keys pages;
-5. a key of another account sees none of the first account's jobs.
+4. a job whose batch fails its one delivery ends with a dead letter, which
+   re-run from the page makes it SUCCEEDED;
+5. the pipelines and keys pages;
+6. a key of another account sees none of the first account's jobs.
 
 Screenshots of each page go to $BATCHMILL_SCREENSHOTS when it is set.
 Prints "all checks passed" at the end.
@@ -15,6 +17,7 @@ Prints "all checks passed" at the end.
 
 import json
 import os
+import time
 import urllib.request
 
 from selenium import webdriver
@@ -58,7 +61,7 @@ def sign_in(key, account):
     wait.until(EC.presence_of_element_located((By.ID, "jobs")))
 
 
-def submit(items, batch_size, workers, config=None):
+def submit(items, batch_size, workers, config=None, deliveries=None):
     driver.get(URL + "/#/submit?pipeline=echo")
     form = wait.until(EC.presence_of_element_located((By.ID, "submit")))
     wait.until(EC.presence_of_element_located((By.NAME, "config.delay_ms")))
@@ -71,7 +74,9 @@ def submit(items, batch_size, workers, config=None):
         field.clear()
         field.send_keys(str(value))
     for name, value in (config or {}).items():
-        form.find_element(By.NAME, f"config.{name}").send_keys(str(value))
+        form.find_element(By.NAME, f"config.{name}").send_keys(json.dumps(value))
+    if deliveries:
+        form.find_element(By.NAME, "deliveries").send_keys(str(deliveries))
     if config:
         shot("submit")
     form.find_element(By.CSS_SELECTOR, "button.primary").click()
@@ -97,9 +102,21 @@ second = submit([{"n": i} for i in range(20)], 1, 1, {"delay_ms": 1500})
 wait.until(EC.element_to_be_clickable((By.ID, "cancel"))).click()
 wait.until(text_is((By.ID, "state"), "CANCELLED"))
 
-# The list shows both, live.
+# A batch that fails while its one delivery runs is dead-lettered; re-run from
+# the page once it would pass, the job ends SUCCEEDED.
+until = int(time.time() * 1000) + 6000
+third = submit([{"n": i} for i in range(4)], 2, 1, {"fail_batches": [0], "fail_until_ms": until}, deliveries=1)
+wait.until(text_is((By.ID, "state"), "COMPLETED_WITH_FAILURES"))
+rerun = wait.until(EC.element_to_be_clickable((By.ID, "rerun")))
+shot("dead-letters")
+time.sleep(max(0, until / 1000 - time.time()) + 0.5)
+driver.find_element(By.ID, "rerun").click()
+wait.until(text_is((By.ID, "state"), "SUCCEEDED"))
+assert driver.find_element(By.ID, "items").text == "4/4", driver.find_element(By.ID, "items").text
+
+# The list shows them, live.
 driver.get(URL + "/#/jobs")
-wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{j}"]') for j in (first, second)))
+wait.until(lambda d: all(d.find_elements(By.CSS_SELECTOR, f'tr[data-job="{j}"]') for j in (first, second, third)))
 shot("jobs")
 driver.get(URL + "/#/pipelines")
 wait.until(EC.presence_of_element_located((By.ID, "pipelines")))
@@ -112,7 +129,7 @@ shot("keys")
 driver.find_element(By.ID, "signout").click()
 sign_in(OTHER, "globex")
 wait.until(EC.presence_of_element_located((By.ID, "nojobs")))
-assert first not in driver.page_source and second not in driver.page_source
+assert all(j not in driver.page_source for j in (first, second, third))
 driver.get(URL + f"/#/jobs/{first}")
 wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "main .error"))
 assert "SUCCEEDED" not in driver.find_element(By.ID, "main").text
