@@ -110,6 +110,8 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
         items += value(&samples, "batchmill_worker_items_total");
         timed += value(&samples, "batchmill_worker_batch_duration_seconds_count");
         assert_eq!(value(&samples, "batchmill_worker_running_batches"), 0.0, "{worker}: {samples:?}");
+        // The sandbox's workers find no GPU.
+        assert_eq!(samples.get("batchmill_worker_gpus"), Some(&0.0), "{worker}: {samples:?}");
     }
     assert_eq!((batches, items, timed), (25.0, 250.0, 25.0));
     // The adapters' round trips: the workers wrote results to S3 and acked

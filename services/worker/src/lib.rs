@@ -87,6 +87,7 @@ pub enum RunError {
 /// Serves health on `listener` and works until `shutdown`.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     let device = Device::select(&config.device)?;
+    metrics::register(&device);
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
     let id = config.worker_id.clone().map_or_else(|| WorkerId::generate(&host), WorkerId::new);
     let patience = Duration::from_secs(30);
@@ -94,7 +95,6 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let queue = Arc::new(JetStreamQueue::connect(&config.nats_url, patience).await?);
     let blob = Arc::new(Blob::new(&config.s3).await);
     info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, worker_id = %id, "worker serving health");
-    metrics::register();
     // Ready once a session with the scheduler is open.
     let server = batchmill_runtime::ServerBuilder::new()?.not_ready();
     let health = server.health();

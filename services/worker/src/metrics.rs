@@ -1,6 +1,7 @@
 //! The worker's Prometheus metrics: batches run by outcome, their items, how
-//! long each took, and how many are running now (how busy the worker is).
-//! Registered when the worker starts ([`register`]).
+//! long each took, how many are running now (how busy the worker is), and
+//! the GPU it runs on (how many, and each one's memory). Registered when the
+//! worker starts ([`register`]).
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -17,6 +18,8 @@ struct Metrics {
     items: Counter,
     seconds: Histogram,
     running: Gauge,
+    gpus: Gauge,
+    gpu_memory: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -26,6 +29,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         // 1 ms to about 9 minutes.
         seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
         running: Gauge::default(),
+        gpus: Gauge::default(),
+        gpu_memory: Family::default(),
     };
     batchmill_runtime::metrics::register(|r| {
         r.register("worker_batches", "Batches this worker's predictor ran, by outcome.", m.batches.clone());
@@ -36,13 +41,20 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             m.seconds.clone(),
         );
         r.register("worker_running_batches", "Batches the predictor is running now.", m.running.clone());
+        r.register("worker_gpus", "GPUs this worker runs its predictors on (0 on the CPU).", m.gpus.clone());
+        r.register("worker_gpu_memory_total_bytes", "Each GPU's memory, by device name.", m.gpu_memory.clone());
     });
     m
 });
 
-/// Puts the worker's metrics in the registry, at zero.
-pub fn register() {
-    LazyLock::force(&METRICS);
+/// Puts the worker's metrics in the registry, at zero, with the `device`
+/// it runs on.
+pub fn register(device: &crate::device::Device) {
+    let (count, name, memory) = device.gpus();
+    METRICS.gpus.set(i64::from(count));
+    if count > 0 {
+        METRICS.gpu_memory.get_or_create(&vec![("gpu", name)]).set(memory as i64);
+    }
 }
 
 /// A batch running, counted until dropped.
