@@ -5,6 +5,7 @@
 pub mod args;
 pub mod logfmt;
 pub mod metrics;
+pub mod otlp_metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! Logs and traces: `tracing` to stderr, filtered by `RUST_LOG` (default
 //! `info`), as text or, with `BATCHMILL_LOG_FORMAT=json`, JSON lines with
-//! trace ids ([`crate::logfmt`]), plus OpenTelemetry OTLP traces when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! trace ids ([`crate::logfmt`]), plus OpenTelemetry OTLP traces and
+//! metrics ([`crate::otlp_metrics`]) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 use std::io::IsTerminal;
 
@@ -14,12 +14,16 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// Flushes telemetry when dropped; keep it alive until the end of `main`.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
             let _ = provider.shutdown();
+        }
+        if let Some(meters) = self.meters.take() {
+            let _ = meters.shutdown();
         }
     }
 }
@@ -38,6 +42,7 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, crate::RuntimeError
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal());
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    let meters = crate::otlp_metrics::start(resource.clone())?;
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
         let exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
@@ -53,5 +58,5 @@ pub fn init(service: &'static str) -> Result<TelemetryGuard, crate::RuntimeError
         ),
     };
     tracing_subscriber::registry().with(filter).with(text).with(json).with(otel).try_init()?;
-    Ok(TelemetryGuard { provider: Some(provider) })
+    Ok(TelemetryGuard { provider: Some(provider), meters })
 }
