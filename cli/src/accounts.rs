@@ -5,7 +5,7 @@ use batchmill_proto::accounts::v1::{self as pb, account_service_client::AccountS
 use clap::Subcommand;
 
 use crate::connect::Api;
-use crate::to_json;
+use crate::show;
 
 #[derive(Debug, Subcommand)]
 pub enum Accounts {
@@ -98,7 +98,7 @@ pub async fn accounts(api: Api, command: Accounts) -> anyhow::Result<()> {
         }
         Accounts::List => {
             let all = client.list_accounts(pb::ListAccountsRequest {}).await?.into_inner();
-            println!("{}", to_json(&all, "batchmill.accounts.v1.ListAccountsResponse")?);
+            println!("{}", show(&all, "batchmill.accounts.v1.ListAccountsResponse")?);
             return Ok(());
         }
         Accounts::SetLimits { account_id, limits } => {
@@ -109,7 +109,7 @@ pub async fn accounts(api: Api, command: Accounts) -> anyhow::Result<()> {
             client.revoke_account(pb::RevokeAccountRequest { account_id }).await?.into_inner().account
         }
     };
-    println!("{}", to_json(&account.unwrap_or_default(), "batchmill.accounts.v1.Account")?);
+    println!("{}", show(&account.unwrap_or_default(), "batchmill.accounts.v1.Account")?);
     Ok(())
 }
 
@@ -124,15 +124,15 @@ pub async fn keys(api: Api, command: Keys) -> anyhow::Result<()> {
             };
             let request = pb::CreateKeyRequest { account_id, role: role as i32, description };
             let created = client.create_key(request).await?.into_inner();
-            println!("{}", to_json(&created, "batchmill.accounts.v1.CreateKeyResponse")?);
+            println!("{}", show(&created, "batchmill.accounts.v1.CreateKeyResponse")?);
         }
         Keys::List { account_id } => {
             let keys = client.list_keys(pb::ListKeysRequest { account_id }).await?.into_inner();
-            println!("{}", to_json(&keys, "batchmill.accounts.v1.ListKeysResponse")?);
+            println!("{}", show(&keys, "batchmill.accounts.v1.ListKeysResponse")?);
         }
         Keys::Revoke { key_id } => {
             let key = client.revoke_key(pb::RevokeKeyRequest { key_id }).await?.into_inner().key.unwrap_or_default();
-            println!("{}", to_json(&key, "batchmill.accounts.v1.ApiKey")?);
+            println!("{}", show(&key, "batchmill.accounts.v1.ApiKey")?);
         }
     }
     Ok(())
@@ -140,6 +140,6 @@ pub async fn keys(api: Api, command: Keys) -> anyhow::Result<()> {
 
 pub async fn whoami(api: Api) -> anyhow::Result<()> {
     let key = AccountServiceClient::new(api).get_caller(pb::GetCallerRequest {}).await?.into_inner().key;
-    println!("{}", to_json(&key.unwrap_or_default(), "batchmill.accounts.v1.ApiKey")?);
+    println!("{}", show(&key.unwrap_or_default(), "batchmill.accounts.v1.ApiKey")?);
     Ok(())
 }

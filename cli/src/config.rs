@@ -114,11 +114,15 @@ mod tests {
 
     #[test]
     fn flags_beat_the_profile_which_beats_the_default() {
-        let (dir, path) = file(
-            "default: a\nprofiles:\n  a: {endpoint: 'a:1', api_key: ka}\n  b: {endpoint: 'b:2', api_key_file: KEYFILE}\n"
-                .replace("KEYFILE", &dir_key())
-                .as_str(),
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "kb\n").unwrap();
+        let path = dir.path().join("config.yaml");
+        let text = format!(
+            "default: a\nprofiles:\n  a: {{endpoint: 'a:1', api_key: ka}}\n  b: {{endpoint: 'b:2', api_key_file: {}}}\n",
+            key_file.display()
         );
+        std::fs::write(&path, text).unwrap();
         let target = |profile: Option<&str>, addr: Option<&str>, key: Option<&str>| {
             resolve(Some(path.clone()), profile, addr.map(Into::into), key.map(Into::into)).unwrap()
         };
@@ -130,13 +134,6 @@ mod tests {
         );
         let none = resolve(Some(dir.path().join("absent.yaml")), None, None, None).unwrap();
         assert_eq!(none, Target { endpoint: DEFAULT_ENDPOINT.into(), api_key: None });
-    }
-
-    /// A key file holding "kb\n", for the profile above.
-    fn dir_key() -> String {
-        let path = std::env::temp_dir().join(format!("batchmill-cli-key-{}", std::process::id()));
-        std::fs::write(&path, "kb\n").unwrap();
-        path.display().to_string()
     }
 
     #[test]

@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::List { page_size, page_token, pipeline } => {
             let page = client.list_jobs(pb::ListJobsRequest { page_size, page_token, pipeline }).await?.into_inner();
-            println!("{}", to_json(&page, "batchmill.jobs.v1.ListJobsResponse")?);
+            println!("{}", show(&page, "batchmill.jobs.v1.ListJobsResponse")?);
         }
         Command::Cancel { job_id } => {
             print_job(&client.cancel_job(pb::CancelJobRequest { job_id }).await?.into_inner().job.unwrap_or_default())?;
@@ -204,12 +204,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .list_dead_letters(pb::ListDeadLettersRequest { job_id, page_size, page_token })
                 .await?
                 .into_inner();
-            println!("{}", to_json(&page, "batchmill.jobs.v1.ListDeadLettersResponse")?);
+            println!("{}", show(&page, "batchmill.jobs.v1.ListDeadLettersResponse")?);
         }
         Command::Batches { job_id, page_size, page_token } => {
             let page =
                 client.list_batches(pb::ListBatchesRequest { job_id, page_size, page_token }).await?.into_inner();
-            println!("{}", to_json(&page, "batchmill.jobs.v1.ListBatchesResponse")?);
+            println!("{}", show(&page, "batchmill.jobs.v1.ListBatchesResponse")?);
         }
         Command::Logs { job_id, follow } => logs(&mut client, job_id, follow).await?,
         Command::RetryFailed { job_id, batch_size, workers } => {
@@ -219,7 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(&mut client, args).await?,
         Command::Rerun { job_id, batch_ids } => {
             let done = client.rerun_dead_letters(pb::RerunDeadLettersRequest { job_id, batch_ids }).await?.into_inner();
-            println!("{}", to_json(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);
+            println!("{}", show(&done, "batchmill.jobs.v1.RerunDeadLettersResponse")?);
         }
         Command::Deploy { dir, config } => deploy_project(channel.clone(), &dir, &config).await?,
         Command::Pipelines { name, version } => show_pipelines(channel.clone(), name, version).await?,
@@ -263,7 +263,7 @@ async fn deploy_project(channel: Api, dir: &std::path::Path, config: &str) -> an
             .into_inner()
             .pipeline
             .unwrap_or_default();
-        println!("{}", to_json(&deployed, "batchmill.pipelines.v1.Pipeline")?);
+        println!("{}", show(&deployed, "batchmill.pipelines.v1.Pipeline")?);
     }
     Ok(())
 }
@@ -295,12 +295,12 @@ async fn watch(client: &mut JobServiceClient<Api>, job_id: &str, json_lines: boo
 }
 
 /// `message` (the proto message `name`) as `--output` asks.
-fn to_json<M: Message>(message: &M, name: &str) -> anyhow::Result<String> {
+fn show<M: Message>(message: &M, name: &str) -> anyhow::Result<String> {
     output::render(message, name, output::get())
 }
 
 fn print_job(job: &pb::Job) -> anyhow::Result<()> {
-    println!("{}", to_json(job, "batchmill.jobs.v1.Job")?);
+    println!("{}", show(job, "batchmill.jobs.v1.Job")?);
     Ok(())
 }
 
@@ -310,7 +310,7 @@ async fn show_pipelines(channel: connect::Api, name: Option<String>, version: Op
     let mut client = PipelineServiceClient::new(channel);
     let Some(name) = name else {
         let all = client.list_pipelines(ppb::ListPipelinesRequest {}).await?.into_inner();
-        println!("{}", to_json(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
+        println!("{}", show(&all, "batchmill.pipelines.v1.ListPipelinesResponse")?);
         return Ok(());
     };
     let pipeline = match version {
@@ -320,6 +320,6 @@ async fn show_pipelines(channel: connect::Api, name: Option<String>, version: Op
         None => client.get_pipeline(ppb::GetPipelineRequest { name }).await?.into_inner().pipeline,
     }
     .unwrap_or_default();
-    println!("{}", to_json(&pipeline, "batchmill.pipelines.v1.Pipeline")?);
+    println!("{}", show(&pipeline, "batchmill.pipelines.v1.Pipeline")?);
     Ok(())
 }

@@ -86,7 +86,7 @@ pub async fn run(client: &mut JobServiceClient<Api>, s: Submit) -> anyhow::Resul
     let request = request(&s)?;
     if s.dry_run {
         let checked = client.dry_run_job(pb::DryRunJobRequest { job: Some(request) }).await?.into_inner();
-        println!("{}", crate::to_json(&checked, "batchmill.jobs.v1.DryRunJobResponse")?);
+        println!("{}", crate::show(&checked, "batchmill.jobs.v1.DryRunJobResponse")?);
         return Ok(ExitCode::SUCCESS);
     }
     let started = Instant::now();

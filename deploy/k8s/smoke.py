@@ -47,6 +47,7 @@ def check(overlay, docs):
     fail = errors.append
     tags = set()
     by_name = {d["metadata"]["name"]: d for d in workloads(docs)}
+    config = next((d for d in docs if d and d.get("kind") == "ConfigMap"), {})
     for name, workload in by_name.items():
         pod = workload["spec"]["template"]["spec"]
         if not pod.get("securityContext", {}).get("runAsNonRoot"):
@@ -92,7 +93,6 @@ def check(overlay, docs):
                 fail(f"{name}: no nodeSelector for GPU nodes")
     # Metrics on their own port, the one the pods are scraped on and the
     # config tells the services to serve.
-    config = next((d for d in docs if d and d.get("kind") == "ConfigMap"), {})
     metrics_port = config.get("data", {}).get("BATCHMILL_METRICS_LISTEN", ":").rsplit(":", 1)[1]
     for name, workload in by_name.items():
         if name == "batchmill-s3":
@@ -130,7 +130,6 @@ def check(overlay, docs):
     if overlay.startswith("dev"):
         if "batchmill-s3" not in by_name:
             fail("the dev overlay has no S3 store")
-        config = next((d for d in docs if d and d.get("kind") == "ConfigMap"), {})
         if "batchmill-s3" not in config.get("data", {}).get("AWS_ENDPOINT_URL", ""):
             fail("the dev config does not point at its S3 store")
     return errors

@@ -738,6 +738,18 @@ pub async fn assert_echo_results(
     Ok(names)
 }
 
+/// Asserts that a test script (`what`) ran to its end: it exited 0 and
+/// printed "all checks passed"; else shows its output and the gateway's log.
+pub fn assert_script_passed(sandbox: &Sandbox, what: &str, out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "{what} failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sandbox.log_tail("gateway")
+    );
+}
+
 /// Creates `account` and a member key of it (with the sandbox's admin key);
 /// returns the key.
 pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> {

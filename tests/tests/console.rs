@@ -4,7 +4,7 @@
 //! running job, and see that a key of another account sees none of the
 //! first account's jobs.
 
-use batchmill_tests::{Options, Sandbox, member_key, tool};
+use batchmill_tests::{Options, Sandbox, assert_script_passed, member_key, tool};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_submits_follows_cancels_and_keeps_accounts_apart() -> anyhow::Result<()> {
@@ -18,12 +18,6 @@ async fn the_console_submits_follows_cancels_and_keeps_accounts_apart() -> anyho
         .env("BATCHMILL_API_KEY", &sandbox.api_key)
         .env("BATCHMILL_OTHER_KEY", &other);
     let out = command.output().await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "the browser test failed:\n{stdout}\n{}\ngateway log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        sandbox.log_tail("gateway")
-    );
+    assert_script_passed(&sandbox, "the browser test", &out);
     Ok(())
 }

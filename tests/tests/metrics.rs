@@ -104,6 +104,7 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
 
     // Between them the two workers ran every batch once.
     let (mut batches, mut items, mut timed) = (0.0, 0.0, 0.0);
+    let mut workers = Vec::new();
     for worker in ["worker-0", "worker-1"] {
         let samples = scrape(&sandbox, worker).await?;
         batches += value(&samples, "batchmill_worker_batches_total{outcome=\"succeeded\"}");
@@ -112,15 +113,16 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
         assert_eq!(value(&samples, "batchmill_worker_running_batches"), 0.0, "{worker}: {samples:?}");
         // The sandbox's workers find no GPU.
         assert_eq!(samples.get("batchmill_worker_gpus"), Some(&0.0), "{worker}: {samples:?}");
+        workers.push(samples);
     }
     assert_eq!((batches, items, timed), (25.0, 250.0, 25.0));
     // The adapters' round trips: the workers wrote results to S3 and acked
     // JetStream, the scheduler wrote etcd.
-    let worker = scrape(&sandbox, "worker-0").await?;
+    let worker = &workers[0];
     let count = |m: &BTreeMap<String, f64>, name: &str| value(m, &format!("{name}_count{{op=\"put\"}}"));
-    assert!(count(&worker, "batchmill_s3_request_duration_seconds") >= 1.0, "{worker:?}");
-    assert!(value(&worker, "batchmill_nats_request_duration_seconds_count{op=\"ack\"}") >= 1.0, "{worker:?}");
-    assert_eq!(value(&worker, "batchmill_s3_request_errors_total{op=\"put\"}"), 0.0);
+    assert!(count(worker, "batchmill_s3_request_duration_seconds") >= 1.0, "{worker:?}");
+    assert!(value(worker, "batchmill_nats_request_duration_seconds_count{op=\"ack\"}") >= 1.0, "{worker:?}");
+    assert_eq!(value(worker, "batchmill_s3_request_errors_total{op=\"put\"}"), 0.0);
     let etcd_writes: f64 = ["put", "txn"]
         .iter()
         .map(|op| value(&scheduler, &format!("batchmill_etcd_request_duration_seconds_count{{op=\"{op}\"}}")))
@@ -133,8 +135,8 @@ async fn every_service_serves_metrics_and_they_count_a_job_exactly() -> anyhow::
     assert!(ok >= 2.0, "{gateway:?}");
     assert!(value(&gateway, "batchmill_gateway_request_duration_seconds_count{protocol=\"http\"}") >= ok);
     // The others serve theirs too.
-    let mut all: Vec<String> = [&scheduler, &gateway].iter().flat_map(|m| m.keys().cloned()).collect();
-    for service in ["lister", "enqueuer", "worker-0"] {
+    let mut all: Vec<String> = [&scheduler, &gateway, worker].iter().flat_map(|m| m.keys().cloned()).collect();
+    for service in ["lister", "enqueuer"] {
         all.extend(scrape(&sandbox, service).await?.into_keys());
     }
     // Every metric the Grafana dashboard queries is one the services serve.

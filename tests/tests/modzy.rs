@@ -9,7 +9,9 @@ use std::path::Path;
 
 use batchmill_blob::ObjectStore;
 use batchmill_proto::pipelines::v1 as ppb;
-use batchmill_tests::{BUCKET, Options, Sandbox, TENANT_ACCESS_KEY, TENANT_SECRET_KEY, member_key, tools_dir};
+use batchmill_tests::{
+    BUCKET, Options, Sandbox, TENANT_ACCESS_KEY, TENANT_SECRET_KEY, assert_script_passed, member_key, tools_dir,
+};
 use bytes::Bytes;
 
 /// A pipeline whose batches take two seconds each: jobs on it are still
@@ -59,13 +61,7 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         .output()
         .await
         .map_err(|e| anyhow::anyhow!("running {} (deploy/local/install-deps installs it): {e}", python.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all checks passed"),
-        "the SDK script failed:\n{stdout}\n{}\ngateway log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        sandbox.log_tail("gateway")
-    );
+    assert_script_passed(&sandbox, "the SDK script", &out);
     // Neither the API keys nor the jobs' own S3 secret were written
     // anywhere in clear: not in etcd, not in any service's log.
     let logs: String =

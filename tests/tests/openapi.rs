@@ -12,19 +12,19 @@ use serde_json::{Value, json};
 /// Whether `value` matches `schema` (OpenAPI 3.0's subset that the document
 /// uses: `$ref`, `allOf`, types, enums, properties and additionalProperties),
 /// naming the first place it does not.
-fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> anyhow::Result<()> {
     if let Some(target) = schema["$ref"].as_str() {
         let name = target.trim_start_matches("#/components/schemas/");
         let resolved = &doc["components"]["schemas"][name];
         if resolved.is_null() {
-            return Err(format!("{at}: {target} does not resolve"));
+            anyhow::bail!("{at}: {target} does not resolve");
         }
         return conforms(doc, resolved, value, at);
     }
     if let Some(all) = schema["allOf"].as_array() {
         return all.iter().try_for_each(|s| conforms(doc, s, value, at));
     }
-    let bad = |want: &str| Err(format!("{at}: {value} is not {want}"));
+    let bad = |want: &str| Err(anyhow::anyhow!("{at}: {value} is not {want}"));
     match schema["type"].as_str() {
         None => Ok(()),
         Some("string") => {
@@ -48,7 +48,7 @@ fn conforms(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), 
                 match (&schema["properties"][key], &schema["additionalProperties"]) {
                     (Value::Null, Value::Bool(true)) => {}
                     (Value::Null, extra @ Value::Object(_)) => conforms(doc, extra, v, &at)?,
-                    (Value::Null, _) => return Err(format!("{at}: not in the schema")),
+                    (Value::Null, _) => anyhow::bail!("{at}: not in the schema"),
                     (property, _) => conforms(doc, property, v, &at)?,
                 }
             }
@@ -108,16 +108,16 @@ async fn the_openapi_document_is_valid_and_describes_what_the_gateway_answers() 
     let http = http_as(&sandbox.api_key);
     let submit = json!({"pipeline": "echo", "workers": 1, "itemList": {"items": [1, {"a": "b"}, "c"], "batchSize": 2}});
     let request_schema = &doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"];
-    conforms(&doc, request_schema, &submit, "request").map_err(anyhow::Error::msg)?;
+    conforms(&doc, request_schema, &submit, "request")?;
     let response = http.post(format!("{base}/v1/jobs")).json(&submit).send().await?;
     assert_eq!(response.status(), 200);
     let job: Value = response.json().await?;
-    conforms(&doc, ok_schema(&doc, "/v1/jobs", "post"), &job, "SubmitJob").map_err(anyhow::Error::msg)?;
+    conforms(&doc, ok_schema(&doc, "/v1/jobs", "post"), &job, "SubmitJob")?;
     let id = job["jobId"].as_str().unwrap_or_default().to_owned();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let job: Value = http.get(format!("{base}/v1/jobs/{id}")).send().await?.json().await?;
-        conforms(&doc, ok_schema(&doc, "/v1/jobs/{job_id}", "get"), &job, "GetJob").map_err(anyhow::Error::msg)?;
+        conforms(&doc, ok_schema(&doc, "/v1/jobs/{job_id}", "get"), &job, "GetJob")?;
         if job["state"] == "JOB_STATE_SUCCEEDED" {
             break;
         }
@@ -138,7 +138,7 @@ async fn the_openapi_document_is_valid_and_describes_what_the_gateway_answers() 
         let response = http.get(format!("{base}{path}")).send().await?;
         assert_eq!(response.status(), 200, "GET {path}");
         let body: Value = response.json().await?;
-        conforms(&doc, ok_schema(&doc, template, "get"), &body, &format!("GET {path}")).map_err(anyhow::Error::msg)?;
+        conforms(&doc, ok_schema(&doc, template, "get"), &body, &format!("GET {path}"))?;
         assert!(body.as_object().is_some_and(|o| !o.is_empty()), "GET {path} answered {body}");
     }
     // An error is the Status the document gives.
@@ -146,6 +146,6 @@ async fn the_openapi_document_is_valid_and_describes_what_the_gateway_answers() 
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await?;
     let status = &doc["paths"]["/v1/jobs"]["post"]["responses"]["default"]["content"]["application/json"]["schema"];
-    conforms(&doc, status, &error, "error").map_err(anyhow::Error::msg)?;
+    conforms(&doc, status, &error, "error")?;
     Ok(())
 }

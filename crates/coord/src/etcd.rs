@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use batchmill_core::metrics::{ETCD, timed};
+use batchmill_core::metrics::{ETCD, Timed};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
     WatchOptions,
@@ -52,7 +52,7 @@ impl Etcd {
     /// claim lapses when the lease expires.
     pub async fn claim(&self, key: String, value: Vec<u8>, ttl: Duration) -> Result<Option<Claim>> {
         let mut client = self.client.clone();
-        let lease = timed(&ETCD, "lease_grant", client.lease_grant(ttl.as_secs().max(1) as i64, None)).await?.id();
+        let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).timed(&ETCD, "lease_grant").await?.id();
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, Some(PutOptions::new().with_lease(lease)))]);
@@ -85,7 +85,7 @@ impl Etcd {
     /// no worker found it and a second candidate could win too.
     pub async fn campaign(&self, name: &str, value: &str, ttl: Duration) -> Result<Leadership> {
         let mut client = self.client.clone();
-        let lease = timed(&ETCD, "lease_grant", client.lease_grant(ttl.as_secs().max(1) as i64, None)).await?.id();
+        let lease = client.lease_grant(ttl.as_secs().max(1) as i64, None).timed(&ETCD, "lease_grant").await?.id();
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         let keeper = {
@@ -293,7 +293,7 @@ async fn renew(
             let answer = tokio::time::timeout(period, responses.message()).await;
             answer.map_err(|_| CoordError::TimedOut { seconds: period.as_secs() })?.map_err(CoordError::from)
         };
-        match timed(&ETCD, "lease_keep_alive", round_trip).await? {
+        match round_trip.timed(&ETCD, "lease_keep_alive").await? {
             Some(r) if r.ttl() > 0 => *confirmed = sent,
             Some(_) => return Err(CoordError::LeaseLost { key: format!("lease {lease:x}") }),
             None => return Err(CoordError::WatchEnded { prefix: format!("keep-alive of lease {lease:x}") }),
@@ -330,28 +330,28 @@ impl Leadership {
 #[async_trait]
 impl Kv for Etcd {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let resp = timed(&ETCD, "get", self.client.clone().get(key, None)).await?;
+        let resp = self.client.clone().get(key, None).timed(&ETCD, "get").await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<()> {
-        timed(&ETCD, "put", self.client.clone().put(key, value, None)).await?;
+        self.client.clone().put(key, value, None).timed(&ETCD, "put").await?;
         Ok(())
     }
 
     async fn put_all(&self, pairs: Vec<(String, Vec<u8>)>) -> Result<()> {
         let ops: Vec<TxnOp> = pairs.into_iter().map(|(k, v)| TxnOp::put(k, v, None)).collect();
-        timed(&ETCD, "txn", self.client.clone().txn(Txn::new().and_then(ops))).await?;
+        self.client.clone().txn(Txn::new().and_then(ops)).timed(&ETCD, "txn").await?;
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        timed(&ETCD, "delete", self.client.clone().delete(key, None)).await?;
+        self.client.clone().delete(key, None).timed(&ETCD, "delete").await?;
         Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let resp = timed(&ETCD, "list", self.client.clone().get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let resp = self.client.clone().get(prefix, Some(GetOptions::new().with_prefix())).timed(&ETCD, "list").await?;
         Ok(resp.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect())
     }
 

@@ -1,6 +1,6 @@
 //! The process's Prometheus registry, and the round trips of the adapters
 //! to the cluster's dependencies: each etcd, NATS and S3 request timed by
-//! operation, and each that failed counted ([`timed`]). Services serve the
+//! operation, and each that failed counted ([`Timed`]). Services serve the
 //! registry at `GET /metrics` (`batchmill_runtime::metrics`); names are
 //! prefixed `batchmill_`.
 
@@ -69,11 +69,7 @@ pub static S3: LazyLock<Requests> = LazyLock::new(|| Requests::new("s3", "S3 req
 
 /// Runs `request` (operation `op` of `system`), timing it and counting it
 /// if it fails.
-pub async fn timed<T, E>(
-    system: &Requests,
-    op: &'static str,
-    request: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
+async fn timed<T, E>(system: &Requests, op: &'static str, request: impl Future<Output = Result<T, E>>) -> Result<T, E> {
     let started = Instant::now();
     let result = request.await;
     let labels = vec![("op", op)];
@@ -87,7 +83,9 @@ pub async fn timed<T, E>(
     result
 }
 
-/// [`timed`] as a method: `request.timed(&S3, "put").await`.
+/// Times a request to a dependency: `request.timed(&S3, "put").await` runs
+/// it, records how long it took under operation `op`, and counts it if it
+/// failed.
 pub trait Timed<T, E>: Future<Output = Result<T, E>> + Sized {
     fn timed(self, system: &'static Requests, op: &'static str) -> impl Future<Output = Result<T, E>> {
         timed(system, op, self)
@@ -102,8 +100,8 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_timed_and_failures_counted_by_operation() {
-        let ok: Result<u8, ()> = timed(&S3, "test_get", async { Ok(1) }).await;
-        let failed: Result<u8, ()> = timed(&S3, "test_get", async { Err(()) }).await;
+        let ok: Result<u8, ()> = async { Ok(1) }.timed(&S3, "test_get").await;
+        let failed: Result<u8, ()> = async { Err(()) }.timed(&S3, "test_get").await;
         assert_eq!((ok, failed), (Ok(1), Err(())));
         let text = render();
         assert!(text.contains("batchmill_s3_request_duration_seconds_count{op=\"test_get\"} 2"), "{text}");

@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self as js, Message};
 use async_trait::async_trait;
 use batchmill_core::BatchId;
-use batchmill_core::metrics::{NATS, timed};
+use batchmill_core::metrics::{NATS, Timed};
 use batchmill_core::subjects::{
     BATCH_STREAM, DEAD_STREAM, EVENT_STREAM, EXHAUSTED_CONSUMER, EXHAUSTED_STREAM, LOG_STREAM, RECORD_STREAM,
     batch_msg_id, batch_subject, consumer_name, dead_letter_msg_id, dead_subject, event_subject, log_subject,
@@ -100,7 +100,7 @@ impl JetStreamQueue {
             let ack = self.context.publish_with_headers(subject, headers, body).await.map_err(|e| err(&e))?;
             ack.await.map_err(|e| err(&e))
         };
-        timed(&NATS, "publish", stored).await?;
+        stored.timed(&NATS, "publish").await?;
         Ok(())
     }
 
@@ -459,13 +459,11 @@ impl Delivery for JsDelivery {
     }
 
     async fn ack(&self) -> Result<()> {
-        timed(&NATS, "ack", self.message.double_ack()).await.map_err(|e| QueueError::js("ack", e))
+        self.message.double_ack().timed(&NATS, "ack").await.map_err(|e| QueueError::js("ack", e))
     }
 
     async fn nak(&self, delay: Duration) -> Result<()> {
-        timed(&NATS, "nak", self.message.ack_with(AckKind::Nak(Some(delay))))
-            .await
-            .map_err(|e| QueueError::js("nak", e))
+        self.message.ack_with(AckKind::Nak(Some(delay))).timed(&NATS, "nak").await.map_err(|e| QueueError::js("nak", e))
     }
 
     async fn term(&self) -> Result<()> {

@@ -250,8 +250,9 @@ impl JobRun {
                 Err(e) => Err(e),
             };
             drop(running);
-            crate::metrics::ran(result.is_ok(), batch.items.len(), began.elapsed());
-            ran.push(Predict { batch, id, result, ms: began.elapsed().as_millis() as u64 });
+            let took = began.elapsed();
+            crate::metrics::ran(result.is_ok(), batch.items.len(), took);
+            ran.push(Predict { batch, id, result, ms: took.as_millis() as u64 });
         }
         Some(Predicted { delivery, started, batches: ran })
     }
