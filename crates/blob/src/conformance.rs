@@ -31,6 +31,19 @@ pub async fn run(store: &dyn ObjectStore, prefix: &str) {
     }
     let listed = store.list_page("no-such-bucket-here", "", None).await;
     assert!(matches!(listed, Err(BlobError::NoSuchBucket { .. })), "listing a missing bucket: {listed:?}");
+    // S3 never creates a bucket on a write; that refusal is for good.
+    match store.put("no-such-bucket-here", &key("a.txt"), Bytes::from_static(b"x"), "text/plain").await {
+        Err(e @ BlobError::NoSuchBucket { .. }) => assert!(!e.is_transient(), "a missing bucket stays missing"),
+        other => panic!("a write into a missing bucket is NoSuchBucket, got {other:?}"),
+    }
+    let upload = store.start_upload("no-such-bucket-here", &key("big.bin"), "application/octet-stream").await;
+    assert!(
+        matches!(upload, Err(BlobError::NoSuchBucket { .. })),
+        "an upload into a missing bucket: {:?}",
+        upload.err()
+    );
+    let listed = store.list_page("no-such-bucket-here", "", None).await;
+    assert!(matches!(listed, Err(BlobError::NoSuchBucket { .. })), "a refused write creates no bucket: {listed:?}");
 
     for i in 0..1_005 {
         store.put(BUCKET, &key(&format!("many/{i:05}")), Bytes::from(i.to_string()), "text/plain").await.expect("put");

@@ -1,5 +1,6 @@
 //! The S3 service: s3s-fs for everything but listing, which
-//! [`crate::listing`] answers by prefix instead of walking the whole bucket.
+//! [`crate::listing`] answers by prefix instead of walking the whole bucket,
+//! and writes, which first check that their bucket exists (as S3 does).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -68,7 +69,6 @@ macro_rules! delegate {
 impl S3 for Store {
     delegate! {
         create_bucket(CreateBucketInput) -> CreateBucketOutput;
-        copy_object(CopyObjectInput) -> CopyObjectOutput;
         delete_bucket(DeleteBucketInput) -> DeleteBucketOutput;
         delete_object(DeleteObjectInput) -> DeleteObjectOutput;
         delete_objects(DeleteObjectsInput) -> DeleteObjectsOutput;
@@ -77,13 +77,31 @@ impl S3 for Store {
         head_bucket(HeadBucketInput) -> HeadBucketOutput;
         head_object(HeadObjectInput) -> HeadObjectOutput;
         list_buckets(ListBucketsInput) -> ListBucketsOutput;
-        put_object(PutObjectInput) -> PutObjectOutput;
-        create_multipart_upload(CreateMultipartUploadInput) -> CreateMultipartUploadOutput;
         upload_part(UploadPartInput) -> UploadPartOutput;
         upload_part_copy(UploadPartCopyInput) -> UploadPartCopyOutput;
         list_parts(ListPartsInput) -> ListPartsOutput;
         complete_multipart_upload(CompleteMultipartUploadInput) -> CompleteMultipartUploadOutput;
         abort_multipart_upload(AbortMultipartUploadInput) -> AbortMultipartUploadOutput;
+    }
+
+    // s3s-fs creates a missing bucket on a write; S3 refuses it, and tests
+    // of an unwritable output location depend on that.
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.bucket_dir(&req.input.bucket)?;
+        self.fs.put_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.bucket_dir(&req.input.bucket)?;
+        self.fs.create_multipart_upload(req).await
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.bucket_dir(&req.input.bucket)?;
+        self.fs.copy_object(req).await
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
