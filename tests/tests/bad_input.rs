@@ -3,6 +3,7 @@
 // A test walks a whole scenario; the 80-line bar is the product's.
 #![allow(clippy::too_many_lines)]
 
+use batchmill_blob::ObjectStore;
 use batchmill_proto::jobs::v1 as pb;
 use batchmill_tests::{Options, Sandbox, echo_job};
 use serde_json::{Value, json};
@@ -57,6 +58,20 @@ async fn bad_submissions_name_the_field_and_the_gateway_stays_up() -> anyhow::Re
         let message = error["message"].as_str().unwrap_or_default();
         assert!(message.contains(named), "error for {body} does not name {named}: {message}");
     }
+    // An output location that cannot be written is refused at submission
+    // by a probe write, in a dry run too, and no bucket appears.
+    let unwritable = json!({"pipeline": "echo", "workers": 1, "itemList": item_list(json!([1]), 1),
+        "outputUri": "s3://no-such-output-bucket/results"});
+    for path in ["/v1/jobs", "/v1/jobs:dryRun"] {
+        let response = http.post(format!("{}{path}", sandbox.rest_url())).json(&unwritable).send().await?;
+        assert_eq!(response.status(), 400, "{path}");
+        let error: Value = response.json().await?;
+        assert_eq!(error["details"][0]["fieldViolations"][0]["field"], "output_uri", "{path}: {error}");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("\"no-such-output-bucket\" does not exist"), "{path}: {message}");
+    }
+    let listed = sandbox.blob.list_page("no-such-output-bucket", "", None).await;
+    assert!(matches!(listed, Err(batchmill_blob::BlobError::NoSuchBucket { .. })), "{listed:?}");
     // Field violations are structured too.
     let response = http
         .post(&url)

@@ -69,6 +69,8 @@ pub struct Scheduler {
     pub(crate) accounts: Accounts,
     /// etcd, where the Files API's records are read.
     pub(crate) kv: Arc<dyn batchmill_coord::Kv>,
+    /// Output locations that took a probe write lately.
+    pub(crate) writable: Arc<crate::writable::Writable>,
 }
 
 impl Scheduler {
@@ -108,7 +110,7 @@ impl Scheduler {
             state.flush().await;
             state.events_written(MANIFEST_PATIENCE).await;
         });
-        (Scheduler { tx, settings, store, probe, pipelines, accounts, kv }, task)
+        (Scheduler { tx, settings, store, probe, pipelines, accounts, kv, writable: Arc::default() }, task)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, SchedulerError> {

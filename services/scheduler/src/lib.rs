@@ -58,6 +58,7 @@ mod run_policy;
 mod state;
 mod submission;
 mod workers;
+mod writable;
 
 pub use actor::Scheduler;
 pub use grpc::{JobsGrpc, PipelinesGrpc, SessionGrpc};
@@ -83,6 +84,8 @@ pub enum SchedulerError {
     Staging(batchmill_blob::BlobError),
     #[error("checking the input: {0}")]
     Probe(RemoteError),
+    #[error("checking that results can be written to the output location: {0}")]
+    OutputUnchecked(batchmill_blob::BlobError),
     #[error("{field}: {message}")]
     BadSource { field: String, message: String },
     #[error("job {job_id} could not be recorded in etcd; it was not accepted")]
@@ -144,6 +147,7 @@ impl ServiceError for SchedulerError {
             SchedulerError::Seal(_) => ErrorCode::FailedPrecondition,
             SchedulerError::Probe(e) => e.code,
             SchedulerError::Staging(_)
+            | SchedulerError::OutputUnchecked(_)
             | SchedulerError::NotPersisted { .. }
             | SchedulerError::Stopped
             | SchedulerError::Queue(_)

@@ -34,10 +34,11 @@ impl Scheduler {
         spec.source = self.own_files(spec.source, &caller.account).await?;
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         let admission = self.admission(&spec, deployed.as_ref(), &account.limits, caller)?;
-        let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
-        let input_access = if secrets.is_empty() { None } else { Some(self.seal(&secrets)?) };
         let create_ms = now_ms();
         let job_id = JobId::generate(create_ms);
+        self.output_writable(spec.output_uri.as_ref(), job_id.as_str()).await?;
+        let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
+        let input_access = if secrets.is_empty() { None } else { Some(self.seal(&secrets)?) };
         let (mut input_bytes, mut input_names) = (0, Vec::new());
         let (input, item_count) = match spec.source {
             SourceSpec::Items(items) => {
@@ -228,6 +229,7 @@ impl Scheduler {
         // The queue and priority, as SubmitJob would check them.
         let account = self.accounts.limits_of(&caller.account).await.map_err(SchedulerError::Account)?;
         self.admission(&spec, deployed.as_ref(), &account.limits, caller)?;
+        self.output_writable(spec.output_uri.as_ref(), &format!("dry-run-{}", now_ms())).await?;
         let batches = |items: u64| items.div_ceil(u64::from(spec.batch_size)) as i64;
         let secrets = Secrets { s3: spec.s3_access.clone(), sql_password: spec.sql_password.clone() };
         let (selection, field, lines) = match spec.source {
@@ -286,6 +288,13 @@ impl Scheduler {
         message.push_str("validations passed");
         let (item_count, batch_count) = if lines { (-1, -1) } else { (count as i64, batches(count)) };
         Ok(pb::DryRunJobResponse { message, files, file_count: count as i64, item_count, batch_count })
+    }
+
+    /// Whether results can be written where the job names (the cluster's
+    /// results location when it names none), by a probe write named `tag`.
+    async fn output_writable(&self, output: Option<&S3Uri>, tag: &str) -> Result<(), SchedulerError> {
+        let output = output.unwrap_or(&self.settings.default_output);
+        self.writable.check(self.store.as_ref(), output, tag, "output_uri").await
     }
 
     /// An S3 input the lister can list: no match, an unknown bucket or

@@ -203,6 +203,28 @@ async fn an_s3_outage_is_waited_out_without_spending_a_delivery() {
 }
 
 #[tokio::test]
+async fn an_output_bucket_gone_mid_job_fails_each_batch_for_good_at_once() {
+    // S3 refuses the writes (no such bucket): neither retried in place nor
+    // delivered again, since every delivery would meet the same refusal.
+    let world = World::new(2, 3).await;
+    let _session = world.session();
+    let mut assign = assign(serde_json::json!({}), 3);
+    assign.output_uri = "s3://gone/results".into();
+    let stop = world.start(assign);
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let failed = pb::BatchStatus::FailedFinal;
+    assert_eq!(world.outcomes(), [(0, failed, 1), (1, failed, 1)], "each on its first delivery");
+    assert_eq!(world.blob.puts(), 2, "one refused write each, no retry in place");
+    let letters = world.queue.dead_letters(JOB, 0, 10).await.unwrap();
+    assert_eq!(letters.len(), 2, "both dead-lettered");
+    assert!(
+        letters.iter().all(|l| format!("{l:?}").contains("does not exist")),
+        "the dead letters say why: {letters:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_nats_outage_while_dead_lettering_is_waited_out() {
     let world = World::new(1, 1).await;
     let _session = world.session();
