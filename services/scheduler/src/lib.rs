@@ -42,6 +42,8 @@ mod grpc;
 mod jobs;
 pub mod leader;
 mod ledger;
+#[cfg(test)]
+mod ledger_properties;
 mod manifest;
 pub mod metrics;
 mod outcomes;

@@ -1,0 +1,175 @@
+//! Properties of the ledger ([`crate::ledger`]) under any interleaving of
+//! what workers report: duplicates, late and reordered outcomes, re-runs of
+//! failed batches, and leader failovers (the ledger written to etcd and read
+//! back) at any point. Checked against a model that keeps each batch's state
+//! in a map: the first final outcome a batch gets is its outcome until a
+//! re-run makes it pending again.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+
+use batchmill_proto::scheduler::v1::BatchStatus;
+use proptest::prelude::*;
+
+use crate::ledger::{Ledger, Recorded, ResultObject};
+
+/// One thing that happens to a job's ledger.
+#[derive(Debug, Clone)]
+enum Event {
+    /// An outcome of batch `seq` (an index into the job's batches).
+    Outcome(usize, BatchStatus),
+    /// A re-run of a dead-lettered batch.
+    Revive(usize),
+    /// Where results of batch `seq` are: the group `first..=last` around it.
+    Grouped(usize, usize),
+    /// The leader dies: the ledger is written out and a new one read back.
+    Failover,
+}
+
+/// A batch's state in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Final {
+    Succeeded,
+    Failed,
+}
+
+fn status() -> impl Strategy<Value = BatchStatus> {
+    prop_oneof![
+        3 => Just(BatchStatus::Succeeded),
+        1 => Just(BatchStatus::FailedFinal),
+        2 => Just(BatchStatus::FailedRetryable),
+    ]
+}
+
+/// A job: where its sequence numbers start (some jobs straddle a chunk of
+/// the persisted ledger), each batch's item count, and its events in order.
+fn job() -> impl Strategy<Value = (u64, Vec<u64>, Vec<Event>)> {
+    (prop_oneof![Just(0u64), Just(65_500u64)], prop::collection::vec(1u64..=5, 1..120)).prop_flat_map(
+        |(base, items)| {
+            let n = items.len();
+            let event = prop_oneof![
+                12 => (0..n, status()).prop_map(|(b, s)| Event::Outcome(b, s)),
+                1 => (0..n).prop_map(Event::Revive),
+                1 => (0..n, 0usize..4).prop_map(move |(b, width)| Event::Grouped(b, (b + width).min(n - 1))),
+                1 => Just(Event::Failover),
+            ];
+            (Just(base), Just(items), prop::collection::vec(event, 0..600))
+        },
+    )
+}
+
+/// Writes the ledger's changes into `kv` (as the scheduler does to etcd)
+/// and reads a ledger back from all of `kv`.
+fn failover(ledger: &mut Ledger, kv: &mut BTreeMap<String, Vec<u8>>) -> Ledger {
+    kv.extend(ledger.changes(""));
+    ledger.written();
+    Ledger::decode(kv.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap()
+}
+
+/// What a ledger says: its counts, its final and failed batches, and where
+/// the results are (an empty chunk in memory is not persisted, and is no
+/// difference).
+fn view(l: &Ledger) -> (Vec<u64>, Vec<(u64, u64)>, Vec<u64>, Vec<ResultObject>) {
+    let counts = vec![
+        l.succeeded(),
+        l.failed(),
+        l.items_completed(),
+        l.items_failed(),
+        l.failed_attempts(),
+        l.average_batch_ms(),
+    ];
+    (counts, l.final_ranges(), l.failed_seqs().collect(), l.result_objects())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn any_interleaving_of_outcomes_gives_exact_counts((base, items, events) in job()) {
+        let mut ledger = Ledger::default();
+        let mut kv = BTreeMap::new();
+        let mut model: HashMap<usize, Final> = HashMap::new();
+        let mut attempts = 0u64;
+        // Where each successful batch's results are, by the events so far.
+        let mut groups: HashMap<usize, (usize, usize)> = HashMap::new();
+        for event in &events {
+            match *event {
+                Event::Outcome(b, status) => {
+                    let recorded = ledger.record(base + b as u64, status, items[b], 10);
+                    let already = model.contains_key(&b);
+                    prop_assert_eq!(recorded == Recorded::Duplicate, already, "batch {} {:?}", b, status);
+                    if !already {
+                        match status {
+                            BatchStatus::Succeeded => { model.insert(b, Final::Succeeded); }
+                            BatchStatus::FailedFinal => { model.insert(b, Final::Failed); attempts += 1; }
+                            _ => attempts += 1,
+                        }
+                    }
+                }
+                Event::Revive(b) => {
+                    let revived = ledger.revive(base + b as u64, items[b]);
+                    prop_assert_eq!(revived, model.get(&b) == Some(&Final::Failed), "revive {}", b);
+                    if revived {
+                        model.remove(&b);
+                    }
+                }
+                Event::Grouped(b, last) => {
+                    // Only a batch that succeeded in a group is said to be in it.
+                    if model.get(&b) == Some(&Final::Succeeded) && !groups.contains_key(&b) {
+                        let first = b.min(last);
+                        prop_assert!(ledger.grouped(base + b as u64, base + first as u64, base + last as u64));
+                        groups.insert(b, (first, last));
+                    }
+                }
+                Event::Failover => {
+                    let read = failover(&mut ledger, &mut kv);
+                    prop_assert_eq!(view(&read), view(&ledger), "what etcd holds is the ledger");
+                    ledger = read;
+                }
+            }
+        }
+        let count = |f: Final| model.values().filter(|&&v| v == f).count() as u64;
+        let items_of = |f: Final| model.iter().filter(|(_, v)| **v == f).map(|(b, _)| items[*b]).sum::<u64>();
+        prop_assert_eq!(ledger.succeeded(), count(Final::Succeeded));
+        prop_assert_eq!(ledger.failed(), count(Final::Failed));
+        prop_assert_eq!(ledger.finished(), model.len() as u64);
+        prop_assert_eq!(ledger.items_completed(), items_of(Final::Succeeded));
+        prop_assert_eq!(ledger.items_failed(), items_of(Final::Failed));
+        prop_assert_eq!(ledger.failed_attempts(), attempts);
+        let finals: Vec<u64> = {
+            let mut all: Vec<u64> = model.keys().map(|b| base + *b as u64).collect();
+            all.sort_unstable();
+            all
+        };
+        let ranges: Vec<u64> = ledger.final_ranges().into_iter().flat_map(|(a, b)| a..b).collect();
+        prop_assert_eq!(&ranges, &finals, "final ranges are the final batches");
+
+        // Every successful batch's results are in exactly one object, and
+        // every object the manifest names holds at least one of them.
+        let objects = ledger.result_objects();
+        for (b, f) in &model {
+            if *f != Final::Succeeded {
+                continue;
+            }
+            let seq = base + *b as u64;
+            let holding: Vec<_> = objects
+                .iter()
+                .filter(|o| match **o {
+                    ResultObject::Batch(s) => s == seq,
+                    ResultObject::Group(a, z) => groups.get(b) == Some(&((a - base) as usize, (z - base) as usize)),
+                })
+                .collect();
+            prop_assert_eq!(holding.len(), 1, "batch {} is in {:?}", seq, holding);
+        }
+        for object in &objects {
+            if let ResultObject::Batch(seq) = *object {
+                let b = (seq - base) as usize;
+                prop_assert_eq!(model.get(&b), Some(&Final::Succeeded), "object of batch {} holds results", seq);
+            }
+        }
+
+        // And a last failover reads back exactly this.
+        let read = failover(&mut ledger, &mut kv);
+        prop_assert_eq!(view(&read), view(&ledger));
+    }
+}
