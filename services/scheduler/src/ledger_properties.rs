@@ -69,16 +69,23 @@ fn failover(ledger: &mut Ledger, kv: &mut BTreeMap<String, Vec<u8>>) -> Ledger {
 /// What a ledger says: its counts, its final and failed batches, and where
 /// the results are (an empty chunk in memory is not persisted, and is no
 /// difference).
-fn view(l: &Ledger) -> (Vec<u64>, Vec<(u64, u64)>, Vec<u64>, Vec<ResultObject>) {
-    let counts = vec![
-        l.succeeded(),
-        l.failed(),
-        l.items_completed(),
-        l.items_failed(),
-        l.failed_attempts(),
-        l.average_batch_ms(),
-    ];
-    (counts, l.final_ranges(), l.failed_seqs().collect(), l.result_objects())
+fn view(l: &Ledger) -> View {
+    View {
+        counts: [l.succeeded(), l.failed(), l.items_completed(), l.items_failed(), l.failed_attempts()],
+        average_ms: l.average_batch_ms(),
+        finals: l.final_ranges(),
+        failed: l.failed_seqs().collect(),
+        objects: l.result_objects(),
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct View {
+    counts: [u64; 5],
+    average_ms: u64,
+    finals: Vec<(u64, u64)>,
+    failed: Vec<u64>,
+    objects: Vec<ResultObject>,
 }
 
 proptest! {
