@@ -223,6 +223,12 @@ struct S3Lister {
 
 /// A number for an int32 field: out of range is kept out of range, so the
 /// field's own check names it.
+/// The native request a Cortex submission body to `api` becomes, if it is
+/// one.
+pub(crate) fn request_of(body: &[u8], api: &str) -> Option<pb::SubmitJobRequest> {
+    Submission::parse(body).and_then(|s| s.into_request(api)).ok()
+}
+
 fn int32(n: i64) -> i32 {
     n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
 }

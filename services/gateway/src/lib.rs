@@ -14,6 +14,7 @@ mod console;
 pub mod cortex;
 pub mod files;
 mod forward;
+pub mod fuzz;
 mod metrics;
 pub mod modzy;
 pub mod rest;

@@ -12,9 +12,9 @@ use batchmill_core::job::Folder;
 use batchmill_core::{S3Selection, S3Uri};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
+use crate::lines::{LineError, Lines};
 use crate::sql::{Database, Query};
 use crate::{CHUNK_BYTES, CHUNK_ITEMS, ListerError, Source};
 
@@ -88,30 +88,18 @@ async fn ndjson(blob: &dyn ObjectStore, uris: &[S3Uri], out: &mut Emitter) -> Re
     Ok(())
 }
 
-/// Sends the non-blank lines of one object, each checked to be JSON; false
-/// once nobody listens.
+/// Sends the items of one NDJSON object ([`crate::lines`]); false once
+/// nobody listens.
 async fn lines(blob: &dyn ObjectStore, uri: &S3Uri, out: &mut Emitter) -> Result<bool, ListerError> {
-    let mut reader = blob.reader(&uri.bucket, &uri.key).await?;
-    let mut line = String::new();
-    let mut number = 0u64;
+    let mut lines = Lines::new(blob.reader(&uri.bucket, &uri.key).await?);
     loop {
-        line.clear();
-        let read = reader
-            .read_line(&mut line)
-            .await
-            .map_err(|e| ListerError::Read { uri: uri.to_string(), message: e.to_string() })?;
-        if read == 0 {
-            return Ok(true);
-        }
-        number += 1;
-        let item = line.trim();
-        if item.is_empty() {
-            continue;
-        }
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(item) {
-            return Err(ListerError::BadLine { uri: uri.to_string(), line: number, message: e.to_string() });
-        }
-        if !out.push(item.to_owned()).await {
+        let item = match lines.next_item().await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(true),
+            Err(LineError::Read(e)) => return Err(ListerError::Read { uri: uri.to_string(), message: e.to_string() }),
+            Err(source) => return Err(ListerError::BadLine { uri: uri.to_string(), source }),
+        };
+        if !out.push(item).await {
             return Ok(false);
         }
     }

@@ -6,6 +6,7 @@
 
 mod grpc;
 mod items;
+pub mod lines;
 pub mod sql;
 
 pub use grpc::ListerGrpc;
@@ -49,8 +50,8 @@ pub const CHUNK_BYTES: usize = 1024 * 1024;
 pub enum ListerError {
     #[error("source: {0}")]
     BadSource(String),
-    #[error("{uri} line {line}: not JSON: {message}")]
-    BadLine { uri: String, line: u64, message: String },
+    #[error("{uri} {source}")]
+    BadLine { uri: String, source: lines::LineError },
     #[error("{0}")]
     Blob(#[from] batchmill_blob::BlobError),
     #[error("reading {uri}: {message}")]

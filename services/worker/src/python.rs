@@ -357,18 +357,30 @@ fn exchange(process: &mut Process, request: &Value) -> Result<Value, ExchangeErr
     process.requests.write_all(&length.to_be_bytes())?;
     process.requests.write_all(&body)?;
     process.requests.flush()?;
-    let mut header = [0u8; 4];
-    process.replies.read_exact(&mut header)?;
-    let bytes = u32::from_be_bytes(header) as usize;
-    if bytes > MAX_REPLY_BYTES {
-        return Err(ExchangeError::TooLarge { bytes });
-    }
-    let mut body = vec![0u8; bytes];
-    process.replies.read_exact(&mut body)?;
+    let reply = read_reply(&mut process.replies);
     // The call's output comes through another pipe: wait until it has all
     // been logged under this call's batch before the next call retags.
     process.answered += 1;
     process.await_output(process.answered);
+    reply
+}
+
+/// One framed reply: a 4-byte big-endian length, at most
+/// [`MAX_REPLY_BYTES`], then that many bytes of JSON. The body's memory
+/// grows as it arrives, not as the length claims.
+pub fn read_reply(replies: &mut impl Read) -> Result<Value, ExchangeError> {
+    let mut header = [0u8; 4];
+    replies.read_exact(&mut header)?;
+    let bytes = u32::from_be_bytes(header) as usize;
+    if bytes > MAX_REPLY_BYTES {
+        return Err(ExchangeError::TooLarge { bytes });
+    }
+    let mut body = Vec::with_capacity(bytes.min(64 * 1024));
+    let read = replies.take(bytes as u64).read_to_end(&mut body)?;
+    if read < bytes {
+        let message = format!("the reply ended after {read} of its {bytes} bytes");
+        return Err(ExchangeError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, message)));
+    }
     Ok(serde_json::from_slice(&body)?)
 }
 
@@ -525,5 +537,21 @@ class PythonPredictor:
         }
         let ok = p.predict(&batch("j1-1", &[json!(1)])).unwrap();
         assert_eq!(ok, vec![json!({"index": 10, "result": 1})], "a new process serves the next batch");
+    }
+
+    #[test]
+    fn a_reply_frame_is_read_whole_or_refused_by_what_is_wrong() {
+        let frame = |claimed: u32, body: &[u8]| [&claimed.to_be_bytes()[..], body].concat();
+        let good = frame(11, b"{\"ok\":true}");
+        assert_eq!(read_reply(&mut &good[..]).expect("a reply"), serde_json::json!({"ok": true}));
+        let short = frame(1_000_000, b"{}");
+        let err = read_reply(&mut &short[..]).expect_err("truncated");
+        assert!(err.to_string().contains("ended after 2 of its 1000000 bytes"), "{err}");
+        let huge = frame(u32::MAX, b"");
+        assert!(
+            matches!(read_reply(&mut &huge[..]), Err(ExchangeError::TooLarge { bytes }) if bytes == u32::MAX as usize)
+        );
+        assert!(matches!(read_reply(&mut &frame(2, b"{x")[..]), Err(ExchangeError::Json(_))));
+        assert!(matches!(read_reply(&mut &[0u8, 0][..]), Err(ExchangeError::Io(_))));
     }
 }

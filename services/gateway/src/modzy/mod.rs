@@ -18,7 +18,7 @@
 
 mod history;
 mod models;
-mod submit;
+pub(crate) mod submit;
 mod upload;
 mod view;
 

@@ -78,19 +78,11 @@ impl Rest {
 pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let mut path_matched = false;
-    let found = rest.routes.iter().find_map(|route| {
-        let vars = route.template.matches(&path)?;
-        path_matched = true;
-        (route.verb == parts.method).then_some((route, vars))
-    });
-    let Some((route, vars)) = found else {
-        let (status, code) = if path_matched {
-            (StatusCode::METHOD_NOT_ALLOWED, tonic::Code::Unimplemented)
-        } else {
-            (StatusCode::NOT_FOUND, tonic::Code::NotFound)
-        };
-        return error::json_error(status, code, &format!("no route for {} {path}", parts.method), vec![]);
+    let (route, vars) = match find(&rest.routes, &parts.method, &path) {
+        Ok(found) => found,
+        Err((status, code)) => {
+            return error::json_error(status, code, &format!("no route for {} {path}", parts.method), vec![]);
+        }
     };
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(b) => b,
@@ -122,6 +114,60 @@ pub async fn handle(State(rest): State<Arc<Rest>>, request: Request) -> Response
         grpc_request.extensions_mut().insert(caller.clone());
     }
     call(rest.grpc.clone(), route, grpc_request).await
+}
+
+/// A path's variables as a route's template binds them: (name, value).
+type PathVars = Vec<(String, String)>;
+
+/// The route `method path` takes and its path variables, or the HTTP status
+/// and gRPC code it is refused with: no such path, or not with that method.
+fn find<'a>(
+    routes: &'a [Route],
+    method: &http::Method,
+    path: &str,
+) -> Result<(&'a Route, PathVars), (StatusCode, tonic::Code)> {
+    let mut path_matched = false;
+    let found = routes.iter().find_map(|route| {
+        let vars = route.template.matches(path)?;
+        path_matched = true;
+        (route.verb == method).then_some((route, vars))
+    });
+    found.ok_or(if path_matched {
+        (StatusCode::METHOD_NOT_ALLOWED, tonic::Code::Unimplemented)
+    } else {
+        (StatusCode::NOT_FOUND, tonic::Code::NotFound)
+    })
+}
+
+/// The routes alone: a request matched and turned into its RPC's request
+/// message, as the handler does, without sending it (the fuzz targets
+/// drive the transcoder through it).
+pub struct Transcoder {
+    routes: Vec<Route>,
+}
+
+impl Transcoder {
+    /// The routes of the annotated methods of `services`.
+    pub fn new(services: &[&str]) -> Result<Transcoder, RouteError> {
+        let pool = DescriptorPool::decode(batchmill_proto::FILE_DESCRIPTOR_SET)?;
+        Ok(Transcoder { routes: rules::load(&pool, services)? })
+    }
+
+    /// The encoded request message that `method path?query` with `body`
+    /// becomes, or the HTTP status it is refused with.
+    pub fn transcode(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Vec<u8>, StatusCode> {
+        let (route, vars) = find(&self.routes, method, path).map_err(|(status, _)| status)?;
+        let transcoded = build_request(route, &vars, query, body).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let mut encoded = prost::Message::encode_to_vec(&transcoded.message);
+        encoded.extend_from_slice(&transcoded.tail);
+        Ok(encoded)
+    }
 }
 
 fn build_request(
