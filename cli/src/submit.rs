@@ -63,6 +63,10 @@ pub struct Submit {
     /// Deliveries of a batch before it is dead-lettered; default: the cluster's.
     #[arg(long)]
     max_receive_count: Option<i32>,
+    /// Dead-letter a batch that fails for good whole, instead of bisecting
+    /// it to isolate the items that fail.
+    #[arg(long)]
+    no_bisect: bool,
     /// Seconds after submission at which the job times out.
     #[arg(long)]
     timeout_secs: Option<i64>,
@@ -129,8 +133,10 @@ fn request(s: &Submit) -> anyhow::Result<pb::SubmitJobRequest> {
     if !s.output_uri.is_empty() {
         request.output_uri.clone_from(&s.output_uri);
     }
-    if let Some(max_receive_count) = s.max_receive_count {
-        request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count });
+    if s.max_receive_count.is_some() || s.no_bisect {
+        let bisect = s.no_bisect.then_some(false);
+        request.dead_letter =
+            Some(pb::DeadLetterPolicy { max_receive_count: s.max_receive_count.unwrap_or(0), bisect });
     }
     if let Some(seconds) = s.timeout_secs {
         request.timeout = Some(prost_types::Duration { seconds, nanos: 0 });

@@ -686,6 +686,20 @@ pub async fn assert_echo_results(
     batch_size: usize,
     failed: &[u64],
 ) -> anyhow::Result<Vec<String>> {
+    let missing = |index: usize| failed.contains(&((index / batch_size) as u64));
+    assert_echo_results_but(sandbox, job, items, batch_size, &missing).await
+}
+
+/// [`assert_echo_results`], with the items that have no result named one
+/// by one (`missing`, by index), as where a batch's failing items were
+/// isolated.
+pub async fn assert_echo_results_but(
+    sandbox: &Sandbox,
+    job: &pb::Job,
+    items: &[serde_json::Value],
+    batch_size: usize,
+    missing: &dyn Fn(usize) -> bool,
+) -> anyhow::Result<Vec<String>> {
     let results = sandbox.results(job).await?;
     let prefix = format!("results/{}/", job.job_id);
     let manifest = results.iter().find(|(k, _)| *k == format!("{prefix}manifest.json")).context("no manifest")?;
@@ -722,7 +736,7 @@ pub async fn assert_echo_results(
             let index = line["index"].as_u64().with_context(|| format!("{key}: {line}"))? as usize;
             let seq = (index / batch_size) as u64;
             anyhow::ensure!((first..=last).contains(&seq), "{key} holds item {index}, of batch {seq}");
-            anyhow::ensure!(!failed.contains(&seq), "{key} holds item {index} of failed batch {seq}");
+            anyhow::ensure!(!missing(index), "{key} holds item {index}, which failed");
             anyhow::ensure!(previous < Some(index), "{key} is out of order at item {index}");
             previous = Some(index);
             let expected = serde_json::json!({"index": index, "result": items.get(index)});
@@ -731,8 +745,7 @@ pub async fn assert_echo_results(
         }
     }
     for (index, count) in seen.iter().enumerate() {
-        let failed_item = failed.contains(&((index / batch_size) as u64));
-        let want = u32::from(!failed_item);
+        let want = u32::from(!missing(index));
         anyhow::ensure!(*count == want, "item {index} is in the results {count} times, expected {want}");
     }
     Ok(names)

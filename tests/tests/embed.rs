@@ -97,7 +97,8 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
         assert!(cosine(e, &from_s3[id]) >= 0.99999, "{id}");
     }
 
-    // Plain strings take their index as id; a number is not a text.
+    // Plain strings take their index as id; a number is not a text: it is
+    // isolated from its batch (bisection), and "fourth" beside it embedded.
     let items = json!(["first", "second", 42, "fourth"]);
     let job = submit(
         &sandbox,
@@ -107,7 +108,9 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
     .await?;
     assert_eq!(job.state(), pb::JobState::CompletedWithFailures, "{job:?}");
     let got = embeddings(&sandbox, &job).await?;
-    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), ["0", "1"]);
+    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), ["0", "1", "3"]);
+    let items = job.items.unwrap_or_default();
+    assert_eq!((items.completed, items.failed), (3, 1), "{job:?}");
     let mut jobs = sandbox.jobs().await?;
     let dead = jobs
         .list_dead_letters(pb::ListDeadLettersRequest { job_id: job.job_id.clone(), ..Default::default() })
@@ -116,6 +119,8 @@ async fn embed_jobs_write_every_items_embedding_as_sentence_transformers_compute
         .dead_letters;
     assert_eq!(dead.len(), 1);
     assert!(dead[0].last_error.contains("item 2: expected a string"), "{:?}", dead[0]);
+    let failed: Vec<i64> = dead[0].failed_items.iter().map(|f| f.index).collect();
+    assert_eq!(failed, [2], "{:?}", dead[0]);
 
     // A config the pipeline cannot use is refused at submission, naming the field.
     let response = sandbox

@@ -80,7 +80,7 @@ async fn a_failing_batch_is_dead_lettered_after_max_receive_count_deliveries_and
     // Batch 3 fails until `until`; the three deliveries (backoff 1s, 2s) end well before.
     let until = batchmill_core::time::now_ms() + 20_000;
     let mut request = echo_job(&items, 4, 2, json!({"fail_batches": [3], "fail_until_ms": until}));
-    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 3 });
+    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 3, bisect: None });
     let job = jobs.submit_job(request).await?.into_inner().job.unwrap();
     assert_eq!(job.max_receive_count, 3);
     // Follow the job's logs from the start; the stream ends after the job does.
@@ -211,7 +211,7 @@ async fn small_batches_run_in_groups_and_a_failure_in_one_reruns_alone() -> anyh
     let mut jobs = sandbox.jobs().await?;
     let until = batchmill_core::time::now_ms() + 20_000;
     let mut request = echo_job(&items, 2, 1, json!({"fail_batches": [13], "fail_until_ms": until}));
-    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2 });
+    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2, bisect: None });
     let job = jobs.submit_job(request).await?.into_inner().job.unwrap();
     let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
     assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
@@ -259,5 +259,90 @@ async fn small_batches_run_in_groups_and_a_failure_in_one_reruns_alone() -> anyh
         token = page.next_page_token;
     }
     assert_eq!(read, items.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn poison_items_are_isolated_by_bisection_and_only_they_are_dead_lettered() -> anyhow::Result<()> {
+    let sandbox =
+        Sandbox::start(Options { workers: 2, ack_wait_secs: 30, max_deliver: 2, ..Options::default() }).await?;
+    let items: Vec<Value> = (0..40).map(|i| json!(i)).collect();
+    let http = sandbox.http();
+    let base = sandbox.rest_url();
+    // Items 5, 17 and 18 fail every call they are in (batches 0 and 2),
+    // until `until`; the same job without bisection fails both batches whole.
+    let poison = [5u64, 17, 18];
+    let until = batchmill_core::time::now_ms() + 30_000;
+    let config = json!({"fail_items": poison, "fail_until_ms": until});
+    let job = |bisect: Option<bool>| {
+        let mut body = json!({"pipeline": "echo", "workers": 2, "config": config,
+            "itemList": {"items": items, "batchSize": 8}});
+        if let Some(bisect) = bisect {
+            body["deadLetter"] = json!({"bisect": bisect});
+        }
+        body
+    };
+    let submitted: Value = http.post(format!("{base}/v1/jobs")).json(&job(None)).send().await?.json().await?;
+    let whole: Value = http.post(format!("{base}/v1/jobs")).json(&job(Some(false))).send().await?.json().await?;
+    let (id, whole_id) = (submitted["jobId"].as_str().unwrap_or_default(), whole["jobId"].as_str().unwrap_or_default());
+    assert!(!id.is_empty() && !whole_id.is_empty(), "{submitted} {whole}");
+
+    let done = sandbox.wait_terminal(id, Duration::from_secs(60)).await?;
+    assert!(batchmill_core::time::now_ms() < until, "the job took too long for this test to mean anything");
+    assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
+    let b = done.batches.unwrap_or_default();
+    assert_eq!((b.total, b.succeeded, b.failed, b.dead_lettered), (5, 3, 2, 2), "{done:?}");
+    let i = done.items.unwrap_or_default();
+    assert_eq!((i.total, i.completed, i.failed, i.pending), (40, 37, 3, 0), "only the poison items failed");
+    let is_poison = |index: usize| poison.contains(&(index as u64));
+    batchmill_tests::assert_echo_results_but(&sandbox, &done, &items, 8, &is_poison).await?;
+
+    // The dead letters hold the whole batches, naming the items that failed.
+    let letters: Value = http.get(format!("{base}/v1/jobs/{id}/deadLetters")).send().await?.json().await?;
+    let mut letters = letters["deadLetters"].as_array().cloned().unwrap_or_default();
+    // In the order they were dead-lettered: by batch here.
+    letters.sort_by_key(|l| l["seq"].as_str().unwrap_or_default().to_owned());
+    let failed: Vec<(String, Vec<String>)> = letters
+        .iter()
+        .map(|l| {
+            let indexes = l["failedItems"].as_array().into_iter().flatten();
+            let indexes = indexes.map(|f| f["index"].as_str().unwrap_or_default().to_owned()).collect();
+            (l["batchId"].as_str().unwrap_or_default().to_owned(), indexes)
+        })
+        .collect();
+    let want = vec![(format!("{id}-0"), vec!["5".to_owned()]), (format!("{id}-2"), vec!["17".into(), "18".into()])];
+    assert_eq!(failed, want, "{letters:?}");
+    assert_eq!(letters[1]["failedItems"][0]["error"], "echo: item 17 fails as configured");
+    assert_eq!(letters[0]["items"].as_array().map(Vec::len), Some(8), "the whole batch, for a re-run");
+
+    // Without bisection, both batches fail whole.
+    let whole = sandbox.wait_terminal(whole_id, Duration::from_secs(60)).await?;
+    let i = whole.items.unwrap_or_default();
+    assert_eq!((i.completed, i.failed), (24, 16), "{whole:?}");
+    batchmill_tests::assert_echo_results(&sandbox, &whole, &items, 8, &[0, 2]).await?;
+
+    // A child job of the failed items runs exactly those three.
+    let child: Value =
+        http.post(format!("{base}/v1/jobs/{id}:retryFailedItems")).json(&json!({})).send().await?.json().await?;
+    assert_eq!(child["items"]["total"], "3", "{child}");
+    let child_id = child["jobId"].as_str().unwrap_or_default().to_owned();
+    let child_done = sandbox.wait_terminal(&child_id, Duration::from_secs(60)).await?;
+    assert_eq!(child_done.state(), pb::JobState::Succeeded, "{child_done:?}");
+    let poison_items: Vec<Value> = poison.iter().map(|p| json!(p)).collect();
+    batchmill_tests::assert_echo_results(&sandbox, &child_done, &poison_items, 8, &[]).await?;
+
+    // Once the items can succeed, re-running the dead letters runs both
+    // batches whole again: every item once, counts exact.
+    let wait = until.saturating_sub(batchmill_core::time::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let rerun = http.post(format!("{base}/v1/jobs/{id}/deadLetters:rerun")).json(&json!({})).send().await?;
+    assert_eq!(rerun.status(), 200);
+    let again = sandbox.wait_terminal(id, Duration::from_secs(60)).await?;
+    assert_eq!(again.state(), pb::JobState::Succeeded, "{again:?}");
+    let i = again.items.unwrap_or_default();
+    assert_eq!((i.completed, i.failed), (40, 0), "{again:?}");
+    let b = again.batches.unwrap_or_default();
+    assert_eq!((b.succeeded, b.failed, b.dead_lettered), (5, 0, 0), "{again:?}");
+    batchmill_tests::assert_echo_results(&sandbox, &again, &items, 8, &[]).await?;
     Ok(())
 }

@@ -194,7 +194,7 @@ async fn python_batches_that_raise_are_dead_lettered_and_a_crash_is_retried() ->
     let items = vec![json!("a"), json!("bad"), json!("crash"), json!("dddd")];
     // The crash marker outlives the worker, inside the sandbox's directory.
     let mut request = job("flaky", items, 1, json!({"marker_dir": sandbox.dir()}));
-    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2 });
+    request.dead_letter = Some(pb::DeadLetterPolicy { max_receive_count: 2, bisect: None });
     let mut jobs = sandbox.jobs().await?;
     let submitted = jobs.submit_job(request).await?.into_inner().job.unwrap();
     let done = wait_terminal(&sandbox, &submitted.job_id).await?;

@@ -14,7 +14,7 @@
 //! batches, and a redelivery never duplicates a result.
 
 use batchmill_proto::jobs::v1::{BatchRecord, BatchState};
-use batchmill_proto::queue::v1::{Batch, BatchRecords, DeadLetter};
+use batchmill_proto::queue::v1::{Batch, BatchRecords, DeadLetter, FailedItem};
 use batchmill_proto::scheduler::v1::{BatchOutcome, BatchStatus};
 use prost::Message;
 
@@ -92,6 +92,10 @@ pub struct BatchEnd<'a> {
     pub end_ms: u64,
     /// The first and last batch of the group it ran in, if it did.
     pub group: Option<(u64, u64)>,
+    /// Of a batch that failed for good once its failing items were isolated
+    /// (bisection), those items: (index in the job, error). The others
+    /// succeeded. Empty when the whole batch failed, or it succeeded.
+    pub failed_items: Vec<(u64, String)>,
 }
 
 /// What a batch's ending makes durable: the dead letter of a batch that
@@ -107,8 +111,10 @@ pub struct Ending {
 impl BatchEnd<'_> {
     /// The messages this ending makes durable.
     pub fn build(self) -> Ending {
-        let BatchEnd { id, batch, status, attempt, worker_id, duration_ms: ms, error, end_ms, group } = self;
+        let BatchEnd { id, batch, status, attempt, worker_id, duration_ms: ms, error, end_ms, group, failed_items } =
+            self;
         let items = batch.items.len() as i64;
+        let items_failed = failed_items.len() as i64;
         let dead_letter = (status == BatchStatus::FailedFinal).then(|| DeadLetter {
             attempts: attempt,
             last_error: error.clone(),
@@ -116,6 +122,7 @@ impl BatchEnd<'_> {
             time_ms: end_ms,
             duration_ms: ms,
             batch: Some(batch.clone()),
+            failed_items: failed_items.into_iter().map(|(index, error)| FailedItem { index, error }).collect(),
         });
         let state = match status {
             BatchStatus::Succeeded => Some(BatchState::Succeeded),
@@ -132,6 +139,7 @@ impl BatchEnd<'_> {
             duration: Some(duration_ms(ms)),
             last_error: error.clone(),
             end_time: Some(timestamp(end_ms)),
+            items_failed,
         });
         // A failure names the batch's named inputs, for the job's event log.
         let inputs = if status == BatchStatus::Succeeded { Vec::new() } else { input_names(batch) };
@@ -147,6 +155,7 @@ impl BatchEnd<'_> {
             inputs,
             group_first: group.map_or(0, |g| g.0),
             group_last: group.map_or(0, |g| g.1),
+            items_failed,
         };
         Ending { outcome, dead_letter, record }
     }
@@ -201,6 +210,7 @@ mod tests {
             error,
             end_ms: 2_000,
             group: None,
+            failed_items: Vec::new(),
         }
         .build()
     }
@@ -251,6 +261,7 @@ mod tests {
             error: String::new(),
             end_ms: 9,
             group: Some((4, 9)),
+            failed_items: Vec::new(),
         }
         .build();
         assert_eq!((grouped.outcome.group_first, grouped.outcome.group_last), (4, 9));

@@ -173,6 +173,9 @@ pub struct JobSpec {
     /// Deliveries of a batch before it is dead-lettered; `None` for the
     /// cluster's default.
     pub max_receive_count: Option<u32>,
+    /// Whether a batch that fails for good is bisected to isolate the items
+    /// that fail (`dead_letter.bisect`, default true).
+    pub bisect: bool,
     /// Milliseconds from submission after which the job times out.
     pub timeout_ms: Option<u64>,
     /// How to read the job's own S3 objects.
@@ -237,8 +240,11 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             Some(S3Uri::parse(&req.output_uri).map_err(|e| FieldViolation::new("output_uri", e.to_string()))?)
         };
         let config = req.config.as_ref().map(crate::json::struct_to_json).unwrap_or_default();
+        let bisect = req.dead_letter.as_ref().and_then(|p| p.bisect).unwrap_or(true);
         let max_receive_count = match req.dead_letter {
             None => None,
+            // A policy that only says whether to bisect keeps the default.
+            Some(p) if p.max_receive_count == 0 && p.bisect.is_some() => None,
             Some(p) if (1..=MAX_RECEIVE_COUNT).contains(&p.max_receive_count) => Some(p.max_receive_count as u32),
             Some(p) => {
                 return Err(FieldViolation::new(
@@ -269,6 +275,7 @@ impl TryFrom<pb::SubmitJobRequest> for JobSpec {
             config,
             output_uri,
             max_receive_count,
+            bisect,
             timeout_ms,
             s3_access,
             sql_password,
@@ -523,7 +530,7 @@ mod tests {
             (pb::SubmitJobRequest { output_uri: "http://x".into(), ..request(vec![json!(1)], 1, 1) }, "output_uri"),
             (
                 pb::SubmitJobRequest {
-                    dead_letter: Some(pb::DeadLetterPolicy { max_receive_count: 0 }),
+                    dead_letter: Some(pb::DeadLetterPolicy { max_receive_count: 0, bisect: None }),
                     ..request(vec![json!(1)], 1, 1)
                 },
                 "dead_letter.max_receive_count",

@@ -290,7 +290,7 @@ impl Submission {
             source,
             config: self.config.as_ref().map(batchmill_core::json::json_to_struct),
             output_uri: String::new(),
-            dead_letter: max_receive_count.map(|n| pb::DeadLetterPolicy { max_receive_count: int32(n) }),
+            dead_letter: max_receive_count.map(|n| pb::DeadLetterPolicy { max_receive_count: int32(n), bisect: None }),
             timeout: self.timeout.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
             s3_credentials: None,
             ..Default::default()

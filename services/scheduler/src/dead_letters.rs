@@ -114,6 +114,7 @@ impl State {
         let Some((stream_seq, latest)) = versions.last() else { return true };
         let Some(batch) = &latest.batch else { return true };
         let items = batch.items.len() as u64;
+        let failed = if latest.failed_items.is_empty() { items } else { latest.failed_items.len() as u64 };
         // The actor handles nothing else meanwhile, so no outcome of the
         // queued batch can arrive before the ledger expects it.
         let batch_id = BatchId::new(id.clone(), seq);
@@ -122,7 +123,9 @@ impl State {
             return false;
         }
         if let Some(entry) = self.jobs.get_mut(id) {
-            entry.ledger.revive(seq, items);
+            // All its items run again, those that succeeded too (their
+            // object is rewritten whole).
+            entry.ledger.revive(seq, items, failed);
         }
         let event = batchmill_proto::jobs::v1::JobEvent {
             batch_id: batch_id.to_string(),
@@ -183,5 +186,10 @@ fn public_dead_letter(id: &JobId, dead: qpb::DeadLetter) -> pb::DeadLetter {
         worker_id: dead.worker_id,
         dead_letter_time: Some(batchmill_core::time::timestamp(dead.time_ms)),
         duration: Some(duration_ms(dead.duration_ms)),
+        failed_items: dead
+            .failed_items
+            .into_iter()
+            .map(|f| pb::FailedItem { index: f.index as i64, error: f.error })
+            .collect(),
     }
 }

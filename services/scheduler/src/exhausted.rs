@@ -108,6 +108,7 @@ async fn fail(queue: &dyn Queue, scheduler: &Scheduler, batch: &Batch, stream_se
         error,
         end_ms: now_ms(),
         group: None,
+        failed_items: Vec::new(),
     }
     .build();
     if let Some(dead) = &end.dead_letter

@@ -11,7 +11,10 @@
 //! It also knows where each successful batch's results are: in its own
 //! object, or in the object of the group it ran in (see
 //! `batchmill_core::batch`), kept as a bitmap of the batches in groups and
-//! one of the groups' objects.
+//! one of the groups' objects. A batch that failed for good once its
+//! failing items were isolated (bisection) counts as failed, its items split
+//! between completed and failed, and its other items' results are in its
+//! own object: a bitmap of those batches says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,8 +22,8 @@ use batchmill_proto::scheduler::v1::BatchStatus;
 use roaring::RoaringBitmap;
 
 /// Format version of the persisted keys; chunks of version 1 (before
-/// groups) are read too.
-const VERSION: u8 = 2;
+/// groups) and 2 (before isolated items) are read too.
+const VERSION: u8 = 3;
 /// A group object is kept as `(offset of its first batch << GROUP_SPAN_BITS)
 /// | (last - first)`, within the chunk of its first batch.
 const GROUP_SPAN_BITS: u32 = 6;
@@ -48,6 +51,9 @@ struct Chunk {
     grouped: RoaringBitmap,
     /// The group objects whose first batch is in this chunk.
     groups: RoaringBitmap,
+    /// Failed batches some of whose items succeeded, with their results in
+    /// the batch's own object.
+    partial: RoaringBitmap,
 }
 
 /// Where some successful batches' results are.
@@ -87,16 +93,22 @@ fn split(seq: u64) -> (u64, u32) {
 }
 
 impl Ledger {
-    /// Makes failed batch `seq` (holding `items` items) pending again, for a
-    /// re-run; false if it had not failed.
-    pub fn revive(&mut self, seq: u64, items: u64) -> bool {
+    /// Makes failed batch `seq` (holding `items` items, `failed` of which
+    /// failed: all but where they were isolated) pending again, for a
+    /// re-run of all its items; false if it had not failed.
+    pub fn revive(&mut self, seq: u64, items: u64, failed: u64) -> bool {
         let (index, offset) = split(seq);
         let Some(chunk) = self.chunks.get_mut(&index) else { return false };
         if !chunk.failed.remove(offset) {
             return false;
         }
         self.failed -= 1;
-        self.items_failed = self.items_failed.saturating_sub(items);
+        if chunk.partial.remove(offset) {
+            self.items_failed = self.items_failed.saturating_sub(failed);
+            self.items_completed = self.items_completed.saturating_sub(items.saturating_sub(failed));
+        } else {
+            self.items_failed = self.items_failed.saturating_sub(items);
+        }
         self.dirty.insert(index);
         true
     }
@@ -135,6 +147,29 @@ impl Ledger {
         Recorded::Counted
     }
 
+    /// Records batch `seq` (holding `items` items) failing for good with only
+    /// `failed` of its items, isolated by bisection: the others succeeded,
+    /// their results in the batch's own object. A batch all of whose items
+    /// failed is recorded as [`Ledger::record`] does.
+    pub fn record_isolated(&mut self, seq: u64, items: u64, failed: u64, duration_ms: u64) -> Recorded {
+        if failed == 0 || failed >= items {
+            return self.record(seq, BatchStatus::FailedFinal, items, duration_ms);
+        }
+        let (index, offset) = split(seq);
+        let chunk = self.chunks.entry(index).or_default();
+        if chunk.succeeded.contains(offset) || chunk.failed.contains(offset) {
+            return Recorded::Duplicate;
+        }
+        chunk.failed.insert(offset);
+        chunk.partial.insert(offset);
+        self.failed += 1;
+        self.items_failed += failed;
+        self.items_completed += items - failed;
+        self.failed_attempts += 1;
+        self.dirty.insert(index);
+        Recorded::Counted
+    }
+
     /// Says that successful batch `seq` has its results in the object of
     /// the group `first..=last`; false (nothing kept) for a range no group
     /// can have.
@@ -157,8 +192,8 @@ impl Ledger {
         let mut objects: Vec<ResultObject> = Vec::new();
         for (index, chunk) in &self.chunks {
             let base = index << CHUNK_BITS;
-            objects
-                .extend((&chunk.succeeded - &chunk.grouped).iter().map(|o| ResultObject::Batch(base | u64::from(o))));
+            let own = &(&chunk.succeeded - &chunk.grouped) | &chunk.partial;
+            objects.extend(own.iter().map(|o| ResultObject::Batch(base | u64::from(o))));
             objects.extend(chunk.groups.iter().map(|g| {
                 let first = base | u64::from(g >> GROUP_SPAN_BITS);
                 ResultObject::Group(first, first + u64::from(g & ((1 << GROUP_SPAN_BITS) - 1)))
@@ -283,7 +318,7 @@ impl Ledger {
 
 fn encode_chunk(chunk: &Chunk) -> Vec<u8> {
     let mut out = vec![VERSION];
-    for bitmap in [&chunk.succeeded, &chunk.failed, &chunk.grouped, &chunk.groups] {
+    for bitmap in [&chunk.succeeded, &chunk.failed, &chunk.grouped, &chunk.groups, &chunk.partial] {
         let mut bitmap = bitmap.clone();
         bitmap.optimize(); // runs of consecutive batches shrink to a few bytes
         let mut bytes = Vec::with_capacity(bitmap.serialized_size());
@@ -312,15 +347,16 @@ fn decode_chunk(bytes: &[u8]) -> Result<Chunk, LedgerError> {
         RoaringBitmap::deserialize_from(r.take(len)?).map_err(|e| corrupt(format!("bitmap: {e}")))
     };
     let (succeeded, failed) = (bitmap()?, bitmap()?);
-    // Version 1 had no groups.
+    // Version 1 had no groups, and version 2 no isolated items.
     let (grouped, groups) = if version == 1 { Default::default() } else { (bitmap()?, bitmap()?) };
-    Ok(Chunk { succeeded, failed, grouped, groups })
+    let partial = if version < 3 { RoaringBitmap::new() } else { bitmap()? };
+    Ok(Chunk { succeeded, failed, grouped, groups, partial })
 }
 
 fn version(r: &mut Reader<'_>) -> Result<u8, LedgerError> {
     match r.take(1)?[0] {
-        v @ (1 | VERSION) => Ok(v),
-        v => Err(corrupt(format!("version {v} is neither 1 nor {VERSION}"))),
+        v @ 1..=VERSION => Ok(v),
+        v => Err(corrupt(format!("version {v} is not from 1 to {VERSION}"))),
     }
 }
 
@@ -395,9 +431,9 @@ mod tests {
         l.record(8, BatchStatus::Succeeded, 4, 1);
         l.written();
         assert!(l.is_failed(7));
-        assert!(!l.revive(8, 4), "a succeeded batch is not revived");
-        assert!(l.revive(7, 4));
-        assert!(!l.revive(7, 4), "twice is once");
+        assert!(!l.revive(8, 4, 4), "a succeeded batch is not revived");
+        assert!(l.revive(7, 4, 4));
+        assert!(!l.revive(7, 4, 4), "twice is once");
         assert_eq!((l.failed(), l.items_failed(), l.finished()), (0, 0, 1));
         assert_eq!(l.changes("p/").len(), 2, "the revived batch's chunk is rewritten");
         assert_eq!(l.record(7, BatchStatus::Succeeded, 4, 1), Recorded::Counted);
@@ -434,7 +470,7 @@ mod tests {
         l.record(2, BatchStatus::FailedFinal, 1, 1);
         // Batch 4 ran alone; 2 is re-run alone; a group spans two chunks.
         l.record(4, BatchStatus::Succeeded, 1, 1);
-        assert!(l.revive(2, 1));
+        assert!(l.revive(2, 1, 1));
         l.record(2, BatchStatus::Succeeded, 1, 1);
         for seq in 65_530..65_540 {
             l.record(seq, BatchStatus::Succeeded, 1, 1);
@@ -464,6 +500,11 @@ mod tests {
             let _ = RoaringBitmap::new().serialize_into(&mut bytes);
             bytes.len() + 8
         };
+        let chunk = &mut keys[1].1;
+        // Version 2: no bitmap of isolated items.
+        chunk.truncate(chunk.len() - empty);
+        chunk[0] = 2;
+        assert_eq!(round_trip(&l, &keys).unwrap().result_objects(), vec![ResultObject::Batch(3)]);
         let chunk = &mut keys[1].1;
         chunk.truncate(chunk.len() - 2 * empty);
         chunk[0] = 1;

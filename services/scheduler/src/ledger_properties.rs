@@ -18,6 +18,9 @@ use crate::ledger::{Ledger, Recorded, ResultObject};
 enum Event {
     /// An outcome of batch `seq` (an index into the job's batches).
     Outcome(usize, BatchStatus),
+    /// Batch `seq` failed for good with this many of its items, isolated
+    /// by bisection (at least one, fewer than all where it has several).
+    Isolated(usize, u64),
     /// A re-run of a dead-lettered batch.
     Revive(usize),
     /// Where results of batch `seq` are: the group `first..=last` around it.
@@ -31,6 +34,8 @@ enum Event {
 enum Final {
     Succeeded,
     Failed,
+    /// Failed with this many of its items; the others succeeded.
+    Isolated(u64),
 }
 
 fn status() -> impl Strategy<Value = BatchStatus> {
@@ -49,6 +54,7 @@ fn job() -> impl Strategy<Value = (u64, Vec<u64>, Vec<Event>)> {
             let n = items.len();
             let event = prop_oneof![
                 12 => (0..n, status()).prop_map(|(b, s)| Event::Outcome(b, s)),
+                2 => (0..n, 1u64..5).prop_map(|(b, failed)| Event::Isolated(b, failed)),
                 1 => (0..n).prop_map(Event::Revive),
                 1 => (0..n, 0usize..4).prop_map(move |(b, width)| Event::Grouped(b, (b + width).min(n - 1))),
                 1 => Just(Event::Failover),
@@ -113,9 +119,24 @@ proptest! {
                         }
                     }
                 }
+                Event::Isolated(b, failed) => {
+                    let recorded = ledger.record_isolated(base + b as u64, items[b], failed, 10);
+                    let already = model.contains_key(&b);
+                    prop_assert_eq!(recorded == Recorded::Duplicate, already, "batch {} isolated", b);
+                    if !already {
+                        attempts += 1;
+                        let state = if failed >= items[b] { Final::Failed } else { Final::Isolated(failed) };
+                        model.insert(b, state);
+                    }
+                }
                 Event::Revive(b) => {
-                    let revived = ledger.revive(base + b as u64, items[b]);
-                    prop_assert_eq!(revived, model.get(&b) == Some(&Final::Failed), "revive {}", b);
+                    let failed = match model.get(&b) {
+                        Some(Final::Isolated(failed)) => *failed,
+                        _ => items[b],
+                    };
+                    let revived = ledger.revive(base + b as u64, items[b], failed);
+                    let was_failed = matches!(model.get(&b), Some(Final::Failed | Final::Isolated(_)));
+                    prop_assert_eq!(revived, was_failed, "revive {}", b);
                     if revived {
                         model.remove(&b);
                     }
@@ -135,13 +156,23 @@ proptest! {
                 }
             }
         }
-        let count = |f: Final| model.values().filter(|&&v| v == f).count() as u64;
-        let items_of = |f: Final| model.iter().filter(|(_, v)| **v == f).map(|(b, _)| items[*b]).sum::<u64>();
-        prop_assert_eq!(ledger.succeeded(), count(Final::Succeeded));
-        prop_assert_eq!(ledger.failed(), count(Final::Failed));
+        let isolated = |v: &Final| matches!(v, Final::Isolated(_));
+        let succeeded = model.values().filter(|v| **v == Final::Succeeded).count() as u64;
+        let failed = model.values().filter(|v| **v == Final::Failed || isolated(v)).count() as u64;
+        // Items: a failed batch's all failed, an isolated one's split.
+        let (mut completed, mut items_failed) = (0, 0);
+        for (b, v) in &model {
+            match *v {
+                Final::Succeeded => completed += items[*b],
+                Final::Failed => items_failed += items[*b],
+                Final::Isolated(f) => (completed, items_failed) = (completed + items[*b] - f, items_failed + f),
+            }
+        }
+        prop_assert_eq!(ledger.succeeded(), succeeded);
+        prop_assert_eq!(ledger.failed(), failed);
         prop_assert_eq!(ledger.finished(), model.len() as u64);
-        prop_assert_eq!(ledger.items_completed(), items_of(Final::Succeeded));
-        prop_assert_eq!(ledger.items_failed(), items_of(Final::Failed));
+        prop_assert_eq!(ledger.items_completed(), completed);
+        prop_assert_eq!(ledger.items_failed(), items_failed);
         prop_assert_eq!(ledger.failed_attempts(), attempts);
         let finals: Vec<u64> = {
             let mut all: Vec<u64> = model.keys().map(|b| base + *b as u64).collect();
@@ -151,11 +182,12 @@ proptest! {
         let ranges: Vec<u64> = ledger.final_ranges().into_iter().flat_map(|(a, b)| a..b).collect();
         prop_assert_eq!(&ranges, &finals, "final ranges are the final batches");
 
-        // Every successful batch's results are in exactly one object, and
-        // every object the manifest names holds at least one of them.
+        // Every batch with results (succeeded, or with isolated failures)
+        // has them in exactly one object, and every batch's object the
+        // manifest names holds some.
         let objects = ledger.result_objects();
         for (b, f) in &model {
-            if *f != Final::Succeeded {
+            if *f == Final::Failed {
                 continue;
             }
             let seq = base + *b as u64;
@@ -171,7 +203,8 @@ proptest! {
         for object in &objects {
             if let ResultObject::Batch(seq) = *object {
                 let b = (seq - base) as usize;
-                prop_assert_eq!(model.get(&b), Some(&Final::Succeeded), "object of batch {} holds results", seq);
+                let holds = matches!(model.get(&b), Some(Final::Succeeded | Final::Isolated(_)));
+                prop_assert!(holds, "object of batch {} holds results", seq);
             }
         }
 

@@ -34,8 +34,13 @@ impl State {
             entry.running(self.clock.now_ms());
             let duration = outcome.duration.as_ref().map_or(0, batchmill_core::time::duration_to_ms);
             let status = outcome.status();
-            let counted =
-                entry.ledger.record(outcome.seq, status, outcome.items.max(0) as u64, duration) == Recorded::Counted;
+            let items = outcome.items.max(0) as u64;
+            let recorded = if status == spb::BatchStatus::FailedFinal && outcome.items_failed > 0 {
+                entry.ledger.record_isolated(outcome.seq, items, outcome.items_failed as u64, duration)
+            } else {
+                entry.ledger.record(outcome.seq, status, items, duration)
+            };
+            let counted = recorded == Recorded::Counted;
             if !counted {
                 info!(job_id = %id, seq = outcome.seq, "duplicate outcome ignored");
             }
@@ -90,7 +95,9 @@ impl State {
 /// The event of a failed delivery: retried (WARN), or failed for good and
 /// dead-lettered (ERROR).
 fn failure_event(id: &JobId, worker: &WorkerId, outcome: &spb::BatchOutcome) -> pb::JobEvent {
-    let (level, kind, what) = if outcome.status() == spb::BatchStatus::FailedFinal {
+    let (level, kind, what) = if outcome.status() == spb::BatchStatus::FailedFinal && outcome.items_failed > 0 {
+        (EventLevel::Error, "items_dead_lettered", "failed for good; its failing items were isolated and dead-lettered")
+    } else if outcome.status() == spb::BatchStatus::FailedFinal {
         (EventLevel::Error, "batch_dead_lettered", "failed for good and was dead-lettered")
     } else {
         (EventLevel::Warn, "batch_failed", "failed and will be delivered again")

@@ -170,6 +170,10 @@ pub struct JobRecord {
     /// the newest job of an account says the account's quota.
     #[serde(default)]
     pub quota: u32,
+    /// Whether a batch that fails for good is bisected to isolate the items
+    /// that fail (jobs from before bisection are not).
+    #[serde(default)]
+    pub bisect: bool,
 }
 
 fn default_queue() -> String {
@@ -243,6 +247,7 @@ impl JobRecord {
             preempted_ms: None,
             preemptions: 0,
             quota: 0,
+            bisect: true,
         }
     }
 

@@ -90,9 +90,9 @@ impl State {
         let mut items = Vec::new();
         let mut missing = Vec::new();
         for seq in failed {
-            match letters.remove(&seq).and_then(|mut versions| versions.pop()).and_then(|(_, d)| d.batch) {
-                Some(batch) => items.extend(batch.items),
-                None => missing.push(batchmill_core::BatchId::new(id.clone(), seq).to_string()),
+            match letters.remove(&seq).and_then(|mut versions| versions.pop()) {
+                Some((_, dead)) if dead.batch.is_some() => items.extend(failed_of(dead)),
+                _ => missing.push(batchmill_core::BatchId::new(id.clone(), seq).to_string()),
             }
         }
         if !missing.is_empty() {
@@ -117,4 +117,17 @@ impl State {
         self.event(parent, event);
         self.write_manifest(parent);
     }
+}
+
+/// The items of a dead letter that failed: those isolated, where they were,
+/// else all of its batch's.
+fn failed_of(dead: batchmill_proto::queue::v1::DeadLetter) -> Vec<String> {
+    let Some(batch) = dead.batch else { return Vec::new() };
+    if dead.failed_items.is_empty() {
+        return batch.items;
+    }
+    let first = batch.first_item;
+    let failed: std::collections::BTreeSet<u64> = dead.failed_items.iter().map(|f| f.index).collect();
+    let indexed = batch.items.into_iter().enumerate().map(|(i, item)| (first + i as u64, item));
+    indexed.filter(|(index, _)| failed.contains(index)).map(|(_, item)| item).collect()
 }

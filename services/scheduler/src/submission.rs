@@ -92,6 +92,7 @@ impl Scheduler {
             queue: admission.queue,
             priority: spec.priority,
             demand: admission.demand,
+            bisect: spec.bisect,
             ..JobRecord::pending(job_id, spec.pipeline, input, create_ms)
         };
         tracing::info!(
@@ -208,6 +209,7 @@ impl Scheduler {
             queue: record.queue.clone(),
             priority: record.priority,
             demand: if workers == 0 { record.demand } else { record.demand / record.max_workers.max(1) * workers },
+            bisect: record.bisect,
             ..JobRecord::pending(job_id, record.pipeline.clone(), input, create_ms)
         };
         let child_id = child.job_id.clone();

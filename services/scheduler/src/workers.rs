@@ -326,6 +326,7 @@ impl State {
             input_access: record.secrets(self.settings.secret_key.as_ref()).ok().and_then(|s| s.s3).map(|a| a.to_pb()),
             initial_backoff: Some(initial_backoff),
             max_backoff: Some(max_backoff),
+            bisect: record.bisect,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! (completion hooks), [`loader`] with [`predictor`], [`python`],
 //! [`requirements`] and [`embed`] (what runs a batch), [`device`].
 
+mod bisect;
 pub mod device;
 pub mod embed;
 mod finalize;

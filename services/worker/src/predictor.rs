@@ -114,13 +114,15 @@ pub fn load(pipeline: &str, config: &Map<String, Value>) -> Result<Box<dyn Predi
 /// (with the item's `"name"` too, for a named input).
 ///
 /// Config, for tests and overhead benchmarks: `delay_ms` (sleep per batch),
-/// `fail_batches` (sequence numbers of batches that fail) and
+/// `fail_batches` (sequence numbers of batches that fail), `fail_items`
+/// (indexes in the job of poison items: a call holding one fails whole),
 /// `fail_until_ms` (they fail only until this Unix time in milliseconds),
 /// and `lanes` (batches run at once, as a GPU `embed` runs two).
 pub struct Echo {
     delay: Duration,
     lanes: usize,
     fail_batches: Vec<u64>,
+    fail_items: Vec<u64>,
     fail_until_ms: Option<u64>,
 }
 
@@ -131,14 +133,16 @@ impl Echo {
             None => 0,
             Some(v) => v.as_u64().ok_or_else(|| bad("delay_ms", "must be a non-negative integer".into()))?,
         };
-        let fail_batches = match config.get("fail_batches") {
-            None => Vec::new(),
+        let numbers = |field: &str, what: &str| match config.get(field) {
+            None => Ok(Vec::new()),
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().ok_or_else(|| bad("fail_batches", "must hold batch sequence numbers".into())))
-                .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad("fail_batches", "must be an array".into())),
+                .map(|v| v.as_u64().ok_or_else(|| bad(field, format!("must hold {what}"))))
+                .collect::<Result<Vec<u64>, _>>(),
+            Some(_) => Err(bad(field, "must be an array".into())),
         };
+        let fail_batches = numbers("fail_batches", "batch sequence numbers")?;
+        let fail_items = numbers("fail_items", "item indexes")?;
         let fail_until_ms = match config.get("fail_until_ms") {
             None => None,
             Some(v) => {
@@ -153,7 +157,7 @@ impl Echo {
                 .ok_or_else(|| bad("lanes", format!("must be an integer from 1 to {MAX_LANES}")))?
                 as usize,
         };
-        Ok(Echo { delay: Duration::from_millis(delay_ms), lanes, fail_batches, fail_until_ms })
+        Ok(Echo { delay: Duration::from_millis(delay_ms), lanes, fail_batches, fail_items, fail_until_ms })
     }
 }
 
@@ -169,6 +173,10 @@ impl Predictor for Echo {
         let failing = self.fail_until_ms.is_none_or(|until| batchmill_core::time::now_ms() < until);
         if failing && self.fail_batches.contains(&batch.seq) {
             return Err(PredictError::Retryable(format!("echo: batch {} fails as configured", batch.batch_id)));
+        }
+        let indexes = batch.first_item..batch.first_item + batch.items.len() as u64;
+        if failing && let Some(poison) = indexes.into_iter().find(|i| self.fail_items.contains(i)) {
+            return Err(PredictError::Retryable(format!("echo: item {poison} fails as configured")));
         }
         Ok(batch
             .items

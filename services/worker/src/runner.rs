@@ -252,9 +252,38 @@ impl JobRun {
             drop(running);
             let took = began.elapsed();
             crate::metrics::ran(result.is_ok(), batch.items.len(), took);
-            ran.push(Predict { batch, id, result, ms: took.as_millis() as u64 });
+            ran.push(Predict { batch, id, result, ms: took.as_millis() as u64, isolated: None });
+        }
+        if self.assign.bisect {
+            self.isolate(predictor, delivery.as_ref(), &mut ran).await;
         }
         Some(Predicted { delivery, started, batches: ran })
+    }
+
+    /// Bisects each batch of a delivery that failed for good, to isolate
+    /// its failing items ([`crate::bisect`]); not while the message runs
+    /// again (a group whose failures have deliveries left).
+    async fn isolate(&self, predictor: &Arc<dyn Predictor>, delivery: &dyn Delivery, ran: &mut [Predict]) {
+        let last = delivery.attempt() >= u64::from(self.assign.max_deliver.max(1));
+        if ran.iter().any(|b| matches!(b.result, Err(PredictError::Retryable(_))) && !last) {
+            return;
+        }
+        for b in ran.iter_mut() {
+            let Err(PredictError::Permanent(error) | PredictError::Retryable(error)) = &b.result else { continue };
+            if b.batch.items.len() < 2 {
+                continue;
+            }
+            let run = |part: Batch| {
+                let (predictor, id) = (predictor.clone(), b.id.clone());
+                async move { run_predictor(&predictor, &part, &id).await }
+            };
+            let isolated = self.in_progress(delivery, crate::bisect::isolate(&b.batch, error, run)).await;
+            if let Some(found) = &isolated {
+                let (failed, items) = (found.failed.len(), b.batch.items.len());
+                info!(batch_id = %b.id, failed, items, "failing items isolated");
+            }
+            b.isolated = isolated;
+        }
     }
 
     /// [`keep_in_progress`] with the job's ack_wait.
@@ -290,17 +319,26 @@ impl JobRun {
         if !batches.iter().any(again) && batches.iter().any(|b| b.result.is_ok()) {
             self.write_results(output, delivery.as_ref(), &mut batches, group).await;
         }
+        self.write_isolated(output, delivery.as_ref(), &mut batches).await;
         let settles = !batches.iter().any(again);
         let mut endings = Vec::with_capacity(batches.len());
         let mut items = 0;
-        for Predict { batch, id, result, ms } in batches {
-            let (status, error) = match result {
+        for Predict { batch, id, result, ms, isolated } in batches {
+            let (status, mut error) = match result {
                 // A success in a group that runs again is not reported yet.
                 Ok(_) if !settles => continue,
                 Ok(_) => (BatchStatus::Succeeded, String::new()),
                 Err(PredictError::Permanent(e)) if settles => (BatchStatus::FailedFinal, e),
                 Err(PredictError::Retryable(e)) if last => (BatchStatus::FailedFinal, e),
                 Err(PredictError::Permanent(e) | PredictError::Retryable(e)) => (BatchStatus::FailedRetryable, e),
+            };
+            let failed_items = match isolated {
+                Some(found) if status == BatchStatus::FailedFinal => {
+                    items += batch.items.len() - found.failed.len();
+                    error = isolated_error(&found.failed, batch.items.len());
+                    found.failed
+                }
+                _ => Vec::new(),
             };
             if status == BatchStatus::Succeeded {
                 items += batch.items.len();
@@ -320,6 +358,7 @@ impl JobRun {
                 error,
                 end_ms,
                 group: grouped,
+                failed_items,
             }
             .build();
             endings.push((id, ending));
@@ -354,6 +393,20 @@ impl JobRun {
             // Nothing of it is in S3.
             for b in batches.iter_mut().filter(|b| b.result.is_ok()) {
                 b.result = Err(e.clone());
+            }
+        }
+    }
+
+    /// Writes the results of the items that succeeded in batches whose
+    /// failing items were isolated, each into the batch's own object; where
+    /// that fails, the batch fails whole.
+    async fn write_isolated(&self, output: &S3Uri, delivery: &dyn Delivery, batches: &mut [Predict]) {
+        for b in batches.iter_mut() {
+            let Some(found) = &b.isolated else { continue };
+            let uri = result_uri(output, &b.id);
+            if let Err(e) = self.in_progress(delivery, self.write(&uri, found.results.clone())).await {
+                warn!(batch_id = %b.id, error = %e, "writing the results of isolated items failed");
+                b.isolated = None;
             }
         }
     }
@@ -428,6 +481,17 @@ struct Predict {
     result: Result<Vec<u8>, PredictError>,
     /// How long it took, in milliseconds.
     ms: u64,
+    /// Of a batch that failed for good: its failing items, isolated, and
+    /// the others' results.
+    isolated: Option<crate::bisect::Isolated>,
+}
+
+/// The error of a batch whose failing items were isolated: how many, and
+/// the first few with their errors.
+fn isolated_error(failed: &[(u64, String)], items: usize) -> String {
+    let shown: Vec<String> = failed.iter().take(3).map(|(index, e)| format!("item {index}: {e}")).collect();
+    let more = if failed.len() > 3 { format!("; and {} more", failed.len() - 3) } else { String::new() };
+    format!("{} of its {items} items failed, isolated by bisection: {}{more}", failed.len(), shown.join("; "))
 }
 
 /// Runs the predictor on `batch`, returning its NDJSON result. Parsing,

@@ -347,3 +347,61 @@ async fn a_group_with_a_failure_runs_again_whole_and_writes_only_once_final() {
         .collect();
     assert_eq!(dead, [5]);
 }
+
+/// The dead letters of `JOB`, decoded.
+async fn dead_letters(world: &World) -> Vec<batchmill_proto::queue::v1::DeadLetter> {
+    let stored = world.queue.dead_letters(JOB, 0, 100).await.unwrap();
+    stored.iter().map(|s| batchmill_proto::queue::v1::DeadLetter::decode(s.payload.as_ref()).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_poison_item_is_isolated_on_the_last_delivery_and_the_rest_written() {
+    // Batches of two items; item 1 (in batch 0) fails every call it is in.
+    let world = World::new(2, 2).await;
+    let _session = world.session();
+    let stop = world.start(pb::Assign { bisect: true, ..assign(serde_json::json!({"fail_items": [1]}), 2) });
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let (failed, retried, succeeded) =
+        (pb::BatchStatus::FailedFinal, pb::BatchStatus::FailedRetryable, pb::BatchStatus::Succeeded);
+    assert_eq!(world.outcomes(), [(0, retried, 1), (0, failed, 2), (1, succeeded, 1)], "bisected on the last only");
+    let last = world.outcomes.lock().unwrap().iter().find(|o| o.status() == failed).cloned().unwrap();
+    assert_eq!((last.items, last.items_failed), (2, 1), "one of its two items failed");
+    assert!(last.error.contains("1 of its 2 items failed") && last.error.contains("item 1: echo: item 1 fails"));
+    assert_eq!(world.object("j1-0.jsonl").as_deref(), Some("{\"index\":0,\"result\":\"a\"}\n"), "item 0's result");
+    let letters = dead_letters(&world).await;
+    assert_eq!(letters.len(), 1);
+    let isolated: Vec<_> = letters[0].failed_items.iter().map(|f| (f.index, f.error.as_str())).collect();
+    assert_eq!(isolated, [(1, "echo: item 1 fails as configured")]);
+    assert_eq!(letters[0].batch.as_ref().map(|b| b.items.len()), Some(2), "the whole batch, for a re-run");
+}
+
+#[tokio::test]
+async fn a_poison_item_in_a_group_is_isolated_beside_the_groups_object() {
+    // Groups of two batches of two items; item 7 is in batch 3.
+    let world = World::grouped(4, 2, 1).await;
+    let _session = world.session();
+    let stop = world.start(pb::Assign { bisect: true, ..assign(serde_json::json!({"fail_items": [7]}), 1) });
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let (failed, succeeded) = (pb::BatchStatus::FailedFinal, pb::BatchStatus::Succeeded);
+    let want = [(0, succeeded, 1), (1, succeeded, 1), (2, succeeded, 1), (3, failed, 1)];
+    assert_eq!(world.outcomes(), want);
+    let group = world.object("j1-2-3.jsonl").unwrap_or_default();
+    assert_eq!(group, "{\"index\":4,\"result\":\"a\"}\n{\"index\":5,\"result\":\"b\"}\n", "batch 2 alone");
+    assert_eq!(world.object("j1-3.jsonl").as_deref(), Some("{\"index\":6,\"result\":\"a\"}\n"), "item 6 on its own");
+    assert_eq!(dead_letters(&world).await[0].failed_items.iter().map(|f| f.index).collect::<Vec<_>>(), [7]);
+}
+
+#[tokio::test]
+async fn without_bisection_the_whole_batch_is_dead_lettered() {
+    let world = World::new(1, 1).await;
+    let _session = world.session();
+    let stop = world.start(pb::Assign { bisect: false, ..assign(serde_json::json!({"fail_items": [1]}), 1) });
+    world.until_empty(Duration::from_secs(20)).await;
+    stop.cancel();
+    let outcome = world.outcomes.lock().unwrap()[0].clone();
+    assert_eq!((outcome.status(), outcome.items_failed), (pb::BatchStatus::FailedFinal, 0));
+    assert!(world.object("j1-0.jsonl").is_none(), "no result written");
+    assert!(dead_letters(&world).await[0].failed_items.is_empty());
+}
