@@ -80,6 +80,8 @@ pub struct Sandbox {
     pub etcd_url: String,
     pub nats_url: String,
     pub s3_url: String,
+    /// The S3 server's metrics and fault control (`/faults`).
+    pub s3_control: String,
     pub blob: Blob,
     /// A cluster admin key (account "admin"), as `deploy/local/up` makes.
     pub api_key: String,
@@ -190,6 +192,7 @@ impl Sandbox {
             etcd_url: String::new(),
             nats_url: String::new(),
             s3_url: String::new(),
+            s3_control: String::new(),
             blob: Blob::new(&S3Config::default()).await,
             api_key: String::new(),
         };
@@ -210,6 +213,7 @@ impl Sandbox {
     async fn start_dependencies(&mut self, root: &Path, options: &Options) -> anyhow::Result<Vec<(String, String)>> {
         let sandbox = self;
         let (etcd, etcd_peer, nats, s3) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let s3_control = free_port()?;
         let etcd_url = format!("http://127.0.0.1:{etcd}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
         sandbox.spawn(
@@ -259,6 +263,8 @@ impl Sandbox {
                 SECRET_KEY,
                 "--extra-key",
                 &format!("{TENANT_ACCESS_KEY}:{TENANT_SECRET_KEY}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{s3_control}"),
             ],
             &[],
         )?;
@@ -270,6 +276,7 @@ impl Sandbox {
         sandbox.nats_url = format!("nats://127.0.0.1:{nats}");
         let s3_url = format!("http://127.0.0.1:{s3}");
         sandbox.s3_url = s3_url.clone();
+        sandbox.s3_control = format!("http://127.0.0.1:{s3_control}");
         let env = sandbox.service_env(options)?;
         sandbox.blob = Blob::new(&S3Config {
             endpoint: Some(s3_url),
@@ -462,6 +469,15 @@ impl Sandbox {
 
     fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
         self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))
+    }
+
+    /// Makes the S3 server fail `rate` (0 to 1) of the PUTs it gets with a
+    /// 500 from now on; returns how many faults it has injected so far.
+    pub async fn s3_put_error_rate(&self, rate: f64) -> anyhow::Result<u64> {
+        let url = format!("{}/faults?put_error_rate={rate}", self.s3_control);
+        let text = reqwest::Client::new().post(url).send().await?.error_for_status()?.text().await?;
+        let injected = text.lines().find_map(|l| l.strip_prefix("injected ")).context("no injected count")?;
+        Ok(injected.trim().parse()?)
     }
 
     /// Takes process `name` (such as "s3" or "etcd") down for `outage`, as a

@@ -1,8 +1,9 @@
 //! Outages of what the cluster depends on, mid-job: S3 and etcd, each
 //! killed and started again after a while (`BATCHMILL_OUTAGE_SECS`, default
 //! 8 s for S3 and 15 s for etcd, longer than the scheduler's 10 s leadership
-//! lease). The jobs end SUCCEEDED with every item exactly once, no batch
-//! spends a delivery on the outage, and every process rides it out.
+//! lease), and S3 failing a share of its writes with a 500. The jobs end
+//! SUCCEEDED with every item exactly once, no batch spends a delivery on
+//! the outage, and every process rides it out.
 
 use std::time::Duration;
 
@@ -60,4 +61,30 @@ async fn a_job_rides_out_an_s3_outage_without_spending_deliveries() -> anyhow::R
 #[tokio::test]
 async fn a_job_rides_out_an_etcd_outage_longer_than_the_leader_lease() -> anyhow::Result<()> {
     ride_out("etcd", 15).await
+}
+
+#[tokio::test]
+async fn a_job_rides_out_s3_failing_a_fifth_of_its_writes() -> anyhow::Result<()> {
+    // One PUT in five answered with a 500 InternalError (more than the one
+    // in ten the chaos suite asks for) from the job's start to its end.
+    let sandbox = Sandbox::start(Options { workers: 2, ack_wait_secs: 3, ..Options::default() }).await?;
+    let items: Vec<Value> = (0..600).map(|i| json!({"i": i})).collect();
+    let job_id = start_job(&sandbox, &items).await?;
+    let before = sandbox.s3_put_error_rate(0.2).await?;
+    let done = sandbox.wait_terminal(&job_id, Duration::from_secs(180)).await?;
+    // The manifest is written once the job has ended, off the scheduler's
+    // loop, retried through the faults: it follows the terminal state.
+    wait_for_manifest(&sandbox, &done).await?;
+    let injected = sandbox.s3_put_error_rate(0.0).await? - before;
+    assert!(injected >= 5, "the S3 server injected {injected} faults while the job ran");
+    check(&sandbox, &done, &items).await
+}
+
+async fn wait_for_manifest(sandbox: &Sandbox, job: &pb::Job) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !sandbox.results(job).await?.iter().any(|(key, _)| key.ends_with("/manifest.json")) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no manifest a minute after the job ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }

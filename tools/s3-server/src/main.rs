@@ -4,6 +4,7 @@
 //! built in this workspace so it shares its dependencies, with its own
 //! listing by prefix ([`listing`]).
 
+mod faults;
 mod listing;
 mod metrics;
 mod store;
@@ -41,10 +42,18 @@ struct Config {
     /// store other than the cluster, such as a job's own credentials.
     #[arg(long = "extra-key")]
     extra_keys: Vec<String>,
-    /// Where to serve the request counts (`GET /metrics`, Prometheus text);
-    /// none when unset.
+    /// Where to serve the request counts (`GET /metrics`, Prometheus text)
+    /// and the fault control (`POST /faults?put_error_rate=R`); none when
+    /// unset.
     #[arg(long, env = "BATCHMILL_S3_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Share of PUTs answered with a 500 InternalError, from 0 to 1 (fault
+    /// injection, for tests and the chaos suite).
+    #[arg(long, default_value_t = 0.0)]
+    fail_puts: f64,
+    /// Seed of which PUTs fail.
+    #[arg(long, default_value_t = 0)]
+    fault_seed: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -57,6 +66,8 @@ impl std::fmt::Debug for Config {
             .field("buckets", &self.buckets)
             .field("extra_keys", &self.extra_keys.len())
             .field("metrics_listen", &self.metrics_listen)
+            .field("fail_puts", &self.fail_puts)
+            .field("fault_seed", &self.fault_seed)
             .finish()
     }
 }
@@ -82,16 +93,24 @@ async fn main() -> anyhow::Result<()> {
         builder.build()
     };
     let counts = metrics::Counts::new();
+    let faults = std::sync::Arc::new(faults::Faults::new(config.fail_puts, config.fault_seed));
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         info!(addr = %listener.local_addr()?, "metrics serving");
-        tokio::spawn(serve_metrics(listener, counts.clone()));
+        tokio::spawn(serve_metrics(listener, counts.clone(), faults.clone()));
     }
     let service = {
         let counts = counts.clone();
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
             counts.count(&request);
-            hyper::service::Service::call(&service, request)
+            let injected = faults.inject(&request);
+            let call = hyper::service::Service::call(&service, request);
+            async move {
+                match injected {
+                    Some(response) => Ok(response),
+                    None => call.await,
+                }
+            }
         })
     };
     let listener =
@@ -124,19 +143,40 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers every request on `listener` with the request counts.
-async fn serve_metrics(listener: tokio::net::TcpListener, counts: std::sync::Arc<metrics::Counts>) {
+/// Answers `/faults` with the fault control, every other request on
+/// `listener` with the request counts.
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    counts: std::sync::Arc<metrics::Counts>,
+    faults: std::sync::Arc<faults::Faults>,
+) {
     let http = ConnBuilder::new(TokioExecutor::new());
     while let Ok((socket, _)) = listener.accept().await {
-        let counts = counts.clone();
-        let answer = hyper::service::service_fn(move |_: http::Request<hyper::body::Incoming>| {
-            let body = http_body_util::Full::new(bytes::Bytes::from(counts.render()));
-            let response = http::Response::builder().header("content-type", "text/plain; version=0.0.4").body(body);
-            std::future::ready(response)
+        let (counts, faults) = (counts.clone(), faults.clone());
+        let answer = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let (status, text, kind) = if request.uri().path() == "/faults" {
+                match faults.control(request.method(), request.uri().query()) {
+                    Ok(text) => (http::StatusCode::OK, text, "text/plain"),
+                    Err(why) => (http::StatusCode::BAD_REQUEST, format!("{why}\n"), "text/plain"),
+                }
+            } else {
+                let text = format!("{}{}", counts.render(), faults_metric(faults.injected()));
+                (http::StatusCode::OK, text, "text/plain; version=0.0.4")
+            };
+            let body = http_body_util::Full::new(bytes::Bytes::from(text));
+            std::future::ready(http::Response::builder().status(status).header("content-type", kind).body(body))
         });
         let connection = http.serve_connection(TokioIo::new(socket), answer).into_owned();
         tokio::spawn(async move {
             let _ = connection.await;
         });
     }
+}
+
+/// The count of injected faults, in the Prometheus text format.
+fn faults_metric(injected: u64) -> String {
+    format!(
+        "# HELP batchmill_s3_faults_injected_total Requests answered with an injected fault.\n\
+         # TYPE batchmill_s3_faults_injected_total counter\nbatchmill_s3_faults_injected_total {injected}\n"
+    )
 }
