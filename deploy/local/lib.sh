@@ -40,6 +40,8 @@ GATEWAY_PORT=$((PORT_BASE + 10))
 LISTER_PORT=$((PORT_BASE + 11))
 ENQUEUER_PORT=$((PORT_BASE + 12))
 SCHEDULER_PORT=$((PORT_BASE + 13))
+# The second scheduler: a hot standby, leader once the first dies.
+SCHEDULER_2_PORT=$((PORT_BASE + 14))
 WORKER_PORT_BASE=$((PORT_BASE + 20))
 
 S3_ACCESS_KEY=${BATCHMILL_S3_ACCESS_KEY:-batchmill}
@@ -102,4 +104,13 @@ wait_for() {
   done
 }
 
-grpc_healthy() { "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q SERVING; }
+grpc_healthy() { "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
+
+# leader_port: the port of whichever scheduler leads (SERVING); fails if none.
+leader_port() {
+  local port
+  for port in "$SCHEDULER_PORT" "$SCHEDULER_2_PORT"; do
+    grpc_healthy "$port" && { echo "$port"; return 0; }
+  done
+  return 1
+}

@@ -471,6 +471,31 @@ impl Sandbox {
         self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))
     }
 
+    /// Every file the sandbox's processes wrote that holds one of `secrets`
+    /// in clear: their logs, etcd's data, NATS's streams (events, logs,
+    /// dead letters, records) and the S3 server's objects.
+    pub fn files_holding(&self, secrets: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+        let mut found = Vec::new();
+        let mut dirs = vec![self.dir.path().to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                // A file may go (a rotated WAL) between listing and reading.
+                let Ok(bytes) = std::fs::read(&path) else { continue };
+                for secret in secrets {
+                    if bytes.windows(secret.len()).any(|w| w == secret.as_bytes()) {
+                        found.push((path.display().to_string(), (*secret).to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// Makes the S3 server fail `rate` (0 to 1) of the PUTs it gets with a
     /// 500 from now on; returns how many faults it has injected so far.
     pub async fn s3_put_error_rate(&self, rate: f64) -> anyhow::Result<u64> {

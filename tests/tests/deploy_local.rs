@@ -1,6 +1,9 @@
 //! deploy/local as a user runs it: `up` on a fresh state dir, `source
 //! <state>/env`, a REST submission with curl, the results in S3 via boto3,
-//! then `down` leaves none of the processes it started.
+//! the leading scheduler killed and the standby taking over, then `down`
+//! leaves none of the processes it started.
+// A test walks a whole scenario; the 80-line bar is the product's.
+#![allow(clippy::too_many_lines)]
 
 use std::path::Path;
 use std::process::Command;
@@ -49,7 +52,7 @@ fn up_source_curl_down() {
     assert!(up.status.success(), "up failed:\n{log}");
     assert!(log.contains("etcd already running"), "a second up starts nothing new:\n{log}");
     let started = pids(state.path());
-    assert_eq!(started.len(), 9, "etcd, nats, s3, postgres, 4 services, 1 worker: {started:?}");
+    assert_eq!(started.len(), 10, "etcd, nats, s3, postgres, 4 services (2 schedulers), 1 worker: {started:?}");
 
     let job = sh(
         r#"set -e
@@ -78,6 +81,45 @@ print(len(keys), sorted(l["result"] for l in lines))
     let out = String::from_utf8_lossy(&job.stdout);
     assert!(job.status.success(), "job failed: {out}\n{}", String::from_utf8_lossy(&job.stderr));
     assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED\n4 [1, 2, 3, 4, 5]", "3 batch objects and the manifest");
+
+    // The leading scheduler killed, the standby leads within seconds: a job
+    // runs; `up` then starts the dead one again, as the new standby.
+    let failover = sh(
+        r#"set -e
+        . deploy/local/lib.sh
+        . "$BATCHMILL_STATE_DIR/env"
+        port=$(leader_port)
+        name=scheduler; [ "$port" = "$SCHEDULER_PORT" ] || name=scheduler-2
+        read -r pid _ <"$BATCHMILL_STATE_DIR/pids/$name.pid"
+        kill -KILL "$pid"
+        auth="Authorization: Bearer $BATCHMILL_API_KEY"
+        for _ in $(seq 1 300); do
+          id=$(curl -sS -X POST "$BATCHMILL_GATEWAY_URL/v1/jobs" -H "$auth"             -d '{"pipeline":"echo","workers":1,"itemList":{"items":[1,2,3],"batchSize":1}}'             | python3 -c 'import json,sys; print(json.load(sys.stdin).get("jobId", ""))')
+          [ -n "$id" ] && break
+          sleep 0.1
+        done
+        for _ in $(seq 1 300); do
+          state=$(curl -sS -H "$auth" "$BATCHMILL_GATEWAY_URL/v1/jobs/$id" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("state", ""))')
+          [ "$state" = JOB_STATE_SUCCEEDED ] && break
+          sleep 0.1
+        done
+        new=$(leader_port)
+        echo "$state $([ "$new" != "$port" ] && echo moved)"
+        deploy/local/up >/dev/null 2>&1
+        running "$name" && echo restarted"#,
+        state.path(),
+        base,
+    );
+    let out = String::from_utf8_lossy(&failover.stdout);
+    assert!(
+        failover.status.success(),
+        "failover failed: {out}
+{}",
+        String::from_utf8_lossy(&failover.stderr)
+    );
+    assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED moved\nrestarted", "the standby took over");
+    let started = pids(state.path());
+    assert_eq!(started.len(), 10, "the dead scheduler started again: {started:?}");
 
     // The README's SQL job over the database `up` made, from the env file.
     let sql = sh(
