@@ -186,6 +186,7 @@ fn public_dead_letter(id: &JobId, dead: qpb::DeadLetter) -> pb::DeadLetter {
         worker_id: dead.worker_id,
         dead_letter_time: Some(batchmill_core::time::timestamp(dead.time_ms)),
         duration: Some(duration_ms(dead.duration_ms)),
+        first_item: batch.first_item as i64,
         failed_items: dead
             .failed_items
             .into_iter()

@@ -75,11 +75,20 @@ pub fn results(job: &pb::Job, results: &[pb::ItemResult], dead: &[pb::DeadLetter
     }
     let mut failures = Map::new();
     for d in dead {
-        for (i, item) in d.items.iter().enumerate() {
+        // Where its failing items were isolated, only those failed, each
+        // with its own error; else the whole batch, with the batch's.
+        let failed: Vec<(usize, &str)> = if d.failed_items.is_empty() {
+            (0..d.items.len()).map(|i| (i, d.last_error.as_str())).collect()
+        } else {
+            let at = |f: &pb::FailedItem| usize::try_from(f.index - d.first_item).ok();
+            d.failed_items.iter().filter_map(|f| Some((at(f)?, f.error.as_str()))).collect()
+        };
+        for (i, error) in failed {
+            let Some(item) = d.items.get(i) else { continue };
             let item = batchmill_core::json::value_to_json(item);
             let name =
                 batchmill_core::named::name_of(&item).map_or_else(|| format!("{}:{i}", d.batch_id), str::to_owned);
-            failures.insert(name, json!({"status": "FAILED", "error": d.last_error}));
+            failures.insert(name, json!({"status": "FAILED", "error": error}));
         }
     }
     json!({
@@ -140,5 +149,18 @@ mod tests {
         assert_eq!(view["results"]["a"]["results.json"], json!({"x": 1}));
         assert_eq!(view["failures"]["b"]["error"], "boom");
         assert_eq!(view["finished"], true);
+
+        // A batch whose failing item was isolated: only that one failed.
+        let named = |n: &str| batchmill_core::json::json_to_value(&json!({"name": n, "inputs": {"t": n}}));
+        let isolated = pb::DeadLetter {
+            batch_id: "j1-2".into(),
+            first_item: 20,
+            items: vec![named("c"), named("d"), named("e")],
+            last_error: "1 of its 3 items failed".into(),
+            failed_items: vec![pb::FailedItem { index: 21, error: "bad d".into() }],
+            ..Default::default()
+        };
+        let view = results(&job, &[], &[isolated]);
+        assert_eq!(view["failures"], json!({"d": {"status": "FAILED", "error": "bad d"}}));
     }
 }
