@@ -264,7 +264,7 @@ impl JobRun {
     /// its failing items ([`crate::bisect`]); not while the message runs
     /// again (a group whose failures have deliveries left).
     async fn isolate(&self, predictor: &Arc<dyn Predictor>, delivery: &dyn Delivery, ran: &mut [Predict]) {
-        let last = delivery.attempt() >= u64::from(self.assign.max_deliver.max(1));
+        let last = self.is_last(delivery.attempt());
         if ran.iter().any(|b| matches!(b.result, Err(PredictError::Retryable(_))) && !last) {
             return;
         }
@@ -284,6 +284,11 @@ impl JobRun {
             }
             b.isolated = isolated;
         }
+    }
+
+    /// Whether delivery `attempt` is the batch's last.
+    fn is_last(&self, attempt: u64) -> bool {
+        attempt >= u64::from(self.assign.max_deliver.max(1))
     }
 
     /// [`keep_in_progress`] with the job's ack_wait.
@@ -309,7 +314,7 @@ impl JobRun {
     async fn finish(&self, output: &S3Uri, predicted: Predicted) -> Ran {
         let Predicted { delivery, started, mut batches } = predicted;
         let attempt = delivery.attempt();
-        let last = attempt >= u64::from(self.assign.max_deliver.max(1));
+        let last = self.is_last(attempt);
         let group = match (batches.first(), batches.last()) {
             (Some(first), Some(end)) if batches.len() > 1 => Some((first.batch.seq, end.batch.seq)),
             _ => None,

@@ -62,20 +62,38 @@ impl Faults {
 
     /// Answers the control request `POST /faults?put_error_rate=R` (and
     /// `GET /faults`): the rate now, as text, or why the request is wrong.
-    pub fn control(&self, method: &Method, query: Option<&str>) -> Result<String, String> {
+    pub fn control(&self, method: &Method, query: Option<&str>) -> Result<String, ControlError> {
         if *method == Method::POST {
             let rate = query
                 .into_iter()
                 .flat_map(|q| q.split('&'))
                 .find_map(|pair| pair.strip_prefix("put_error_rate="))
-                .ok_or("POST /faults takes ?put_error_rate=<0 to 1>")?;
-            let rate: f64 = rate.parse().map_err(|_| format!("put_error_rate {rate:?} is not a number"))?;
+                .ok_or(ControlError::NoRate)?;
+            let rate: f64 = rate.parse().map_err(|_| ControlError::NotANumber(rate.to_owned()))?;
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("put_error_rate {rate} is not between 0 and 1"));
+                return Err(ControlError::OutOfRange(rate));
             }
             self.set_put_error_rate(rate);
         }
         Ok(format!("put_error_rate {}\ninjected {}\n", self.put_error_rate(), self.injected()))
+    }
+}
+
+/// Why a control request is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlError {
+    NoRate,
+    NotANumber(String),
+    OutOfRange(f64),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::NoRate => write!(f, "POST /faults takes ?put_error_rate=<0 to 1>"),
+            ControlError::NotANumber(rate) => write!(f, "put_error_rate {rate:?} is not a number"),
+            ControlError::OutOfRange(rate) => write!(f, "put_error_rate {rate} is not between 0 and 1"),
+        }
     }
 }
 
@@ -122,8 +140,14 @@ mod tests {
             Ok("put_error_rate 1\ninjected 0\n".into())
         );
         assert!(faults.inject::<_, String>(&put()).is_some());
-        assert!(faults.control(&Method::POST, Some("put_error_rate=2")).unwrap_err().contains("between 0 and 1"));
-        assert!(faults.control(&Method::POST, None).unwrap_err().contains("put_error_rate"));
+        assert!(
+            faults
+                .control(&Method::POST, Some("put_error_rate=2"))
+                .unwrap_err()
+                .to_string()
+                .contains("between 0 and 1")
+        );
+        assert!(faults.control(&Method::POST, None).unwrap_err().to_string().contains("put_error_rate"));
         assert_eq!(faults.control(&Method::GET, None), Ok("put_error_rate 1\ninjected 1\n".into()));
     }
 }
