@@ -86,6 +86,7 @@ impl Scheduler {
         let (settings, store) = (state.settings.clone(), state.ports.store.clone());
         let accounts = Accounts::new(state.ports.kv.clone());
         let kv = state.ports.kv.clone();
+        let manifest_finished = state.manifests.wake();
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -93,6 +94,7 @@ impl Scheduler {
                 tokio::select! {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => state.tick().await,
+                    () = manifest_finished.notified() => state.note_manifests(),
                     command = rx.recv() => {
                         let Some(command) = command else { break };
                         handle(&mut state, command).await;

@@ -3,7 +3,14 @@
 //! The write runs off the actor and is retried (S3 may be down for a while);
 //! the job's record says once it is written, so a new leader writes the
 //! manifests its predecessor could not.
+//!
+//! Until its manifest is written, a job that ended on its own is shown as
+//! `COMPLETING` (see `JobRecord::shown_state`): a client that sees
+//! `SUCCEEDED` can read the manifest at once. Each write, once done, wakes
+//! the actor ([`Manifests::wake`]), so the terminal state shows without
+//! waiting for a tick.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use batchmill_blob::ObjectStore;
@@ -17,10 +24,24 @@ use crate::jobs::JobEntry;
 use crate::ledger::ResultObject;
 use crate::state::State;
 
-/// Manifest writes in flight; each yields its job's id once written.
+/// Manifest writes in flight, and the jobs whose write has finished (written,
+/// or found impossible) since the actor last looked.
 #[derive(Default)]
 pub(crate) struct Manifests {
-    writing: JoinSet<JobId>,
+    writing: JoinSet<()>,
+    finished: Arc<Mutex<Vec<JobId>>>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Manifests {
+    /// Notified each time a write finishes; the actor then records it.
+    pub(crate) fn wake(&self) -> Arc<tokio::sync::Notify> {
+        self.wake.clone()
+    }
+
+    fn take_finished(&self) -> Vec<JobId> {
+        std::mem::take(&mut *self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
 }
 
 /// The manifest of a job as it is now.
@@ -31,7 +52,8 @@ fn manifest(entry: &JobEntry, output: &S3Uri, now_ms: u64) -> serde_json::Value 
     serde_json::json!({
         "job_id": id.to_string(),
         "pipeline": entry.record.pipeline,
-        "state": snapshot.state().as_str_name(),
+        // The job's own state: the snapshot shows COMPLETING until this is written.
+        "state": batchmill_proto::jobs::v1::JobState::from(entry.record.state).as_str_name(),
         "message": snapshot.message,
         "batches": {
             "total": snapshot.batches.as_ref().map_or(0, |b| b.total),
@@ -83,29 +105,32 @@ impl State {
             Ok(output) => output,
             Err(e) => {
                 warn!(job_id = %id, error = %e, "the job's output location is unusable; no manifest");
-                return;
+                return self.manifest_written(id);
             }
         };
         let body = match serde_json::to_vec_pretty(&manifest(entry, &output, self.clock.now_ms())) {
             Ok(body) => Bytes::from(body),
             Err(e) => {
                 warn!(job_id = %id, error = %e, "encoding the manifest failed");
-                return;
+                return self.manifest_written(id);
             }
         };
         let (store, uri, id) = (self.ports.store.clone(), manifest_uri(&output, id), id.clone());
+        let (finished, wake) = (self.manifests.finished.clone(), self.manifests.wake.clone());
         self.manifests.writing.spawn(async move {
             if put_until_written(store.as_ref(), &uri, body).await {
                 info!(job_id = %id, %uri, "manifest written");
             }
-            id
+            finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(id);
+            wake.notify_one();
         });
     }
 
     /// Records the manifests written since the last call.
     pub(crate) fn note_manifests(&mut self) {
-        while let Some(done) = self.manifests.writing.try_join_next() {
-            self.manifest_written(done);
+        while self.manifests.writing.try_join_next().is_some() {}
+        for id in self.manifests.take_finished() {
+            self.manifest_written(&id);
         }
     }
 
@@ -113,18 +138,18 @@ impl State {
     /// them; for tests and for a clean stop.
     pub async fn manifests_written(&mut self, patience: Duration) {
         let deadline = tokio::time::Instant::now() + patience;
-        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, self.manifests.writing.join_next()).await {
-            self.manifest_written(done);
-        }
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, self.manifests.writing.join_next()).await {}
+        self.note_manifests();
     }
 
-    fn manifest_written(&mut self, done: Result<JobId, tokio::task::JoinError>) {
-        let Ok(id) = done else { return };
-        if let Some(entry) = self.jobs.get_mut(&id)
+    /// The job's manifest write has finished (or cannot be made): its
+    /// terminal state shows.
+    fn manifest_written(&mut self, id: &JobId) {
+        if let Some(entry) = self.jobs.get_mut(id)
             && entry.record.state.is_terminal()
         {
             entry.record.manifest_written = true;
-            self.pending.mark(&id);
+            self.pending.mark(id);
         }
     }
 }

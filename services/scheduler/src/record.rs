@@ -275,6 +275,18 @@ impl JobRecord {
     }
 
     /// The job as the public API shows it at `now_ms`.
+    /// The state clients see. A job that ended on its own shows as
+    /// `COMPLETING` until its manifest is written, so that whoever sees it
+    /// terminal can read the manifest; a cancelled job shows `CANCELLED` at
+    /// once (the cancel answers it), its manifest following.
+    pub fn shown_state(&self) -> JobState {
+        if self.state.is_terminal() && self.state != JobState::Cancelled && !self.manifest_written {
+            JobState::Completing
+        } else {
+            self.state
+        }
+    }
+
     pub fn snapshot(&self, ledger: &Ledger, enqueue: &EnqueueProgress, assigned: Assigned, now_ms: u64) -> pb::Job {
         let Assigned { initializing, running } = assigned;
         let assigned = initializing + running;
@@ -295,7 +307,7 @@ impl JobRecord {
         pb::Job {
             job_id: self.job_id.to_string(),
             pipeline: self.pipeline.clone(),
-            state: pb::JobState::from(self.state) as i32,
+            state: pb::JobState::from(self.shown_state()) as i32,
             output_uri: self.output_uri.clone(),
             batches: Some(pb::BatchCounts {
                 total: total_batches as i64,

@@ -49,7 +49,7 @@ async fn a_job_completes_from_its_ledger_and_counts_a_redelivery_once() {
     let acks = sent.iter().filter(|m| matches!(m, Out::OutcomeAck(_))).count();
     assert_eq!(acks, 4, "every report is confirmed, the duplicate too");
     assert!(sent.iter().any(|m| matches!(m, Out::Revoke(r) if r.job_id == "j1")));
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::Succeeded);
     let b = job.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 3, 0, 0));
@@ -76,8 +76,41 @@ async fn a_job_whose_last_outcome_came_just_before_a_submission_still_completes(
     state.submit(record("j2", 1), Limits::default()).await.unwrap();
     state.flush().await;
 
-    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    assert_eq!(fakes.ended(&mut state, "j1").await.state(), pb::JobState::Succeeded);
     assert!(!fakes.open("j1").await, "the finished job's queue is closed");
+}
+
+/// Whoever sees a job SUCCEEDED can read its manifest: while S3 is down and
+/// the manifest unwritten, the job shows COMPLETING, and its watchers see
+/// it end once the manifest is in place.
+#[tokio::test]
+async fn a_job_shows_completing_until_its_manifest_is_written() {
+    let fakes = fakes().await;
+    let mut state = state(&fakes);
+    let _worker = join(&mut state, "w1");
+    state.submit(record("j1", 1), Limits::default()).await.unwrap();
+    state.enqueue_progress("j1", EnqueueProgress { next_seq: 1, next_item: 10, done: true, ..Default::default() });
+    let mut watch = state.watch(&job_id("j1")).unwrap();
+    fakes.store.set_down(true);
+    state.outcome(&WorkerId::new("w1"), outcome("j1", 0, spb::BatchStatus::Succeeded));
+    state.settle().await;
+    state.flush().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    state.tick().await;
+    state.flush().await;
+    let job = state.get(&job_id("j1")).unwrap();
+    assert_eq!(job.state(), pb::JobState::Completing, "ended, but its manifest is not written");
+    assert_eq!(job.batches.unwrap().succeeded, 1);
+    assert!(fakes.store.objects().is_empty(), "S3 is down");
+
+    fakes.store.set_down(false);
+    let job = fakes.ended(&mut state, "j1").await;
+    assert_eq!(job.state(), pb::JobState::Succeeded);
+    let manifest = fakes.store.objects().get("s3://out/results/j1/manifest.json").cloned().expect("manifest");
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["state"], "JOB_STATE_SUCCEEDED");
+    state.flush().await;
+    assert_eq!(watch.borrow_and_update().state(), pb::JobState::Succeeded, "watchers see it end");
 }
 
 #[tokio::test]
@@ -187,7 +220,7 @@ async fn a_new_leader_rebuilds_jobs_and_ledgers_and_resumes_them() {
     second.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::Succeeded));
     second.settle().await;
     second.flush().await;
-    assert_eq!(second.get(&job_id("j1")).unwrap().state(), pb::JobState::CompletedWithFailures);
+    assert_eq!(fakes.ended(&mut second, "j1").await.state(), pb::JobState::CompletedWithFailures);
     assert!(drain(&mut w).iter().any(|m| matches!(m, Out::OutcomeAck(a) if a.seq == 2)));
 }
 
@@ -205,7 +238,7 @@ async fn a_batch_that_ran_out_of_deliveries_fails_once_it_is_durable() {
     state.settle().await;
     state.flush().await;
     rx.await.expect("released after the write");
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::CompletedWithFailures);
     let b = job.batches.unwrap();
     assert_eq!((b.succeeded, b.failed), (1, 1));
@@ -232,7 +265,7 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::FailedFinal));
     state.settle().await;
     state.flush().await;
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::CompletedWithFailures);
     assert_eq!(job.batches.as_ref().unwrap().dead_lettered, 2);
 
@@ -264,7 +297,7 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
     state.settle().await;
     state.flush().await;
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::CompletedWithFailures, "batch 2 still failed");
     let b = job.batches.unwrap();
     assert_eq!((b.succeeded, b.failed, b.dead_lettered), (2, 1, 1));
@@ -274,7 +307,7 @@ async fn dead_letters_are_listed_from_the_ledger_and_a_rerun_completes_the_job()
     state.outcome(&WorkerId::new("w1"), outcome("j1", 2, spb::BatchStatus::Succeeded));
     state.settle().await;
     state.flush().await;
-    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    assert_eq!(fakes.ended(&mut state, "j1").await.state(), pb::JobState::Succeeded);
     let cancelled = state.cancel(&job_id("j1")).await.unwrap();
     assert_eq!(cancelled.state(), pb::JobState::Succeeded, "an ended job stays as it ended");
     let err = state.rerun(&job_id("j1"), &[]).await.unwrap_err();
@@ -304,7 +337,7 @@ async fn a_job_past_its_timeout_ends_timed_out_with_a_manifest() {
     second.tick().await;
     second.flush().await;
     for (id, timeout) in [("j1", "60s"), ("j2", "1s")] {
-        let job = second.get(&job_id(id)).unwrap();
+        let job = fakes.ended(&mut second, id).await;
         assert_eq!(job.state(), pb::JobState::TimedOut, "{id}");
         assert!(job.message.contains(&format!("timeout of {timeout}")), "{}", job.message);
         assert!(fakes.calls().stopped.contains(&id.to_owned()), "enqueuing of {id} stopped");
@@ -405,7 +438,7 @@ async fn a_python_job_starts_after_enqueuing_and_finalizes_once_on_one_worker() 
     claim(&mut state, &kv, "j1", finalizing(1, "w1", true, None)).await;
     state.tick().await;
     state.flush().await;
-    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::Succeeded);
+    assert_eq!(fakes.ended(&mut state, "j1").await.state(), pb::JobState::Succeeded);
     assert_eq!(kv.get(key).await.unwrap(), None, "the finalizer key is cleaned up");
     assert!(fakes.objects(&mut state).await.contains_key("s3://out/results/j1/manifest.json"));
 }
@@ -438,7 +471,7 @@ async fn a_lost_finalizer_is_replaced_and_a_failed_hook_fails_the_job() {
     // A claim left from attempt 1 would be stale only before this completion; attempt 2 reports an error.
     claim(&mut state, &kv, "j1", finalizing(2, "w2", true, Some("ValueError: no results"))).await;
     state.tick().await;
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::Failed);
     assert!(job.message.contains("on_job_complete failed on worker w2: ValueError: no results"), "{}", job.message);
 }
@@ -453,7 +486,7 @@ async fn a_predictor_that_cannot_start_fails_its_job_after_three_tries() {
         assert!(drain(&mut w1).iter().any(|m| matches!(m, Out::Assign(_))), "attempt {attempt}");
         state.released(&WorkerId::new("w1"), "j1", Some(("KeyError: 'dest_s3_dir'".into(), false))).await;
     }
-    let job = state.get(&job_id("j1")).unwrap();
+    let job = fakes.ended(&mut state, "j1").await;
     assert_eq!(job.state(), pb::JobState::Failed);
     assert!(
         job.message.contains("could not start (3 attempts)") && job.message.contains("dest_s3_dir"),
@@ -537,7 +570,7 @@ async fn a_timed_out_job_retried_enqueues_only_what_is_not_final_and_times_out_f
     tokio::time::advance(Duration::from_secs(61)).await;
     state.tick().await;
     state.flush().await;
-    assert_eq!(state.get(&job_id("j1")).unwrap().state(), pb::JobState::TimedOut);
+    assert_eq!(fakes.ended(&mut state, "j1").await.state(), pb::JobState::TimedOut);
     drain(&mut worker);
 
     let retried = state.retry(&job_id("j1"), Limits::default()).await.unwrap();
@@ -564,7 +597,7 @@ async fn a_timed_out_job_retried_enqueues_only_what_is_not_final_and_times_out_f
     state.outcome(&WorkerId::new("w1"), outcome("j1", 1, spb::BatchStatus::Succeeded));
     state.settle().await;
     state.flush().await;
-    let done = state.get(&job_id("j1")).unwrap();
+    let done = fakes.ended(&mut state, "j1").await;
     assert_eq!(done.state(), pb::JobState::CompletedWithFailures, "{done:?}");
     let b = done.batches.unwrap();
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (3, 2, 1, 0), "counts exact, nothing twice");

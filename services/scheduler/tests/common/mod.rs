@@ -68,6 +68,13 @@ impl Fakes {
         stored.iter().map(|s| batchmill_proto::jobs::v1::JobEvent::decode(s.payload.as_ref()).unwrap()).collect()
     }
 
+    /// Job `id` as clients see it once the manifests being written are
+    /// (until its manifest is written, a job that ended shows COMPLETING).
+    pub async fn ended(&self, state: &mut State, id: &str) -> batchmill_proto::jobs::v1::Job {
+        state.manifests_written(Duration::from_secs(5)).await;
+        state.get(&job_id(id)).unwrap()
+    }
+
     /// The objects written to S3, once the manifests being written are.
     pub async fn objects(&self, state: &mut State) -> std::collections::BTreeMap<String, Bytes> {
         state.manifests_written(Duration::from_secs(5)).await;
