@@ -7,6 +7,8 @@
 //! `.batchmill/tools`, filled by `deploy/local/install-deps`); service
 //! binaries in `$BATCHMILL_BIN_DIR` (default `target/debug`).
 
+pub mod chaos;
+mod clock;
 pub mod postgres;
 mod process;
 
@@ -43,6 +45,11 @@ pub struct Options {
     pub postgres: bool,
     /// The schedulers' admission queues (`BATCHMILL_QUEUES`).
     pub queues: String,
+    /// Environment variables every service gets on top of the sandbox's.
+    pub service_env: Vec<(String, String)>,
+    /// Run worker-0 on a clock that can be made to jump
+    /// ([`Sandbox::jump_clock`]): libfaketime, preloaded.
+    pub jumping_clock: bool,
 }
 
 impl Default for Options {
@@ -56,6 +63,8 @@ impl Default for Options {
             worker_env: Vec::new(),
             postgres: false,
             queues: String::new(),
+            service_env: Vec::new(),
+            jumping_clock: false,
         }
     }
 }
@@ -318,7 +327,10 @@ impl Sandbox {
     async fn start_services(&mut self, root: &Path, options: &Options, env: &[(String, String)]) -> anyhow::Result<()> {
         let sandbox = self;
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
+        let env: Vec<(String, String)> = env.iter().chain(&options.service_env).cloned().collect();
+        let env = &env;
         let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
+        let clock_env = if options.jumping_clock { sandbox.clock_env(&worker_env)? } else { worker_env.clone() };
         let mut services = vec![
             ("lister".to_owned(), "batchmill-lister", lister, vec![], env),
             (
@@ -350,7 +362,7 @@ impl Sandbox {
                     format!("--worker-id=sandbox-{i}"),
                     format!("--work-dir={}", root.join(format!("worker-{i}")).display()),
                 ],
-                &worker_env,
+                if i == 0 { &clock_env } else { &worker_env },
             ));
         }
         for (name, bin, port, extra, env) in &services {
@@ -407,14 +419,8 @@ impl Sandbox {
     }
 
     async fn wait_healthy(&self, name: &str, port: u16) -> anyhow::Result<()> {
-        use tonic_health::pb::health_client::HealthClient;
-        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
         for _ in 0..600 {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await
-                && let Ok(r) = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await
-                && r.get_ref().status == ServingStatus::Serving as i32
-            {
+            if serving(port).await {
                 return Ok(());
             }
             self.process(name)?.check_alive()?;
@@ -694,6 +700,20 @@ impl Sandbox {
 }
 
 pub use batchmill_core::job::is_terminal;
+
+/// Whether the gRPC server on `port` answers its health check SERVING
+/// (within a second).
+pub async fn serving(port: u16) -> bool {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let check = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).ok()?;
+        let channel = endpoint.connect().await.ok()?;
+        let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.ok()?;
+        Some(answer.get_ref().status == ServingStatus::Serving as i32)
+    };
+    matches!(tokio::time::timeout(Duration::from_secs(1), check).await, Ok(Some(true)))
+}
 
 /// An inline-items job request for the echo pipeline.
 pub fn echo_job(
