@@ -310,6 +310,9 @@ impl Enqueuer {
             };
             let Some(chunk) = chunk else { break };
             for item in chunk {
+                if request.max_items > 0 && item_index >= request.max_items {
+                    return Err(EnqueueError::TooManyItems { limit: request.max_items });
+                }
                 let full = batcher.push(item).map_err(|bytes| EnqueueError::ItemTooLarge {
                     index: item_index,
                     bytes,

@@ -54,6 +54,11 @@ pub enum EnqueueError {
     Lister(#[from] RemoteError),
     #[error("item {index} is {bytes} bytes, over the {limit}-byte batch limit")]
     ItemTooLarge { index: u64, bytes: usize, limit: usize },
+    #[error(
+        "the job has more than {limit} items, the most one job may have (the scheduler's \
+         BATCHMILL_MAX_JOB_ITEMS); split its input into several jobs"
+    )]
+    TooManyItems { limit: u64 },
     #[error("corrupt checkpoint for job {job_id}: {message}")]
     Corrupt { job_id: String, message: String },
     #[error("encoding the checkpoint of job {job_id}: {message}")]
@@ -69,6 +74,7 @@ impl EnqueueError {
             EnqueueError::Lister(e) => e.is_retryable(),
             EnqueueError::InvalidRequest { .. }
             | EnqueueError::ItemTooLarge { .. }
+            | EnqueueError::TooManyItems { .. }
             | EnqueueError::Corrupt { .. }
             | EnqueueError::Encode { .. } => false,
         }
@@ -78,7 +84,9 @@ impl EnqueueError {
 impl ServiceError for EnqueueError {
     fn code(&self) -> ErrorCode {
         match self {
-            EnqueueError::InvalidRequest { .. } | EnqueueError::ItemTooLarge { .. } => ErrorCode::InvalidArgument,
+            EnqueueError::InvalidRequest { .. }
+            | EnqueueError::ItemTooLarge { .. }
+            | EnqueueError::TooManyItems { .. } => ErrorCode::InvalidArgument,
             EnqueueError::Coord(_) | EnqueueError::Queue(_) => ErrorCode::Unavailable,
             EnqueueError::Lister(e) => e.code,
             EnqueueError::Corrupt { .. } | EnqueueError::Encode { .. } => ErrorCode::Internal,

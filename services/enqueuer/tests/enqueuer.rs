@@ -188,6 +188,22 @@ async fn an_item_over_the_batch_limit_ends_enqueuing_with_the_error_recorded() {
 }
 
 #[tokio::test]
+async fn a_job_past_its_item_limit_fails_naming_the_limit_and_one_at_it_completes() {
+    let (kv, queue) = (MemKv::default(), MemQueue::default());
+    let lister = Lister { items: items(23), ..Default::default() };
+    let enqueuer = enqueuer(&kv, &queue, &lister);
+    enqueuer.enqueue(EnqueueJobRequest { max_items: 22, ..request("over", 5) }).await.unwrap();
+    let over = finished(&kv, "over").await;
+    let error = over.error.clone().expect("an error");
+    assert!(error.contains("more than 22 items") && error.contains("BATCHMILL_MAX_JOB_ITEMS"), "{error}");
+    assert!(!over.done && over.next_item <= 22, "{over:?}");
+
+    enqueuer.enqueue(EnqueueJobRequest { max_items: 23, ..request("at", 5) }).await.unwrap();
+    let at = finished(&kv, "at").await;
+    assert_eq!((at.next_item, at.done, at.error), (23, true, None));
+}
+
+#[tokio::test]
 async fn a_bad_job_id_is_refused_and_a_stopped_job_publishes_nothing_more() {
     let (kv, queue) = (MemKv::default(), MemQueue::default());
     let lister = Lister { items: items(10), ..Default::default() };

@@ -321,6 +321,7 @@ impl State {
                 entry.record.item_count,
                 entry.record.max_workers,
             ),
+            max_items: self.settings.max_job_items,
         };
         let trace = entry.record.trace.clone();
         if let Err(e) = self.ports.queue.open_job(id.as_str(), entry.policy(&self.settings.policy)).await {

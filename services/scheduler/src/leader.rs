@@ -55,6 +55,8 @@ pub struct Config {
     pub secret_key: Option<batchmill_core::sealed::ClusterKey>,
     /// The admission queues.
     pub queues: batchmill_core::queues::Queues,
+    /// The most items one job may have (0: no limit).
+    pub max_job_items: u64,
 }
 
 /// Errors that stop a scheduler.
@@ -141,6 +143,7 @@ impl Deps {
                 config.pipelines_uri.clone(),
             ),
             queues: config.queues.clone(),
+            max_job_items: config.max_job_items,
         });
         let deps = Deps {
             etcd,

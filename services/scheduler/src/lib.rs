@@ -71,6 +71,11 @@ pub use ports::{EnqueueClient, Ports, SourceProbe, WorkerLink};
 pub use record::{Input, JobRecord};
 pub use run_policy::{Resources, RunPolicy};
 pub use state::{Settings, State};
+
+/// The most items one job may have unless the scheduler is told otherwise
+/// (`BATCHMILL_MAX_JOB_ITEMS`): a job's ledger and checkpoints grow with
+/// its batches, and a bigger input is better split into several jobs.
+pub const DEFAULT_MAX_JOB_ITEMS: u64 = 100_000_000;
 pub use workers::Capabilities;
 
 use batchmill_core::{ErrorCode, RemoteError, ServiceError};

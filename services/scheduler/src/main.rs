@@ -51,6 +51,10 @@ struct Args {
     /// (capacity 0: no limit); `default` always exists.
     #[arg(long, env = "BATCHMILL_QUEUES", default_value = "")]
     queues: String,
+    /// The most items one job may have: a larger inline job is refused,
+    /// and a listed one fails once its lister passes this (0: no limit).
+    #[arg(long, env = "BATCHMILL_MAX_JOB_ITEMS", default_value_t = batchmill_scheduler::DEFAULT_MAX_JOB_ITEMS)]
+    max_job_items: u64,
 }
 
 #[tokio::main]
@@ -74,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
         // their own credentials are refused.
         secret_key: batchmill_core::sealed::ClusterKey::from_env()?,
         queues: batchmill_core::queues::Queues::parse(&args.queues).map_err(|v| anyhow::anyhow!("{v}"))?,
+        max_job_items: args.max_job_items,
     };
     let listener = args.listen.bind(&shutdown).await?;
     batchmill_scheduler::run(config, listener, shutdown).await?;

@@ -44,6 +44,8 @@ pub struct Settings {
     pub fence: batchmill_core::fence::Fence,
     /// The admission queues.
     pub queues: batchmill_core::queues::Queues,
+    /// The most items one job may have (0: no limit).
+    pub max_job_items: u64,
 }
 
 pub struct State {

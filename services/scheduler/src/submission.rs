@@ -55,6 +55,7 @@ impl Scheduler {
                     .map_while(|item| batchmill_core::named::name_of(item).map(str::to_owned))
                     .take(crate::record::INPUT_NAMES)
                     .collect();
+                self.within_item_limit(items.len() as u64, "item_list.items")?;
                 let lines: Vec<String> = items.iter().map(ToString::to_string).collect();
                 let (input, bytes) = self.stage(&job_id, &lines).await?;
                 input_bytes = bytes;
@@ -249,6 +250,7 @@ impl Scheduler {
                 });
             }
             SourceSpec::Items(items) => {
+                self.within_item_limit(items.len() as u64, "item_list.items")?;
                 return Ok(pb::DryRunJobResponse {
                     message: "validations passed".into(),
                     files: vec![],
@@ -264,6 +266,7 @@ impl Scheduler {
                 let source = Input::Folders { folders }.to_source(&secrets);
                 let (files, count) =
                     self.probe.list_files(source, DRY_RUN_MAX_FILES).await.map_err(|e| bad_source(e, "s3_folders"))?;
+                self.within_item_limit(count, "s3_folders")?;
                 let batch_count = batches(count);
                 let mut message: String = files.iter().map(|f| format!("{f}\n")).collect();
                 message.push_str("validations passed");
@@ -288,8 +291,25 @@ impl Scheduler {
             message.push_str(&format!("... and {} more\n", count - files.len() as u64));
         }
         message.push_str("validations passed");
+        if !lines {
+            self.within_item_limit(count, field)?;
+        }
         let (item_count, batch_count) = if lines { (-1, -1) } else { (count as i64, batches(count)) };
         Ok(pb::DryRunJobResponse { message, files, file_count: count as i64, item_count, batch_count })
+    }
+
+    /// Refuses a job of `count` items, over the most one job may have,
+    /// naming `field` (its source) and the limit.
+    fn within_item_limit(&self, count: u64, field: &str) -> Result<(), SchedulerError> {
+        let limit = self.settings.max_job_items;
+        if limit > 0 && count > limit {
+            let message = format!(
+                "{count} items, over the {limit} one job may have (the scheduler's BATCHMILL_MAX_JOB_ITEMS); \
+                 split the input into several jobs"
+            );
+            return Err(FieldViolation::new(field, message).into());
+        }
+        Ok(())
     }
 
     /// Whether results can be written where the job names (the cluster's

@@ -117,6 +117,7 @@ pub fn state_with_queues(fakes: &Fakes, queues: batchmill_core::queues::Queues) 
             S3Uri::parse("s3://out/pipelines").unwrap(),
         ),
         queues,
+        max_job_items: 0,
     };
     State::new(ports, Arc::new(settings), fakes.clock)
 }
