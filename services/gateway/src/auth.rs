@@ -35,9 +35,21 @@ fn is_grpc(request: &Request) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-/// The middleware: authenticates the request's key, or answers 401 /
-/// UNAUTHENTICATED (503 / UNAVAILABLE while the account store is down).
-pub async fn authenticate(State(accounts): State<Accounts>, mut request: Request, next: Next) -> Response {
+/// What the middleware checks requests against.
+#[derive(Clone)]
+pub struct Gate {
+    pub accounts: Accounts,
+    pub in_flight: crate::limits::InFlight,
+}
+
+/// The middleware: refuses headers over the limit, authenticates the
+/// request's key, or answers 401 / UNAUTHENTICATED (503 / UNAVAILABLE
+/// while the account store is down), and holds one of the key's places
+/// for requests in flight until the response ends (see [`crate::limits`]).
+pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    if let Err(refused) = crate::limits::check_headers(is_grpc(&request), request.headers()) {
+        return refused;
+    }
     // Identity headers come from the gateway only.
     let forged: Vec<_> = request.headers().keys().filter(|k| k.as_str().starts_with("x-batchmill-")).cloned().collect();
     for name in forged {
@@ -47,10 +59,14 @@ pub async fn authenticate(State(accounts): State<Accounts>, mut request: Request
         return next.run(request).await;
     }
     let header = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match accounts.authenticate(header).await {
+    match gate.accounts.authenticate(header).await {
         Ok(caller) => {
+            let permit = match gate.in_flight.hold(&caller.key_id, is_grpc(&request)) {
+                Ok(permit) => permit,
+                Err(refused) => return refused,
+            };
             request.extensions_mut().insert(caller);
-            next.run(request).await
+            crate::limits::holding(next.run(request).await, permit)
         }
         Err(error) => refuse(&request, &error),
     }

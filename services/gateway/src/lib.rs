@@ -15,9 +15,11 @@ pub mod cortex;
 pub mod files;
 mod forward;
 pub mod fuzz;
+pub mod limits;
 mod metrics;
 pub mod modzy;
 pub mod rest;
+mod serve;
 
 pub use forward::{JobsForwarder, PipelinesForwarder};
 
@@ -95,7 +97,10 @@ pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) ->
                 }
             }
         })
-        .layer(axum::middleware::from_fn_with_state(store, auth::authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            auth::Gate { accounts: store, in_flight: limits::InFlight::from_env() },
+            auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
@@ -119,7 +124,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let files = files::Files::new(blob.clone(), Arc::new(etcd.clone()), config.staging_uri.clone());
     let app = router(etcd, modzy::Uploads::new(blob, config.staging_uri), files).await?;
     tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, "gateway serving gRPC and REST");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await.map_err(RuntimeError::Io)?;
+    serve::serve(listener, app, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

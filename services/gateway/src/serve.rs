@@ -1,0 +1,76 @@
+//! The gateway's HTTP server: HTTP/1.1 and HTTP/2 (h2c) on one port, with
+//! the HTTP layer's own bounds set where the gateway wants them rather than
+//! at hyper's defaults. They are backstops above the named limits of
+//! [`crate::limits`]: what passes them reaches the middleware, which names
+//! the limit it breaks.
+
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Header bytes the HTTP layer reads before answering a bare 431: four
+/// times [`crate::limits::MAX_HEADER_BYTES`], so that a request a little
+/// over the limit gets the named refusal.
+pub const HEADER_BACKSTOP: usize = 4 * crate::limits::MAX_HEADER_BYTES;
+
+/// Header fields per HTTP/1.1 request the HTTP layer takes.
+const MAX_HEADER_FIELDS: usize = 256;
+
+/// Streams one HTTP/2 connection may have open at once; a client over it
+/// waits for one to end.
+pub const STREAMS_PER_CONNECTION: u32 = 256;
+
+/// How long open connections get to finish once the gateway stops.
+const DRAIN: Duration = Duration::from_secs(10);
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A slow client gets 30 s to send its headers (hyper's default, which
+    // needs a timer to run).
+    builder.http1().timer(TokioTimer::new()).max_buf_size(HEADER_BACKSTOP).max_headers(MAX_HEADER_FIELDS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(HEADER_BACKSTOP as u32)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .keep_alive_interval(Some(Duration::from_secs(20)));
+    builder
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets open connections
+/// finish (at most [`DRAIN`]).
+pub async fn serve(listener: TcpListener, app: axum::Router, shutdown: CancellationToken) {
+    let builder = builder();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        warn!("connections still open after {DRAIN:?}; closing them");
+    }
+}
