@@ -34,6 +34,18 @@ struct Cli {
     /// API key, as `<key_id>.<secret>`; default: the profile's.
     #[arg(long, env = "BATCHMILL_API_KEY", hide_env_values = true, global = true)]
     api_key: Option<String>,
+    /// Speak TLS to the gateway, trusting the system's roots (or --ca-cert).
+    #[arg(long, env = "BATCHMILL_TLS", global = true)]
+    tls: bool,
+    /// PEM CA certificate to trust for the gateway's (implies --tls).
+    #[arg(long, env = "BATCHMILL_CA_CERT", global = true)]
+    ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a gateway that asks for one (with --client-key).
+    #[arg(long, env = "BATCHMILL_CLIENT_CERT", global = true)]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long, env = "BATCHMILL_CLIENT_KEY", global = true)]
+    client_key: Option<std::path::PathBuf>,
     /// The profile to use from the config file ($BATCHMILL_CONFIG, else
     /// ~/.config/batchmill/config.yaml); default: its `default`.
     #[arg(long, env = "BATCHMILL_PROFILE", global = true)]
@@ -181,8 +193,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         clap_complete::generate(shell, &mut Cli::command(), "batchmill", &mut std::io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
-    let target = config::resolve(config::path(), cli.profile.as_deref(), cli.addr, cli.api_key)?;
-    let channel = connect::connect(&target.endpoint, target.api_key.as_deref()).await?;
+    let flags = config::Flags {
+        addr: cli.addr,
+        api_key: cli.api_key,
+        tls: cli.tls,
+        ca_cert: cli.ca_cert,
+        client_cert: cli.client_cert,
+        client_key: cli.client_key,
+    };
+    let target = config::resolve(config::path(), cli.profile.as_deref(), flags)?;
+    let channel = connect::connect(&target).await?;
     let mut client = JobServiceClient::new(channel.clone()).max_encoding_message_size(16 * 1024 * 1024);
     match cli.command {
         Command::Submit(args) => return submit::run(&mut client, *args).await,

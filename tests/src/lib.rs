@@ -11,6 +11,7 @@ pub mod chaos;
 mod clock;
 pub mod postgres;
 mod process;
+mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use process::Process;
+pub use tls::{Certs, GatewayTls};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -50,6 +52,8 @@ pub struct Options {
     /// Run worker-0 on a clock that can be made to jump
     /// ([`Sandbox::jump_clock`]): libfaketime, preloaded.
     pub jumping_clock: bool,
+    /// TLS on the gateway.
+    pub tls: GatewayTls,
 }
 
 impl Default for Options {
@@ -65,6 +69,7 @@ impl Default for Options {
             queues: String::new(),
             service_env: Vec::new(),
             jumping_clock: false,
+            tls: GatewayTls::Off,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct Sandbox {
     pub blob: Blob,
     /// A cluster admin key (account "admin"), as `deploy/local/up` makes.
     pub api_key: String,
+    /// The gateway's certificates, when it speaks TLS.
+    pub certs: Option<Certs>,
 }
 
 /// Sends an API key with every gRPC call.
@@ -116,7 +123,7 @@ impl tonic::service::Interceptor for Bearer {
 /// A channel to the gateway that sends an API key.
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
@@ -204,6 +211,7 @@ impl Sandbox {
             s3_control: String::new(),
             blob: Blob::new(&S3Config::default()).await,
             api_key: String::new(),
+            certs: None,
         };
         let env = sandbox.start_dependencies(&root, &options).await?;
         if options.postgres {
@@ -331,6 +339,11 @@ impl Sandbox {
         let env = &env;
         let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
         let clock_env = if options.jumping_clock { sandbox.clock_env(&worker_env)? } else { worker_env.clone() };
+        if options.tls != GatewayTls::Off {
+            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls == GatewayTls::Mutual)?);
+        }
+        let gateway_env: Vec<(String, String)> =
+            env.iter().cloned().chain(sandbox.certs.iter().flat_map(Certs::gateway_env)).collect();
         let mut services = vec![
             ("lister".to_owned(), "batchmill-lister", lister, vec![], env),
             (
@@ -351,7 +364,7 @@ impl Sandbox {
                 ],
                 env,
             ),
-            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![], env),
+            ("gateway".to_owned(), "batchmill-gateway", gateway, vec![], &gateway_env),
         ];
         for i in 0..options.workers {
             services.push((
@@ -372,8 +385,13 @@ impl Sandbox {
             sandbox.spawn(name, &binary(bin)?, &args, env)?;
             sandbox.grpc_ports.push((name.clone(), *port));
         }
+        sandbox.gateway = format!("127.0.0.1:{gateway}");
         for (name, _, port, _, _) in &services {
-            sandbox.wait_healthy(name, *port).await?;
+            if name == "gateway" && sandbox.certs.is_some() {
+                sandbox.wait_gateway_tls().await?;
+            } else {
+                sandbox.wait_healthy(name, *port).await?;
+            }
         }
         if options.standby_scheduler {
             let port = free_port()?;
@@ -387,7 +405,6 @@ impl Sandbox {
             sandbox.spawn("scheduler-standby", &binary("batchmill-scheduler")?, &args, env)?;
             sandbox.grpc_ports.push(("scheduler-standby".into(), port));
         }
-        sandbox.gateway = format!("127.0.0.1:{gateway}");
         Ok(())
     }
 
@@ -437,12 +454,13 @@ impl Sandbox {
     }
 
     pub fn rest_url(&self) -> String {
-        format!("http://{}", self.gateway)
+        let scheme = if self.certs.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.gateway)
     }
 
     /// A gRPC channel to the gateway that sends `key`.
     pub async fn channel_as(&self, key: &str) -> anyhow::Result<Authed> {
-        let channel = tonic::transport::Endpoint::from_shared(self.rest_url())?.connect().await?;
+        let channel = self.gateway_endpoint()?.connect().await?;
         Ok(InterceptedService::new(channel, Bearer::new(key)?))
     }
 
@@ -470,7 +488,7 @@ impl Sandbox {
 
     /// An HTTP client that sends the cluster admin key.
     pub fn http(&self) -> reqwest::Client {
-        http_as(&self.api_key)
+        self.http_with(bearer_headers(&self.api_key))
     }
 
     fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
@@ -840,11 +858,15 @@ pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<Stri
 
 /// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
 pub fn http_as(key: &str) -> reqwest::Client {
+    reqwest::Client::builder().default_headers(bearer_headers(key)).build().unwrap_or_default()
+}
+
+fn bearer_headers(key: &str) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder().default_headers(headers).build().unwrap_or_default()
+    headers
 }
 
 /// Creates the first cluster admin key in the sandbox's etcd, as

@@ -85,7 +85,8 @@ async fn a_key_holds_at_most_its_streams_and_gets_them_back_as_they_end() -> any
     let items = [json!(1)];
     let mut jobs = sandbox.jobs().await?;
     // A job that runs for long, so that its watchers stream until they go.
-    let job = jobs.submit_job(batchmill_tests::echo_job(&items, 1, 1, json!({"delay_ms": 600_000}))).await?.into_inner().job;
+    let job =
+        jobs.submit_job(batchmill_tests::echo_job(&items, 1, 1, json!({"delay_ms": 600_000}))).await?.into_inner().job;
     let job_id = job.map(|j| j.job_id).unwrap_or_default();
     let watch = || pb::WatchJobRequest { job_id: job_id.clone() };
     let mut streams = Vec::new();

@@ -57,3 +57,26 @@ pub struct S3Args {
     #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
     pub s3_region: String,
 }
+
+/// TLS for a server, from PEM files reloaded as they change (see
+/// [`crate::tls`]); in the clear when no certificate is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain to serve TLS with.
+    #[arg(long, env = "BATCHMILL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "BATCHMILL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// PEM CA certificates: clients must present a certificate one of
+    /// them signed (mutual TLS).
+    #[arg(long, env = "BATCHMILL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, if TLS is asked for.
+    pub fn files(self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles { cert: self.tls_cert?, key: self.tls_key?, client_ca: self.tls_client_ca })
+    }
+}

@@ -9,6 +9,7 @@ pub mod otlp_metrics;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;
 
 pub use server::ServerBuilder;

@@ -42,6 +42,8 @@ pub enum GatewayError {
     Runtime(#[from] RuntimeError),
     #[error("creating the key: {0}")]
     Accounts(#[from] batchmill_accounts::AccountError),
+    #[error("TLS: {0}")]
+    Tls(#[from] batchmill_runtime::tls::TlsError),
 }
 
 /// How a gateway runs.
@@ -51,6 +53,8 @@ pub struct Config {
     pub s3: batchmill_blob::S3Config,
     /// Where inputs are staged; uploads go under `<staging>/uploads/`.
     pub staging_uri: batchmill_core::S3Uri,
+    /// Serve over TLS with these files; None: in the clear.
+    pub tls: Option<batchmill_runtime::tls::TlsFiles>,
 }
 
 /// The public services, served over gRPC and REST.
@@ -123,8 +127,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let blob: Arc<dyn batchmill_blob::ObjectStore> = Arc::new(batchmill_blob::Blob::new(&config.s3).await);
     let files = files::Files::new(blob.clone(), Arc::new(etcd.clone()), config.staging_uri.clone());
     let app = router(etcd, modzy::Uploads::new(blob, config.staging_uri), files).await?;
-    tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, "gateway serving gRPC and REST");
-    serve::serve(listener, app, shutdown).await;
+    let tls_on = config.tls.is_some();
+    tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, tls = tls_on, "gateway serving gRPC and REST");
+    let tls = match config.tls {
+        Some(files) => Some(batchmill_runtime::tls::ServerTls::start(files, serve::ALPN, shutdown.clone())?),
+        None => None,
+    };
+    serve::serve(listener, app, tls, shutdown).await;
     tracing::info!("gateway stopped");
     Ok(())
 }

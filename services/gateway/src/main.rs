@@ -13,6 +13,8 @@ struct Args {
     etcd: EtcdArgs,
     #[command(flatten)]
     s3: S3Args,
+    #[command(flatten)]
+    tls: batchmill_runtime::args::TlsArgs,
     /// Where inputs are staged; Modzy's uploads go under <staging>/uploads/.
     #[arg(long, env = "BATCHMILL_STAGING_URI", default_value = "s3://batchmill/staging")]
     staging_uri: String,
@@ -48,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
         etcd_endpoints: args.etcd.etcd_endpoints,
         s3: batchmill_blob::S3Config::new(args.s3.s3_endpoint, args.s3.s3_region),
         staging_uri: batchmill_core::S3Uri::parse(&args.staging_uri).context("--staging-uri")?,
+        tls: args.tls.files(),
     };
     let listener = args.listen.bind(&shutdown).await?;
     batchmill_gateway::run(config, listener, shutdown).await?;

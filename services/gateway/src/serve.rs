@@ -1,5 +1,8 @@
-//! The gateway's HTTP server: HTTP/1.1 and HTTP/2 (h2c) on one port, with
-//! the HTTP layer's own bounds set where the gateway wants them rather than
+//! The gateway's HTTP server: HTTP/1.1 and HTTP/2 on one port, in the
+//! clear (h2c) or over TLS (`BATCHMILL_TLS_CERT`/`_KEY`, with client
+//! certificates required when `BATCHMILL_TLS_CLIENT_CA` is set; see
+//! [`batchmill_runtime::tls`]: the files are reloaded as they change). The
+//! HTTP layer's own bounds are set where the gateway wants them rather than
 //! at hyper's defaults. They are backstops above the named limits of
 //! [`crate::limits`]: what passes them reaches the middleware, which names
 //! the limit it breaks.
@@ -28,6 +31,12 @@ pub const STREAMS_PER_CONNECTION: u32 = 256;
 /// How long open connections get to finish once the gateway stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// What the gateway offers by ALPN: gRPC needs `h2`; REST may use either.
+pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A slow client gets 30 s to send its headers (hyper's default, which
@@ -42,9 +51,14 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `app` on `listener` until `shutdown`, then lets open connections
-/// finish (at most [`DRAIN`]).
-pub async fn serve(listener: TcpListener, app: axum::Router, shutdown: CancellationToken) {
+/// Serves `app` on `listener` until `shutdown`, over TLS if `tls` is
+/// given, then lets open connections finish (at most [`DRAIN`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<batchmill_runtime::tls::ServerTls>,
+    shutdown: CancellationToken,
+) {
     let builder = builder();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -61,11 +75,24 @@ pub async fn serve(listener: TcpListener, app: axum::Router, shutdown: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
+        let acceptor = tls.as_ref().map(batchmill_runtime::tls::ServerTls::acceptor);
+        // The handshake runs on the connection's own task, so a slow client
+        // holds up no other.
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let service = TowerToHyperService::new(app);
+            let served = match acceptor {
+                None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service)).await,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Ok(Err(e)) => return debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => return debug!("TLS handshake timed out"),
+                },
+            };
+            if let Err(e) = served {
                 debug!(error = %e, "connection ended with an error");
             }
         });

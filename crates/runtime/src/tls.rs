@@ -1,0 +1,134 @@
+//! TLS for a server, from PEM files, reloaded when they change: a
+//! certificate chain and its key, and optionally a CA whose client
+//! certificates are then required (mutual TLS). Each new connection takes
+//! the configuration as it is then; connections already open keep theirs.
+//! A reload that fails (a half-written file, a key that does not match)
+//! keeps the last good configuration and says why.
+//!
+//! rustls with the aws-lc-rs provider, the one the AWS SDK and async-nats
+//! already bring (a second provider makes rustls' defaults panic).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How often the files are looked at for changes.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{0}")]
+    Config(#[from] rustls::Error),
+    #[error("the client CA {path}: {message}")]
+    ClientCa { path: PathBuf, message: String },
+}
+
+/// Where a server's certificate, key and client CA are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Client certificates signed by this CA are required; none: no
+    /// client certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()].into_iter().flatten().map(PathBuf::as_path)
+    }
+
+    /// The files' modification times, to see a change.
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        self.paths().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    }
+
+    /// A server configuration from the files as they are now, offering
+    /// `alpn` (such as `h2` and `http/1.1`).
+    pub fn load(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
+        let bad = |path: &Path, e: &dyn std::fmt::Display| TlsError::File { path: path.into(), message: e.to_string() };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| bad(&self.cert, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(&self.cert, &e))?;
+        if chain.is_empty() {
+            return Err(bad(&self.cert, &"holds no certificate"));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad(&self.key, &e))?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder =
+            rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let client_ca = |message: String| TlsError::ClientCa { path: path.clone(), message };
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| client_ca(e.to_string()))? {
+                    roots.add(cert.map_err(|e| client_ca(e.to_string()))?).map_err(|e| client_ca(e.to_string()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| client_ca(e.to_string()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+}
+
+/// A server's TLS configuration, reloaded from its files as they change.
+#[derive(Clone)]
+pub struct ServerTls {
+    current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
+}
+
+impl ServerTls {
+    /// Loads the files (an error if they cannot be used) and watches them
+    /// until `stop`.
+    pub fn start(files: TlsFiles, alpn: &[&[u8]], stop: CancellationToken) -> Result<ServerTls, TlsError> {
+        let first = files.load(alpn)?;
+        let tls = ServerTls { current: Arc::new(RwLock::new(Arc::new(first))) };
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let reloading = tls.clone();
+        tokio::spawn(async move {
+            let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+            let mut seen = files.stamp();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(RELOAD_EVERY) => {}
+                }
+                let now = files.stamp();
+                if now == seen {
+                    continue;
+                }
+                match files.load(&alpn) {
+                    Ok(config) => {
+                        *reloading.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                            Arc::new(config);
+                        info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                        seen = now;
+                    }
+                    // Tried again at the next look: a file may be half written.
+                    Err(e) => warn!(error = %e, "reloading TLS failed; keeping the last good certificate"),
+                }
+            }
+        });
+        Ok(tls)
+    }
+
+    /// An acceptor with the configuration as it is now.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+}

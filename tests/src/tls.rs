@@ -1,0 +1,138 @@
+//! A sandbox whose gateway speaks TLS (`Options::tls`): certificates from
+//! `deploy/local/make-certs`, as `deploy/local/up --tls` makes them, in the
+//! sandbox's `tls/`. Its clients (gRPC channels, the HTTP client) then
+//! trust that CA, and present the client certificate where the gateway
+//! asks for one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Sandbox;
+
+/// TLS on the gateway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GatewayTls {
+    /// In the clear (h2c and HTTP/1.1).
+    #[default]
+    Off,
+    /// TLS; clients need no certificate.
+    Server,
+    /// TLS, and clients must present a certificate the CA signed.
+    Mutual,
+}
+
+/// Where the sandbox's certificates are.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub dir: PathBuf,
+    pub mutual: bool,
+}
+
+impl Certs {
+    /// Makes the CA, the gateway's and a client's certificates in `dir`.
+    pub fn make(dir: &Path, mutual: bool) -> anyhow::Result<Certs> {
+        let certs = Certs { dir: dir.to_path_buf(), mutual };
+        certs.issue("all")?;
+        Ok(certs)
+    }
+
+    /// Issues `which` (`gateway`, `client` or `all`) again from the same CA.
+    pub fn issue(&self, which: &str) -> anyhow::Result<()> {
+        let script = crate::repo_root().join("deploy/local/make-certs");
+        let out = std::process::Command::new(&script).arg(&self.dir).arg(which).output()?;
+        anyhow::ensure!(out.status.success(), "make-certs: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The gateway's environment for TLS.
+    pub fn gateway_env(&self) -> Vec<(String, String)> {
+        let path = |name: &str| self.path(name).to_string_lossy().into_owned();
+        let mut env = vec![
+            ("BATCHMILL_TLS_CERT".to_owned(), path("gateway.pem")),
+            ("BATCHMILL_TLS_KEY".to_owned(), path("gateway.key")),
+        ];
+        if self.mutual {
+            env.push(("BATCHMILL_TLS_CLIENT_CA".to_owned(), path("ca.pem")));
+        }
+        env
+    }
+
+    /// tonic's TLS settings: trust the CA, and present the client
+    /// certificate when the gateway asks for one.
+    pub fn tonic(&self, with_client: bool) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        let read = |name: &str| std::fs::read(self.path(name)).with_context(|| name.to_owned());
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")?));
+        if with_client {
+            config = config.identity(tonic::transport::Identity::from_pem(read("client.pem")?, read("client.key")?));
+        }
+        Ok(config)
+    }
+
+    /// rustls' client settings, as [`Certs::tonic`].
+    pub fn rustls(&self, with_client: bool) -> anyhow::Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(self.path("ca.pem"))? {
+            roots.add(cert?)?;
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        Ok(if with_client {
+            let chain = CertificateDer::pem_file_iter(self.path("client.pem"))?.collect::<Result<Vec<_>, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(self.path("client.key"))?)?
+        } else {
+            builder.with_no_client_auth()
+        })
+    }
+}
+
+impl Sandbox {
+    /// An endpoint for the gateway, over TLS when it speaks it.
+    pub fn gateway_endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.rest_url())?;
+        Ok(match &self.certs {
+            Some(certs) => endpoint.tls_config(certs.tonic(certs.mutual)?)?,
+            None => endpoint,
+        })
+    }
+
+    /// An HTTP client of the gateway sending `headers`, over TLS when it
+    /// speaks it.
+    pub(crate) fn http_with(&self, headers: reqwest::header::HeaderMap) -> reqwest::Client {
+        let builder = reqwest::Client::builder().default_headers(headers);
+        let builder = match self.certs.as_ref().map(|c| c.rustls(c.mutual)) {
+            Some(Ok(config)) => builder.use_preconfigured_tls(config),
+            _ => builder,
+        };
+        builder.build().unwrap_or_default()
+    }
+
+    /// Waits until the gateway answers its health check over TLS.
+    pub(crate) async fn wait_gateway_tls(&self) -> anyhow::Result<()> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let mut last = String::new();
+        for _ in 0..300 {
+            match self.gateway_endpoint()?.connect().await {
+                Ok(channel) => match HealthClient::new(channel).check(HealthCheckRequest::default()).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = format!("{e:?}"),
+                },
+                Err(e) => last = format!("{e:?}"),
+            }
+            self.process("gateway")?.check_alive()?;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the gateway did not answer over TLS: {last}\n{}", self.log_tail("gateway"))
+    }
+}

@@ -1,0 +1,110 @@
+//! The gateway over TLS (`BATCHMILL_TLS_CERT`/`_KEY`, certificates from
+//! `deploy/local/make-certs`): gRPC, REST and the CLI work over it, a
+//! plaintext client is refused, a rotated certificate is served to new
+//! connections within seconds while open ones go on, and with
+//! `BATCHMILL_TLS_CLIENT_CA` a client without a certificate is refused.
+
+use std::time::Duration;
+
+use batchmill_proto::jobs::v1 as pb;
+use batchmill_tests::{GatewayTls, Options, Sandbox, assert_echo_results, binary, echo_job};
+use serde_json::{Value, json};
+
+/// The certificate the gateway presents to a new connection, as DER.
+async fn served_certificate(sandbox: &Sandbox) -> anyhow::Result<Vec<u8>> {
+    let certs = sandbox.certs.as_ref().expect("a TLS sandbox");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(certs.rustls(certs.mutual)?));
+    let tcp = tokio::net::TcpStream::connect(&sandbox.gateway).await?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    let tls = connector.connect(name, tcp).await?;
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    Ok(chain.first().map(|c| c.to_vec()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_rest_and_the_cli_work_over_tls_and_a_rotated_certificate_is_served() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, tls: GatewayTls::Server, ..Options::default() }).await?;
+    let certs = sandbox.certs.clone().expect("certificates");
+    // gRPC over TLS: a job runs to its end.
+    let items: Vec<Value> = (0..20).map(|i| json!({"i": i})).collect();
+    let mut jobs = sandbox.jobs().await?;
+    let job = jobs.submit_job(echo_job(&items, 5, 1, json!({}))).await?.into_inner().job.expect("job");
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::Succeeded);
+    assert_echo_results(&sandbox, &done, &items, 5, &[]).await?;
+    // REST over TLS.
+    let listed = sandbox.http().get(format!("{}/v1/jobs", sandbox.rest_url())).send().await?;
+    assert_eq!(listed.status(), 200);
+    // A plaintext client gets no answer.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", sandbox.gateway))?;
+    let refused = match plain.connect().await {
+        Ok(channel) => pb::job_service_client::JobServiceClient::new(channel)
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .map(|_| ()),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(refused.is_err(), "a plaintext call answered");
+
+    // The CLI: trusting the CA it works; trusting only the system's roots it
+    // is refused, saying why.
+    let cli = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        let mut args = vec!["--addr", &sandbox.gateway, "--api-key", &sandbox.api_key];
+        args.extend_from_slice(extra);
+        args.extend(["get", &job.job_id]);
+        Ok(std::process::Command::new(binary("batchmill")?)
+            .env("BATCHMILL_CONFIG", "/nonexistent")
+            .args(args)
+            .output()?)
+    };
+    let ca = certs.path("ca.pem").to_string_lossy().into_owned();
+    let out = cli(&["--ca-cert", &ca])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("JOB_STATE_SUCCEEDED"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["--tls"])?;
+    assert!(!out.status.success(), "the CLI trusted a certificate no system root signed");
+    let out = cli(&[])?;
+    assert!(!out.status.success(), "the CLI spoke in the clear to a TLS gateway");
+
+    // Rotation: new connections get the new certificate; the open channel goes on.
+    let before = served_certificate(&sandbox).await?;
+    certs.issue("gateway")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while served_certificate(&sandbox).await? == before {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway still serves the old certificate after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    jobs.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await?;
+    sandbox.jobs().await?.get_job(pb::GetJobRequest { job_id: job.job_id.clone() }).await?;
+    assert!(sandbox.log("gateway").contains("TLS certificate reloaded"));
+    sandbox.check_all_alive()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_client_ca_a_client_without_a_certificate_is_refused() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 1, tls: GatewayTls::Mutual, ..Options::default() }).await?;
+    let certs = sandbox.certs.clone().expect("certificates");
+    // With the client certificate (the sandbox's own clients present it).
+    sandbox.jobs().await?.list_jobs(pb::ListJobsRequest::default()).await?;
+    assert_eq!(sandbox.http().get(format!("{}/v1/jobs", sandbox.rest_url())).send().await?.status(), 200);
+    // Without: no call gets through.
+    let bare = tonic::transport::Endpoint::from_shared(sandbox.rest_url())?.tls_config(certs.tonic(false)?)?;
+    let answer = match bare.connect().await {
+        Ok(channel) => pb::job_service_client::JobServiceClient::new(channel)
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .map(|_| ()),
+        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+    };
+    assert!(answer.is_err(), "a client without a certificate was answered");
+    let client = reqwest::Client::builder().use_preconfigured_tls(certs.rustls(false)?).build()?;
+    assert!(client.get(format!("{}/v1/jobs", sandbox.rest_url())).send().await.is_err());
+    sandbox.check_all_alive()
+}
