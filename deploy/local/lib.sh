@@ -106,6 +106,14 @@ wait_for() {
 
 grpc_healthy() { "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
 
+# gateway_healthy_tls PORT CERT_DIR server|mutual: the gateway's health over TLS.
+gateway_healthy_tls() {
+  local client=()
+  [ "$3" != mutual ] || client=(-cert "$2/client.pem" -key "$2/client.key")
+  "$TOOLS/venv/bin/grpcurl" -cacert "$2/ca.pem" "${client[@]}" -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check |
+    grep -q '"SERVING"'
+}
+
 # leader_port: the port of whichever scheduler leads (SERVING); fails if none.
 leader_port() {
   local port

@@ -158,3 +158,35 @@ PY
     assert!(alive.is_empty(), "still running after down: {alive:?}");
     assert!(pids(state.path()).is_empty(), "pid files left");
 }
+
+/// `up --mtls`: the gateway speaks only TLS and asks for client
+/// certificates from the local CA; the env file points the CLI and curl at
+/// the CA and the client certificate, and a client without one is refused.
+#[test]
+fn up_with_mutual_tls_then_the_cli_and_curl() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let up = sh("deploy/local/up --mtls", state.path(), base);
+    assert!(up.status.success(), "up --mtls failed:\n{}", String::from_utf8_lossy(&up.stderr));
+    let run = sh(
+        r#"set -e
+        . "$BATCHMILL_STATE_DIR/env"
+        case $BATCHMILL_GATEWAY_URL in https://*) ;; *) echo "not https: $BATCHMILL_GATEWAY_URL"; exit 1 ;; esac
+        batchmill submit --count 7 --batch-size 3 --wait -o json | python3 -c 'import json,sys; j = json.load(sys.stdin); print(j["state"], j["items"]["completed"])'
+        curl -sS --fail-with-body --cacert "$BATCHMILL_CA_CERT" --cert "$BATCHMILL_CLIENT_CERT" --key "$BATCHMILL_CLIENT_KEY" \
+          -H "$BATCHMILL_AUTH" "$BATCHMILL_GATEWAY_URL/v1/jobs?pageSize=1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))'
+        if curl -sS --cacert "$BATCHMILL_CA_CERT" -H "$BATCHMILL_AUTH" "$BATCHMILL_GATEWAY_URL/v1/jobs" >/dev/null 2>&1; then
+          echo "answered without a client certificate"
+        fi
+        if curl -sS -H "$BATCHMILL_AUTH" "http://127.0.0.1:$((BATCHMILL_PORT_BASE + 10))/v1/jobs" >/dev/null 2>&1; then
+          echo "answered in the clear"
+        fi"#,
+        state.path(),
+        base,
+    );
+    let out = String::from_utf8_lossy(&run.stdout);
+    let down = sh("deploy/local/down", state.path(), base);
+    assert!(run.status.success(), "{out}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(out.trim(), "JOB_STATE_SUCCEEDED 7\n1");
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+}
