@@ -9,6 +9,7 @@
 
 pub mod chaos;
 mod clock;
+pub mod collector;
 pub mod postgres;
 mod process;
 mod tls;
@@ -26,7 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use process::Process;
-pub use tls::{Certs, GatewayTls};
+pub use tls::{Certs, GatewayTls, install_provider};
 
 /// What to start.
 #[derive(Debug, Clone)]
@@ -192,6 +193,7 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 impl Sandbox {
     pub async fn start(options: Options) -> anyhow::Result<Sandbox> {
+        install_provider();
         // Sandboxes start one at a time across test processes: ports are
         // picked free, then bound by the processes a moment later, and a
         // sandbox starting in between could be handed the same ports.
@@ -858,6 +860,7 @@ pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<Stri
 
 /// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
 pub fn http_as(key: &str) -> reqwest::Client {
+    install_provider();
     reqwest::Client::builder().default_headers(bearer_headers(key)).build().unwrap_or_default()
 }
 

@@ -96,6 +96,12 @@ impl Certs {
     }
 }
 
+/// Makes aws-lc-rs rustls' process-wide provider (idempotent): every
+/// reqwest client is built on rustls without a provider of its own.
+pub fn install_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 impl Sandbox {
     /// An endpoint for the gateway, over TLS when it speaks it.
     pub fn gateway_endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {

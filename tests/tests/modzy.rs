@@ -3,7 +3,8 @@
 //! against the cluster's `/api` routes with an account's member key: text,
 //! embedded and embed jobs, `block_until_complete`, results by input name,
 //! history with filters and paging, cancel, models, bad input named, and
-//! another account seeing nothing.
+//! another account seeing nothing. Then no API key, S3 secret or database
+//! password (right or wrong) is in any log, etcd, NATS, S3 or exported span.
 
 use std::path::Path;
 
@@ -21,7 +22,11 @@ const SLOW: &str = "import time\n\nclass PythonPredictor:\n    def __init__(self
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<()> {
-    let sandbox = Sandbox::start(Options { postgres: true, ..Options::default() }).await?;
+    // Every service exports its traces to a collector, which the secrets
+    // are looked for in at the end.
+    let (traces, endpoint) = batchmill_tests::collector::Traces::start().await?;
+    let service_env = batchmill_tests::collector::Traces::env(&endpoint);
+    let sandbox = Sandbox::start(Options { postgres: true, service_env, ..Options::default() }).await?;
     let pg = sandbox.postgres.as_ref().expect("postgres started");
     pg.client()
         .await?
@@ -96,6 +101,21 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
     ];
     let found = sandbox.files_holding(&secrets)?;
     assert!(found.is_empty(), "secrets in clear in: {found:?}");
+    // Nor in any span any service exported (the spans of every call above).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let wanted =
+        ["batchmill-gateway", "batchmill-scheduler", "batchmill-worker", "batchmill-lister", "batchmill-enqueuer"];
+    loop {
+        let (services, spans) = traces.seen();
+        if wanted.iter().all(|s| services.contains(*s)) {
+            assert!(spans > 100, "only {spans} spans");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "spans came from {services:?} only");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let traced = traces.holding(&secrets);
+    assert!(traced.is_empty(), "secrets in the exported spans: {traced:?}");
     let etcd =
         batchmill_coord::Etcd::connect(std::slice::from_ref(&sandbox.etcd_url), std::time::Duration::from_secs(10))
             .await?;
