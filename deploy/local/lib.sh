@@ -104,7 +104,14 @@ wait_for() {
   done
 }
 
-grpc_healthy() { "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q '"SERVING"'; }
+# grpc_healthy PORT: the service's gRPC health is SERVING; over mutual TLS
+# with GRPC_TLS_DIR's CA and client certificate when that is set (up --tls).
+grpc_healthy() {
+  local how=(-plaintext)
+  [ -z "${GRPC_TLS_DIR:-}" ] ||
+    how=(-cacert "$GRPC_TLS_DIR/ca.pem" -cert "$GRPC_TLS_DIR/client.pem" -key "$GRPC_TLS_DIR/client.key")
+  "$TOOLS/venv/bin/grpcurl" "${how[@]}" -max-time 2 "127.0.0.1:$1" grpc.health.v1.Health/Check | grep -q '"SERVING"'
+}
 
 # gateway_healthy_tls PORT CERT_DIR server|mutual: the gateway's health over TLS.
 gateway_healthy_tls() {

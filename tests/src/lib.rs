@@ -339,13 +339,16 @@ impl Sandbox {
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let env: Vec<(String, String)> = env.iter().chain(&options.service_env).cloned().collect();
         let env = &env;
-        let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
-        let clock_env = if options.jumping_clock { sandbox.clock_env(&worker_env)? } else { worker_env.clone() };
         if options.tls != GatewayTls::Off {
-            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls == GatewayTls::Mutual)?);
+            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls)?);
         }
         let gateway_env: Vec<(String, String)> =
             env.iter().cloned().chain(sandbox.certs.iter().flat_map(Certs::gateway_env)).collect();
+        let internal = sandbox.certs.iter().flat_map(Certs::service_env);
+        let env: Vec<(String, String)> = env.iter().cloned().chain(internal).collect();
+        let env = &env;
+        let worker_env: Vec<(String, String)> = env.iter().chain(&options.worker_env).cloned().collect();
+        let clock_env = if options.jumping_clock { sandbox.clock_env(&worker_env)? } else { worker_env.clone() };
         let mut services = vec![
             ("lister".to_owned(), "batchmill-lister", lister, vec![], env),
             (
@@ -438,8 +441,9 @@ impl Sandbox {
     }
 
     async fn wait_healthy(&self, name: &str, port: u16) -> anyhow::Result<()> {
+        let tls = self.internal_tls()?;
         for _ in 0..600 {
-            if serving(port).await {
+            if serving_over(port, tls.clone()).await {
                 return Ok(());
             }
             self.process(name)?.check_alive()?;
@@ -724,10 +728,21 @@ pub use batchmill_core::job::is_terminal;
 /// Whether the gRPC server on `port` answers its health check SERVING
 /// (within a second).
 pub async fn serving(port: u16) -> bool {
+    serving_over(port, None).await
+}
+
+/// [`serving`], over TLS with `tls` if given.
+pub async fn serving_over(port: u16, tls: Option<tonic::transport::ClientTlsConfig>) -> bool {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let check = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).ok()?;
+        let endpoint = match tls {
+            None => tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).ok()?,
+            Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                .ok()?
+                .tls_config(tls)
+                .ok()?,
+        };
         let channel = endpoint.connect().await.ok()?;
         let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await.ok()?;
         Some(answer.get_ref().status == ServingStatus::Serving as i32)

@@ -23,19 +23,26 @@ pub enum GatewayTls {
     Server,
     /// TLS, and clients must present a certificate the CA signed.
     Mutual,
+    /// TLS for clients (no certificate asked), and mutual TLS between
+    /// every service.
+    Everywhere,
 }
 
 /// Where the sandbox's certificates are.
 #[derive(Debug, Clone)]
 pub struct Certs {
     pub dir: PathBuf,
+    /// The gateway asks clients for certificates.
     pub mutual: bool,
+    /// The services speak mutual TLS to each other.
+    pub internal: bool,
 }
 
 impl Certs {
     /// Makes the CA, the gateway's and a client's certificates in `dir`.
-    pub fn make(dir: &Path, mutual: bool) -> anyhow::Result<Certs> {
-        let certs = Certs { dir: dir.to_path_buf(), mutual };
+    pub fn make(dir: &Path, tls: GatewayTls) -> anyhow::Result<Certs> {
+        let (mutual, internal) = (tls == GatewayTls::Mutual, tls == GatewayTls::Everywhere);
+        let certs = Certs { dir: dir.to_path_buf(), mutual, internal };
         certs.issue("all")?;
         Ok(certs)
     }
@@ -62,7 +69,25 @@ impl Certs {
         if self.mutual {
             env.push(("BATCHMILL_TLS_CLIENT_CA".to_owned(), path("ca.pem")));
         }
+        if self.internal {
+            env.push(("BATCHMILL_TLS_CA".to_owned(), path("ca.pem")));
+        }
         env
+    }
+
+    /// Every other service's environment: mutual TLS with the others
+    /// (when they speak it).
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        if !self.internal {
+            return Vec::new();
+        }
+        let path = |name: &str| self.path(name).to_string_lossy().into_owned();
+        vec![
+            ("BATCHMILL_TLS_CERT".to_owned(), path("service.pem")),
+            ("BATCHMILL_TLS_KEY".to_owned(), path("service.key")),
+            ("BATCHMILL_TLS_CLIENT_CA".to_owned(), path("ca.pem")),
+            ("BATCHMILL_TLS_CA".to_owned(), path("ca.pem")),
+        ]
     }
 
     /// tonic's TLS settings: trust the CA, and present the client
@@ -121,6 +146,15 @@ impl Sandbox {
             _ => builder,
         };
         builder.build().unwrap_or_default()
+    }
+
+    /// How to reach the services other than the gateway: None in the
+    /// clear, else mutual TLS with the client certificate.
+    pub fn internal_tls(&self) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+        match &self.certs {
+            Some(certs) if certs.internal => Ok(Some(certs.tonic(true)?)),
+            _ => Ok(None),
+        }
     }
 
     /// Waits until the gateway answers its health check over TLS.

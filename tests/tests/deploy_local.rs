@@ -160,8 +160,10 @@ PY
 }
 
 /// `up --mtls`: the gateway speaks only TLS and asks for client
-/// certificates from the local CA; the env file points the CLI and curl at
-/// the CA and the client certificate, and a client without one is refused.
+/// certificates from the local CA, and the services speak mutual TLS to
+/// each other; the env file points the CLI and curl at the CA and the
+/// client certificate, and a client without one, or in the clear, is
+/// refused.
 #[test]
 fn up_with_mutual_tls_then_the_cli_and_curl() {
     let state = tempfile::tempdir().expect("tempdir");
@@ -180,7 +182,17 @@ fn up_with_mutual_tls_then_the_cli_and_curl() {
         fi
         if curl -sS -H "$BATCHMILL_AUTH" "http://127.0.0.1:$((BATCHMILL_PORT_BASE + 10))/v1/jobs" >/dev/null 2>&1; then
           echo "answered in the clear"
-        fi"#,
+        fi
+        # The services speak mutual TLS to each other: the lister and the
+        # leading scheduler answer no plaintext call.
+        . deploy/local/lib.sh
+        leader=$(leader_port)
+        for port in $((BATCHMILL_PORT_BASE + 11)) "$leader"; do
+          grpc_healthy "$port" || echo "port $port is not healthy over mutual TLS"
+          if "$TOOLS/venv/bin/grpcurl" -plaintext -max-time 2 "127.0.0.1:$port" grpc.health.v1.Health/Check >/dev/null 2>&1; then
+            echo "port $port answered in the clear"
+          fi
+        done"#,
         state.path(),
         base,
     );

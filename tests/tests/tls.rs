@@ -108,3 +108,32 @@ async fn with_a_client_ca_a_client_without_a_certificate_is_refused() -> anyhow:
     assert!(client.get(format!("{}/v1/jobs", sandbox.rest_url())).send().await.is_err());
     sandbox.check_all_alive()
 }
+
+/// With TLS everywhere, the services speak mutual TLS to each other: a job
+/// runs through every hop (gateway to scheduler, scheduler to enqueuer and
+/// lister, workers to scheduler), and no service answers a client in the
+/// clear or one without a certificate from the CA.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_tls_everywhere_services_speak_mutual_tls_to_each_other() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start(Options { workers: 2, tls: GatewayTls::Everywhere, ..Options::default() }).await?;
+    let certs = sandbox.certs.clone().expect("certificates");
+    let items: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
+    let mut jobs = sandbox.jobs().await?;
+    let job = jobs.submit_job(echo_job(&items, 4, 2, json!({}))).await?.into_inner().job.expect("job");
+    let done = sandbox.wait_terminal(&job.job_id, Duration::from_secs(60)).await?;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{done:?}");
+    assert_echo_results(&sandbox, &done, &items, 4, &[]).await?;
+    for (name, port) in sandbox.grpc_ports.iter().filter(|(n, _)| n != "gateway") {
+        assert!(!batchmill_tests::serving(*port).await, "{name} answered in the clear");
+        assert!(
+            !batchmill_tests::serving_over(*port, Some(certs.tonic(false)?)).await,
+            "{name} answered a client without a certificate"
+        );
+    }
+    let (leader, port) = sandbox.grpc_ports.iter().find(|(n, _)| n == "scheduler").expect("scheduler");
+    assert!(
+        batchmill_tests::serving_over(*port, Some(certs.tonic(true)?)).await,
+        "{leader} refused a client certificate from the CA"
+    );
+    sandbox.check_all_alive()
+}

@@ -16,11 +16,26 @@ pub struct LeaderChannel {
     etcd: Etcd,
     name: String,
     current: Arc<Mutex<Option<(String, Channel)>>>,
+    dial: Dial,
+}
+
+/// Makes the endpoint for a leader's URL (over TLS, say).
+pub type Dial = fn(&str) -> std::result::Result<Endpoint, tonic::transport::Error>;
+
+fn plain(url: &str) -> std::result::Result<Endpoint, tonic::transport::Error> {
+    Endpoint::from_shared(url.to_owned())
 }
 
 impl LeaderChannel {
     pub fn new(etcd: Etcd, name: impl Into<String>) -> LeaderChannel {
-        LeaderChannel { etcd, name: name.into(), current: Arc::default() }
+        LeaderChannel { etcd, name: name.into(), current: Arc::default(), dial: plain }
+    }
+
+    /// Dials leaders with `dial` (such as `batchmill_runtime::tls::endpoint`).
+    #[must_use]
+    pub fn dialing(mut self, dial: Dial) -> LeaderChannel {
+        self.dial = dial;
+        self
     }
 
     /// A channel to the current leader.
@@ -30,7 +45,7 @@ impl LeaderChannel {
             return Ok(channel.clone());
         }
         let url = self.etcd.leader(&self.name).await?;
-        let endpoint = Endpoint::from_shared(url.clone())
+        let endpoint = (self.dial)(&url)
             .map_err(|_| CoordError::NoLeader { name: format!("{} (bad address {url:?})", self.name) })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);

@@ -58,8 +58,9 @@ pub struct S3Args {
     pub s3_region: String,
 }
 
-/// TLS for a server, from PEM files reloaded as they change (see
-/// [`crate::tls`]); in the clear when no certificate is given.
+/// TLS, from PEM files: for the server (reloaded as they change; see
+/// [`crate::tls`]) and for calls to other services. In the clear when no
+/// certificate and no CA is given.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TlsArgs {
     /// PEM certificate chain to serve TLS with.
@@ -72,6 +73,10 @@ pub struct TlsArgs {
     /// them signed (mutual TLS).
     #[arg(long, env = "BATCHMILL_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<std::path::PathBuf>,
+    /// PEM CA certificates to trust for the other services: calls to them
+    /// go over TLS, presenting --tls-cert when given.
+    #[arg(long, env = "BATCHMILL_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl TlsArgs {

@@ -30,6 +30,8 @@ pub enum RuntimeError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("installing the log subscriber: {0}")]
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Binds a service's listener (port 0 picks a free port), naming the address

@@ -117,16 +117,23 @@ pub async fn serve_routes(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), crate::RuntimeError> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // HTTP/1.1 too, for `GET /metrics`; gRPC stays HTTP/2.
         .accept_http1(true)
         .concurrency_limit_per_connection(CONCURRENCY_LIMIT)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(trace_layer())
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .add_routes(routes);
+    match crate::tls::server_files() {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            server.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
+        }
+        Some(files) => {
+            let incoming = crate::tls::incoming(listener, files, shutdown.clone())?;
+            server.serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await?;
+        }
+    }
     Ok(())
 }
 

@@ -132,3 +132,111 @@ impl ServerTls {
         tokio_rustls::TlsAcceptor::from(self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
     }
 }
+
+/// TLS between this process and the other services, set once by `main`
+/// ([`configure`]): the certificate it serves with (and presents as a
+/// client), the CA it requires of its clients, and the CA it trusts for
+/// the servers it calls. Unset: everything in the clear.
+#[derive(Clone)]
+struct Internal {
+    server: Option<TlsFiles>,
+    client: Option<tonic::transport::ClientTlsConfig>,
+}
+
+static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
+
+/// Sets this process's TLS between services from `args` (see
+/// [`crate::args::TlsArgs`]): servers serve TLS with its certificate (and
+/// require client certificates when it names a client CA); clients, once
+/// it names a CA to trust (`--tls-ca`), dial every service over TLS,
+/// presenting the certificate. Call it once, before serving or calling.
+pub fn configure(args: &crate::args::TlsArgs) -> Result<(), TlsError> {
+    let server = args.clone().files();
+    let client = match &args.tls_ca {
+        None => None,
+        Some(ca) => {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|e| TlsError::File { path: path.into(), message: e.to_string() })
+            };
+            let mut config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            Some(config)
+        }
+    };
+    let _ = INTERNAL.set(Internal { server, client });
+    Ok(())
+}
+
+/// The files this process serves TLS with, if it does.
+pub fn server_files() -> Option<TlsFiles> {
+    INTERNAL.get()?.server.clone()
+}
+
+/// Whether calls to other services go over TLS.
+pub fn dials_tls() -> bool {
+    INTERNAL.get().is_some_and(|i| i.client.is_some())
+}
+
+/// The URL scheme this process's own gRPC server is reached by.
+pub fn scheme() -> &'static str {
+    if server_files().is_some() { "https" } else { "http" }
+}
+
+/// An endpoint for the service at `url`: over TLS when this process dials
+/// services over TLS (an `http://` URL is then dialed as `https://`).
+pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    match INTERNAL.get().and_then(|i| i.client.clone()) {
+        None => tonic::transport::Endpoint::from_shared(url.to_owned()),
+        Some(config) => {
+            let url = match url.strip_prefix("http://") {
+                Some(rest) => format!("https://{rest}"),
+                None => url.to_owned(),
+            };
+            tonic::transport::Endpoint::from_shared(url)?.tls_config(config)
+        }
+    }
+}
+
+/// `listener`'s connections, over TLS with `files` (reloaded as they
+/// change) until `stop`: each handshake on its own task, so a slow client
+/// holds up no other; a failed one is dropped.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    files: TlsFiles,
+    stop: CancellationToken,
+) -> Result<
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    TlsError,
+> {
+    let tls = ServerTls::start(files, &[b"h2", b"http/1.1"], stop.clone())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -9,6 +9,8 @@ struct Args {
     #[command(flatten)]
     listen: ListenArgs,
     #[command(flatten)]
+    tls: batchmill_runtime::args::TlsArgs,
+    #[command(flatten)]
     etcd: EtcdArgs,
     #[command(flatten)]
     nats: NatsArgs,
@@ -21,6 +23,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-enqueuer")?;
+    batchmill_runtime::tls::configure(&args.tls)?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_enqueuer::Config {
         etcd_endpoints: args.etcd.etcd_endpoints,

@@ -64,7 +64,8 @@ pub const PUBLIC_SERVICES: &[&str] =
 /// The gateway's router: gRPC (with health and reflection) and REST.
 pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) -> Result<axum::Router, GatewayError> {
     let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
-    let jobs = JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION));
+    let jobs =
+        JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION).dialing(batchmill_runtime::tls::endpoint));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
     let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone(), uploads);

@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-gateway")?;
+    batchmill_runtime::tls::configure(&args.tls)?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_gateway::Config {
         etcd_endpoints: args.etcd.etcd_endpoints,

@@ -10,6 +10,8 @@ struct Args {
     #[command(flatten)]
     listen: ListenArgs,
     #[command(flatten)]
+    tls: batchmill_runtime::args::TlsArgs,
+    #[command(flatten)]
     s3: S3Args,
 }
 
@@ -17,6 +19,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-lister")?;
+    batchmill_runtime::tls::configure(&args.tls)?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_lister::Config { s3: S3Config::new(args.s3.s3_endpoint, args.s3.s3_region) };
     let listener = args.listen.bind(&shutdown).await?;

@@ -114,7 +114,7 @@ struct Deps {
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn channel(name: &'static str, url: &str) -> Result<tonic::transport::Channel, RunError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| RunError::Url {
+    let endpoint = batchmill_runtime::tls::endpoint(url).map_err(|e| RunError::Url {
         name,
         url: url.to_owned(),
         message: e.to_string(),
@@ -161,8 +161,11 @@ impl Deps {
 /// Serves on `listener` until `shutdown`, leading whenever it can.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), RunError> {
     let (deps, queue) = Deps::connect(&config).await?;
-    let url =
-        config.advertise_url.clone().unwrap_or(format!("http://{}", listener.local_addr().map_err(RuntimeError::Io)?));
+    let url = config.advertise_url.clone().unwrap_or(format!(
+        "{}://{}",
+        batchmill_runtime::tls::scheme(),
+        listener.local_addr().map_err(RuntimeError::Io)?
+    ));
     let leading = Leading::default();
     // Its metrics are served from the start: no jobs until it leads.
     std::sync::LazyLock::force(&crate::metrics::METRICS);

@@ -66,7 +66,8 @@ impl Worker {
     /// Serves the scheduler until `shutdown`, reconnecting to whoever leads
     /// after a session breaks.
     pub async fn run(self, shutdown: CancellationToken) {
-        let leader = LeaderChannel::new(self.etcd.clone(), SCHEDULER_ELECTION);
+        let leader =
+            LeaderChannel::new(self.etcd.clone(), SCHEDULER_ELECTION).dialing(batchmill_runtime::tls::endpoint);
         let outbox = Outbox::default();
         info!(worker_id = %self.id, device = %self.device, "looking for the scheduler");
         while !shutdown.is_cancelled() {
