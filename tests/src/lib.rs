@@ -215,6 +215,9 @@ impl Sandbox {
             api_key: String::new(),
             certs: None,
         };
+        if options.tls != GatewayTls::Off {
+            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls)?);
+        }
         let env = sandbox.start_dependencies(&root, &options).await?;
         if options.postgres {
             let (postgres, process) = postgres::start(&root.join("postgres.log")).await?;
@@ -233,39 +236,43 @@ impl Sandbox {
         let sandbox = self;
         let (etcd, etcd_peer, nats, s3) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let s3_control = free_port()?;
-        let etcd_url = format!("http://127.0.0.1:{etcd}");
+        let internal = sandbox.certs.clone().filter(|c| c.internal);
+        let scheme = if internal.is_some() { "https" } else { "http" };
+        let etcd_url = format!("{scheme}://127.0.0.1:{etcd}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
-        sandbox.spawn(
-            "etcd",
-            &tool("etcd")?,
-            &[
-                "--name",
-                "sandbox",
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-                "--data-dir",
-                &root.join("etcd").to_string_lossy(),
-                "--listen-client-urls",
-                &etcd_url,
-                "--advertise-client-urls",
-                &etcd_url,
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-                "--initial-cluster",
-                &format!("sandbox={peer_url}"),
-            ],
-            &[],
-        )?;
-        sandbox.spawn(
-            "nats",
-            &tool("nats-server")?,
-            &["-a", "127.0.0.1", "-p", &nats.to_string(), "-js", "-sd", &root.join("nats").to_string_lossy()],
-            &[],
-        )?;
+        let etcd_tls = internal.as_ref().map(Certs::etcd_server_args).unwrap_or_default();
+        let nats_tls = internal.as_ref().map(Certs::nats_server_args).unwrap_or_default();
+        if let Some(certs) = &internal {
+            certs.use_for_this_process()?;
+        }
+        let etcd_dir = root.join("etcd").to_string_lossy().into_owned();
+        let args = [
+            "--name",
+            "sandbox",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
+            "--data-dir",
+            &etcd_dir,
+            "--listen-client-urls",
+            &etcd_url,
+            "--advertise-client-urls",
+            &etcd_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("sandbox={peer_url}"),
+        ];
+        let args: Vec<&str> = args.into_iter().chain(etcd_tls.iter().map(String::as_str)).collect();
+        sandbox.spawn("etcd", &tool("etcd")?, &args, &[])?;
+        let nats_dir = root.join("nats").to_string_lossy().into_owned();
+        let nats_port = nats.to_string();
+        let args = ["-a", "127.0.0.1", "-p", &nats_port, "-js", "-sd", &nats_dir];
+        let args: Vec<&str> = args.into_iter().chain(nats_tls.iter().map(String::as_str)).collect();
+        sandbox.spawn("nats", &tool("nats-server")?, &args, &[])?;
         sandbox.spawn(
             "s3",
             &binary("batchmill-s3-server")?,
@@ -296,7 +303,8 @@ impl Sandbox {
         let s3_url = format!("http://127.0.0.1:{s3}");
         sandbox.s3_url = s3_url.clone();
         sandbox.s3_control = format!("http://127.0.0.1:{s3_control}");
-        let env = sandbox.service_env(options)?;
+        let mut env = sandbox.service_env(options)?;
+        env.extend(internal.iter().flat_map(Certs::dependency_env));
         sandbox.blob = Blob::new(&S3Config {
             endpoint: Some(s3_url),
             region: "us-east-1".into(),
@@ -339,9 +347,6 @@ impl Sandbox {
         let (lister, enqueuer, scheduler, gateway) = (free_port()?, free_port()?, free_port()?, free_port()?);
         let env: Vec<(String, String)> = env.iter().chain(&options.service_env).cloned().collect();
         let env = &env;
-        if options.tls != GatewayTls::Off {
-            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls)?);
-        }
         let gateway_env: Vec<(String, String)> =
             env.iter().cloned().chain(sandbox.certs.iter().flat_map(Certs::gateway_env)).collect();
         let internal = sandbox.certs.iter().flat_map(Certs::service_env);
@@ -663,7 +668,7 @@ impl Sandbox {
 
     /// Waits until workers hold `held` batches of the job unsettled.
     pub async fn wait_held(&self, job_id: &str, held: u64, timeout: Duration) -> anyhow::Result<()> {
-        let nats = async_nats::jetstream::new(async_nats::connect(&self.nats_url).await?);
+        let nats = async_nats::jetstream::new(batchmill_queue::client(&self.nats_url).await?);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let stream = nats.get_stream("BATCHMILL_BATCHES").await?;

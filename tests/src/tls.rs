@@ -34,15 +34,22 @@ pub struct Certs {
     pub dir: PathBuf,
     /// The gateway asks clients for certificates.
     pub mutual: bool,
-    /// The services speak mutual TLS to each other.
+    /// The services speak mutual TLS to each other, and to etcd and NATS
+    /// (which require client certificates, NATS a user too).
     pub internal: bool,
+    /// NATS's password for user [`NATS_USER`], made for this sandbox.
+    pub nats_password: String,
 }
+
+/// The user the services log in to NATS as, when NATS asks for one.
+pub const NATS_USER: &str = "batchmill";
 
 impl Certs {
     /// Makes the CA, the gateway's and a client's certificates in `dir`.
     pub fn make(dir: &Path, tls: GatewayTls) -> anyhow::Result<Certs> {
         let (mutual, internal) = (tls == GatewayTls::Mutual, tls == GatewayTls::Everywhere);
-        let certs = Certs { dir: dir.to_path_buf(), mutual, internal };
+        let nats_password = format!("nats-{:016x}", fastrand::u64(..));
+        let certs = Certs { dir: dir.to_path_buf(), mutual, internal, nats_password };
         certs.issue("all")?;
         Ok(certs)
     }
@@ -88,6 +95,70 @@ impl Certs {
             ("BATCHMILL_TLS_CLIENT_CA".to_owned(), path("ca.pem")),
             ("BATCHMILL_TLS_CA".to_owned(), path("ca.pem")),
         ]
+    }
+
+    /// etcd's flags for client TLS: its certificate, and client
+    /// certificates from the CA required.
+    pub fn etcd_server_args(&self) -> Vec<String> {
+        let path = |name: &str| self.path(name).to_string_lossy().into_owned();
+        vec![
+            "--cert-file".into(),
+            path("service.pem"),
+            "--key-file".into(),
+            path("service.key"),
+            "--client-cert-auth".into(),
+            "--trusted-ca-file".into(),
+            path("ca.pem"),
+        ]
+    }
+
+    /// NATS's flags: TLS only, client certificates from the CA and a user
+    /// and password required.
+    pub fn nats_server_args(&self) -> Vec<String> {
+        let path = |name: &str| self.path(name).to_string_lossy().into_owned();
+        vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            path("service.pem"),
+            "--tlskey".into(),
+            path("service.key"),
+            "--tlscacert".into(),
+            path("ca.pem"),
+            "--tlsverify".into(),
+            "--user".into(),
+            NATS_USER.into(),
+            "--pass".into(),
+            self.nats_password.clone(),
+        ]
+    }
+
+    /// What every service is given to reach etcd and NATS over TLS.
+    pub fn dependency_env(&self) -> Vec<(String, String)> {
+        let path = |name: &str| self.path(name).to_string_lossy().into_owned();
+        let mut env = Vec::new();
+        for system in ["ETCD", "NATS"] {
+            env.push((format!("BATCHMILL_{system}_CA"), path("ca.pem")));
+            env.push((format!("BATCHMILL_{system}_CERT"), path("service.pem")));
+            env.push((format!("BATCHMILL_{system}_KEY"), path("service.key")));
+        }
+        env.push(("BATCHMILL_NATS_USER".into(), NATS_USER.into()));
+        env.push(("BATCHMILL_NATS_PASSWORD".into(), self.nats_password.clone()));
+        env
+    }
+
+    /// Makes this (test) process reach etcd and NATS as the services do,
+    /// with the client certificate.
+    pub fn use_for_this_process(&self) -> anyhow::Result<()> {
+        let tls = batchmill_core::client_tls::ClientTls {
+            ca: self.path("ca.pem"),
+            identity: Some((self.path("client.pem"), self.path("client.key"))),
+        };
+        batchmill_coord::Etcd::use_tls(&tls)?;
+        batchmill_queue::use_access(batchmill_queue::NatsAccess {
+            tls: Some(tls),
+            user: Some((NATS_USER.into(), self.nats_password.clone())),
+        });
+        Ok(())
     }
 
     /// tonic's TLS settings: trust the CA, and present the client

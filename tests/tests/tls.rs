@@ -109,12 +109,14 @@ async fn with_a_client_ca_a_client_without_a_certificate_is_refused() -> anyhow:
     sandbox.check_all_alive()
 }
 
-/// With TLS everywhere, the services speak mutual TLS to each other: a job
-/// runs through every hop (gateway to scheduler, scheduler to enqueuer and
-/// lister, workers to scheduler), and no service answers a client in the
-/// clear or one without a certificate from the CA.
+/// With TLS everywhere, the services speak mutual TLS to each other and to
+/// etcd and NATS (NATS with a user and password too): a job runs through
+/// every hop (gateway to scheduler, scheduler to enqueuer and lister,
+/// workers to scheduler, everyone to etcd and NATS), and no service, nor
+/// etcd or NATS, answers a client in the clear or one without a
+/// certificate from the CA.
 #[tokio::test(flavor = "multi_thread")]
-async fn with_tls_everywhere_services_speak_mutual_tls_to_each_other() -> anyhow::Result<()> {
+async fn with_tls_everywhere_services_etcd_and_nats_speak_mutual_tls() -> anyhow::Result<()> {
     let sandbox = Sandbox::start(Options { workers: 2, tls: GatewayTls::Everywhere, ..Options::default() }).await?;
     let certs = sandbox.certs.clone().expect("certificates");
     let items: Vec<Value> = (0..40).map(|i| json!({"i": i})).collect();
@@ -135,5 +137,13 @@ async fn with_tls_everywhere_services_speak_mutual_tls_to_each_other() -> anyhow
         batchmill_tests::serving_over(*port, Some(certs.tonic(true)?)).await,
         "{leader} refused a client certificate from the CA"
     );
+    // etcd and NATS take only TLS (and NATS a user); the password is in no
+    // file the cluster wrote.
+    assert!(sandbox.etcd_url.starts_with("https://"), "{}", sandbox.etcd_url);
+    let plain_etcd = reqwest::get(format!("{}/health", sandbox.etcd_url.replace("https://", "http://"))).await;
+    assert!(plain_etcd.map_or(true, |r| !r.status().is_success()), "etcd answered in the clear");
+    assert!(async_nats::connect(&sandbox.nats_url).await.is_err(), "NATS took a client without TLS or a user");
+    let found = sandbox.files_holding(&[certs.nats_password.as_str()])?;
+    assert!(found.is_empty(), "the NATS password in: {found:?}");
     sandbox.check_all_alive()
 }

@@ -21,14 +21,36 @@ pub struct Etcd {
     client: Client,
 }
 
+/// TLS to etcd for this process, set once by `main` ([`Etcd::use_tls`]).
+static TLS: std::sync::OnceLock<etcd_client::TlsOptions> = std::sync::OnceLock::new();
+
 impl Etcd {
+    /// Makes every later [`Etcd::connect`] of this process speak TLS to
+    /// etcd (its endpoints `https://`): trusting `tls.ca`, presenting
+    /// `tls.identity` if given. Call it once, before connecting.
+    pub fn use_tls(tls: &batchmill_core::client_tls::ClientTls) -> Result<()> {
+        use batchmill_core::client_tls::ClientTls;
+        let mut options = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ClientTls::read(&tls.ca).map_err(CoordError::Tls)?));
+        if let Some((cert, key)) = &tls.identity {
+            let (cert, key) =
+                (ClientTls::read(cert).map_err(CoordError::Tls)?, ClientTls::read(key).map_err(CoordError::Tls)?);
+            options = options.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        let _ = TLS.set(options);
+        Ok(())
+    }
+
     /// Connects to `endpoints`, retrying for up to `patience`.
     pub async fn connect(endpoints: &[String], patience: Duration) -> Result<Etcd> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let options = etcd_client::ConnectOptions::new()
+            let mut options = etcd_client::ConnectOptions::new()
                 .with_connect_timeout(Duration::from_secs(2))
                 .with_timeout(Duration::from_secs(10));
+            if let Some(tls) = TLS.get() {
+                options = options.with_tls(tls.clone());
+            }
             match Client::connect(endpoints, Some(options)).await {
                 Ok(mut client) => match client.status().await {
                     Ok(_) => return Ok(Etcd { client }),

@@ -40,6 +40,8 @@ pub enum CoordError {
     TimedOut { seconds: u64 },
     #[error("encoding the value of {key}: {message}")]
     Encode { key: String, message: String },
+    #[error("TLS to etcd: {0}")]
+    Tls(String),
 }
 
 impl CoordError {
@@ -53,7 +55,7 @@ impl CoordError {
                 _ => false,
             },
             CoordError::WatchEnded { .. } | CoordError::NoLeader { .. } | CoordError::TimedOut { .. } => true,
-            CoordError::LeaseLost { .. } | CoordError::Encode { .. } => false,
+            CoordError::LeaseLost { .. } | CoordError::Encode { .. } | CoordError::Tls(_) => false,
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod backoff;
 pub mod batch;
+pub mod client_tls;
 pub mod embed;
 pub mod enqueue;
 pub mod error;

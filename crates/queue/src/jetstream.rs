@@ -31,13 +31,54 @@ pub struct JetStreamQueue {
     context: js::Context,
 }
 
+/// How this process reaches NATS beyond its URL, set once by `main`
+/// ([`use_access`]): TLS and a user. Unset: in the clear, anonymous.
+#[derive(Clone, Default)]
+pub struct NatsAccess {
+    pub tls: Option<batchmill_core::client_tls::ClientTls>,
+    /// User and password, for a server that requires them.
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for NatsAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.user.as_ref().map(|(user, _)| user.as_str());
+        f.debug_struct("NatsAccess").field("tls", &self.tls).field("user", &user).finish_non_exhaustive()
+    }
+}
+
+static ACCESS: std::sync::OnceLock<NatsAccess> = std::sync::OnceLock::new();
+
+/// Makes every later connection of this process to NATS use `access`.
+/// Call it once, before connecting.
+pub fn use_access(access: NatsAccess) {
+    let _ = ACCESS.set(access);
+}
+
+/// Connects to the NATS server at `url` as this process reaches NATS.
+pub async fn client(url: &str) -> std::result::Result<async_nats::Client, async_nats::ConnectError> {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(access) = ACCESS.get() {
+        if let Some(tls) = &access.tls {
+            options = options.require_tls(true).add_root_certificates(tls.ca.clone());
+            if let Some((cert, key)) = &tls.identity {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        if let Some((user, password)) = &access.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+    }
+    options.connect(url).await
+}
+
 impl JetStreamQueue {
     /// Connects to `url` (retrying for up to `patience`) and creates or
     /// updates the batch stream.
     pub async fn connect(url: &str, patience: Duration) -> Result<JetStreamQueue> {
         let deadline = tokio::time::Instant::now() + patience;
         let client = loop {
-            match async_nats::connect(url).await {
+            match client(url).await {
                 Ok(client) => break client,
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     debug!(error = %e, "nats unreachable; retrying");

@@ -22,7 +22,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 pub mod mem;
 
-pub use jetstream::JetStreamQueue;
+pub use jetstream::{JetStreamQueue, NatsAccess, client, use_access};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -37,6 +37,26 @@ pub struct EtcdArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long, env = "BATCHMILL_ETCD_ENDPOINTS", value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
     pub etcd_endpoints: Vec<String>,
+    /// PEM CA to trust for etcd's certificate: etcd is reached over TLS
+    /// (https:// endpoints).
+    #[arg(long, env = "BATCHMILL_ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key), if it asks.
+    #[arg(long, env = "BATCHMILL_ETCD_CERT", requires = "etcd_ca")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "BATCHMILL_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+}
+
+impl EtcdArgs {
+    /// TLS to etcd, if a CA is named.
+    pub fn tls(&self) -> Option<batchmill_core::client_tls::ClientTls> {
+        batchmill_core::client_tls::ClientTls::from_paths(
+            self.etcd_ca.clone(),
+            self.etcd_cert.clone(),
+            self.etcd_key.clone(),
+        )
+    }
 }
 
 /// How to reach NATS.
@@ -45,6 +65,30 @@ pub struct NatsArgs {
     /// NATS server URL.
     #[arg(long, env = "BATCHMILL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// PEM CA to trust for NATS's certificate: NATS is reached over TLS.
+    #[arg(long, env = "BATCHMILL_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate for NATS (with --nats-key), if it asks.
+    #[arg(long, env = "BATCHMILL_NATS_CERT", requires = "nats_ca")]
+    pub nats_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "BATCHMILL_NATS_KEY", requires = "nats_cert")]
+    pub nats_key: Option<std::path::PathBuf>,
+    /// NATS user (with BATCHMILL_NATS_PASSWORD), for a server that requires one.
+    #[arg(long, env = "BATCHMILL_NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "BATCHMILL_NATS_PASSWORD", hide_env_values = true, requires = "nats_user")]
+    pub nats_password: Option<String>,
+}
+
+impl NatsArgs {
+    /// TLS to NATS, if a CA is named.
+    pub fn tls(&self) -> Option<batchmill_core::client_tls::ClientTls> {
+        batchmill_core::client_tls::ClientTls::from_paths(
+            self.nats_ca.clone(),
+            self.nats_cert.clone(),
+            self.nats_key.clone(),
+        )
+    }
 }
 
 /// How to reach S3. Credentials come from the standard `AWS_*` variables.

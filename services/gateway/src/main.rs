@@ -39,6 +39,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(tls) = args.etcd.tls() {
+        batchmill_coord::Etcd::use_tls(&tls)?;
+    }
     if let Some(Command::AdminKey { account, description }) = args.command {
         let key = batchmill_gateway::admin_key(&args.etcd.etcd_endpoints, &account, &description).await?;
         println!("{key}");

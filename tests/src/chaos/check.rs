@@ -114,7 +114,7 @@ fn tally(results: &[(String, String)], items: &[Value], verdict: &mut Verdict) -
 /// Messages of the job left in the batch stream, plus one if its consumer
 /// is still there.
 async fn left_in_queue(sandbox: &Sandbox, job_id: &str) -> anyhow::Result<u64> {
-    let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
+    let nats = async_nats::jetstream::new(batchmill_queue::client(&sandbox.nats_url).await?);
     let stream = nats.get_stream(BATCH_STREAM).await?;
     let subjects = stream.info_with_subjects(batchmill_core::subjects::batch_subject(job_id)).await?;
     let counts: Vec<(String, usize)> = futures::TryStreamExt::try_collect(subjects).await?;
