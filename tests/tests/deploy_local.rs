@@ -174,6 +174,12 @@ fn up_with_mutual_tls_then_the_cli_and_curl() {
         r#"set -e
         . "$BATCHMILL_STATE_DIR/env"
         case $BATCHMILL_GATEWAY_URL in https://*) ;; *) echo "not https: $BATCHMILL_GATEWAY_URL"; exit 1 ;; esac
+        case $BATCHMILL_ETCD_ENDPOINTS in https://*) ;; *) echo "etcd in the clear: $BATCHMILL_ETCD_ENDPOINTS"; exit 1 ;; esac
+        etcdctl --endpoints "$BATCHMILL_ETCD_ENDPOINTS" --cacert "$BATCHMILL_ETCD_CA" --cert "$BATCHMILL_ETCD_CERT" \
+          --key "$BATCHMILL_ETCD_KEY" endpoint health >/dev/null 2>&1 || echo "etcd refused the client certificate"
+        if etcdctl --endpoints "$BATCHMILL_ETCD_ENDPOINTS" --cacert "$BATCHMILL_ETCD_CA" endpoint health >/dev/null 2>&1; then
+          echo "etcd answered without a client certificate"
+        fi
         batchmill submit --count 7 --batch-size 3 --wait -o json | python3 -c 'import json,sys; j = json.load(sys.stdin); print(j["state"], j["items"]["completed"])'
         curl -sS --fail-with-body --cacert "$BATCHMILL_CA_CERT" --cert "$BATCHMILL_CLIENT_CERT" --key "$BATCHMILL_CLIENT_KEY" \
           -H "$BATCHMILL_AUTH" "$BATCHMILL_GATEWAY_URL/v1/jobs?pageSize=1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))'
