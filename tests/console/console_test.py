@@ -35,6 +35,9 @@ options = webdriver.ChromeOptions()
 options.binary_location = os.environ.get("BATCHMILL_CHROMIUM", "/usr/bin/chromium")
 for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
     options.add_argument(arg)
+# A TLS gateway's certificate, from the test's own CA: trusted by its key.
+if os.environ.get("BATCHMILL_GATEWAY_SPKI"):
+    options.add_argument("--ignore-certificate-errors-spki-list=" + os.environ["BATCHMILL_GATEWAY_SPKI"])
 driver = webdriver.Chrome(service=Service(os.environ.get("BATCHMILL_CHROMEDRIVER", "/usr/bin/chromedriver")),
                           options=options)
 wait = WebDriverWait(driver, 60)

@@ -70,7 +70,7 @@ impl Default for Options {
             queues: String::new(),
             service_env: Vec::new(),
             jumping_clock: false,
-            tls: GatewayTls::Off,
+            tls: GatewayTls::from_env(),
         }
     }
 }
@@ -216,7 +216,9 @@ impl Sandbox {
             certs: None,
         };
         if options.tls != GatewayTls::Off {
-            sandbox.certs = Some(Certs::make(&root.join("tls"), options.tls)?);
+            let certs = Certs::make(&root.join("tls"), options.tls)?;
+            tls::remember(&certs);
+            sandbox.certs = Some(certs);
         }
         let env = sandbox.start_dependencies(&root, &options).await?;
         if options.postgres {
@@ -879,9 +881,14 @@ pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<Stri
 }
 
 /// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
+/// When this process runs a TLS sandbox, over TLS to its gateway.
 pub fn http_as(key: &str) -> reqwest::Client {
-    install_provider();
-    reqwest::Client::builder().default_headers(bearer_headers(key)).build().unwrap_or_default()
+    tls::client_with(bearer_headers(key))
+}
+
+/// An HTTP client that sends no key (over TLS to a TLS sandbox's gateway).
+pub fn http_anonymous() -> reqwest::Client {
+    tls::client_with(reqwest::header::HeaderMap::new())
 }
 
 fn bearer_headers(key: &str) -> reqwest::header::HeaderMap {

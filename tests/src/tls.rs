@@ -28,6 +28,20 @@ pub enum GatewayTls {
     Everywhere,
 }
 
+impl GatewayTls {
+    /// `BATCHMILL_SANDBOX_TLS=everywhere` (or `server`, `mutual`) runs every
+    /// sandbox whose test does not say otherwise with that TLS, so that
+    /// any test can be run against a TLS cluster; default off.
+    pub fn from_env() -> GatewayTls {
+        match std::env::var("BATCHMILL_SANDBOX_TLS").as_deref() {
+            Ok("everywhere") => GatewayTls::Everywhere,
+            Ok("server") => GatewayTls::Server,
+            Ok("mutual") => GatewayTls::Mutual,
+            _ => GatewayTls::Off,
+        }
+    }
+}
+
 /// Where the sandbox's certificates are.
 #[derive(Debug, Clone)]
 pub struct Certs {
@@ -198,6 +212,27 @@ pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// The certificates of the TLS sandbox this process runs (one per test
+/// process), which HTTP clients then trust and present.
+static PROCESS_CERTS: std::sync::OnceLock<Certs> = std::sync::OnceLock::new();
+
+/// Remembers `certs` for this process's HTTP clients.
+pub(crate) fn remember(certs: &Certs) {
+    let _ = PROCESS_CERTS.set(certs.clone());
+}
+
+/// An HTTP client sending `headers`, trusting this process's TLS sandbox
+/// (and presenting its client certificate where its gateway asks).
+pub(crate) fn client_with(headers: reqwest::header::HeaderMap) -> reqwest::Client {
+    install_provider();
+    let builder = reqwest::Client::builder().default_headers(headers);
+    let builder = match PROCESS_CERTS.get().map(|c| c.rustls(c.mutual || c.internal)) {
+        Some(Ok(config)) => builder.use_preconfigured_tls(config),
+        _ => builder,
+    };
+    builder.build().unwrap_or_default()
+}
+
 impl Sandbox {
     /// An endpoint for the gateway, over TLS when it speaks it.
     pub fn gateway_endpoint(&self) -> anyhow::Result<tonic::transport::Endpoint> {
@@ -211,12 +246,7 @@ impl Sandbox {
     /// An HTTP client of the gateway sending `headers`, over TLS when it
     /// speaks it.
     pub(crate) fn http_with(&self, headers: reqwest::header::HeaderMap) -> reqwest::Client {
-        let builder = reqwest::Client::builder().default_headers(headers);
-        let builder = match self.certs.as_ref().map(|c| c.rustls(c.mutual)) {
-            Some(Ok(config)) => builder.use_preconfigured_tls(config),
-            _ => builder,
-        };
-        builder.build().unwrap_or_default()
+        client_with(headers)
     }
 
     /// How to reach the services other than the gateway: None in the
@@ -226,6 +256,102 @@ impl Sandbox {
             Some(certs) if certs.internal => Ok(Some(certs.tonic(true)?)),
             _ => Ok(None),
         }
+    }
+
+    /// The base URL of service `name`'s port (`http://` or `https://`).
+    pub fn url_of(&self, name: &str) -> anyhow::Result<String> {
+        let port = self.grpc_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p).context("no such service")?;
+        let tls = self.certs.as_ref().is_some_and(|c| name == "gateway" || c.internal);
+        Ok(format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }))
+    }
+
+    /// grpcurl's flags to reach service `name`: `-plaintext`, or its TLS.
+    pub fn grpcurl_tls(&self, name: &str) -> Vec<String> {
+        match &self.certs {
+            Some(certs) if name == "gateway" || certs.internal => {
+                let path = |file: &str| certs.path(file).to_string_lossy().into_owned();
+                vec![
+                    "-cacert".into(),
+                    path("ca.pem"),
+                    "-cert".into(),
+                    path("client.pem"),
+                    "-key".into(),
+                    path("client.key"),
+                ]
+            }
+            _ => vec!["-plaintext".into()],
+        }
+    }
+
+    /// What a script (Python's requests, Chromium) is given to trust this
+    /// sandbox's gateway: the CA as `REQUESTS_CA_BUNDLE` and
+    /// `SSL_CERT_FILE`, and the gateway certificate's public-key hash as
+    /// `BATCHMILL_GATEWAY_SPKI` (for Chromium's
+    /// `--ignore-certificate-errors-spki-list`). Empty in the clear.
+    pub fn client_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(certs) = &self.certs else { return Ok(Vec::new()) };
+        let ca = certs.path("ca.pem").to_string_lossy().into_owned();
+        let pem = certs.path("gateway.pem");
+        let spki = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("openssl x509 -in \"$1\" -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64")
+            .arg("sh")
+            .arg(&pem)
+            .output()?;
+        anyhow::ensure!(spki.status.success(), "hashing the gateway's key: {}", String::from_utf8_lossy(&spki.stderr));
+        Ok(vec![
+            ("REQUESTS_CA_BUNDLE".into(), ca.clone()),
+            ("SSL_CERT_FILE".into(), ca),
+            ("BATCHMILL_GATEWAY_SPKI".into(), String::from_utf8(spki.stdout)?.trim().to_owned()),
+        ])
+    }
+
+    /// The CLI's flags to reach this sandbox's gateway (`--addr`, and its
+    /// TLS when it speaks it).
+    pub fn cli_target(&self) -> Vec<String> {
+        let mut args = vec!["--addr".to_owned(), self.gateway.clone()];
+        if let Some(certs) = &self.certs {
+            let path = |name: &str| certs.path(name).to_string_lossy().into_owned();
+            args.extend(["--ca-cert".to_owned(), path("ca.pem")]);
+            if certs.mutual {
+                args.extend([
+                    "--client-cert".to_owned(),
+                    path("client.pem"),
+                    "--client-key".to_owned(),
+                    path("client.key"),
+                ]);
+            }
+        }
+        args
+    }
+
+    /// The same as lines of a CLI profile (YAML, indented four spaces).
+    pub fn cli_profile_tls(&self) -> String {
+        let Some(certs) = &self.certs else { return String::new() };
+        let path = |name: &str| certs.path(name).display().to_string();
+        let mut lines = format!("    ca_cert: '{}'\n", path("ca.pem"));
+        if certs.mutual {
+            lines.push_str(&format!(
+                "    client_cert: '{}'\n    client_key: '{}'\n",
+                path("client.pem"),
+                path("client.key")
+            ));
+        }
+        lines
+    }
+
+    /// Whether the gateway answers its health check (over TLS when it
+    /// speaks it), within a second.
+    pub async fn gateway_serving(&self) -> bool {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let Ok(endpoint) = self.gateway_endpoint() else { return false };
+        let check = async {
+            let channel = endpoint.connect().await.ok()?;
+            let answer = HealthClient::new(channel).check(HealthCheckRequest::default()).await.ok()?;
+            Some(answer.get_ref().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32)
+        };
+        matches!(tokio::time::timeout(std::time::Duration::from_secs(1), check).await, Ok(Some(true)))
     }
 
     /// Waits until the gateway answers its health check over TLS.

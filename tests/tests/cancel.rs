@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 /// Messages left in the batch stream.
 async fn queued_batches(sandbox: &Sandbox) -> anyhow::Result<u64> {
-    let client = async_nats::connect(&sandbox.nats_url).await?;
+    let client = batchmill_queue::client(&sandbox.nats_url).await?;
     let mut stream = async_nats::jetstream::new(client).get_stream("BATCHMILL_BATCHES").await?;
     Ok(stream.info().await?.state.messages)
 }

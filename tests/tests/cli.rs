@@ -33,12 +33,13 @@ async fn the_cli_submits_any_source_follows_jobs_and_says_how_they_ended() -> an
     let sandbox = Sandbox::start(Options { workers: 2, ..Options::default() }).await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config.yaml");
-    let endpoint = sandbox.rest_url().trim_start_matches("http://").to_owned();
+    let endpoint = sandbox.gateway.clone();
     std::fs::write(
         &config,
         format!(
-            "default: sandbox\nprofiles:\n  sandbox:\n    endpoint: '{endpoint}'\n    api_key: '{}'\n  nowhere:\n    endpoint: '127.0.0.1:1'\n",
-            sandbox.api_key
+            "default: sandbox\nprofiles:\n  sandbox:\n    endpoint: '{endpoint}'\n    api_key: '{}'\n{}  nowhere:\n    endpoint: '127.0.0.1:1'\n",
+            sandbox.api_key,
+            sandbox.cli_profile_tls()
         ),
     )?;
 

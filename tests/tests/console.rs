@@ -16,7 +16,8 @@ async fn the_console_submits_follows_cancels_and_keeps_accounts_apart() -> anyho
         .arg(&script)
         .env("BATCHMILL_CONSOLE_URL", sandbox.rest_url())
         .env("BATCHMILL_API_KEY", &sandbox.api_key)
-        .env("BATCHMILL_OTHER_KEY", &other);
+        .env("BATCHMILL_OTHER_KEY", &other)
+        .envs(sandbox.client_env()?);
     let out = command.output().await?;
     assert_script_passed(&sandbox, "the browser test", &out);
     Ok(())

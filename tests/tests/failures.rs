@@ -173,7 +173,7 @@ async fn batches_whose_workers_died_on_their_last_delivery_fail_and_the_job_ends
     assert_eq!((b.total, b.succeeded, b.failed, b.in_queue), (2, 0, 2, 0), "{done:?}");
     assert_eq!(done.items.unwrap().failed, 2, "{done:?}");
     assert_eq!(done.workers.unwrap().failed, 2, "{done:?}\n{}", sandbox.log_tail("scheduler"));
-    let nats = async_nats::jetstream::new(async_nats::connect(&sandbox.nats_url).await?);
+    let nats = async_nats::jetstream::new(batchmill_queue::client(&sandbox.nats_url).await?);
     let mut stream = nats.get_stream("BATCHMILL_BATCHES").await?;
     let left = stream.info().await?.state.messages;
     assert_eq!(left, 0, "exhausted batches are removed from the stream\n{}", sandbox.log_tail("scheduler"));

@@ -153,7 +153,7 @@ async fn outputs_download_through_presigned_urls_until_they_expire() -> anyhow::
     assert_eq!(names.get(4).copied(), Some("manifest.json"));
     assert_eq!(names.len(), 5);
     // Each URL downloads its object, byte for byte, with no credentials.
-    let anonymous = reqwest::Client::new();
+    let anonymous = batchmill_tests::http_anonymous();
     for output in &outputs {
         let key = output["uri"].as_str().unwrap_or_default().trim_start_matches("s3://batchmill/").to_owned();
         let stored = sandbox.blob.get("batchmill", &key).await?;

@@ -57,9 +57,10 @@ async fn headers_over_the_limit_are_refused_naming_it_and_the_gateway_stays_up()
     assert_eq!(response.status(), 431);
     let body = response.text().await?;
     assert!(body.contains("headers are") && body.contains("over the 16 KiB"), "{body}");
-    // Far over it, the HTTP layer refuses before reading them all.
-    let response = sandbox.http().get(&url).header("x-padding", "x".repeat(200 * 1024)).send().await?;
-    assert_eq!(response.status(), 431);
+    // Far over it, the HTTP layer refuses before reading them all (a bare
+    // 431, or over TLS the connection closed under the request).
+    let response = sandbox.http().get(&url).header("x-padding", "x".repeat(200 * 1024)).send().await;
+    assert!(response.as_ref().map_or(true, |r| r.status() == 431), "{response:?}");
     // gRPC: RESOURCE_EXHAUSTED, naming the limit.
     let mut jobs = sandbox.jobs().await?;
     let mut request = tonic::Request::new(pb::ListJobsRequest::default());

@@ -18,13 +18,8 @@ use serde_json::{Value, json};
 /// prometheus-client's OpenMetrics parser, which refuses text that is not
 /// OpenMetrics.
 async fn scrape(sandbox: &Sandbox, service: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let port = sandbox
-        .grpc_ports
-        .iter()
-        .find(|(name, _)| name == service)
-        .map(|(_, port)| *port)
-        .ok_or_else(|| anyhow::anyhow!("no service {service}"))?;
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?;
+    let url = format!("{}/metrics", sandbox.url_of(service)?);
+    let response = batchmill_tests::http_anonymous().get(url).send().await?;
     anyhow::ensure!(response.status() == 200, "{service}: GET /metrics answered {}", response.status());
     let kind = response.headers()[reqwest::header::CONTENT_TYPE].to_str()?.to_owned();
     anyhow::ensure!(kind.starts_with("application/openmetrics-text"), "{service}: content type {kind}");

@@ -60,6 +60,7 @@ async fn modzy_sdk_runs_unchanged_against_the_modzy_routes() -> anyhow::Result<(
         .env("BATCHMILL_MODZY_URL", format!("{}/api", sandbox.rest_url()))
         .env("BATCHMILL_API_KEY", &key)
         .env("BATCHMILL_OTHER_KEY", &other)
+        .envs(sandbox.client_env()?)
         .env("BATCHMILL_SLOW_MODEL", "slow-model")
         .env("BATCHMILL_TENANT_S3", format!("{TENANT_ACCESS_KEY}:{TENANT_SECRET_KEY}"))
         .env("BATCHMILL_BUCKET", BUCKET)

@@ -72,7 +72,7 @@ async fn the_openapi_document_is_valid_and_describes_what_the_gateway_answers() 
     let base = sandbox.rest_url();
 
     // Served without a key.
-    let anonymous = reqwest::Client::new();
+    let anonymous = batchmill_tests::http_anonymous();
     let response = anonymous.get(format!("{base}/openapi.json")).send().await?;
     assert_eq!(response.status(), 200);
     let doc: Value = response.json().await?;

@@ -201,7 +201,8 @@ async fn check_filters(sandbox: &Sandbox, id: &str) -> anyhow::Result<()> {
     // The CLI prints them one a line.
     let printed = std::process::Command::new(batchmill_tests::binary("batchmill")?)
         .env("BATCHMILL_API_KEY", &sandbox.api_key)
-        .args(["--addr", sandbox.rest_url().trim_start_matches("http://"), "events", &id, "--level", "error"])
+        .args(sandbox.cli_target())
+        .args(["events", &id, "--level", "error"])
         .output()?;
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
     let printed = String::from_utf8(printed.stdout)?;

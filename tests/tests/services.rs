@@ -17,26 +17,30 @@ async fn every_service_answers_grpcurl_and_stops_cleanly_on_sigterm() -> anyhow:
     for (name, services) in expect {
         let port = sandbox.grpc_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p).expect("port");
         let addr = format!("127.0.0.1:{port}");
-        let out = std::process::Command::new(&grpcurl).args(["-plaintext", &addr, "list"]).output()?;
+        let tls = sandbox.grpcurl_tls(name);
+        let out = std::process::Command::new(&grpcurl).args(&tls).args([&addr, "list"]).output()?;
         let listed = String::from_utf8(out.stdout)?;
         assert!(out.status.success(), "grpcurl list {name}: {}", String::from_utf8_lossy(&out.stderr));
         for service in *services {
             assert!(listed.lines().any(|l| l == *service), "{name} does not list {service}: {listed}");
         }
         let out =
-            std::process::Command::new(&grpcurl).args(["-plaintext", &addr, "grpc.health.v1.Health/Check"]).output()?;
+            std::process::Command::new(&grpcurl).args(&tls).args([&addr, "grpc.health.v1.Health/Check"]).output()?;
         assert!(String::from_utf8(out.stdout)?.contains("SERVING"), "{name} is not SERVING");
     }
     // grpcurl can also describe and call the public API through reflection,
     // with an API key; without one the call is refused.
     let gateway = sandbox.gateway.clone();
+    let tls = sandbox.grpcurl_tls("gateway");
     let authorization = format!("authorization: Bearer {}", sandbox.api_key);
     let out = std::process::Command::new(&grpcurl)
-        .args(["-plaintext", "-H", &authorization, "-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
+        .args(&tls)
+        .args(["-H", &authorization, "-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
         .output()?;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = std::process::Command::new(&grpcurl)
-        .args(["-plaintext", "-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
+        .args(&tls)
+        .args(["-d", "{}", &gateway, "batchmill.jobs.v1.JobService/ListJobs"])
         .output()?;
     assert!(!out.status.success());
     assert!(

@@ -238,7 +238,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
 
     // No key, a malformed one, a wrong one: 401 / UNAUTHENTICATED. Health is open.
     let base = sandbox.rest_url();
-    let plain = reqwest::Client::new();
+    let plain = batchmill_tests::http_anonymous();
     let response = plain.get(format!("{base}/v1/jobs")).send().await?;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers().get("www-authenticate").map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
@@ -267,9 +267,7 @@ async fn tenants_see_only_their_own_jobs_and_keys_work_until_revoked() -> anyhow
         .send()
         .await?;
     assert_eq!(claimed.status(), 404);
-    let mut health = tonic_health::pb::health_client::HealthClient::new(
-        tonic::transport::Endpoint::from_shared(base.clone())?.connect().await?,
-    );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(sandbox.gateway_endpoint()?.connect().await?);
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await?;
 
     // The cluster's own places in S3 are fenced off from jobs that read with

@@ -150,7 +150,8 @@ async fn the_cortex_image_classifier_tutorial_runs_unchanged() -> anyhow::Result
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/image-classifier");
     let deployed = Command::new(binary("batchmill")?)
         .env("BATCHMILL_API_KEY", &sandbox.api_key)
-        .args(["--addr", sandbox.rest_url().trim_start_matches("http://"), "deploy"])
+        .args(sandbox.cli_target())
+        .arg("deploy")
         .arg(&project)
         .output()?;
     anyhow::ensure!(deployed.status.success(), "deploy: {}", String::from_utf8_lossy(&deployed.stderr));

@@ -37,6 +37,7 @@ const LIST_LIMIT: i32 = 100;
 pub struct Cortex {
     jobs: JobsForwarder,
     pipelines: PipelinesForwarder,
+    scheme: &'static str,
 }
 
 /// Whether `path` is a Cortex route: one segment that is no native prefix.
@@ -46,8 +47,11 @@ pub fn is_cortex_path(path: &str) -> bool {
 }
 
 impl Cortex {
-    pub fn new(jobs: JobsForwarder, pipelines: PipelinesForwarder) -> Cortex {
-        Cortex { jobs, pipelines }
+    /// Cortex's routes; job URLs are `scheme://` (`https` for a gateway
+    /// serving TLS) unless a proxy in front says otherwise
+    /// (`X-Forwarded-Proto`).
+    pub fn new(jobs: JobsForwarder, pipelines: PipelinesForwarder, scheme: &'static str) -> Cortex {
+        Cortex { jobs, pipelines, scheme }
     }
 
     /// Serves one request to `/<api>`.
@@ -64,7 +68,11 @@ impl Cortex {
         let query = crate::rest::form_urlencoded(parts.uri.query().unwrap_or_default());
         let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let host = parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-        let endpoint = format!("http://{host}/{api}");
+        let scheme = match parts.headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()) {
+            Some(proto @ ("http" | "https")) => proto,
+            _ => self.scheme,
+        };
+        let endpoint = format!("{scheme}://{host}/{api}");
         let caller = crate::auth::caller_of(&parts.extensions)?;
         self.known_api(&caller, &api).await?;
         match (parts.method, param("jobID")) {

@@ -62,12 +62,18 @@ pub const PUBLIC_SERVICES: &[&str] =
     &["batchmill.jobs.v1.JobService", "batchmill.pipelines.v1.PipelineService", "batchmill.accounts.v1.AccountService"];
 
 /// The gateway's router: gRPC (with health and reflection) and REST.
-pub async fn router(etcd: Etcd, uploads: modzy::Uploads, files: files::Files) -> Result<axum::Router, GatewayError> {
+/// `tls` says whether it is served over TLS (for the URLs it hands out).
+pub async fn router(
+    etcd: Etcd,
+    uploads: modzy::Uploads,
+    files: files::Files,
+    tls: bool,
+) -> Result<axum::Router, GatewayError> {
     let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
     let jobs =
         JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION).dialing(batchmill_runtime::tls::endpoint));
     let pipelines = PipelinesForwarder::new(jobs.clone());
-    let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone());
+    let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone(), if tls { "https" } else { "http" });
     let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone(), uploads);
     metrics::register();
     let routes = batchmill_runtime::ServerBuilder::new()?
@@ -127,7 +133,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let etcd = Etcd::connect(&config.etcd_endpoints, Duration::from_secs(30)).await?;
     let blob: Arc<dyn batchmill_blob::ObjectStore> = Arc::new(batchmill_blob::Blob::new(&config.s3).await);
     let files = files::Files::new(blob.clone(), Arc::new(etcd.clone()), config.staging_uri.clone());
-    let app = router(etcd, modzy::Uploads::new(blob, config.staging_uri), files).await?;
+    let app = router(etcd, modzy::Uploads::new(blob, config.staging_uri), files, config.tls.is_some()).await?;
     let tls_on = config.tls.is_some();
     tracing::info!(addr = %listener.local_addr().map_err(RuntimeError::Io)?, tls = tls_on, "gateway serving gRPC and REST");
     let tls = match config.tls {

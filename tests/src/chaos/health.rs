@@ -2,15 +2,16 @@
 //! running, every service answering its health check, one scheduler
 //! leading.
 
-use crate::{Sandbox, serving};
+use crate::{Sandbox, serving_over};
 
 impl Sandbox {
     /// The schedulers that answer SERVING now: the leader, or none between
     /// leaders. Two would be two leaders at once.
     pub async fn scheduler_leaders(&self) -> Vec<String> {
         let mut leaders = Vec::new();
+        let tls = self.internal_tls().ok().flatten();
         for (name, port) in self.grpc_ports.iter().filter(|(n, _)| n.starts_with("scheduler")) {
-            if serving(*port).await {
+            if serving_over(*port, tls.clone()).await {
                 leaders.push(name.clone());
             }
         }
@@ -30,10 +31,14 @@ impl Sandbox {
         if let Err(e) = self.check_all_alive() {
             wrong.push(e.to_string().lines().next().unwrap_or_default().to_owned());
         }
-        for (name, port) in self.grpc_ports.iter().filter(|(n, _)| !n.starts_with("scheduler")) {
-            if !serving(*port).await {
+        let tls = self.internal_tls().ok().flatten();
+        for (name, port) in self.grpc_ports.iter().filter(|(n, _)| !n.starts_with("scheduler") && n != "gateway") {
+            if !serving_over(*port, tls.clone()).await {
                 wrong.push(format!("{name} is not serving"));
             }
+        }
+        if self.gateway_endpoint().is_err() || !self.gateway_serving().await {
+            wrong.push("gateway is not serving".into());
         }
         let leaders = self.scheduler_leaders().await;
         if leaders.len() != 1 {
