@@ -8,8 +8,11 @@
 //! binaries in `$BATCHMILL_BIN_DIR` (default `target/debug`).
 
 pub mod chaos;
+mod clients;
 mod clock;
 pub mod collector;
+mod echo;
+mod jobs;
 pub mod postgres;
 mod process;
 mod tls;
@@ -19,13 +22,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use batchmill_blob::{Blob, ObjectStore, S3Config};
-use batchmill_proto::accounts::v1::account_service_client::AccountServiceClient;
-use batchmill_proto::jobs::v1::{self as pb, job_service_client::JobServiceClient};
-use batchmill_proto::pipelines::v1::pipeline_service_client::PipelineServiceClient;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use batchmill_blob::{Blob, S3Config};
 
+pub use clients::{Authed, Bearer, http_anonymous, http_as, member_key};
+pub use echo::{assert_echo_results, assert_echo_results_but, echo_job};
 pub use process::Process;
 pub use tls::{Certs, GatewayTls, install_provider};
 
@@ -103,26 +103,6 @@ pub struct Sandbox {
     /// The gateway's certificates, when it speaks TLS.
     pub certs: Option<Certs>,
 }
-
-/// Sends an API key with every gRPC call.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    pub fn new(key: &str) -> anyhow::Result<Bearer> {
-        Ok(Bearer(format!("Bearer {key}").parse()?))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A channel to the gateway that sends an API key.
-pub type Authed = InterceptedService<Channel, Bearer>;
 
 pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -471,39 +451,6 @@ impl Sandbox {
         format!("{scheme}://{}", self.gateway)
     }
 
-    /// A gRPC channel to the gateway that sends `key`.
-    pub async fn channel_as(&self, key: &str) -> anyhow::Result<Authed> {
-        let channel = self.gateway_endpoint()?.connect().await?;
-        Ok(InterceptedService::new(channel, Bearer::new(key)?))
-    }
-
-    /// A gRPC client of the public job API, through the gateway, with the
-    /// cluster admin key.
-    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
-        self.jobs_as(&self.api_key).await
-    }
-
-    /// A gRPC client of the public job API that sends `key`.
-    pub async fn jobs_as(&self, key: &str) -> anyhow::Result<JobServiceClient<Authed>> {
-        Ok(JobServiceClient::new(self.channel_as(key).await?).max_encoding_message_size(16 * 1024 * 1024))
-    }
-
-    /// A gRPC client of the public pipeline API, with the cluster admin key.
-    pub async fn pipelines(&self) -> anyhow::Result<PipelineServiceClient<Authed>> {
-        Ok(PipelineServiceClient::new(self.channel_as(&self.api_key).await?)
-            .max_encoding_message_size(64 * 1024 * 1024))
-    }
-
-    /// A gRPC client of the account API that sends `key`.
-    pub async fn accounts_as(&self, key: &str) -> anyhow::Result<AccountServiceClient<Authed>> {
-        Ok(AccountServiceClient::new(self.channel_as(key).await?))
-    }
-
-    /// An HTTP client that sends the cluster admin key.
-    pub fn http(&self) -> reqwest::Client {
-        self.http_with(bearer_headers(&self.api_key))
-    }
-
     fn process_mut(&mut self, name: &str) -> anyhow::Result<&mut Process> {
         self.processes.iter_mut().find(|p| p.name == name).with_context(|| format!("no process {name}"))
     }
@@ -576,148 +523,6 @@ impl Sandbox {
         self.process(name).map(Process::log_tail).unwrap_or_default()
     }
 
-    /// Polls `GetJob` until `done(job)` holds, or fails after `timeout`
-    /// saying it waited for `what`.
-    pub async fn wait_job(
-        &self,
-        job_id: &str,
-        timeout: Duration,
-        what: &str,
-        done: impl Fn(&pb::Job) -> bool,
-    ) -> anyhow::Result<pb::Job> {
-        let mut client = self.jobs().await?;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let request = pb::GetJobRequest { job_id: job_id.into() };
-            let job = client.get_job(request).await?.into_inner().job.context("no job")?;
-            if done(&job) {
-                return Ok(job);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("job {job_id}: no {what} after {timeout:?}: {job:?}\nscheduler: {}", self.log_tail("scheduler"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Every batch record of a job, as ListBatches pages them: (seq,
-    /// deliveries), in seq order.
-    pub async fn batch_attempts(&self, job_id: &str) -> anyhow::Result<Vec<(i64, i64)>> {
-        let mut out: Vec<_> = self.batch_records(job_id, 1000).await?.iter().map(|b| (b.seq, b.attempts)).collect();
-        out.sort();
-        Ok(out)
-    }
-
-    /// Every batch record of a job in the order ListBatches gives them,
-    /// `page_size` per page.
-    pub async fn batch_records(&self, job_id: &str, page_size: i32) -> anyhow::Result<Vec<pb::BatchRecord>> {
-        let mut client = self.jobs().await?;
-        let (mut out, mut token) = (Vec::new(), String::new());
-        loop {
-            let request = pb::ListBatchesRequest { job_id: job_id.into(), page_size, page_token: token };
-            let page = client.list_batches(request).await?.into_inner();
-            anyhow::ensure!(page.batches.len() <= page_size as usize, "a page of {} records", page.batches.len());
-            out.extend(page.batches);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            token = page.next_page_token;
-        }
-        Ok(out)
-    }
-
-    /// Polls `GetJob` until the job is terminal, through outages: an answer
-    /// that the cluster is unavailable (no leader, etcd down) is waited out.
-    pub async fn wait_terminal_through(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut last = String::new();
-        loop {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "job {job_id}: no terminal state after {timeout:?}; last answer: {last}\nscheduler: {}",
-                self.log_tail("scheduler")
-            );
-            let answer = match self.jobs().await {
-                Ok(mut client) => client.get_job(pb::GetJobRequest { job_id: job_id.into() }).await,
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            };
-            match answer {
-                Ok(r) => {
-                    let job = r.into_inner().job.context("no job")?;
-                    if is_terminal(job.state()) {
-                        return Ok(job);
-                    }
-                    last = format!("{:?}", job.state());
-                }
-                Err(status) if status.code() == tonic::Code::Unavailable => last = format!("{status:?}"),
-                Err(status) => anyhow::bail!("job {job_id}: {status:?}"),
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// Waits until the job is terminal.
-    pub async fn wait_terminal(&self, job_id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
-        self.wait_job(job_id, timeout, "terminal state", |job| is_terminal(job.state())).await
-    }
-
-    /// Waits until at least `batches` batches of the job succeeded, to catch
-    /// a job in flight.
-    pub async fn wait_succeeded(&self, job_id: &str, batches: i64, timeout: Duration) -> anyhow::Result<pb::Job> {
-        let what = format!("{batches} succeeded batches");
-        self.wait_job(job_id, timeout, &what, |job| job.batches.as_ref().is_some_and(|b| b.succeeded >= batches)).await
-    }
-
-    /// Waits until workers hold `held` batches of the job unsettled.
-    pub async fn wait_held(&self, job_id: &str, held: u64, timeout: Duration) -> anyhow::Result<()> {
-        let nats = async_nats::jetstream::new(batchmill_queue::client(&self.nats_url).await?);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let stream = nats.get_stream("BATCHMILL_BATCHES").await?;
-            let now_held = match stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&format!("job-{job_id}"))
-                .await
-            {
-                Ok(mut consumer) => consumer.info().await?.num_ack_pending as u64,
-                Err(_) => 0,
-            };
-            if now_held == held {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("job {job_id}: workers hold {now_held} batches, not {held}, after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Submits `body` as `POST /v1/jobs` through the gateway's REST and
-    /// waits for the job to end.
-    pub async fn submit_rest(&self, body: serde_json::Value, timeout: Duration) -> anyhow::Result<pb::Job> {
-        let id = self.post_job(body).await?;
-        self.wait_terminal(&id, timeout).await
-    }
-
-    /// Submits a job through REST and returns its id at once.
-    pub async fn post_job(&self, body: serde_json::Value) -> anyhow::Result<String> {
-        let response = self.http().post(format!("{}/v1/jobs", self.rest_url())).json(&body).send().await?;
-        anyhow::ensure!(response.status() == 200, "{}", response.text().await?);
-        let job: serde_json::Value = response.json().await?;
-        Ok(job["jobId"].as_str().unwrap_or_default().to_owned())
-    }
-
-    /// Result objects of a job: (key, body), sorted by key.
-    pub async fn results(&self, job: &pb::Job) -> anyhow::Result<Vec<(String, String)>> {
-        let output = batchmill_core::S3Uri::parse(&job.output_uri).map_err(anyhow::Error::msg)?.join(&job.job_id);
-        let mut out = Vec::new();
-        for key in self.blob.list(&output.bucket, &format!("{}/", output.key)).await? {
-            let body = self.blob.get(&output.bucket, &key).await?;
-            out.push((key, String::from_utf8(body.to_vec())?));
-        }
-        out.sort();
-        Ok(out)
-    }
-
     /// Stops every process with SIGTERM, services before what they use, and
     /// returns each one's exit: (name, exited cleanly).
     pub async fn stop_all(&mut self) -> Vec<(String, bool)> {
@@ -757,103 +562,6 @@ pub async fn serving_over(port: u16, tls: Option<tonic::transport::ClientTlsConf
     matches!(tokio::time::timeout(Duration::from_secs(1), check).await, Ok(Some(true)))
 }
 
-/// An inline-items job request for the echo pipeline.
-pub fn echo_job(
-    items: &[serde_json::Value],
-    batch_size: i32,
-    workers: i32,
-    config: serde_json::Value,
-) -> pb::SubmitJobRequest {
-    pb::SubmitJobRequest {
-        pipeline: "echo".into(),
-        workers,
-        source: Some(pb::submit_job_request::Source::ItemList(pb::ItemList {
-            items: items.iter().map(batchmill_core::json::json_to_value).collect(),
-            batch_size,
-        })),
-        config: config.as_object().map(batchmill_core::json::json_to_struct),
-        ..Default::default()
-    }
-}
-
-/// Checks that a job's result objects hold exactly `items` through the echo
-/// pipeline: one line `{"index", "result"}` per item, each item once, in
-/// objects that are a batch's (`<job>-<seq>.jsonl`) or a group's
-/// (`<job>-<first>-<last>.jsonl`, holding only batches in that range, in
-/// order), each listed once in the manifest, and no other objects. Failed
-/// batches (by seq) have no results. Returns the objects' names.
-pub async fn assert_echo_results(
-    sandbox: &Sandbox,
-    job: &pb::Job,
-    items: &[serde_json::Value],
-    batch_size: usize,
-    failed: &[u64],
-) -> anyhow::Result<Vec<String>> {
-    let missing = |index: usize| failed.contains(&((index / batch_size) as u64));
-    assert_echo_results_but(sandbox, job, items, batch_size, &missing).await
-}
-
-/// [`assert_echo_results`], with the items that have no result named one
-/// by one (`missing`, by index), as where a batch's failing items were
-/// isolated.
-pub async fn assert_echo_results_but(
-    sandbox: &Sandbox,
-    job: &pb::Job,
-    items: &[serde_json::Value],
-    batch_size: usize,
-    missing: &dyn Fn(usize) -> bool,
-) -> anyhow::Result<Vec<String>> {
-    let results = sandbox.results(job).await?;
-    let prefix = format!("results/{}/", job.job_id);
-    let manifest = results.iter().find(|(k, _)| *k == format!("{prefix}manifest.json")).context("no manifest")?;
-    let manifest: serde_json::Value = serde_json::from_str(&manifest.1)?;
-    anyhow::ensure!(manifest["job_id"] == job.job_id.as_str(), "manifest {manifest}");
-    let mut listed: Vec<String> = manifest["results"]
-        .as_array()
-        .context("manifest results")?
-        .iter()
-        .map(|u| u.as_str().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_owned())
-        .collect();
-    let mut names: Vec<String> = results
-        .iter()
-        .filter(|(k, _)| !k.ends_with("manifest.json"))
-        .map(|(k, _)| k.trim_start_matches(&prefix).to_owned())
-        .collect();
-    let listed_count = listed.len();
-    listed.sort();
-    listed.dedup();
-    anyhow::ensure!(listed.len() == listed_count, "the manifest lists an object twice: {manifest}");
-    names.sort();
-    anyhow::ensure!(names == listed, "result objects {names:?}, but the manifest lists {listed:?}");
-    let mut seen = vec![0u32; items.len()];
-    for (key, body) in results.iter().filter(|(k, _)| !k.ends_with("manifest.json")) {
-        let stem = key.trim_start_matches(&prefix).trim_end_matches(".jsonl");
-        let range = stem.strip_prefix(&format!("{}-", job.job_id)).context("object name")?;
-        let (first, last): (u64, u64) = match range.split_once('-') {
-            Some((a, b)) => (a.parse()?, b.parse()?),
-            None => (range.parse()?, range.parse()?),
-        };
-        let mut previous = None;
-        for line in body.lines() {
-            let line: serde_json::Value = serde_json::from_str(line)?;
-            let index = line["index"].as_u64().with_context(|| format!("{key}: {line}"))? as usize;
-            let seq = (index / batch_size) as u64;
-            anyhow::ensure!((first..=last).contains(&seq), "{key} holds item {index}, of batch {seq}");
-            anyhow::ensure!(!missing(index), "{key} holds item {index}, which failed");
-            anyhow::ensure!(previous < Some(index), "{key} is out of order at item {index}");
-            previous = Some(index);
-            let expected = serde_json::json!({"index": index, "result": items.get(index)});
-            anyhow::ensure!(line == expected, "{key} holds {line}, expected {expected}");
-            seen[index] += 1;
-        }
-    }
-    for (index, count) in seen.iter().enumerate() {
-        let want = u32::from(!missing(index));
-        anyhow::ensure!(*count == want, "item {index} is in the results {count} times, expected {want}");
-    }
-    Ok(names)
-}
-
 /// Asserts that a test script (`what`) ran to its end: it exited 0 and
 /// printed "all checks passed"; else shows its output and the gateway's log.
 pub fn assert_script_passed(sandbox: &Sandbox, what: &str, out: &std::process::Output) {
@@ -864,39 +572,6 @@ pub fn assert_script_passed(sandbox: &Sandbox, what: &str, out: &std::process::O
         String::from_utf8_lossy(&out.stderr),
         sandbox.log_tail("gateway")
     );
-}
-
-/// Creates `account` and a member key of it (with the sandbox's admin key);
-/// returns the key.
-pub async fn member_key(sandbox: &Sandbox, account: &str) -> anyhow::Result<String> {
-    use batchmill_proto::accounts::v1 as apb;
-    let mut accounts = sandbox.accounts_as(&sandbox.api_key).await?;
-    accounts.create_account(apb::CreateAccountRequest { account_id: account.into(), limits: None }).await?;
-    let request = apb::CreateKeyRequest {
-        account_id: account.into(),
-        role: apb::Role::Member as i32,
-        description: "test".into(),
-    };
-    Ok(accounts.create_key(request).await?.into_inner().secret_key)
-}
-
-/// An HTTP client that sends `key` as `Authorization: Bearer <key>`.
-/// When this process runs a TLS sandbox, over TLS to its gateway.
-pub fn http_as(key: &str) -> reqwest::Client {
-    tls::client_with(bearer_headers(key))
-}
-
-/// An HTTP client that sends no key (over TLS to a TLS sandbox's gateway).
-pub fn http_anonymous() -> reqwest::Client {
-    tls::client_with(reqwest::header::HeaderMap::new())
-}
-
-fn bearer_headers(key: &str) -> reqwest::header::HeaderMap {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    headers
 }
 
 /// Creates the first cluster admin key in the sandbox's etcd, as
