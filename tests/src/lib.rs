@@ -227,28 +227,9 @@ impl Sandbox {
         if let Some(certs) = &internal {
             certs.use_for_this_process()?;
         }
-        let etcd_dir = root.join("etcd").to_string_lossy().into_owned();
-        let args = [
-            "--name",
-            "sandbox",
-            "--logger",
-            "zap",
-            "--log-outputs",
-            "stderr",
-            "--data-dir",
-            &etcd_dir,
-            "--listen-client-urls",
-            &etcd_url,
-            "--advertise-client-urls",
-            &etcd_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("sandbox={peer_url}"),
-        ];
-        let args: Vec<&str> = args.into_iter().chain(etcd_tls.iter().map(String::as_str)).collect();
+        let mut args = etcd_args(&root.join("etcd"), &etcd_url, &peer_url);
+        args.extend(etcd_tls);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         sandbox.spawn("etcd", &tool("etcd")?, &args, &[])?;
         let nats_dir = root.join("nats").to_string_lossy().into_owned();
         let nats_port = nats.to_string();
@@ -572,6 +553,23 @@ pub fn assert_script_passed(sandbox: &Sandbox, what: &str, out: &std::process::O
         String::from_utf8_lossy(&out.stderr),
         sandbox.log_tail("gateway")
     );
+}
+
+/// etcd's flags: one member on loopback, its data in `dir`.
+fn etcd_args(dir: &Path, client_url: &str, peer_url: &str) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let flags = [
+        ("--name", "sandbox"),
+        ("--logger", "zap"),
+        ("--log-outputs", "stderr"),
+        ("--data-dir", &dir),
+        ("--listen-client-urls", client_url),
+        ("--advertise-client-urls", client_url),
+        ("--listen-peer-urls", peer_url),
+        ("--initial-advertise-peer-urls", peer_url),
+        ("--initial-cluster", &format!("sandbox={peer_url}")),
+    ];
+    flags.iter().flat_map(|(flag, value)| [(*flag).to_owned(), (*value).to_owned()]).collect()
 }
 
 /// Creates the first cluster admin key in the sandbox's etcd, as

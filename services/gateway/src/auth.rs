@@ -47,8 +47,8 @@ pub struct Gate {
 /// while the account store is down), and holds one of the key's places
 /// for requests in flight until the response ends (see [`crate::limits`]).
 pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    if let Err(refused) = crate::limits::check_headers(is_grpc(&request), request.headers()) {
-        return refused;
+    if let Err(refused) = crate::limits::check_headers(request.headers()) {
+        return refused.response(is_grpc(&request));
     }
     // Identity headers come from the gateway only.
     let forged: Vec<_> = request.headers().keys().filter(|k| k.as_str().starts_with("x-batchmill-")).cloned().collect();
@@ -61,9 +61,9 @@ pub async fn authenticate(State(gate): State<Gate>, mut request: Request, next: 
     let header = request.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match gate.accounts.authenticate(header).await {
         Ok(caller) => {
-            let permit = match gate.in_flight.hold(&caller.key_id, is_grpc(&request)) {
+            let permit = match gate.in_flight.hold(&caller.key_id) {
                 Ok(permit) => permit,
-                Err(refused) => return refused,
+                Err(refused) => return refused.response(is_grpc(&request)),
             };
             request.extensions_mut().insert(caller);
             crate::limits::holding(next.run(request).await, permit)

@@ -36,25 +36,39 @@ pub fn header_bytes(headers: &http::HeaderMap) -> usize {
     headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum()
 }
 
-/// A refusal, as a gRPC status for a gRPC request and as JSON with
-/// `http` for any other.
-pub fn refusal(grpc: bool, http: http::StatusCode, message: String) -> Response {
-    let status = tonic::Status::resource_exhausted(message.clone());
-    if grpc {
-        return status.into_http::<Body>().into_response();
+/// A limit a request broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("the request's headers are {bytes} bytes, over the {} KiB the gateway takes", MAX_HEADER_BYTES / 1024)]
+    Headers { bytes: usize },
+    #[error(
+        "API key {key_id} has {max} requests in flight, the most one key may have (the gateway's \
+         BATCHMILL_MAX_STREAMS_PER_KEY); wait for some to end, or close idle streams"
+    )]
+    InFlight { key_id: String, max: usize },
+}
+
+impl LimitError {
+    /// The refusal: RESOURCE_EXHAUSTED for a gRPC request; for any other,
+    /// JSON with 431 (headers) or 429 (requests in flight).
+    pub fn response(&self, grpc: bool) -> Response {
+        let message = self.to_string();
+        if grpc {
+            return tonic::Status::resource_exhausted(message).into_http::<Body>().into_response();
+        }
+        let http = match self {
+            LimitError::Headers { .. } => http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            LimitError::InFlight { .. } => http::StatusCode::TOO_MANY_REQUESTS,
+        };
+        crate::rest::error::json_error(http, tonic::Code::ResourceExhausted, &message, vec![])
     }
-    crate::rest::error::json_error(http, tonic::Code::ResourceExhausted, &message, vec![])
 }
 
 /// Refuses a request whose headers are over [`MAX_HEADER_BYTES`].
-pub fn check_headers(grpc: bool, headers: &http::HeaderMap) -> Result<(), Response> {
+pub fn check_headers(headers: &http::HeaderMap) -> Result<(), LimitError> {
     let bytes = header_bytes(headers);
     if bytes > MAX_HEADER_BYTES {
-        let message = format!(
-            "the request's headers are {bytes} bytes, over the {} KiB the gateway takes",
-            MAX_HEADER_BYTES / 1024
-        );
-        return Err(refusal(grpc, http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, message));
+        return Err(LimitError::Headers { bytes });
     }
     Ok(())
 }
@@ -78,8 +92,8 @@ impl InFlight {
     }
 
     /// A place for one more request of key `key_id`, held until dropped;
-    /// the refusal if the key has none left.
-    pub fn hold(&self, key_id: &str, grpc: bool) -> Result<OwnedSemaphorePermit, Response> {
+    /// refused if the key has none left.
+    pub fn hold(&self, key_id: &str) -> Result<OwnedSemaphorePermit, LimitError> {
         let semaphore = {
             let mut by_key = self.by_key.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             // Keys with nothing in flight are forgotten, so the map stays as
@@ -89,14 +103,7 @@ impl InFlight {
             }
             by_key.entry(key_id.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.max))).clone()
         };
-        semaphore.try_acquire_owned().map_err(|_| {
-            let message = format!(
-                "API key {key_id} has {} requests in flight, the most one key may have (the gateway's \
-                 BATCHMILL_MAX_STREAMS_PER_KEY); wait for some to end, or close idle streams",
-                self.max
-            );
-            refusal(grpc, http::StatusCode::TOO_MANY_REQUESTS, message)
-        })
+        semaphore.try_acquire_owned().map_err(|_| LimitError::InFlight { key_id: key_id.to_owned(), max: self.max })
     }
 }
 
@@ -140,24 +147,27 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert("x-a", http::HeaderValue::from_static("12345"));
         assert_eq!(header_bytes(&headers), 3 + 5 + 32);
-        assert!(check_headers(false, &headers).is_ok());
+        assert!(check_headers(&headers).is_ok());
         let big = http::HeaderValue::from_str(&"x".repeat(MAX_HEADER_BYTES)).expect("ascii");
         headers.insert("x-big", big);
-        let refused = check_headers(false, &headers).expect_err("over the limit");
-        assert_eq!(refused.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let refused = check_headers(&headers).expect_err("over the limit");
+        assert_eq!(refused, LimitError::Headers { bytes: header_bytes(&headers) });
+        assert_eq!(refused.response(false).status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
 
     #[test]
     fn a_key_holds_at_most_its_places_and_gets_one_back_when_a_response_ends() {
         let in_flight = InFlight::new(2);
-        let first = in_flight.hold("k1", false).expect("a place");
-        let _second = in_flight.hold("k1", false).expect("a place");
-        let refused = in_flight.hold("k1", true).expect_err("no place left");
-        assert_eq!(refused.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"8"[..]));
-        assert!(in_flight.hold("k2", false).is_ok(), "another key has its own places");
+        let first = in_flight.hold("k1").expect("a place");
+        let _second = in_flight.hold("k1").expect("a place");
+        let refused = in_flight.hold("k1").expect_err("no place left");
+        let grpc = refused.response(true);
+        assert_eq!(grpc.headers().get("grpc-status").map(|v| v.as_bytes()), Some(&b"8"[..]));
+        assert_eq!(refused.response(false).status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(in_flight.hold("k2").is_ok(), "another key has its own places");
         let response = holding(Response::new(Body::from("done")), first);
-        assert!(in_flight.hold("k1", false).is_err(), "the place is held while the response is");
+        assert!(in_flight.hold("k1").is_err(), "the place is held while the response is");
         drop(response);
-        assert!(in_flight.hold("k1", false).is_ok(), "and given back when it is dropped");
+        assert!(in_flight.hold("k1").is_ok(), "and given back when it is dropped");
     }
 }
