@@ -427,6 +427,13 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// Leaves the sandbox's directory (logs, data) in place when it is
+    /// dropped, to look into after a failure; returns where it is.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
     pub fn rest_url(&self) -> String {
         let scheme = if self.certs.is_some() { "https" } else { "http" };
         format!("{scheme}://{}", self.gateway)

@@ -47,6 +47,27 @@ async fn etcd_passes_the_kv_conformance_suite_and_keeps_claims_and_elections() -
     Ok(())
 }
 
+/// A leader's fenced writes pass the same suite while it leads, and fail
+/// (writing nothing) once its lease is gone, though the leader has not
+/// noticed: a scheduler paused past its lease can then confirm nothing.
+#[tokio::test]
+async fn fenced_writes_pass_the_kv_suite_and_stop_with_the_leadership() -> anyhow::Result<()> {
+    let sandbox = deps().await?;
+    let etcd = Etcd::connect(std::slice::from_ref(&sandbox.etcd_url), Duration::from_secs(10)).await?;
+    let leadership = etcd.campaign("/batchmill/fenced-election", "http://a", Duration::from_secs(5)).await?;
+    let fenced = batchmill_coord::FencedKv::new(etcd.clone(), &leadership);
+    batchmill_coord::conformance::run(&fenced, "/batchmill/fenced-conformance").await;
+    fenced.put("/batchmill/fenced/k", b"1".to_vec()).await?;
+    // The lease ends under the leader's feet (as its TTL would lapse while
+    // the process is paused).
+    etcd.revoke(leadership.lease()).await?;
+    let refused = fenced.put_all(vec![("/batchmill/fenced/k".into(), b"2".to_vec())]).await;
+    assert!(matches!(refused, Err(batchmill_coord::CoordError::LeaseLost { .. })), "{refused:?}");
+    assert!(fenced.delete("/batchmill/fenced/k").await.is_err());
+    assert_eq!(etcd.get("/batchmill/fenced/k").await?, Some(b"1".to_vec()), "nothing written after the lease");
+    Ok(())
+}
+
 /// A leader keeps its leadership through an etcd outage shorter than its
 /// lease's TTL: renewals that fail are retried, not taken for a lost lease
 /// (a scheduler once stepped down, and exited, after one broken renewal).

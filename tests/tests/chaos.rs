@@ -9,8 +9,13 @@ use batchmill_tests::chaos::{self, Durations, Kind, Plan, report};
 #[tokio::test]
 async fn every_kind_of_fault_once_hurts_no_job() -> anyhow::Result<()> {
     let seed = std::env::var("BATCHMILL_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20_261_203);
-    let plan =
-        Plan { faults: Kind::all().len(), seed, durations: Durations { outage: (5, 8), pause: (2, 5) }, job_secs: 8 };
+    let plan = Plan {
+        faults: Kind::all().len(),
+        seed,
+        durations: Durations { outage: (5, 8), pause: (2, 5) },
+        job_secs: 8,
+        only: vec![],
+    };
     println!("chaos seed {seed} (BATCHMILL_CHAOS_SEED={seed} reruns this sample)");
     let mut sandbox = chaos::sandbox().await?;
     let runs =

@@ -18,7 +18,7 @@ use crate::{CoordError, Kv, KvEvent, Result};
 /// A connection to etcd; clones share it.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 /// TLS to etcd for this process, set once by `main` ([`Etcd::use_tls`]).
@@ -119,8 +119,9 @@ impl Etcd {
                 lost.cancel();
             })
         };
-        let leadership = Leadership { lost: lost.clone(), stop, keeper, client: client.clone(), lease };
         let key = format!("{name}/{lease:x}");
+        let leadership =
+            Leadership { lost: lost.clone(), stop, keeper, client: client.clone(), lease, key: key.clone() };
         let wait = async {
             let revision = candidacy(&mut client, &key, value, lease).await?;
             wait_for_earlier(&mut client, name, revision).await?;
@@ -329,10 +330,17 @@ pub struct Leadership {
     stop: CancellationToken,
     keeper: tokio::task::JoinHandle<()>,
     client: Client,
-    lease: i64,
+    pub(crate) lease: i64,
+    /// The candidate key, held under `lease` while this leadership lasts.
+    pub(crate) key: String,
 }
 
 impl Leadership {
+    /// The lease the leadership lasts as long as.
+    pub fn lease(&self) -> i64 {
+        self.lease
+    }
+
     /// Cancelled if leadership is lost (the lease could not be renewed).
     pub fn lost(&self) -> CancellationToken {
         self.lost.clone()

@@ -10,6 +10,7 @@
 //! Every key batchmill writes lives under `/batchmill/`.
 
 mod etcd;
+mod fenced;
 mod leader;
 
 #[cfg(any(test, feature = "testing"))]
@@ -18,6 +19,7 @@ pub mod conformance;
 mod mem;
 
 pub use etcd::{Claim, Etcd, Leadership};
+pub use fenced::FencedKv;
 pub use leader::LeaderChannel;
 #[cfg(any(test, feature = "testing"))]
 pub use mem::MemKv;

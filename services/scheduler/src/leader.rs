@@ -232,7 +232,10 @@ async fn lead(
     shutdown: &CancellationToken,
 ) -> Option<i64> {
     let lost = leadership.lost();
-    let kv: Arc<dyn Kv> = Arc::new(deps.etcd.clone());
+    // Every write of the term is fenced by its leadership: once the lease
+    // is lost (this process paused past it, say), nothing more is written,
+    // and so nothing more confirmed, though the actor has not noticed yet.
+    let kv: Arc<dyn Kv> = Arc::new(batchmill_coord::FencedKv::new(deps.etcd.clone(), &leadership));
     let ports = Ports {
         kv: kv.clone(),
         queue: deps.queue.clone(),

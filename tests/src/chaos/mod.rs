@@ -33,6 +33,8 @@ pub struct Plan {
     pub durations: Durations,
     /// How long each job runs undisturbed (its batches are paced to it).
     pub job_secs: u64,
+    /// Strike only with faults of these kinds (by name); empty: every kind.
+    pub only: Vec<String>,
 }
 
 /// The items per job and per batch.
@@ -63,13 +65,19 @@ pub struct FaultRun {
 }
 
 /// Starts the cluster the suite runs in.
+/// `BATCHMILL_CHAOS_LOG` sets the services' `RUST_LOG` (such as
+/// `info,batchmill_scheduler=debug`), to see more of a fault that hurt.
 pub async fn sandbox() -> anyhow::Result<Sandbox> {
+    let mut service_env = vec![("BATCHMILL_LEADER_TTL_SECS".to_owned(), "3".to_owned())];
+    if let Ok(level) = std::env::var("BATCHMILL_CHAOS_LOG") {
+        service_env.push(("RUST_LOG".into(), level));
+    }
     Sandbox::start(Options {
         workers: WORKERS,
         ack_wait_secs: 3,
         standby_scheduler: true,
         jumping_clock: true,
-        service_env: vec![("BATCHMILL_LEADER_TTL_SECS".into(), "3".into())],
+        service_env,
         ..Options::default()
     })
     .await
@@ -79,7 +87,9 @@ pub async fn sandbox() -> anyhow::Result<Sandbox> {
 /// checked. Stops early, with what it has, if a job never ends.
 pub async fn run(sandbox: &mut Sandbox, plan: &Plan, mut each: impl FnMut(&FaultRun)) -> anyhow::Result<Vec<FaultRun>> {
     let mut rng = fastrand::Rng::with_seed(plan.seed);
-    let kinds = Kind::all();
+    let kinds: Vec<Kind> =
+        Kind::all().into_iter().filter(|k| plan.only.is_empty() || plan.only.contains(&k.name())).collect();
+    anyhow::ensure!(!kinds.is_empty(), "no kind of fault is named {:?}", plan.only);
     let mut order = Vec::new();
     let mut runs = Vec::new();
     for n in 0..plan.faults {
