@@ -17,8 +17,7 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use batchmill_core::subjects::{batch_subject, dead_subject};
-use batchmill_core::{Caller, ErrorCode, FailureReason, RemoteError};
+use batchmill_core::{Caller, ErrorCode, RemoteError};
 use batchmill_proto::jobs::v1::{self as pb, job_service_server::JobService};
 use batchmill_proto::pipelines::v1::{GetPipelineRequest, pipeline_service_server::PipelineService};
 use http::{Method, StatusCode};
@@ -26,8 +25,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::auth::as_caller;
+
+mod wire;
 use crate::forward::{JobsForwarder, PipelinesForwarder};
 use crate::rest::MAX_BODY_BYTES;
+use wire::{JobSpec, JobStatus, ListResponse, Message, StatusResponse};
 
 /// Most jobs `GET /<api>` lists.
 const LIST_LIMIT: i32 = 100;
@@ -201,8 +203,8 @@ struct Submission {
 #[serde(deny_unknown_fields)]
 struct SqsDeadLetterQueue {
     #[serde(default)]
-    arn: String,
-    max_receive_count: i64,
+    pub(super) arn: String,
+    pub(super) max_receive_count: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -304,174 +306,6 @@ impl Submission {
             ..Default::default()
         })
     }
-}
-
-/// A job as Cortex's submit answers it.
-#[derive(Serialize)]
-struct JobSpec {
-    job_id: String,
-    api_name: String,
-    kind: &'static str,
-    workers: i32,
-    sqs_dead_letter_queue: SqsDeadLetterQueue,
-    config: Map<String, Value>,
-    timeout: Option<i64>,
-    api_id: String,
-    /// Where the job's batches are queued: its JetStream subject.
-    sqs_url: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total_batch_count: Option<i64>,
-    created_time: String,
-}
-
-impl JobSpec {
-    /// `arn` is the dead-letter queue the submission named; by default the
-    /// job's dead-letter subject.
-    fn of(job: &pb::Job, arn: Option<String>) -> JobSpec {
-        JobSpec {
-            job_id: job.job_id.clone(),
-            api_name: job.pipeline.clone(),
-            kind: "BatchAPI",
-            workers: job.max_workers,
-            sqs_dead_letter_queue: SqsDeadLetterQueue {
-                arn: arn.unwrap_or_else(|| dead_subject(&job.job_id)),
-                max_receive_count: i64::from(job.max_receive_count),
-            },
-            config: job.config.as_ref().map(batchmill_core::json::struct_to_json).unwrap_or_default(),
-            timeout: job.timeout.as_ref().map(|d| d.seconds),
-            api_id: job.pipeline.clone(),
-            sqs_url: batch_subject(&job.job_id),
-            total_batch_count: job.enqueue_complete.then(|| job.batches.as_ref().map_or(0, |b| b.total)),
-            created_time: time(job.create_time.as_ref()).unwrap_or_default(),
-        }
-    }
-}
-
-/// A job's status as Cortex shows it, with batchmill's item counts added.
-#[derive(Serialize)]
-struct JobStatus {
-    #[serde(flatten)]
-    spec: JobSpec,
-    status: &'static str,
-    batches_in_queue: i64,
-    batch_metrics: BatchMetrics,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    worker_counts: Option<WorkerCounts>,
-    item_counts: ItemCounts,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    start_time: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    end_time: Option<String>,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    message: String,
-}
-
-#[derive(Serialize)]
-struct BatchMetrics {
-    succeeded: i64,
-    /// Failed attempts, as Cortex counts them.
-    failed: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    avg_time_per_batch: Option<f64>,
-    /// Batches that failed for good (all in the dead-letter stream).
-    failed_batches: i64,
-    dead_lettered: i64,
-    total: i64,
-}
-
-#[derive(Serialize)]
-struct WorkerCounts {
-    pending: i32,
-    initializing: i32,
-    running: i32,
-    succeeded: i32,
-    failed: i32,
-    stalled: i32,
-}
-
-#[derive(Serialize)]
-struct ItemCounts {
-    total: i64,
-    completed: i64,
-    failed: i64,
-    pending: i64,
-}
-
-impl JobStatus {
-    fn of(job: &pb::Job) -> JobStatus {
-        let b = job.batches.unwrap_or_default();
-        let i = job.items.unwrap_or_default();
-        let terminal = batchmill_core::job::is_terminal(job.state());
-        let average = b.average_batch_time.as_ref().map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
-        JobStatus {
-            spec: JobSpec::of(job, None),
-            status: status(job),
-            batches_in_queue: b.in_queue,
-            batch_metrics: BatchMetrics {
-                succeeded: b.succeeded,
-                failed: b.failed_attempts,
-                avg_time_per_batch: average.filter(|_| b.succeeded > 0),
-                failed_batches: b.failed,
-                dead_lettered: b.dead_lettered,
-                total: b.total,
-            },
-            worker_counts: (!terminal).then(|| {
-                let w = job.workers.unwrap_or_default();
-                WorkerCounts {
-                    pending: w.pending,
-                    initializing: w.initializing,
-                    running: w.running,
-                    succeeded: w.succeeded,
-                    failed: w.failed,
-                    stalled: w.stalled,
-                }
-            }),
-            item_counts: ItemCounts { total: i.total, completed: i.completed, failed: i.failed, pending: i.pending },
-            start_time: time(job.start_time.as_ref()),
-            end_time: time(job.end_time.as_ref()),
-            message: job.message.clone(),
-        }
-    }
-}
-
-/// Cortex's status code of a job.
-fn status(job: &pb::Job) -> &'static str {
-    match job.state() {
-        pb::JobState::Unspecified | pb::JobState::Pending | pb::JobState::Admitted | pb::JobState::Preempted => {
-            "pending"
-        }
-        pb::JobState::Running | pb::JobState::Completing if !job.enqueue_complete => "enqueuing",
-        pb::JobState::Running | pb::JobState::Completing => "running",
-        pb::JobState::Succeeded => "succeeded",
-        pb::JobState::CompletedWithFailures => "completed_with_failures",
-        // Cortex's job statuses name the failure reasons as batchmill does.
-        pb::JobState::Failed => {
-            FailureReason::parse(&job.failure_reason).unwrap_or(FailureReason::UnexpectedError).as_str()
-        }
-        pb::JobState::TimedOut => "timed_out",
-        pb::JobState::Cancelled => "stopped",
-    }
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> Option<String> {
-    t.map(ToString::to_string)
-}
-
-#[derive(Serialize)]
-struct StatusResponse {
-    job_status: JobStatus,
-    endpoint: String,
-}
-
-#[derive(Serialize)]
-struct ListResponse {
-    endpoint: String,
-    batch_job_statuses: Vec<JobStatus>,
-}
-
-#[derive(Serialize)]
-struct Message {
-    message: String,
 }
 
 /// A Cortex error: `{"kind", "message"}`.
@@ -603,12 +437,12 @@ mod tests {
             failure_reason: reason.into(),
             ..Default::default()
         };
-        assert_eq!(status(&job(pb::JobState::Pending, false, "")), "pending");
-        assert_eq!(status(&job(pb::JobState::Running, false, "")), "enqueuing");
-        assert_eq!(status(&job(pb::JobState::Running, true, "")), "running");
-        assert_eq!(status(&job(pb::JobState::Cancelled, true, "")), "stopped");
-        assert_eq!(status(&job(pb::JobState::Failed, false, "enqueue_failed")), "enqueue_failed");
-        assert_eq!(status(&job(pb::JobState::TimedOut, true, "")), "timed_out");
+        assert_eq!(wire::status(&job(pb::JobState::Pending, false, "")), "pending");
+        assert_eq!(wire::status(&job(pb::JobState::Running, false, "")), "enqueuing");
+        assert_eq!(wire::status(&job(pb::JobState::Running, true, "")), "running");
+        assert_eq!(wire::status(&job(pb::JobState::Cancelled, true, "")), "stopped");
+        assert_eq!(wire::status(&job(pb::JobState::Failed, false, "enqueue_failed")), "enqueue_failed");
+        assert_eq!(wire::status(&job(pb::JobState::TimedOut, true, "")), "timed_out");
     }
 
     #[test]
