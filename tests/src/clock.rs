@@ -34,6 +34,9 @@ impl Sandbox {
             // The file is read again at most a second after it changes.
             ("FAKETIME_CACHE_DURATION".to_owned(), "1".to_owned()),
             ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+            // No shared memory segment per process, which a killed worker
+            // would leave behind in /dev/shm.
+            ("FAKETIME_DISABLE_SHM".to_owned(), "1".to_owned()),
         ]);
         Ok(env)
     }
