@@ -177,3 +177,17 @@ pub fn batch_ids(ids: &[BatchId]) -> Vec<String> {
 pub fn job_id(s: &str) -> JobId {
     JobId::parse("job_id", s).unwrap()
 }
+
+/// A job's event log as stored: (type, level, batch id, state) of each event.
+pub async fn events(
+    state: &State,
+    fakes: &Fakes,
+    job: &str,
+) -> Vec<(String, batchmill_proto::jobs::v1::EventLevel, String, batchmill_proto::jobs::v1::JobState)> {
+    fakes
+        .events(state, job)
+        .await
+        .iter()
+        .map(|e| (e.r#type.clone(), e.level(), e.batch_id.clone(), e.state()))
+        .collect()
+}
