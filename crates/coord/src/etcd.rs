@@ -31,10 +31,9 @@ impl Etcd {
     pub fn use_tls(tls: &batchmill_core::client_tls::ClientTls) -> Result<()> {
         use batchmill_core::client_tls::ClientTls;
         let mut options = etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(ClientTls::read(&tls.ca).map_err(CoordError::Tls)?));
+            .ca_certificate(etcd_client::Certificate::from_pem(ClientTls::read(&tls.ca)?));
         if let Some((cert, key)) = &tls.identity {
-            let (cert, key) =
-                (ClientTls::read(cert).map_err(CoordError::Tls)?, ClientTls::read(key).map_err(CoordError::Tls)?);
+            let (cert, key) = (ClientTls::read(cert)?, ClientTls::read(key)?);
             options = options.identity(etcd_client::Identity::from_pem(cert, key));
         }
         let _ = TLS.set(options);

@@ -43,7 +43,7 @@ pub enum CoordError {
     #[error("encoding the value of {key}: {message}")]
     Encode { key: String, message: String },
     #[error("TLS to etcd: {0}")]
-    Tls(String),
+    Tls(#[from] batchmill_core::client_tls::Unreadable),
 }
 
 impl CoordError {

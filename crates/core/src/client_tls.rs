@@ -19,7 +19,15 @@ impl ClientTls {
     }
 
     /// Reads `path`, naming it if that fails.
-    pub fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read(path: &std::path::Path) -> Result<Vec<u8>, Unreadable> {
+        std::fs::read(path).map_err(|source| Unreadable { path: path.to_path_buf(), source })
     }
+}
+
+/// A TLS file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub source: std::io::Error,
 }

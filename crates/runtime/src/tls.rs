@@ -214,18 +214,7 @@ pub fn incoming(
     let tls = ServerTls::start(files, &[b"h2", b"http/1.1"], stop.clone())?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        loop {
-            let stream = tokio::select! {
-                () = stop.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some(stream) = accept(&listener, &stop).await {
             let (acceptor, tx) = (tls.acceptor(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
@@ -239,4 +228,21 @@ pub fn incoming(
         }
     });
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The next connection on `listener`, or None once `stop` is cancelled. A
+/// failed accept (out of file descriptors, say) is waited out, not spun on.
+pub async fn accept(listener: &tokio::net::TcpListener, stop: &CancellationToken) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
 }

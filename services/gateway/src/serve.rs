@@ -61,19 +61,7 @@ pub async fn serve(
 ) {
     let builder = builder();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, say: wait rather than spin.
-                    warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = batchmill_runtime::tls::accept(&listener, &shutdown).await {
         let _ = stream.set_nodelay(true);
         let (builder, app, watcher) = (builder.clone(), app.clone(), graceful.watcher());
         let acceptor = tls.as_ref().map(batchmill_runtime::tls::ServerTls::acceptor);
