@@ -29,7 +29,7 @@ impl Sandbox {
                 return Ok(job);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("job {job_id}: no {what} after {timeout:?}: {job:?}\nscheduler: {}", self.log_tail("scheduler"));
+                bail!("job {job_id}: no {what} after {timeout:?}: {job:?}{}", self.job_logs_tail());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -69,8 +69,8 @@ impl Sandbox {
         loop {
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "job {job_id}: no terminal state after {timeout:?}; last answer: {last}\nscheduler: {}",
-                self.log_tail("scheduler")
+                "job {job_id}: no terminal state after {timeout:?}; last answer: {last}{}",
+                self.job_logs_tail()
             );
             let answer = match self.jobs().await {
                 Ok(mut client) => client.get_job(pb::GetJobRequest { job_id: job_id.into() }).await,
@@ -82,7 +82,7 @@ impl Sandbox {
                     if is_terminal(job.state()) {
                         return Ok(job);
                     }
-                    last = format!("{:?}", job.state());
+                    last = format!("{job:?}");
                 }
                 Err(status) if status.code() == tonic::Code::Unavailable => last = format!("{status:?}"),
                 Err(status) => anyhow::bail!("job {job_id}: {status:?}"),

@@ -13,11 +13,11 @@ mod clock;
 pub mod collector;
 mod echo;
 mod jobs;
+mod ports;
 pub mod postgres;
 mod process;
 mod tls;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use batchmill_blob::{Blob, S3Config};
 
 pub use clients::{Authed, Bearer, http_anonymous, http_as, member_key};
 pub use echo::{assert_echo_results, assert_echo_results_but, echo_job};
+pub use ports::free_port;
 pub use process::Process;
 pub use tls::{Certs, GatewayTls, install_provider};
 
@@ -143,32 +144,6 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         bail!("{} not built: run `cargo build --bins` first", path.display());
     }
     Ok(path)
-}
-
-/// A port nothing listens on, for a process to bind a moment later. It is
-/// picked from 10000 to 19999, below the kernel's ephemeral range: a port
-/// from that range can be taken meanwhile as the local end of an outgoing
-/// connection (this sandbox's processes connect to each other while the
-/// others start), and the process meant to listen on it then fails with
-/// "address in use". The deploy_local test's clusters take 20000 to 31999.
-pub fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    if low > 11_000 {
-        for _ in 0..1_000 {
-            let port = fastrand::u16(10_000..low.min(20_000));
-            // Not one this process gave out already and nobody has bound yet.
-            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                given.push(port);
-                return Ok(port);
-            }
-        }
-    }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Sandbox {
@@ -483,10 +458,26 @@ impl Sandbox {
     pub async fn outage(&mut self, name: &str, outage: Duration) -> anyhow::Result<()> {
         self.process_mut(name)?.kill();
         tokio::time::sleep(outage).await;
-        self.process_mut(name)?.restart()
+        self.process_mut(name)?.restart()?;
+        // Back only once it listens again (a port taken meanwhile would
+        // fail here, by name, not as a job that never ends).
+        match self.dependency_port(name) {
+            Some(port) => self.wait_port(name, port).await,
+            None => Ok(()),
+        }
     }
 
-    /// Sends `signal` (such as "KILL" or "TERM") to process `name`.
+    /// The port of dependency `name` (etcd, nats or s3), from its URL.
+    fn dependency_port(&self, name: &str) -> Option<u16> {
+        let url = match name {
+            "etcd" => &self.etcd_url,
+            "nats" => &self.nats_url,
+            "s3" => &self.s3_url,
+            _ => return None,
+        };
+        url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
+    }
+
     /// The peak resident memory of process `name` so far, in bytes
     /// (`VmHWM` of `/proc/<pid>/status`).
     pub fn peak_rss(&self, name: &str) -> anyhow::Result<u64> {
@@ -497,18 +488,33 @@ impl Sandbox {
         Ok(kib * 1024)
     }
 
+    /// Sends `signal` (such as "KILL" or "TERM") to process `name`.
     pub fn signal(&self, name: &str, signal: &str) -> anyhow::Result<()> {
         self.process(name)?.signal(signal)
     }
 
-    /// The last lines of a process's log, for failure messages.
     /// Everything process `name` has logged.
     pub fn log(&self, name: &str) -> String {
         self.process(name).map(Process::log).unwrap_or_default()
     }
 
+    /// The last lines of a process's log, for failure messages.
     pub fn log_tail(&self, name: &str) -> String {
         self.process(name).map(Process::log_tail).unwrap_or_default()
+    }
+
+    /// The last lines of the scheduler's and every worker's logs, for the
+    /// message of a job that did not end.
+    /// A process that has exited is named first.
+    pub fn job_logs_tail(&self) -> String {
+        let dead = self.check_all_alive().err().map(|e| format!("\n{e:#}")).unwrap_or_default();
+        let logs: String = self
+            .processes
+            .iter()
+            .filter(|p| p.name == "scheduler" || p.name.starts_with("worker-"))
+            .map(|p| format!("\n{}:\n{}", p.name, p.log_tail()))
+            .collect();
+        dead + &logs
     }
 
     /// Stops every process with SIGTERM, services before what they use, and
