@@ -1,11 +1,13 @@
 //! What every batchmill service shares to run: the gRPC server builder
 //! (reflection, health, tracing, limits, metrics), telemetry, shutdown, and the
-//! command-line arguments for the cluster's dependencies.
+//! command-line arguments for the cluster's dependencies and how they are
+//! reached (TLS, credentials).
 
 pub mod args;
 pub mod logfmt;
 pub mod metrics;
 pub mod otlp_metrics;
+pub mod reach;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

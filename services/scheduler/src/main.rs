@@ -63,14 +63,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _telemetry = batchmill_runtime::telemetry::init("batchmill-scheduler")?;
-    batchmill_runtime::tls::configure(&args.tls)?;
-    if let Some(tls) = args.etcd.tls() {
-        batchmill_coord::Etcd::use_tls(&tls)?;
-    }
-    batchmill_queue::use_access(batchmill_queue::NatsAccess {
-        tls: args.nats.tls(),
-        user: args.nats.nats_user.clone().zip(args.nats.nats_password.clone()),
-    });
+    batchmill_runtime::reach::cluster(&args.tls, &args.etcd, &args.nats)?;
     let shutdown = batchmill_runtime::shutdown_token();
     let config = batchmill_scheduler::Config {
         etcd_endpoints: args.etcd.etcd_endpoints,

@@ -8,21 +8,25 @@
 //! reused. Everything here runs on the thread that owns the backend.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::sync::Arc;
 
-use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
+use cudarc::cublas::{CudaBlas, sys as blas_sys};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
     PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
 };
-use cudarc::nvrtc::{Ptx, result as nvrtc, sys as nvrtc_sys};
+use cudarc::nvrtc::{Ptx, sys as nvrtc_sys};
 
 use crate::backend::{Backend, Packed, Precision, Trace};
 use crate::weights::{Linear, Weights};
 use crate::{BertConfig, EmbedError};
 
-const KERNELS: &str = include_str!("kernels.cu");
+mod compile;
+mod gemm;
+
+pub use compile::{compile_kernels, compile_kernels_logged};
+use gemm::gemm;
+pub use gemm::gemm_tflops;
 
 /// Whether the CUDA driver, NVRTC and cuBLAS load and a device is present.
 pub fn available() -> bool {
@@ -493,174 +497,6 @@ impl<T: Input> Backend for Cuda<T> {
 /// A warp per row of `t` rows, 8 rows a block.
 fn rows_config(t: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (t.div_ceil(8) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Throughput of the backend's GEMM (`cublasGemmEx`, as [`Cuda`] calls it)
-/// for `t` tokens through each linear layer shape of `c`, in TFLOP/s: what
-/// the model's GEMMs reach on this device, to set against its tensor-core
-/// peak. Returns (out, inp, TFLOP/s) per shape.
-pub fn gemm_tflops(
-    ordinal: usize,
-    c: &BertConfig,
-    precision: Precision,
-    t: usize,
-) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
-    match precision {
-        Precision::Fp32 => gemm_tflops_of::<f32>(ordinal, c, t),
-        Precision::Fp16 => gemm_tflops_of::<half::f16>(ordinal, c, t),
-        Precision::Bf16 => gemm_tflops_of::<half::bf16>(ordinal, c, t),
-    }
-}
-
-fn gemm_tflops_of<T: Input>(ordinal: usize, c: &BertConfig, t: usize) -> Result<Vec<(usize, usize, f64)>, EmbedError> {
-    let err = |e: &dyn std::fmt::Display| dev_err(&format!("cuda:{ordinal}"), e);
-    if let Some(why) = unavailable() {
-        return Err(dev_err("cuda", why));
-    }
-    let ctx = CudaContext::new(ordinal).map_err(|e| err(&e))?;
-    let stream = ctx.default_stream();
-    let blas = CudaBlas::new(stream.clone()).map_err(|e| err(&e))?;
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let mut out = Vec::new();
-    for (o, inp) in [(3 * h, h), (h, h), (i, h), (h, i)] {
-        let l = DeviceLinear::<T> {
-            w: stream.alloc_zeros(o * inp).map_err(|e| err(&e))?,
-            b: stream.alloc_zeros(o).map_err(|e| err(&e))?,
-            out: o,
-            inp,
-        };
-        let x: CudaSlice<T> = stream.alloc_zeros(t * inp).map_err(|e| err(&e))?;
-        let mut dst: CudaSlice<f32> = stream.alloc_zeros(t * o).map_err(|e| err(&e))?;
-        gemm(&blas, &stream, &x, &l, &mut dst, t).map_err(|e| err(&e))?;
-        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (ctx.new_event(timing).map_err(|e| err(&e))?, ctx.new_event(timing).map_err(|e| err(&e))?);
-        const REPS: usize = 50;
-        start.record(&stream).map_err(|e| err(&e))?;
-        for _ in 0..REPS {
-            gemm(&blas, &stream, &x, &l, &mut dst, t).map_err(|e| err(&e))?;
-        }
-        end.record(&stream).map_err(|e| err(&e))?;
-        let ms = f64::from(start.elapsed_ms(&end).map_err(|e| err(&e))?);
-        let flops = 2.0 * (t * o * inp * REPS) as f64;
-        out.push((o, inp, flops / (ms / 1e3) / 1e12));
-    }
-    Ok(out)
-}
-
-/// `dst[t, out] = x[t, inp] · Wᵀ` with cuBLAS (column-major): dstᵀ = W · xᵀ,
-/// where row-major W `[out, inp]` is column-major `[inp, out]`, transposed.
-fn gemm<T: Input>(
-    blas: &CudaBlas,
-    stream: &CudaStream,
-    x: &CudaSlice<T>,
-    l: &DeviceLinear<T>,
-    dst: &mut CudaSlice<f32>,
-    t: usize,
-) -> Result<(), blas::CublasError> {
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let (w_ptr, _w) = l.w.device_ptr(stream);
-    let (x_ptr, _x) = x.device_ptr(stream);
-    let (d_ptr, _d) = dst.device_ptr_mut(stream);
-    // SAFETY: W holds out·inp elements, x at least t·inp, dst at least t·out.
-    unsafe {
-        blas::gemm_ex(
-            *blas.handle(),
-            blas_sys::cublasOperation_t::CUBLAS_OP_T,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            l.out as i32,
-            t as i32,
-            l.inp as i32,
-            (&alpha as *const f32).cast(),
-            w_ptr as *const _,
-            T::DATA_TYPE,
-            l.inp as i32,
-            x_ptr as *const _,
-            T::DATA_TYPE,
-            l.inp as i32,
-            (&beta as *const f32).cast(),
-            d_ptr as *mut _,
-            blas_sys::cudaDataType::CUDA_R_32F,
-            l.out as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-}
-
-/// The kernels for a model of shape `c`, compiled for compute capability
-/// major.minor. Needs only NVRTC, no device: `batchmill-embed-bench compile`
-/// checks them on a machine without a GPU.
-pub fn compile_kernels(
-    c: &BertConfig,
-    precision: Precision,
-    major: i32,
-    minor: i32,
-) -> Result<Vec<u8>, crate::Invalid> {
-    compile_kernels_logged(c, precision, major, minor, false).map(|(cubin, _)| cubin)
-}
-
-/// As [`compile_kernels`], with NVRTC's log (ptxas' report of registers and
-/// spills when `verbose`).
-pub fn compile_kernels_logged(
-    c: &BertConfig,
-    precision: Precision,
-    major: i32,
-    minor: i32,
-    verbose: bool,
-) -> Result<(Vec<u8>, String), crate::Invalid> {
-    let defines = format!(
-        "#define HIDDEN {}\n#define HEADS {}\n#define HEAD_DIM {}\n{}",
-        c.hidden_size,
-        c.num_attention_heads,
-        c.head_dim(),
-        match precision {
-            Precision::Fp32 => "",
-            Precision::Fp16 => "#define IN_FP16 1\n",
-            Precision::Bf16 => "#define IN_BF16 1\n",
-        }
-    );
-    compile(&(defines + KERNELS), major, minor, verbose)
-}
-
-/// Compiles `src` with NVRTC to a cubin for compute capability major.minor
-/// (a cubin, not PTX, so a toolkit newer than the driver still loads), with
-/// NVRTC's log (ptxas' register and spill report when `verbose`).
-fn compile(src: &str, major: i32, minor: i32, verbose: bool) -> Result<(Vec<u8>, String), crate::Invalid> {
-    let nvrtc_err = |e: String| crate::Invalid::new("nvrtc", e);
-    let c_src = CString::new(src).map_err(|e| nvrtc_err(e.to_string()))?;
-    let name = CString::new("batchmill_kernels.cu").map_err(|e| nvrtc_err(e.to_string()))?;
-    let prog = nvrtc::create_program(&c_src, Some(&name)).map_err(|e| nvrtc_err(format!("{e:?}")))?;
-    let mut options = vec![format!("--gpu-architecture=sm_{major}{minor}"), "--std=c++17".to_owned()];
-    if verbose {
-        options.push("--ptxas-options=-v".to_owned());
-    }
-    // SAFETY: `prog` is a live program until destroyed below; the log is a
-    // NUL-terminated C string.
-    let result = unsafe {
-        let compiled = nvrtc::compile_program(prog, &options);
-        let raw = nvrtc::get_program_log(prog).unwrap_or_default();
-        let log = String::from_utf8_lossy(&raw.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect::<Vec<u8>>())
-            .into_owned();
-        match compiled {
-            Err(e) => Err(nvrtc_err(format!("{e:?}: {log}"))),
-            Ok(()) => {
-                let mut size = 0usize;
-                match nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size).result() {
-                    Err(e) => Err(nvrtc_err(format!("{e:?}"))),
-                    Ok(()) => {
-                        let mut cubin = vec![0u8; size];
-                        nvrtc_sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
-                            .result()
-                            .map(|()| (cubin, log))
-                            .map_err(|e| nvrtc_err(format!("{e:?}")))
-                    }
-                }
-            }
-        }
-    };
-    // SAFETY: destroyed once, after its last use.
-    let _ = unsafe { nvrtc::destroy_program(prog) };
-    result
 }
 
 fn dev_err(device: &str, e: impl std::fmt::Display) -> EmbedError {
