@@ -10,7 +10,11 @@
 //!
 //! A [`Filter`] ORs its includes (none means everything) and its excludes win.
 //! Globs compile to anchored regular expressions, so matching a key is linear
-//! in its length, whatever the pattern.
+//! in its length, whatever the pattern. They match the key's UTF-8 bytes:
+//! `*` and `**` as runs of bytes (a run of bytes without `/` is a run of
+//! whole characters in UTF-8), `?` and classes as one whole character. A
+//! byte-level `*` compiles about four times faster than a Unicode one, and
+//! every submission compiles its globs.
 
 use std::fmt;
 
@@ -33,7 +37,7 @@ impl std::error::Error for GlobError {}
 #[derive(Debug, Clone)]
 pub struct Glob {
     pattern: String,
-    regex: regex::Regex,
+    regex: regex::bytes::Regex,
 }
 
 impl Glob {
@@ -56,7 +60,7 @@ impl Glob {
                     out.push_str(".*");
                 }
                 '*' => out.push_str("[^/]*"),
-                '?' => out.push_str("[^/]"),
+                '?' => out.push_str("(?u:[^/])"),
                 '[' => {
                     let negated = chars.next_if_eq(&'!').is_some();
                     let mut members = String::new();
@@ -65,17 +69,21 @@ impl Glob {
                             None => return Err(err("has a [ with no closing ]".into())),
                             Some(']') if !members.is_empty() => break,
                             Some(']') => return Err(err("has an empty []".into())),
+                            // A range: its upper end is taken as it is, even a `-`.
                             Some('-') if !members.is_empty() && chars.peek().is_some_and(|c| *c != ']') => {
+                                let upper = chars.next().map(|c| regex::escape(&c.to_string())).unwrap_or_default();
                                 members.push('-');
+                                members.push_str(&upper);
                             }
-                            Some(c) => members.push_str(&regex::escape(&c.to_string()).replace('-', "\\-")),
+                            // A literal `-` comes escaped too.
+                            Some(c) => members.push_str(&regex::escape(&c.to_string())),
                         }
                     }
                     // A class never matches the separator.
                     if negated {
-                        out.push_str(&format!("[^/{members}]"));
+                        out.push_str(&format!("(?u:[^/{members}])"));
                     } else {
-                        out.push_str(&format!("[{members}&&[^/]]"));
+                        out.push_str(&format!("(?u:[{members}&&[^/]])"));
                     }
                 }
                 '{' => {
@@ -95,13 +103,16 @@ impl Glob {
             return Err(err("has a { with no closing }".into()));
         }
         out.push('$');
-        let regex = regex::Regex::new(&out).map_err(|e| err(format!("cannot be compiled: {e}")))?;
+        let regex = regex::bytes::RegexBuilder::new(&out)
+            .unicode(false)
+            .build()
+            .map_err(|e| err(format!("cannot be compiled: {e}")))?;
         Ok(Glob { pattern: pattern.to_owned(), regex })
     }
 
     /// Whether `path` (an `s3://bucket/key`) matches.
     pub fn matches(&self, path: &str) -> bool {
-        self.regex.is_match(path)
+        self.regex.is_match(path.as_bytes())
     }
 
     pub fn pattern(&self) -> &str {
@@ -180,6 +191,29 @@ mod tests {
     }
 
     #[test]
+    fn dashes_in_classes() {
+        assert!(m("s3://b/[-a]", "s3://b/-") && m("s3://b/[-a]", "s3://b/a"), "a leading - is itself");
+        assert!(m("s3://b/[a-]", "s3://b/-") && !m("s3://b/[a-]", "s3://b/b"), "a trailing - is itself");
+        assert!(m("s3://b/[*--a]", "s3://b/,") && m("s3://b/[*--a]", "s3://b/-"), "a range up to -");
+        assert!(m("s3://b/[*--a]", "s3://b/a") && !m("s3://b/[*--a]", "s3://b/."), "then a");
+        assert!(m("s3://b/[!-]", "s3://b/a") && !m("s3://b/[!-]", "s3://b/-"));
+    }
+
+    #[test]
+    fn characters_beyond_ascii_match_whole() {
+        assert!(m("s3://b/*.jpg", "s3://b/été.jpg"));
+        assert!(m("s3://b/ét?.jpg", "s3://b/été.jpg"), "? is one character of two bytes");
+        assert!(!m("s3://b/ét??.jpg", "s3://b/été.jpg"), "not one byte");
+        assert!(m("s3://b/[éè]t[é].jpg", "s3://b/été.jpg"));
+        assert!(m("s3://b/[а-я]x", "s3://b/жx"));
+        assert!(!m("s3://b/[!é]x", "s3://b/éx"));
+        assert!(m("s3://b/[!é]x", "s3://b/ëx"));
+        assert!(m("s3://b/{été,hiver}/**", "s3://b/hiver/日本/x"));
+        assert!(m("s3://b/日本/*", "s3://b/日本/語"));
+        assert!(!m("s3://b/日本/*", "s3://b/日本/語/x"));
+    }
+
+    #[test]
     fn bad_globs_say_what_is_wrong() {
         for (pattern, says) in [
             ("s3://b/[abc", "no closing ]"),
@@ -204,5 +238,116 @@ mod tests {
         assert!(Filter::new(&[], &[]).unwrap().accepts("s3://b/anything"));
         let err = Filter::new(&["ok*".into()], &["fine".into(), "[bad".into()]).unwrap_err();
         assert_eq!((err.list, err.index), ("excludes", 1));
+    }
+
+    /// A glob as a sequence: characters, `*`, `**`, `?`, classes, and
+    /// alternatives of sequences.
+    #[derive(Debug, Clone)]
+    enum Part {
+        Char(char),
+        Star,
+        DoubleStar,
+        One,
+        Class { negated: bool, ranges: Vec<(char, char)> },
+        Alternatives(Vec<Vec<Part>>),
+    }
+
+    /// The glob's text, as a user would write it.
+    fn text(parts: &[Part]) -> String {
+        parts
+            .iter()
+            .map(|part| match part {
+                Part::Char(c) if "*?[]{},\\".contains(*c) => format!("\\{c}"),
+                Part::Char(c) => c.to_string(),
+                // Apart from a `*` before it, which would make a `**`.
+                Part::Star => "{*}".into(),
+                Part::DoubleStar => "**".into(),
+                Part::One => "?".into(),
+                Part::Class { negated, ranges } => {
+                    let members: String = ranges
+                        .iter()
+                        .map(|(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+                        .collect();
+                    format!("[{}{members}]", if *negated { "!" } else { "" })
+                }
+                Part::Alternatives(alternatives) => {
+                    format!("{{{}}}", alternatives.iter().map(|a| text(a)).collect::<Vec<_>>().join(","))
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `parts` match all of `path`, the slow and obvious way:
+    /// backtracking over characters.
+    fn reference(parts: &[Part], path: &[char]) -> bool {
+        let Some((first, rest)) = parts.split_first() else { return path.is_empty() };
+        let one = |ok: &dyn Fn(char) -> bool| path.first().is_some_and(|c| ok(*c)) && reference(rest, &path[1..]);
+        match first {
+            Part::Char(c) => one(&|p| p == *c),
+            Part::One => one(&|p| p != '/'),
+            Part::Class { negated, ranges } => {
+                one(&|p| p != '/' && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&p)) != *negated)
+            }
+            Part::Star => {
+                (0..=path.len()).take_while(|&n| !path[..n].contains(&'/')).any(|n| reference(rest, &path[n..]))
+            }
+            Part::DoubleStar => (0..=path.len()).any(|n| reference(rest, &path[n..])),
+            Part::Alternatives(alternatives) => alternatives.iter().any(|a| {
+                let joined: Vec<Part> = a.iter().chain(rest).cloned().collect();
+                reference(&joined, path)
+            }),
+        }
+    }
+
+    fn character() -> impl proptest::strategy::Strategy<Value = char> {
+        proptest::sample::select(vec!['a', 'b', 'é', '日', '/', '.', '*', '-', '{', ','])
+    }
+
+    fn parts() -> impl proptest::strategy::Strategy<Value = Vec<Part>> {
+        use proptest::prelude::*;
+        // A `-` in a class is tested on its own (`dashes_in_classes`).
+        let member = || proptest::sample::select(vec!['a', 'b', 'é', '日', '/', '.', '*', '{', ',']);
+        let range = (member(), member()).prop_map(|(a, b)| if a <= b { (a, b) } else { (b, a) });
+        let class = (any::<bool>(), proptest::collection::vec(range, 1..3))
+            .prop_map(|(negated, ranges)| Part::Class { negated, ranges });
+        let part = prop_oneof![
+            4 => character().prop_map(Part::Char),
+            2 => Just(Part::Star),
+            1 => Just(Part::DoubleStar),
+            1 => Just(Part::One),
+            1 => class,
+        ];
+        let leaf = proptest::collection::vec(part, 0..6);
+        leaf.prop_recursive(2, 24, 3, |inner| {
+            let alternatives = proptest::collection::vec(inner.clone(), 1..4).prop_map(Part::Alternatives);
+            proptest::collection::vec(
+                prop_oneof![inner.prop_map(|p| p.into_iter().next()), alternatives.prop_map(Some)],
+                0..4,
+            )
+            .prop_map(|parts| parts.into_iter().flatten().collect())
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The compiled glob matches exactly what a backtracking matcher of
+        /// the same glob matches.
+        #[test]
+        fn compiled_globs_match_as_backtracking_does(
+            parts in parts(),
+            paths in proptest::collection::vec(proptest::collection::vec(character(), 0..8), 1..8),
+        ) {
+            let pattern = text(&parts);
+            if pattern.is_empty() {
+                // Refused (`bad_globs_say_what_is_wrong`).
+                return Ok(());
+            }
+            let glob = Glob::new(&pattern).unwrap();
+            for path in paths {
+                let text: String = path.iter().collect();
+                proptest::prop_assert_eq!(glob.matches(&text), reference(&parts, &path), "{:?} on {:?}", pattern, text);
+            }
+        }
     }
 }
