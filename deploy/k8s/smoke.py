@@ -16,7 +16,12 @@ on `kubectl kustomize` output, one file per overlay):
 - where KEDA scales the workers, it targets the worker Deployment (which then
   sets no replicas of its own) on the metric the scheduler exports
   (services/scheduler/src/metrics.rs);
-- the dev overlays have their S3-compatible store and points the config at it.
+- the dev overlays have their S3-compatible store and points the config at it;
+- the TLS overlay: every service mounts the cluster's certificate, is dialed
+  over https (the scheduler advertising an https address), requires client
+  certificates (but the gateway, which users reach), and is probed on its
+  metrics port only, since a kubelet probe speaks neither gRPC over TLS nor
+  mutual TLS.
 
     python smoke.py <rendered dir>     (files named <overlay>.yaml)
 """
@@ -127,11 +132,51 @@ def check(overlay, docs):
         if "replicas" in by_name["batchmill-worker"]["spec"]:
             fail("batchmill-worker sets replicas while KEDA scales it")
 
+    if overlay == "tls":
+        errors.extend(check_tls(by_name, config))
+
     if overlay.startswith("dev"):
         if "batchmill-s3" not in by_name:
             fail("the dev overlay has no S3 store")
         if "batchmill-s3" not in config.get("data", {}).get("AWS_ENDPOINT_URL", ""):
             fail("the dev config does not point at its S3 store")
+    return errors
+
+
+def check_tls(by_name, config):
+    errors = []
+    data = config.get("data", {})
+    for key in ("BATCHMILL_TLS_CERT", "BATCHMILL_TLS_KEY", "BATCHMILL_TLS_CA", "BATCHMILL_TLS_SERVER_NAME"):
+        if key not in data:
+            errors.append(f"config: no {key}")
+    for key in ("BATCHMILL_LISTER_URL", "BATCHMILL_ENQUEUER_URL"):
+        if not data.get(key, "").startswith("https://"):
+            errors.append(f"config: {key} is {data.get(key)!r}, not https")
+    for name, workload in by_name.items():
+        pod = workload["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounted = [
+            m
+            for m in c.get("volumeMounts", [])
+            if volumes.get(m["name"], {}).get("secret", {}).get("secretName") == "batchmill-tls"
+        ]
+        if not mounted:
+            errors.append(f"{name}: does not mount the batchmill-tls certificate")
+        elif not data.get("BATCHMILL_TLS_CERT", "").startswith(mounted[0]["mountPath"] + "/"):
+            errors.append(f"{name}: the certificate is mounted at {mounted[0]['mountPath']}, not where the config says")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        mutual = "BATCHMILL_TLS_CLIENT_CA" in env
+        if mutual == (name == "batchmill-gateway"):
+            errors.append(f"{name}: client certificates {'required' if mutual else 'not required'}")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            port = c.get(probe, {}).get("httpGet", {}).get("port")
+            if port != "metrics":
+                errors.append(f"{name}: {probe} is not an HTTP probe of the metrics port ({c.get(probe)})")
+    scheduler = by_name.get("batchmill-scheduler", {}).get("spec", {}).get("template", {}).get("spec", {})
+    advertised = {e["name"]: e.get("value", "") for e in scheduler.get("containers", [{}])[0].get("env", [])}
+    if not advertised.get("BATCHMILL_ADVERTISE_URL", "").startswith("https://"):
+        errors.append(f"batchmill-scheduler advertises {advertised.get('BATCHMILL_ADVERTISE_URL')!r}, not https")
     return errors
 
 

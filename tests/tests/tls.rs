@@ -147,3 +147,55 @@ async fn with_tls_everywhere_services_etcd_and_nats_speak_mutual_tls() -> anyhow
     assert!(found.is_empty(), "the NATS password in: {found:?}");
     sandbox.check_all_alive()
 }
+
+/// A service dials another over mutual TLS and checks the certificate it
+/// is shown for `--tls-server-name` when given (the name the Kubernetes
+/// manifests give, since the scheduler leader is dialed at its pod's IP),
+/// or for the host it dialed.
+#[tokio::test]
+async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given() -> anyhow::Result<()> {
+    use batchmill_runtime::args::TlsArgs;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    batchmill_tests::install_provider();
+    let dir = tempfile::tempdir()?;
+    let certs = batchmill_tests::Certs::make(dir.path(), GatewayTls::Everywhere)?;
+    // A service's gRPC server: the services' certificate (for localhost,
+    // 127.0.0.1 and ::1), callers' certificates required.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let files = batchmill_runtime::tls::TlsFiles {
+        cert: certs.path("service.pem"),
+        key: certs.path("service.key"),
+        client_ca: Some(certs.path("ca.pem")),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let incoming = batchmill_runtime::tls::incoming(listener, files, stop.clone())?;
+    let routes = batchmill_runtime::ServerBuilder::new()?.into_routes().await;
+    let server = tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(incoming));
+    // Another service's health check of it, as `args` make it dial.
+    let check = |server_name: Option<&str>| {
+        let args = TlsArgs {
+            tls_cert: Some(certs.path("service.pem")),
+            tls_key: Some(certs.path("service.key")),
+            tls_client_ca: None,
+            tls_ca: Some(certs.path("ca.pem")),
+            tls_server_name: server_name.map(str::to_owned),
+        };
+        async move {
+            let config = batchmill_runtime::tls::client_config(&args)?.expect("a CA, so TLS");
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?;
+            let channel = endpoint.tls_config(config)?.connect().await?;
+            let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
+            anyhow::Ok(answer.into_inner().status)
+        }
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    assert_eq!(check(None).await?, serving, "the certificate names 127.0.0.1, the host dialed");
+    assert_eq!(check(Some("localhost")).await?, serving, "and localhost, the name given");
+    let refused = check(Some("batchmill-services")).await;
+    let error = format!("{:?}", refused.expect_err("a name the certificate lacks"));
+    assert!(error.contains("NotValidForName") || error.contains("not valid for name"), "{error}");
+    stop.cancel();
+    server.abort();
+    Ok(())
+}

@@ -121,6 +121,12 @@ pub struct TlsArgs {
     /// go over TLS, presenting --tls-cert when given.
     #[arg(long, env = "BATCHMILL_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// The name to check the other services' certificates for, whatever
+    /// address they are dialed at (the scheduler leader is dialed at the
+    /// address it advertises, a pod's IP on Kubernetes); default: the host
+    /// dialed.
+    #[arg(long, env = "BATCHMILL_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl TlsArgs {

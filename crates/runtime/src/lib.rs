@@ -4,6 +4,7 @@
 //! reached (TLS, credentials).
 
 pub mod args;
+pub mod health;
 pub mod logfmt;
 pub mod metrics;
 pub mod otlp_metrics;

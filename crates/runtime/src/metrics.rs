@@ -14,12 +14,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 pub use batchmill_core::metrics::{register, render};
 
-/// The `/metrics` route.
+/// The `/metrics` and `/healthz` routes.
 pub fn router() -> axum::Router {
-    axum::Router::new().route(PATH, get(|| async { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }))
+    axum::Router::new()
+        .route(PATH, get(|| async { ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], render()) }))
+        .route("/healthz", get(crate::health::healthz))
 }
 
-/// Serves `GET /metrics` alone on `listener` until `shutdown`.
+/// Serves `GET /metrics` (and `GET /healthz`, [`crate::health`]) alone on
+/// `listener` until `shutdown`.
 pub async fn serve(listener: tokio::net::TcpListener, shutdown: tokio_util::sync::CancellationToken) {
     if let Err(error) = axum::serve(listener, router()).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::warn!(%error, "serving metrics failed");

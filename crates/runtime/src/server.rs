@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
+use crate::health::Health;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
-use tonic_health::server::HealthReporter;
 
 /// Most requests one service handles at once.
 const CONCURRENCY_LIMIT: usize = 1024;
@@ -17,7 +17,7 @@ const CONCURRENCY_LIMIT: usize = 1024;
 /// Builds a service's gRPC routes with reflection and health.
 pub struct ServerBuilder {
     routes: RoutesBuilder,
-    health: HealthReporter,
+    health: Health,
     names: Vec<&'static str>,
     ready_at_start: bool,
 }
@@ -37,11 +37,11 @@ impl ServerBuilder {
         routes.add_service(health_service);
         routes.add_service(reflection_v1);
         routes.add_service(reflection_v1alpha);
-        Ok(ServerBuilder { routes, health, names: Vec::new(), ready_at_start: true })
+        Ok(ServerBuilder { routes, health: Health::new(health), names: Vec::new(), ready_at_start: true })
     }
 
     /// Reports the server (service "") NOT_SERVING until the owner calls
-    /// `health().set_service_status("", Serving)`, for a process that is
+    /// `health().set_serving(true)`, for a process that is
     /// ready only once it has done more than bind.
     pub fn not_ready(mut self) -> Self {
         self.ready_at_start = false;
@@ -66,21 +66,16 @@ impl ServerBuilder {
     }
 
     /// The health reporter, to report NOT_SERVING while a service cannot work.
-    pub fn health(&self) -> HealthReporter {
+    pub fn health(&self) -> Health {
         self.health.clone()
     }
 
     /// Marks every added service SERVING and returns the routes.
     pub async fn into_routes(self) -> Routes {
         for name in &self.names {
-            self.health.set_service_status(*name, tonic_health::ServingStatus::Serving).await;
+            self.health.set_service_serving(name).await;
         }
-        let overall = if self.ready_at_start {
-            tonic_health::ServingStatus::Serving
-        } else {
-            tonic_health::ServingStatus::NotServing
-        };
-        self.health.set_service_status("", overall).await;
+        self.health.set_serving(self.ready_at_start).await;
         Routes::from(self.routes.routes().into_axum_router().merge(crate::metrics::router()))
     }
 
@@ -89,7 +84,7 @@ impl ServerBuilder {
         let health = self.health.clone();
         let routes = self.into_routes().await;
         serve_routes(routes, listener, shutdown.clone()).await?;
-        health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        health.set_serving(false).await;
         Ok(())
     }
 }
@@ -160,7 +155,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve_routes(routes, listener, shutdown.clone()));
         assert_eq!(status(addr).await, ServingStatus::NotServing as i32);
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health.set_serving(true).await;
         assert_eq!(status(addr).await, ServingStatus::Serving as i32);
         shutdown.cancel();
         server.await.expect("join").expect("served");

@@ -151,23 +151,27 @@ static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
 /// it names a CA to trust (`--tls-ca`), dial every service over TLS,
 /// presenting the certificate. Call it once, before serving or calling.
 pub fn configure(args: &crate::args::TlsArgs) -> Result<(), TlsError> {
-    let server = args.clone().files();
-    let client = match &args.tls_ca {
-        None => None,
-        Some(ca) => {
-            let read = |path: &Path| {
-                std::fs::read(path).map_err(|e| TlsError::File { path: path.into(), message: e.to_string() })
-            };
-            let mut config = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
-            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-                config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-            }
-            Some(config)
-        }
-    };
-    let _ = INTERNAL.set(Internal { server, client });
+    let client = client_config(args)?;
+    let _ = INTERNAL.set(Internal { server: args.clone().files(), client });
     Ok(())
+}
+
+/// How this process dials the other services, from `args`: over TLS once
+/// they name a CA to trust, presenting the certificate if they name one,
+/// checking the peers' certificates for `--tls-server-name` if given.
+pub fn client_config(args: &crate::args::TlsArgs) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
+    let Some(ca) = &args.tls_ca else { return Ok(None) };
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| TlsError::File { path: path.into(), message: e.to_string() });
+    let mut config =
+        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    if let Some(name) = &args.tls_server_name {
+        config = config.domain_name(name);
+    }
+    Ok(Some(config))
 }
 
 /// The files this process serves TLS with, if it does.

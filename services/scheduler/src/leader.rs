@@ -17,9 +17,9 @@ use batchmill_proto::enqueuer::v1::enqueuer_service_client::EnqueuerServiceClien
 use batchmill_proto::lister::v1::lister_service_client::ListerServiceClient;
 use batchmill_queue::{DeliveryPolicy, JetStreamQueue, Queue, QueueError};
 use batchmill_runtime::RuntimeError;
+use batchmill_runtime::health::Health;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::actor::Scheduler;
@@ -189,7 +189,7 @@ async fn campaign(
     deps: &Deps,
     url: &str,
     leading: &Leading,
-    health: &HealthReporter,
+    health: &Health,
     ttl: Duration,
     shutdown: &CancellationToken,
 ) {
@@ -228,7 +228,7 @@ async fn lead(
     url: &str,
     leadership: Leadership,
     leading: &Leading,
-    health: &HealthReporter,
+    health: &Health,
     shutdown: &CancellationToken,
 ) -> Option<i64> {
     let lost = leadership.lost();
@@ -261,13 +261,13 @@ async fn lead(
     crate::follow::follow_etcd(kv, scheduler.clone(), ended.clone());
     crate::exhausted::follow_exhausted(deps.queue.clone(), scheduler.clone(), ended.clone());
     leading.set(Some(Term { scheduler, ended: ended.clone() }));
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_serving(true).await;
     info!(%url, jobs, "leading; serving");
     tokio::select! {
         () = lost.cancelled() => warn!("leadership lost; stepping down to campaign again"),
         () = shutdown.cancelled() => info!("stopping; handing leadership over"),
     }
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health.set_serving(false).await;
     leading.set(None);
     ended.cancel();
     // The actor's last flush, before a standby can lead.

@@ -45,7 +45,7 @@ pub struct Worker {
     /// TTL of a completion-hook claim's lease.
     pub claim_ttl: Duration,
     /// Reports SERVING only while a scheduler session is open.
-    pub health: tonic_health::server::HealthReporter,
+    pub health: batchmill_runtime::health::Health,
     /// Loads (and keeps) the assigned job's predictor.
     pub loader: Loader,
     /// The cluster's S3 settings, over which a job's own access is built.
@@ -136,7 +136,7 @@ impl Worker {
                 }
             }
         };
-        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        self.health.set_serving(false).await;
         if let Some(c) = current.take() {
             c.stop.cancel();
             if result.is_ok() {
@@ -155,7 +155,7 @@ impl Worker {
         match message {
             In::Registered(r) => {
                 info!(protocol_version = r.protocol_version, device = %self.device, "registered with the scheduler");
-                self.health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                self.health.set_serving(true).await;
             }
             In::Assign(assign) => {
                 if let Some(old) = current.take() {
