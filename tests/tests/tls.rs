@@ -148,19 +148,12 @@ async fn with_tls_everywhere_services_etcd_and_nats_speak_mutual_tls() -> anyhow
     sandbox.check_all_alive()
 }
 
-/// A service dials another over mutual TLS and checks the certificate it
-/// is shown for `--tls-server-name` when given (the name the Kubernetes
-/// manifests give, since the scheduler leader is dialed at its pod's IP),
-/// or for the host it dialed.
-#[tokio::test]
-async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given() -> anyhow::Result<()> {
-    use batchmill_runtime::args::TlsArgs;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    batchmill_tests::install_provider();
-    let dir = tempfile::tempdir()?;
-    let certs = batchmill_tests::Certs::make(dir.path(), GatewayTls::Everywhere)?;
-    // A service's gRPC server: the services' certificate (for localhost,
-    // 127.0.0.1 and ::1), callers' certificates required.
+/// A service's gRPC server over mutual TLS with `certs`' service certificate
+/// (for localhost, 127.0.0.1 and ::1), callers' certificates from their CA
+/// required; its port, and what stops it.
+async fn mutual_tls_server(
+    certs: &batchmill_tests::Certs,
+) -> anyhow::Result<(u16, tokio_util::sync::CancellationToken)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let files = batchmill_runtime::tls::TlsFiles {
@@ -171,31 +164,96 @@ async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given(
     let stop = tokio_util::sync::CancellationToken::new();
     let incoming = batchmill_runtime::tls::incoming(listener, files, stop.clone())?;
     let routes = batchmill_runtime::ServerBuilder::new()?.into_routes().await;
-    let server = tokio::spawn(tonic::transport::Server::builder().add_routes(routes).serve_with_incoming(incoming));
-    // Another service's health check of it, as `args` make it dial.
+    let server = tonic::transport::Server::builder().add_routes(routes);
+    tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+    Ok((port, stop))
+}
+
+/// The health of the server on `port`, over `channel`.
+async fn health(channel: tonic::transport::Channel) -> anyhow::Result<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
+    Ok(answer.into_inner().status)
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+
+/// How a service dials the others with `certs`' service certificate,
+/// checking `server_name` if given.
+fn dialing(certs: &batchmill_tests::Certs, server_name: Option<&str>) -> batchmill_runtime::args::TlsArgs {
+    batchmill_runtime::args::TlsArgs {
+        tls_cert: Some(certs.path("service.pem")),
+        tls_key: Some(certs.path("service.key")),
+        tls_client_ca: None,
+        tls_ca: Some(certs.path("ca.pem")),
+        tls_server_name: server_name.map(str::to_owned),
+    }
+}
+
+/// A service dials another over mutual TLS and checks the certificate it
+/// is shown for `--tls-server-name` when given (the name the Kubernetes
+/// manifests give, since the scheduler leader is dialed at its pod's IP),
+/// or for the host it dialed.
+#[tokio::test]
+async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given() -> anyhow::Result<()> {
+    use batchmill_runtime::dial::{ClientTls, channel_with};
+    batchmill_tests::install_provider();
+    let dir = tempfile::tempdir()?;
+    let certs = batchmill_tests::Certs::make(dir.path(), GatewayTls::Everywhere)?;
+    let (port, stop) = mutual_tls_server(&certs).await?;
+    let url = format!("https://127.0.0.1:{port}");
     let check = |server_name: Option<&str>| {
-        let args = TlsArgs {
-            tls_cert: Some(certs.path("service.pem")),
-            tls_key: Some(certs.path("service.key")),
-            tls_client_ca: None,
-            tls_ca: Some(certs.path("ca.pem")),
-            tls_server_name: server_name.map(str::to_owned),
-        };
-        async move {
-            let config = batchmill_runtime::tls::client_config(&args)?.expect("a CA, so TLS");
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))?;
-            let channel = endpoint.tls_config(config)?.connect().await?;
-            let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
-            anyhow::Ok(answer.into_inner().status)
-        }
+        let files = dialing(&certs, server_name).client_files().expect("a CA, so TLS");
+        let url = url.clone();
+        async move { health(channel_with(&url, Some(&ClientTls::start(files)?))?).await }
     };
-    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-    assert_eq!(check(None).await?, serving, "the certificate names 127.0.0.1, the host dialed");
-    assert_eq!(check(Some("localhost")).await?, serving, "and localhost, the name given");
+    assert_eq!(check(None).await?, SERVING, "the certificate names 127.0.0.1, the host dialed");
+    assert_eq!(check(Some("localhost")).await?, SERVING, "and localhost, the name given");
     let refused = check(Some("batchmill-services")).await;
     let error = format!("{:?}", refused.expect_err("a name the certificate lacks"));
     assert!(error.contains("NotValidForName") || error.contains("not valid for name"), "{error}");
     stop.cancel();
-    server.abort();
+    Ok(())
+}
+
+/// A service's client certificate, renewed on disk, is presented from the
+/// next connection on, by the channel it already had: no restart.
+#[tokio::test]
+async fn a_renewed_client_certificate_is_presented_without_a_restart() -> anyhow::Result<()> {
+    use batchmill_runtime::dial::{ClientTls, channel_with};
+    batchmill_tests::install_provider();
+    let (ours, theirs) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let certs = batchmill_tests::Certs::make(ours.path(), GatewayTls::Everywhere)?;
+    // A certificate from another CA, which the server does not trust.
+    let stranger = batchmill_tests::Certs::make(theirs.path(), GatewayTls::Everywhere)?;
+    let (port, stop) = mutual_tls_server(&certs).await?;
+    let client = tempfile::tempdir()?;
+    let (cert, key) = (client.path().join("client.pem"), client.path().join("client.key"));
+    std::fs::copy(stranger.path("service.pem"), &cert)?;
+    std::fs::copy(stranger.path("service.key"), &key)?;
+    let files = batchmill_runtime::dial::ClientFiles {
+        ca: certs.path("ca.pem"),
+        identity: Some((cert.clone(), key.clone())),
+        server_name: None,
+    };
+    let channel = channel_with(&format!("https://127.0.0.1:{port}"), Some(&ClientTls::start(files)?))?;
+    assert!(health(channel.clone()).await.is_err(), "a certificate from another CA is refused");
+    // Renewed, as cert-manager would: key first, then the certificate.
+    std::fs::copy(certs.path("service.key"), &key)?;
+    std::fs::copy(certs.path("service.pem"), &cert)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match health(channel.clone()).await {
+            Ok(status) => {
+                assert_eq!(status, SERVING);
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("the renewed certificate was not presented within 20 s: {e:?}"),
+        }
+    }
+    stop.cancel();
     Ok(())
 }

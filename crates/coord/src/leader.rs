@@ -19,11 +19,11 @@ pub struct LeaderChannel {
     dial: Dial,
 }
 
-/// Makes the endpoint for a leader's URL (over TLS, say).
-pub type Dial = fn(&str) -> std::result::Result<Endpoint, tonic::transport::Error>;
+/// Makes a lazy channel to a leader's URL (over TLS, say).
+pub type Dial = fn(&str) -> std::result::Result<Channel, tonic::transport::Error>;
 
-fn plain(url: &str) -> std::result::Result<Endpoint, tonic::transport::Error> {
-    Endpoint::from_shared(url.to_owned())
+fn plain(url: &str) -> std::result::Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true).connect_lazy())
 }
 
 impl LeaderChannel {
@@ -31,7 +31,7 @@ impl LeaderChannel {
         LeaderChannel { etcd, name: name.into(), current: Arc::default(), dial: plain }
     }
 
-    /// Dials leaders with `dial` (such as `batchmill_runtime::tls::endpoint`).
+    /// Dials leaders with `dial` (such as `batchmill_runtime::dial::channel`).
     #[must_use]
     pub fn dialing(mut self, dial: Dial) -> LeaderChannel {
         self.dial = dial;
@@ -45,11 +45,8 @@ impl LeaderChannel {
             return Ok(channel.clone());
         }
         let url = self.etcd.leader(&self.name).await?;
-        let endpoint = (self.dial)(&url)
-            .map_err(|_| CoordError::NoLeader { name: format!("{} (bad address {url:?})", self.name) })?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect_lazy();
+        let channel = (self.dial)(&url)
+            .map_err(|_| CoordError::NoLeader { name: format!("{} (bad address {url:?})", self.name) })?;
         info!(election = %self.name, %url, "leader resolved");
         *current = Some((url, channel.clone()));
         Ok(channel)

@@ -134,4 +134,13 @@ impl TlsArgs {
     pub fn files(self) -> Option<crate::tls::TlsFiles> {
         Some(crate::tls::TlsFiles { cert: self.tls_cert?, key: self.tls_key?, client_ca: self.tls_client_ca })
     }
+
+    /// How to dial the other services over TLS, if a CA to trust is given.
+    pub fn client_files(&self) -> Option<crate::dial::ClientFiles> {
+        Some(crate::dial::ClientFiles {
+            ca: self.tls_ca.clone()?,
+            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            server_name: self.tls_server_name.clone(),
+        })
+    }
 }

@@ -4,6 +4,7 @@
 //! reached (TLS, credentials).
 
 pub mod args;
+pub mod dial;
 pub mod health;
 pub mod logfmt;
 pub mod metrics;

@@ -99,31 +99,13 @@ impl ServerTls {
         let first = files.load(alpn)?;
         let tls = ServerTls { current: Arc::new(RwLock::new(Arc::new(first))) };
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let reloading = tls.clone();
-        tokio::spawn(async move {
-            let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
-            let mut seen = files.stamp();
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(RELOAD_EVERY) => {}
-                }
-                let now = files.stamp();
-                if now == seen {
-                    continue;
-                }
-                match files.load(&alpn) {
-                    Ok(config) => {
-                        *reloading.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Arc::new(config);
-                        info!(cert = %files.cert.display(), "TLS certificate reloaded");
-                        seen = now;
-                    }
-                    // Tried again at the next look: a file may be half written.
-                    Err(e) => warn!(error = %e, "reloading TLS failed; keeping the last good certificate"),
-                }
-            }
-        });
+        let cert = files.cert.display().to_string();
+        let stamp = {
+            let files = files.clone();
+            move || files.stamp()
+        };
+        let load = move || files.load(&alpn.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        keep_loaded(tls.current.clone(), stamp, load, cert, stop);
         Ok(tls)
     }
 
@@ -133,6 +115,40 @@ impl ServerTls {
     }
 }
 
+/// Loads `slot` again with `load` whenever the files' `stamp` changes,
+/// looking every [`RELOAD_EVERY`] until `stop`. A load that fails keeps the
+/// last good configuration and is tried again at the next look (a file may
+/// be half written). `what` names the files in the log.
+pub(crate) fn keep_loaded<T: Send + Sync + 'static>(
+    slot: Arc<RwLock<Arc<T>>>,
+    stamp: impl Fn() -> Vec<Option<SystemTime>> + Send + 'static,
+    load: impl Fn() -> Result<T, TlsError> + Send + 'static,
+    what: String,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut seen = stamp();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(RELOAD_EVERY) => {}
+            }
+            let now = stamp();
+            if now == seen {
+                continue;
+            }
+            match load() {
+                Ok(config) => {
+                    *slot.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
+                    info!(files = %what, "TLS certificate reloaded");
+                    seen = now;
+                }
+                Err(e) => warn!(error = %e, "reloading TLS failed; keeping the last good files"),
+            }
+        }
+    });
+}
+
 /// TLS between this process and the other services, set once by `main`
 /// ([`configure`]): the certificate it serves with (and presents as a
 /// client), the CA it requires of its clients, and the CA it trusts for
@@ -140,7 +156,7 @@ impl ServerTls {
 #[derive(Clone)]
 struct Internal {
     server: Option<TlsFiles>,
-    client: Option<tonic::transport::ClientTlsConfig>,
+    client: Option<crate::dial::ClientTls>,
 }
 
 static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
@@ -149,29 +165,18 @@ static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
 /// [`crate::args::TlsArgs`]): servers serve TLS with its certificate (and
 /// require client certificates when it names a client CA); clients, once
 /// it names a CA to trust (`--tls-ca`), dial every service over TLS,
-/// presenting the certificate. Call it once, before serving or calling.
+/// presenting the certificate ([`crate::dial`]). Both reload their files as
+/// they change. Call it once, within the Tokio runtime, before serving or
+/// calling.
 pub fn configure(args: &crate::args::TlsArgs) -> Result<(), TlsError> {
-    let client = client_config(args)?;
+    let client = args.client_files().map(crate::dial::ClientTls::start).transpose()?;
     let _ = INTERNAL.set(Internal { server: args.clone().files(), client });
     Ok(())
 }
 
-/// How this process dials the other services, from `args`: over TLS once
-/// they name a CA to trust, presenting the certificate if they name one,
-/// checking the peers' certificates for `--tls-server-name` if given.
-pub fn client_config(args: &crate::args::TlsArgs) -> Result<Option<tonic::transport::ClientTlsConfig>, TlsError> {
-    let Some(ca) = &args.tls_ca else { return Ok(None) };
-    let read =
-        |path: &Path| std::fs::read(path).map_err(|e| TlsError::File { path: path.into(), message: e.to_string() });
-    let mut config =
-        tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
-    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
-    }
-    if let Some(name) = &args.tls_server_name {
-        config = config.domain_name(name);
-    }
-    Ok(Some(config))
+/// How this process dials the other services over TLS, if it does.
+pub fn client() -> Option<crate::dial::ClientTls> {
+    INTERNAL.get()?.client.clone()
 }
 
 /// The files this process serves TLS with, if it does.
@@ -187,21 +192,6 @@ pub fn dials_tls() -> bool {
 /// The URL scheme this process's own gRPC server is reached by.
 pub fn scheme() -> &'static str {
     if server_files().is_some() { "https" } else { "http" }
-}
-
-/// An endpoint for the service at `url`: over TLS when this process dials
-/// services over TLS (an `http://` URL is then dialed as `https://`).
-pub fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    match INTERNAL.get().and_then(|i| i.client.clone()) {
-        None => tonic::transport::Endpoint::from_shared(url.to_owned()),
-        Some(config) => {
-            let url = match url.strip_prefix("http://") {
-                Some(rest) => format!("https://{rest}"),
-                None => url.to_owned(),
-            };
-            tonic::transport::Endpoint::from_shared(url)?.tls_config(config)
-        }
-    }
 }
 
 /// `listener`'s connections, over TLS with `files` (reloaded as they

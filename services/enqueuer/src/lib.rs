@@ -127,9 +127,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let patience = Duration::from_secs(30);
     let etcd = Etcd::connect(&config.etcd_endpoints, patience).await?;
     let queue = JetStreamQueue::connect(&config.nats_url, patience).await?;
-    let endpoint = batchmill_runtime::tls::endpoint(&config.lister_url)
+    let channel = batchmill_runtime::dial::channel(&config.lister_url)
         .map_err(|e| RunError::ListerUrl { url: config.lister_url.clone(), message: e.to_string() })?;
-    let lister = ListerServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(16 * 1024 * 1024);
+    let lister = ListerServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let enqueuer = Enqueuer::new(Arc::new(etcd), Arc::new(queue), Arc::new(lister), shutdown.clone())
         .with_secret_key(config.secret_key.clone());
     let resumed = enqueuer.resume_all().await?;

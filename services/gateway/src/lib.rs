@@ -71,7 +71,7 @@ pub async fn router(
 ) -> Result<axum::Router, GatewayError> {
     let store = batchmill_accounts::Accounts::new(Arc::new(etcd.clone()));
     let jobs =
-        JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION).dialing(batchmill_runtime::tls::endpoint));
+        JobsForwarder::new(LeaderChannel::new(etcd, SCHEDULER_ELECTION).dialing(batchmill_runtime::dial::channel));
     let pipelines = PipelinesForwarder::new(jobs.clone());
     let cortex = cortex::Cortex::new(jobs.clone(), pipelines.clone(), if tls { "https" } else { "http" });
     let modzy = modzy::Modzy::new(jobs.clone(), pipelines.clone(), uploads);

@@ -114,12 +114,11 @@ struct Deps {
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn channel(name: &'static str, url: &str) -> Result<tonic::transport::Channel, RunError> {
-    let endpoint = batchmill_runtime::tls::endpoint(url).map_err(|e| RunError::Url {
+    batchmill_runtime::dial::channel(url).map_err(|e| RunError::Url {
         name,
         url: url.to_owned(),
         message: e.to_string(),
-    })?;
-    Ok(endpoint.connect_timeout(Duration::from_secs(3)).connect_lazy())
+    })
 }
 
 impl Deps {

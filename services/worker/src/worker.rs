@@ -67,7 +67,7 @@ impl Worker {
     /// after a session breaks.
     pub async fn run(self, shutdown: CancellationToken) {
         let leader =
-            LeaderChannel::new(self.etcd.clone(), SCHEDULER_ELECTION).dialing(batchmill_runtime::tls::endpoint);
+            LeaderChannel::new(self.etcd.clone(), SCHEDULER_ELECTION).dialing(batchmill_runtime::dial::channel);
         let outbox = Outbox::default();
         info!(worker_id = %self.id, device = %self.device, "looking for the scheduler");
         while !shutdown.is_cancelled() {
