@@ -196,7 +196,7 @@ fn dialing(certs: &batchmill_tests::Certs, server_name: Option<&str>) -> batchmi
 /// or for the host it dialed.
 #[tokio::test]
 async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given() -> anyhow::Result<()> {
-    use batchmill_runtime::dial::{ClientTls, channel_with};
+    use batchmill_runtime::dial::{DialTls, channel_with};
     batchmill_tests::install_provider();
     let dir = tempfile::tempdir()?;
     let certs = batchmill_tests::Certs::make(dir.path(), GatewayTls::Everywhere)?;
@@ -205,7 +205,7 @@ async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given(
     let check = |server_name: Option<&str>| {
         let files = dialing(&certs, server_name).client_files().expect("a CA, so TLS");
         let url = url.clone();
-        async move { health(channel_with(&url, Some(&ClientTls::start(files)?))?).await }
+        async move { health(channel_with(&url, Some(&DialTls::start(files)?))?).await }
     };
     assert_eq!(check(None).await?, SERVING, "the certificate names 127.0.0.1, the host dialed");
     assert_eq!(check(Some("localhost")).await?, SERVING, "and localhost, the name given");
@@ -220,7 +220,7 @@ async fn a_service_checks_its_peers_certificate_for_the_server_name_it_is_given(
 /// next connection on, by the channel it already had: no restart.
 #[tokio::test]
 async fn a_renewed_client_certificate_is_presented_without_a_restart() -> anyhow::Result<()> {
-    use batchmill_runtime::dial::{ClientTls, channel_with};
+    use batchmill_runtime::dial::{DialTls, channel_with};
     batchmill_tests::install_provider();
     let (ours, theirs) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let certs = batchmill_tests::Certs::make(ours.path(), GatewayTls::Everywhere)?;
@@ -231,12 +231,10 @@ async fn a_renewed_client_certificate_is_presented_without_a_restart() -> anyhow
     let (cert, key) = (client.path().join("client.pem"), client.path().join("client.key"));
     std::fs::copy(stranger.path("service.pem"), &cert)?;
     std::fs::copy(stranger.path("service.key"), &key)?;
-    let files = batchmill_runtime::dial::ClientFiles {
-        ca: certs.path("ca.pem"),
-        identity: Some((cert.clone(), key.clone())),
-        server_name: None,
-    };
-    let channel = channel_with(&format!("https://127.0.0.1:{port}"), Some(&ClientTls::start(files)?))?;
+    let paths =
+        batchmill_core::client_tls::ClientTls { ca: certs.path("ca.pem"), identity: Some((cert.clone(), key.clone())) };
+    let files = batchmill_runtime::dial::ClientFiles { paths, server_name: None };
+    let channel = channel_with(&format!("https://127.0.0.1:{port}"), Some(&DialTls::start(files)?))?;
     assert!(health(channel.clone()).await.is_err(), "a certificate from another CA is refused");
     // Renewed, as cert-manager would: key first, then the certificate.
     std::fs::copy(certs.path("service.key"), &key)?;

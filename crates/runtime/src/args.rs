@@ -137,10 +137,11 @@ impl TlsArgs {
 
     /// How to dial the other services over TLS, if a CA to trust is given.
     pub fn client_files(&self) -> Option<crate::dial::ClientFiles> {
-        Some(crate::dial::ClientFiles {
-            ca: self.tls_ca.clone()?,
-            identity: self.tls_cert.clone().zip(self.tls_key.clone()),
-            server_name: self.tls_server_name.clone(),
-        })
+        let paths = batchmill_core::client_tls::ClientTls::from_paths(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+        )?;
+        Some(crate::dial::ClientFiles { paths, server_name: self.tls_server_name.clone() })
     }
 }

@@ -5,15 +5,13 @@
 //! by channels already made too, without a restart. A reload that fails
 //! keeps the last good configuration and says why.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::tls::TlsError;
+use crate::tls::{TlsError, read_certs, read_key};
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -22,51 +20,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// certificates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientFiles {
-    /// PEM CA certificates to trust for the servers.
-    pub ca: PathBuf,
-    /// The certificate chain and key to present, if any.
-    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The CA trusted for the servers, and the certificate to present.
+    pub paths: batchmill_core::client_tls::ClientTls,
     /// Checked in every server's certificate instead of the host dialed.
     pub server_name: Option<String>,
 }
 
 impl ClientFiles {
-    fn paths(&self) -> impl Iterator<Item = &Path> {
-        let identity = self.identity.iter().flat_map(|(cert, key)| [cert.as_path(), key.as_path()]);
-        std::iter::once(self.ca.as_path()).chain(identity)
-    }
-
     fn stamp(&self) -> Vec<Option<SystemTime>> {
-        self.paths().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+        let identity = self.paths.identity.iter().flat_map(|(cert, key)| [cert.as_path(), key.as_path()]);
+        crate::tls::stamp(std::iter::once(self.paths.ca.as_path()).chain(identity))
     }
 
     /// A client configuration from the files as they are now, speaking h2.
     pub fn load(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let bad = |path: &Path, e: &dyn std::fmt::Display| TlsError::File { path: path.into(), message: e.to_string() };
-        let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| bad(path, &e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| bad(path, &e))?;
-            if certs.is_empty() {
-                return Err(bad(path, &"holds no certificate"));
-            }
-            Ok(certs)
-        };
         let mut roots = rustls::RootCertStore::empty();
-        for cert in certs(&self.ca)? {
-            roots.add(cert).map_err(|e| bad(&self.ca, &e))?;
+        for cert in read_certs(&self.paths.ca)? {
+            roots.add(cert).map_err(|e| TlsError::File { path: self.paths.ca.clone(), message: e.to_string() })?;
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots);
-        let mut config = match &self.identity {
+        let mut config = match &self.paths.identity {
             None => builder.with_no_client_auth(),
-            Some((cert, key)) => {
-                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
-                builder.with_client_auth_cert(certs(cert)?, key)?
-            }
+            Some((cert, key)) => builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?)?,
         };
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(config)
@@ -75,20 +53,18 @@ impl ClientFiles {
 
 /// A client's TLS configuration, reloaded from its files as they change.
 #[derive(Clone)]
-pub struct ClientTls {
+pub struct DialTls {
     current: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     server_name: Option<String>,
 }
 
-impl ClientTls {
+impl DialTls {
     /// Loads the files (an error if they cannot be used) and watches them
     /// for the life of the process. Call it within a Tokio runtime.
-    pub fn start(files: ClientFiles) -> Result<ClientTls, TlsError> {
-        let tls = ClientTls {
-            current: Arc::new(RwLock::new(Arc::new(files.load()?))),
-            server_name: files.server_name.clone(),
-        };
-        let what = files.ca.display().to_string();
+    pub fn start(files: ClientFiles) -> Result<DialTls, TlsError> {
+        let tls =
+            DialTls { current: Arc::new(RwLock::new(Arc::new(files.load()?))), server_name: files.server_name.clone() };
+        let what = files.paths.ca.display().to_string();
         let stamp = {
             let files = files.clone();
             move || files.stamp()
@@ -131,7 +107,7 @@ pub fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
 
 /// [`channel`], over TLS with `tls` if given (an `https://` URL is dialed the
 /// same way: TLS is this connector's, not tonic's).
-pub fn channel_with(url: &str, tls: Option<&ClientTls>) -> Result<Channel, tonic::transport::Error> {
+pub fn channel_with(url: &str, tls: Option<&DialTls>) -> Result<Channel, tonic::transport::Error> {
     let Some(tls) = tls.cloned() else {
         let endpoint = Endpoint::from_shared(url.to_owned())?;
         return Ok(endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect_lazy());

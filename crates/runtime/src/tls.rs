@@ -41,28 +41,45 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The modification times of `paths`, to see a change.
+pub(crate) fn stamp<'a>(paths: impl Iterator<Item = &'a Path>) -> Vec<Option<SystemTime>> {
+    paths.map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+}
+
+fn unusable(path: &Path, e: &dyn std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.into(), message: e.to_string() }
+}
+
+/// The PEM certificates in `path`: at least one.
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unusable(path, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unusable(path, &e))?;
+    if certs.is_empty() {
+        return Err(unusable(path, &"holds no certificate"));
+    }
+    Ok(certs)
+}
+
+/// The PEM private key in `path`.
+pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| unusable(path, &e))
+}
+
 impl TlsFiles {
     fn paths(&self) -> impl Iterator<Item = &Path> {
         [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()].into_iter().flatten().map(PathBuf::as_path)
     }
 
-    /// The files' modification times, to see a change.
     fn stamp(&self) -> Vec<Option<SystemTime>> {
-        self.paths().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+        stamp(self.paths())
     }
 
     /// A server configuration from the files as they are now, offering
     /// `alpn` (such as `h2` and `http/1.1`).
     pub fn load(&self, alpn: &[&[u8]]) -> Result<rustls::ServerConfig, TlsError> {
-        let bad = |path: &Path, e: &dyn std::fmt::Display| TlsError::File { path: path.into(), message: e.to_string() };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .map_err(|e| bad(&self.cert, &e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| bad(&self.cert, &e))?;
-        if chain.is_empty() {
-            return Err(bad(&self.cert, &"holds no certificate"));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| bad(&self.key, &e))?;
+        let (chain, key) = (read_certs(&self.cert)?, read_key(&self.key)?);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder =
             rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -156,7 +173,7 @@ pub(crate) fn keep_loaded<T: Send + Sync + 'static>(
 #[derive(Clone)]
 struct Internal {
     server: Option<TlsFiles>,
-    client: Option<crate::dial::ClientTls>,
+    client: Option<crate::dial::DialTls>,
 }
 
 static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
@@ -169,13 +186,13 @@ static INTERNAL: std::sync::OnceLock<Internal> = std::sync::OnceLock::new();
 /// they change. Call it once, within the Tokio runtime, before serving or
 /// calling.
 pub fn configure(args: &crate::args::TlsArgs) -> Result<(), TlsError> {
-    let client = args.client_files().map(crate::dial::ClientTls::start).transpose()?;
+    let client = args.client_files().map(crate::dial::DialTls::start).transpose()?;
     let _ = INTERNAL.set(Internal { server: args.clone().files(), client });
     Ok(())
 }
 
 /// How this process dials the other services over TLS, if it does.
-pub fn client() -> Option<crate::dial::ClientTls> {
+pub fn client() -> Option<crate::dial::DialTls> {
     INTERNAL.get()?.client.clone()
 }
 
